@@ -1,0 +1,74 @@
+"""The ``activation`` command line. Each package registers its own commands (``<package>/cli.py``);
+this module only builds the app and turns :class:`ActivationError` into a clear message and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from activation.errors import ActivationError
+
+app = typer.Typer(
+    name="activation",
+    help="RFM segments from your warehouse, offers per segment, audience sync and segment ROI.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root() -> None:
+    """RFM segments from your warehouse, offers per segment, audience sync and segment ROI."""
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as _version
+
+    console.print(_version("rfm-activation"))
+
+
+def _register() -> None:
+    from campaigns.cli import register as register_campaigns
+    from connectors.cli import register as register_connectors
+    from flows.cli import register as register_flows
+    from segments.cli import register as register_segments
+
+    register_segments(app)
+    register_campaigns(app)
+    register_connectors(app)
+    register_flows(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except ActivationError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.fix:
+            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as exc:
+        # click (vendored by typer) usage errors: show them like click would, with their exit code
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Every difference between warehouse dialects, in one small place.
+
+The SQL of the project is built with SQLAlchemy Core and runs unchanged on DuckDB and PostgreSQL. What
+differs is collected here:
+
+* ``days_between(later, earlier)`` — whole days between two dates (DuckDB and PostgreSQL both return an
+  integer for ``date - date``; other warehouses use ``datediff``).
+* ``insert_ignore(table)`` — ``INSERT … ON CONFLICT DO NOTHING`` (PostgreSQL syntax; duckdb-engine
+  inherits PostgreSQL's compiler, so the same construct works there).
+* ``is_duckdb(engine)`` / ``is_postgres(engine)`` — for bulk-load fast paths only, never for semantics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Date, Integer, Table, cast, func
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.elements import ColumnElement
+
+
+def dialect_name(bind: Engine | Connection) -> str:
+    return bind.dialect.name
+
+
+def is_duckdb(bind: Engine | Connection) -> bool:
+    return dialect_name(bind) == "duckdb"
+
+
+def is_postgres(bind: Engine | Connection) -> bool:
+    return dialect_name(bind) in {"postgresql", "postgres"}
+
+
+def as_date(expr: Any) -> ColumnElement[Any]:
+    return cast(expr, Date)
+
+
+def days_between(later: Any, earlier: Any, bind: Engine | Connection | None = None) -> ColumnElement[int]:
+    """Whole days from ``earlier`` to ``later`` (both dates)."""
+    if bind is not None and not (is_duckdb(bind) or is_postgres(bind)):
+        return cast(func.datediff("day", earlier, later), Integer)
+    return cast(as_date(later) - as_date(earlier), Integer)
+
+
+def insert_ignore(table: Table) -> Any:
+    """``INSERT … ON CONFLICT DO NOTHING`` on the table's primary key."""
+    return postgresql.insert(table).on_conflict_do_nothing()

@@ -1,0 +1,153 @@
+"""All configuration, in one place.
+
+Every setting can come from the environment (prefix ``ACTIVATION_``, nested with ``__``, e.g.
+``ACTIVATION_MAILCHIMP__API_KEY``) or a ``.env`` file in the working directory. Nothing else in the
+project reads ``os.environ`` for its own configuration.
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class OrdersSource(BaseModel):
+    """Where segmentation reads orders: the ingested ``orders`` table by default, or the user's own
+    table / view with its own column names (``ACTIVATION_ORDERS__TABLE=analytics.fct_orders``)."""
+
+    table: str = "orders"
+    order_id: str = "order_id"
+    customer_id: str = "customer_id"
+    ordered_at: str = "ordered_at"
+    amount: str = "amount"
+    status: str | None = "status"
+    coupon_code: str | None = "coupon_code"
+
+
+class CustomersSource(BaseModel):
+    """Where customer contact data lives (email, first name, consent)."""
+
+    table: str = "customers"
+    customer_id: str = "customer_id"
+    email: str | None = "email"
+    first_name: str | None = "first_name"
+    unsubscribed: str | None = "unsubscribed"
+
+
+class BrandSettings(BaseModel):
+    """Sender identity rendered into every email (CAN-SPAM needs the postal address)."""
+
+    name: str = "Northwind Goods"
+    from_name: str = "Northwind Goods"
+    from_email: str = "hello@example.com"
+    reply_to: str | None = None
+    postal_address: str = "Northwind Goods, 1 Example Street, Springfield, EX 00000"
+    website_url: str = "https://shop.example.com"
+    unsubscribe_url: str = "https://shop.example.com/unsubscribe"
+    currency: str = "USD"
+
+
+class MailchimpSettings(BaseModel):
+    api_key: SecretStr | None = None
+    server_prefix: str | None = None
+    list_id: str | None = None
+    base_url: str | None = Field(default=None, description="Override the API host (tests, proxies).")
+    max_connections: int = Field(default=10, ge=1, le=10)
+    batch_size: int = Field(default=500, ge=1, le=500)
+    timeout_s: float = 30.0
+    max_retries: int = 6
+
+
+class HubSpotSettings(BaseModel):
+    token: SecretStr | None = None
+    base_url: str = "https://api.hubapi.com"
+    max_connections: int = Field(default=5, ge=1, le=10)
+    batch_size: int = Field(default=100, ge=1, le=100)
+    timeout_s: float = 30.0
+    max_retries: int = 6
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ACTIVATION_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("data")
+    warehouse_url: str | None = Field(
+        default=None, description="Any SQLAlchemy URL. Default: a DuckDB file under data_dir."
+    )
+    templates_dir: Path = REPO_ROOT / "templates"
+    schemes_dir: Path | None = Field(default=None, description="Extra folder of scheme YAML files.")
+    outbox_dir: Path | None = None
+
+    orders: OrdersSource = OrdersSource()
+    customers: CustomersSource = CustomersSource()
+    excluded_statuses: list[str] = ["Cancelled", "Returned"]
+    accepted_statuses: list[str] | None = Field(
+        default=None, description="When set, any other status fails the data checks."
+    )
+    default_scheme: str = "rfm11"
+    lookback_days: int | None = Field(default=730, ge=1)
+
+    coupon_secret: SecretStr | None = Field(
+        default=None, description="HMAC key for coupon codes. Default: generated once under data_dir."
+    )
+    attribution_window_days: int = Field(default=30, ge=1)
+    gross_margin: float = Field(default=0.4, ge=0, le=1)
+    cost_per_send: float = Field(default=0.0, ge=0)
+    min_group_size: int = Field(default=100, ge=1, description="Below this, lift is flagged inconclusive.")
+
+    guardrail_max_change_share: float = Field(default=0.5, gt=0)
+    schedule_timezone: str = "UTC"
+
+    brand: BrandSettings = BrandSettings()
+    mailchimp: MailchimpSettings = MailchimpSettings()
+    hubspot: HubSpotSettings = HubSpotSettings()
+
+    @field_validator("excluded_statuses", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str) and not v.strip().startswith("["):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @cached_property
+    def resolved_warehouse_url(self) -> str:
+        if self.warehouse_url:
+            return self.warehouse_url
+        return f"duckdb:///{(self.data_dir / 'warehouse.duckdb').resolve()}"
+
+    @property
+    def resolved_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.data_dir / "outbox"
+
+    @property
+    def policy_file(self) -> Path:
+        return self.templates_dir / "policy.yaml"
+
+    def coupon_key(self) -> bytes:
+        """The coupon HMAC key; generated once (0600) under data_dir when not configured."""
+        if self.coupon_secret is not None:
+            return self.coupon_secret.get_secret_value().encode()
+        path = self.data_dir / ".coupon_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(secrets.token_hex(32))
+            tmp.chmod(0o600)
+            tmp.replace(path)
+        return path.read_text().strip().encode()
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and .env), with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
