@@ -8,13 +8,16 @@ differs is collected here:
 * ``insert_ignore(table)`` — ``INSERT … ON CONFLICT DO NOTHING`` (PostgreSQL syntax; duckdb-engine
   inherits PostgreSQL's compiler, so the same construct works there).
 * ``is_duckdb(engine)`` / ``is_postgres(engine)`` — for bulk-load fast paths only, never for semantics.
+* ``hash_bucket(expr, bind)`` — the first 32 bits of ``md5(expr)`` as an integer in ``[0, 2**32)``; identical to
+  ``int(hashlib.md5(s.encode()).hexdigest()[:8], 16)`` in Python (used for stable holdout splits).
+* ``sha256_hex(expr, bind)`` — lower-case hex SHA-256 of a text expression's UTF-8 bytes (email hashes).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Date, Integer, Table, cast, func
+from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
@@ -46,3 +49,23 @@ def days_between(later: Any, earlier: Any, bind: Engine | Connection | None = No
 def insert_ignore(table: Table) -> Any:
     """``INSERT … ON CONFLICT DO NOTHING`` on the table's primary key."""
     return postgresql.insert(table).on_conflict_do_nothing()
+
+
+def hash_bucket(expr: Any, bind: Engine | Connection) -> ColumnElement[int]:
+    """First 32 bits of ``md5(expr)`` as a non-negative integer (same value on every dialect)."""
+    prefix = func.substr(func.md5(expr), 1, 8)
+    if is_postgres(bind):
+        return cast(cast(literal_column("'x'").concat(prefix), _Bit32()), BigInteger)
+    return cast(literal_column("'0x'").concat(prefix), BigInteger)
+
+
+def sha256_hex(expr: Any, bind: Engine | Connection) -> ColumnElement[str]:
+    """Lower-case hex SHA-256 of the UTF-8 bytes of a text expression."""
+    if is_postgres(bind):
+        return func.encode(func.sha256(func.convert_to(expr, literal_column("'UTF8'"))), literal_column("'hex'"))
+    return func.sha256(expr)
+
+
+class _Bit32(postgresql.BIT):
+    def __init__(self) -> None:
+        super().__init__(32)
