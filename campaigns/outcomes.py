@@ -1,0 +1,804 @@
+"""The outcome ledger: what happened to every member of a campaign.
+
+``campaign_outcomes`` holds one row per member per event (primary key campaign, customer, event):
+
+* ``sent`` / ``opened`` / ``clicked`` / ``unsubscribed`` / ``bounced`` — read from a destination's
+  ``read_outcomes`` (Mailchimp reports and email activity; the local outbox reports nothing).
+* ``converted`` — from warehouse orders, computed in the warehouse by one ``INSERT … SELECT``.
+
+Attribution rule: a member converts when they place at least one order whose status is not excluded
+(``settings.excluded_statuses``) in ``(send_time, send_time + window]``. ``send_time`` is
+``campaigns.send_time``; when it is empty (a backtest, or the local outbox) it is the end of the
+``as_of`` day, so orders dated ``as_of + 1 … as_of + window`` count. Holdout members get the same window
+from the same send time. Revenue is the sum of those orders' amounts; a coupon is redeemed when an order
+carries the member's own coupon code, and the discount is the offer's percent of that order's amount.
+Coupon codes that are not the member's own are ignored for redemption and counted.
+
+Collecting again is safe: events are inserted once (insert-ignore on the primary key); a ``converted``
+row is updated in place when later orders inside the window change its revenue, orders, coupon or
+discount, and deleted when its orders no longer qualify (e.g. cancelled since). Unsubscribes and bounces
+also go to ``suppressions`` (sha256 of the lower-cased, stripped email). Everything of one collection is
+written in one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect as _inspect
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    String,
+    and_,
+    case,
+    column,
+    delete,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    table,
+    true,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql import Select
+
+from activation.dialect import insert_ignore
+from activation.errors import ConfigError, NotFoundError, WarehouseError
+from activation.settings import Settings
+from activation.tables import (
+    campaign_members,
+    campaign_outcomes,
+    campaigns,
+    destination_campaigns,
+    suppressions,
+)
+from activation.warehouse import has_table, transaction
+
+log = logging.getLogger(__name__)
+
+EMAIL_EVENTS = ("sent", "opened", "clicked", "unsubscribed", "bounced")
+EVENTS = (*EMAIL_EVENTS, "converted")
+_EVENT_ALIASES = {
+    "send": "sent",
+    "open": "opened",
+    "click": "clicked",
+    "unsubscribe": "unsubscribed",
+    "unsub": "unsubscribed",
+    "bounce": "bounced",
+    "hard_bounce": "bounced",
+    "soft_bounce": "bounced",
+    "cleaned": "bounced",
+}
+_SUPPRESS_REASON = {"unsubscribed": "unsubscribed", "bounced": "bounced"}
+COUPON_OFFERS_PERCENT_KEYS = ("percent", "percent_off", "discount_percent")
+
+
+# --------------------------------------------------------------------------- campaigns and windows
+
+
+@dataclass(frozen=True)
+class CampaignWindow:
+    """One campaign and its attribution window ``(start, end]``."""
+
+    campaign_id: str
+    campaign_key: str
+    version: int
+    segment: str
+    offer_type: str
+    discount_rate: float  # fraction of a redeemed coupon order's amount given away
+    send_time: datetime | None
+    start: datetime
+    end: datetime
+
+    @property
+    def is_backtest_send(self) -> bool:
+        return self.send_time is None
+
+
+def end_of_day(day: date) -> datetime:
+    """The last instant of ``day``: the send time of a backtest."""
+    return datetime.combine(day, time(23, 59, 59, 999999))
+
+
+def discount_rate(offer_type: str, offer_json: str | None) -> float:
+    """Fraction of an order's amount a redeemed coupon gives away, from the campaign's offer JSON.
+
+    Uses the offer model's ``discount_for`` when the campaigns package provides one, else the
+    ``percent`` field of the stored offer (``{"type": "winback_coupon", "percent": 20, …}``).
+    """
+    try:
+        offer = json.loads(offer_json) if offer_json else {}
+    except (TypeError, ValueError):
+        offer = {}
+    if not isinstance(offer, dict):
+        offer = {}
+    try:  # the offer cost model, when it exists
+        from campaigns import offers as _offers  # type: ignore[attr-defined]
+
+        parse = getattr(_offers, "parse_offer", None) or getattr(_offers, "offer_from_json", None)
+        if parse is not None:
+            model = parse(offer if offer else {"type": offer_type})
+            fn = getattr(model, "discount_for", None)
+            if fn is not None:
+                return float(fn(100.0)) / 100.0
+    except Exception:  # noqa: BLE001 - fall back to the stored percent below
+        pass
+    for key in COUPON_OFFERS_PERCENT_KEYS:
+        value = offer.get(key)
+        if value is not None:
+            try:
+                pct = float(value)
+            except (TypeError, ValueError):
+                continue
+            return min(max(pct, 0.0), 100.0) / 100.0
+    return 0.0
+
+
+def current_campaigns(bind: Engine | Connection, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
+    """Latest version of each campaign of ``as_of`` + ``scheme`` (rows of ``campaigns``), by segment."""
+    rows = (
+        bind.execute(
+            select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
+        )
+        .mappings()
+        .all()
+        if isinstance(bind, Connection)
+        else _fetch_campaigns(bind, as_of, scheme)
+    )
+    latest: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        key = row["campaign_key"]
+        if key not in latest or row["version"] > latest[key]["version"]:
+            latest[key] = row
+    return sorted(latest.values(), key=lambda r: (r["segment"], r["campaign_key"]))
+
+
+def _fetch_campaigns(engine: Engine, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme))
+            .mappings()
+            .all()
+        )
+
+
+def latest_campaign_as_of(bind: Engine | Connection, scheme: str) -> date | None:
+    """The most recent as_of that has campaigns for ``scheme``."""
+    stmt = select(func.max(campaigns.c.as_of)).where(campaigns.c.scheme == scheme)
+    if isinstance(bind, Connection):
+        value = bind.execute(stmt).scalar()
+    else:
+        with bind.connect() as conn:
+            value = conn.execute(stmt).scalar()
+    if isinstance(value, datetime):
+        return value.date()
+    return value
+
+
+def campaign_windows(
+    bind: Engine | Connection, settings: Settings, as_of: date, scheme: str, window_days: int | None = None
+) -> list[CampaignWindow]:
+    """The current campaigns of ``as_of`` + ``scheme`` with their attribution windows.
+
+    Raises:
+        NotFoundError: no campaign was planned for that as_of and scheme.
+        ConfigError: the window is not a positive number of days.
+    """
+    window = resolve_window(settings, window_days)
+    rows = current_campaigns(bind, as_of, scheme)
+    if not rows:
+        raise NotFoundError(
+            f"no campaign for as_of {as_of.isoformat()} and scheme {scheme!r}",
+            fix=f"run `activation plan --as-of {as_of.isoformat()} --scheme {scheme}` first "
+            "(outcomes and ROI are measured per planned campaign)",
+        )
+    out = []
+    for row in rows:
+        send = row["send_time"]
+        start = send if send is not None else end_of_day(as_of)
+        out.append(
+            CampaignWindow(
+                campaign_id=row["campaign_id"],
+                campaign_key=row["campaign_key"],
+                version=row["version"],
+                segment=row["segment"],
+                offer_type=row["offer_type"],
+                discount_rate=discount_rate(row["offer_type"], row["offer"]),
+                send_time=send,
+                start=start,
+                end=start + timedelta(days=window),
+            )
+        )
+    return out
+
+
+def resolve_window(settings: Settings, window_days: int | None) -> int:
+    window = settings.attribution_window_days if window_days is None else window_days
+    if window is None or int(window) < 1:
+        raise ConfigError(
+            f"attribution window must be at least 1 day, got {window_days!r}",
+            fix="pass --window-days N with N >= 1 (or set ACTIVATION_ATTRIBUTION_WINDOW_DAYS)",
+        )
+    return int(window)
+
+
+# --------------------------------------------------------------------------- the orders source
+
+
+def _split_name(name: str) -> tuple[str | None, str]:
+    if "." in name:
+        schema, tbl = name.split(".", 1)
+        return schema, tbl
+    return None, name
+
+
+def orders_source(settings: Settings, extra_columns: Iterable[str] = ()) -> Any:
+    """The configured orders table or view, with the project's column names (a subquery).
+
+    Columns: ``order_id, customer_id, ordered_at, amount, status, coupon_code`` plus ``extra_columns``
+    (taken by their own names, e.g. ``country``).
+    """
+    src = settings.orders
+    schema, name = _split_name(src.table)
+    mapped = {
+        "order_id": src.order_id,
+        "customer_id": src.customer_id,
+        "ordered_at": src.ordered_at,
+        "amount": src.amount,
+        "status": src.status,
+        "coupon_code": src.coupon_code,
+    }
+    names = [c for c in mapped.values() if c] + [c for c in extra_columns if c not in mapped.values()]
+    tbl = table(name, *[column(c) for c in dict.fromkeys(names)], schema=schema)
+    cols = []
+    for label, col in mapped.items():
+        if col:
+            expr = tbl.c[col]
+            if label in ("customer_id", "order_id", "coupon_code", "status"):
+                expr = expr.cast(String)
+            cols.append(expr.label(label))
+        else:
+            cols.append(null().cast(String).label(label))
+    cols += [tbl.c[c].label(c) for c in extra_columns]
+    return select(*cols).subquery("src_orders")
+
+
+def valid_status(settings: Settings, status_col: Any) -> Any:
+    """Orders whose status is not excluded (a missing status counts as valid)."""
+    if not settings.orders.status or not settings.excluded_statuses:
+        return true()
+    return or_(status_col.is_(None), status_col.not_in(list(settings.excluded_statuses)))
+
+
+def check_orders_source(bind: Engine | Connection, settings: Settings) -> None:
+    if not has_table(bind, settings.orders.table):
+        raise WarehouseError(
+            f"orders table {settings.orders.table!r} not found in the warehouse",
+            fix="run `activation ingest` first or point ACTIVATION_ORDERS__TABLE at your orders table/view",
+        )
+
+
+def orders_end(bind: Engine | Connection, settings: Settings) -> datetime | None:
+    """Timestamp of the latest order in the warehouse (any status): the end of the known data."""
+    o = orders_source(settings)
+    stmt = select(func.max(o.c.ordered_at))
+    if isinstance(bind, Connection):
+        value = bind.execute(stmt).scalar()
+    else:
+        with bind.connect() as conn:
+            value = conn.execute(stmt).scalar()
+    if isinstance(value, date) and not isinstance(value, datetime):
+        value = datetime.combine(value, time())
+    return value
+
+
+def incomplete_warning(windows: list[CampaignWindow], data_end: datetime | None) -> str | None:
+    """A warning when some window ends after the last day with orders."""
+    if not windows:
+        return None
+    window_end = max(w.end for w in windows)
+    if data_end is None:
+        return "outcomes incomplete: the warehouse has no orders at all"
+    if data_end.date() < window_end.date():
+        return (
+            f"outcomes incomplete: the attribution window ends {window_end.date().isoformat()} but the "
+            f"latest order in the warehouse is from {data_end.date().isoformat()}; "
+            "conversions after that date are not counted yet — collect again later"
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- attribution SQL
+
+
+def attribution_select(settings: Settings, w: CampaignWindow) -> Select:
+    """Per converted member of campaign ``w``: revenue, orders, first order, coupon redeemed, discount.
+
+    One row per member with at least one qualifying order in ``(start, end]``; columns
+    ``customer_id, member_group, revenue, orders, first_order_at, coupon_code, discount,
+    unknown_coupon_orders``. Built as readable CTE steps and run in the warehouse.
+    """
+    o = orders_source(settings)
+    members = (
+        select(
+            campaign_members.c.customer_id,
+            campaign_members.c.member_group,
+            campaign_members.c.coupon_code.label("member_coupon"),
+        )
+        .where(campaign_members.c.campaign_id == w.campaign_id)
+        .cte("members")
+    )
+    window_orders = (
+        select(
+            members.c.customer_id,
+            members.c.member_group,
+            members.c.member_coupon,
+            o.c.order_id,
+            o.c.amount,
+            o.c.ordered_at,
+            o.c.coupon_code,
+        )
+        .join(o, o.c.customer_id == members.c.customer_id)
+        .where(o.c.ordered_at > w.start, o.c.ordered_at <= w.end, valid_status(settings, o.c.status))
+        .cte("window_orders")
+    )
+    wo = window_orders.c
+    redeemed = and_(
+        wo.member_group == "treatment",
+        wo.member_coupon.is_not(None),
+        wo.coupon_code == wo.member_coupon,
+    )
+    unknown = and_(wo.coupon_code.is_not(None), wo.coupon_code != "", ~redeemed)
+    return select(
+        wo.customer_id,
+        wo.member_group,
+        func.sum(wo.amount).label("revenue"),
+        func.count(wo.order_id.distinct()).label("orders"),
+        func.min(wo.ordered_at).label("first_order_at"),
+        func.max(case((redeemed, wo.coupon_code), else_=None)).label("coupon_code"),
+        func.sum(case((redeemed, wo.amount * literal(w.discount_rate)), else_=0.0)).label("discount"),
+        func.count(case((unknown, wo.order_id), else_=None).distinct()).label("unknown_coupon_orders"),
+    ).group_by(wo.customer_id, wo.member_group)
+
+
+# --------------------------------------------------------------------------- destination events
+
+
+@dataclass(frozen=True)
+class OutcomeEvent:
+    """One email event, normalised from whatever a destination yields."""
+
+    campaign_id: str
+    event: str
+    customer_id: str | None = None
+    email: str | None = None
+    occurred_at: datetime | None = None
+
+
+def _get(obj: Any, *names: str) -> Any:
+    for n in names:
+        if isinstance(obj, Mapping):
+            if n in obj and obj[n] is not None:
+                return obj[n]
+        else:
+            v = getattr(obj, n, None)
+            if v is not None:
+                return v
+    return None
+
+
+def normalise_event(raw: Any) -> OutcomeEvent | None:
+    """An :class:`OutcomeEvent` from a dict or object with ``campaign_id``, ``event`` (or ``type`` /
+    ``action``), ``customer_id`` or ``email`` and ``occurred_at`` (or ``timestamp``); None if unusable."""
+    if isinstance(raw, OutcomeEvent):
+        return raw
+    campaign_id = _get(raw, "campaign_id")
+    event = _get(raw, "event", "type", "action", "kind")
+    if campaign_id is None or event is None:
+        return None
+    event = str(getattr(event, "value", event)).strip().lower()
+    event = _EVENT_ALIASES.get(event, event)
+    if event not in EMAIL_EVENTS:
+        return None
+    when = _get(raw, "occurred_at", "timestamp", "at", "time")
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            when = None
+    if isinstance(when, datetime) and when.tzinfo is not None:
+        when = when.astimezone(UTC).replace(tzinfo=None)  # the warehouse stores naive UTC
+    customer = _get(raw, "customer_id")
+    email = _get(raw, "email", "email_address")
+    if customer is None and email is None:
+        return None
+    return OutcomeEvent(
+        campaign_id=str(campaign_id),
+        event=event,
+        customer_id=None if customer is None else str(customer),
+        email=None if email is None else str(email),
+        occurred_at=when if isinstance(when, datetime) else None,
+    )
+
+
+def _read_destination(
+    destination: Any,
+    engine: Engine,
+    settings: Settings,
+    as_of: date,
+    scheme: str,
+    windows: list[CampaignWindow],
+) -> tuple[str, Iterable[Any]]:
+    """(source name, raw events) from a destination object or a plain iterable of events."""
+    if destination is None:
+        return "none", ()
+    name = str(getattr(destination, "name", None) or type(destination).__name__).lower()
+    reader = getattr(destination, "read_outcomes", None)
+    if reader is None:
+        return ("destination" if isinstance(destination, list | tuple) else name), destination
+    offered: dict[str, Any] = {
+        "engine": engine,
+        "settings": settings,
+        "as_of": as_of,
+        "scheme": scheme,
+        "campaign_ids": [w.campaign_id for w in windows],
+        "campaigns": [w.campaign_id for w in windows],
+        "since": min(w.start for w in windows),
+    }
+    try:
+        params = _inspect.signature(reader).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if any(p.kind is _inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kwargs = offered
+    else:
+        kwargs = {k: v for k, v in offered.items() if k in params}
+    return name, reader(**kwargs)
+
+
+def email_hash(email: str) -> str:
+    """sha256 of the lower-cased, stripped email (how suppressions are keyed)."""
+    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def _customer_emails(conn: Connection, settings: Settings, customer_ids: set[str]) -> dict[str, str]:
+    src = settings.customers
+    if not src.email or not customer_ids or not has_table(conn, src.table):
+        return {}
+    schema, name = _split_name(src.table)
+    tbl = table(name, column(src.customer_id), column(src.email), schema=schema)
+    ids = sorted(customer_ids)
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), 5000):
+        chunk = ids[i : i + 5000]
+        stmt = select(tbl.c[src.customer_id].cast(String), tbl.c[src.email]).where(
+            tbl.c[src.customer_id].cast(String).in_(chunk)
+        )
+        out.update({str(c): e for c, e in conn.execute(stmt) if e})
+    return out
+
+
+def _customers_by_email(conn: Connection, settings: Settings, emails: set[str]) -> dict[str, str]:
+    src = settings.customers
+    if not src.email or not emails or not has_table(conn, src.table):
+        return {}
+    schema, name = _split_name(src.table)
+    tbl = table(name, column(src.customer_id), column(src.email), schema=schema)
+    wanted = sorted({e.strip().lower() for e in emails})
+    out: dict[str, str] = {}
+    for i in range(0, len(wanted), 5000):
+        chunk = wanted[i : i + 5000]
+        stmt = select(func.lower(func.trim(tbl.c[src.email])), tbl.c[src.customer_id].cast(String)).where(
+            func.lower(func.trim(tbl.c[src.email])).in_(chunk)
+        )
+        out.update({e: str(c) for e, c in conn.execute(stmt)})
+    return out
+
+
+# --------------------------------------------------------------------------- collect
+
+
+@dataclass
+class CollectResult:
+    """What one collection wrote."""
+
+    as_of: date
+    scheme: str
+    window_days: int
+    campaigns: int
+    members: int
+    backtest: bool
+    converted_added: int = 0
+    converted_updated: int = 0
+    converted_removed: int = 0
+    events_added: dict[str, int] = field(default_factory=dict)
+    events_skipped: int = 0
+    suppressions_added: int = 0
+    unknown_coupon_orders: int = 0
+    data_end: datetime | None = None
+    incomplete: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        events = ", ".join(f"{k} {v}" for k, v in self.events_added.items() if v) or "none"
+        lines = [
+            f"outcomes for {self.scheme} as_of {self.as_of.isoformat()} (window {self.window_days} days"
+            f"{', backtest' if self.backtest else ''}): {self.campaigns} campaigns, {self.members} members",
+            f"  converted: +{self.converted_added} new, {self.converted_updated} updated, "
+            f"{self.converted_removed} removed",
+            f"  email events added: {events}; suppressions added: {self.suppressions_added}",
+        ]
+        if self.events_skipped:
+            lines.append(f"  events skipped (unknown campaign or member): {self.events_skipped}")
+        if self.unknown_coupon_orders:
+            lines.append(
+                f"  orders with coupon codes that are not the member's own (ignored for redemption): "
+                f"{self.unknown_coupon_orders}"
+            )
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def is_backtest(bind: Connection, campaign_ids: list[str]) -> bool:
+    """True when no real destination sent or scheduled these campaigns and no ``sent`` event exists:
+    every planned member then counts as reached, and treated vs holdout shows baseline conversion."""
+    if not campaign_ids:
+        return True
+    real = bind.execute(
+        select(func.count())
+        .select_from(destination_campaigns)
+        .where(
+            destination_campaigns.c.campaign_id.in_(campaign_ids),
+            destination_campaigns.c.destination != "outbox",
+            destination_campaigns.c.status.in_(["sent", "scheduled"]),
+        )
+    ).scalar()
+    if real:
+        return False
+    sent = bind.execute(
+        select(func.count())
+        .select_from(campaign_outcomes)
+        .where(campaign_outcomes.c.campaign_id.in_(campaign_ids), campaign_outcomes.c.event == "sent")
+    ).scalar()
+    return not sent
+
+
+def collect_outcomes(
+    engine: Engine,
+    settings: Settings,
+    as_of: date | None,
+    scheme: str | None,
+    window_days: int | None = None,
+    destination: Any = None,
+) -> CollectResult:
+    """Record email events and conversions of the current campaigns of ``as_of`` + ``scheme``.
+
+    Args:
+        engine: the warehouse.
+        settings: project settings (window, excluded statuses, orders source).
+        as_of: the campaigns' as_of; None = the latest as_of with campaigns for the scheme.
+        scheme: segmentation scheme; None = ``settings.default_scheme``.
+        window_days: attribution window; None = ``settings.attribution_window_days``.
+        destination: an object with ``read_outcomes(...)`` or an iterable of events (dicts/objects
+            with ``campaign_id``, ``event``, ``customer_id`` or ``email``, ``occurred_at``); None for
+            warehouse-only collection (backtest, local outbox).
+
+    Returns:
+        A :class:`CollectResult` with counts of what was added, updated and removed.
+
+    Raises:
+        NotFoundError: no campaign for that as_of and scheme.
+        WarehouseError: the orders table is missing.
+    """
+    scheme = scheme or settings.default_scheme
+    window = resolve_window(settings, window_days)
+    if as_of is None:
+        as_of = latest_campaign_as_of(engine, scheme)
+        if as_of is None:
+            raise NotFoundError(
+                f"no campaign for scheme {scheme!r} at any as_of",
+                fix=f"run `activation plan --as-of YYYY-MM-DD --scheme {scheme}` first",
+            )
+    check_orders_source(engine, settings)
+    windows = campaign_windows(engine, settings, as_of, scheme, window)
+    source, raw_events = _read_destination(destination, engine, settings, as_of, scheme, windows)
+    events = [e for e in (normalise_event(r) for r in raw_events) if e is not None]
+    ids = [w.campaign_id for w in windows]
+    data_end = orders_end(engine, settings)
+
+    with transaction(engine) as conn:
+        members_total = conn.execute(
+            select(func.count()).select_from(campaign_members).where(campaign_members.c.campaign_id.in_(ids))
+        ).scalar() or 0
+        result = CollectResult(
+            as_of=as_of,
+            scheme=scheme,
+            window_days=window,
+            campaigns=len(windows),
+            members=int(members_total),
+            backtest=False,
+            data_end=data_end,
+            events_added={e: 0 for e in EMAIL_EVENTS},
+        )
+        if events:
+            _record_events(conn, settings, events, ids, source, result)
+        for w in windows:
+            _record_conversions(conn, settings, w, result)
+        result.backtest = is_backtest(conn, ids)
+
+    warning = incomplete_warning(windows, data_end)
+    if warning:
+        result.incomplete = True
+        result.warnings.append(warning)
+        log.warning(warning)
+    if result.unknown_coupon_orders:
+        result.warnings.append(
+            f"{result.unknown_coupon_orders} orders in the window carry coupon codes that are not the "
+            "member's own; they count as revenue but not as redemptions"
+        )
+    return result
+
+
+def _record_conversions(conn: Connection, settings: Settings, w: CampaignWindow, result: CollectResult) -> None:
+    attr = attribution_select(settings, w).subquery("attr")
+    co = campaign_outcomes.c
+    existing = (
+        select(co.customer_id, co.revenue, co.orders, co.coupon_code, co.discount, co.occurred_at)
+        .where(co.campaign_id == w.campaign_id, co.event == "converted")
+        .subquery("existing")
+    )
+    counts = conn.execute(
+        select(
+            func.count().label("n"),
+            func.count(existing.c.customer_id).label("present"),
+            func.sum(
+                case(
+                    (
+                        and_(
+                            existing.c.customer_id.is_not(None),
+                            or_(
+                                existing.c.revenue.is_distinct_from(attr.c.revenue),
+                                existing.c.orders.is_distinct_from(attr.c.orders),
+                                existing.c.coupon_code.is_distinct_from(attr.c.coupon_code),
+                                existing.c.discount.is_distinct_from(attr.c.discount),
+                                existing.c.occurred_at.is_distinct_from(attr.c.first_order_at),
+                            ),
+                        ),
+                        1,
+                    ),
+                    else_=0,
+                )
+            ).label("changed"),
+            func.coalesce(func.sum(attr.c.unknown_coupon_orders), 0).label("unknown"),
+        ).select_from(attr.outerjoin(existing, existing.c.customer_id == attr.c.customer_id))
+    ).one()
+    result.converted_added += int(counts.n) - int(counts.present)
+    result.converted_updated += int(counts.changed or 0)
+    result.unknown_coupon_orders += int(counts.unknown or 0)
+
+    src = attribution_select(settings, w).subquery("attr")
+    ins = postgresql.insert(campaign_outcomes).from_select(
+        ["campaign_id", "customer_id", "event", "occurred_at", "revenue", "orders", "coupon_code", "discount", "source"],
+        select(
+            literal(w.campaign_id, String),
+            src.c.customer_id,
+            literal("converted", String),
+            src.c.first_order_at,
+            src.c.revenue,
+            src.c.orders,
+            src.c.coupon_code,
+            src.c.discount,
+            literal("warehouse", String),
+        ),
+    )
+    ins = ins.on_conflict_do_update(
+        index_elements=[co.campaign_id, co.customer_id, co.event],
+        set_={
+            "occurred_at": ins.excluded.occurred_at,
+            "revenue": ins.excluded.revenue,
+            "orders": ins.excluded.orders,
+            "coupon_code": ins.excluded.coupon_code,
+            "discount": ins.excluded.discount,
+        },
+    )
+    conn.execute(ins)
+
+    still = attribution_select(settings, w).subquery("still")
+    removed = conn.execute(
+        delete(campaign_outcomes).where(
+            co.campaign_id == w.campaign_id,
+            co.event == "converted",
+            co.customer_id.not_in(select(still.c.customer_id)),
+        )
+    ).rowcount
+    result.converted_removed += max(int(removed or 0), 0)
+
+
+def _record_events(
+    conn: Connection,
+    settings: Settings,
+    events: list[OutcomeEvent],
+    campaign_ids: list[str],
+    source: str,
+    result: CollectResult,
+) -> None:
+    wanted = set(campaign_ids)
+    by_email = _customers_by_email(conn, settings, {e.email for e in events if e.customer_id is None and e.email})
+    members: set[tuple[str, str]] = set()
+    for i in range(0, len(campaign_ids), 500):
+        members.update(
+            (c, m)
+            for c, m in conn.execute(
+                select(campaign_members.c.campaign_id, campaign_members.c.customer_id).where(
+                    campaign_members.c.campaign_id.in_(campaign_ids[i : i + 500])
+                )
+            )
+        )
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    suppress: dict[tuple[str, str], str | None] = {}
+    for e in events:
+        customer = e.customer_id or (by_email.get(e.email.strip().lower()) if e.email else None)
+        if e.campaign_id not in wanted or customer is None or (e.campaign_id, customer) not in members:
+            result.events_skipped += 1
+            continue
+        key = (e.campaign_id, customer, e.event)
+        prev = rows.get(key)
+        if prev is None or (
+            e.occurred_at is not None and (prev["occurred_at"] is None or e.occurred_at < prev["occurred_at"])
+        ):
+            rows[key] = {
+                "campaign_id": e.campaign_id,
+                "customer_id": customer,
+                "event": e.event,
+                "occurred_at": e.occurred_at,
+                "source": source,
+            }
+        if e.event in _SUPPRESS_REASON:
+            suppress.setdefault((customer, _SUPPRESS_REASON[e.event]), e.email)
+    if rows:
+        existing = {
+            (c, m, ev)
+            for c, m, ev in conn.execute(
+                select(campaign_outcomes.c.campaign_id, campaign_outcomes.c.customer_id, campaign_outcomes.c.event)
+                .where(
+                    campaign_outcomes.c.campaign_id.in_(sorted({k[0] for k in rows})),
+                    campaign_outcomes.c.event.in_(EMAIL_EVENTS),
+                )
+            )
+        }
+        new = [r for k, r in rows.items() if k not in existing]
+        if new:
+            conn.execute(insert_ignore(campaign_outcomes), new)
+        for r in new:
+            result.events_added[r["event"]] = result.events_added.get(r["event"], 0) + 1
+    if suppress:
+        emails = _customer_emails(conn, settings, {c for c, _ in suppress if suppress[(c, _)] is None})
+        now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        hashes: dict[tuple[str, str], dict[str, Any]] = {}
+        for (customer, reason), email in suppress.items():
+            address = email or emails.get(customer)
+            if not address:
+                continue
+            h = email_hash(address)
+            hashes[(h, reason)] = {"email_hash": h, "reason": reason, "source": "outcomes", "created_at": now}
+        if hashes:
+            have = {
+                (h, r)
+                for h, r in conn.execute(
+                    select(suppressions.c.email_hash, suppressions.c.reason).where(
+                        suppressions.c.email_hash.in_(sorted({k[0] for k in hashes}))
+                    )
+                )
+            }
+            new_s = [v for k, v in hashes.items() if k not in have]
+            if new_s:
+                conn.execute(insert_ignore(suppressions), new_s)
+            result.suppressions_added += len(new_s)
