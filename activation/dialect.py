@@ -11,16 +11,25 @@ differs is collected here:
 * ``hash_bucket(expr, bind)`` — the first 32 bits of ``md5(expr)`` as an integer in ``[0, 2**32)``; identical to
   ``int(hashlib.md5(s.encode()).hexdigest()[:8], 16)`` in Python (used for stable holdout splits).
 * ``sha256_hex(expr, bind)`` — lower-case hex SHA-256 of a text expression's UTF-8 bytes (email hashes).
+* ``percentiles_disc(ps, order_by)`` — several discrete quantiles in one ordered-set aggregate
+  (``percentile_disc(ARRAY[...]) WITHIN GROUP (ORDER BY …)``: one sort instead of one per quantile;
+  DuckDB and PostgreSQL both return an array).
+* ``CreateTempTableAs(name, select)`` — ``CREATE TEMPORARY TABLE name AS SELECT …``, to materialise an
+  intermediate result that later statements read more than once.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal_column
+from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal, literal_column
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.sql.selectable import Select
+from sqlalchemy.types import Float
 
 
 def dialect_name(bind: Engine | Connection) -> str:
@@ -69,3 +78,26 @@ def sha256_hex(expr: Any, bind: Engine | Connection) -> ColumnElement[str]:
 class _Bit32(postgresql.BIT):
     def __init__(self) -> None:
         super().__init__(32)
+
+
+def percentiles_disc(ps: list[float], order_by: Any) -> ColumnElement[Any]:
+    """Discrete quantiles ``ps`` of ``order_by`` as one array-valued ordered-set aggregate."""
+    return func.percentile_disc(postgresql.array([literal(p, Float(precision=53)) for p in ps])).within_group(
+        order_by
+    )
+
+
+class CreateTempTableAs(Executable, ClauseElement):
+    """``CREATE TEMPORARY TABLE <name> AS <select>`` (bound parameters of the select are kept)."""
+
+    inherit_cache = False
+
+    def __init__(self, name: str, select: Select[Any]) -> None:
+        self.name = name
+        self.select = select
+
+
+@compiles(CreateTempTableAs)
+def _compile_create_temp_table_as(element: CreateTempTableAs, compiler: Any, **kw: Any) -> str:
+    name = compiler.preparer.quote(element.name)
+    return f"CREATE TEMPORARY TABLE {name} AS {compiler.process(element.select, **kw)}"
