@@ -145,9 +145,7 @@ def discount_rate(offer_type: str, offer_json: str | None) -> float:
 def current_campaigns(bind: Engine | Connection, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
     """Latest version of each campaign of ``as_of`` + ``scheme`` (rows of ``campaigns``), by segment."""
     rows = (
-        bind.execute(
-            select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
-        )
+        bind.execute(select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme))
         .mappings()
         .all()
         if isinstance(bind, Connection)
@@ -615,9 +613,14 @@ def collect_outcomes(
     data_end = orders_end(engine, settings)
 
     with transaction(engine) as conn:
-        members_total = conn.execute(
-            select(func.count()).select_from(campaign_members).where(campaign_members.c.campaign_id.in_(ids))
-        ).scalar() or 0
+        members_total = (
+            conn.execute(
+                select(func.count())
+                .select_from(campaign_members)
+                .where(campaign_members.c.campaign_id.in_(ids))
+            ).scalar()
+            or 0
+        )
         result = CollectResult(
             as_of=as_of,
             scheme=scheme,
@@ -647,7 +650,9 @@ def collect_outcomes(
     return result
 
 
-def _record_conversions(conn: Connection, settings: Settings, w: CampaignWindow, result: CollectResult) -> None:
+def _record_conversions(
+    conn: Connection, settings: Settings, w: CampaignWindow, result: CollectResult
+) -> None:
     attr = attribution_select(settings, w).subquery("attr")
     co = campaign_outcomes.c
     existing = (
@@ -686,7 +691,17 @@ def _record_conversions(conn: Connection, settings: Settings, w: CampaignWindow,
 
     src = attribution_select(settings, w).subquery("attr")
     ins = postgresql.insert(campaign_outcomes).from_select(
-        ["campaign_id", "customer_id", "event", "occurred_at", "revenue", "orders", "coupon_code", "discount", "source"],
+        [
+            "campaign_id",
+            "customer_id",
+            "event",
+            "occurred_at",
+            "revenue",
+            "orders",
+            "coupon_code",
+            "discount",
+            "source",
+        ],
         select(
             literal(w.campaign_id, String),
             src.c.customer_id,
@@ -731,7 +746,9 @@ def _record_events(
     result: CollectResult,
 ) -> None:
     wanted = set(campaign_ids)
-    by_email = _customers_by_email(conn, settings, {e.email for e in events if e.customer_id is None and e.email})
+    by_email = _customers_by_email(
+        conn, settings, {e.email for e in events if e.customer_id is None and e.email}
+    )
     members: set[tuple[str, str]] = set()
     for i in range(0, len(campaign_ids), 500):
         members.update(
@@ -767,8 +784,11 @@ def _record_events(
         existing = {
             (c, m, ev)
             for c, m, ev in conn.execute(
-                select(campaign_outcomes.c.campaign_id, campaign_outcomes.c.customer_id, campaign_outcomes.c.event)
-                .where(
+                select(
+                    campaign_outcomes.c.campaign_id,
+                    campaign_outcomes.c.customer_id,
+                    campaign_outcomes.c.event,
+                ).where(
                     campaign_outcomes.c.campaign_id.in_(sorted({k[0] for k in rows})),
                     campaign_outcomes.c.event.in_(EMAIL_EVENTS),
                 )

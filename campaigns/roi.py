@@ -1,0 +1,439 @@
+"""ROI per segment: treated vs holdout, incremental conversion and revenue with 95 % intervals,
+offer cost, incremental profit and ROI.
+
+Conversions and revenue are aggregated in the warehouse with the attribution rule of
+:mod:`campaigns.outcomes` (the same SQL the ledger is filled with, so the report honours
+``--window-days`` and is always current); email events (sent, opened, …) come from the ledger.
+
+Definitions (one row per campaign = per segment of the as_of + scheme):
+
+* ``treated`` = members of the treatment group (intent to treat: every planned member counts as
+  reached, which is also how a backtest on transaction-only data works); ``holdout`` = holdout members.
+* conversion rate = converters / members of the group; revenue per member = revenue / members
+  (non-converters count as 0).
+* ``incremental_conversion`` = treated rate − holdout rate, 95 % CI by Newcombe's hybrid score
+  method (from the two Wilson intervals).
+* ``incremental_revenue_per_member`` = treated − holdout revenue per member, 95 % CI by Welch's t
+  (unequal variances, Welch–Satterthwaite degrees of freedom) on per-member revenue incl. zeros.
+* ``offer_cost`` = discounts actually redeemed by treated members (coupon orders) +
+  ``cost_per_send`` × treated.
+* ``incremental_profit`` = incremental revenue per member × treated × ``gross_margin`` − offer cost.
+* ``roi`` = incremental profit / offer cost (empty when the cost is 0).
+
+Without a holdout no lift is claimed (``status`` = ``n/a (no holdout)``, lift columns empty); when
+either group is smaller than ``min_group_size`` the row is flagged ``inconclusive``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date, datetime
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import Float, cast, func, select
+from sqlalchemy.engine import Connection, Engine
+
+from activation.settings import Settings
+from activation.tables import campaign_members, campaign_outcomes
+from campaigns.outcomes import (
+    EMAIL_EVENTS,
+    CampaignWindow,
+    attribution_select,
+    campaign_windows,
+    check_orders_source,
+    incomplete_warning,
+    is_backtest,
+    orders_end,
+    resolve_window,
+)
+from campaigns.stats import (
+    MeanStats,
+    mean_interval,
+    newcombe_diff_interval,
+    welch_diff_interval,
+    wilson_interval,
+)
+
+CONVERSION_CI_METHOD = (
+    "95 % interval for the difference of two proportions: Newcombe's hybrid score interval "
+    "(Newcombe 1998, method 10), built from the Wilson score intervals of each group"
+)
+REVENUE_CI_METHOD = (
+    "95 % interval for the difference of mean revenue per member (non-buyers count as 0): Welch's t "
+    "interval (unequal variances, Welch–Satterthwaite degrees of freedom)"
+)
+
+CSV_COLUMNS = [
+    "segment",
+    "treated",
+    "holdout",
+    "treated_conversion_rate",
+    "holdout_conversion_rate",
+    "incremental_conversion",
+    "incremental_conversion_ci_low",
+    "incremental_conversion_ci_high",
+    "treated_revenue_per_member",
+    "holdout_revenue_per_member",
+    "offer_cost",
+    "roi",
+    "status",
+    "campaign_id",
+    "campaign_version",
+    "offer_type",
+    "treated_conversions",
+    "holdout_conversions",
+    "incremental_revenue_per_member",
+    "incremental_revenue_per_member_ci_low",
+    "incremental_revenue_per_member_ci_high",
+    "treated_revenue",
+    "holdout_revenue",
+    "coupons_redeemed",
+    "discount_redeemed",
+    "send_cost",
+    "incremental_revenue",
+    "incremental_profit",
+    "sent",
+    "opened",
+    "clicked",
+    "unsubscribed",
+    "bounced",
+    "open_rate",
+    "click_rate",
+    "unsubscribe_rate",
+    "unknown_coupon_orders",
+]
+
+STATUS_OK = "ok"
+STATUS_NO_HOLDOUT = "n/a (no holdout)"
+STATUS_EMPTY = "n/a (no members)"
+
+
+def _group_stats(conn: Connection, settings: Settings, w: CampaignWindow) -> dict[str, dict[str, float]]:
+    """Per group (treatment / holdout): members, converters, revenue sums, discounts, redemptions."""
+    attr = attribution_select(settings, w).subquery("attr")
+    m = campaign_members.alias("m")
+    rev = func.coalesce(cast(attr.c.revenue, Float), 0.0)
+    stmt = (
+        select(
+            m.c.member_group,
+            func.count().label("n"),
+            func.count(attr.c.customer_id).label("converters"),
+            func.coalesce(func.sum(rev), 0.0).label("revenue"),
+            func.coalesce(func.sum(rev * rev), 0.0).label("revenue_sq"),
+            func.coalesce(func.sum(attr.c.discount), 0.0).label("discount"),
+            func.count(attr.c.coupon_code).label("redeemed"),
+            func.coalesce(func.sum(attr.c.unknown_coupon_orders), 0).label("unknown"),
+        )
+        .select_from(m.outerjoin(attr, attr.c.customer_id == m.c.customer_id))
+        .where(m.c.campaign_id == w.campaign_id)
+        .group_by(m.c.member_group)
+    )
+    out: dict[str, dict[str, float]] = {}
+    for row in conn.execute(stmt).mappings():
+        out[str(row["member_group"])] = {
+            k: (float(v) if v is not None else 0.0) for k, v in row.items() if k != "member_group"
+        }
+    return out
+
+
+def _event_counts(conn: Connection, campaign_ids: list[str]) -> dict[tuple[str, str], int]:
+    """(campaign_id, event) → distinct treated members with that event, from the ledger."""
+    co, m = campaign_outcomes, campaign_members
+    stmt = (
+        select(co.c.campaign_id, co.c.event, func.count(co.c.customer_id.distinct()))
+        .select_from(
+            co.join(m, (m.c.campaign_id == co.c.campaign_id) & (m.c.customer_id == co.c.customer_id))
+        )
+        .where(
+            co.c.campaign_id.in_(campaign_ids), co.c.event.in_(EMAIL_EVENTS), m.c.member_group == "treatment"
+        )
+        .group_by(co.c.campaign_id, co.c.event)
+    )
+    return {(c, e): int(n) for c, e, n in conn.execute(stmt)}
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def roi_row(
+    settings: Settings,
+    w: CampaignWindow,
+    groups: dict[str, dict[str, float]],
+    events: dict[str, int],
+) -> dict[str, Any]:
+    """One ROI row from the group aggregates of a campaign."""
+    t = groups.get("treatment", {})
+    h = groups.get("holdout", {})
+    nt, nh = int(t.get("n", 0)), int(h.get("n", 0))
+    xt, xh = int(t.get("converters", 0)), int(h.get("converters", 0))
+    t_stats = MeanStats(nt, t.get("revenue", 0.0), t.get("revenue_sq", 0.0))
+    h_stats = MeanStats(nh, h.get("revenue", 0.0), h.get("revenue_sq", 0.0))
+    tl, th = wilson_interval(xt, nt)
+    hl, hh = wilson_interval(xh, nh)
+    trl, trh = mean_interval(t_stats)
+    hrl, hrh = mean_interval(h_stats)
+    discount = float(t.get("discount", 0.0))
+    send_cost = settings.cost_per_send * nt
+    offer_cost = discount + send_cost
+
+    if nt == 0 and nh == 0:
+        status = STATUS_EMPTY
+    elif nh == 0 or nt == 0:
+        status = STATUS_NO_HOLDOUT
+    elif min(nt, nh) < settings.min_group_size:
+        status = f"inconclusive (group < {settings.min_group_size})"
+    else:
+        status = STATUS_OK
+
+    if nt > 0 and nh > 0:
+        d, dl, dh = newcombe_diff_interval(xt, nt, xh, nh)
+        rd, rdl, rdh = welch_diff_interval(t_stats, h_stats)
+        incremental_revenue = rd * nt
+        profit = incremental_revenue * settings.gross_margin - offer_cost
+        roi = profit / offer_cost if offer_cost > 0 else math.nan
+    else:
+        d = dl = dh = rd = rdl = rdh = incremental_revenue = profit = roi = math.nan
+
+    sent = events.get("sent", 0)
+    has_events = any(events.get(e, 0) for e in EMAIL_EVENTS)
+    reached = sent if sent else nt
+    rate = (lambda k: _div(events.get(k, 0), reached)) if has_events else (lambda k: math.nan)
+    return {
+        "segment": w.segment,
+        "campaign_id": w.campaign_id,
+        "campaign_version": w.version,
+        "offer_type": w.offer_type,
+        "send_time": w.start,
+        "treated": nt,
+        "holdout": nh,
+        "treated_conversions": xt,
+        "holdout_conversions": xh,
+        "treated_conversion_rate": _div(xt, nt),
+        "holdout_conversion_rate": _div(xh, nh),
+        "treated_conversion_ci_low": tl,
+        "treated_conversion_ci_high": th,
+        "holdout_conversion_ci_low": hl,
+        "holdout_conversion_ci_high": hh,
+        "incremental_conversion": d,
+        "incremental_conversion_ci_low": dl,
+        "incremental_conversion_ci_high": dh,
+        "treated_revenue": t_stats.total,
+        "holdout_revenue": h_stats.total,
+        "treated_revenue_per_member": t_stats.mean,
+        "holdout_revenue_per_member": h_stats.mean,
+        "treated_revenue_per_member_ci_low": trl,
+        "treated_revenue_per_member_ci_high": trh,
+        "holdout_revenue_per_member_ci_low": hrl,
+        "holdout_revenue_per_member_ci_high": hrh,
+        "incremental_revenue_per_member": rd,
+        "incremental_revenue_per_member_ci_low": rdl,
+        "incremental_revenue_per_member_ci_high": rdh,
+        "coupons_redeemed": int(t.get("redeemed", 0)),
+        "discount_redeemed": discount,
+        "send_cost": send_cost,
+        "offer_cost": offer_cost,
+        "gross_margin": settings.gross_margin,
+        "incremental_revenue": incremental_revenue,
+        "incremental_profit": profit,
+        "roi": roi,
+        "status": status,
+        "significant": bool(not math.isnan(dl) and (dl > 0 or dh < 0)),
+        "sent": sent,
+        "opened": events.get("opened", 0),
+        "clicked": events.get("clicked", 0),
+        "unsubscribed": events.get("unsubscribed", 0),
+        "bounced": events.get("bounced", 0),
+        "open_rate": rate("opened"),
+        "click_rate": rate("clicked"),
+        "unsubscribe_rate": rate("unsubscribed"),
+        "unknown_coupon_orders": int(t.get("unknown", 0) + h.get("unknown", 0)),
+        "_treated_revenue_sq": t_stats.total_sq,
+        "_holdout_revenue_sq": h_stats.total_sq,
+    }
+
+
+def compute_roi(
+    engine: Engine, settings: Settings, as_of: date, scheme: str | None, window_days: int | None = None
+) -> pd.DataFrame:
+    """The ROI table of the current campaigns of ``as_of`` + ``scheme``, one row per segment.
+
+    Columns include every column of the report CSV (:data:`CSV_COLUMNS`) plus per-group CIs for the
+    charts. ``df.attrs`` carries ``as_of``, ``scheme``, ``window_days``, ``backtest``, ``data_end``,
+    ``warnings`` and ``notes``.
+
+    Raises:
+        NotFoundError: no campaign for that as_of and scheme (run ``activation plan`` first).
+    """
+    scheme = scheme or settings.default_scheme
+    window = resolve_window(settings, window_days)
+    check_orders_source(engine, settings)
+    with engine.connect() as conn:
+        windows = campaign_windows(conn, settings, as_of, scheme, window)
+        ids = [w.campaign_id for w in windows]
+        events = _event_counts(conn, ids)
+        rows = [
+            roi_row(
+                settings,
+                w,
+                _group_stats(conn, settings, w),
+                {e: events.get((w.campaign_id, e), 0) for e in EMAIL_EVENTS},
+            )
+            for w in windows
+        ]
+        backtest = is_backtest(conn, ids)
+        data_end = orders_end(conn, settings)
+    df = pd.DataFrame(rows)
+    warnings: list[str] = []
+    notes: list[str] = []
+    incomplete = incomplete_warning(windows, data_end)
+    if incomplete:
+        warnings.append(incomplete)
+    for r in rows:
+        if r["status"] == STATUS_EMPTY:
+            notes.append(f"segment {r['segment']!r} has no members: nothing to measure")
+        elif r["status"] == STATUS_NO_HOLDOUT:
+            notes.append(f"segment {r['segment']!r} has no holdout: no lift is claimed (n/a)")
+        elif r["status"].startswith("inconclusive"):
+            notes.append(
+                f"segment {r['segment']!r}: {r['treated']} treated / {r['holdout']} holdout members, below "
+                f"min_group_size {settings.min_group_size}: inconclusive"
+            )
+    unknown = int(df["unknown_coupon_orders"].sum()) if len(df) else 0
+    if unknown:
+        notes.append(
+            f"{unknown} orders in the attribution window carry a coupon code that is not the member's own "
+            "(unknown or someone else's): counted as revenue, ignored for redemption and offer cost"
+        )
+    df.attrs.update(
+        {
+            "as_of": as_of,
+            "scheme": scheme,
+            "window_days": window,
+            "backtest": backtest,
+            "data_end": data_end,
+            "warnings": warnings,
+            "notes": notes,
+            "gross_margin": settings.gross_margin,
+            "cost_per_send": settings.cost_per_send,
+            "min_group_size": settings.min_group_size,
+            "excluded_statuses": list(settings.excluded_statuses),
+            "generated_at": datetime.now().replace(microsecond=0),
+        }
+    )
+    return df
+
+
+def roi_totals(df: pd.DataFrame, settings: Settings) -> dict[str, Any]:
+    """All segments pooled (members, conversions, revenue, cost, profit, ROI) with the same methods."""
+    if df.empty:
+        return {}
+    both = df[(df["treated"] > 0) & (df["holdout"] > 0)]
+    nt, nh = int(df["treated"].sum()), int(df["holdout"].sum())
+    xt, xh = int(df["treated_conversions"].sum()), int(df["holdout_conversions"].sum())
+    cost = float(df["offer_cost"].sum())
+    out: dict[str, Any] = {
+        "segment": "All segments",
+        "treated": nt,
+        "holdout": nh,
+        "treated_conversions": xt,
+        "holdout_conversions": xh,
+        "treated_conversion_rate": _div(xt, nt),
+        "holdout_conversion_rate": _div(xh, nh),
+        "treated_revenue_per_member": _div(float(df["treated_revenue"].sum()), nt),
+        "holdout_revenue_per_member": _div(float(df["holdout_revenue"].sum()), nh),
+        "offer_cost": cost,
+    }
+    # lift pooled over segments that have both groups, summing each segment's incremental profit
+    profit = float(both["incremental_profit"].sum()) if len(both) else math.nan
+    out["incremental_profit"] = profit
+    out["roi"] = (
+        profit / float(both["offer_cost"].sum()) if len(both) and both["offer_cost"].sum() > 0 else math.nan
+    )
+    return out
+
+
+def _fmt(value: Any, kind: str = "num") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if kind == "pct":
+        return f"{value * 100:.2f} %"
+    if kind == "pp":
+        return f"{value * 100:+.2f} pp"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "ratio":
+        return f"{value:.2f}"
+    return f"{value:,.2f}"
+
+
+def lift_text(row: Any) -> str:
+    """Incremental conversion with its CI, or why there is none."""
+    if row["status"] in (STATUS_NO_HOLDOUT, STATUS_EMPTY):
+        return str(row["status"])
+    text = (
+        f"{_fmt(row['incremental_conversion'], 'pp')} "
+        f"[{_fmt(row['incremental_conversion_ci_low'], 'pp')}, {_fmt(row['incremental_conversion_ci_high'], 'pp')}]"
+    )
+    return text
+
+
+def roi_markdown(df: pd.DataFrame) -> str:
+    """The ROI table as markdown (for a Prefect artifact): one row per segment, plus method and caveats."""
+    attrs = df.attrs
+    head = (
+        f"## Segment ROI — {attrs.get('scheme', '')} as_of {attrs.get('as_of', '')}"
+        f" (attribution window {attrs.get('window_days', '')} days)\n\n"
+    )
+    if attrs.get("backtest"):
+        head += (
+            "**Backtest**: nothing was actually sent, so treated vs holdout has no treatment effect by "
+            "construction; the table shows baseline conversion per segment.\n\n"
+        )
+    cols = [
+        "Segment",
+        "Treated",
+        "Holdout",
+        "Conv. treated",
+        "Conv. holdout",
+        "Incremental conversion (95 % CI)",
+        "Rev./member treated",
+        "Rev./member holdout",
+        "Offer cost",
+        "ROI",
+        "Status",
+    ]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        roi = r["roi"]
+        roi_s = str(r["status"]) if r["status"] in (STATUS_NO_HOLDOUT, STATUS_EMPTY) else _fmt(roi, "ratio")
+        cells = [
+            str(r["segment"]).replace("|", "\\|"),
+            _fmt(r["treated"], "int"),
+            _fmt(r["holdout"], "int"),
+            _fmt(r["treated_conversion_rate"], "pct"),
+            _fmt(r["holdout_conversion_rate"], "pct"),
+            lift_text(r),
+            _fmt(r["treated_revenue_per_member"]),
+            _fmt(r["holdout_revenue_per_member"]),
+            _fmt(r["offer_cost"]),
+            roi_s,
+            str(r["status"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    tail = [""]
+    for w in attrs.get("warnings", []):
+        tail.append(f"- ⚠ {w}")
+    for n in attrs.get("notes", []):
+        tail.append(f"- {n}")
+    tail.append(f"- Conversion CI: {CONVERSION_CI_METHOD}.")
+    tail.append(f"- Revenue CI: {REVENUE_CI_METHOD}.")
+    return head + "\n".join(lines) + "\n" + "\n".join(tail) + "\n"
+
+
+def roi_report_markdown(
+    engine: Engine, settings: Settings, as_of: date, scheme: str | None, window_days: int | None = None
+) -> str:
+    """:func:`compute_roi` rendered by :func:`roi_markdown` (what the ``roi_report`` flow publishes)."""
+    return roi_markdown(compute_roi(engine, settings, as_of, scheme, window_days))
