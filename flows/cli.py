@@ -1,9 +1,131 @@
-"""Commands of this package, registered on the ``activation`` app."""
+"""``activation demo`` and ``activation run …``: the same flows the deployments run, started once.
+
+Prefect is imported inside the command functions only, so ``activation --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
+from typing import Any
+
 import typer
+
+run_app = typer.Typer(help="Run one flow once, now (the deployments in prefect.yaml run them on a schedule).",
+                      no_args_is_help=True)
+
+AS_OF = typer.Option(None, "--as-of", help="YYYY-MM-DD; default: the end of the last full quarter.")
+SCHEME = typer.Option(None, "--scheme", help="Segmentation scheme; default: the default_scheme setting.")
+DESTINATION = typer.Option("outbox", "--destination", help="outbox | mailchimp | hubspot")
+
+
+def _console() -> Any:
+    from activation.cli import console
+
+    return console
+
+
+def _prepare(as_of: str | None) -> Any:
+    """Validate the date and the Prefect API before any flow starts (clear errors, no half runs)."""
+    from activation.settings import get_settings
+    from flows.dates import resolve_as_of
+    from flows.runtime import check_prefect_api
+
+    settings = get_settings()
+    resolved = resolve_as_of(as_of, settings)
+    _console().print(f"running on {check_prefect_api()}", highlight=False)
+    return resolved
+
+
+def _show(result: dict[str, Any]) -> None:
+    _console().print_json(json.dumps(result, default=str))
+
+
+@run_app.command("quarterly")
+def run_quarterly(
+    as_of: str | None = AS_OF,
+    scheme: str | None = SCHEME,
+    destination: str = DESTINATION,
+    send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
+    force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Also collect outcomes and write the ROI report."),
+) -> None:
+    """resegment → activate → collect outcomes → ROI report."""
+    resolved = _prepare(as_of)
+    from flows.quarterly_cycle import quarterly_cycle
+
+    _show(quarterly_cycle(as_of=resolved, scheme=scheme, destination=destination, send=send, force=force,
+                          report=report))
+
+
+@run_app.command("resegment")
+def run_resegment(as_of: str | None = AS_OF, scheme: str | None = SCHEME) -> None:
+    """Compute and store the RFM snapshot; publish the segment summary and migration matrix."""
+    resolved = _prepare(as_of)
+    from flows.resegment import resegment
+
+    _show(resegment(as_of=resolved, scheme=scheme))
+
+
+@run_app.command("activate")
+def run_activate(
+    as_of: str | None = AS_OF,
+    scheme: str | None = SCHEME,
+    destination: str = DESTINATION,
+    send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
+    schedule_at: datetime | None = typer.Option(None, "--schedule-at", help="Schedule the send (ISO time)."),
+    force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
+) -> None:
+    """Plan campaigns, check the sync plan, sync the audiences, create/send the campaigns."""
+    resolved = _prepare(as_of)
+    from flows.activate import activate
+
+    _show(activate(as_of=resolved, scheme=scheme, destination=destination, send=send,
+                   schedule_at=schedule_at, force=force))
+
+
+@run_app.command("collect-outcomes")
+def run_collect_outcomes(
+    as_of: str | None = AS_OF,
+    scheme: str | None = SCHEME,
+    window_days: int | None = typer.Option(None, "--window-days", help="Attribution window (days)."),
+    destination: str | None = typer.Option(None, "--destination", help="Read outcomes from this destination."),
+) -> None:
+    """Record opens, clicks, unsubscribes and conversions of the campaigns of ``as_of``."""
+    resolved = _prepare(as_of)
+    from flows.collect_outcomes import collect_outcomes
+
+    _show(collect_outcomes(as_of=resolved, scheme=scheme, window_days=window_days, destination=destination))
+
+
+@run_app.command("roi-report")
+def run_roi_report(
+    as_of: str | None = AS_OF,
+    scheme: str | None = SCHEME,
+    window_days: int | None = typer.Option(None, "--window-days", help="Attribution window (days)."),
+    out: str | None = typer.Option(None, "--out", help="HTML path; report.csv is written beside it."),
+) -> None:
+    """Write the segment ROI report (HTML + CSV)."""
+    resolved = _prepare(as_of)
+    from flows.roi_report import roi_report
+
+    _show(roi_report(as_of=resolved, scheme=scheme, window_days=window_days, out=out))
+
+
+def demo(
+    customers: int | None = typer.Option(None, "--customers", help="Demo customers (default: small)."),
+    orders: int | None = typer.Option(None, "--orders", help="Demo orders (default: small)."),
+    seed: int = typer.Option(7, "--seed", help="Random seed of the demo data (fixed: reruns are identical)."),
+    scheme: str | None = SCHEME,
+) -> None:
+    """Run the whole quarterly cycle on demo data: embedded warehouse, local outbox, ROI backtest."""
+    from activation.settings import get_settings
+    from flows.demo import print_demo, run_demo
+
+    print_demo(_console(), run_demo(get_settings(), customers=customers, orders=orders, seed=seed, scheme=scheme))
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
+    app.command("demo")(demo)
+    app.add_typer(run_app, name="run")

@@ -1,0 +1,31 @@
+"""``collect_outcomes``: record what happened to the members of a quarter's campaigns (daily)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow
+
+from activation.settings import get_settings
+from flows.dates import resolve_as_of
+from flows.tasks import collect_outcomes_task
+
+
+@flow(name="collect-outcomes", persist_result=False, timeout_seconds=2 * 3600)
+def collect_outcomes(
+    as_of: date | None = None,
+    scheme: str | None = None,
+    window_days: int | None = None,
+    destination: str | None = None,
+) -> dict[str, Any]:
+    """Collect sends/opens/clicks from the destination and conversions from the warehouse.
+
+    Idempotent: collecting twice records nothing twice. ``as_of`` picks the campaigns (default: those
+    of the end of the last full quarter, i.e. the ones currently live).
+    """
+    settings = get_settings()
+    as_of = resolve_as_of(as_of, settings)
+    scheme = scheme or settings.default_scheme
+    collected = collect_outcomes_task(as_of, scheme, window_days, destination)
+    return {"as_of": as_of.isoformat(), "scheme": scheme, **collected}

@@ -1,0 +1,39 @@
+"""``resegment``: compute the quarter's RFM snapshot and publish its summary and migration matrix."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow
+
+from activation.settings import get_settings
+from flows.artifacts import artifact_key, publish_table
+from flows.dates import resolve_as_of
+from flows.tasks import compute_snapshot_task, migration_task, segment_summary_task
+
+
+@flow(name="resegment", persist_result=False, timeout_seconds=4 * 3600)
+def resegment(as_of: date | None = None, scheme: str | None = None) -> dict[str, Any]:
+    """Compute and store the snapshot of ``scheme`` as of ``as_of`` (default: end of the last full quarter).
+
+    Publishes the ``segments-…`` summary table and, when an earlier snapshot exists, the
+    ``migration-…`` matrix. Returns the snapshot's counts.
+    """
+    settings = get_settings()
+    as_of = resolve_as_of(as_of, settings)
+    scheme = scheme or settings.default_scheme
+    snapshot = compute_snapshot_task(as_of, scheme)
+    publish_table(
+        artifact_key("segments", scheme, as_of),
+        segment_summary_task(as_of, scheme),
+        f"{scheme} segments as of {as_of.isoformat()}: customers, share, mean R/F/M, revenue",
+    )
+    previous, matrix = migration_task(as_of, scheme)
+    if previous is not None:
+        publish_table(
+            artifact_key("migration", scheme, as_of),
+            matrix,
+            f"{scheme} customers moving between segments from {previous} to {as_of.isoformat()}",
+        )
+    return {"as_of": as_of.isoformat(), "scheme": scheme, "previous_as_of": previous, **snapshot}

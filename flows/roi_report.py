@@ -1,0 +1,39 @@
+"""``roi_report``: write the segment ROI report (HTML + CSV) and publish its table as an artifact."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from prefect import flow
+
+from activation.settings import get_settings
+from flows.artifacts import artifact_key, publish_markdown, publish_table
+from flows.dates import resolve_as_of
+from flows.tasks import roi_report_task
+
+
+@flow(name="roi-report", persist_result=False, timeout_seconds=3600)
+def roi_report(
+    as_of: date | None = None,
+    scheme: str | None = None,
+    window_days: int | None = None,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """Write ``out`` (default ``<data_dir>/reports/roi-<scheme>-<as_of>.html``) and ``report.csv`` beside it."""
+    settings = get_settings()
+    as_of = resolve_as_of(as_of, settings)
+    scheme = scheme or settings.default_scheme
+    report = roi_report_task(as_of, scheme, out, window_days)
+    publish_table(
+        artifact_key("roi", scheme, as_of),
+        report["rows"],
+        f"ROI per segment of the {scheme} campaigns of {as_of.isoformat()} (treated vs holdout)",
+    )
+    paths = report["paths"]
+    publish_markdown(
+        artifact_key("roi-report", scheme, as_of),
+        "# Segment ROI report\n\n" + "\n".join(f"* {k}: `{v}`" for k, v in paths.items()) + "\n",
+        "where the ROI report was written",
+    )
+    return {"as_of": as_of.isoformat(), "scheme": scheme, "report": paths, "segments": len(report["rows"])}

@@ -1,0 +1,48 @@
+"""Where flows run: the Prefect API in ``PREFECT_API_URL``, or a temporary local one.
+
+With ``PREFECT_API_URL`` unset, Prefect starts a temporary local API for the process (its "ephemeral"
+mode): nothing to start by hand, which is what ``activation demo`` relies on. With it set, the API
+must answer — checked up front so a wrong URL is one clear message instead of a stack of retries.
+"""
+
+from __future__ import annotations
+
+from activation.errors import ConfigError
+
+
+def prefect_api_url() -> str | None:
+    """The configured Prefect API URL (environment or Prefect profile), or None for a temporary one."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def check_prefect_api() -> str:
+    """Describe the API flows will use; fail clearly when a configured one does not answer.
+
+    Raises:
+        ConfigError: ``PREFECT_API_URL`` is set but nothing healthy answers there.
+    """
+    url = prefect_api_url()
+    if url is None:
+        return "a temporary local Prefect API (PREFECT_API_URL is not set)"
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"PREFECT_API_URL={url!r} is not an http(s) URL",
+            fix="use e.g. http://127.0.0.1:4200/api, or unset PREFECT_API_URL to run on a temporary local API",
+        )
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            problem = client.api_healthcheck()
+    except Exception as exc:  # noqa: BLE001 - any client failure means the same thing here
+        problem = exc
+    if problem is not None:
+        reason = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+        raise ConfigError(
+            f"the Prefect API at PREFECT_API_URL={url} does not answer ({reason})",
+            fix="start it with `prefect server start`, correct PREFECT_API_URL, "
+            "or unset PREFECT_API_URL to run on a temporary local API",
+        )
+    return f"the Prefect API at {url}"

@@ -1,0 +1,256 @@
+"""Prefect tasks: each one builds the engine from settings and calls one plain, tested function.
+
+Rules every task here follows (the flow tests check them):
+
+* inputs and outputs are keys and counts (``as_of``, ``scheme``, campaign ids, totals), never
+  member lists, engines or clients — so no e-mail address or name reaches Prefect's result
+  storage, caches, artifacts or logs, and nothing unhashable is hashed for a cache key;
+* results are not persisted (``persist_result=False``); the warehouse is the record;
+* retries only for errors that can succeed on a second try (:func:`is_retriable`), with jittered
+  back-off; everything else fails the run at once with the error's own message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import date, datetime
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from activation.errors import NotFoundError
+from activation.settings import Settings, get_settings
+from activation.warehouse import get_engine
+
+RETRY_DELAYS = [5.0, 30.0, 120.0]
+"""Seconds between attempts; each is jittered by up to ±50 % so parallel runs do not retry in step."""
+
+
+def retriable_error(exc: BaseException | None) -> bool:
+    """True for errors a retry can cure: a destination's retriable error, a dropped warehouse connection."""
+    from sqlalchemy.exc import DisconnectionError, OperationalError
+
+    seen = 0
+    while exc is not None and seen < 5:
+        if getattr(exc, "retriable", False) is True:
+            return True
+        try:
+            from connectors.errors import RetriableError  # type: ignore[attr-defined]
+
+            if isinstance(exc, RetriableError):
+                return True
+        except ImportError:
+            pass
+        if isinstance(exc, OperationalError | DisconnectionError):
+            return True
+        exc = exc.__cause__
+        seen += 1
+    return False
+
+
+def is_retriable(task: Any, task_run: Any, state: Any) -> bool:
+    """``retry_condition_fn`` of every task that talks to the warehouse or a destination."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception as raised:  # noqa: BLE001 - the stored result may itself raise
+            exc = raised
+    return retriable_error(exc if isinstance(exc, BaseException) else None)
+
+
+TASK_DEFAULTS: dict[str, Any] = {
+    "retries": len(RETRY_DELAYS),
+    "retry_delay_seconds": RETRY_DELAYS,
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": is_retriable,
+    "persist_result": False,
+    "cache_policy": NO_CACHE,
+}
+
+
+def _settings() -> Settings:
+    return get_settings()
+
+
+_LIST_KEYS = {"warnings", "campaign_ids"}
+"""List fields worth keeping in a summary (messages and keys; never members)."""
+
+
+def summarize(obj: Any) -> dict[str, Any]:
+    """The scalar fields of a result object (counts, ids, paths as text); lists of members are dropped."""
+    if obj is None:
+        return {}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        items = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    elif hasattr(obj, "model_dump"):
+        items = obj.model_dump()
+    elif isinstance(obj, dict):
+        items = dict(obj)
+    else:
+        items = {k: v for k, v in vars(obj).items() if not k.startswith("_")}
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        if isinstance(value, bool | int | float | str) or value is None:
+            out[key] = value
+        elif isinstance(value, date | datetime):
+            out[key] = value.isoformat()
+        elif hasattr(value, "__fspath__"):
+            out[key] = str(value)
+        elif key in _LIST_KEYS and isinstance(value, list | tuple) and len(value) <= 100:
+            out[key] = [str(v) for v in value]
+        elif isinstance(value, dict) and all(
+            isinstance(v, bool | int | float | str) or v is None for v in value.values()
+        ):
+            out[key] = {str(k): v for k, v in value.items()}
+    return out
+
+
+# --- segments -------------------------------------------------------------------------------------
+
+
+@task(name="compute-snapshot", timeout_seconds=3600, **TASK_DEFAULTS)
+def compute_snapshot_task(as_of: date, scheme: str) -> dict[str, Any]:
+    """Compute and store the RFM snapshot of ``scheme`` as of ``as_of``."""
+    from segments.snapshots import compute_snapshot
+
+    settings = _settings()
+    result = compute_snapshot(get_engine(settings), settings, as_of, scheme)
+    summary = summarize(result)
+    get_run_logger().info("snapshot %s %s: %s customers", scheme, as_of, summary.get("customers", "?"))
+    return summary
+
+
+@task(name="segment-summary", timeout_seconds=600, **TASK_DEFAULTS)
+def segment_summary_task(as_of: date, scheme: str) -> list[dict[str, Any]]:
+    """Per-segment aggregates of a snapshot (customers, share, mean R/F/M, revenue)."""
+    from segments.snapshots import segment_summary
+
+    from flows.artifacts import table_rows
+
+    return table_rows(segment_summary(get_engine(_settings()), as_of, scheme))
+
+
+@task(name="migration-matrix", timeout_seconds=600, **TASK_DEFAULTS)
+def migration_task(as_of: date, scheme: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """Segment-to-segment counts from the previous snapshot of ``scheme`` to this one."""
+    from segments.snapshots import latest_snapshot_as_of, migration_matrix
+
+    from flows.artifacts import table_rows
+
+    engine = get_engine(_settings())
+    previous = latest_snapshot_as_of(engine, scheme, before=as_of)
+    if previous is None:
+        return None, []
+    return previous.isoformat(), table_rows(migration_matrix(engine, previous, as_of, scheme))
+
+
+@task(name="wait-for-snapshot", timeout_seconds=6 * 3600, persist_result=False, cache_policy=NO_CACHE)
+def wait_for_snapshot_task(as_of: date, scheme: str, wait_minutes: float) -> None:
+    """Wait (up to ``wait_minutes``) until ``resegment`` has stored the snapshot ``activate`` needs."""
+    from segments.snapshots import latest_snapshot_as_of
+
+    engine = get_engine(_settings())
+    deadline = time.monotonic() + wait_minutes * 60
+    while True:
+        found = latest_snapshot_as_of(engine, scheme, before=date.fromordinal(as_of.toordinal() + 1))
+        if found == as_of:
+            return
+        if time.monotonic() >= deadline:
+            raise NotFoundError(
+                f"no {scheme} snapshot as of {as_of.isoformat()}",
+                fix=f"run `activation run resegment --as-of {as_of.isoformat()} --scheme {scheme}` first",
+            )
+        get_run_logger().info("waiting for the %s snapshot as of %s", scheme, as_of)
+        time.sleep(min(30.0, max(0.5, deadline - time.monotonic())))
+
+
+# --- campaigns and destinations --------------------------------------------------------------------
+
+
+@task(name="plan-campaigns", timeout_seconds=3600, **TASK_DEFAULTS)
+def plan_campaigns_task(as_of: date, scheme: str) -> dict[str, Any]:
+    """Plan one campaign per active segment (holdouts, coupons); idempotent."""
+    from campaigns.plan import plan_campaigns
+
+    settings = _settings()
+    result = plan_campaigns(get_engine(settings), settings, as_of, scheme)
+    summary = summarize(result)
+    get_run_logger().info("planned campaigns for %s %s: %s", scheme, as_of, summary)
+    return summary
+
+
+@task(name="sync-plan", timeout_seconds=3600, **TASK_DEFAULTS)
+def sync_plan_task(as_of: date, scheme: str, destination: str, force: bool) -> dict[str, Any]:
+    """Dry run of the audience sync: what would change, with guardrails checked; writes nothing."""
+    from connectors.sync import sync_audience
+
+    settings = _settings()
+    result = sync_audience(
+        get_engine(settings), settings, destination, as_of, scheme,
+        dry_run=True, send=False, schedule_at=None, force=force,
+    )
+    return summarize(result)
+
+
+@task(name="sync-audience", timeout_seconds=4 * 3600, **TASK_DEFAULTS)
+def sync_task(
+    as_of: date, scheme: str, destination: str, send: bool, schedule_at: datetime | None, force: bool
+) -> dict[str, Any]:
+    """Sync the planned audiences to ``destination`` (only changes) and create/send the campaigns."""
+    from connectors.sync import sync_audience
+
+    settings = _settings()
+    result = sync_audience(
+        get_engine(settings), settings, destination, as_of, scheme,
+        dry_run=False, send=send, schedule_at=schedule_at, force=force,
+    )
+    summary = summarize(result)
+    get_run_logger().info("synced %s %s to %s: %s", scheme, as_of, destination, summary)
+    return summary
+
+
+# --- outcomes and ROI ------------------------------------------------------------------------------
+
+
+@task(name="collect-outcomes", timeout_seconds=3600, **TASK_DEFAULTS)
+def collect_outcomes_task(
+    as_of: date, scheme: str, window_days: int | None, destination: str | None
+) -> dict[str, Any]:
+    """Record sends, opens, clicks and conversions of the campaigns of ``as_of`` (idempotent)."""
+    from campaigns.outcomes import collect_outcomes
+
+    settings = _settings()
+    source = None
+    if destination:
+        from connectors.registry import get_destination
+
+        source = get_destination(destination, settings)
+    result = collect_outcomes(
+        get_engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
+    )
+    summary = summarize(result)
+    get_run_logger().info("collected outcomes for %s %s: %s", scheme, as_of, summary)
+    return summary
+
+
+@task(name="roi-report", timeout_seconds=1800, **TASK_DEFAULTS)
+def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int | None) -> dict[str, Any]:
+    """Write the HTML + CSV ROI report; return its paths and the per-segment ROI rows."""
+    from campaigns.report import write_roi_report
+
+    from flows.artifacts import table_rows
+
+    settings = _settings()
+    target = out or str(settings.data_dir / "reports" / f"roi-{scheme}-{as_of.isoformat()}.html")
+    paths = write_roi_report(get_engine(settings), settings, as_of, scheme, target, window_days=window_days)
+    summary = summarize(paths)
+    rows: list[dict[str, Any]] = []
+    csv_path = summary.get("csv")
+    if csv_path:
+        import pandas as pd
+
+        rows = table_rows(pd.read_csv(csv_path))
+    return {"paths": summary, "rows": rows}
