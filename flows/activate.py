@@ -14,17 +14,6 @@ from flows.dates import resolve_as_of
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
 
 
-def _plan_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per counter of a sync summary (nested per-reason counts flattened)."""
-    rows: list[dict[str, Any]] = []
-    for key, value in summary.items():
-        if isinstance(value, dict):
-            rows.extend({"item": f"{key}: {k}", "value": v} for k, v in value.items())
-        else:
-            rows.append({"item": key, "value": value})
-    return rows
-
-
 @flow(name="activate", persist_result=False, timeout_seconds=8 * 3600)
 def activate(
     as_of: date | None = None,
@@ -54,25 +43,32 @@ def activate(
     scheme = scheme or settings.default_scheme
     wait_for_snapshot_task(as_of, scheme, wait_for_snapshot_minutes)
     planned = plan_campaigns_task(as_of, scheme)
-    try:
-        dry_run = sync_plan_task(as_of, scheme, destination, force)
-        publish_table(
-            artifact_key("sync-plan", scheme, as_of, destination),
-            _plan_rows(dry_run),
-            f"what a sync of {scheme} {as_of.isoformat()} to {destination} would change",
-        )
-        synced = sync_task(as_of, scheme, destination, send, schedule_at, force)
-    except GuardrailError as exc:
+    dry_run = sync_plan_task(as_of, scheme, destination)
+    publish_table(
+        artifact_key("sync-plan", scheme, as_of, destination),
+        dry_run["segments"],
+        f"what a sync of {scheme} {as_of.isoformat()} to {destination} would change, per segment",
+    )
+    violations = dry_run["totals"].get("guardrail_violations") or []
+    if violations and not force:
+        reason = "; ".join(violations)
         publish_markdown(
             artifact_key("guardrail", scheme, as_of, destination),
-            f"# Sync to {destination} stopped by a guardrail\n\n{exc.message}\n\n"
-            f"Nothing was written to {destination}. {exc.fix or ''}\n",
-            f"why the {scheme} {as_of.isoformat()} sync to {destination} was aborted",
+            f"# Sync to {destination} stopped by a guardrail\n\n"
+            + "\n".join(f"* {v}" for v in violations)
+            + f"\n\nNothing was written to {destination}. Check the `sync-plan` artifact; if the change is "
+            "intended, rerun with `force: true` (CLI: `--force`).\n",
+            f"why the {scheme} {as_of.isoformat()} sync to {destination} was stopped",
         )
-        raise
+        raise GuardrailError(
+            f"sync to {destination} stopped before any write: {reason}",
+            fix="check the plan (sync-plan artifact or `activation sync --dry-run`); rerun with --force if intended",
+        )
+    synced = sync_task(as_of, scheme, destination, send, schedule_at, force)
     publish_table(
         artifact_key("sync-result", scheme, as_of, destination),
-        _plan_rows(synced),
+        [synced["totals"] | {"guardrail_violations": ", ".join(synced["totals"].get("guardrail_violations", []))}]
+        + synced["segments"],
         f"result of the {scheme} {as_of.isoformat()} sync to {destination}",
     )
-    return {"as_of": as_of.isoformat(), "scheme": scheme, "plan": planned, "sync": synced}
+    return {"as_of": as_of.isoformat(), "scheme": scheme, "plan": planned, "sync": synced["totals"]}

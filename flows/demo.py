@@ -53,6 +53,7 @@ def backtest_as_of(last_order: date) -> date:
 def prepare_demo_data(settings: Settings, *, customers: int, orders_n: int, seed: int) -> tuple[Path, date]:
     """Generate and ingest the demo data set; return its folder and the date of its last order."""
     from segments.demo_data import generate
+
     from segments.ingest import ingest_file
 
     out_dir = settings.data_dir / "demo"

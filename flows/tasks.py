@@ -126,19 +126,18 @@ def compute_snapshot_task(as_of: date, scheme: str) -> dict[str, Any]:
 @task(name="segment-summary", timeout_seconds=600, **TASK_DEFAULTS)
 def segment_summary_task(as_of: date, scheme: str) -> list[dict[str, Any]]:
     """Per-segment aggregates of a snapshot (customers, share, mean R/F/M, revenue)."""
+    from flows.artifacts import table_rows
     from segments.snapshots import segment_summary
 
-    from flows.artifacts import table_rows
-
-    return table_rows(segment_summary(get_engine(_settings()), as_of, scheme))
+    settings = _settings()
+    return table_rows(segment_summary(get_engine(settings), as_of, scheme, settings))
 
 
 @task(name="migration-matrix", timeout_seconds=600, **TASK_DEFAULTS)
 def migration_task(as_of: date, scheme: str) -> tuple[str | None, list[dict[str, Any]]]:
     """Segment-to-segment counts from the previous snapshot of ``scheme`` to this one."""
-    from segments.snapshots import latest_snapshot_as_of, migration_matrix
-
     from flows.artifacts import table_rows
+    from segments.snapshots import latest_snapshot_as_of, migration_matrix
 
     engine = get_engine(_settings())
     previous = latest_snapshot_as_of(engine, scheme, before=as_of)
@@ -182,17 +181,33 @@ def plan_campaigns_task(as_of: date, scheme: str) -> dict[str, Any]:
     return summary
 
 
+def sync_summary(result: Any) -> dict[str, Any]:
+    """Totals of a ``SyncResult`` plus one row of counts per segment (no member appears in either)."""
+    summary = result.summary() if hasattr(result, "summary") else summarize(result)
+    segments = summary.pop("segments", {}) or {}
+    totals = summarize(summary)
+    totals["guardrail_violations"] = [str(v) for v in summary.get("guardrail_violations") or []]
+    rows = []
+    for name, seg in segments.items():
+        row = summarize(seg)
+        row.pop("skips", None)
+        row.update({f"skip_{reason}": n for reason, n in (seg.get("skips") or {}).items()})
+        row["segment"] = name
+        rows.append(row)
+    return {"totals": totals, "segments": rows}
+
+
 @task(name="sync-plan", timeout_seconds=3600, **TASK_DEFAULTS)
-def sync_plan_task(as_of: date, scheme: str, destination: str, force: bool) -> dict[str, Any]:
-    """Dry run of the audience sync: what would change, with guardrails checked; writes nothing."""
+def sync_plan_task(as_of: date, scheme: str, destination: str) -> dict[str, Any]:
+    """Dry run of the audience sync: what would change and which guardrails it trips; writes nothing."""
     from connectors.sync import sync_audience
 
     settings = _settings()
     result = sync_audience(
         get_engine(settings), settings, destination, as_of, scheme,
-        dry_run=True, send=False, schedule_at=None, force=force,
+        dry_run=True, send=False, schedule_at=None, force=False,
     )
-    return summarize(result)
+    return sync_summary(result)
 
 
 @task(name="sync-audience", timeout_seconds=4 * 3600, **TASK_DEFAULTS)
@@ -207,8 +222,8 @@ def sync_task(
         get_engine(settings), settings, destination, as_of, scheme,
         dry_run=False, send=send, schedule_at=schedule_at, force=force,
     )
-    summary = summarize(result)
-    get_run_logger().info("synced %s %s to %s: %s", scheme, as_of, destination, summary)
+    summary = sync_summary(result)
+    get_run_logger().info("synced %s %s to %s: %s", scheme, as_of, destination, summary["totals"])
     return summary
 
 
@@ -240,7 +255,6 @@ def collect_outcomes_task(
 def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int | None) -> dict[str, Any]:
     """Write the HTML + CSV ROI report; return its paths and the per-segment ROI rows."""
     from campaigns.report import write_roi_report
-
     from flows.artifacts import table_rows
 
     settings = _settings()
