@@ -1,0 +1,255 @@
+"""The one small interface every destination implements, and the plain data it exchanges with the sync.
+
+The sync (:mod:`connectors.sync`) reads the campaign plan from the warehouse, diffs it against
+``sync_state`` and hands a :class:`SyncPlan` of *changes* to a :class:`Destination`:
+
+* ``plan(sync_plan)`` — how many API calls (or files) applying it would take, per segment; no I/O.
+* ``apply(sync_plan, journal)`` — write the changes in the destination's own batch sizes and report each
+  confirmed batch to the :class:`Journal`, which commits ``sync_state`` and ``sync_log`` right away (so a
+  sync killed half-way resumes where it stopped); then create, send or schedule one campaign per segment.
+* ``read_outcomes(campaigns, resolve)`` — per-member events (sent, opened, clicked, unsubscribed, bounced).
+* ``read_suppressions(since)`` — contacts the destination knows as unsubscribed or cleaned.
+
+Batching, retries and concurrency live inside each destination: the sync never knows an API's limits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, Protocol, runtime_checkable
+
+#: Per-member merge fields every destination receives (Mailchimp merge tags, HubSpot properties).
+MERGE_FIELDS: dict[str, str] = {
+    "FNAME": "First name",
+    "SEGMENT": "Segment",
+    "OFFER": "Offer",
+    "COUPON": "Coupon code",
+    "EXPIRES": "Offer expires on",
+}
+
+
+def normalize_email(email: str | None) -> str:
+    """Lower-cased, stripped email ('' when missing)."""
+    return (email or "").strip().lower()
+
+
+def email_hash(email: str | None) -> str:
+    """sha256 of the normalized email: how suppressions and sync state refer to a person."""
+    return hashlib.sha256(normalize_email(email).encode()).hexdigest()
+
+
+def state_hash(email: str, tags: Sequence[str], fields: Mapping[str, str], extra: str = "") -> str:
+    """What a destination last received for one member, as a short stable hash."""
+    payload = json.dumps(
+        [normalize_email(email), sorted(tags), sorted(fields.items()), extra], separators=(",", ":")
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Content:
+    """One rendered email."""
+
+    subject: str
+    html: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """One campaign of the plan (a row of ``campaigns``), as destinations see it."""
+
+    campaign_id: str
+    campaign_key: str
+    version: int
+    as_of: date
+    scheme: str
+    segment: str
+    subject: str
+    offer_type: str
+    offer: dict[str, Any]
+    row: Any = field(default=None, compare=False, repr=False)  # the raw row, for the content provider
+
+
+@dataclass(frozen=True)
+class AudienceMember:
+    """A treated member of a campaign that is allowed to receive it (email valid, not suppressed)."""
+
+    customer_id: str
+    email: str
+    first_name: str
+    campaign_id: str
+    segment: str
+    coupon_code: str | None
+    fields: dict[str, str]
+
+
+@dataclass
+class MemberChange:
+    """What must change for one member in one destination.
+
+    ``upsert``: the contact's fields must be written; ``tag_add`` / ``tag_remove``: segment tags (static
+    segment, list) to add or remove. ``new_hash`` / ``new_tags`` become its ``sync_state`` once confirmed.
+    """
+
+    customer_id: str
+    email: str
+    kind: str  # add | update | remove
+    member: AudienceMember | None
+    upsert: bool
+    tag_add: str | None
+    tag_remove: str | None
+    new_hash: str
+    new_tags: list[str]
+    old_campaign_id: str | None = None
+
+    @property
+    def campaign_id(self) -> str | None:
+        return self.member.campaign_id if self.member else self.old_campaign_id
+
+    @property
+    def segment(self) -> str | None:
+        return self.member.segment if self.member else self.tag_remove
+
+
+@dataclass
+class MemberResult:
+    """The outcome of one member's change: ``ok``, ``skipped`` (per-member refusal) or ``failed``."""
+
+    change: MemberChange
+    status: str
+    operation: str
+    error: str | None = None
+    suppress_reason: str | None = None  # e.g. 'unsubscribed' when the destination refused for consent
+
+
+@dataclass(frozen=True)
+class RemoteCampaign:
+    """A campaign as recorded in ``destination_campaigns``."""
+
+    campaign_id: str
+    remote_id: str | None
+    status: str
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class OutcomeEvent:
+    campaign_id: str
+    customer_id: str
+    event: str  # sent | opened | clicked | unsubscribed | bounced
+    occurred_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SuppressionEvent:
+    email: str
+    reason: str  # unsubscribed | cleaned | bounced | complained
+
+
+class ContentProvider(Protocol):
+    """Where message content comes from (default: :mod:`campaigns.render`)."""
+
+    def for_campaign(self, campaign: CampaignSpec) -> Content:
+        """Merge-tag mode: one render for the whole segment."""
+        ...
+
+    def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
+        """Per-member mode: one render per recipient."""
+        ...
+
+
+@dataclass
+class CallStats:
+    """Calls a destination made (API requests or files written), thread-safe."""
+
+    reads: int = 0
+    writes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, *, write: bool) -> None:
+        with self._lock:
+            if write:
+                self.writes += 1
+            else:
+                self.reads += 1
+
+
+@dataclass
+class SyncPlan:
+    """Everything a destination needs for one sync: the campaigns, their full audiences and the changes."""
+
+    as_of: date
+    scheme: str
+    campaigns: list[CampaignSpec]
+    audiences: dict[str, list[AudienceMember]]  # campaign_id -> members to reach
+    changes: list[MemberChange]
+    content: ContentProvider | None = None
+    send: bool = False
+    schedule_at: datetime | None = None
+
+    def campaign(self, campaign_id: str) -> CampaignSpec | None:
+        return next((c for c in self.campaigns if c.campaign_id == campaign_id), None)
+
+
+class Journal(Protocol):
+    """How a destination reports progress; implemented by the sync (commits to the warehouse)."""
+
+    def confirmed(self, results: Sequence[MemberResult]) -> None:
+        """A batch was confirmed by the destination: commit its state and log now."""
+        ...
+
+    def remote_campaign(self, campaign_id: str) -> RemoteCampaign | None: ...
+
+    def record_campaign(
+        self, campaign_id: str, remote_id: str | None, status: str, sent_at: datetime | None
+    ) -> None: ...
+
+    def campaign_sent_before(self, campaign: CampaignSpec) -> bool:
+        """True when any version of this campaign was already sent or scheduled here."""
+        ...
+
+    def log(self, campaign_id: str | None, operation: str, status: str, error: str | None = None) -> None: ...
+
+
+EmailResolver = Callable[[str], str | None]
+
+
+@runtime_checkable
+class Destination(Protocol):
+    """A place audiences and campaigns go. See the module docstring for the life cycle."""
+
+    name: str
+    stats: CallStats
+    #: when true, a member's state also depends on the campaign (the outbox writes one file per campaign)
+    state_includes_campaign: bool
+
+    def plan(self, plan: SyncPlan) -> dict[str, int]:
+        """Estimated calls per segment (key ``""`` for set-up calls), without any I/O."""
+        ...
+
+    def apply(self, plan: SyncPlan, journal: Journal) -> None:
+        """Write the changes (committing each confirmed batch to ``journal``), then publish campaigns.
+
+        Raises:
+            FatalDestinationError: before any write when credentials or the list are wrong; mid-way when
+                the destination stops accepting calls (confirmed batches stay committed).
+        """
+        ...
+
+    def read_outcomes(
+        self, campaigns: Sequence[RemoteCampaign], resolve: EmailResolver
+    ) -> Iterator[OutcomeEvent]:
+        """Per-member events of these campaigns; ``resolve(email)`` maps an email to a customer id."""
+        ...
+
+    def read_suppressions(self, since: datetime | None) -> Iterator[SuppressionEvent]:
+        """Contacts the destination holds as unsubscribed / cleaned (changed since ``since``)."""
+        ...
+
+    def close(self) -> None: ...

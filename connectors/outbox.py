@@ -1,0 +1,195 @@
+"""The local outbox: the default destination, no credentials, the whole cycle on a laptop.
+
+Layout under ``settings.resolved_outbox_dir``::
+
+    <as_of>/<scheme>/<campaign_id>/audience.csv        who the campaign reaches (treated, reachable)
+    <as_of>/<scheme>/<campaign_id>/<customer_id>.eml   one rendered message per member (HTML + text)
+
+Every file is written atomically (temporary file + rename), so a killed sync never leaves half a file;
+like the API destinations it is incremental (only changed members' messages are rewritten) and
+"sending" only marks the campaign as sent at the end of the ``as_of`` day (a backtest simulation).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from datetime import datetime, time
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr
+from pathlib import Path
+from urllib.parse import urlencode
+
+from activation.errors import ConfigError
+from activation.settings import Settings
+from connectors.base import (
+    AudienceMember,
+    CallStats,
+    CampaignSpec,
+    EmailResolver,
+    Journal,
+    MemberChange,
+    MemberResult,
+    OutcomeEvent,
+    RemoteCampaign,
+    SuppressionEvent,
+    SyncPlan,
+    email_hash,
+)
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+BATCH = 500
+
+
+def _safe(name: str) -> str:
+    return _SAFE.sub("_", name)[:120] or "_"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def end_of_day(d: object) -> datetime:
+    return datetime.combine(d, time(23, 59, 59))  # type: ignore[arg-type]
+
+
+class OutboxDestination:
+    """Writes audience files and per-member ``.eml`` messages into a folder."""
+
+    name = "outbox"
+    state_includes_campaign = True
+
+    def __init__(self, settings: Settings, root: Path | None = None) -> None:
+        self.settings = settings
+        self.root = Path(root or settings.resolved_outbox_dir)
+        self.stats = CallStats()
+
+    def campaign_dir(self, campaign: CampaignSpec) -> Path:
+        return self.root / campaign.as_of.isoformat() / _safe(campaign.scheme) / _safe(campaign.campaign_id)
+
+    # --- protocol ---------------------------------------------------------------------------------
+
+    def plan(self, plan: SyncPlan) -> dict[str, int]:
+        out: dict[str, int] = {}
+        touched: set[str] = set()
+        for c in plan.changes:
+            if c.member is not None:
+                out[c.member.segment] = out.get(c.member.segment, 0) + 1
+                touched.add(c.member.campaign_id)
+            elif c.tag_remove and plan.campaign(c.old_campaign_id or ""):
+                out[c.tag_remove] = out.get(c.tag_remove, 0) + 1
+                touched.add(c.old_campaign_id or "")
+        for camp in plan.campaigns:
+            if camp.campaign_id in touched or not (self.campaign_dir(camp) / "audience.csv").exists():
+                out[camp.segment] = out.get(camp.segment, 0) + 1
+        return out
+
+    def apply(self, plan: SyncPlan, journal: Journal) -> None:
+        if plan.content is None:
+            raise ConfigError("the outbox needs a content provider to render messages")
+        self.root.mkdir(parents=True, exist_ok=True)
+        touched: set[str] = set()
+        batch: list[MemberResult] = []
+        for change in plan.changes:
+            batch.append(self._apply_one(plan, change, touched))
+            if len(batch) >= BATCH:
+                journal.confirmed(batch)
+                batch = []
+        journal.confirmed(batch)
+        for camp in plan.campaigns:
+            path = self.campaign_dir(camp) / "audience.csv"
+            if camp.campaign_id in touched or not path.exists():
+                atomic_write(path, self._audience_csv(plan.audiences.get(camp.campaign_id, [])))
+                self.stats.add(write=True)
+        self._publish(plan, journal)
+
+    def _apply_one(self, plan: SyncPlan, change: MemberChange, touched: set[str]) -> MemberResult:
+        m = change.member
+        old = plan.campaign(change.old_campaign_id or "")
+        if old is not None and (m is None or old.campaign_id != m.campaign_id):
+            stale = self.campaign_dir(old) / f"{_safe(change.customer_id)}.eml"
+            if stale.exists():
+                stale.unlink()
+                self.stats.add(write=True)
+            touched.add(old.campaign_id)
+        if m is None:
+            return MemberResult(change, "ok", "remove")
+        camp = plan.campaign(m.campaign_id)
+        assert camp is not None and plan.content is not None
+        content = plan.content.for_member(camp, m)
+        atomic_write(self.campaign_dir(camp) / f"{_safe(m.customer_id)}.eml", self._eml(camp, m, content))
+        self.stats.add(write=True)
+        touched.add(camp.campaign_id)
+        return MemberResult(change, "ok", change.kind)
+
+    def _publish(self, plan: SyncPlan, journal: Journal) -> None:
+        for camp in plan.campaigns:
+            rc = journal.remote_campaign(camp.campaign_id)
+            remote_id = str(self.campaign_dir(camp).relative_to(self.root))
+            if rc is not None and rc.status in ("sent", "scheduled"):
+                continue
+            if plan.send or plan.schedule_at:
+                if journal.campaign_sent_before(camp):
+                    journal.log(
+                        camp.campaign_id,
+                        "send",
+                        "skipped",
+                        "an earlier version of this campaign was already sent",
+                    )
+                    continue
+                journal.record_campaign(camp.campaign_id, remote_id, "sent", end_of_day(camp.as_of))
+                journal.log(camp.campaign_id, "send", "ok")
+            elif rc is None:
+                journal.record_campaign(camp.campaign_id, remote_id, "draft", None)
+
+    def read_outcomes(
+        self, campaigns: Sequence[RemoteCampaign], resolve: EmailResolver
+    ) -> Iterator[OutcomeEvent]:
+        return iter(())
+
+    def read_suppressions(self, since: datetime | None) -> Iterator[SuppressionEvent]:
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+    # --- files ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _audience_csv(members: Sequence[AudienceMember]) -> bytes:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["customer_id", "email", "first_name", "segment", "coupon_code"])
+        for m in members:
+            w.writerow([m.customer_id, m.email, m.first_name, m.segment, m.coupon_code or ""])
+        return buf.getvalue().encode()
+
+    def _eml(self, camp: CampaignSpec, member: AudienceMember, content: object) -> bytes:
+        brand = self.settings.brand
+        msg = EmailMessage()
+        msg["From"] = formataddr((brand.from_name, brand.from_email))
+        msg["To"] = formataddr((member.first_name, member.email)) if member.first_name else member.email
+        if brand.reply_to:
+            msg["Reply-To"] = brand.reply_to
+        msg["Subject"] = " ".join(str(content.subject).split())  # type: ignore[attr-defined]
+        msg["Date"] = format_datetime(end_of_day(camp.as_of))
+        domain = brand.from_email.rpartition("@")[2] or "localhost"
+        msg["Message-ID"] = f"<{_safe(camp.campaign_id)}.{_safe(member.customer_id)}@{domain}>"
+        query = urlencode({"u": email_hash(member.email)[:24], "c": camp.campaign_id})
+        sep = "&" if "?" in brand.unsubscribe_url else "?"
+        msg["List-Unsubscribe"] = (
+            f"<{brand.unsubscribe_url}{sep}{query}>, <mailto:{brand.from_email}?subject=unsubscribe>"
+        )
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        msg["X-Campaign-Id"] = camp.campaign_id
+        msg.set_content(content.text)  # type: ignore[attr-defined]
+        msg.add_alternative(content.html, subtype="html")  # type: ignore[attr-defined]
+        return bytes(msg)

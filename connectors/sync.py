@@ -1,0 +1,807 @@
+"""``sync_audience``: plan → diff against ``sync_state`` → guardrails → apply changes → sync log.
+
+The plan is read from the warehouse (``campaigns`` + ``campaign_members`` + customers): the latest version
+of each segment's campaign for ``as_of``/``scheme``, its *treated* members only (holdouts are never
+tagged, listed or sent anything), minus suppressed, unsubscribed, email-less, invalid and duplicate
+emails. Each remaining member's desired state (tags + merge fields) is hashed and compared with what the
+destination last received, so only changes are written and a rerun with nothing changed writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.sql import column, table
+
+from activation.errors import GuardrailError, NotFoundError
+from activation.settings import Settings
+from activation.tables import campaign_members, campaigns
+from connectors import state as st
+from connectors.base import (
+    AudienceMember,
+    CampaignSpec,
+    Content,
+    ContentProvider,
+    Destination,
+    MemberChange,
+    MemberResult,
+    OutcomeEvent,
+    RemoteCampaign,
+    SyncPlan,
+    email_hash,
+    normalize_email,
+    state_hash,
+)
+
+_EMAIL_RE = re.compile(
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+
+
+def is_valid_email(email: str) -> bool:
+    """A pragmatic syntax check (what email APIs reject up front)."""
+    return 3 <= len(email) <= 254 and bool(_EMAIL_RE.match(email))
+
+
+@dataclass
+class SegmentPlan:
+    """What a sync does (or, in a dry run, would do) to one segment."""
+
+    segment: str
+    campaign_id: str | None = None
+    members: int = 0  # reachable treated members now
+    previous: int = 0  # members tagged at the last sync
+    holdout: int = 0
+    adds: int = 0
+    updates: int = 0
+    unchanged: int = 0
+    tag_adds: int = 0
+    tag_removes: int = 0
+    skips: Counter[str] = field(default_factory=Counter)
+    api_calls: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {
+            k: getattr(self, k)
+            for k in (
+                "segment",
+                "campaign_id",
+                "members",
+                "previous",
+                "holdout",
+                "adds",
+                "updates",
+                "unchanged",
+                "tag_adds",
+                "tag_removes",
+                "api_calls",
+            )
+        }
+        d["skips"] = dict(self.skips)
+        return d
+
+
+@dataclass
+class SyncResult:
+    """The outcome of :func:`sync_audience` (a plan when ``dry_run``)."""
+
+    sync_id: str | None
+    destination: str
+    as_of: date
+    scheme: str
+    dry_run: bool
+    segments: dict[str, SegmentPlan]
+    api_calls: int  # estimated in a dry run, counted otherwise
+    write_calls: int = 0
+    read_calls: int = 0
+    guardrail_violations: list[str] = field(default_factory=list)
+    status: str = "planned"
+    ok: int = 0
+    skipped: int = 0
+    failed: int = 0
+    campaigns: dict[str, str] = field(default_factory=dict)  # campaign_id -> status
+    seconds: float = 0.0
+
+    @property
+    def skips(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for s in self.segments.values():
+            total.update(s.skips)
+        return total
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "as_of": self.as_of.isoformat(),
+            "scheme": self.scheme,
+            "dry_run": self.dry_run,
+            "status": self.status,
+            "api_calls": self.api_calls,
+            "write_calls": self.write_calls,
+            "read_calls": self.read_calls,
+            "ok": self.ok,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "campaigns": self.campaigns,
+            "guardrail_violations": self.guardrail_violations,
+            "segments": {k: v.as_dict() for k, v in self.segments.items()},
+        }
+
+
+# --- reading the plan --------------------------------------------------------------------------------
+
+
+def latest_as_of(engine: Engine, scheme: str) -> date | None:
+    with engine.connect() as conn:
+        return conn.execute(select(func.max(campaigns.c.as_of)).where(campaigns.c.scheme == scheme)).scalar()
+
+
+def load_campaigns(engine: Engine, as_of: date, scheme: str, destination: str) -> list[CampaignSpec]:
+    """The latest version of each segment's campaign that lists ``destination`` (an empty list = all)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(campaigns)
+            .where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
+            .order_by(campaigns.c.segment, campaigns.c.version.desc())
+        ).all()
+    out: dict[str, CampaignSpec] = {}
+    for r in rows:
+        if r.segment in out:
+            continue
+        dests = _json(r.destinations, [])
+        if dests and destination not in dests:
+            out[r.segment] = None  # type: ignore[assignment]  # latest version excludes us: skip older ones too
+            continue
+        out[r.segment] = CampaignSpec(
+            campaign_id=r.campaign_id,
+            campaign_key=r.campaign_key,
+            version=r.version,
+            as_of=r.as_of,
+            scheme=r.scheme,
+            segment=r.segment,
+            subject=r.subject,
+            offer_type=r.offer_type,
+            offer=_json(r.offer, {}),
+            row=r,
+        )
+    return [c for c in out.values() if c is not None]
+
+
+def _json(value: Any, default: Any) -> Any:
+    if value is None or value == "":
+        return default
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return value
+
+
+def _customers_table(settings: Settings) -> tuple[Any, dict[str, Any]]:
+    src = settings.customers
+    schema, _, name = src.table.rpartition(".")
+    names = {
+        "customer_id": src.customer_id,
+        "email": src.email,
+        "first_name": src.first_name,
+        "unsubscribed": src.unsubscribed,
+    }
+    t = table(name, *[column(c) for c in names.values() if c], schema=schema or None)
+    cols = {k: (t.c[v] if v else None) for k, v in names.items()}
+    return t, cols
+
+
+def merge_values(campaign: CampaignSpec, first_name: str | None, coupon: str | None) -> dict[str, str]:
+    """The merge fields one member receives (see :data:`connectors.base.MERGE_FIELDS`)."""
+    offer = campaign.offer or {}
+    expires = offer.get("expires_on") or ""
+    if not expires and offer.get("expiry_days"):
+        try:
+            expires = (campaign.as_of + timedelta(days=int(offer["expiry_days"]))).isoformat()
+        except (TypeError, ValueError):
+            expires = ""
+    label = offer.get("label") or offer.get("name") or campaign.offer_type
+    return {
+        "FNAME": (first_name or "").strip(),
+        "SEGMENT": campaign.segment,
+        "OFFER": str(label),
+        "COUPON": coupon or "",
+        "EXPIRES": str(expires),
+    }
+
+
+@dataclass
+class _Source:
+    audiences: dict[str, list[AudienceMember]]
+    segments: dict[str, SegmentPlan]
+    skipped: list[tuple[str, str, str]]  # (campaign_id, customer_id, reason)
+    emails: dict[str, str]  # customer_id -> normalized email (every member read, for tag removals)
+
+
+def _read_source(
+    engine: Engine, settings: Settings, camps: Sequence[CampaignSpec], suppressed: dict[str, str]
+) -> _Source:
+    cust, cc = _customers_table(settings)
+    by_id = {c.campaign_id: c for c in camps}
+    segments = {c.segment: SegmentPlan(segment=c.segment, campaign_id=c.campaign_id) for c in camps}
+    cols = [
+        campaign_members.c.campaign_id,
+        campaign_members.c.customer_id,
+        campaign_members.c.member_group,
+        campaign_members.c.coupon_code,
+        cc["email"] if cc["email"] is not None else None,
+        cc["first_name"] if cc["first_name"] is not None else None,
+        cc["unsubscribed"] if cc["unsubscribed"] is not None else None,
+    ]
+    q = (
+        select(*[c for c in cols if c is not None])
+        .select_from(campaign_members.outerjoin(cust, cc["customer_id"] == campaign_members.c.customer_id))
+        .where(campaign_members.c.campaign_id.in_(list(by_id)))
+        .order_by(campaign_members.c.customer_id)
+    )
+    candidates: list[tuple[CampaignSpec, str, str, str | None, str | None]] = []
+    emails: dict[str, str] = {}
+    skipped: list[tuple[str, str, str]] = []
+    seen_customers: set[str] = set()
+    with engine.connect() as conn:
+        for row in conn.execute(q):
+            m = row._mapping
+            camp = by_id[m["campaign_id"]]
+            cid = str(m["customer_id"])
+            email = normalize_email(m.get(cc["email"].name) if cc["email"] is not None else None)
+            if email:
+                emails[cid] = email
+            seg = segments[camp.segment]
+            if m["member_group"] != "treatment":
+                seg.holdout += 1
+                continue
+            if cid in seen_customers:  # in two campaigns of one plan: the first wins
+                continue
+            seen_customers.add(cid)
+            reason = None
+            if not email:
+                reason = "no_email"
+            elif not is_valid_email(email):
+                reason = "invalid_email"
+            elif email_hash(email) in suppressed:
+                reason = suppressed[email_hash(email)]
+            elif cc["unsubscribed"] is not None and bool(m.get(cc["unsubscribed"].name)):
+                reason = "unsubscribed"
+            if reason:
+                seg.skips[reason] += 1
+                skipped.append((camp.campaign_id, cid, reason))
+                continue
+            first = m.get(cc["first_name"].name) if cc["first_name"] is not None else None
+            candidates.append((camp, cid, email, first, m["coupon_code"]))
+    audiences: dict[str, list[AudienceMember]] = {c.campaign_id: [] for c in camps}
+    owner: dict[str, str] = {}
+    for camp, cid, email, first, coupon in sorted(candidates, key=lambda t: (t[2], t[1])):
+        if email in owner:
+            segments[camp.segment].skips["duplicate_email"] += 1
+            skipped.append((camp.campaign_id, cid, "duplicate_email"))
+            continue
+        owner[email] = cid
+        audiences[camp.campaign_id].append(
+            AudienceMember(
+                cid,
+                email,
+                (first or "").strip(),
+                camp.campaign_id,
+                camp.segment,
+                coupon,
+                merge_values(camp, first, coupon),
+            )
+        )
+    for camp in camps:
+        audiences[camp.campaign_id].sort(key=lambda m: m.customer_id)
+        segments[camp.segment].members = len(audiences[camp.campaign_id])
+    return _Source(audiences, segments, skipped, emails)
+
+
+def _missing_emails(engine: Engine, settings: Settings, customer_ids: Sequence[str]) -> dict[str, str]:
+    cust, cc = _customers_table(settings)
+    if cc["email"] is None or not customer_ids:
+        return {}
+    out: dict[str, str] = {}
+    with engine.connect() as conn:
+        for i in range(0, len(customer_ids), 5000):
+            chunk = list(customer_ids[i : i + 5000])
+            for cid, email in conn.execute(
+                select(cc["customer_id"], cc["email"]).where(cc["customer_id"].in_(chunk))
+            ):
+                if email:
+                    out[str(cid)] = normalize_email(email)
+    return out
+
+
+def diff(
+    audiences: dict[str, list[AudienceMember]],
+    state: dict[str, st.StateRow],
+    emails: dict[str, str],
+    *,
+    include_campaign: bool,
+) -> tuple[list[MemberChange], Counter[str]]:
+    """Changes that bring ``state`` to ``audiences``; also returns how many members are unchanged per segment."""
+    changes: list[MemberChange] = []
+    unchanged: Counter[str] = Counter()
+    desired: set[str] = set()
+    for members in audiences.values():
+        for m in members:
+            desired.add(m.customer_id)
+            h = state_hash(m.email, [m.segment], m.fields, m.campaign_id if include_campaign else "")
+            s = state.get(m.customer_id)
+            if s is not None and s.state_hash == h and s.tags == [m.segment]:
+                unchanged[m.segment] += 1
+                continue
+            if s is None or not s.tags:
+                changes.append(
+                    MemberChange(
+                        m.customer_id,
+                        m.email,
+                        "add",
+                        m,
+                        True,
+                        m.segment,
+                        None,
+                        h,
+                        [m.segment],
+                        s.campaign_id if s else None,
+                    )
+                )
+                continue
+            old_tag = next((t for t in s.tags if t != m.segment), None)
+            same_person = s.email_hash in (None, email_hash(m.email))
+            changes.append(
+                MemberChange(
+                    m.customer_id,
+                    m.email,
+                    "update",
+                    m,
+                    True,
+                    m.segment if m.segment not in s.tags else None,
+                    old_tag if same_person else None,
+                    h,
+                    [m.segment],
+                    s.campaign_id,
+                )
+            )
+    for cid, s in state.items():
+        if cid in desired or not s.tags:
+            continue
+        changes.append(
+            MemberChange(
+                cid, emails.get(cid, ""), "remove", None, False, None, s.tags[0], "", [], s.campaign_id
+            )
+        )
+    return changes, unchanged
+
+
+# --- the journal: commits what destinations confirm ----------------------------------------------------
+
+
+class WarehouseJournal:
+    """Commits each confirmed batch (state + log + consent refusals) in one transaction."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        destination: str,
+        sync_id: str,
+        plan: SyncPlan,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.destination = destination
+        self.sync_id = sync_id
+        self.plan = plan
+        self.on_progress = on_progress
+        self.counts: Counter[str] = Counter()
+        self._remote = st.load_remote_campaigns(engine, destination)
+
+    def confirmed(self, results: Sequence[MemberResult]) -> None:
+        if not results:
+            return
+        now = st.utcnow()
+        states: list[st.StateRow] = []
+        logs: list[dict[str, Any]] = []
+        refusals: list[tuple[str, str]] = []
+        for r in results:
+            c = r.change
+            self.counts[r.status] += 1
+            if r.status == "ok":
+                states.append(
+                    st.StateRow(
+                        c.customer_id,
+                        email_hash(c.email) if c.email else None,
+                        c.member.campaign_id if c.member else None,
+                        c.new_tags,
+                        c.new_hash,
+                    )
+                )
+            elif r.status == "skipped":
+                # a per-member refusal is final for this content: do not retry it until the member changes
+                states.append(
+                    st.StateRow(
+                        c.customer_id, email_hash(c.email) if c.email else None, c.campaign_id, [], c.new_hash
+                    )
+                )
+                if r.suppress_reason and c.email:
+                    refusals.append((c.email, r.suppress_reason))
+            logs.append(
+                {
+                    "sync_id": self.sync_id,
+                    "destination": self.destination,
+                    "campaign_id": c.campaign_id,
+                    "customer_id": c.customer_id,
+                    "operation": r.operation,
+                    "status": r.status,
+                    "error": r.error,
+                    "logged_at": now,
+                }
+            )
+        with self.engine.begin() as conn:
+            st.save_state(conn, self.destination, states)
+            st.write_log(conn, logs)
+            if refusals:
+                st.add_suppressions(conn, refusals, self.destination)
+        if self.on_progress:
+            self.on_progress(len(results))
+
+    def remote_campaign(self, campaign_id: str) -> RemoteCampaign | None:
+        return self._remote.get(campaign_id)
+
+    def campaign_sent_before(self, campaign: CampaignSpec) -> bool:
+        with self.engine.connect() as conn:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    select(campaigns.c.campaign_id).where(campaigns.c.campaign_key == campaign.campaign_key)
+                )
+            ]
+        return any(
+            (rc := self._remote.get(i)) is not None and rc.status in ("sent", "scheduled") for i in ids
+        )
+
+    def record_campaign(
+        self, campaign_id: str, remote_id: str | None, status: str, sent_at: datetime | None
+    ) -> None:
+        rc = RemoteCampaign(campaign_id, remote_id, status, sent_at)
+        st.save_remote_campaign(self.engine, self.destination, rc)
+        self._remote[campaign_id] = rc
+        if sent_at is not None and status in ("sent", "scheduled"):
+            with self.engine.begin() as conn:
+                conn.execute(
+                    update(campaigns)
+                    .where(and_(campaigns.c.campaign_id == campaign_id, campaigns.c.send_time.is_(None)))
+                    .values(send_time=sent_at)
+                )
+
+    def log(self, campaign_id: str | None, operation: str, status: str, error: str | None = None) -> None:
+        with self.engine.begin() as conn:
+            st.write_log(
+                conn,
+                [
+                    {
+                        "sync_id": self.sync_id,
+                        "destination": self.destination,
+                        "campaign_id": campaign_id,
+                        "customer_id": None,
+                        "operation": operation,
+                        "status": status,
+                        "error": error,
+                        "logged_at": st.utcnow(),
+                    }
+                ],
+            )
+
+
+# --- content -------------------------------------------------------------------------------------------
+
+
+class RenderContent:
+    """Default content provider: :mod:`campaigns.render` (imported lazily)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def for_campaign(self, campaign: CampaignSpec) -> Content:
+        from campaigns import render
+
+        r = render.render_merge_tags(self.settings, campaign.row)
+        return Content(r.subject, r.html, r.text)
+
+    def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
+        from campaigns import render
+
+        r = render.render_member(self.settings, campaign.row, _member_view(member))
+        return Content(r.subject, r.html, r.text)
+
+
+def _member_view(member: AudienceMember) -> dict[str, Any]:
+    return {
+        "customer_id": member.customer_id,
+        "email": member.email,
+        "first_name": member.first_name,
+        "coupon_code": member.coupon_code,
+        "segment": member.segment,
+        "campaign_id": member.campaign_id,
+    }
+
+
+# --- the sync ----------------------------------------------------------------------------------------
+
+
+def guardrails(segments: dict[str, SegmentPlan], max_share: float, first_sync: bool) -> list[str]:
+    """Reasons to stop a sync before it writes anything (empty source, a segment swinging too much)."""
+    total = sum(s.members for s in segments.values())
+    if total == 0:
+        return ["the source is empty: no reachable treated member in any campaign"]
+    out = []
+    if first_sync:
+        return out
+    for s in segments.values():
+        if s.previous > 0:
+            share = abs(s.members - s.previous) / s.previous
+            if share > max_share:
+                verb = "grows" if s.members > s.previous else "shrinks"
+                out.append(
+                    f"segment {s.segment!r} {verb} from {s.previous} to {s.members} members ({share:.0%} > {max_share:.0%})"
+                )
+    return out
+
+
+def sync_audience(
+    engine: Engine,
+    settings: Settings,
+    destination: str,
+    as_of: date | None = None,
+    scheme: str | None = None,
+    *,
+    dry_run: bool = False,
+    send: bool = False,
+    schedule_at: datetime | None = None,
+    force: bool = False,
+    destination_obj: Destination | None = None,
+    content: ContentProvider | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> SyncResult:
+    """Bring ``destination`` in line with the campaign plan of ``as_of``/``scheme``; write only changes.
+
+    Args:
+        destination: ``outbox``, ``mailchimp`` or ``hubspot`` (the name in ``sync_state``).
+        as_of: the plan's date (default: the latest planned for the scheme).
+        scheme: default ``settings.default_scheme``.
+        dry_run: compute and return the plan; no request to the destination, no warehouse write.
+        send / schedule_at: send (or schedule) each campaign after its audience is synced; default: drafts.
+        force: override the guardrails.
+        destination_obj: an already built destination (tests, flows); default from the registry.
+        content: message content provider; default :mod:`campaigns.render`.
+        on_progress / on_total: progress callbacks (members confirmed / members to change).
+
+    Returns:
+        The per-segment plan and, unless ``dry_run``, what was done.
+
+    Raises:
+        NotFoundError: no plan for ``as_of``/``scheme``.
+        GuardrailError: the source is empty or a segment swings too much (before any write; ``force``).
+        FatalDestinationError: wrong credentials / list (before any write) or the destination failed mid-way.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    scheme = scheme or settings.default_scheme
+    if as_of is None:
+        as_of = latest_as_of(engine, scheme)
+        if as_of is None:
+            raise NotFoundError(
+                f"no campaign plan for scheme {scheme!r}",
+                fix=f"run `activation plan --scheme {scheme}` first",
+            )
+    camps = load_campaigns(engine, as_of, scheme, destination)
+    dest = destination_obj
+    if dest is None:
+        from connectors.registry import get_destination
+
+        dest = get_destination(destination, settings)
+    try:
+        if not dry_run:
+            since = st.last_success(engine, destination)
+            events = list(dest.read_suppressions(since))
+            if events:
+                st.add_suppressions(engine, [(e.email, e.reason) for e in events], destination)
+        suppressed = st.load_suppressions(engine)
+        src = _read_source(engine, settings, camps, suppressed)
+        state = st.load_state(engine, destination)
+        prev = Counter(t for s in state.values() for t in s.tags)
+        for seg, n in prev.items():
+            src.segments.setdefault(seg, SegmentPlan(segment=seg)).previous = n
+        need_email = [cid for cid, s in state.items() if s.tags and cid not in src.emails]
+        src.emails.update(_missing_emails(engine, settings, need_email))
+        changes, unchanged = diff(
+            src.audiences, state, src.emails, include_campaign=dest.state_includes_campaign
+        )
+        for seg, n in unchanged.items():
+            src.segments[seg].unchanged = n
+        for c in changes:
+            if c.member is not None:
+                sp = src.segments[c.member.segment]
+                sp.adds += c.kind == "add"
+                sp.updates += c.kind == "update"
+                sp.tag_adds += c.tag_add is not None
+            if c.tag_remove is not None:
+                src.segments.setdefault(c.tag_remove, SegmentPlan(segment=c.tag_remove)).tag_removes += 1
+        plan = SyncPlan(
+            as_of,
+            scheme,
+            camps,
+            src.audiences,
+            changes,
+            content or RenderContent(settings),
+            send,
+            schedule_at,
+        )
+        estimate = dest.plan(plan)
+        for seg, n in estimate.items():
+            if seg:
+                src.segments.setdefault(seg, SegmentPlan(segment=seg)).api_calls = n
+        violations = guardrails(src.segments, settings.guardrail_max_change_share, first_sync=not state)
+        result = SyncResult(
+            None,
+            destination,
+            as_of,
+            scheme,
+            dry_run,
+            src.segments,
+            sum(estimate.values()),
+            guardrail_violations=violations,
+        )
+        if dry_run:
+            result.seconds = time.perf_counter() - t0
+            return result
+        if violations and not force:
+            raise GuardrailError(
+                "sync to " + destination + " stopped before any write: " + "; ".join(violations),
+                fix="check the plan with --dry-run; rerun with --force if the change is intended",
+            )
+        sync_id = uuid.uuid4().hex
+        result.sync_id = sync_id
+        st.start_run(engine, sync_id, destination, as_of, scheme)
+        journal = WarehouseJournal(engine, destination, sync_id, plan, on_progress)
+        if src.skipped:
+            _log_skips(engine, destination, sync_id, src.skipped)
+        if on_total:
+            on_total(len(changes))
+        reads0, writes0 = dest.stats.reads, dest.stats.writes
+        try:
+            dest.apply(plan, journal)
+        except BaseException as exc:
+            result.status = "failed"
+            _finish(
+                engine,
+                result,
+                journal,
+                dest,
+                reads0,
+                writes0,
+                t0,
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            raise
+        result.status = "succeeded" if journal.counts["failed"] == 0 else "partial"
+        _finish(engine, result, journal, dest, reads0, writes0, t0)
+        return result
+    finally:
+        if destination_obj is None:
+            dest.close()
+
+
+def _log_skips(engine: Engine, destination: str, sync_id: str, skipped: list[tuple[str, str, str]]) -> None:
+    now = st.utcnow()
+    rows = [
+        {
+            "sync_id": sync_id,
+            "destination": destination,
+            "campaign_id": camp,
+            "customer_id": cid,
+            "operation": "skip",
+            "status": "skipped",
+            "error": reason,
+            "logged_at": now,
+        }
+        for camp, cid, reason in skipped
+    ]
+    with engine.begin() as conn:
+        for i in range(0, len(rows), 50_000):
+            st.write_log(conn, rows[i : i + 50_000])
+
+
+def _finish(
+    engine: Engine,
+    result: SyncResult,
+    journal: WarehouseJournal,
+    dest: Destination,
+    reads0: int,
+    writes0: int,
+    t0: float,
+    error: str | None = None,
+) -> None:
+    import time
+
+    result.write_calls = dest.stats.writes - writes0
+    result.read_calls = dest.stats.reads - reads0
+    result.api_calls = result.write_calls + result.read_calls
+    result.ok = journal.counts["ok"]
+    result.skipped = journal.counts["skipped"] + sum(result.skips.values())
+    result.failed = journal.counts["failed"]
+    result.campaigns = {
+        cid: rc.status
+        for cid, rc in journal._remote.items()
+        if any(c.campaign_id == cid for c in journal.plan.campaigns)
+    }
+    result.seconds = time.perf_counter() - t0
+    summary = result.summary()
+    if error:
+        summary["error"] = error
+    st.finish_run(engine, result.sync_id or "", result.status, summary)
+
+
+def read_outcomes(
+    engine: Engine,
+    settings: Settings,
+    destination: str,
+    as_of: date,
+    scheme: str | None = None,
+    *,
+    destination_obj: Destination | None = None,
+) -> list[OutcomeEvent]:
+    """Per-member events (sent, opened, clicked, unsubscribed, bounced) of the plan's campaigns.
+
+    Emails in the destination's reports are mapped back to customers through ``sync_state`` (by email hash),
+    so no email address is stored. The local outbox returns no events.
+    """
+    scheme = scheme or settings.default_scheme
+    camps = {c.campaign_id for c in load_campaigns(engine, as_of, scheme, destination)}
+    with engine.connect() as conn:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                select(campaigns.c.campaign_id).where(
+                    campaigns.c.as_of == as_of, campaigns.c.scheme == scheme
+                )
+            )
+        ]
+    camps.update(ids)
+    remote = [
+        rc
+        for cid, rc in st.load_remote_campaigns(engine, destination).items()
+        if cid in camps and rc.remote_id
+    ]
+    if not remote:
+        return []
+    state = st.load_state(engine, destination)
+    by_hash = {s.email_hash: s.customer_id for s in state.values() if s.email_hash}
+
+    def resolve(email: str) -> str | None:
+        return by_hash.get(email_hash(email))
+
+    dest = destination_obj
+    if dest is None:
+        from connectors.registry import get_destination
+
+        dest = get_destination(destination, settings)
+    try:
+        return list(dest.read_outcomes(remote, resolve))
+    finally:
+        if destination_obj is None:
+            dest.close()

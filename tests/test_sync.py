@@ -1,0 +1,146 @@
+"""The sync itself (plan → diff → guardrails → apply → log), exercised through the local outbox."""
+
+from __future__ import annotations
+
+import email
+from email import policy
+
+import pytest
+from sqlalchemy import func, select, update
+
+from activation.errors import GuardrailError
+from activation.tables import campaigns, customers, suppressions, sync_log, sync_runs, sync_state
+from connectors.base import email_hash
+from connectors.state import add_suppressions
+from connectors.sync import sync_audience
+from tests.cli_helpers import run_cli
+from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
+
+C = SimpleContent()
+
+
+def _count(engine, table) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def _all_counts(engine) -> dict[str, int]:
+    return {t.name: _count(engine, t) for t in (sync_state, sync_runs, sync_log, suppressions, campaigns)}
+
+
+def test_outbox_writes_messages_and_audiences(engine, settings):
+    plan = insert_plan(engine, make_assignment(12), holdouts={"c00000", "c00004"})
+    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
+    assert res.status == "succeeded" and res.ok == 10 and res.failed == 0
+    root = settings.resolved_outbox_dir / AS_OF.isoformat() / SCHEME
+    for seg, cid in plan.campaign_ids.items():
+        folder = root / cid
+        emls = sorted(p.stem for p in folder.glob("*.eml"))
+        assert emls == sorted(plan.treated[seg])
+        audience = (folder / "audience.csv").read_text().splitlines()
+        assert audience[0] == "customer_id,email,first_name,segment,coupon_code"
+        assert sorted(line.split(",")[0] for line in audience[1:]) == sorted(plan.treated[seg])
+        for h in plan.holdout[seg]:
+            assert not (folder / f"{h}.eml").exists()
+            assert h not in (folder / "audience.csv").read_text()
+    msg = email.message_from_bytes(
+        (root / plan.campaign_ids["Loyal"] / "c00001.eml").read_bytes(), policy=policy.default
+    )
+    assert msg["From"] == "Northwind Goods <hello@example.com>"
+    assert msg["List-Unsubscribe"].startswith("<https://shop.example.com/unsubscribe?")
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+    assert "C-c00001-1" in msg.get_body(("html",)).get_content()
+    # sending marks the attribution start at the end of the as_of day
+    with engine.connect() as conn:
+        times = conn.execute(select(campaigns.c.send_time)).scalars().all()
+    assert all(t is not None and t.date() == AS_OF and t.hour == 23 for t in times)
+    # nothing changed: no file written, nothing sent twice
+    again = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
+    assert again.write_calls == 0 and again.ok == 0
+
+
+def test_dry_run_writes_nothing(engine, settings):
+    insert_plan(
+        engine, make_assignment(9), holdouts={"c00002"}, emails={"c00003": "not-an-email", "c00004": None}
+    )
+    before = _all_counts(engine)
+    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True)
+    assert _all_counts(engine) == before
+    assert not settings.resolved_outbox_dir.exists()
+    assert res.skips == {"invalid_email": 1, "no_email": 1}
+    assert sum(s.adds for s in res.segments.values()) == 6
+    assert res.api_calls == 6 + 3  # one message per member + one audience file per segment
+
+
+def test_suppression_and_unsubscribed_override_every_segment(engine, settings):
+    insert_plan(engine, make_assignment(9))
+    add_suppressions(engine, [("C00001@Example.com ", "erasure")], "manual")
+    with engine.begin() as conn:
+        conn.execute(update(customers).where(customers.c.customer_id == "c00002").values(unsubscribed=True))
+    with engine.connect() as conn:
+        stored = conn.execute(select(suppressions.c.email_hash)).scalars().all()
+    assert stored == [email_hash("c00001@example.com")]  # only a hash is kept
+    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    assert res.skips == {"erasure": 1, "unsubscribed": 1}
+    files = {p.stem for p in settings.resolved_outbox_dir.rglob("*.eml")}
+    assert "c00001" not in files and "c00002" not in files and len(files) == 7
+    # suppressing someone already synced removes them on the next sync
+    add_suppressions(engine, [("c00003@example.com", "unsubscribed")], "manual")
+    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    assert "c00003" not in {p.stem for p in settings.resolved_outbox_dir.rglob("*.eml")}
+    with engine.connect() as conn:
+        tags = conn.execute(
+            select(sync_state.c.tags).where(sync_state.c.customer_id == "c00003")
+        ).scalar_one()
+    assert tags == "[]"
+
+
+def test_guardrails_stop_before_any_write(engine, settings):
+    # empty source
+    with pytest.raises(GuardrailError, match="empty"):
+        sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    insert_plan(engine, make_assignment(30))
+    sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    # a new plan version where "Loyal" shrinks from 10 to 2 members
+    small = {cid: seg for cid, seg in make_assignment(30).items() if seg != "Loyal" or cid < "c00006"}
+    with engine.begin() as conn:
+        conn.execute(campaigns.delete())
+        from activation.tables import campaign_members
+
+        conn.execute(campaign_members.delete())
+    insert_plan(engine, small, version=2, replace_customers=False)
+    before = _all_counts(engine)
+    with pytest.raises(GuardrailError, match="'Loyal' shrinks from 10 to 2"):
+        sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    assert _all_counts(engine) == before
+    dry = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True)
+    assert dry.guardrail_violations and dry.segments["Loyal"].tag_removes == 8
+    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, force=True)
+    assert res.status == "succeeded"
+
+
+def test_sync_log_and_runs(engine, settings):
+    insert_plan(engine, make_assignment(6), emails={"c00005": None})
+    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    with engine.connect() as conn:
+        ops = conn.execute(
+            select(sync_log.c.customer_id, sync_log.c.operation, sync_log.c.status, sync_log.c.error).where(
+                sync_log.c.customer_id.is_not(None)
+            )
+        ).all()
+        run = conn.execute(select(sync_runs.c.status, sync_runs.c.summary)).one()
+    assert len(ops) == 6
+    assert ("c00005", "skip", "skipped", "no_email") in ops
+    assert run.status == "succeeded" and res.sync_id
+
+
+def test_cli_sync_dry_run_and_real(duck_engine, duck_settings):
+    insert_plan(duck_engine, make_assignment(9), emails={"c00003": "x@"})
+    out = run_cli("sync", "--destination", "outbox", "--scheme", SCHEME, "--dry-run")
+    assert out.exit_code == 0, out.output
+    assert "dry run" in out.stdout and "invalid email 1" in out.stdout
+    assert not duck_settings.resolved_outbox_dir.exists()
+    bad = run_cli("sync", "--destination", "carrier-pigeon")
+    assert bad.exit_code == 2 and "unknown destination" in bad.stderr
