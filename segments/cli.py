@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ import typer
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
     register_ingest(app)
+    register_segmentation(app)
 
 
 def register_ingest(app: typer.Typer) -> None:
@@ -68,3 +70,146 @@ def demo_data_command(
     cli.console.print(
         f"support tickets: activation ingest {files.tickets} --format csv --mapping {files.tickets_mapping}"
     )
+
+
+# --- segment, segments export, segments migration ------------------------------------------------
+
+segments_app = typer.Typer(help="Work with stored segment snapshots.", no_args_is_help=True)
+
+
+def register_segmentation(app: typer.Typer) -> None:
+    """The ``segment`` command and the ``segments export|migration`` group."""
+    app.command("segment")(segment_command)
+    segments_app.command("export")(export_command)
+    segments_app.command("migration")(migration_command)
+    app.add_typer(segments_app, name="segments")
+
+
+def _parse_date(value: str, flag: str) -> date:
+    from activation.errors import InputError
+
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise InputError(
+            f"{flag} {value!r} is not a date", fix=f"write {flag} as YYYY-MM-DD, e.g. 2024-12-31"
+        ) from None
+
+
+def segment_command(
+    as_of: str | None = typer.Option(
+        None,
+        "--as-of",
+        help="Snapshot date YYYY-MM-DD (orders up to the end of that day). Default: last quarter end.",
+    ),
+    scheme: str | None = typer.Option(
+        None, "--scheme", help="Scheme name (default: settings.default_scheme)."
+    ),
+    lookback_days: int | None = typer.Option(
+        None,
+        "--lookback-days",
+        min=1,
+        help="Only orders in the N days ending with as_of (default: settings).",
+    ),
+) -> None:
+    """Compute and store a segment snapshot; print customers, share, mean R/F/M and revenue per segment."""
+    from rich.table import Table
+
+    from activation import cli
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+    from segments.snapshots import compute_snapshot, last_quarter_end, segment_summary
+
+    settings = get_settings()
+    when = _parse_date(as_of, "--as-of") if as_of else last_quarter_end(date.today())
+    name = scheme or settings.default_scheme
+    engine = get_engine(settings)
+    result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)
+    summary = segment_summary(engine, when, name, settings)
+    window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
+    table = Table(title=f"{name} as of {when} ({window}): {result.customers:,} customers", show_header=True)
+    for col in (
+        "segment",
+        "customers",
+        "share",
+        "mean recency (days)",
+        "mean frequency",
+        "mean monetary",
+        "revenue",
+    ):
+        table.add_column(col, justify="left" if col == "segment" else "right")
+    for row in summary.itertuples(index=False):
+        empty = row.customers == 0
+        table.add_row(
+            str(row.segment),
+            f"{row.customers:,}",
+            f"{row.share:.1%}",
+            "" if empty else f"{row.recency_mean:,.1f}",
+            "" if empty else f"{row.frequency_mean:,.2f}",
+            "" if empty else f"{row.monetary_mean:,.2f}",
+            f"{row.revenue:,.2f}",
+        )
+    cli.console.print(table)
+    for m, rec in sorted(result.cutpoints.items()):
+        if m == "model":
+            continue
+        cli.console.print(
+            f"{rec['metric']}: {rec['method']} {rec['bins']} bins, thresholds {_fmt_list(rec['thresholds'])}",
+            highlight=False,
+        )
+    model = result.cutpoints.get("model")
+    if model:
+        for key, value in model.items():
+            cli.console.print(f"model {key}: {value}", highlight=False)
+    for warning in result.warnings:
+        cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def _fmt_list(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
+def export_command(
+    as_of: str = typer.Option(..., "--as-of", help="Snapshot date YYYY-MM-DD."),
+    scheme: str = typer.Option(..., "--scheme", help="Scheme name."),
+    out: Path = typer.Option(..., "--out", help="CSV file to write."),
+) -> None:
+    """Write one row per customer: customer_id,recency_days,frequency,monetary,r_score,f_score,m_score,segment."""
+    from activation import cli
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+    from segments.snapshots import export_snapshot
+
+    settings = get_settings()
+    n = export_snapshot(get_engine(settings), _parse_date(as_of, "--as-of"), scheme, out)
+    cli.console.print(f"wrote {n:,} customers to {out}", highlight=False)
+
+
+def migration_command(
+    from_as_of: str = typer.Option(..., "--from", help="Earlier snapshot date YYYY-MM-DD."),
+    to_as_of: str = typer.Option(..., "--to", help="Later snapshot date YYYY-MM-DD."),
+    scheme: str = typer.Option(..., "--scheme", help="Scheme name."),
+    out: Path | None = typer.Option(None, "--out", help="Also write the matrix as CSV."),
+) -> None:
+    """Customers moving between segments from one snapshot to another (incl. new and gone)."""
+    from rich.table import Table
+
+    from activation import cli
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+    from segments.snapshots import migration_matrix
+
+    settings = get_settings()
+    start, end = _parse_date(from_as_of, "--from"), _parse_date(to_as_of, "--to")
+    matrix = migration_matrix(get_engine(settings), start, end, scheme)
+    table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
+    table.add_column("from \\ to")
+    for col in matrix.columns:
+        table.add_column(str(col), justify="right")
+    for seg, row in matrix.iterrows():
+        table.add_row(str(seg), *(f"{v:,}" for v in row.tolist()))
+    cli.console.print(table)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        matrix.to_csv(out)
+        cli.console.print(f"wrote {out}", highlight=False)

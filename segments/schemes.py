@@ -151,9 +151,13 @@ class Scheme(BaseModel):
             if not self.rules:
                 raise ValueError("a rules scheme needs at least one rule")
             if self.segments is not None:
-                raise ValueError("`segments` is for model-based kinds; a rules scheme names segments in its rules")
+                raise ValueError(
+                    "`segments` is for model-based kinds; a rules scheme names segments in its rules"
+                )
         elif not self.segments:
-            raise ValueError(f"a `{self.kind}` scheme must list its `segments` (policies are written against them)")
+            raise ValueError(
+                f"a `{self.kind}` scheme must list its `segments` (policies are written against them)"
+            )
         for i, rule in enumerate(self.rules, 1):
             for metric, (lo, hi) in rule.when.items():
                 if metric not in self.scores:
@@ -169,7 +173,9 @@ class Scheme(BaseModel):
         if self.exhaustive_grid is not None:
             self._check_grid()
         elif self.kind == "rules" and self.default is None:
-            raise ValueError("set `default:` (the segment when no rule matches) or declare an `exhaustive_grid`")
+            raise ValueError(
+                "set `default:` (the segment when no rule matches) or declare an `exhaustive_grid`"
+            )
         return self
 
     def _check_grid(self) -> None:
@@ -331,11 +337,14 @@ def parse_scheme(path: Path) -> Scheme:
             fix="fix the YAML syntax (indentation, colons, quotes) at that line",
         ) from exc
     if not isinstance(raw, dict):
-        raise ConfigError(f"scheme file {path} must be a YAML mapping", fix="start with `name: ...`, `scores: ...`")
+        raise ConfigError(
+            f"scheme file {path} must be a YAML mapping", fix="start with `name: ...`, `scores: ...`"
+        )
     raw.setdefault("name", path.stem)
     if raw["name"] != path.stem:
         raise ConfigError(
-            f"scheme file {path} declares name {raw['name']!r}", fix=f"rename the file or set name: {path.stem}"
+            f"scheme file {path} declares name {raw['name']!r}",
+            fix=f"rename the file or set name: {path.stem}",
         )
     try:
         scheme = Scheme.model_validate(raw)

@@ -87,7 +87,9 @@ def _first_last(conn: Connection, settings: Settings, scheme: Scheme) -> tuple[A
     return conn.execute(select(func.min(at), func.max(at)).select_from(src)).one()
 
 
-def _no_customers_error(conn: Connection, settings: Settings, scheme: Scheme, window: rfm.Window) -> NotFoundError:
+def _no_customers_error(
+    conn: Connection, settings: Settings, scheme: Scheme, window: rfm.Window
+) -> NotFoundError:
     first, last = _first_last(conn, settings, scheme)
     what = "contact events" if scheme.source == "contact_events" else f"orders in {settings.orders.table!r}"
     if first is None:
@@ -106,7 +108,9 @@ def _no_customers_error(conn: Connection, settings: Settings, scheme: Scheme, wi
     )
 
 
-def _analyse_cuts(scheme: Scheme, stats: dict[str, Any]) -> tuple[dict[str, list[float]], dict[str, Any], list[str]]:
+def _analyse_cuts(
+    scheme: Scheme, stats: dict[str, Any]
+) -> tuple[dict[str, list[float]], dict[str, Any], list[str]]:
     cuts: dict[str, list[float]] = {}
     record: dict[str, Any] = {}
     warnings: list[str] = []
@@ -127,7 +131,9 @@ def _analyse_cuts(scheme: Scheme, stats: dict[str, Any]) -> tuple[dict[str, list
         }
         if empty:
             why = (
-                f"tied cut-points {cuts[m]}" if bins.method == "quantile" else f"no customer in those bins ({bins.method})"
+                f"tied cut-points {cuts[m]}"
+                if bins.method == "quantile"
+                else f"no customer in those bins ({bins.method})"
             )
             warnings.append(
                 f"{METRIC_NAMES[m]}: score(s) {', '.join(map(str, empty))} of 1..{bins.n} are empty ({why}); "
@@ -176,7 +182,9 @@ def compute_snapshot(
     scheme = _resolve_scheme(scheme, settings)
     lookback = lookback_days if lookback_days is not None else settings.lookback_days
     if lookback is not None and lookback < 1:
-        raise ConfigError(f"lookback_days must be at least 1, got {lookback}", fix="pass --lookback-days 365 or similar")
+        raise ConfigError(
+            f"lookback_days must be at least 1, got {lookback}", fix="pass --lookback-days 365 or similar"
+        )
     window = rfm.Window.of(as_of, lookback)
     report = None
     if run_checks:
@@ -207,14 +215,21 @@ def compute_snapshot(
 
 
 def _compute_in(
-    conn: Connection, engine: Engine, settings: Settings, scheme: Scheme, window: rfm.Window, lookback: int | None
+    conn: Connection,
+    engine: Engine,
+    settings: Settings,
+    scheme: Scheme,
+    window: rfm.Window,
+    lookback: int | None,
 ) -> SnapshotResult:
     tmp_name = f"rfm_metrics_{uuid.uuid4().hex[:12]}"
     conn.execute(CreateTempTableAs(tmp_name, rfm.metrics_select(settings, scheme, window)))
     metrics = table(
         tmp_name, column("customer_id"), column("recency_days"), column("frequency"), column("monetary")
     )
-    cut_q = rfm.cutpoints_select(metrics, scheme).add_columns(func.min(metrics.c.recency_days).label("recency_min"))
+    cut_q = rfm.cutpoints_select(metrics, scheme).add_columns(
+        func.min(metrics.c.recency_days).label("recency_min")
+    )
     stats = dict(conn.execute(cut_q).mappings().one())
     if not stats["customers"]:
         raise _no_customers_error(conn, settings, scheme, window)
@@ -230,7 +245,9 @@ def _compute_in(
     key = (rfm_snapshots.c.as_of == window.as_of) & (rfm_snapshots.c.scheme == scheme.name)
     conn.execute(delete(rfm_snapshots).where(key))
     conn.execute(
-        delete(snapshot_runs).where((snapshot_runs.c.as_of == window.as_of) & (snapshot_runs.c.scheme == scheme.name))
+        delete(snapshot_runs).where(
+            (snapshot_runs.c.as_of == window.as_of) & (snapshot_runs.c.scheme == scheme.name)
+        )
     )
     scored = rfm.scored_select(metrics, scheme, cuts, window.as_of)
     if scheme.is_rules:
@@ -310,11 +327,15 @@ def _assign_with_model(
 
 def _require_snapshot(conn: Connection, as_of: date, scheme: str) -> None:
     found = conn.execute(
-        select(snapshot_runs.c.as_of).where((snapshot_runs.c.as_of == as_of) & (snapshot_runs.c.scheme == scheme))
+        select(snapshot_runs.c.as_of).where(
+            (snapshot_runs.c.as_of == as_of) & (snapshot_runs.c.scheme == scheme)
+        )
     ).first()
     if found is None:
         runs = conn.execute(
-            select(snapshot_runs.c.as_of).where(snapshot_runs.c.scheme == scheme).order_by(snapshot_runs.c.as_of)
+            select(snapshot_runs.c.as_of)
+            .where(snapshot_runs.c.scheme == scheme)
+            .order_by(snapshot_runs.c.as_of)
         ).scalars()
         have = ", ".join(str(d) for d in runs) or "none"
         raise NotFoundError(
@@ -329,7 +350,9 @@ def snapshot_run(engine: Engine, as_of: date, scheme: str) -> dict[str, Any]:
         _require_snapshot(conn, as_of, scheme)
         row = dict(
             conn.execute(
-                select(snapshot_runs).where((snapshot_runs.c.as_of == as_of) & (snapshot_runs.c.scheme == scheme))
+                select(snapshot_runs).where(
+                    (snapshot_runs.c.as_of == as_of) & (snapshot_runs.c.scheme == scheme)
+                )
             )
             .mappings()
             .one()
@@ -339,7 +362,9 @@ def snapshot_run(engine: Engine, as_of: date, scheme: str) -> dict[str, Any]:
     return row
 
 
-def segment_summary(engine: Engine, as_of: date, scheme: str, settings: Settings | None = None) -> pd.DataFrame:
+def segment_summary(
+    engine: Engine, as_of: date, scheme: str, settings: Settings | None = None
+) -> pd.DataFrame:
     """Per segment: customers, share, mean recency/frequency/monetary and revenue (sum of monetary).
 
     With ``settings`` (or for a shipped scheme) rows follow the scheme's segment order and include empty
@@ -410,16 +435,26 @@ def migration_matrix(engine: Engine, from_as_of: date, to_as_of: date, scheme: s
     with engine.connect() as conn:
         _require_snapshot(conn, from_as_of, scheme)
         _require_snapshot(conn, to_as_of, scheme)
-        a = select(s.customer_id, s.segment).where((s.as_of == from_as_of) & (s.scheme == scheme)).cte("before")
+        a = (
+            select(s.customer_id, s.segment)
+            .where((s.as_of == from_as_of) & (s.scheme == scheme))
+            .cte("before")
+        )
         b = select(s.customer_id, s.segment).where((s.as_of == to_as_of) & (s.scheme == scheme)).cte("after")
-        moved = select(
-            func.coalesce(a.c.segment, literal("new", String)).label("from_segment"),
-            func.coalesce(b.c.segment, literal("gone", String)).label("to_segment"),
-        ).select_from(a.join(b, a.c.customer_id == b.c.customer_id, full=True)).cte("moved")
+        moved = (
+            select(
+                func.coalesce(a.c.segment, literal("new", String)).label("from_segment"),
+                func.coalesce(b.c.segment, literal("gone", String)).label("to_segment"),
+            )
+            .select_from(a.join(b, a.c.customer_id == b.c.customer_id, full=True))
+            .cte("moved")
+        )
         q = select(moved.c.from_segment, moved.c.to_segment, func.count().label("customers")).group_by(
             moved.c.from_segment, moved.c.to_segment
         )
-        rows = pd.DataFrame(conn.execute(q).mappings().all(), columns=["from_segment", "to_segment", "customers"])
+        rows = pd.DataFrame(
+            conn.execute(q).mappings().all(), columns=["from_segment", "to_segment", "customers"]
+        )
     try:
         names = load_scheme(scheme, None).segment_names
     except ConfigError:
@@ -436,7 +471,9 @@ def migration_matrix(engine: Engine, from_as_of: date, to_as_of: date, scheme: s
     return matrix
 
 
-def export_snapshot(engine: Engine, as_of: date, scheme: str, out: Path | str, chunk_rows: int = 200_000) -> int:
+def export_snapshot(
+    engine: Engine, as_of: date, scheme: str, out: Path | str, chunk_rows: int = 200_000
+) -> int:
     """Write one CSV row per customer with exactly :data:`EXPORT_COLUMNS` (sorted by customer_id);
     returns the number of rows. Streams in chunks, written to a temporary file then renamed, so a
     failure never leaves a half-written file.
