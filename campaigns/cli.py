@@ -7,3 +7,4 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
+    __import__("campaigns.cli_outcomes", fromlist=["register"]).register(app)  # outcomes collect, report roi
