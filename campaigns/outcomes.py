@@ -94,6 +94,7 @@ class CampaignWindow:
     segment: str
     offer_type: str
     discount_rate: float  # fraction of a redeemed coupon order's amount given away
+    discount_cap: float | None  # at most this much per order (offer's max_discount)
     send_time: datetime | None
     start: datetime
     end: datetime
@@ -108,11 +109,12 @@ def end_of_day(day: date) -> datetime:
     return datetime.combine(day, time(23, 59, 59, 999999))
 
 
-def discount_rate(offer_type: str, offer_json: str | None) -> float:
-    """Fraction of an order's amount a redeemed coupon gives away, from the campaign's offer JSON.
+def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, float | None]:
+    """``(rate, cap)`` of a redeemed coupon: the discount on one order is ``min(rate × amount, cap)``.
 
-    Uses the offer model's ``discount_for`` when the campaigns package provides one, else the
-    ``percent`` field of the stored offer (``{"type": "winback_coupon", "percent": 20, …}``).
+    Read through the offer model (:func:`campaigns.offers.parse_offer`, whose ``discount_for`` is the
+    cost model: percent of the order amount, capped at ``max_discount``); when the stored JSON does not
+    parse as an offer, its ``percent`` field is used. Offers without a coupon cost 0.
     """
     try:
         offer = json.loads(offer_json) if offer_json else {}
@@ -120,16 +122,18 @@ def discount_rate(offer_type: str, offer_json: str | None) -> float:
         offer = {}
     if not isinstance(offer, dict):
         offer = {}
-    try:  # the offer cost model, when it exists
-        from campaigns import offers as _offers  # type: ignore[attr-defined]
+    try:
+        from campaigns.offers import parse_offer
 
-        parse = getattr(_offers, "parse_offer", None) or getattr(_offers, "offer_from_json", None)
-        if parse is not None:
-            model = parse(offer if offer else {"type": offer_type})
-            fn = getattr(model, "discount_for", None)
-            if fn is not None:
-                return float(fn(100.0)) / 100.0
-    except Exception:  # noqa: BLE001 - fall back to the stored percent below
+        model = parse_offer(offer if offer else {"type": offer_type})
+        if not getattr(model, "has_coupon", False):
+            return (0.0, None)
+        cap = getattr(model, "max_discount", None)
+        return (
+            float(model.discount_for(100.0)) / 100.0 if cap is None else float(model.percent) / 100.0,
+            cap,
+        )
+    except Exception:  # noqa: BLE001 - an older or hand-written offer JSON: read its percent below
         pass
     for key in COUPON_OFFERS_PERCENT_KEYS:
         value = offer.get(key)
@@ -138,8 +142,9 @@ def discount_rate(offer_type: str, offer_json: str | None) -> float:
                 pct = float(value)
             except (TypeError, ValueError):
                 continue
-            return min(max(pct, 0.0), 100.0) / 100.0
-    return 0.0
+            cap = offer.get("max_discount")
+            return (min(max(pct, 0.0), 100.0) / 100.0, float(cap) if cap is not None else None)
+    return (0.0, None)
 
 
 def current_campaigns(bind: Engine | Connection, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
@@ -201,6 +206,7 @@ def campaign_windows(
     out = []
     for row in rows:
         send = row["send_time"]
+        rate, cap = discount_model(row["offer_type"], row["offer"])
         start = send if send is not None else end_of_day(as_of)
         out.append(
             CampaignWindow(
@@ -209,7 +215,8 @@ def campaign_windows(
                 version=row["version"],
                 segment=row["segment"],
                 offer_type=row["offer_type"],
-                discount_rate=discount_rate(row["offer_type"], row["offer"]),
+                discount_rate=rate,
+                discount_cap=cap,
                 send_time=send,
                 start=start,
                 end=start + timedelta(days=window),
@@ -354,6 +361,9 @@ def attribution_select(settings: Settings, w: CampaignWindow) -> Select:
         wo.member_coupon.is_not(None),
         wo.coupon_code == wo.member_coupon,
     )
+    per_order_discount: Any = func.greatest(wo.amount, 0.0) * literal(w.discount_rate)
+    if w.discount_cap is not None:
+        per_order_discount = func.least(per_order_discount, literal(float(w.discount_cap)))
     unknown = and_(wo.coupon_code.is_not(None), wo.coupon_code != "", ~redeemed)
     return select(
         wo.customer_id,
@@ -362,7 +372,7 @@ def attribution_select(settings: Settings, w: CampaignWindow) -> Select:
         func.count(wo.order_id.distinct()).label("orders"),
         func.min(wo.ordered_at).label("first_order_at"),
         func.max(case((redeemed, wo.coupon_code), else_=None)).label("coupon_code"),
-        func.sum(case((redeemed, wo.amount * literal(w.discount_rate)), else_=0.0)).label("discount"),
+        func.sum(case((redeemed, per_order_discount), else_=0.0)).label("discount"),
         func.count(case((unknown, wo.order_id), else_=None).distinct()).label("unknown_coupon_orders"),
     ).group_by(wo.customer_id, wo.member_group)
 

@@ -1,0 +1,113 @@
+"""Commands ``activation outcomes collect`` and ``activation report roi``."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def _parse_date(value: str | None, flag: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD", param_hint=flag) from exc
+
+
+def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
+    """The sub-command group ``name`` of ``app``, created when no other package registered it."""
+    for info in app.registered_groups:
+        if info.name == name and info.typer_instance is not None:
+            return info.typer_instance
+    group = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+def _destination(name: str | None, settings: Any) -> Any:
+    if not name:
+        return None
+    from connectors.registry import get_destination  # type: ignore[import-not-found]
+
+    return get_destination(name, settings)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``outcomes collect`` and ``report roi`` to ``app``."""
+    outcomes_app = _group(app, "outcomes", "Record what happened to campaign members (events, conversions).")
+    report_app = _group(app, "report", "Reports.")
+
+    @outcomes_app.command("collect")
+    def collect(
+        as_of: str | None = typer.Option(
+            None, "--as-of", help="Campaigns' as_of (YYYY-MM-DD); default: the latest."
+        ),
+        scheme: str | None = typer.Option(
+            None, "--scheme", help="Segmentation scheme; default from settings."
+        ),
+        window_days: int | None = typer.Option(
+            None,
+            "--window-days",
+            min=1,
+            help="Attribution window in days; default ACTIVATION_ATTRIBUTION_WINDOW_DAYS.",
+        ),
+        destination: str | None = typer.Option(
+            None,
+            "--destination",
+            help="Also read email events (opens, clicks, unsubscribes) from this destination.",
+        ),
+    ) -> None:
+        """Record conversions from warehouse orders (and email events from a destination) in the outcome ledger."""
+        from activation import cli
+        from activation.settings import get_settings
+        from activation.warehouse import get_engine
+        from campaigns.outcomes import collect_outcomes
+
+        settings = get_settings()
+        engine = get_engine(settings)
+        result = collect_outcomes(
+            engine,
+            settings,
+            _parse_date(as_of, "--as-of"),
+            scheme or settings.default_scheme,
+            window_days,
+            destination=_destination(destination, settings),
+        )
+        cli.console.print(result.summary(), highlight=False, soft_wrap=True)
+        for w in result.warnings:
+            cli.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+
+    @report_app.command("roi")
+    def roi(
+        as_of: str = typer.Option(..., "--as-of", help="Campaigns' as_of (YYYY-MM-DD)."),
+        scheme: str | None = typer.Option(
+            None, "--scheme", help="Segmentation scheme; default from settings."
+        ),
+        window_days: int | None = typer.Option(
+            None,
+            "--window-days",
+            min=1,
+            help="Attribution window in days; default ACTIVATION_ATTRIBUTION_WINDOW_DAYS.",
+        ),
+        out: Path = typer.Option(
+            Path("report.html"), "--out", help="HTML file; the CSV is written next to it."
+        ),
+    ) -> None:
+        """Write the segment ROI report: HTML with charts and a CSV with one row per segment."""
+        from activation import cli
+        from activation.settings import get_settings
+        from activation.warehouse import get_engine
+        from campaigns.report import write_roi_report
+
+        settings = get_settings()
+        engine = get_engine(settings)
+        day = _parse_date(as_of, "--as-of")
+        assert day is not None
+        paths = write_roi_report(engine, settings, day, scheme or settings.default_scheme, out, window_days)
+        cli.console.print(f"wrote {paths.html} and {paths.csv}", highlight=False, soft_wrap=True)
+        for w in paths.warnings:
+            cli.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)

@@ -1,0 +1,600 @@
+"""The segment ROI report: one self-contained HTML file (inline SVG charts, no scripts, no network)
+and a CSV with one row per segment next to it (``report.html`` → ``report.csv``).
+
+Charts are drawn here as SVG strings: conversion treated vs holdout with 95 % CI bars, revenue per
+member with CI bars, segment sizes over every snapshot of the scheme, and the migration matrix from the
+previous snapshot as a heatmap. Where the orders carry country / city / category, the report also lists
+the top values per segment (by revenue in the lookback before ``as_of``).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
+from sqlalchemy import String, func, inspect, literal, select
+from sqlalchemy.engine import Engine
+
+from activation.settings import Settings
+from activation.tables import campaign_members, rfm_snapshots
+from campaigns.outcomes import current_campaigns, end_of_day, orders_source, valid_status
+from campaigns.roi import (
+    CONVERSION_CI_METHOD,
+    CSV_COLUMNS,
+    REVENUE_CI_METHOD,
+    STATUS_EMPTY,
+    STATUS_NO_HOLDOUT,
+    compute_roi,
+    lift_text,
+    roi_totals,
+)
+
+TEMPLATES_DIR = Path(__file__).parent / "report_templates"
+TREATED_COLOR = "#2563eb"
+HOLDOUT_COLOR = "#f59e0b"
+PALETTE = [
+    "#2563eb", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6",
+    "#f97316", "#64748b", "#ec4899", "#84cc16", "#0ea5e9", "#a16207",
+]  # fmt: skip
+BREAKDOWN_DIMENSIONS = ("country", "city", "category")
+TOP_N = 5
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """Where the report was written."""
+
+    html: Path
+    csv: Path
+    warnings: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------- SVG charts
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0 or math.isnan(value):
+        return 1.0
+    exp = 10 ** math.floor(math.log10(value))
+    for m in (1, 2, 2.5, 5, 10):
+        if value <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def _finite(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def grouped_bar_chart(
+    title: str,
+    categories: list[str],
+    series: list[dict[str, Any]],
+    value_format: str = "{:.1%}",
+) -> str:
+    """Horizontal grouped bars with optional CI whiskers.
+
+    ``series`` items: ``{"name", "color", "values", "lows", "highs"}`` (lists aligned with categories;
+    ``nan`` values are drawn as "n/a").
+    """
+    bar_h, gap, label_w, plot_w, right = 14, 12, 170, 460, 70
+    n_series = max(len(series), 1)
+    block = n_series * bar_h + gap
+    top = 40
+    height = top + max(len(categories), 1) * block + 30
+    width = label_w + plot_w + right
+    values = [v for s in series for key in ("values", "highs") for v in (s.get(key) or []) if _finite(v)]
+    lows = [v for s in series for v in (s.get("lows") or []) if _finite(v)]
+    vmax = _nice_max(max(values, default=0.0))
+    vmin = min(0.0, min(lows, default=0.0))
+    if vmin < 0:
+        vmin = -_nice_max(-vmin)
+    span = vmax - vmin or 1.0
+
+    def x(v: float) -> float:
+        return label_w + (v - vmin) / span * plot_w
+
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+        f'<text x="4" y="16" class="ct">{_esc(title)}</text>',
+    ]
+    lx = label_w
+    for s in series:
+        parts.append(f'<rect x="{lx}" y="24" width="10" height="10" fill="{s["color"]}"/>')
+        parts.append(f'<text x="{lx + 14}" y="33" class="cl">{_esc(s["name"])}</text>')
+        lx += 14 + 8 * len(str(s["name"])) + 16
+    for i in range(5):
+        v = vmin + span * i / 4
+        gx = x(v)
+        parts.append(f'<line x1="{gx:.1f}" y1="{top - 2}" x2="{gx:.1f}" y2="{height - 24}" class="grid"/>')
+        parts.append(
+            f'<text x="{gx:.1f}" y="{height - 10}" class="ax" text-anchor="middle">{_esc(value_format.format(v))}</text>'
+        )
+    if vmin < 0:
+        parts.append(
+            f'<line x1="{x(0):.1f}" y1="{top - 2}" x2="{x(0):.1f}" y2="{height - 24}" class="zero"/>'
+        )
+    for ci, cat in enumerate(categories):
+        y0 = top + ci * block
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y0 + n_series * bar_h / 2 + 4:.1f}" class="cl" text-anchor="end">{_esc(cat)}</text>'
+        )
+        for si, s in enumerate(series):
+            y = y0 + si * bar_h
+            v = s["values"][ci]
+            if not _finite(v):
+                parts.append(f'<text x="{x(0) + 4:.1f}" y="{y + bar_h - 3}" class="na">n/a</text>')
+                continue
+            x0, x1 = sorted((x(0), x(v)))
+            parts.append(
+                f'<rect x="{x0:.1f}" y="{y + 1}" width="{max(x1 - x0, 0.5):.1f}" height="{bar_h - 2}" '
+                f'fill="{s["color"]}"><title>{_esc(s["name"])} {_esc(cat)}: {_esc(value_format.format(v))}</title></rect>'
+            )
+            lo = (s.get("lows") or [math.nan] * len(categories))[ci]
+            hi = (s.get("highs") or [math.nan] * len(categories))[ci]
+            text_x = x1 + 4
+            if _finite(lo) and _finite(hi):
+                cy = y + bar_h / 2
+                parts.append(
+                    f'<line x1="{x(lo):.1f}" y1="{cy:.1f}" x2="{x(hi):.1f}" y2="{cy:.1f}" class="ci"/>'
+                    f'<line x1="{x(lo):.1f}" y1="{cy - 4:.1f}" x2="{x(lo):.1f}" y2="{cy + 4:.1f}" class="ci"/>'
+                    f'<line x1="{x(hi):.1f}" y1="{cy - 4:.1f}" x2="{x(hi):.1f}" y2="{cy + 4:.1f}" class="ci"/>'
+                )
+                text_x = max(text_x, x(hi) + 4)
+            parts.append(
+                f'<text x="{text_x:.1f}" y="{y + bar_h - 3}" class="vl">{_esc(value_format.format(v))}</text>'
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def stacked_bar_chart(title: str, frame: pd.DataFrame, order: list[str]) -> str:
+    """Vertical stacked bars: one bar per as_of (rows of ``frame``), one colour per segment (columns)."""
+    if frame.empty:
+        return ""
+    bar_w, gap, left, top, plot_h = 46, 18, 60, 40, 260
+    legend_w = 190
+    width = left + len(frame) * (bar_w + gap) + gap + legend_w
+    height = top + plot_h + 50
+    totals = frame.sum(axis=1)
+    vmax = _nice_max(float(totals.max()))
+    colours = {seg: PALETTE[i % len(PALETTE)] for i, seg in enumerate(order)}
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+        f'<text x="4" y="16" class="ct">{_esc(title)}</text>',
+    ]
+    for i in range(5):
+        v = vmax * i / 4
+        y = top + plot_h - v / vmax * plot_h
+        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - legend_w}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 4}" y="{y + 4:.1f}" class="ax" text-anchor="end">{v:,.0f}</text>')
+    for bi, (as_of, row) in enumerate(frame.iterrows()):
+        bx = left + gap + bi * (bar_w + gap)
+        y = top + plot_h
+        for seg in order:
+            v = float(row.get(seg, 0) or 0)
+            if v <= 0:
+                continue
+            h = v / vmax * plot_h
+            y -= h
+            parts.append(
+                f'<rect x="{bx}" y="{y:.1f}" width="{bar_w}" height="{h:.1f}" fill="{colours[seg]}">'
+                f"<title>{_esc(as_of)} · {_esc(seg)}: {v:,.0f}</title></rect>"
+            )
+        parts.append(
+            f'<text x="{bx + bar_w / 2}" y="{top + plot_h + 14}" class="ax" text-anchor="middle">{_esc(as_of)}</text>'
+        )
+    lx = width - legend_w + 10
+    for i, seg in enumerate(order):
+        ly = top + i * 16
+        parts.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{colours[seg]}"/>')
+        parts.append(f'<text x="{lx + 14}" y="{ly + 9}" class="cl">{_esc(seg)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def heatmap(title: str, matrix: pd.DataFrame) -> str:
+    """Heatmap of a from × to count matrix; shade = share of the row (where customers of a segment went)."""
+    if matrix.empty:
+        return ""
+    cell, left, top = 44, 170, 150
+    width = left + cell * len(matrix.columns) + 20
+    height = top + cell * len(matrix.index) + 20
+    parts = [
+        f'<svg class="chart" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_esc(title)}">',
+        f'<text x="4" y="16" class="ct">{_esc(title)}</text>',
+        f'<text x="4" y="{top - 6}" class="ax">from ↓ / to →</text>',
+    ]
+    for ci, col in enumerate(matrix.columns):
+        cx = left + ci * cell + cell / 2
+        parts.append(
+            f'<text x="{cx:.1f}" y="{top - 6}" class="ax" transform="rotate(-45 {cx:.1f} {top - 6})">{_esc(col)}</text>'
+        )
+    for ri, (frm, row) in enumerate(matrix.iterrows()):
+        y = top + ri * cell
+        parts.append(
+            f'<text x="{left - 6}" y="{y + cell / 2 + 4:.1f}" class="cl" text-anchor="end">{_esc(frm)}</text>'
+        )
+        total = float(row.sum()) or 1.0
+        for ci, col in enumerate(matrix.columns):
+            v = float(row[col])
+            share = v / total
+            shade = int(245 - share * 200)
+            fill = f"rgb({shade},{shade + 5 if shade < 250 else 250},255)"
+            x = left + ci * cell
+            parts.append(
+                f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
+                f"<title>{_esc(frm)} → {_esc(col)}: {v:,.0f} ({share:.0%} of row)</title></rect>"
+            )
+            if v:
+                colour = "#fff" if share > 0.5 else "#111"
+                parts.append(
+                    f'<text x="{x + (cell - 2) / 2:.1f}" y="{y + cell / 2 + 3:.1f}" class="hm" text-anchor="middle" '
+                    f'fill="{colour}">{v:,.0f}</text>'
+                )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# --------------------------------------------------------------------------- data for the charts
+
+
+def segment_sizes(engine: Engine, scheme: str) -> pd.DataFrame:
+    """Customers per segment for every snapshot of ``scheme`` (rows: as_of, columns: segment)."""
+    s = rfm_snapshots.c
+    stmt = (
+        select(s.as_of, s.segment, func.count().label("n"))
+        .where(s.scheme == scheme)
+        .group_by(s.as_of, s.segment)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows, columns=["as_of", "segment", "n"])
+    df["as_of"] = df["as_of"].map(lambda d: d.isoformat() if hasattr(d, "isoformat") else str(d))
+    return df.pivot_table(
+        index="as_of", columns="segment", values="n", aggfunc="sum", fill_value=0
+    ).sort_index()
+
+
+def previous_snapshot(engine: Engine, scheme: str, as_of: date) -> date | None:
+    s = rfm_snapshots.c
+    with engine.connect() as conn:
+        return conn.execute(select(func.max(s.as_of)).where(s.scheme == scheme, s.as_of < as_of)).scalar()
+
+
+def migration(engine: Engine, scheme: str, from_as_of: date, to_as_of: date) -> pd.DataFrame:
+    """Customers moving from each segment of one snapshot to each of the next (``(new)`` / ``(gone)``
+    for customers present in only one), computed in the warehouse."""
+    s = rfm_snapshots
+    prev = (
+        select(s.c.customer_id, s.c.segment)
+        .where(s.c.scheme == scheme, s.c.as_of == from_as_of)
+        .subquery("prev")
+    )
+    cur = (
+        select(s.c.customer_id, s.c.segment)
+        .where(s.c.scheme == scheme, s.c.as_of == to_as_of)
+        .subquery("cur")
+    )
+    frm = func.coalesce(prev.c.segment, literal("(new)", String)).label("from_segment")
+    to = func.coalesce(cur.c.segment, literal("(gone)", String)).label("to_segment")
+    stmt = (
+        select(frm, to, func.count().label("n"))
+        .select_from(prev.outerjoin(cur, prev.c.customer_id == cur.c.customer_id, full=True))
+        .group_by(frm, to)
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(stmt).all()
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows, columns=["from_segment", "to_segment", "n"])
+    return df.pivot_table(index="from_segment", columns="to_segment", values="n", aggfunc="sum", fill_value=0)
+
+
+def _order_axis(labels: list[str], order: list[str], last: str) -> list[str]:
+    known = [x for x in order if x in labels]
+    rest = sorted(x for x in labels if x not in known and x != last)
+    return known + rest + ([last] if last in labels else [])
+
+
+def breakdowns(
+    engine: Engine, settings: Settings, as_of: date, scheme: str
+) -> dict[str, dict[str, list[tuple[str, float, int]]]]:
+    """Top countries / cities / categories per segment: ``{dimension: {segment: [(value, revenue, orders)]}}``.
+
+    Uses the orders of the segment's campaign members in the lookback before ``as_of`` (the profile the
+    segment was built on); only dimensions the orders table actually has (and fills) are reported.
+    """
+    schema, name = (
+        settings.orders.table.split(".", 1) if "." in settings.orders.table else (None, settings.orders.table)
+    )
+    try:
+        cols = {c["name"].lower(): c["name"] for c in inspect(engine).get_columns(name, schema=schema)}
+    except Exception:  # noqa: BLE001 - a view the inspector cannot describe: no breakdown
+        return {}
+    dims = [cols[d] for d in BREAKDOWN_DIMENSIONS if d in cols]
+    if not dims:
+        return {}
+    camps = current_campaigns(engine, as_of, scheme)
+    if not camps:
+        return {}
+    o = orders_source(settings, extra_columns=dims)
+    seg_of = {c["campaign_id"]: c["segment"] for c in camps}
+    m = campaign_members.c
+    cond = [
+        m.campaign_id.in_(list(seg_of)),
+        o.c.ordered_at <= end_of_day(as_of),
+        valid_status(settings, o.c.status),
+    ]
+    if settings.lookback_days:
+        cond.append(o.c.ordered_at > end_of_day(as_of - timedelta(days=settings.lookback_days)))
+    out: dict[str, dict[str, list[tuple[str, float, int]]]] = {}
+    with engine.connect() as conn:
+        for dim in dims:
+            value = o.c[dim]
+            stmt = (
+                select(
+                    m.campaign_id,
+                    value.label("value"),
+                    func.sum(o.c.amount).label("revenue"),
+                    func.count(o.c.order_id.distinct()).label("orders"),
+                )
+                .select_from(campaign_members.join(o, o.c.customer_id == m.customer_id))
+                .where(*cond, value.is_not(None))
+                .group_by(m.campaign_id, value)
+            )
+            rows = conn.execute(stmt).all()
+            if not rows:
+                continue
+            df = pd.DataFrame(rows, columns=["campaign_id", "value", "revenue", "orders"])
+            df["segment"] = df["campaign_id"].map(seg_of)
+            per: dict[str, list[tuple[str, float, int]]] = {}
+            for seg, grp in df.groupby("segment", sort=False):
+                top = grp.groupby("value", as_index=False)[["revenue", "orders"]].sum()
+                top = top.sort_values(["revenue", "value"], ascending=[False, True]).head(TOP_N)
+                per[str(seg)] = [(str(v), float(r), int(n)) for v, r, n in top.itertuples(index=False)]
+            out[dim.lower()] = per
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _fmt(v: Any, kind: str = "num") -> str:
+    if not _finite(v):
+        return "n/a"
+    if kind == "pct":
+        return f"{v * 100:.2f} %"
+    if kind == "int":
+        return f"{int(v):,}"
+    if kind == "ratio":
+        return f"{v:.2f}"
+    return f"{v:,.2f}"
+
+
+def _ci(lo: Any, hi: Any, kind: str = "num") -> str:
+    if not (_finite(lo) and _finite(hi)):
+        return ""
+    if kind == "pp":
+        return f"[{lo * 100:+.2f}, {hi * 100:+.2f}] pp"
+    return f"[{lo:,.2f}, {hi:,.2f}]"
+
+
+def _table_rows(df: pd.DataFrame) -> list[dict[str, str]]:
+    rows = []
+    for _, r in df.iterrows():
+        no_lift = r["status"] in (STATUS_NO_HOLDOUT, STATUS_EMPTY)
+        rows.append(
+            {
+                "segment": str(r["segment"]),
+                "offer": str(r["offer_type"]),
+                "treated": _fmt(r["treated"], "int"),
+                "holdout": _fmt(r["holdout"], "int"),
+                "tconv": _fmt(r["treated_conversion_rate"], "pct"),
+                "hconv": _fmt(r["holdout_conversion_rate"], "pct"),
+                "lift": lift_text(r),
+                "trev": _fmt(r["treated_revenue_per_member"]),
+                "hrev": _fmt(r["holdout_revenue_per_member"]),
+                "rlift": str(r["status"])
+                if no_lift
+                else f"{_fmt(r['incremental_revenue_per_member'])} "
+                f"{_ci(r['incremental_revenue_per_member_ci_low'], r['incremental_revenue_per_member_ci_high'])}",
+                "redeemed": _fmt(r["coupons_redeemed"], "int"),
+                "cost": _fmt(r["offer_cost"]),
+                "profit": str(r["status"]) if no_lift else _fmt(r["incremental_profit"]),
+                "roi": str(r["status"]) if no_lift else _fmt(r["roi"], "ratio"),
+                "status": str(r["status"]),
+                "significant": "yes" if r["significant"] else "no",
+                "sent": _fmt(r["sent"], "int"),
+                "open_rate": _fmt(r["open_rate"], "pct"),
+                "click_rate": _fmt(r["click_rate"], "pct"),
+                "unsub_rate": _fmt(r["unsubscribe_rate"], "pct"),
+                "bounced": _fmt(r["bounced"], "int"),
+            }
+        )
+    return rows
+
+
+def _segment_order(settings: Settings, scheme: str, present: list[str]) -> list[str]:
+    try:
+        from segments.schemes import load_scheme
+
+        names = list(load_scheme(scheme, settings).segment_names)
+    except Exception:  # noqa: BLE001 - an unknown or custom scheme: keep the data's order
+        names = []
+    return [s for s in names if s in present] + sorted(s for s in present if s not in names)
+
+
+def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str:
+    """The HTML report for a table from :func:`campaigns.roi.compute_roi`."""
+    attrs = df.attrs
+    as_of: date = attrs["as_of"]
+    scheme: str = attrs["scheme"]
+    order = _segment_order(settings, scheme, [str(s) for s in df["segment"]])
+    df = df.set_index("segment", drop=False).loc[order] if len(df) else df
+    df.attrs.update(attrs)
+    cats = [str(s) for s in df["segment"]]
+
+    conv_chart = grouped_bar_chart(
+        "Conversion rate in the attribution window (95 % Wilson CI)",
+        cats,
+        [
+            {"name": "treated", "color": TREATED_COLOR, "values": list(df["treated_conversion_rate"]),
+             "lows": list(df["treated_conversion_ci_low"]), "highs": list(df["treated_conversion_ci_high"])},
+            {"name": "holdout", "color": HOLDOUT_COLOR, "values": list(df["holdout_conversion_rate"]),
+             "lows": list(df["holdout_conversion_ci_low"]), "highs": list(df["holdout_conversion_ci_high"])},
+        ],
+        "{:.1%}",
+    ) if len(df) else ""  # fmt: skip
+    rev_chart = grouped_bar_chart(
+        "Revenue per member (95 % t CI; non-buyers count as 0)",
+        cats,
+        [
+            {"name": "treated", "color": TREATED_COLOR, "values": list(df["treated_revenue_per_member"]),
+             "lows": list(df["treated_revenue_per_member_ci_low"]),
+             "highs": list(df["treated_revenue_per_member_ci_high"])},
+            {"name": "holdout", "color": HOLDOUT_COLOR, "values": list(df["holdout_revenue_per_member"]),
+             "lows": list(df["holdout_revenue_per_member_ci_low"]),
+             "highs": list(df["holdout_revenue_per_member_ci_high"])},
+        ],
+        "{:,.2f}",
+    ) if len(df) else ""  # fmt: skip
+
+    sizes = segment_sizes(engine, scheme)
+    size_order = _segment_order(settings, scheme, [str(c) for c in sizes.columns]) if not sizes.empty else []
+    sizes_chart = stacked_bar_chart(f"Segment sizes over snapshots ({scheme})", sizes, size_order)
+
+    prev = previous_snapshot(engine, scheme, as_of)
+    has_current = not sizes.empty and as_of.isoformat() in sizes.index
+    mig_chart, mig_note = "", ""
+    if prev is not None and has_current:
+        mat = migration(engine, scheme, prev, as_of)
+        if not mat.empty:
+            seg_names = _segment_order(
+                settings, scheme, list({*map(str, mat.index), *map(str, mat.columns)} - {"(new)", "(gone)"})
+            )
+            mat = mat.reindex(
+                index=_order_axis([str(i) for i in mat.index], seg_names, "(new)"),
+                columns=_order_axis([str(c) for c in mat.columns], seg_names, "(gone)"),
+                fill_value=0,
+            )
+            mig_chart = heatmap(
+                f"Migration {prev.isoformat()} → {as_of.isoformat()} (shade = share of row)", mat
+            )
+    elif not has_current:
+        mig_note = f"no {scheme} snapshot stored for {as_of.isoformat()}: no migration matrix"
+    else:
+        mig_note = f"{as_of.isoformat()} is the first {scheme} snapshot: no previous snapshot to compare with"
+
+    bd = breakdowns(engine, settings, as_of, scheme)
+    breakdown_rows = []
+    for seg in order:
+        cells = {}
+        for dim, per in bd.items():
+            cells[dim] = ", ".join(f"{v} ({rev:,.0f})" for v, rev, _ in per.get(seg, [])) or "–"
+        if cells:
+            breakdown_rows.append({"segment": seg, **cells})
+
+    totals = roi_totals(df, settings) if len(df) else {}
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    tpl = env.get_template("roi_report.html.j2")
+    return tpl.render(
+        title=f"Segment ROI — {scheme}, as_of {as_of.isoformat()}",
+        as_of=as_of.isoformat(),
+        scheme=scheme,
+        window_days=attrs["window_days"],
+        backtest=attrs.get("backtest", False),
+        data_end=attrs["data_end"].date().isoformat() if attrs.get("data_end") else "no orders",
+        generated_at=str(attrs.get("generated_at", "")),
+        send_times=sorted({str(t) for t in df["send_time"]}) if len(df) else [],
+        warnings=attrs.get("warnings", []),
+        notes=attrs.get("notes", []),
+        rows=_table_rows(df),
+        has_events=bool(
+            len(df) and (df[["sent", "opened", "clicked", "unsubscribed", "bounced"]].to_numpy().sum() > 0)
+        ),
+        totals={
+            "treated": _fmt(totals.get("treated"), "int"),
+            "holdout": _fmt(totals.get("holdout"), "int"),
+            "tconv": _fmt(totals.get("treated_conversion_rate"), "pct"),
+            "hconv": _fmt(totals.get("holdout_conversion_rate"), "pct"),
+            "trev": _fmt(totals.get("treated_revenue_per_member")),
+            "hrev": _fmt(totals.get("holdout_revenue_per_member")),
+            "cost": _fmt(totals.get("offer_cost")),
+            "profit": _fmt(totals.get("incremental_profit")),
+            "roi": _fmt(totals.get("roi"), "ratio"),
+        }
+        if totals
+        else None,
+        conv_chart=Markup(conv_chart),
+        rev_chart=Markup(rev_chart),
+        sizes_chart=Markup(sizes_chart),
+        migration_chart=Markup(mig_chart),
+        migration_note=mig_note,
+        breakdown_dims=list(bd),
+        breakdown_rows=breakdown_rows,
+        conversion_ci_method=CONVERSION_CI_METHOD,
+        revenue_ci_method=REVENUE_CI_METHOD,
+        gross_margin=f"{settings.gross_margin:.0%}",
+        cost_per_send=_fmt(settings.cost_per_send),
+        min_group_size=settings.min_group_size,
+        excluded_statuses=", ".join(settings.excluded_statuses) or "none",
+        currency=settings.brand.currency,
+    )
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    """The report CSV: one row per segment, the columns of :data:`campaigns.roi.CSV_COLUMNS`."""
+    out = df.reindex(columns=CSV_COLUMNS)
+    _atomic_write(path, out.to_csv(index=False, lineterminator="\n"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_roi_report(
+    engine: Engine,
+    settings: Settings,
+    as_of: date,
+    scheme: str | None,
+    out: str | Path,
+    window_days: int | None = None,
+) -> ReportPaths:
+    """Write the HTML report to ``out`` and the CSV next to it (same stem, ``.csv``).
+
+    Raises:
+        NotFoundError: no campaign for that as_of and scheme (run ``activation plan`` first).
+    """
+    out = Path(out)
+    df = compute_roi(engine, settings, as_of, scheme, window_days)
+    page = render_roi_html(engine, settings, df)
+    csv_path = out.with_suffix(".csv")
+    write_csv(df, csv_path)
+    _atomic_write(out, page)
+    return ReportPaths(html=out, csv=csv_path, warnings=tuple(df.attrs.get("warnings", ())))
