@@ -1,10 +1,112 @@
-"""Commands of this package, registered on the ``activation`` app."""
+"""Commands of this package, registered on the ``activation`` app:
+``templates check``, ``templates preview``, ``plan`` and ``campaigns export``."""
 
 from __future__ import annotations
 
+from datetime import date
+from pathlib import Path
+
 import typer
+from rich.table import Table
+
+from activation.errors import ConfigError
+
+
+def _as_of(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(f"--as-of {value!r} is not a date", fix="use YYYY-MM-DD, e.g. --as-of 2025-12-31") from exc
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
+    templates_app = typer.Typer(help="Check and preview the email templates and the offer policy.",
+                                no_args_is_help=True)
+    campaigns_app = typer.Typer(help="Planned campaigns.", no_args_is_help=True)
+    app.add_typer(templates_app, name="templates")
+    app.add_typer(campaigns_app, name="campaigns")
     __import__("campaigns.cli_outcomes", fromlist=["register"]).register(app)  # outcomes collect, report roi
+
+    @templates_app.command("check")
+    def templates_check(
+        scheme: str | None = typer.Option(None, "--scheme", help="Only check this scheme's policy entries."),
+    ) -> None:
+        """Lint every template and the policy; print file:line: message; exit 1 on any error."""
+        from activation.cli import console
+        from activation.settings import get_settings
+        from campaigns.lint import check_templates, template_names
+
+        settings = get_settings()
+        issues = check_templates(settings, scheme=scheme)
+        for issue in issues:
+            console.print(str(issue), highlight=False, soft_wrap=True, markup=False)
+        if issues:
+            console.print(f"{len(issues)} problem(s) found", highlight=False)
+            raise typer.Exit(1)
+        console.print(f"ok: {len(template_names(settings))} templates and {settings.policy_file.name} checked",
+                      highlight=False)
+
+    @templates_app.command("preview")
+    def templates_preview(
+        out: Path = typer.Option(..., "--out", help="Folder to write the previews and index.html into."),
+        scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
+        segment: str | None = typer.Option(None, "--segment", help="Only this segment."),
+    ) -> None:
+        """Render one email per segment for a sample customer, plus OUT/index.html linking them."""
+        from activation.cli import console, err_console
+        from activation.settings import get_settings
+        from activation.warehouse import get_engine
+        from campaigns.preview import write_previews
+
+        settings = get_settings()
+        items = write_previews(settings, out, engine=get_engine(settings), scheme=scheme, segment=segment)
+        failed = [i for i in items if i.error]
+        for it in items:
+            status = "FAILED" if it.error else (it.file or "suppressed")
+            console.print(f"{it.segment}: {status}  {it.subject}", highlight=False, markup=False)
+        for it in failed:
+            err_console.print(f"{it.segment}: {it.error}", highlight=False, markup=False)
+        console.print(f"index: {out / 'index.html'}", highlight=False)
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("plan")
+    def plan(
+        as_of: str = typer.Option(..., "--as-of", help="Snapshot date YYYY-MM-DD."),
+        scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
+    ) -> None:
+        """Plan one campaign per active segment: holdout split, coupons, template version."""
+        from activation.cli import console
+        from activation.settings import get_settings
+        from activation.warehouse import get_engine
+        from campaigns.plan import plan_campaigns
+
+        settings = get_settings()
+        scheme_name = scheme or settings.default_scheme
+        result = plan_campaigns(get_engine(settings), settings, _as_of(as_of), scheme_name)
+        table = Table(title=f"{scheme_name} campaigns as of {as_of}")
+        for col in ("segment", "campaign", "status", "treated", "holdout", "excluded", "offer"):
+            table.add_column(col, justify="right" if col in ("treated", "holdout") else "left")
+        for sp in result.segments:
+            excluded = ", ".join(f"{k} {v:,}" for k, v in sp.excluded.items()) or "-"
+            table.add_row(sp.segment, sp.campaign_id or "-", sp.status, f"{sp.treated:,}", f"{sp.holdout:,}",
+                          excluded, sp.offer)
+        console.print(table)
+
+    @campaigns_app.command("export")
+    def campaigns_export(
+        as_of: str = typer.Option(..., "--as-of", help="Snapshot date YYYY-MM-DD."),
+        out: Path = typer.Option(..., "--out", help="CSV file to write."),
+        scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
+    ) -> None:
+        """Write the current campaigns' members as CSV
+        (campaign_id,segment,customer_id,group,offer,coupon_code,template_version)."""
+        from activation.cli import console
+        from activation.settings import get_settings
+        from activation.warehouse import get_engine
+        from campaigns.plan import export_campaigns
+
+        settings = get_settings()
+        n = export_campaigns(get_engine(settings), _as_of(as_of), scheme or settings.default_scheme, out)
+        console.print(f"wrote {n:,} rows to {out}", highlight=False)

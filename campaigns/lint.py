@@ -1,0 +1,205 @@
+"""``activation templates check``: everything that can be wrong with the templates and the policy, as
+``file:line: message`` issues.
+
+Checks: the policy (YAML, schema, unknown segments/schemes, missing template files); every template's syntax;
+variables not in the documented context; sandbox violations (``_``-attributes, ``|attr``, ``|safe``,
+``{% autoescape false %}``); merge tags no destination provides; a sample render of every template in both
+modes (limits, undefined values, runtime errors); and the CAN-SPAM footer — the unsubscribe link and the
+brand's postal address must be in the HTML and the text part. Files starting with ``_`` are layouts and
+partials: they are parsed and linted but not rendered on their own.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from jinja2 import TemplateSyntaxError, meta, nodes
+
+from activation.settings import Settings
+from campaigns.offers import parse_offer
+from campaigns.policy import PolicyIssue, check_segments, parse_policy
+from campaigns.render import (
+    _JINJA_NAMES,
+    CONTEXT_VARIABLES,
+    MERGE_FIELDS,
+    MERGE_TAG_RE,
+    SYSTEM_MERGE_TAGS,
+    RenderError,
+    RenderLimits,
+    build_context,
+    environment,
+    render_member,
+    render_merge_tags,
+    render_subject,
+)
+
+Issue = PolicyIssue
+SAMPLE_AS_OF = date(2025, 12, 31)
+SAMPLE_MEMBER = {"customer_id": "sample", "email": "alex@example.com", "first_name": "Alex",
+                 "coupon_code": "WB-ABCDE-FGHJK"}
+_SAMPLE_OFFER = {"type": "winback_coupon", "percent": 20, "expiry_days": 30}
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def template_names(settings: Settings) -> list[str]:
+    """Every renderable template (a name with both or either .html/.txt, not a ``_`` layout)."""
+    root = Path(settings.templates_dir)
+    names = {p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*") if p.suffix in (".html", ".txt")}
+    return sorted(n for n in names if not Path(n).name.startswith("_"))
+
+
+def _lint_source(settings: Settings, path: Path, name: str) -> list[Issue]:
+    file = _display(path)
+    issues: list[Issue] = []
+    source = path.read_text(encoding="utf-8")
+    env = environment(settings, html=path.suffix == ".html")
+    try:
+        ast = env.parse(source, name, str(path))
+    except TemplateSyntaxError as exc:
+        return [Issue(file, exc.lineno, f"syntax error: {exc.message}", "correct the Jinja syntax on that line")]
+    allowed = set(CONTEXT_VARIABLES) | _JINJA_NAMES | set(env.globals)
+    undeclared = meta.find_undeclared_variables(ast) - allowed
+    for node in ast.find_all(nodes.Name):
+        if node.ctx == "load" and node.name in undeclared:
+            issues.append(Issue(file, node.lineno, f"unknown variable {node.name!r}",
+                                f"use one of: {', '.join(CONTEXT_VARIABLES)}"))
+            undeclared.discard(node.name)
+    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        attr = None
+        if isinstance(node, nodes.Getattr):
+            attr = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            attr = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr":
+            issues.append(Issue(file, node.lineno, "sandbox violation: the |attr filter is not allowed",
+                                "use dotted names such as offer.percent"))
+            continue
+        if attr and (attr.startswith("_") or attr in {"mro", "func_globals", "gi_frame", "f_globals"}):
+            issues.append(Issue(file, node.lineno, f"sandbox violation: attribute {attr!r} is not allowed",
+                                "templates may only use the documented variables (docs/templates.md)"))
+    for lineno, line in enumerate(source.splitlines(), start=1):
+        for tag in MERGE_TAG_RE.findall(line):
+            if tag.upper() not in MERGE_FIELDS and tag.upper() not in SYSTEM_MERGE_TAGS:
+                issues.append(Issue(file, lineno, f"merge tag *|{tag}|* is not provided by any destination",
+                                    f"use a context variable instead, or one of: {', '.join(MERGE_FIELDS)}"))
+    return issues
+
+
+def _footer_issues(settings: Settings, name: str, rendered: Any, mode: str, unsub: str) -> list[Issue]:
+    root = Path(settings.templates_dir)
+    out: list[Issue] = []
+    address = settings.brand.postal_address
+    for part, body, addr in (("html", rendered.html, html_lib.escape(address)), ("txt", rendered.text, address)):
+        file = _display(root / f"{name}.{part}")
+        wanted_unsub = html_lib.escape(unsub) if part == "html" else unsub
+        if wanted_unsub not in body:
+            out.append(Issue(file, 1, f"no unsubscribe link in the {part} part ({mode} mode)",
+                             "extend the base layout or add {{ unsubscribe_url }}"))
+        if addr not in body and address not in body:
+            out.append(Issue(file, 1, f"no postal address in the {part} part ({mode} mode)",
+                             "extend the base layout or add {{ brand.postal_address }}"))
+    return out
+
+
+def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limits: RenderLimits) -> list[Issue]:
+    root = Path(settings.templates_dir)
+    issues: list[Issue] = []
+    for mode in ("merge-tag", "per-member"):
+        try:
+            if mode == "merge-tag":
+                rendered = render_merge_tags(settings, campaign, limits=limits)
+                unsub = "*|UNSUB|*"
+            else:
+                rendered = render_member(settings, campaign, SAMPLE_MEMBER, limits=limits)
+                unsub = settings.brand.unsubscribe_url
+        except RenderError as exc:
+            file = exc.file
+            if file and not Path(file).is_absolute():
+                file = _display(root / file) if (root / file).exists() else file
+            issues.append(Issue(file or _display(root / f"{name}.html"), exc.line, exc.detail, exc.fix))
+            break
+        issues.extend(_footer_issues(settings, name, rendered, mode, unsub))
+    return issues
+
+
+def check_templates(settings: Settings, scheme: str | None = None,
+                    limits: RenderLimits | None = None) -> list[Issue]:
+    """Every problem of the policy and the templates, as ``file:line`` issues (empty list = all good)."""
+    limits = limits or RenderLimits()
+    root = Path(settings.templates_dir)
+    policy_file = _display(settings.policy_file)
+    issues: list[Issue] = []
+    policy, policy_issues = parse_policy(settings.policy_file)
+    issues.extend(Issue(policy_file, i.line, i.message, i.fix) for i in policy_issues)
+
+    linted: set[Path] = set()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".html", ".txt")):
+        linted.add(path)
+        issues.extend(_lint_source(settings, path, path.relative_to(root).as_posix()))
+    broken = {i.file for i in issues}
+
+    rendered: set[str] = set()
+    if policy is not None:
+        schemes = [scheme] if scheme else policy.schemes()
+        issues.extend(Issue(policy_file, i.line, i.message, i.fix)
+                      for i in check_segments(policy, settings, schemes))
+        for template, paths in policy.templates_used().items():
+            missing = [ext for ext in ("html", "txt") if not (root / f"{template}.{ext}").is_file()]
+            for p in paths:
+                if p[0] == "schemes" and scheme and p[1] != scheme:
+                    continue
+                if missing:
+                    issues.append(Issue(policy_file, policy.line_of(*p),
+                                        f"template {template!r} has no {' and no '.join('.' + m for m in missing)} file",
+                                        f"create {template}.html and {template}.txt, or use an existing template"))
+        entries: list[tuple[str, str]] = [("", "")]
+        for sch in schemes:
+            entries += [(sch, seg) for seg in policy.listed_segments(sch)]
+        for sch, seg in entries:
+            resolved = policy.for_segment(sch or "default", seg or "default")
+            if resolved.suppress:
+                continue
+            campaign = {"campaign_id": "sample", "scheme": sch or "sample", "segment": seg or "Sample",
+                        "as_of": SAMPLE_AS_OF, "template": resolved.template, "subject": resolved.subject,
+                        "offer": resolved.offer.model_dump_json()}
+            subject_path = ("schemes", sch, seg, "subject") if sch else ("default", "subject")
+            try:
+                render_subject(settings, resolved.subject, build_context(settings, campaign, SAMPLE_MEMBER), limits)
+            except RenderError as exc:
+                issues.append(Issue(policy_file, policy.line_of(*subject_path), f"subject: {exc.detail}", exc.fix))
+            tpl_files = {_display(root / f"{resolved.template}.{e}") for e in ("html", "txt")}
+            if resolved.template in rendered or tpl_files & broken:
+                continue
+            if all((root / f"{resolved.template}.{e}").is_file() for e in ("html", "txt")):
+                rendered.add(resolved.template)
+                issues.extend(_render_issues(settings, resolved.template, campaign, limits))
+    for name in template_names(settings):
+        tpl_files = {_display(root / f"{name}.{e}") for e in ("html", "txt")}
+        if name in rendered or tpl_files & broken:
+            continue
+        missing = [ext for ext in ("html", "txt") if not (root / f"{name}.{ext}").is_file()]
+        if missing:
+            issues.append(Issue(_display(root / f"{name}.{'txt' if 'html' in missing else 'html'}"), 1,
+                                f"template {name!r} has no .{missing[0]} part",
+                                f"every template needs {name}.html and {name}.txt"))
+            continue
+        campaign = {"campaign_id": "sample", "scheme": "sample", "segment": "Sample", "as_of": SAMPLE_AS_OF,
+                    "template": name, "subject": "Sample", "offer": parse_offer(_SAMPLE_OFFER).model_dump_json()}
+        issues.extend(_render_issues(settings, name, campaign, limits))
+    seen: set[tuple[str, int | None, str]] = set()
+    unique: list[Issue] = []
+    for i in issues:
+        k = (i.file, i.line, i.message)
+        if k not in seen:
+            seen.add(k)
+            unique.append(i)
+    return unique

@@ -1,0 +1,374 @@
+"""The offer policy: ``templates/policy.yaml`` read, validated and resolved per scheme and segment.
+
+Format (see ``docs/templates.md``)::
+
+    version: 1
+    default:                      # used for every field a segment leaves out, and for unlisted segments
+      template: newsletter
+      subject: "News from {{ brand.name }}"
+      offer: {type: none}
+      holdout_share: 0.1
+      destinations: [outbox, mailchimp, hubspot]
+    schemes:
+      rfm11:
+        Champions:
+          template: vip_early_access
+          subject: "{{ first_name }}, you shop first"
+          offer: {type: vip_early_access, early_access_days: 3}
+        Lost:
+          suppress: true
+        At Risk:
+          template: winback
+          offer: {type: winback_coupon, percent: 20, expiry_days: 30}
+          targeting: {entered_since_previous: true}
+
+Every error names the file, the line and the fix. Segment names are checked against the scheme definition
+(``segments.schemes.load_scheme``) by :func:`check_segments`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from activation.errors import ConfigError
+from activation.settings import Settings
+from campaigns.offers import OFFER_TYPES, NoOffer, Offer
+
+DESTINATIONS = ("outbox", "mailchimp", "hubspot")
+DEFAULT_HOLDOUT_SHARE = 0.1
+DEFAULT_TEMPLATE = "newsletter"
+DEFAULT_SUBJECT = "News from {{ brand.name }}"
+
+# Segment names of the shipped schemes, used only when the segmentation package is not importable.
+_FALLBACK_SEGMENTS: dict[str, tuple[str, ...]] = {
+    "rfm11": ("Champions", "Loyal Customers", "Potential Loyalists", "New Customers", "Promising",
+              "Need Attention", "About To Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost"),
+    "seed5": ("Champions", "Loyal", "At Risk", "New", "Others"),
+    "vip_fm": ("VIP3", "VIP2", "VIP1", "VIP0"),
+    "value_tier": ("High", "Mid", "Low"),
+    "contact_bands": ("1", "2-3", "4+"),
+}
+
+
+class Targeting(BaseModel):
+    """Migration targeting against the previous snapshot of the same scheme.
+
+    ``entered_from``: only members whose previous segment is one of these. ``left``: the same filter read from
+    the other side ("left Champions" for the At Risk entry = was Champions, is now At Risk).
+    ``entered_since_previous``: only members who were not in this segment in the previous snapshot (new
+    customers included). With no previous snapshot, every member counts as having entered, and
+    ``entered_from`` / ``left`` match nobody.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    entered_from: list[str] | None = None
+    left: list[str] | None = None
+    entered_since_previous: bool = False
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Targeting:
+        if not (self.entered_from or self.left or self.entered_since_previous):
+            raise ValueError("targeting needs entered_from, left or entered_since_previous: true")
+        return self
+
+    @property
+    def from_segments(self) -> list[str] | None:
+        if self.entered_from is None and self.left is None:
+            return None
+        return sorted(set(self.entered_from or []) | set(self.left or []))
+
+
+class SegmentPolicy(BaseModel):
+    """One segment's entry; every field left out comes from ``default``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    template: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-/]*$")
+    subject: str | None = Field(default=None, min_length=1, max_length=300)
+    offer: Offer | None = None
+    holdout_share: float | None = Field(default=None, ge=0, le=1)
+    suppress: bool | None = None
+    destinations: list[Literal["outbox", "mailchimp", "hubspot"]] | None = None
+    targeting: Targeting | None = None
+
+
+class PolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1] = 1
+    default: SegmentPolicy = SegmentPolicy()
+    schemes: dict[str, dict[str, SegmentPolicy]] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """The complete policy of one segment of one scheme (defaults applied)."""
+
+    scheme: str
+    segment: str
+    template: str
+    subject: str
+    offer: Any  # one of campaigns.offers
+    holdout_share: float
+    suppress: bool
+    destinations: tuple[str, ...]
+    targeting: Targeting | None
+    listed: bool  # False: the segment fell back to ``default``
+    line: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "subject": self.subject,
+            "offer": self.offer.model_dump(mode="json"),
+            "holdout_share": self.holdout_share,
+            "suppress": self.suppress,
+            "destinations": list(self.destinations),
+            "targeting": self.targeting.model_dump(mode="json") if self.targeting else None,
+        }
+
+    @property
+    def policy_hash(self) -> str:
+        """Hash of everything in the policy that shapes this segment's campaign."""
+        blob = json.dumps(self.as_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PolicyIssue:
+    file: str
+    line: int | None
+    message: str
+    fix: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        text = f"{where}: {self.message}"
+        return f"{text} (fix: {self.fix})" if self.fix else text
+
+
+@dataclass
+class Policy:
+    """A validated policy file with the line of every key, for messages."""
+
+    path: Path
+    model: PolicyFile
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict)
+
+    def schemes(self) -> list[str]:
+        return list(self.model.schemes)
+
+    def listed_segments(self, scheme: str) -> list[str]:
+        return list(self.model.schemes.get(scheme, {}))
+
+    def line_of(self, *path: str) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def for_segment(self, scheme: str, segment: str) -> ResolvedPolicy:
+        """The segment's entry with defaults applied; an unlisted segment gets ``default`` as it is."""
+        d = self.model.default
+        entry = self.model.schemes.get(scheme, {}).get(segment)
+        listed = entry is not None
+        e = entry or SegmentPolicy()
+
+        def pick(name: str, fallback: Any) -> Any:
+            value = getattr(e, name)
+            if value is None:
+                value = getattr(d, name)
+            return fallback if value is None else value
+
+        return ResolvedPolicy(
+            scheme=scheme,
+            segment=segment,
+            template=pick("template", DEFAULT_TEMPLATE),
+            subject=pick("subject", DEFAULT_SUBJECT),
+            offer=pick("offer", NoOffer(type="none")),
+            holdout_share=float(pick("holdout_share", DEFAULT_HOLDOUT_SHARE)),
+            suppress=bool(pick("suppress", False)),
+            destinations=tuple(pick("destinations", list(DESTINATIONS))),
+            targeting=e.targeting,  # never inherited: targeting is about one segment
+            listed=listed,
+            line=self.line_of("schemes", scheme, segment) if listed else self.line_of("default"),
+        )
+
+    def templates_used(self) -> dict[str, list[tuple[str, ...]]]:
+        """Template name -> the policy key paths that use it (default included)."""
+        used: dict[str, list[tuple[str, ...]]] = {}
+        used.setdefault(self.model.default.template or DEFAULT_TEMPLATE, []).append(("default", "template"))
+        for scheme, segs in self.model.schemes.items():
+            for seg, entry in segs.items():
+                if entry.template:
+                    used.setdefault(entry.template, []).append(("schemes", scheme, seg, "template"))
+        return used
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+_FIXES = {
+    "union_tag_invalid": f"use one of the offer types: {', '.join(OFFER_TYPES)}",
+    "union_tag_not_found": f"add `type:` to the offer, one of: {', '.join(OFFER_TYPES)}",
+    "extra_forbidden": "remove the key or correct its spelling (see docs/templates.md for the allowed keys)",
+    "missing": "add the key",
+    "literal_error": "use one of the listed values",
+    "string_pattern_mismatch": "template names use letters, digits, _ - and /; coupon prefixes 1-4 capital letters",
+}
+
+
+def _fix_for(err: dict[str, Any]) -> str | None:
+    loc = [str(p) for p in err.get("loc", ())]
+    last = loc[-1] if loc else ""
+    if last == "percent":
+        return "use a percent between 0 and 100 (exclusive of 0), e.g. percent: 20"
+    if last == "holdout_share":
+        return "use a share between 0 and 1, e.g. holdout_share: 0.1 for 10 %"
+    if last == "destinations" or (len(loc) > 1 and loc[-2] == "destinations"):
+        return f"destinations are any of: {', '.join(DESTINATIONS)}"
+    return _FIXES.get(err.get("type", ""))
+
+
+def _line_map(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int],
+              issues: list[PolicyIssue], file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                issues.append(PolicyIssue(file, key_node.start_mark.line + 1, f"duplicate key {key!r}",
+                                          "keep one entry per key; the second silently replaced the first"))
+            seen.add(key)
+            out[(*path, key)] = key_node.start_mark.line + 1
+            _line_map(value_node, (*path, key), out, issues, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[(*path, str(i))] = item.start_mark.line + 1
+            _line_map(item, (*path, str(i)), out, issues, file)
+
+
+def _loc_line(lines: dict[tuple[str, ...], int], loc: Iterable[Any]) -> int | None:
+    """Line of a pydantic error location, skipping parts that are not YAML keys (union tags)."""
+    path: tuple[str, ...] = ()
+    best: int | None = lines.get(()) if lines else None
+    for part in loc:
+        candidate = (*path, str(part))
+        if candidate in lines:
+            path = candidate
+            best = lines[candidate]
+    return best
+
+
+def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
+    """Read and validate a policy file; returns the policy (None when invalid) and every issue found."""
+    file = str(path)
+    if not path.exists():
+        return None, [PolicyIssue(file, None, "policy file not found",
+                                  "create templates/policy.yaml (see docs/templates.md) or set ACTIVATION_TEMPLATES_DIR")]
+    text = path.read_text(encoding="utf-8")
+    issues: list[PolicyIssue] = []
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return None, [PolicyIssue(file, line, f"malformed YAML: {problem}",
+                                  "check indentation and quoting (quote values containing ': ', '{' or '*')")]
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return None, [PolicyIssue(file, 1, "the policy must be a mapping with `default:` and `schemes:`",
+                                  "see docs/templates.md for the format")]
+    lines: dict[tuple[str, ...], int] = {}
+    if root is not None:
+        lines[()] = root.start_mark.line + 1
+        _line_map(root, (), lines, issues, file)
+    try:
+        model = PolicyFile.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = err.get("loc", ())
+            where = ".".join(str(p) for p in loc if str(p) not in OFFER_TYPES) or "policy"
+            msg = err.get("msg", "invalid")
+            if err.get("type") == "union_tag_invalid":
+                ctx = err.get("ctx", {})
+                msg = f"unknown offer type {ctx.get('tag')!r}"
+            issues.append(PolicyIssue(file, _loc_line(lines, loc), f"{where}: {msg}", _fix_for(err)))
+        return None, issues
+    policy = Policy(path=path, model=model, lines=lines)
+    return (None if issues else policy), issues
+
+
+def load_policy(settings: Settings) -> Policy:
+    """The validated policy of ``settings.policy_file``.
+
+    Raises:
+        ConfigError: the file is missing, malformed or invalid; the message lists every ``file:line: problem``.
+    """
+    policy, issues = parse_policy(settings.policy_file)
+    if issues or policy is None:
+        raise ConfigError(
+            "invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
+            fix=issues[0].fix if issues and issues[0].fix else "correct the policy file (see docs/templates.md)",
+        )
+    return policy
+
+
+# --------------------------------------------------------------------------------------------- segments
+
+def scheme_segments(scheme: str, settings: Settings) -> list[str] | None:
+    """The scheme's segment names (from its definition when the segmentation package is installed);
+    None when the scheme is unknown."""
+    try:
+        from segments.schemes import load_scheme
+    except ImportError:
+        names = _FALLBACK_SEGMENTS.get(scheme)
+        return list(names) if names else None
+    try:
+        return list(load_scheme(scheme, settings).segment_names)
+    except ConfigError:
+        return None
+    except Exception:  # noqa: BLE001 - a scheme that cannot load is reported as unknown, not a crash
+        return None
+
+
+def check_segments(policy: Policy, settings: Settings, schemes: Iterable[str] | None = None) -> list[PolicyIssue]:
+    """Segment names in the policy (entries and targeting) that the scheme does not define."""
+    issues: list[PolicyIssue] = []
+    file = str(policy.path)
+    for scheme in schemes if schemes is not None else policy.schemes():
+        entries = policy.model.schemes.get(scheme, {})
+        if not entries:
+            continue
+        known = scheme_segments(scheme, settings)
+        if known is None:
+            issues.append(PolicyIssue(file, policy.line_of("schemes", scheme), f"unknown scheme {scheme!r}",
+                                      "use a scheme defined under segments/schemes or ACTIVATION_SCHEMES_DIR"))
+            continue
+        for seg, entry in entries.items():
+            if seg not in known:
+                issues.append(PolicyIssue(
+                    file, policy.line_of("schemes", scheme, seg),
+                    f"scheme {scheme!r} has no segment {seg!r}",
+                    f"use one of: {', '.join(known)}"))
+            if entry.targeting:
+                for key in ("entered_from", "left"):
+                    for other in getattr(entry.targeting, key) or []:
+                        if other not in known:
+                            issues.append(PolicyIssue(
+                                file, policy.line_of("schemes", scheme, seg, "targeting", key),
+                                f"{key}: scheme {scheme!r} has no segment {other!r}",
+                                f"use one of: {', '.join(known)}"))
+    return issues
