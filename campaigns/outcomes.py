@@ -534,6 +534,7 @@ class CollectResult:
     data_end: datetime | None = None
     incomplete: bool = False
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         events = ", ".join(f"{k} {v}" for k, v in self.events_added.items() if v) or "none"
@@ -551,7 +552,6 @@ class CollectResult:
                 f"  orders with coupon codes that are not the member's own (ignored for redemption): "
                 f"{self.unknown_coupon_orders}"
             )
-        lines += [f"  warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
 
@@ -653,7 +653,7 @@ def collect_outcomes(
         result.warnings.append(warning)
         log.warning(warning)
     if result.unknown_coupon_orders:
-        result.warnings.append(
+        result.notes.append(
             f"{result.unknown_coupon_orders} orders in the window carry coupon codes that are not the "
             "member's own; they count as revenue but not as redemptions"
         )
