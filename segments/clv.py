@@ -5,7 +5,8 @@ horizon ``h`` and training cut-off ``T``:
 
 * **features as of a date t** come from orders on or before t, computed in the warehouse by one SQL
   statement (one row per customer): recency, frequency, monetary, tenure, mean days between orders,
-  average and largest order, spend and orders in the last ``h`` days and in the ``h`` days before that.
+  average and largest order, spend and orders in the last ``h`` days, spend in the ``h`` days before that,
+  and recency over the mean gap (how overdue the next order is).
 * **fit**: features as of ``T − h`` → target = spend in ``(T − h, T]``. Nothing after ``T`` is seen.
 * **backtest**: features as of ``T`` → predicted spend in ``(T, T + h]``, compared with what happened,
   next to two naive baselines: last period's spend (spend in ``(T − h, T]``) and the mean of the
@@ -53,15 +54,16 @@ FEATURES: tuple[str, ...] = (
     "spend_last",
     "orders_last",
     "spend_prev",
+    "recency_over_gap",
 )
 MODEL_KIND = "hgb_poisson"
 SEED = 20240614
 HYPERPARAMETERS: dict[str, Any] = {
     "loss": "poisson",
-    "learning_rate": 0.05,
-    "max_iter": 200,
+    "learning_rate": 0.03,
+    "max_iter": 300,
     "max_leaf_nodes": 15,
-    "min_samples_leaf": 40,
+    "min_samples_leaf": 80,
     "l2_regularization": 1.0,
     "early_stopping": False,
     "random_state": SEED,
@@ -148,6 +150,7 @@ def _derive(raw: pd.DataFrame, as_of: date) -> pd.DataFrame:
     out["spend_last"] = raw["spend_last"].astype("float64")
     out["orders_last"] = raw["orders_last"].astype("float64")
     out["spend_prev"] = raw["spend_prev"].astype("float64")
+    out["recency_over_gap"] = out["recency_days"] / out["mean_gap_days"].where(out["mean_gap_days"] > 0)
     if "target" in raw:
         out["target"] = raw["target"].astype("float64")
     return out.reset_index(drop=True)

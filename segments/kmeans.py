@@ -56,7 +56,7 @@ class KMeansConfig:
     """The ``kmeans`` block of a scheme YAML (every key optional)."""
 
     k: int | None = None
-    k_range: tuple[int, int] = (2, 6)
+    k_range: tuple[int, int] = (3, 6)
     seed: int = SEED
     select_sample: int = 200_000
     silhouette_sample: int = 5_000

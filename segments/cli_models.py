@@ -1,0 +1,97 @@
+"""Commands for the model-based schemes: ``activation clv fit`` (and ``clv show``).
+
+The ``kmeans`` and ``clv_tier`` snapshots themselves are made by ``activation segment --scheme …``.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import typer
+
+from activation.errors import InputError
+
+clv_app = typer.Typer(help="Predicted customer value: fit and inspect models.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``clv`` command group to ``app``."""
+    app.add_typer(clv_app, name="clv")
+
+
+def _date(value: str, flag: str) -> date:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").date()
+    except ValueError:
+        raise InputError(f"{flag} {value!r} is not a date", fix=f"write {flag} as YYYY-MM-DD") from None
+
+
+def _metrics_table(title: str, metrics: dict) -> object:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("predictor")
+    for col in ("MAE", "RMSE", "Spearman", "top-decile capture"):
+        table.add_column(col, justify="right")
+    for key, label in (
+        ("model", "model (gradient boosting)"),
+        ("last_period_spend", "baseline: last period's spend"),
+        ("rfm11_segment_mean", "baseline: rfm11 segment mean"),
+    ):
+        m = metrics[key]
+        table.add_row(
+            label,
+            f"{m['mae']:.2f}",
+            f"{m['rmse']:.2f}",
+            f"{m['spearman']:.3f}",
+            f"{m['top_decile_capture']:.1%}",
+        )
+    return table
+
+
+@clv_app.command("fit")
+def fit_command(
+    train_until: str = typer.Option(
+        ..., "--train-until", help="Cut-off T (YYYY-MM-DD): the model sees orders ≤ T."
+    ),
+    horizon_days: int = typer.Option(90, "--horizon-days", help="Predict spend over the next N days."),
+) -> None:
+    """Fit the CLV model on data up to T, backtest it on (T, T+N], store it for the clv_tier scheme."""
+    from activation import cli
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+    from segments.clv import fit_clv
+
+    settings = get_settings()
+    result = fit_clv(get_engine(settings), settings, _date(train_until, "--train-until"), horizon_days)
+    m = result.metrics
+    cli.console.print(
+        f"model {result.model_id}: trained on features as of {', '.join(m['train']['features_as_of'])} "
+        f"({m['train']['rows']} rows), backtest on {m['test_customers']} customers, "
+        f"spend in ({m['backtest']['period'][0]}, {m['backtest']['period'][1]}]"
+    )
+    cli.console.print(_metrics_table("CLV backtest", m))
+    cli.console.print(
+        f"actual spend {m['actual_total']:,.2f}, predicted {m['predicted_total']:,.2f}; "
+        f"beats both baselines on every metric: {'yes' if result.beats_baselines else 'no'} "
+        f"({result.seconds:.1f} s)"
+    )
+
+
+@clv_app.command("show")
+def show_command(
+    as_of: str | None = typer.Option(None, "--as-of", help="Latest model trained on or before this date."),
+) -> None:
+    """Print the latest stored CLV model and its backtest."""
+    from activation import cli
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+    from segments.clv import latest_model
+
+    settings = get_settings()
+    model = latest_model(get_engine(settings), _date(as_of, "--as-of") if as_of else None)
+    cli.console.print(
+        f"model {model.model_id}: train_until {model.train_until}, horizon {model.horizon_days} days, "
+        f"{len(model.params['trees'])} trees on {', '.join(model.params['features'])}"
+    )
+    cli.console.print(_metrics_table("CLV backtest", model.metrics))
