@@ -31,11 +31,11 @@ from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Float, cast, func, select
+from sqlalchemy import cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from activation.settings import Settings
-from activation.tables import campaign_members, campaign_outcomes
+from activation.tables import Double, campaign_members, campaign_outcomes
 from campaigns.outcomes import (
     EMAIL_EVENTS,
     CampaignWindow,
@@ -113,7 +113,7 @@ def _group_stats(conn: Connection, settings: Settings, w: CampaignWindow) -> dic
     """Per group (treatment / holdout): members, converters, revenue sums, discounts, redemptions."""
     attr = attribution_select(settings, w).subquery("attr")
     m = campaign_members.alias("m")
-    rev = func.coalesce(cast(attr.c.revenue, Float), 0.0)
+    rev = func.coalesce(cast(attr.c.revenue, Double), 0.0)
     stmt = (
         select(
             m.c.member_group,
