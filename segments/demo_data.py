@@ -1,0 +1,423 @@
+"""A deterministic synthetic shop: customers, orders and support tickets with real purchase behaviour.
+
+The buying process is BG/NBD-like, so recency and frequency carry signal about the future:
+
+* customers arrive over the whole span (more of them later: the shop grows, with a Q4 bump);
+* each customer has a latent purchase rate (gamma distributed: most buy rarely, a few often), a dropout
+  probability after every purchase (beta distributed: many never come back, some stay for years) and a
+  spending level (gamma);
+* purchases follow the customer's rate modulated by seasonality (Q4 peak, Black Friday, December) until the
+  customer drops out, so at any date there are new, active, lapsing and lost customers.
+
+Orders carry statuses (about 2.5 % Cancelled and 2.5 % Returned), coupon codes (welcome, seasonal),
+country/city of the customer and a category (mostly the customer's favourite). Customers have a first name, an
+email on reserved domains (example.com / .org / .net, RFC 2606), about 3 % are unsubscribed, a few emails are
+invalid and a couple are shared by two customers. Support tickets (CSV) are more frequent for customers who buy
+more or return orders.
+
+The same arguments always give byte-identical files (no dependence on today's date). Customers are generated
+in fixed-size blocks and streamed to Parquet, so 70M order rows never sit in memory at once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from activation.errors import ConfigError
+
+END_DATE = date(2025, 12, 31)
+SPAN_DAYS = 3 * 365 + 1  # 2023-01-01 .. 2025-12-31
+BLOCK = 200_000  # customers per block; fixed, so the output does not depend on memory
+
+# month -> relative demand (Q4 peak)
+_SEASON = np.array([0.80, 0.75, 0.85, 0.90, 0.95, 0.90, 0.85, 0.90, 0.95, 1.05, 1.45, 1.60])
+_STATUSES = pa.array(["Completed", "Cancelled", "Returned"])
+_STATUS_P = [0.95, 0.025, 0.025]
+_COUPONS = pa.array(["WELCOME10", "BLACKFRIDAY25", "HOLIDAY15", "SAVE10"])
+_CATEGORIES = pa.array(["Apparel", "Home", "Electronics", "Beauty", "Books", "Toys", "Garden", "Sports"])
+_CATEGORY_P = np.array([0.22, 0.18, 0.12, 0.14, 0.1, 0.08, 0.06, 0.1])
+_PLACES = [
+    ("United States", "New York", 0.12),
+    ("United States", "Los Angeles", 0.08),
+    ("United States", "Chicago", 0.06),
+    ("United States", "Austin", 0.04),
+    ("United Kingdom", "London", 0.12),
+    ("United Kingdom", "Manchester", 0.05),
+    ("Germany", "Berlin", 0.07),
+    ("Germany", "Munich", 0.04),
+    ("France", "Paris", 0.07),
+    ("France", "Lyon", 0.03),
+    ("Canada", "Toronto", 0.06),
+    ("Australia", "Sydney", 0.05),
+    ("Netherlands", "Amsterdam", 0.05),
+    ("Spain", "Madrid", 0.04),
+    ("Ireland", "Dublin", 0.02),
+]
+_FIRST_NAMES = (
+    "Olivia Liam Emma Noah Amelia Oliver Ava Elijah Sophia James Isabella William Mia Benjamin Charlotte Lucas "
+    "Harper Henry Evelyn Theodore Luna Jack Camila Levi Gianna Alexander Elizabeth Jackson Eleanor Mateo Ella "
+    "Daniel Abigail Michael Sofia Mason Avery Sebastian Scarlett Ethan Emily Logan Aria Owen Penelope Samuel "
+    "Chloe Jacob Layla Asher Mila Aiden Nora John Hazel Joseph Madison Wyatt Ellie David Lily Leo Nova Hannah "
+    "Zoe Amir Priya Wei Yuki Fatima Omar Ines Lars Sven Chiara Marco Aoife Sean Ana Jose Lea Felix Ingrid"
+).split()
+_LAST_NAMES = (
+    "smith jones brown taylor wilson davies evans thomas johnson roberts walker wright robinson thompson white "
+    "hughes edwards green hall wood harris lewis martin jackson clarke clark turner hill scott cooper morris "
+    "ward moore king watson baker harrison morgan patel young allen mitchell"
+).split()
+_DOMAINS = ["example.com", "example.org", "example.net"]
+
+ORDERS_MAPPING = """\
+# Column mapping for: activation ingest orders.parquet --format parquet --mapping mapping.yaml
+kind: orders
+columns:
+  order_id: order_id
+  customer_id: customer_id
+  ordered_at: ordered_at
+  amount: amount
+  status: status
+  coupon_code: coupon_code
+  country: country
+  city: city
+  category: category
+  email: email
+  first_name: first_name
+  unsubscribed: unsubscribed
+source: demo
+"""
+
+TICKETS_MAPPING = """\
+# Column mapping for: activation ingest tickets.csv --format csv --mapping tickets_mapping.yaml
+kind: events
+columns:
+  event_id: ticket_id
+  customer_id: customer_id
+  occurred_at: opened_at
+  event_type: type
+source: demo
+"""
+
+
+@dataclass
+class DemoDataFiles:
+    """Paths and counts of one generated data set."""
+
+    out_dir: Path
+    orders: Path
+    mapping: Path
+    tickets: Path
+    tickets_mapping: Path
+    customers_count: int
+    orders_count: int
+    tickets_count: int
+    first_date: date
+    last_date: date
+
+    def describe(self) -> list[tuple[Path, str]]:
+        """(path, what it holds) for printing."""
+        return [
+            (
+                self.orders,
+                f"{self.orders_count:,} orders of {self.customers_count:,} customers, "
+                f"{self.first_date} .. {self.last_date}",
+            ),
+            (self.mapping, "column mapping for the orders file (kind: orders)"),
+            (self.tickets, f"{self.tickets_count:,} support tickets"),
+            (self.tickets_mapping, "column mapping for the tickets file (kind: events)"),
+        ]
+
+
+def generate(
+    out_dir: Path | str,
+    customers: int = 5_000,
+    orders: int = 40_000,
+    seed: int = 7,
+    *,
+    end: date = END_DATE,
+    span_days: int = SPAN_DAYS,
+) -> DemoDataFiles:
+    """Write ``orders.parquet``, ``mapping.yaml``, ``tickets.csv`` and ``tickets_mapping.yaml`` to ``out_dir``.
+
+    Exactly ``orders`` order rows for exactly ``customers`` customers (each buys at least once), ending at
+    ``end``; the same arguments always give byte-identical files.
+
+    Raises:
+        ConfigError: fewer orders than customers, or non-positive sizes.
+    """
+    if customers < 1 or orders < 1 or span_days < 30:
+        raise ConfigError(
+            f"demo data needs at least 1 customer, 1 order and 30 days (got {customers}, {orders}, {span_days})",
+            fix="pass positive --customers and --orders",
+        )
+    if orders < customers:
+        raise ConfigError(
+            f"--orders {orders:,} is less than --customers {customers:,}; every customer buys at least once",
+            fix=f"pass --orders {customers:,} or more (e.g. {customers * 8:,})",
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = end - timedelta(days=span_days - 1)
+    files = DemoDataFiles(
+        out_dir=out,
+        orders=out / "orders.parquet",
+        mapping=out / "mapping.yaml",
+        tickets=out / "tickets.csv",
+        tickets_mapping=out / "tickets_mapping.yaml",
+        customers_count=customers,
+        orders_count=0,
+        tickets_count=0,
+        first_date=end,
+        last_date=start,
+    )
+    season = _daily_season(start, span_days)
+    id_width = max(6, len(str(customers)))
+    n_blocks = math.ceil(customers / BLOCK)
+    scale = 1.0
+    tmp_orders = files.orders.with_suffix(".parquet.tmp")
+    tmp_tickets = files.tickets.with_suffix(".csv.tmp")
+    writer: pq.ParquetWriter | None = None
+    ticket_writer: pacsv.CSVWriter | None = None
+    try:
+        for b in range(n_blocks):
+            first = b * BLOCK
+            n = min(BLOCK, customers - first)
+            # spread the order total over blocks exactly, proportionally to their customers
+            target = orders * (first + n) // customers - orders * first // customers
+            rng = np.random.default_rng([seed, b])
+            block, scale = _simulate_block(
+                rng, first, n, target, season, start, scale, id_width, files.orders_count
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(tmp_orders, block.schema, compression="zstd")
+            writer.write_table(block, row_group_size=1_000_000)
+            files.orders_count += block.num_rows
+            lo, hi = pc.min_max(block["ordered_at"]).values()
+            files.first_date = min(files.first_date, lo.as_py().date())
+            files.last_date = max(files.last_date, hi.as_py().date())
+            tickets = _tickets(rng, block, end, files.tickets_count)
+            if ticket_writer is None:
+                ticket_writer = pacsv.CSVWriter(tmp_tickets, tickets.schema)
+            ticket_writer.write_table(tickets)
+            files.tickets_count += tickets.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+        if ticket_writer is not None:
+            ticket_writer.close()
+    tmp_orders.replace(files.orders)
+    tmp_tickets.replace(files.tickets)
+    files.mapping.write_text(ORDERS_MAPPING)
+    files.tickets_mapping.write_text(TICKETS_MAPPING)
+    return files
+
+
+def _daily_season(start: date, days: int) -> np.ndarray:
+    """Relative demand per day: monthly seasonality plus a Black Friday week."""
+    out = np.empty(days)
+    for i in range(days):
+        d = start + timedelta(days=i)
+        out[i] = _SEASON[d.month - 1] * (1.6 if d.month == 11 and 22 <= d.day <= 30 else 1.0)
+    return out
+
+
+def _customers(rng: np.random.Generator, first: int, n: int, id_width: int) -> dict[str, pa.Array]:
+    """Per-customer attributes of one block."""
+    idx = np.arange(first, first + n)
+    ids = [f"C{i:0{id_width}d}" for i in idx]
+    fn = rng.integers(0, len(_FIRST_NAMES), n)
+    ln = rng.integers(0, len(_LAST_NAMES), n)
+    dom = rng.choice(len(_DOMAINS), n, p=[0.6, 0.3, 0.1])
+    names = [_FIRST_NAMES[k] for k in fn]
+    emails = [f"{names[k].lower()}.{_LAST_NAMES[ln[k]]}{idx[k]}@{_DOMAINS[dom[k]]}" for k in range(n)]
+    # a few broken addresses: no @, no domain dot, a space
+    bad = np.flatnonzero(rng.random(n) < 0.004)
+    for j, k in enumerate(bad):
+        e = emails[k]
+        emails[k] = [e.replace("@", "."), e.split("@")[0] + "@example", e.replace(".", " ", 1)][j % 3]
+    # a couple of addresses shared by two customers (households, shared inboxes)
+    if n >= 4:
+        pairs = max(2, n // 2500)
+        picks = rng.choice(n, size=min(2 * pairs, n - n % 2), replace=False)
+        for a, c in zip(picks[0::2], picks[1::2], strict=True):
+            emails[max(a, c)] = emails[min(a, c)]
+    place_p = np.array([p for *_, p in _PLACES])
+    place = rng.choice(len(_PLACES), n, p=place_p / place_p.sum())
+    return {
+        "customer_id": pa.array(ids, pa.string()),
+        "email": pa.array(emails, pa.string()),
+        "first_name": pa.array(names, pa.string()),
+        "country": pa.array([_PLACES[k][0] for k in place], pa.string()),
+        "city": pa.array([_PLACES[k][1] for k in place], pa.string()),
+        "unsubscribed": pa.array(rng.random(n) < 0.03),
+        "favourite": pa.array(rng.choice(len(_CATEGORY_P), n, p=_CATEGORY_P)),
+    }
+
+
+def _simulate_block(
+    rng: np.random.Generator,
+    first: int,
+    n: int,
+    target: int,
+    season: np.ndarray,
+    start: date,
+    scale: float,
+    id_width: int,
+    order_offset: int,
+) -> tuple[pa.Table, float]:
+    """Exactly ``target`` orders for customers ``first .. first+n``; returns the table and the rate scale used."""
+    days = len(season)
+    attrs = _customers(rng, first, n, id_width)
+    # arrivals: the shop grows over the span, with the seasonal bump
+    w = season * (1.0 + np.linspace(0, 0.6, days))
+    arrival = np.searchsorted(np.cumsum(w) / w.sum(), rng.random(n)) + rng.random(n)
+    arrival = np.minimum(arrival, days - 1e-6)
+    rate = rng.gamma(0.35, 1.0, n) / 45.0  # purchases per day before scaling: mostly rare, a few frequent
+    dropout = rng.beta(1.0, 1.6, n)  # chance of leaving after each purchase
+    spend = rng.gamma(2.5, 24.0, n)  # mean order value per customer
+    sub_seed = int(rng.integers(2**32))
+    need = target - n
+    best: tuple[np.ndarray, np.ndarray] | None = None
+    for attempt in range(30):
+        cust, t = _repeat_purchases(
+            np.random.default_rng([sub_seed, attempt]), arrival, rate, dropout, scale, season
+        )
+        got = cust.size
+        if need == 0:
+            best = (cust[:0], t[:0])
+            break
+        # far too many: refit the scale rather than thin most purchases away (keeps the shape)
+        if got > 1.5 * need and attempt < 8:
+            scale *= max(0.2, need / got)
+            continue
+        if got >= need:
+            # uniform thinning to the exact total
+            prio = np.random.default_rng([sub_seed, attempt, 1]).random(got)
+            keep = np.zeros(got, bool)
+            keep[np.argpartition(prio, need - 1)[:need]] = True
+            best = (cust[keep], t[keep])
+            break
+        scale *= min(4.0, max(1.1, 1.1 * need / max(got, 1)))
+    if best is None:  # pragma: no cover - only reachable with absurd orders/customers ratios
+        raise ConfigError(
+            f"cannot place {target:,} orders on {n:,} customers within {days} days",
+            fix="ask for fewer orders per customer",
+        )
+    rep_cust, rep_t = best
+    cust = np.concatenate([np.arange(n), rep_cust])
+    t = np.concatenate([arrival, rep_t])
+    is_first = np.concatenate([np.ones(n, bool), np.zeros(rep_cust.size, bool)])
+    order = np.lexsort((cust, t))
+    cust, t, is_first = cust[order], t[order], is_first[order]
+    m = cust.size
+    day = t.astype(np.int64)
+    # shop hours: most orders in the afternoon and evening
+    seconds = day * 86_400 + np.clip(rng.normal(15.5, 4.0, m), 0, 23.99) * 3600
+    base = int((datetime(start.year, start.month, start.day) - datetime(1970, 1, 1)).total_seconds())
+    ordered_at = pa.array((base + seconds.astype(np.int64)) * 1_000_000, pa.timestamp("us"))
+    amount = np.maximum(1.0, np.round(rng.gamma(4.0, spend[cust] / 4.0), 2))
+    status = rng.choice(3, m, p=_STATUS_P)
+    dates = [start + timedelta(days=int(d)) for d in range(int(day.max()) + 1)]
+    month = np.array([d.month for d in dates])[day]
+    dom = np.array([d.day for d in dates])[day]
+    u = rng.random(m)
+    coupon = np.full(m, -1)
+    coupon[is_first & (u < 0.15)] = 0
+    coupon[~is_first & (month == 11) & (dom >= 22) & (u < 0.30)] = 1
+    coupon[~is_first & (month == 12) & (u < 0.15)] = 2
+    coupon[~is_first & (coupon < 0) & (u > 0.96)] = 3
+    favourite = np.asarray(attrs["favourite"])[cust]
+    category = np.where(rng.random(m) < 0.65, favourite, rng.choice(len(_CATEGORY_P), m, p=_CATEGORY_P))
+    seq = pa.array(np.arange(order_offset + 1, order_offset + m + 1)).cast(pa.string())
+    take = pa.array(cust)
+    table = pa.table(
+        {
+            "order_id": pc.binary_join_element_wise("O", pc.utf8_lpad(seq, 9, "0"), ""),
+            "customer_id": attrs["customer_id"].take(take),
+            "ordered_at": ordered_at,
+            "amount": pa.array(amount, pa.float64()),
+            "status": _STATUSES.take(pa.array(status)),
+            "coupon_code": _COUPONS.take(pa.array(coupon, mask=coupon < 0)),
+            "country": attrs["country"].take(take),
+            "city": attrs["city"].take(take),
+            "category": _CATEGORIES.take(pa.array(category)),
+            "email": attrs["email"].take(take),
+            "first_name": attrs["first_name"].take(take),
+            "unsubscribed": attrs["unsubscribed"].take(take),
+        }
+    )
+    return table, scale
+
+
+def _repeat_purchases(
+    rng: np.random.Generator,
+    arrival: np.ndarray,
+    rate: np.ndarray,
+    dropout: np.ndarray,
+    scale: float,
+    season: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat purchases (customer index, day as float), BG/NBD-like: Poisson purchases thinned by seasonality,
+    until the customer drops out (geometric number of repeats). ``scale`` raises rates and lowers dropout."""
+    n, days, smax = arrival.size, season.size, season.max()
+    lam = np.minimum(rate * scale, 0.25)
+    p = np.clip(dropout / math.sqrt(max(scale, 1e-9)), 0.002, 0.99)
+    allowed = rng.geometric(p) - 1
+    horizon = days - arrival
+    cand = np.minimum(rng.poisson(lam * smax * horizon), 2 * allowed + 10)
+    cust = np.repeat(np.arange(n), cand)
+    t = arrival[cust] + rng.random(cust.size) * horizon[cust]
+    keep = rng.random(cust.size) < season[t.astype(np.int64)] / smax
+    cust, t = cust[keep], t[keep]
+    order = np.argsort(cust * float(days) + t, kind="stable")
+    cust, t = cust[order], t[order]
+    rank = np.arange(cust.size) - np.searchsorted(cust, np.arange(n))[cust]
+    alive = rank < allowed[cust]
+    return cust[alive], t[alive]
+
+
+def _tickets(rng: np.random.Generator, block: pa.Table, end: date, offset: int) -> pa.Table:
+    """Support tickets: more for customers with more orders and with returns."""
+    cust = pc.dictionary_encode(block["customer_id"]).combine_chunks()
+    codes = np.asarray(cust.indices)
+    k = len(cust.dictionary)
+    n_orders = np.bincount(codes, minlength=k)
+    returned = np.asarray(pc.equal(block["status"], "Returned").combine_chunks().fill_null(False))
+    n_returns = np.bincount(codes, weights=returned.astype(float), minlength=k)
+    counts = rng.poisson(0.12 + 0.08 * np.minimum(n_orders, 30) + 0.8 * n_returns)
+    ts = np.asarray(block["ordered_at"].combine_chunks().cast(pa.int64()))
+    first = np.full(k, np.iinfo(np.int64).max)
+    last = np.zeros(k, np.int64)
+    np.minimum.at(first, codes, ts)
+    np.maximum.at(last, codes, ts)
+    end_us = (
+        int((datetime(end.year, end.month, end.day, 23, 59, 59) - datetime(1970, 1, 1)).total_seconds())
+        * 1_000_000
+    )
+    who = np.repeat(np.arange(k), counts)
+    lo = first[who]
+    hi = np.minimum(last[who] + 60 * 86_400 * 1_000_000, end_us)
+    at = lo + (rng.random(who.size) * (hi - lo)).astype(np.int64)
+    order = np.lexsort((who, at))
+    who, at = who[order], at[order]
+    seq = pa.array(np.arange(offset + 1, offset + who.size + 1)).cast(pa.string())
+    channel = pa.array(["email", "chat", "phone"]).take(
+        pa.array(rng.choice(3, who.size, p=[0.5, 0.35, 0.15]))
+    )
+    return pa.table(
+        {
+            "ticket_id": pc.binary_join_element_wise("T", pc.utf8_lpad(seq, 9, "0"), ""),
+            "customer_id": cust.dictionary.take(pa.array(who)),
+            "opened_at": pa.array(at // 1_000_000, pa.timestamp("s")),
+            "type": pa.array(["support_ticket"] * who.size, pa.string()),
+            "channel": channel,
+        }
+    )
