@@ -12,6 +12,7 @@ def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
     register_ingest(app)
     register_segmentation(app)
+    __import__("segments.cli_models", fromlist=["register"]).register(app)  # clv fit / clv show
 
 
 def register_ingest(app: typer.Typer) -> None:
