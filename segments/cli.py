@@ -12,7 +12,9 @@ def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
     register_ingest(app)
     register_segmentation(app)
-    __import__("segments.cli_models", fromlist=["register"]).register(app)  # clv fit / clv show
+    from segments.cli_models import register as register_models  # clv fit / clv show
+
+    register_models(app)
 
 
 def register_ingest(app: typer.Typer) -> None:
