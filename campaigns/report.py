@@ -20,8 +20,9 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import String, func, inspect, literal, select
+from sqlalchemy import String, func, literal, select, table, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
@@ -314,6 +315,16 @@ def _order_axis(labels: list[str], order: list[str], last: str) -> list[str]:
     return known + rest + ([last] if last in labels else [])
 
 
+def _source_columns(engine: Engine, name: str) -> list[str]:
+    """Column names of a table or view (``SELECT * … LIMIT 0``: works where reflection does not)."""
+    schema, tbl = name.split(".", 1) if "." in name else (None, name)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(text("*")).select_from(table(tbl, schema=schema)).limit(0)).keys())
+    except SQLAlchemyError:
+        return []
+
+
 def breakdowns(
     engine: Engine, settings: Settings, as_of: date, scheme: str
 ) -> dict[str, dict[str, list[tuple[str, float, int]]]]:
@@ -322,13 +333,7 @@ def breakdowns(
     Uses the orders of the segment's campaign members in the lookback before ``as_of`` (the profile the
     segment was built on); only dimensions the orders table actually has (and fills) are reported.
     """
-    schema, name = (
-        settings.orders.table.split(".", 1) if "." in settings.orders.table else (None, settings.orders.table)
-    )
-    try:
-        cols = {c["name"].lower(): c["name"] for c in inspect(engine).get_columns(name, schema=schema)}
-    except Exception:  # noqa: BLE001 - a view the inspector cannot describe: no breakdown
-        return {}
+    cols = {c.lower(): c for c in _source_columns(engine, settings.orders.table)}
     dims = [cols[d] for d in BREAKDOWN_DIMENSIONS if d in cols]
     if not dims:
         return {}
