@@ -7,7 +7,7 @@ The sync (:mod:`connectors.sync`) reads the campaign plan from the warehouse, di
 * ``apply(sync_plan, journal)`` — write the changes in the destination's own batch sizes and report each
   confirmed batch to the :class:`Journal`, which commits ``sync_state`` and ``sync_log`` right away (so a
   sync killed half-way resumes where it stopped); then create, send or schedule one campaign per segment.
-* ``read_outcomes(campaigns, resolve)`` — per-member events (sent, opened, clicked, unsubscribed, bounced).
+* ``read_outcomes(engine, campaign_ids, since)`` — per-member events (sent, opened, clicked, unsubscribed, bounced).
 * ``read_suppressions(since)`` — contacts the destination knows as unsubscribed or cleaned.
 
 Batching, retries and concurrency live inside each destination: the sync never knows an API's limits.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -140,10 +140,13 @@ class RemoteCampaign:
 
 @dataclass(frozen=True)
 class OutcomeEvent:
+    """One per-member event read back from a destination (email kept only in memory, never stored)."""
+
     campaign_id: str
-    customer_id: str
+    customer_id: str | None
     event: str  # sent | opened | clicked | unsubscribed | bounced
     occurred_at: datetime | None
+    email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,9 +220,6 @@ class Journal(Protocol):
     def log(self, campaign_id: str | None, operation: str, status: str, error: str | None = None) -> None: ...
 
 
-EmailResolver = Callable[[str], str | None]
-
-
 @runtime_checkable
 class Destination(Protocol):
     """A place audiences and campaigns go. See the module docstring for the life cycle."""
@@ -243,9 +243,10 @@ class Destination(Protocol):
         ...
 
     def read_outcomes(
-        self, campaigns: Sequence[RemoteCampaign], resolve: EmailResolver
+        self, engine: Any, campaign_ids: Sequence[str], since: datetime | None = None
     ) -> Iterator[OutcomeEvent]:
-        """Per-member events of these campaigns; ``resolve(email)`` maps an email to a customer id."""
+        """Per-member events of these campaigns (plan ids; remote ids come from ``destination_campaigns``
+        in ``engine``), with the customer id resolved through ``sync_state`` when known."""
         ...
 
     def read_suppressions(self, since: datetime | None) -> Iterator[SuppressionEvent]:

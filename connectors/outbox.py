@@ -21,6 +21,7 @@ from datetime import datetime, time
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 from activation.errors import ConfigError
@@ -29,12 +30,10 @@ from connectors.base import (
     AudienceMember,
     CallStats,
     CampaignSpec,
-    EmailResolver,
     Journal,
     MemberChange,
     MemberResult,
     OutcomeEvent,
-    RemoteCampaign,
     SuppressionEvent,
     SyncPlan,
     email_hash,
@@ -151,8 +150,9 @@ class OutboxDestination:
                 journal.record_campaign(camp.campaign_id, remote_id, "draft", None)
 
     def read_outcomes(
-        self, campaigns: Sequence[RemoteCampaign], resolve: EmailResolver
+        self, engine: Any, campaign_ids: Sequence[str], since: datetime | None = None
     ) -> Iterator[OutcomeEvent]:
+        """The outbox sends nothing, so it observes nothing: outcomes come from the warehouse alone."""
         return iter(())
 
     def read_suppressions(self, since: datetime | None) -> Iterator[SuppressionEvent]:

@@ -614,6 +614,7 @@ def sync_audience(
         from connectors.registry import get_destination
 
         dest = get_destination(destination, settings)
+    reads0, writes0 = dest.stats.reads, dest.stats.writes
     try:
         if not dry_run:
             since = st.last_success(engine, destination)
@@ -682,7 +683,6 @@ def sync_audience(
             _log_skips(engine, destination, sync_id, src.skipped)
         if on_total:
             on_total(len(changes))
-        reads0, writes0 = dest.stats.reads, dest.stats.writes
         try:
             dest.apply(plan, journal)
         except BaseException as exc:
@@ -763,15 +763,14 @@ def read_outcomes(
     as_of: date,
     scheme: str | None = None,
     *,
+    since: datetime | None = None,
     destination_obj: Destination | None = None,
 ) -> list[OutcomeEvent]:
-    """Per-member events (sent, opened, clicked, unsubscribed, bounced) of the plan's campaigns.
+    """Per-member events (sent, opened, clicked, unsubscribed, bounced) of every campaign of the plan.
 
-    Emails in the destination's reports are mapped back to customers through ``sync_state`` (by email hash),
-    so no email address is stored. The local outbox returns no events.
+    The local outbox returns no events.
     """
     scheme = scheme or settings.default_scheme
-    camps = {c.campaign_id for c in load_campaigns(engine, as_of, scheme, destination)}
     with engine.connect() as conn:
         ids = [
             r[0]
@@ -781,27 +780,21 @@ def read_outcomes(
                 )
             )
         ]
-    camps.update(ids)
-    remote = [
-        rc
-        for cid, rc in st.load_remote_campaigns(engine, destination).items()
-        if cid in camps and rc.remote_id
-    ]
-    if not remote:
-        return []
-    state = st.load_state(engine, destination)
-    by_hash = {s.email_hash: s.customer_id for s in state.values() if s.email_hash}
-
-    def resolve(email: str) -> str | None:
-        return by_hash.get(email_hash(email))
-
     dest = destination_obj
     if dest is None:
         from connectors.registry import get_destination
 
         dest = get_destination(destination, settings)
     try:
-        return list(dest.read_outcomes(remote, resolve))
+        return list(dest.read_outcomes(engine, ids, since))
     finally:
         if destination_obj is None:
             dest.close()
+
+
+def customer_resolver(engine: Engine, destination: str) -> Callable[[str], str | None]:
+    """email -> customer id, through the email hashes in ``sync_state`` (no email is stored)."""
+    by_hash = {
+        s.email_hash: s.customer_id for s in st.load_state(engine, destination).values() if s.email_hash
+    }
+    return lambda email: by_hash.get(email_hash(email))

@@ -1,0 +1,167 @@
+"""What both API destinations share: retries with exponential backoff, jitter and ``Retry-After``, a
+bounded pool of in-flight calls, and keeping secrets out of messages.
+
+Retries happen inside the worker thread that made the call, so a call waiting to be retried keeps its
+connection slot: the number of requests in flight never exceeds ``max_connections``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+from connectors.base import MemberChange, MemberResult
+from connectors.errors import RetriableError, RetriesExhaustedError
+
+T = TypeVar("T")
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter; a server's ``Retry-After`` is a floor, capped by ``max_delay``."""
+
+    max_retries: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        backoff = min(self.max_delay, self.base_delay * (2**attempt))
+        jittered = random.uniform(backoff / 2, backoff)
+        if retry_after is not None and retry_after > 0:
+            return min(self.max_delay, retry_after + random.uniform(0, self.base_delay))
+        return jittered
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def call_with_retry(
+    fn: Callable[[], T], policy: RetryPolicy, *, what: str, sleep: Callable[[float], None] = time.sleep
+) -> T:
+    """``fn()``, retried on :class:`RetriableError` until ``policy.max_retries`` is exhausted.
+
+    Raises:
+        RetriesExhaustedError: the last retriable error, once retries are used up.
+    """
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except RetriableError as exc:
+            if attempt >= policy.max_retries:
+                raise RetriesExhaustedError(
+                    f"{what}: still failing after {attempt + 1} attempts ({exc.message})",
+                    fix="the API is overloaded or down; rerun the sync later (it resumes where it stopped)",
+                    status=exc.status,
+                ) from exc
+            sleep(policy.delay(attempt, exc.retry_after))
+            attempt += 1
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` with every secret replaced by ``***``."""
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return text
+
+
+class CallPool:
+    """Runs calls on at most ``max_workers`` threads; completion callbacks run in the caller's thread.
+
+    Callbacks may submit follow-up calls (an upsert's tag call). On the first error no new call starts;
+    calls already in flight finish and their callbacks still run (their writes were confirmed), then the
+    error is raised.
+    """
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api")
+        self._callbacks: dict[Future[Any], Callable[[Any], None]] = {}
+        self._error: BaseException | None = None
+
+    def submit(self, fn: Callable[[], T], on_done: Callable[[T], None]) -> None:
+        if self._error is not None:
+            return
+        fut = self._pool.submit(fn)
+        self._callbacks[fut] = on_done
+
+    def run(self) -> None:
+        """Wait for every call (and the calls their callbacks submit); raise the first error."""
+        while self._callbacks:
+            done, _ = wait(list(self._callbacks), return_when=FIRST_COMPLETED)
+            for fut in done:
+                cb = self._callbacks.pop(fut)
+                if fut.cancelled():
+                    continue
+                exc = fut.exception()
+                if exc is not None:
+                    if self._error is None:
+                        self._error = exc
+                        for other in list(self._callbacks):
+                            if other.cancel():
+                                self._callbacks.pop(other)
+                    continue
+                try:
+                    cb(fut.result())
+                except BaseException as cb_exc:  # noqa: BLE001 - re-raised after in-flight calls settle
+                    if self._error is None:
+                        self._error = cb_exc
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class MemberTracker:
+    """Per-member bookkeeping: a member's change is confirmed when all its calls are."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, int] = {}
+        self.errors: dict[int, str] = {}
+        self.reasons: dict[int, str] = {}
+        self.ready: list[MemberResult] = []
+
+    def expect(self, change: MemberChange, n: int) -> None:
+        self.pending[id(change)] = n
+
+    def done(
+        self, change: MemberChange, error: str | None = None, reason: str | None = None, ops: int = 1
+    ) -> None:
+        key = id(change)
+        if error and key not in self.errors:
+            self.errors[key] = error
+            if reason:
+                self.reasons[key] = reason
+        self.pending[key] -= ops
+        if self.pending[key] <= 0:
+            del self.pending[key]
+            err = self.errors.pop(key, None)
+            self.ready.append(
+                MemberResult(
+                    change, "skipped" if err else "ok", change.kind, err, self.reasons.pop(key, None)
+                )
+            )
+
+    def drain(self) -> list[MemberResult]:
+        out, self.ready = self.ready, []
+        return out
