@@ -437,7 +437,7 @@ def _resolve_clashes(conn: Connection, cid: str, key: str, key_bytes: bytes, pre
         bad = taken(fresh)
         still = []
         for customer, code in zip(pending, fresh, strict=True):
-            if code in bad:
+            if code in bad or code in keep:
                 still.append(customer)
                 continue
             keep.add(code)
