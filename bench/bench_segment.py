@@ -1,0 +1,177 @@
+"""Benchmark: the project's segment computation against a bare DuckDB GROUP BY (the floor) and pandas.
+
+    python bench/bench_segment.py                       # ~2M order rows, 400k customers
+    python bench/bench_segment.py --rows 70000000 --customers 13000000
+
+Generates the orders directly in a DuckDB file (skewed purchase counts: most customers buy once), then
+measures each contender in its own subprocess so its peak RSS is its own:
+
+* ``segment``   — ``compute_snapshot(..., "rfm11", run_checks=False)``: metrics, quantile cut-points,
+  scores, segments, written to ``rfm_snapshots`` in one transaction;
+* ``checks``    — ``run_checks`` (the data checks ``activation segment`` runs first);
+* ``floor``     — ``CREATE TEMP TABLE AS SELECT customer_id, max, count, sum … GROUP BY customer_id`` with
+  the same filters: the least any RFM computation has to do;
+* ``pandas``    — read the orders into pandas, groupby + ``qcut(rank(method="first"))`` quintiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+AS_OF = date(2024, 12, 31)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def generate(path: Path, rows: int, customers: int, seed: float = 0.42) -> None:
+    """Write ``rows`` orders for about ``customers`` customers into ``path`` (DuckDB)."""
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("SELECT setseed(?)", [seed])
+    # customer index ~ a skewed draw so a few customers buy often and most buy once or twice
+    con.execute(
+        f"""
+        CREATE OR REPLACE TABLE orders AS
+        SELECT
+            'o' || i::VARCHAR AS order_id,
+            'c' || (CASE WHEN i < {customers} THEN i
+                         ELSE floor(pow(random(), 3) * {customers})::BIGINT END)::VARCHAR AS customer_id,
+            TIMESTAMP '2023-01-01' + to_seconds(floor(random() * 730 * 86400)::BIGINT) AS ordered_at,
+            round(5 + random() * random() * 400, 2)::DOUBLE AS amount,
+            CASE WHEN random() < 0.04 THEN 'Cancelled' WHEN random() < 0.02 THEN 'Returned'
+                 ELSE 'Completed' END AS status,
+            NULL::VARCHAR AS coupon_code, NULL::VARCHAR AS country, NULL::VARCHAR AS city,
+            NULL::VARCHAR AS category, 'bench' AS source
+        FROM range({rows}) t(i)
+        """
+    )
+    con.execute("CHECKPOINT")
+    con.close()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_one(kind: str, db: Path) -> dict:
+    """Run one contender in this process; return seconds and peak RSS."""
+    url = f"duckdb:///{db}"
+    if kind == "pandas":
+        import duckdb
+        import pandas as pd
+
+        t0 = time.perf_counter()
+        con = duckdb.connect(str(db), read_only=True)
+        df = con.execute("SELECT order_id, customer_id, ordered_at, amount, status FROM orders").df()
+        con.close()
+        t_load = time.perf_counter() - t0
+        end = pd.Timestamp(AS_OF) + pd.Timedelta(days=1)
+        df = df[(df.ordered_at < end) & (df.ordered_at >= end - pd.Timedelta(days=730))]
+        df = df[~df.status.isin(["Cancelled", "Returned"])]
+        g = df.groupby("customer_id").agg(
+            last=("ordered_at", "max"), frequency=("order_id", "nunique"), monetary=("amount", "sum")
+        )
+        g["recency_days"] = (pd.Timestamp(AS_OF) - g["last"].dt.normalize()).dt.days
+        g["r"] = pd.qcut(g.recency_days.rank(method="first", ascending=False), 5, labels=False) + 1
+        g["f"] = pd.qcut(g.frequency.rank(method="first"), 5, labels=False) + 1
+        g["m"] = pd.qcut(g.monetary.rank(method="first"), 5, labels=False) + 1
+        n = len(g)
+        return {"seconds": time.perf_counter() - t0, "load_seconds": t_load, "customers": n, "rss_mb": _peak_rss_mb()}
+
+    from sqlalchemy import text
+
+    from activation.settings import Settings
+    from activation.warehouse import get_engine
+
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), warehouse_url=url, lookback_days=730)
+    engine = get_engine(settings)
+    if kind == "segment":
+        from segments.snapshots import compute_snapshot
+
+        t0 = time.perf_counter()
+        result = compute_snapshot(engine, settings, AS_OF, "rfm11", run_checks=False)
+        secs = time.perf_counter() - t0
+        return {"seconds": secs, "customers": result.customers, "rss_mb": _peak_rss_mb(), "warnings": result.warnings}
+    if kind == "checks":
+        from segments.checks import run_checks
+
+        t0 = time.perf_counter()
+        run_checks(engine, settings)
+        return {"seconds": time.perf_counter() - t0, "rss_mb": _peak_rss_mb()}
+    if kind == "floor":
+        t0 = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE TEMP TABLE floor AS SELECT customer_id, max(ordered_at) AS last_at, count(*) AS n, "
+                    "sum(amount) AS total FROM orders WHERE ordered_at < DATE '2025-01-01' "
+                    "AND ordered_at >= DATE '2023-01-02' AND (status IS NULL OR status NOT IN ('Cancelled', 'Returned')) "
+                    "GROUP BY customer_id"
+                )
+            )
+            n = conn.execute(text("SELECT count(*) FROM floor")).scalar_one()
+        return {"seconds": time.perf_counter() - t0, "customers": n, "rss_mb": _peak_rss_mb()}
+    raise SystemExit(f"unknown contender {kind}")
+
+
+def measure(kind: str, db: Path) -> dict:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--one", kind, "--db", str(db)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=2_000_000)
+    ap.add_argument("--customers", type=int, default=400_000)
+    ap.add_argument("--db", type=Path, default=None, help="DuckDB file to use (kept; reused when it exists)")
+    ap.add_argument("--skip", default="", help="comma-separated contenders to skip (e.g. pandas)")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:
+        print(json.dumps(run_one(args.one, args.db)))
+        return
+
+    db = args.db or Path(tempfile.mkdtemp(prefix="bench-segment-")) / "bench.duckdb"
+    if not db.exists():
+        t0 = time.perf_counter()
+        generate(db, args.rows, args.customers)
+        print(f"generated {args.rows:,} orders in {time.perf_counter() - t0:.1f}s -> {db}", flush=True)
+    skip = {s for s in args.skip.split(",") if s}
+    results: dict[str, dict] = {}
+    for kind in ("floor", "segment", "checks", "pandas"):
+        if kind in skip:
+            continue
+        results[kind] = measure(kind, db)
+        r = results[kind]
+        print(f"{kind:8s} {r['seconds']:8.2f} s   peak RSS {r['rss_mb']:8.0f} MB   {r.get('customers', '')}", flush=True)
+    floor = results.get("floor", {}).get("seconds")
+    seg = results.get("segment", {}).get("seconds")
+    if floor and seg:
+        print(f"segment / floor  = {seg / floor:.2f}x (target <= 1.5x)")
+    if seg and "pandas" in results:
+        print(f"pandas / segment = {results['pandas']['seconds'] / seg:.1f}x faster (target >= 6x)")
+    for w in results.get("segment", {}).get("warnings", []):
+        print(f"segment warning: {w}")
+    print(json.dumps({"rows": args.rows, "customers": args.customers, "results": results}))
+
+
+if __name__ == "__main__":
+    main()
