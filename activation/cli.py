@@ -51,7 +51,10 @@ _register()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        # with standalone_mode=False click returns the code of `raise typer.Exit(n)` instead of exiting
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except ActivationError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.fix:
