@@ -36,6 +36,7 @@ from campaigns.roi import (
     compute_roi,
     lift_text,
     roi_totals,
+    segment_order,
 )
 
 TEMPLATES_DIR = Path(__file__).parent / "report_templates"
@@ -320,7 +321,9 @@ def _source_columns(engine: Engine, name: str) -> list[str]:
     schema, tbl = name.split(".", 1) if "." in name else (None, name)
     try:
         with engine.connect() as conn:
-            return list(conn.execute(select(text("*")).select_from(table(tbl, schema=schema)).limit(0)).keys())
+            return list(
+                conn.execute(select(text("*")).select_from(table(tbl, schema=schema)).limit(0)).keys()
+            )
     except SQLAlchemyError:
         return []
 
@@ -437,22 +440,12 @@ def _table_rows(df: pd.DataFrame) -> list[dict[str, str]]:
     return rows
 
 
-def _segment_order(settings: Settings, scheme: str, present: list[str]) -> list[str]:
-    try:
-        from segments.schemes import load_scheme
-
-        names = list(load_scheme(scheme, settings).segment_names)
-    except Exception:  # noqa: BLE001 - an unknown or custom scheme: keep the data's order
-        names = []
-    return [s for s in names if s in present] + sorted(s for s in present if s not in names)
-
-
 def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str:
     """The HTML report for a table from :func:`campaigns.roi.compute_roi`."""
     attrs = df.attrs
     as_of: date = attrs["as_of"]
     scheme: str = attrs["scheme"]
-    order = _segment_order(settings, scheme, [str(s) for s in df["segment"]])
+    order = segment_order(settings, scheme, [str(s) for s in df["segment"]])
     df = df.set_index("segment", drop=False).loc[order] if len(df) else df
     df.attrs.update(attrs)
     cats = [str(s) for s in df["segment"]]
@@ -483,7 +476,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
     ) if len(df) else ""  # fmt: skip
 
     sizes = segment_sizes(engine, scheme)
-    size_order = _segment_order(settings, scheme, [str(c) for c in sizes.columns]) if not sizes.empty else []
+    size_order = segment_order(settings, scheme, [str(c) for c in sizes.columns]) if not sizes.empty else []
     sizes_chart = stacked_bar_chart(f"Segment sizes over snapshots ({scheme})", sizes, size_order)
 
     prev = previous_snapshot(engine, scheme, as_of)
@@ -492,7 +485,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
     if prev is not None and has_current:
         mat = migration(engine, scheme, prev, as_of)
         if not mat.empty:
-            seg_names = _segment_order(
+            seg_names = segment_order(
                 settings, scheme, list({*map(str, mat.index), *map(str, mat.columns)} - {"(new)", "(gone)"})
             )
             mat = mat.reindex(

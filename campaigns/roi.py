@@ -254,6 +254,18 @@ def roi_row(
     }
 
 
+def segment_order(settings: Settings, scheme: str, present: list[str]) -> list[str]:
+    """``present`` segments in the scheme's order (unknown ones last, alphabetically)."""
+    try:
+        from segments.schemes import load_scheme
+
+        names = list(load_scheme(scheme, settings).segment_names)
+    except Exception:  # noqa: BLE001 - an unknown or custom scheme: keep the data's names sorted
+        names = []
+    known = [s for s in names if s in present]
+    return known + sorted({s for s in present if s not in names})
+
+
 def compute_roi(
     engine: Engine, settings: Settings, as_of: date, scheme: str | None, window_days: int | None = None
 ) -> pd.DataFrame:
@@ -284,6 +296,8 @@ def compute_roi(
         ]
         backtest = is_backtest(conn, ids)
         data_end = orders_end(conn, settings)
+    order = segment_order(settings, scheme, [r["segment"] for r in rows])
+    rows.sort(key=lambda r: (order.index(r["segment"]), r["campaign_id"]))
     df = pd.DataFrame(rows)
     warnings: list[str] = []
     notes: list[str] = []
