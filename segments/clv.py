@@ -318,6 +318,7 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
     import time
 
     from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
     if horizon_days < 1:
@@ -361,9 +362,10 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
             fix="use a later --train-until or a shorter --horizon-days",
         )
     x_train = stacked[list(FEATURES)].to_numpy(dtype=np.float64)
-    est = HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(
-        x_train, stacked["target"].to_numpy(dtype=np.float64)
-    )
+    with threadpool_limits(1 if len(stacked) < 200_000 else None):  # OpenMP costs more than it saves here
+        est = HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(
+            x_train, stacked["target"].to_numpy(dtype=np.float64)
+        )
     y_train = train["target"].to_numpy(dtype=np.float64)
     exported = export_model(est)
     params = {

@@ -239,6 +239,11 @@ def name_clusters(centroids_z: np.ndarray) -> list[str]:
     return names
 
 
+#: Below this many customers scikit-learn runs single-threaded: OpenMP start-up and barriers cost more
+#: than they save on small data, and much more on a busy machine.
+SINGLE_THREAD_BELOW = 500_000
+
+
 def fit_clusters(
     recency_days: np.ndarray, frequency: np.ndarray, monetary: np.ndarray, cfg: KMeansConfig | None = None
 ) -> ClusterModel:
@@ -247,6 +252,15 @@ def fit_clusters(
     Raises:
         InputError: fewer customers than clusters (or than distinct points), or identical features.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1 if len(recency_days) < SINGLE_THREAD_BELOW else None):
+        return _fit_clusters(recency_days, frequency, monetary, cfg)
+
+
+def _fit_clusters(
+    recency_days: np.ndarray, frequency: np.ndarray, monetary: np.ndarray, cfg: KMeansConfig | None
+) -> ClusterModel:
     cfg = cfg or KMeansConfig()
     n = len(recency_days)
     need = cfg.k if cfg.k is not None else cfg.k_range[0]
