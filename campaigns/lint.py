@@ -123,8 +123,8 @@ def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limi
                 unsub = settings.brand.unsubscribe_url
         except RenderError as exc:
             file = exc.file
-            if file and not Path(file).is_absolute():
-                file = _display(root / file) if (root / file).exists() else file
+            if file:
+                file = _display(Path(file)) if Path(file).is_absolute() else _display(root / file)
             issues.append(Issue(file or _display(root / f"{name}.html"), exc.line, exc.detail, exc.fix))
             break
         issues.extend(_footer_issues(settings, name, rendered, mode, unsub))
