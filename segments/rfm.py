@@ -113,8 +113,11 @@ def metrics_select(settings: Settings, scheme: Scheme, window: Window) -> Select
 
 
 def cutpoint_probabilities(bins: Bins) -> list[float]:
-    """The probabilities of the quantile cut-points of ``bins`` (k/n for k = 1..n-1)."""
-    return [round(k / bins.n, 10) for k in range(1, bins.n)]
+    """The probabilities of the quantile cut-points of ``bins``: k/n for k = 1..n-1, nudged down by
+    1e-12 so that the warehouse's ``ceil(p * N)`` lands exactly on position k·N/n when that is a whole
+    number (binary floats like 2/3 would otherwise round either way). The nudge is far smaller than
+    the gap 1/n to the next position for any N below 10^10."""
+    return [k / bins.n - 1e-12 for k in range(1, bins.n)]
 
 
 def cutpoints_select(metrics: Any, scheme: Scheme) -> Select[Any]:
