@@ -17,15 +17,10 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
-
 from activation.settings import Settings
-from activation.tables import orders
 from activation.warehouse import get_engine, redact
 from flows.dates import last_quarter_end, resolve_as_of
 
-DEMO_CUSTOMERS = 2_000
-DEMO_ORDERS = 12_000
 BACKTEST_GAP_DAYS = 150
 """``as_of`` is the last quarter end at least this long before the last demo order."""
 
@@ -50,32 +45,19 @@ def backtest_as_of(last_order: date) -> date:
     return last_quarter_end(last_order - timedelta(days=BACKTEST_GAP_DAYS))
 
 
-def prepare_demo_data(settings: Settings, *, customers: int, orders_n: int, seed: int) -> tuple[Path, date]:
+def prepare_demo_data(
+    settings: Settings, *, customers: int | None, orders_n: int | None, seed: int
+) -> tuple[Path, date]:
     """Generate and ingest the demo data set; return its folder and the date of its last order."""
     from segments.demo_data import generate
-
     from segments.ingest import ingest_file
 
-    out_dir = settings.data_dir / "demo"
-    files = generate(out_dir, customers, orders_n, seed)
+    sizes = {k: v for k, v in (("customers", customers), ("orders", orders_n)) if v is not None}
+    files = generate(settings.data_dir / "demo", seed=seed, **sizes)
     engine = get_engine(settings)
-    for path, fmt in _ingestable(files):
-        ingest_file(engine, settings, path, fmt)
-    with engine.connect() as conn:
-        last = conn.execute(select(func.max(orders.c.ordered_at))).scalar()
-    if last is None:
-        from activation.errors import InputError
-
-        raise InputError("the demo data produced no orders", fix="rerun with a larger --orders")
-    return out_dir, last.date() if hasattr(last, "date") else last
-
-
-def _ingestable(files: Any) -> list[tuple[Path, str]]:
-    """The (path, format) pairs ``ingest_file`` loads for a generated demo data set."""
-    pairs = getattr(files, "ingest", None)
-    if pairs:
-        return [(Path(p), f) for p, f in pairs]
-    return [(Path(files.orders), "csv")]
+    ingest_file(engine, settings, files.orders, "parquet", mapping_path=files.mapping)
+    ingest_file(engine, settings, files.tickets, "csv", mapping_path=files.tickets_mapping)
+    return files.out_dir, files.last_date
 
 
 def start_prefect_api() -> tuple[str, float]:
@@ -105,13 +87,20 @@ def run_demo(
     scheme: str | None = None,
 ) -> DemoResult:
     """Run the demo end to end (see the module docstring) and say where everything is."""
+    from flows.runtime import local_run
+
+    with local_run():
+        return _run_demo(settings, customers=customers, orders=orders, seed=seed, scheme=scheme)
+
+
+def _run_demo(settings: Settings, *, customers: int | None, orders: int | None, seed: int, scheme: str | None) -> DemoResult:
     timings: dict[str, float] = {}
     scheme = scheme or settings.default_scheme
     api, timings["prefect_startup"] = start_prefect_api()
 
     started = time.perf_counter()
     data_dir, last_order = prepare_demo_data(
-        settings, customers=customers or DEMO_CUSTOMERS, orders_n=orders or DEMO_ORDERS, seed=seed
+        settings, customers=customers, orders_n=orders, seed=seed
     )
     timings["demo_data"] = time.perf_counter() - started
 
@@ -123,7 +112,9 @@ def run_demo(
     timings["cycle"] = time.perf_counter() - started
 
     report = cycle.get("roi", {}).get("report", {})
+    started = time.perf_counter()
     preview = _write_preview(settings, as_of, scheme)
+    timings["preview"] = time.perf_counter() - started
     return DemoResult(
         warehouse=redact(settings.resolved_warehouse_url),
         data_dir=data_dir,
@@ -142,13 +133,12 @@ def run_demo(
 def _write_preview(settings: Settings, as_of: date, scheme: str) -> Path | None:
     """The template preview of the demo's segments (index.html), when the campaigns package offers one."""
     try:
-        from campaigns.preview import write_previews  # type: ignore[import-not-found]
+        from campaigns.preview import write_previews
     except ImportError:
         return None
     out = settings.data_dir / "preview"
-    result = write_previews(get_engine(settings), settings, scheme=scheme, out=out)
-    index = getattr(result, "index", None)
-    return Path(index) if index else out / "index.html"
+    write_previews(settings, out, engine=get_engine(settings), scheme=scheme)
+    return out / "index.html"
 
 
 def print_demo(console: Any, result: DemoResult) -> None:

@@ -7,6 +7,9 @@ must answer — checked up front so a wrong URL is one clear message instead of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from activation.errors import ConfigError
 
 
@@ -46,3 +49,21 @@ def check_prefect_api() -> str:
             "or unset PREFECT_API_URL to run on a temporary local API",
         )
     return f"the Prefect API at {url}"
+
+
+@contextmanager
+def local_run() -> Iterator[None]:
+    """Settings for flows run in this process with nobody watching from a worker (``activation demo``).
+
+    Flow-run heartbeats exist so a server can tell a crashed worker's run from a live one; in-process
+    they only cost a thread join per flow run (~1 s each), so they are off here. A temporary API also
+    gets no telemetry (it usually runs offline) unless the user set that explicitly.
+    """
+    import os
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    if prefect_api_url() is None:
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield

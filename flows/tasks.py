@@ -176,9 +176,23 @@ def plan_campaigns_task(as_of: date, scheme: str) -> dict[str, Any]:
 
     settings = _settings()
     result = plan_campaigns(get_engine(settings), settings, as_of, scheme)
-    summary = summarize(result)
-    get_run_logger().info("planned campaigns for %s %s: %s", scheme, as_of, summary)
+    summary = plan_summary(result)
+    get_run_logger().info(
+        "planned %s campaigns for %s %s: %s treated, %s holdout", len(summary["campaign_ids"]), scheme,
+        as_of, summary["treated"], summary["holdout"],
+    )
     return summary
+
+
+def plan_summary(result: Any) -> dict[str, Any]:
+    """Campaign ids and per-segment counts of a ``PlanResult``."""
+    segments = [summarize(s) for s in getattr(result, "segments", [])]
+    return {
+        "campaign_ids": [s["campaign_id"] for s in segments if s.get("campaign_id")],
+        "treated": sum(int(s.get("treated") or 0) for s in segments),
+        "holdout": sum(int(s.get("holdout") or 0) for s in segments),
+        "segments": segments,
+    }
 
 
 def sync_summary(result: Any) -> dict[str, Any]:
