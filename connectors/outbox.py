@@ -18,7 +18,10 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, time
-from email.message import EmailMessage
+from email.header import Header
+from email.policy import compat32
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
@@ -172,14 +175,18 @@ class OutboxDestination:
             w.writerow([m.customer_id, m.email, m.first_name, m.segment, m.coupon_code or ""])
         return buf.getvalue().encode()
 
-    def _eml(self, camp: CampaignSpec, member: AudienceMember, content: object) -> bytes:
+    def _eml(self, camp: CampaignSpec, member: AudienceMember, content: Any) -> bytes:
         brand = self.settings.brand
-        msg = EmailMessage()
-        msg["From"] = formataddr((brand.from_name, brand.from_email))
-        msg["To"] = formataddr((member.first_name, member.email)) if member.first_name else member.email
+        msg = MIMEMultipart("alternative")
+        msg["From"] = formataddr((brand.from_name, brand.from_email), charset="utf-8")
+        msg["To"] = (
+            formataddr((member.first_name, member.email), charset="utf-8")
+            if member.first_name
+            else member.email
+        )
         if brand.reply_to:
             msg["Reply-To"] = brand.reply_to
-        msg["Subject"] = " ".join(str(content.subject).split())  # type: ignore[attr-defined]
+        msg["Subject"] = Header(" ".join(str(content.subject).split()), "utf-8").encode()
         msg["Date"] = format_datetime(end_of_day(camp.as_of))
         domain = brand.from_email.rpartition("@")[2] or "localhost"
         msg["Message-ID"] = f"<{_safe(camp.campaign_id)}.{_safe(member.customer_id)}@{domain}>"
@@ -190,6 +197,6 @@ class OutboxDestination:
         )
         msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg["X-Campaign-Id"] = camp.campaign_id
-        msg.set_content(content.text)  # type: ignore[attr-defined]
-        msg.add_alternative(content.html, subtype="html")  # type: ignore[attr-defined]
-        return bytes(msg)
+        msg.attach(MIMEText(content.text, "plain", "utf-8"))
+        msg.attach(MIMEText(content.html, "html", "utf-8"))
+        return msg.as_bytes(policy=compat32.clone(max_line_length=0))

@@ -54,14 +54,24 @@ def _bulk_write(
         return
     cols = list(rows[0].keys())
     if is_duckdb(conn):
-        arrays = {c: [r[c] for r in rows] for c in cols}
-        data = pa.table({c: pa.array(v, type=_arrow_type(table, c)) for c, v in arrays.items()})
+        # one timestamp per batch goes in as a SQL literal: building Arrow timestamp arrays costs a second
+        # on first use, more than the whole batch
+        consts = {
+            c: rows[0][c]
+            for c in cols
+            if isinstance(rows[0][c], datetime) and all(r[c] == rows[0][c] for r in rows)
+        }
+        data_cols = [c for c in cols if c not in consts]
+        data = pa.table({c: pa.array([r[c] for r in rows], type=_arrow_type(table, c)) for c in data_cols})
         raw = conn.connection.driver_connection
         name = f"_rows_{next(_tmp_names)}"
         raw.register(name, data)
         try:
             col_list = ", ".join(f'"{c}"' for c in cols)
-            sql = f'INSERT INTO "{table.name}" ({col_list}) SELECT {col_list} FROM {name}'
+            select_list = ", ".join(
+                f"TIMESTAMP '{consts[c].isoformat(sep=' ')}'" if c in consts else f'"{c}"' for c in cols
+            )
+            sql = f'INSERT INTO "{table.name}" ({col_list}) SELECT {select_list} FROM {name}'
             if conflict:
                 target = ", ".join(f'"{c}"' for c in conflict)
                 if update_cols:
