@@ -1,0 +1,179 @@
+"""Predicted CLV: features in SQL, JSON model, backtest vs naive baselines, the clv_tier scheme."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import func, select
+
+from activation.errors import InputError, NotFoundError
+from activation.tables import clv_models, rfm_snapshots, snapshot_runs
+from segments.clv import (
+    FEATURES,
+    evaluate,
+    export_model,
+    fit_clv,
+    latest_model,
+    load_features,
+    predict_from_params,
+    tiers,
+)
+from segments.snapshots import compute_snapshot
+from tests.cli_helpers import run_cli
+from tests.model_data import latent_orders, load_orders
+
+TRAIN_UNTIL = date(2023, 9, 30)
+AS_OF = date(2023, 12, 31)
+
+
+def _count(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+def test_json_model_predicts_exactly_like_scikit_learn():
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2, 10, size=(3000, 4))
+    x[rng.random(3000) < 0.2, 2] = np.nan  # missing values take the learned side
+    y = rng.poisson(np.exp(0.02 * x[:, 0] - 0.01 * np.nan_to_num(x[:, 2])))
+    with threadpool_limits(1):
+        est = HistGradientBoostingRegressor(loss="poisson", max_iter=30, random_state=0).fit(x, y)
+    model = json.loads(json.dumps(export_model(est)))
+    assert np.allclose(predict_from_params(model, x), est.predict(x), rtol=1e-9, atol=1e-12)
+
+
+def test_metrics_on_a_known_example():
+    actual = np.array([0, 0, 0, 0, 0, 0, 0, 0, 10, 90.0])
+    m = evaluate(actual, np.array([0, 0, 0, 0, 0, 0, 0, 0, 5, 100.0]))
+    assert m["mae"] == 1.5 and m["rmse"] == pytest.approx(np.sqrt(12.5), abs=1e-4)
+    assert m["top_decile_capture"] == 0.9 and m["spearman"] > 0.9
+    assert evaluate(actual, np.ones(10))["spearman"] == 0.0
+
+
+def test_tiers_are_tertiles_and_ties_share_a_tier():
+    tier, cuts = tiers(np.array([1.0, 1, 1, 2, 3, 4, 5, 6, 7]))
+    assert tier.tolist() == ["Low"] * 3 + ["Mid"] * 3 + ["High"] * 3
+    tier, _ = tiers(np.array([0.0] * 6 + [5, 6, 7]))
+    assert set(tier[:6]) == {"Low"}
+
+
+# --- features in the warehouse -------------------------------------------------------------------
+
+
+def test_feature_sql_by_hand(settings, engine):
+    orders = pd.DataFrame(
+        [
+            ("a1", "A", datetime(2023, 1, 1, 9), 10.0, "Completed"),
+            ("a2", "A", datetime(2023, 3, 1, 23, 59), 30.0, "Completed"),
+            ("a3", "A", datetime(2023, 3, 31, 12), 50.0, "Completed"),  # on as_of: counts
+            ("a4", "A", datetime(2023, 4, 1, 0, 0), 70.0, "Completed"),  # the day after: target
+            ("a5", "A", datetime(2023, 4, 20), 5.0, "Cancelled"),  # excluded everywhere
+            ("b1", "B", datetime(2022, 12, 1), 20.0, "Completed"),
+            ("c1", "C", datetime(2023, 4, 2), 99.0, "Completed"),  # only after as_of: not a row
+        ],
+        columns=["order_id", "customer_id", "ordered_at", "amount", "status"],
+    )
+    load_orders(engine, orders)
+    f = load_features(engine, settings, date(2023, 3, 31), 30, with_target=True).set_index("customer_id")
+    assert list(f.index) == ["A", "B"]
+    a, b = f.loc["A"], f.loc["B"]
+    assert (a.recency_days, a.frequency, a.monetary, a.tenure_days) == (0, 3, 90, 89)
+    assert a.mean_gap_days == pytest.approx(89 / 2) and a.avg_order == 30 and a.max_order == 50
+    # last 30 days = 2023-03-02 .. 03-31; the 30 days before = 2023-01-31 .. 03-01 (a2 at 23:59 counts there)
+    assert (a.spend_last, a.orders_last, a.spend_prev, a.target) == (50, 1, 30, 70)
+    assert a.recency_over_gap == 0
+    assert (b.recency_days, b.frequency, b.tenure_days, b.target) == (120, 1, 120, 0)
+    assert np.isnan(b.mean_gap_days) and np.isnan(b.recency_over_gap)
+    assert set(FEATURES) <= set(f.columns)
+
+
+# --- fit, backtest, tiers ------------------------------------------------------------------------
+
+
+def test_model_beats_both_baselines_and_drives_clv_tier(duck_settings, duck_engine):
+    settings, engine = duck_settings, duck_engine
+    load_orders(engine, latent_orders(6000, seed=1))
+    result = fit_clv(engine, settings, TRAIN_UNTIL, 90)
+    m = result.metrics
+    assert result.beats_baselines, m
+    for base in ("last_period_spend", "rfm11_segment_mean"):
+        assert m["model"]["mae"] < m[base]["mae"] and m["model"]["rmse"] < m[base]["rmse"]
+        assert m["model"]["spearman"] > m[base]["spearman"]
+        assert m["model"]["top_decile_capture"] > m[base]["top_decile_capture"]
+    assert m["train"]["features_as_of"][0] == "2023-07-02" and len(m["train"]["features_as_of"]) == 4
+    assert m["backtest"]["period"] == ["2023-09-30", "2023-12-29"]
+
+    stored = latest_model(engine, AS_OF)
+    assert stored.model_id == "clv_20230930_90d" and stored.metrics == json.loads(json.dumps(m))
+    assert stored.params["features"] == list(FEATURES) and len(stored.params["trees"]) == 300
+
+    snap = compute_snapshot(engine, settings, AS_OF, "clv_tier")
+    assert set(snap.segments) == {"High", "Mid", "Low"}
+    assert all(abs(n - snap.customers / 3) < snap.customers * 0.05 for n in snap.segments.values())
+    info = snap.cutpoints["model"]
+    assert info["model_id"] == "clv_20230930_90d" and info["horizon_days"] == 90
+    assert info["predicted_mean"]["High"] > info["predicted_mean"]["Mid"] > info["predicted_mean"]["Low"]
+    with engine.connect() as conn:
+        before = conn.execute(select(rfm_snapshots).order_by(rfm_snapshots.c.customer_id)).all()
+    compute_snapshot(engine, settings, AS_OF, "clv_tier")
+    with engine.connect() as conn:
+        assert conn.execute(select(rfm_snapshots).order_by(rfm_snapshots.c.customer_id)).all() == before
+
+
+def test_fit_and_tier_on_both_warehouses(settings, engine):
+    load_orders(engine, latent_orders(1500, seed=2))
+    first = fit_clv(engine, settings, TRAIN_UNTIL, 60)
+    second = fit_clv(engine, settings, TRAIN_UNTIL, 60)  # same cut-off and horizon: replaced, same model
+    assert _count(engine, clv_models) == 1
+    assert {k: v for k, v in first.metrics.items()} == second.metrics
+    snap = compute_snapshot(engine, settings, AS_OF, "clv_tier")
+    assert sum(snap.segments.values()) == snap.customers and snap.segments["High"] > 0
+
+
+def test_horizon_past_the_data_end_writes_nothing(settings, engine):
+    load_orders(engine, latent_orders(300, seed=3))
+    with pytest.raises(InputError, match="past the last order") as err:
+        fit_clv(engine, settings, date(2023, 11, 30), 90)
+    assert "--train-until 2023-10-0" in err.value.fix
+    assert _count(engine, clv_models) == 0
+
+
+def test_clv_tier_without_a_model_names_the_command_and_writes_nothing(settings, engine):
+    load_orders(engine, latent_orders(300, seed=3))
+    with pytest.raises(NotFoundError, match="no CLV model") as err:
+        compute_snapshot(engine, settings, AS_OF, "clv_tier")
+    assert "activation clv fit" in err.value.fix
+    assert _count(engine, rfm_snapshots) == 0 and _count(engine, snapshot_runs) == 0
+
+
+def test_a_model_trained_after_as_of_is_not_used(duck_settings, duck_engine):
+    load_orders(duck_engine, latent_orders(600, seed=5))
+    fit_clv(duck_engine, duck_settings, TRAIN_UNTIL, 60)
+    with pytest.raises(NotFoundError, match="on or before 2023-06-30"):
+        compute_snapshot(duck_engine, duck_settings, date(2023, 6, 30), "clv_tier")
+
+
+def test_cli_clv_fit_and_errors(duck_settings, duck_engine):
+    load_orders(duck_engine, latent_orders(800, seed=4))
+    res = run_cli("clv", "fit", "--train-until", "2023-09-30", "--horizon-days", "60")
+    assert res.exit_code == 0, res.output
+    assert "baseline: last period's spend" in res.output and "top-decile capture" in res.output
+    assert "clv_20230930_60d" in res.output
+    res = run_cli("clv", "show")
+    assert res.exit_code == 0 and "clv_20230930_60d" in res.output
+    res = run_cli("clv", "fit", "--train-until", "2023-12-01", "--horizon-days", "90")
+    assert res.exit_code == 2 and "past the last order" in res.stderr and "fix:" in res.stderr
+    res = run_cli("clv", "fit", "--train-until", "30/09/2023")
+    assert res.exit_code == 2 and "YYYY-MM-DD" in res.stderr
+    res = run_cli("clv", "fit", "--train-until", "2023-09-30", "--horizon-days", "0")
+    assert res.exit_code == 2 and "--horizon-days" in res.stderr
