@@ -13,12 +13,14 @@ Rules every task here follows (the flow tests check them):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from datetime import date, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from activation.errors import NotFoundError
 from activation.settings import Settings, get_settings
@@ -71,6 +73,14 @@ TASK_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _log() -> Any:
+    """The run logger inside a flow/task run (sent to the API); a plain logger when called as ``.fn``."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("flows")
+
+
 def _settings() -> Settings:
     return get_settings()
 
@@ -119,7 +129,7 @@ def compute_snapshot_task(as_of: date, scheme: str) -> dict[str, Any]:
     settings = _settings()
     result = compute_snapshot(get_engine(settings), settings, as_of, scheme)
     summary = summarize(result)
-    get_run_logger().info("snapshot %s %s: %s customers", scheme, as_of, summary.get("customers", "?"))
+    _log().info("snapshot %s %s: %s customers", scheme, as_of, summary.get("customers", "?"))
     return summary
 
 
@@ -162,7 +172,7 @@ def wait_for_snapshot_task(as_of: date, scheme: str, wait_minutes: float) -> Non
                 f"no {scheme} snapshot as of {as_of.isoformat()}",
                 fix=f"run `activation run resegment --as-of {as_of.isoformat()} --scheme {scheme}` first",
             )
-        get_run_logger().info("waiting for the %s snapshot as of %s", scheme, as_of)
+        _log().info("waiting for the %s snapshot as of %s", scheme, as_of)
         time.sleep(min(30.0, max(0.5, deadline - time.monotonic())))
 
 
@@ -177,7 +187,7 @@ def plan_campaigns_task(as_of: date, scheme: str) -> dict[str, Any]:
     settings = _settings()
     result = plan_campaigns(get_engine(settings), settings, as_of, scheme)
     summary = plan_summary(result)
-    get_run_logger().info(
+    _log().info(
         "planned %s campaigns for %s %s: %s treated, %s holdout", len(summary["campaign_ids"]), scheme,
         as_of, summary["treated"], summary["holdout"],
     )
@@ -237,7 +247,7 @@ def sync_task(
         dry_run=False, send=send, schedule_at=schedule_at, force=force,
     )
     summary = sync_summary(result)
-    get_run_logger().info("synced %s %s to %s: %s", scheme, as_of, destination, summary["totals"])
+    _log().info("synced %s %s to %s: %s", scheme, as_of, destination, summary["totals"])
     return summary
 
 
@@ -261,7 +271,7 @@ def collect_outcomes_task(
         get_engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
     )
     summary = summarize(result)
-    get_run_logger().info("collected outcomes for %s %s: %s", scheme, as_of, summary)
+    _log().info("collected outcomes for %s %s: %s", scheme, as_of, summary)
     return summary
 
 

@@ -1,0 +1,313 @@
+"""Flows: plain helpers and tasks (``task.fn``) first, then a few end-to-end runs on a real Prefect API
+(one session harness) on DuckDB and PostgreSQL, including the faults of issue 5."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import run_cli
+from prefect_harness import prefect_api  # noqa: F401  (session fixture)
+from sqlalchemy import func, select, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from activation import tables as t
+from activation.errors import GuardrailError, InputError
+from activation.settings import Settings
+from activation.warehouse import get_engine
+from connectors.errors import RetriesExhaustedError, ServerError
+from flows.artifacts import artifact_key
+from flows.dates import last_quarter_end, period_label, resolve_as_of
+
+DEMO_AS_OF = date(2025, 6, 30)
+EMAIL = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[a-z]{2,}")
+
+
+def load_demo(settings: Settings, tmp_path: Path, customers: int = 300, orders: int = 2_400) -> Engine:
+    """A small demo data set ingested into the settings' warehouse."""
+    from segments.demo_data import generate
+    from segments.ingest import ingest_file
+
+    files = generate(tmp_path / "demo", customers, orders, 7)
+    engine = get_engine(settings)
+    ingest_file(engine, settings, files.orders, "parquet", mapping_path=files.mapping)
+    return engine
+
+
+def count(engine: Engine, table: Any, *where: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table).where(*where)).scalar() or 0)
+
+
+# --- plain helpers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("today", "expected"),
+    [
+        (date(2026, 5, 10), date(2026, 3, 31)),
+        (date(2026, 1, 1), date(2025, 12, 31)),
+        (date(2026, 12, 31), date(2026, 9, 30)),
+        (date(2026, 7, 1), date(2026, 6, 30)),
+    ],
+)
+def test_as_of_defaults_to_the_end_of_the_last_full_quarter(today: date, expected: date) -> None:
+    assert last_quarter_end(today) == expected
+    assert resolve_as_of(None, Settings(), today=today) == expected
+
+
+def test_as_of_in_the_future_is_refused() -> None:
+    with pytest.raises(InputError, match="in the future"):
+        resolve_as_of("2026-06-01", Settings(), today=date(2026, 5, 10))
+    with pytest.raises(InputError, match="YYYY-MM-DD"):
+        resolve_as_of("last quarter", Settings(), today=date(2026, 5, 10))
+    assert resolve_as_of("2026-05-10", Settings(), today=date(2026, 5, 10)) == date(2026, 5, 10)
+
+
+def test_artifact_keys_use_only_what_prefect_allows() -> None:
+    assert artifact_key("segments", "rfm11", date(2025, 12, 31)) == "segments-rfm11-2025q4"
+    assert period_label(date(2025, 11, 14)) == "2025-11-14"
+    key = artifact_key("sync-plan", "Vip_FM", date(2025, 11, 14), "mailchimp")
+    assert re.fullmatch(r"[a-z0-9-]+", key) and "--" not in key, key
+
+
+def test_only_retriable_errors_are_retried() -> None:
+    from flows.tasks import retriable_error
+
+    assert retriable_error(ServerError("503", status=503))
+    assert retriable_error(OperationalError("select 1", {}, Exception("server closed the connection")))
+    wrapped = RuntimeError("wrapper")
+    wrapped.__cause__ = ServerError("502", status=502)
+    assert retriable_error(wrapped)
+    assert not retriable_error(RetriesExhaustedError("gave up"))
+    assert not retriable_error(GuardrailError("segment swings"))
+    assert not retriable_error(ValueError("bug"))
+    assert not retriable_error(None)
+
+
+def test_task_summaries_carry_counts_not_members() -> None:
+    from flows.tasks import summarize
+
+    members = [{"customer_id": "C1", "email": "a@example.com"}]
+    out = summarize({"as_of": date(2025, 6, 30), "customers": 3, "members": members, "segments": {"A": 2}})
+    assert out == {"as_of": "2025-06-30", "customers": 3, "segments": {"A": 2}}
+
+
+def test_tasks_are_configured_for_retries_and_keep_no_results() -> None:
+    from flows import tasks
+
+    for name in ("compute_snapshot_task", "plan_campaigns_task", "sync_task", "collect_outcomes_task",
+                 "roi_report_task"):
+        task = getattr(tasks, name)
+        assert task.retries == 3 and task.retry_condition_fn is tasks.is_retriable, name
+        assert task.retry_jitter_factor and task.timeout_seconds, name
+        assert task.persist_result is False, name
+
+
+def test_task_functions_run_without_prefect(duck_settings: Settings, tmp_path: Path) -> None:
+    """Each task body is the plain function underneath: call it with ``.fn``."""
+    from flows import tasks
+
+    engine = load_demo(duck_settings, tmp_path)
+    snap = tasks.compute_snapshot_task.fn(DEMO_AS_OF, "rfm11")
+    assert snap["customers"] == count(engine, t.rfm_snapshots, t.rfm_snapshots.c.as_of == DEMO_AS_OF)
+    rows = tasks.segment_summary_task.fn(DEMO_AS_OF, "rfm11")
+    assert rows and all("@" not in str(r) for r in rows)
+    assert tasks.migration_task.fn(DEMO_AS_OF, "rfm11") == (None, [])
+    plan = tasks.plan_campaigns_task.fn(DEMO_AS_OF, "rfm11")
+    assert plan["campaign_ids"] and plan["treated"] > 0
+    dry = tasks.sync_plan_task.fn(DEMO_AS_OF, "rfm11", "outbox")
+    assert dry["totals"]["dry_run"] is True and dry["segments"]
+    assert count(engine, t.sync_state) == 0  # a dry run writes nothing
+
+
+def test_future_as_of_on_the_command_line_is_a_clear_error() -> None:
+    result = run_cli("run", "quarterly", "--as-of", "2999-01-01")
+    assert result.exit_code == 2, result.output
+    assert "in the future" in result.output and "fix:" in result.output
+
+
+# --- end to end on a real Prefect API --------------------------------------------------------------
+
+
+def flow_run_logs(flow_run_ids: list[Any]) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=flow_run_ids)))
+    return [log.message for log in logs]
+
+
+def all_flow_runs() -> list[Any]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(limit=200)
+
+
+def read_artifact(key: str) -> Any:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return found[0] if found else None
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_quarterly_cycle_end_to_end_leaves_no_personal_data_in_prefect(
+    prefect_api: str, settings: Settings, tmp_path: Path  # noqa: F811
+) -> None:
+    import os
+
+    from flows.quarterly_cycle import quarterly_cycle
+
+    engine = load_demo(settings, tmp_path)
+    state = quarterly_cycle(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True,
+                            report_out=str(tmp_path / "report.html"), return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert result["as_of"] == "2025-06-30" and result["roi"]["segments"] > 0
+    assert Path(result["roi"]["report"]["html"]).exists() and (tmp_path / "report.csv").exists()
+    assert count(engine, t.campaign_outcomes) > 0
+    assert count(engine, t.sync_runs, t.sync_runs.c.status == "succeeded") == 1
+
+    for key in ("segments-rfm11-2025q2", "sync-plan-rfm11-2025q2-outbox", "sync-result-rfm11-2025q2-outbox",
+                "roi-rfm11-2025q2"):
+        assert read_artifact(key) is not None, key
+
+    # personal data: no customer e-mail in Prefect's result storage, home, logs or artifacts
+    with engine.connect() as conn:
+        emails = {e.lower() for e in conn.execute(text("select email from customers")).scalars() if e}
+    assert len(emails) > 100
+    runs = all_flow_runs()
+    texts = flow_run_logs([r.id for r in runs])
+    texts += [str(read_artifact(k).data) for k in ("segments-rfm11-2025q2", "sync-plan-rfm11-2025q2-outbox",
+                                                   "sync-result-rfm11-2025q2-outbox", "roi-rfm11-2025q2")]
+    texts += [repr(r.parameters) for r in runs]
+    assert texts
+    for blob in texts:
+        assert not (set(m.decode().lower() for m in EMAIL.findall(blob.encode())) & emails), blob[:200]
+    stores = [Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]), Path(os.environ["PREFECT_HOME"]),
+              Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])]
+    for store in stores:
+        for path in store.rglob("*") if store.exists() else []:
+            if path.is_file() and path.stat().st_size < 50_000_000 and path.suffix not in {".db", ".db-wal"}:
+                found = {m.decode().lower() for m in EMAIL.findall(path.read_bytes())}
+                assert not found & emails, path
+
+    # a rerun changes nothing: no new campaign version, no new sync writes, no duplicate outcomes
+    campaigns_before = count(engine, t.campaigns)
+    outcomes_before = count(engine, t.campaign_outcomes)
+    again = quarterly_cycle(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True,
+                            report_out=str(tmp_path / "report.html"))
+    assert again["activate"]["sync"]["write_calls"] == 0
+    assert count(engine, t.campaigns) == campaigns_before
+    assert count(engine, t.campaign_outcomes) == outcomes_before
+
+
+@pytest.mark.prefect
+def test_cli_run_calls_the_same_flow(prefect_api: str, duck_settings: Settings, tmp_path: Path) -> None:  # noqa: F811
+    engine = load_demo(duck_settings, tmp_path)
+    result = run_cli("run", "resegment", "--as-of", "2025-06-30", "--scheme", "seed5")
+    assert result.exit_code == 0, result.output
+    assert count(engine, t.snapshot_runs, t.snapshot_runs.c.scheme == "seed5") == 1
+    assert read_artifact("segments-seed5-2025q2") is not None
+
+
+@pytest.mark.prefect
+def test_guardrail_abort_fails_before_any_write_and_publishes_the_reason(
+    prefect_api: str, duck_settings: Settings, tmp_path: Path  # noqa: F811
+) -> None:
+    from flows.activate import activate
+    from flows.resegment import resegment
+
+    engine = load_demo(duck_settings, tmp_path)
+    resegment(as_of=DEMO_AS_OF, scheme="rfm11")
+    with engine.begin() as conn:  # everybody unsubscribed: the audience is empty
+        conn.execute(update(t.customers).values(unsubscribed=True))
+    state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(GuardrailError, match="stopped before any write"):
+        state.result()
+    artifact = read_artifact("guardrail-rfm11-2025q2-outbox")
+    assert artifact is not None and "source is empty" in str(artifact.data)
+    assert count(engine, t.sync_runs) == 0 and count(engine, t.sync_state) == 0
+    assert count(engine, t.destination_campaigns) == 0
+    assert not any(duck_settings.resolved_outbox_dir.rglob("*.eml"))
+
+
+class FlakyOutbox:
+    """The real outbox, except the destination starts failing (503) after ``fail_after`` members."""
+
+    calls = 0
+
+    def __new__(cls, settings: Settings, fail_after: int) -> Any:
+        from connectors.outbox import OutboxDestination
+
+        class _Flaky(OutboxDestination):
+            def _apply_one(self, plan: Any, change: Any, touched: set[str]) -> Any:
+                FlakyOutbox.calls += 1
+                if FlakyOutbox.calls > fail_after:
+                    raise ServerError("503 Service Unavailable (injected)", status=503)
+                return super()._apply_one(plan, change, touched)
+
+        return _Flaky(settings)
+
+
+@pytest.mark.prefect
+@pytest.mark.slow
+def test_destination_failing_mid_way_retries_then_fails_and_a_rerun_converges(
+    prefect_api: str, duck_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    import connectors.outbox
+    import connectors.registry
+    import flows.activate
+    from flows.activate import activate
+    from flows.resegment import resegment
+    from flows.tasks import sync_task
+
+    engine = load_demo(duck_settings, tmp_path)
+    resegment(as_of=DEMO_AS_OF, scheme="rfm11")
+    monkeypatch.setattr(connectors.outbox, "BATCH", 20)
+    monkeypatch.setattr(flows.activate, "sync_task", sync_task.with_options(retry_delay_seconds=[0, 0, 0]))
+    attempts: list[int] = []
+
+    def flaky(name: str, settings: Settings) -> Any:
+        attempts.append(1)
+        FlakyOutbox.calls = 0
+        return FlakyOutbox(settings, fail_after=45)
+
+    monkeypatch.setattr(connectors.registry, "get_destination", flaky)
+    state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ServerError, match="503"):
+        state.result()
+    with engine.connect() as conn:
+        statuses = conn.execute(select(t.sync_runs.c.status)).scalars().all()
+    assert statuses == ["failed"] * 4, statuses  # the first try and 3 retries, each closed as failed
+    # nothing half-recorded: state only for confirmed batches, no campaign marked sent
+    synced = count(engine, t.sync_state)
+    assert synced % 20 == 0 and synced <= 45 * 4
+    assert count(engine, t.destination_campaigns, t.destination_campaigns.c.status == "sent") == 0
+
+    monkeypatch.undo()
+    done = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True)
+    treated = done["plan"]["treated"]
+    assert done["sync"]["status"] == "succeeded"
+    with engine.connect() as conn:
+        per_member = conn.execute(
+            select(t.sync_state.c.customer_id, func.count()).group_by(t.sync_state.c.customer_id)
+        ).all()
+    assert per_member and all(n == 1 for _, n in per_member)
+    assert 0 < len(per_member) <= treated
+    assert len(list(duck_settings.resolved_outbox_dir.rglob("*.eml"))) == len(per_member)
+    assert count(engine, t.destination_campaigns, t.destination_campaigns.c.status == "sent") == len(
+        done["plan"]["campaign_ids"]
+    )
