@@ -129,10 +129,10 @@ def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, floa
         if not getattr(model, "has_coupon", False):
             return (0.0, None)
         cap = getattr(model, "max_discount", None)
-        return (
-            float(model.discount_for(100.0)) / 100.0 if cap is None else float(model.percent) / 100.0,
-            cap,
-        )
+        percent = getattr(model, "percent", None)
+        if cap is None or percent is None:
+            return (float(model.discount_for(100.0)) / 100.0, None)
+        return (float(percent) / 100.0, float(cap))
     except Exception:  # noqa: BLE001 - an older or hand-written offer JSON: read its percent below
         pass
     for key in COUPON_OFFERS_PERCENT_KEYS:
@@ -149,28 +149,18 @@ def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, floa
 
 def current_campaigns(bind: Engine | Connection, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
     """Latest version of each campaign of ``as_of`` + ``scheme`` (rows of ``campaigns``), by segment."""
-    rows = (
-        bind.execute(select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme))
-        .mappings()
-        .all()
-        if isinstance(bind, Connection)
-        else _fetch_campaigns(bind, as_of, scheme)
-    )
+    stmt = select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
+    if isinstance(bind, Connection):
+        rows: list[Mapping[str, Any]] = [dict(r) for r in bind.execute(stmt).mappings()]
+    else:
+        with bind.connect() as conn:
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
     latest: dict[str, Mapping[str, Any]] = {}
     for row in rows:
         key = row["campaign_key"]
         if key not in latest or row["version"] > latest[key]["version"]:
             latest[key] = row
     return sorted(latest.values(), key=lambda r: (r["segment"], r["campaign_key"]))
-
-
-def _fetch_campaigns(engine: Engine, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme))
-            .mappings()
-            .all()
-        )
 
 
 def latest_campaign_as_of(bind: Engine | Connection, scheme: str) -> date | None:
@@ -266,9 +256,9 @@ def orders_source(settings: Settings, extra_columns: Iterable[str] = ()) -> Any:
     cols = []
     for label, col in mapped.items():
         if col:
-            expr = tbl.c[col]
+            expr: Any = tbl.c[col]
             if label in ("customer_id", "order_id", "coupon_code", "status"):
-                expr = expr.cast(String)
+                expr = expr.cast(String)  # user tables may key customers by integer
             cols.append(expr.label(label))
         else:
             cols.append(null().cast(String).label(label))
@@ -462,7 +452,7 @@ def _read_destination(
         "since": min(w.start for w in windows),
     }
     try:
-        params = _inspect.signature(reader).parameters
+        params: Mapping[str, _inspect.Parameter] = _inspect.signature(reader).parameters
     except (TypeError, ValueError):
         params = {}
     if any(p.kind is _inspect.Parameter.VAR_KEYWORD for p in params.values()):
