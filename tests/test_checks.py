@@ -1,0 +1,191 @@
+"""Data checks before segmenting (not_null, numeric, accepted_values, unique, relationships), on both
+warehouses, and the guarantee that a failing check writes nothing."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import Engine
+
+from activation.errors import ConfigError, DataCheckError, WarehouseError
+from activation.settings import OrdersSource, Settings
+from activation.tables import rfm_snapshots, snapshot_runs
+from segments.checks import run_checks
+from segments.snapshots import compute_snapshot
+from tests.rfm_fixtures import add_customers, add_orders, at, grid_orders
+
+AS_OF = date(2024, 6, 30)
+
+
+def custom_table(engine: Engine, name: str, amount_type: str = "DOUBLE PRECISION") -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                f"CREATE TABLE {name} (id VARCHAR, cust VARCHAR, ts TIMESTAMP, total {amount_type}, state VARCHAR)"
+            )
+        )
+
+
+def insert_custom(engine: Engine, name: str, rows: list[tuple]) -> None:
+    with engine.begin() as conn:
+        for r in rows:
+            conn.execute(
+                text(f"INSERT INTO {name} VALUES (:id, :cust, :ts, :total, :state)"),
+                dict(zip(["id", "cust", "ts", "total", "state"], r, strict=True)),
+            )
+
+
+def mapped(settings: Settings, table: str) -> Settings:
+    source = OrdersSource(
+        table=table, order_id="id", customer_id="cust", ordered_at="ts", amount="total", status="state"
+    )
+    return settings.model_copy(update={"orders": source})
+
+
+def snapshot_count(engine: Engine) -> tuple[int, int]:
+    with engine.connect() as conn:
+        return (
+            conn.execute(select(func.count()).select_from(rfm_snapshots)).scalar_one(),
+            conn.execute(select(func.count()).select_from(snapshot_runs)).scalar_one(),
+        )
+
+
+def test_clean_data_passes(engine: Engine, settings: Settings) -> None:
+    add_orders(engine, grid_orders(AS_OF))
+    report = run_checks(engine, settings)
+    assert report.ok and not report.warnings
+    names = [r.name for r in report.results]
+    assert names == [
+        "not_null(order_id)",
+        "not_null(customer_id)",
+        "not_null(ordered_at)",
+        "not_null(amount)",
+        "unique(order_id)",
+    ]
+
+
+def test_duplicate_order_ids_block_and_write_nothing(engine: Engine, settings: Settings) -> None:
+    add_orders(engine, grid_orders(AS_OF))
+    compute_snapshot(engine, settings, AS_OF, "rfm11")
+    before = snapshot_count(engine)
+    add_orders(
+        engine,
+        [
+            ("x", at("2024-06-01"), 5.0, "Completed", "dup-1"),
+            ("y", at("2024-06-02"), 6.0, "Completed", "dup-1"),
+        ],
+    )
+    with pytest.raises(DataCheckError) as err:
+        compute_snapshot(engine, settings, AS_OF, "rfm11")
+    msg = err.value.message
+    assert "unique(order_id): 1 row(s) fail" in msg and "dup-1" in msg
+    assert err.value.failures[0].name == "unique(order_id)"
+    assert "nothing was written" in (err.value.fix or "")
+    assert snapshot_count(engine) == before
+    with pytest.raises(DataCheckError):
+        compute_snapshot(engine, settings, date(2024, 5, 31), "seed5")
+    assert snapshot_count(engine) == before
+
+
+def test_nulls_in_a_user_table_with_mapped_columns(engine: Engine, settings: Settings) -> None:
+    custom_table(engine, "raw_orders")
+    insert_custom(
+        engine,
+        "raw_orders",
+        [
+            ("1", "a", at("2024-06-01"), 10.0, "ok"),
+            ("2", None, at("2024-06-01"), 10.0, "ok"),
+            ("3", "b", None, 10.0, "ok"),
+            ("4", "c", at("2024-06-01"), None, "ok"),
+            (None, "d", at("2024-06-01"), 1.0, "ok"),
+        ],
+    )
+    user = mapped(settings, "raw_orders")
+    with pytest.raises(DataCheckError) as err:
+        compute_snapshot(engine, user, AS_OF, "seed5")
+    failed = {f.name: f for f in err.value.failures}
+    assert set(failed) == {
+        "not_null(order_id)",
+        "not_null(customer_id)",
+        "not_null(ordered_at)",
+        "not_null(amount)",
+    }
+    assert failed["not_null(customer_id)"].failures == 1
+    assert failed["not_null(customer_id)"].examples[0]["id"] == "2"
+    assert snapshot_count(engine) == (0, 0)
+
+
+def test_schema_qualified_user_table_segments(engine: Engine, settings: Settings) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("CREATE SCHEMA analytics"))
+    custom_table(engine, "analytics.fct_orders")
+    insert_custom(
+        engine,
+        "analytics.fct_orders",
+        [
+            ("1", "a", at("2024-06-01"), 10.0, "ok"),
+            ("2", "a", at("2024-06-02"), 5.0, "Cancelled"),
+            ("3", "b", at("2024-05-01"), 7.5, None),
+        ],
+    )
+    user = mapped(settings, "analytics.fct_orders")
+    result = compute_snapshot(engine, user, AS_OF, "seed5")
+    assert result.customers == 2
+
+
+def test_amount_must_be_numeric(engine: Engine, settings: Settings) -> None:
+    custom_table(engine, "text_orders", amount_type="VARCHAR")
+    insert_custom(engine, "text_orders", [("1", "a", at("2024-06-01"), "12.50", "ok")])
+    with pytest.raises(DataCheckError, match=r"numeric\(amount\)"):
+        run_checks(engine, mapped(settings, "text_orders"))
+
+
+def test_accepted_statuses(engine: Engine, settings: Settings) -> None:
+    add_orders(
+        engine,
+        [
+            ("a", at("2024-06-01"), 1.0, "Completed"),
+            ("b", at("2024-06-01"), 1.0, "Shipped?"),
+            ("c", at("2024-06-01"), 1.0, None),
+        ],
+    )
+    run_checks(engine, settings)  # no accepted list: anything goes
+    strict = settings.model_copy(update={"accepted_statuses": ["Completed", "Cancelled", "Returned"]})
+    with pytest.raises(DataCheckError) as err:
+        run_checks(engine, strict)
+    assert "accepted_values(status): 1 row(s) fail" in err.value.message and "Shipped?" in err.value.message
+
+
+def test_orders_of_unknown_customers_warn(engine: Engine, settings: Settings) -> None:
+    add_orders(engine, [("known", at("2024-06-01"), 1.0), ("stranger", at("2024-06-01"), 2.0)])
+    assert not run_checks(engine, settings).warnings  # empty customers table: relationship not checked
+    add_customers(engine, ["known"])
+    report = run_checks(engine, settings)
+    assert report.ok
+    assert [w.name for w in report.warnings] == ["relationships(customer_id -> customers)"]
+    assert report.warnings[0].examples[0]["customer_id"] == "stranger"
+    result = compute_snapshot(engine, settings, AS_OF, "seed5")
+    assert any("relationships" in w for w in result.warnings)
+
+
+def test_missing_table_and_column(engine: Engine, settings: Settings) -> None:
+    with pytest.raises(WarehouseError, match="table 'fct_missing' does not exist"):
+        compute_snapshot(
+            engine, settings.model_copy(update={"orders": OrdersSource(table="fct_missing")}), AS_OF, "seed5"
+        )
+    custom_table(engine, "raw_orders")
+    wrong = OrdersSource(
+        table="raw_orders",
+        order_id="id",
+        customer_id="customer",
+        ordered_at="ts",
+        amount="total",
+        status=None,
+    )
+    with pytest.raises(ConfigError) as err:
+        run_checks(engine, settings.model_copy(update={"orders": wrong}))
+    assert "no column 'customer'" in err.value.message and "ACTIVATION_ORDERS__CUSTOMER_ID" in (
+        err.value.fix or ""
+    )
