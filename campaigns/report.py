@@ -24,6 +24,7 @@ from sqlalchemy import String, func, literal, select, table, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from activation.errors import NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
 from campaigns.outcomes import current_campaigns, end_of_day, orders_source, valid_status
@@ -283,7 +284,17 @@ def previous_snapshot(engine: Engine, scheme: str, as_of: date) -> date | None:
 
 def migration(engine: Engine, scheme: str, from_as_of: date, to_as_of: date) -> pd.DataFrame:
     """Customers moving from each segment of one snapshot to each of the next (``(new)`` / ``(gone)``
-    for customers present in only one), computed in the warehouse."""
+    for customers present in only one), computed in the warehouse.
+
+    Uses :func:`segments.snapshots.migration_matrix` when both snapshot runs are recorded; the same full
+    join here otherwise (snapshot rows written without a run record)."""
+    try:
+        from segments.snapshots import migration_matrix
+
+        mat = migration_matrix(engine, from_as_of, to_as_of, scheme)
+        return mat.rename(index={"new": "(new)"}, columns={"gone": "(gone)"})
+    except (ImportError, NotFoundError):
+        pass
     s = rfm_snapshots
     prev = (
         select(s.c.customer_id, s.c.segment)
@@ -485,6 +496,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
     if prev is not None and has_current:
         mat = migration(engine, scheme, prev, as_of)
         if not mat.empty:
+            mat = mat.loc[(mat.sum(axis=1) > 0), (mat.sum(axis=0) > 0)]
             seg_names = segment_order(
                 settings, scheme, list({*map(str, mat.index), *map(str, mat.columns)} - {"(new)", "(gone)"})
             )
