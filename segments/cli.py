@@ -68,10 +68,12 @@ def demo_data_command(
         table.add_row(str(path), what)
     cli.console.print(table)
     cli.console.print(
-        f"load it with: activation ingest {files.orders} --format parquet --mapping {files.mapping}"
+        f"load it with: activation ingest {files.orders} --format parquet --mapping {files.mapping}",
+        soft_wrap=True,
     )
     cli.console.print(
-        f"support tickets: activation ingest {files.tickets} --format csv --mapping {files.tickets_mapping}"
+        f"support tickets: activation ingest {files.tickets} --format csv --mapping {files.tickets_mapping}",
+        soft_wrap=True,
     )
 
 
@@ -204,7 +206,7 @@ def migration_command(
 
     settings = get_settings()
     start, end = _parse_date(from_as_of, "--from"), _parse_date(to_as_of, "--to")
-    matrix = migration_matrix(get_engine(settings), start, end, scheme)
+    matrix = migration_matrix(get_engine(settings), start, end, scheme, settings)
     table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
     table.add_column("from \\ to")
     for col in matrix.columns:

@@ -256,7 +256,7 @@ def _compute_in(
         _assign_with_model(conn, engine, settings, scheme, window, scored, record, warnings)
     conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(tmp_name)}")
 
-    counts = dict(
+    counts: dict[str, int] = dict(
         conn.execute(
             select(rfm_snapshots.c.segment, func.count()).where(key).group_by(rfm_snapshots.c.segment)
         ).all()
@@ -422,7 +422,9 @@ def latest_snapshot_as_of(engine: Engine, scheme: str, before: date | None = Non
     return value
 
 
-def migration_matrix(engine: Engine, from_as_of: date, to_as_of: date, scheme: str) -> pd.DataFrame:
+def migration_matrix(
+    engine: Engine, from_as_of: date, to_as_of: date, scheme: str, settings: Settings | None = None
+) -> pd.DataFrame:
     """Customers moving between segments from one snapshot to another.
 
     Rows are the ``from`` segments plus ``new`` (not in the from snapshot), columns the ``to`` segments
@@ -456,7 +458,7 @@ def migration_matrix(engine: Engine, from_as_of: date, to_as_of: date, scheme: s
             conn.execute(q).mappings().all(), columns=["from_segment", "to_segment", "customers"]
         )
     try:
-        names = load_scheme(scheme, None).segment_names
+        names = load_scheme(scheme, settings).segment_names
     except ConfigError:
         names = sorted(set(rows["from_segment"]) | set(rows["to_segment"]) - {"new", "gone"})
     extra = sorted((set(rows["from_segment"]) | set(rows["to_segment"])) - set(names) - {"new", "gone"})

@@ -4,7 +4,6 @@ cell, ties, as-of and lookback boundaries, statuses, and a property check agains
 from __future__ import annotations
 
 import json
-import math
 import random
 from datetime import date, datetime, timedelta
 
@@ -291,7 +290,7 @@ def pandas_reference(
         if bins.method == "quantile":
             ordered = np.sort(x)[::-1] if lower else np.sort(x)
             n = len(ordered)
-            cuts = [ordered[max(math.ceil(k / bins.n * n - 1e-9), 1) - 1] for k in range(1, bins.n)]
+            cuts = [ordered[max(-(-k * n // bins.n), 1) - 1] for k in range(1, bins.n)]  # position ceil(kN/n)
             passed = [sum(c > v for c in cuts) if lower else sum(c < v for c in cuts) for v in x]
         elif bins.method == "mean":
             mean = x.mean()
