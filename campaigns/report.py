@@ -81,6 +81,19 @@ def _finite(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
+def _ticks(low: float, high: float, target: int = 6) -> list[float]:
+    """Round axis ticks covering ``[low, high]`` (0 always included)."""
+    low, high = min(low, 0.0), max(high, 0.0)
+    if high - low <= 0:
+        high = 1.0
+    step = _nice_max((high - low) / (target - 1))
+    start = math.floor(low / step) * step
+    ticks = [start]
+    while ticks[-1] < high - 1e-12:
+        ticks.append(ticks[-1] + step)
+    return [round(t, 12) for t in ticks]
+
+
 def grouped_bar_chart(
     title: str,
     categories: list[str],
@@ -100,10 +113,8 @@ def grouped_bar_chart(
     width = label_w + plot_w + right
     values = [v for s in series for key in ("values", "highs") for v in (s.get(key) or []) if _finite(v)]
     lows = [v for s in series for v in (s.get("lows") or []) if _finite(v)]
-    vmax = _nice_max(max(values, default=0.0))
-    vmin = min(0.0, min(lows, default=0.0))
-    if vmin < 0:
-        vmin = -_nice_max(-vmin)
+    ticks = _ticks(min(0.0, min(lows, default=0.0)), max(values, default=0.0))
+    vmin, vmax = ticks[0], ticks[-1]
     span = vmax - vmin or 1.0
 
     def x(v: float) -> float:
@@ -119,8 +130,7 @@ def grouped_bar_chart(
         parts.append(f'<rect x="{lx}" y="24" width="10" height="10" fill="{s["color"]}"/>')
         parts.append(f'<text x="{lx + 14}" y="33" class="cl">{_esc(s["name"])}</text>')
         lx += 14 + 8 * len(str(s["name"])) + 16
-    for i in range(5):
-        v = vmin + span * i / 4
+    for v in ticks:
         gx = x(v)
         parts.append(f'<line x1="{gx:.1f}" y1="{top - 2}" x2="{gx:.1f}" y2="{height - 24}" class="grid"/>')
         parts.append(
@@ -210,6 +220,13 @@ def stacked_bar_chart(title: str, frame: pd.DataFrame, order: list[str]) -> str:
     return "".join(parts)
 
 
+def _blend(light: str, dark: str, t: float) -> str:
+    a = [int(light[i : i + 2], 16) for i in (1, 3, 5)]
+    b = [int(dark[i : i + 2], 16) for i in (1, 3, 5)]
+    t = min(max(t, 0.0), 1.0)
+    return "#" + "".join(f"{round(x + (y - x) * t):02x}" for x, y in zip(a, b, strict=True))
+
+
 def heatmap(title: str, matrix: pd.DataFrame) -> str:
     """Heatmap of a from × to count matrix; shade = share of the row (where customers of a segment went)."""
     if matrix.empty:
@@ -237,15 +254,14 @@ def heatmap(title: str, matrix: pd.DataFrame) -> str:
         for ci, col in enumerate(matrix.columns):
             v = float(row[col])
             share = v / total
-            shade = int(245 - share * 200)
-            fill = f"rgb({shade},{shade + 5 if shade < 250 else 250},255)"
+            fill = _blend("#f1f5ff", "#1e3a8a", share)
             x = left + ci * cell
             parts.append(
                 f'<rect x="{x}" y="{y}" width="{cell - 2}" height="{cell - 2}" fill="{fill}">'
                 f"<title>{_esc(frm)} → {_esc(col)}: {v:,.0f} ({share:.0%} of row)</title></rect>"
             )
             if v:
-                colour = "#fff" if share > 0.5 else "#111"
+                colour = "#fff" if share > 0.45 else "#111"
                 parts.append(
                     f'<text x="{x + (cell - 2) / 2:.1f}" y="{y + cell / 2 + 3:.1f}" class="hm" text-anchor="middle" '
                     f'fill="{colour}">{v:,.0f}</text>'
