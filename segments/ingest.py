@@ -481,13 +481,30 @@ def _resolve_columns(path: Path, fmt: str, mapping: Mapping, available: dict[str
     return dict(mapping.columns)
 
 
-def _text(col: str) -> str:
-    return f"NULLIF(trim(CAST({_q(col)} AS VARCHAR)), '')"
+def _is_text(ctype: str) -> bool:
+    return ctype.upper() in ("VARCHAR", "TEXT", "STRING")
+
+
+def _text(col: str, ctype: str = "VARCHAR") -> str:
+    if _is_text(ctype):
+        return f"NULLIF(trim({_q(col)}), '')"
+    return f"CAST({_q(col)} AS VARCHAR)"
+
+
+def _present(col: str, ctype: str) -> str:
+    return f"{_text(col, ctype)} IS NOT NULL" if _is_text(ctype) else f"{_q(col)} IS NOT NULL"
 
 
 def _id_expr(col: str, ctype: str) -> str:
     # spreadsheets turn numeric ids into floats: 17850.0 is customer 17850
-    return f"regexp_replace({_text(col)}, '^(-?[0-9]+)\\.0+$', '\\1')"
+    t = ctype.upper()
+    if t in ("FLOAT", "DOUBLE", "REAL") or t.startswith("DECIMAL"):
+        c = _q(col)
+        return f"CASE WHEN {c} = trunc({c}) THEN CAST(CAST({c} AS BIGINT) AS VARCHAR) ELSE CAST({c} AS VARCHAR) END"
+    if not _is_text(ctype):
+        return _text(col, ctype)
+    x = _text(col)
+    return f"CASE WHEN contains({x}, '.') THEN regexp_replace({x}, '^(-?[0-9]+)\\.0+$', '\\1') ELSE {x} END"
 
 
 def _ts_expr(col: str, ctype: str, date_format: str | None) -> str:
@@ -496,7 +513,7 @@ def _ts_expr(col: str, ctype: str, date_format: str | None) -> str:
         return f"CAST(timezone('UTC', {_q(col)}) AS TIMESTAMP)"
     if t.startswith("TIMESTAMP") or t == "DATE":
         return f"CAST({_q(col)} AS TIMESTAMP)"
-    s = _text(col)
+    s = _text(col, ctype)
     if date_format:
         return f"CAST(try_strptime({s}, {_lit(date_format)}) AS TIMESTAMP)"
     fmts = "[" + ", ".join(_lit(f) for f in _DEFAULT_DATE_FORMATS) + "]"
@@ -512,7 +529,7 @@ def _num_expr(col: str, ctype: str) -> str:
 def _bool_expr(col: str, ctype: str) -> str:
     if ctype.upper() == "BOOLEAN":
         return _q(col)
-    s = f"lower({_text(col)})"
+    s = f"lower({_text(col, ctype)})"
     return (
         f"CASE WHEN {s} IN ('true', 't', 'yes', 'y', '1', '1.0') THEN true "
         f"WHEN {s} IN ('false', 'f', 'no', 'n', '0', '0.0') THEN false END"
@@ -531,7 +548,7 @@ def _typed_expr(target: str, col: str, ctype: str, mapping: Mapping, fmt: str) -
         return _num_expr(col, ctype)
     if target in _BOOLEANS:
         return _bool_expr(col, ctype)
-    return _text(col)
+    return _text(col, ctype)
 
 
 def _check_values(
@@ -540,7 +557,7 @@ def _check_values(
     """Unparseable dates, amounts, flags and empty required values → one InputError with example lines."""
     checks: list[tuple[str, str, str]] = []  # (message, condition, column)
     for target, col in cols.items():
-        raw_present = f"{_text(col)} IS NOT NULL"
+        raw_present = _present(col, types[col])
         if target in _TIMESTAMPS or target in _NUMBERS or target in _BOOLEANS:
             what = (
                 "date" if target in _TIMESTAMPS else ("number" if target in _NUMBERS else "true/false value")
@@ -570,7 +587,7 @@ def _check_values(
         checks.append(
             (
                 f"column {cols['amount']!r} (amount) has empty values",
-                f"NOT ({_text(cols['amount'])} IS NOT NULL)",
+                f"NOT ({_present(cols['amount'], types[cols['amount']])})",
                 cols["amount"],
             )
         )
@@ -647,13 +664,22 @@ def _stage(con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report
     rules = _drop_rules(fmt, exprs, cols)
     reason = "CASE " + " ".join(f"WHEN {cond} THEN {_lit(label)}" for label, cond in rules) + " END"
     select = ", ".join(f"{e} AS {_q(t)}" for t, e in exprs.items() if t not in ("quantity", "unit_price"))
+    when = {"orders": "ordered_at", "events": "occurred_at", "customers": "created_at"}[mapping.kind]
+    span = f"min({when}), max({when})" if when in exprs else "NULL, NULL"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE _ingest_typed AS SELECT _line, {select}, {reason} AS _drop FROM _ingest_raw"
+        f"CREATE OR REPLACE TEMP VIEW _ingest_all AS SELECT _line, {select}, {reason} AS _drop FROM _ingest_raw"
     )
-    counts = dict(con.execute("SELECT _drop, count(*) FROM _ingest_typed GROUP BY _drop").fetchall())
-    report.dropped = {label: int(counts.get(label, 0)) for label, _ in rules}
-    report.rows_kept = int(counts.get(None, 0))
-    con.execute("DELETE FROM _ingest_typed WHERE _drop IS NOT NULL")
+    counts = {
+        r[0]: r[1:]
+        for r in con.execute(f"SELECT _drop, count(*), {span} FROM _ingest_all GROUP BY _drop").fetchall()
+    }
+    report.dropped = {label: int(counts[label][0]) if label in counts else 0 for label, _ in rules}
+    report.rows_kept = int(counts[None][0]) if None in counts else 0
+    if None in counts:
+        report.first_at, report.last_at = counts[None][1], counts[None][2]
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _ingest_typed AS SELECT * EXCLUDE (_drop) FROM _ingest_all WHERE _drop IS NULL"
+    )
     if report.rows_kept == 0:
         raise InputError(
             f"{path}: every one of the {report.rows_read:,} rows was dropped ({_fmt_counts(report.dropped)})",
@@ -666,11 +692,6 @@ def _stage(con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report
     elif mapping.kind == "events":
         _stage_events(con, path, "event_id" in cols, source)
         report.events = con.execute("SELECT count(*) FROM _stage_events").fetchone()[0]
-    when = {"orders": "ordered_at", "events": "occurred_at", "customers": "created_at"}[mapping.kind]
-    if when in present:
-        report.first_at, report.last_at = con.execute(
-            f"SELECT min({when}), max({when}) FROM _ingest_typed"
-        ).fetchone()
     if mapping.kind != "events":
         _stage_customers(con, path, mapping.kind, present, source)
         report.customers = con.execute("SELECT count(*) FROM _stage_customers").fetchone()[0]
@@ -687,6 +708,17 @@ def _last(col: str, present: set[str]) -> str:
 
 
 def _stage_orders(con: Any, path: Path, present: set[str], source: str) -> None:
+    lines_per_order = con.execute("SELECT count(*) - count(DISTINCT order_id) FROM _ingest_typed").fetchone()[
+        0
+    ]
+    if lines_per_order == 0:  # one line per order: no aggregation, not even a copy (big files)
+        attrs = ", ".join(c if c in present else f"CAST(NULL AS VARCHAR) AS {c}" for c in _ORDER_ATTRS)
+        con.execute(
+            f"""CREATE OR REPLACE TEMP VIEW _stage_orders AS
+            SELECT order_id, customer_id, ordered_at, round(amount, 4) AS amount, {attrs}, {_lit(source)} AS source
+            FROM _ingest_typed"""
+        )
+        return
     attrs = ", ".join(_last(c, present) for c in _ORDER_ATTRS)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _stage_orders AS
@@ -730,21 +762,47 @@ def _stage_events(con: Any, path: Path, has_id: bool, source: str) -> None:
 
 
 def _stage_customers(con: Any, path: Path, kind: str, present: set[str], source: str) -> None:
-    """One row per customer seen in the file: attributes from its last non-empty line (file order)."""
-    attrs = ", ".join(_last(c, present) for c in _CUSTOMER_ATTRS)
+    """One row per customer seen in the file: attributes from its last line in file order; a value empty
+    there comes from the customer's last line that has one."""
+    attrs = [c for c in _CUSTOMER_ATTRS if c in present]
     when = {"orders": "ordered_at", "events": "occurred_at", "customers": "created_at"}[kind]
     created = f"min({when})" if when in present else "CAST(NULL AS TIMESTAMP)"
+    select = ", ".join(
+        f"t.{c}" if c in present else f"CAST(NULL AS {'BOOLEAN' if c in _BOOLEANS else 'VARCHAR'}) AS {c}"
+        for c in _CUSTOMER_ATTRS
+    )
+    # last line per customer, then a join: far cheaper than one arg_max per attribute on big files
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _stage_customers AS
-        SELECT customer_id, {attrs}, {created} AS created_at, {_lit(source)} AS source
-        FROM _ingest_typed GROUP BY customer_id"""
+        WITH last AS (
+            SELECT customer_id, max(_line) AS _line, {created} AS created_at, count(*) AS _lines
+            FROM _ingest_typed GROUP BY customer_id
+        )
+        SELECT l.customer_id, {select}, l.created_at, {_lit(source)} AS source, l._lines
+        FROM last l JOIN _ingest_typed t ON t._line = l._line"""
     )
+    gaps = " OR ".join(f"{c} IS NULL" for c in attrs)
+    if (
+        gaps
+        and con.execute(f"SELECT count(*) FROM _stage_customers WHERE _lines > 1 AND ({gaps})").fetchone()[0]
+    ):
+        fill = ", ".join(_last(c, present) for c in attrs)
+        sets = ", ".join(f"{c} = COALESCE(s.{c}, f.{c})" for c in attrs)
+        con.execute(
+            f"""UPDATE _stage_customers AS s SET {sets}
+            FROM (SELECT customer_id, {fill} FROM _ingest_typed
+                  WHERE customer_id IN (SELECT customer_id FROM _stage_customers WHERE _lines > 1 AND ({gaps}))
+                  GROUP BY customer_id) f
+            WHERE f.customer_id = s.customer_id"""
+        )
+    con.execute("ALTER TABLE _stage_customers DROP COLUMN _lines")
 
 
 def _drop_temp(con: Any) -> None:
     """Drop this module's temp objects (the warehouse connection is pooled and reused)."""
     views = con.execute(
-        "SELECT view_name FROM duckdb_views() WHERE temporary AND view_name LIKE '\\_ingest%' ESCAPE '\\'"
+        "SELECT view_name FROM duckdb_views() WHERE temporary AND (view_name LIKE '\\_ingest%' ESCAPE '\\' "
+        "OR view_name LIKE '\\_stage%' ESCAPE '\\')"
     )
     for (name,) in views.fetchall():
         con.execute(f"DROP VIEW temp.{name}")
@@ -786,6 +844,7 @@ _STAGE_DDL = {
 
 def _staged(con: Any) -> list[str]:
     names = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE temporary").fetchall()}
+    names |= {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()}
     return [t for t in _STAGE_COLUMNS if t in names]
 
 
