@@ -12,7 +12,6 @@ counter (``"<campaign_key>|<customer_id>|<n>"``).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -27,11 +26,27 @@ _ALPHA = np.frombuffer(ALPHABET.encode(), dtype=np.uint8)
 
 
 def _digests(key: bytes, campaign_key: str, customer_ids: Sequence[str], attempt: int) -> np.ndarray:
-    suffix = f"|{attempt}" if attempt else ""
-    prefix = f"{campaign_key}|".encode()
-    digest = hmac.digest
-    buf = b"".join(digest(key, prefix + str(cid).encode() + suffix.encode(), "sha256")[:8] for cid in customer_ids)
-    return np.frombuffer(buf, dtype=">u8").astype(np.uint64)
+    """First 8 bytes of HMAC-SHA256(key, "<campaign_key>|<customer_id>[|<attempt>]") per customer, as uint64.
+
+    The HMAC's inner and outer hash states are computed once and copied per member (RFC 2104), which is
+    about twice as fast as ``hmac.digest`` per call and gives the same bytes.
+    """
+    block = 64
+    k = hashlib.sha256(key).digest() if len(key) > block else key
+    k = k.ljust(block, b"\0")
+    inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
+    outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
+    inner.update(f"{campaign_key}|".encode())
+    suffix = f"|{attempt}".encode() if attempt else b""
+    icopy, ocopy = inner.copy, outer.copy
+    out = bytearray(8 * len(customer_ids))
+    for n, cid in enumerate(customer_ids):
+        i = icopy()
+        i.update(str(cid).encode() + suffix)
+        o = ocopy()
+        o.update(i.digest())
+        out[8 * n:8 * n + 8] = o.digest()[:8]
+    return np.frombuffer(bytes(out), dtype=">u8").astype(np.uint64)
 
 
 def _encode(values: np.ndarray, prefix: str) -> list[str]:
@@ -50,53 +65,61 @@ def _encode(values: np.ndarray, prefix: str) -> list[str]:
 
 def coupon_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], prefix: str,
                  attempt: int = 0) -> list[str]:
-    """The code of each customer (no uniqueness handling; see :func:`assign_coupons`)."""
+    """The code of each customer (no uniqueness handling; see :func:`unique_codes`)."""
     return _encode(_digests(key, campaign_key, customer_ids, attempt), prefix)
 
 
-def assign_coupons(key: bytes, campaign_key: str, customer_ids: Iterable[str], prefix: str,
-                   taken: Callable[[list[str]], set[str]] | None = None) -> dict[str, str]:
-    """A unique code per customer id; ``taken(codes)`` returns which of ``codes`` are already used elsewhere.
+def unique_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], prefix: str,
+                 taken: Callable[[list[str]], set[str]] | None = None) -> list[str]:
+    """One unique code per customer id, aligned with ``customer_ids`` (which must be distinct).
+
+    ``taken(codes)`` returns which of ``codes`` are already used elsewhere. On a clash the smaller customer
+    id keeps its code; the other is re-derived with a counter until free.
 
     Raises:
         ConfigError: no free code after many attempts (the code space is exhausted; never in practice).
     """
-    ids = sorted(set(map(str, customer_ids)))
-    codes = coupon_codes(key, campaign_key, ids, prefix)
-    result: dict[str, str] = {}
+    codes = coupon_codes(key, campaign_key, customer_ids, prefix)
+    if taken is None and len(set(codes)) == len(codes):
+        return codes
+    order = sorted(range(len(codes)), key=lambda i: str(customer_ids[i]))
     used: set[str] = set()
-    pending: list[str] = []
-    for cid, code in zip(ids, codes, strict=True):
-        if code in used:
-            pending.append(cid)
+    pending: list[int] = []
+    for i in order:
+        if codes[i] in used:
+            pending.append(i)
         else:
-            used.add(code)
-            result[cid] = code
-    if taken is not None and result:
-        clash = taken(list(result.values()))
+            used.add(codes[i])
+    if taken is not None and used:
+        clash = taken(sorted(used))
         if clash:
-            for cid in [c for c in ids if c in result and result[c] in clash]:
-                used.discard(result.pop(cid))
-                pending.append(cid)
-            used |= clash
+            waiting = set(pending)
+            pending.extend(i for i in order if i not in waiting and codes[i] in clash)
     attempt = 0
     while pending:
         attempt += 1
         if attempt > MAX_ATTEMPTS:
             raise ConfigError(f"could not find a free coupon code for {len(pending)} members of {campaign_key}",
                               fix="use a different coupon prefix for this offer")
-        pending.sort()
-        fresh = coupon_codes(key, campaign_key, pending, prefix, attempt)
+        pending.sort(key=lambda i: str(customer_ids[i]))
+        fresh = coupon_codes(key, campaign_key, [customer_ids[i] for i in pending], prefix, attempt)
         outside = taken(fresh) if taken is not None else set()
-        still: list[str] = []
-        for cid, code in zip(pending, fresh, strict=True):
+        still: list[int] = []
+        for i, code in zip(pending, fresh, strict=True):
             if code in used or code in outside:
-                still.append(cid)
+                still.append(i)
             else:
                 used.add(code)
-                result[cid] = code
+                codes[i] = code
         pending = still
-    return result
+    return codes
+
+
+def assign_coupons(key: bytes, campaign_key: str, customer_ids: Iterable[str], prefix: str,
+                   taken: Callable[[list[str]], set[str]] | None = None) -> dict[str, str]:
+    """``{customer_id: code}``, unique (see :func:`unique_codes`)."""
+    ids = sorted(set(map(str, customer_ids)))
+    return dict(zip(ids, unique_codes(key, campaign_key, ids, prefix, taken), strict=True))
 
 
 _NORMALIZE = re.compile(r"[\s\-_]")

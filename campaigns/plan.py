@@ -20,8 +20,10 @@ Rules:
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -40,6 +42,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     update,
 )
 from sqlalchemy.engine import Connection, Engine
@@ -49,7 +52,7 @@ from activation.errors import ConfigError, NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns, rfm_snapshots, suppressions
 from activation.warehouse import has_table
-from campaigns.coupons import assign_coupons
+from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
 from campaigns.offers import parse_offer
 from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
 from campaigns.render import RenderError, render_member, render_merge_tags, template_hash
@@ -162,8 +165,6 @@ def holdout_threshold(share: float) -> int:
 
 def member_group(key: str, customer_id: str, share: float) -> str:
     """Python twin of the warehouse split (for checks and tests)."""
-    import hashlib
-
     bucket = int(hashlib.md5(f"{key}|{customer_id}".encode()).hexdigest()[:8], 16)
     return "holdout" if bucket < holdout_threshold(share) else "treatment"
 
@@ -199,12 +200,28 @@ def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: dat
                                      "first_name": "Alex", "coupon_code": "XX-ABCDE-FGHJK"})
     return thash
 
-
 # ---------------------------------------------------------------------------------------------- SQL
 
-def _member_select(conn: Connection, settings: Settings, as_of: date, scheme: str, segment: str,
-                   resolved: ResolvedPolicy, prev_as_of: date | None, key: str) -> tuple[Any, Any, Any]:
-    """(customer_id, exclusion reason or NULL, group) for every snapshot member of the segment."""
+@dataclass
+class _Fresh:
+    """A segment that gets a new campaign version in this run."""
+
+    segment: str
+    resolved: ResolvedPolicy
+    template_hash: str
+    key: str
+    version: int
+    campaign_id: str
+
+    @property
+    def threshold(self) -> int:
+        return holdout_threshold(self.resolved.holdout_share)
+
+
+def _stage_select(conn: Connection, settings: Settings, as_of: date, scheme: str, fresh: list[_Fresh],
+                  prev_as_of: date | None) -> Any:
+    """(customer_id, segment, exclusion reason or NULL, holdout bucket) for every member of the fresh segments,
+    in one pass over the snapshot, the customers and the suppression list."""
     s = rfm_snapshots.alias("s")
     src = settings.customers
     frm: Any = s
@@ -220,39 +237,46 @@ def _member_select(conn: Connection, settings: Settings, as_of: date, scheme: st
             email_hash = dialect.sha256_hex(func.lower(func.trim(c.c[src.email])), conn)
             frm = frm.outerjoin(sup, sup.c.email_hash == email_hash)
             reasons.append((sup.c.reason.is_not(None), sup.c.reason))
-    t = resolved.targeting
-    if t is not None:
+    targeted = [f for f in fresh if f.resolved.targeting is not None]
+    if targeted and prev_as_of is not None:
+        p = rfm_snapshots.alias("p")
+        frm = frm.outerjoin(p, and_(p.c.as_of == prev_as_of, p.c.scheme == scheme,
+                                    p.c.customer_id == s.c.customer_id))
+    for f in targeted:
+        t = f.resolved.targeting
+        assert t is not None
         from_segments = t.from_segments
         if prev_as_of is None:
             if from_segments is not None:
-                reasons.append((literal(True), literal("not_targeted")))
-        else:
-            p = rfm_snapshots.alias("p")
-            frm = frm.outerjoin(p, and_(p.c.as_of == prev_as_of, p.c.scheme == scheme,
-                                        p.c.customer_id == s.c.customer_id))
-            ok = literal(True)
-            if from_segments is not None:
-                ok = and_(ok, p.c.segment.in_(from_segments))
-            if t.entered_since_previous:
-                ok = and_(ok, or_(p.c.segment.is_(None), p.c.segment != segment))
-            reasons.append((~ok, literal("not_targeted")))
+                reasons.append((s.c.segment == f.segment, literal("not_targeted")))
+            continue
+        ok: Any = literal(True)
+        if from_segments is not None:
+            ok = and_(ok, p.c.segment.in_(from_segments))
+        if t.entered_since_previous:
+            ok = and_(ok, or_(p.c.segment.is_(None), p.c.segment != f.segment))
+        reasons.append((and_(s.c.segment == f.segment, ~ok), literal("not_targeted")))
     reason = case(*reasons, else_=null()) if reasons else null()
-    bucket = dialect.hash_bucket(literal(key + "|", String).concat(s.c.customer_id), conn)
-    group = case((bucket < holdout_threshold(resolved.holdout_share), literal("holdout")), else_=literal("treatment"))
-    where = and_(s.c.as_of == as_of, s.c.scheme == scheme, s.c.segment == segment)
-    return frm, where, (s.c.customer_id, reason.label("reason"), group.label("member_group"))
+    key_prefix = literal(f"{scheme}/{as_of.isoformat()}/", String)
+    bucket = dialect.hash_bucket(key_prefix.concat(s.c.segment).concat("|").concat(s.c.customer_id), conn)
+    return (select(s.c.customer_id, s.c.segment, reason.label("reason"), bucket.label("bucket"))
+            .select_from(frm)
+            .where(s.c.as_of == as_of, s.c.scheme == scheme, s.c.segment.in_([f.segment for f in fresh])))
 
 
-def _bulk_insert(conn: Connection, rows: list[tuple[str, str, str, str | None]]) -> None:
-    if not rows:
+def _bulk_insert(conn: Connection, campaign_ids: Sequence[str], customer_ids: Sequence[str],
+                 groups: Sequence[str], codes: Sequence[str | None]) -> None:
+    """Insert member rows given as columns (DuckDB: Arrow scan; PostgreSQL: COPY; else executemany)."""
+    if not len(customer_ids):
         return
     raw = conn.connection.driver_connection
     if dialect.is_duckdb(conn):
         import pyarrow as pa
 
-        cols = list(zip(*rows, strict=True))
-        tbl = pa.table({"campaign_id": pa.array(cols[0], pa.string()), "customer_id": pa.array(cols[1], pa.string()),
-                        "member_group": pa.array(cols[2], pa.string()), "coupon_code": pa.array(cols[3], pa.string())})
+        tbl = pa.table({"campaign_id": pa.array(campaign_ids, pa.string()),
+                        "customer_id": pa.array(customer_ids, pa.string()),
+                        "member_group": pa.array(groups, pa.string()),
+                        "coupon_code": pa.array(codes, pa.string())})
         raw.register("_plan_members", tbl)
         try:
             raw.execute("INSERT INTO campaign_members (campaign_id, customer_id, member_group, coupon_code) "
@@ -263,17 +287,34 @@ def _bulk_insert(conn: Connection, rows: list[tuple[str, str, str, str | None]])
         with raw.cursor() as cur, cur.copy(
             "COPY campaign_members (campaign_id, customer_id, member_group, coupon_code) FROM STDIN"
         ) as cp:
-            for row in rows:
+            for row in zip(campaign_ids, customer_ids, groups, codes, strict=True):
                 cp.write_row(row)
     else:
         keys = ("campaign_id", "customer_id", "member_group", "coupon_code")
+        rows = [dict(zip(keys, r, strict=True)) for r in zip(campaign_ids, customer_ids, groups, codes, strict=True)]
         for i in range(0, len(rows), 10_000):
-            conn.execute(insert(campaign_members), [dict(zip(keys, r, strict=True)) for r in rows[i:i + 10_000]])
+            conn.execute(insert(campaign_members), rows[i:i + 10_000])
+
+
+def _fetch_columns(conn: Connection, query: Any) -> tuple[list[str], list[str], Any]:
+    """(customer_ids, segments, buckets as int64 array) of a (customer_id, segment, bucket) query."""
+    import numpy as np
+
+    if dialect.is_duckdb(conn):
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+        arrays = conn.connection.driver_connection.execute(str(compiled)).fetchnumpy()
+        return (arrays["customer_id"].tolist(), arrays["segment"].tolist(),
+                np.asarray(arrays["bucket"], dtype=np.int64))
+    rows = conn.execute(query).all()
+    if not rows:
+        return [], [], np.zeros(0, dtype=np.int64)
+    ids, segs, buckets = zip(*rows, strict=True)
+    return list(ids), list(segs), np.fromiter(buckets, dtype=np.int64, count=len(buckets))
 
 
 def _taken_codes(conn: Connection, key: str) -> Any:
-    """Which of the given codes are used by a member of another campaign key (earlier versions of the same
-    key hold the same member's same code, which is not a clash)."""
+    """Which of the given codes a member of another campaign key holds (earlier versions of the same key
+    hold the same member's same code, which is not a clash)."""
 
     def taken(codes: list[str]) -> set[str]:
         found: set[str] = set()
@@ -288,14 +329,23 @@ def _taken_codes(conn: Connection, key: str) -> Any:
     return taken
 
 
-def _global_clashes(conn: Connection, new_id: str, key: str) -> set[str]:
-    """Codes of the new campaign also held by a member of another campaign key (checked in the warehouse)."""
-    m, o, oc = campaign_members.alias("m"), campaign_members.alias("o"), campaigns.alias("oc")
-    q = (select(m.c.coupon_code).distinct()
-         .select_from(m.join(o, and_(o.c.coupon_code == m.c.coupon_code, o.c.campaign_id != m.c.campaign_id))
+def _global_clashes(conn: Connection, fresh_ids: list[str]) -> dict[str, set[str]]:
+    """Codes of the fresh campaigns also held by a member of another campaign key, per fresh campaign that
+    must give way: an older campaign always keeps its code; between two fresh ones the larger id re-derives."""
+    m, mc = campaign_members.alias("m"), campaigns.alias("mc")
+    o, oc = campaign_members.alias("o"), campaigns.alias("oc")
+    q = (select(m.c.campaign_id, m.c.coupon_code, o.c.campaign_id.label("other"))
+         .select_from(m.join(mc, mc.c.campaign_id == m.c.campaign_id)
+                      .join(o, and_(o.c.coupon_code == m.c.coupon_code, o.c.campaign_id != m.c.campaign_id))
                       .join(oc, oc.c.campaign_id == o.c.campaign_id))
-         .where(m.c.campaign_id == new_id, m.c.coupon_code.is_not(None), oc.c.campaign_key != key))
-    return {r[0] for r in conn.execute(q)}
+         .where(m.c.campaign_id.in_(fresh_ids), m.c.coupon_code.is_not(None),
+                oc.c.campaign_key != mc.c.campaign_key))
+    fresh = set(fresh_ids)
+    losers: dict[str, set[str]] = {}
+    for cid, code, other in conn.execute(q):
+        if other not in fresh or cid > other:
+            losers.setdefault(cid, set()).add(code)
+    return losers
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -314,6 +364,9 @@ def _segment_order(settings: Settings, scheme: str, present: Sequence[str]) -> l
 def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str) -> PlanResult:
     """Plan one campaign per active segment of the ``as_of`` snapshot of ``scheme`` (see module docstring).
 
+    Returns:
+        PlanResult with one :class:`SegmentPlan` per segment of the snapshot (created, unchanged or suppressed).
+
     Raises:
         ConfigError: the policy is invalid or names segments the scheme does not have.
         TemplateError: a template is missing, does not parse, breaks the sandbox or a limit.
@@ -325,10 +378,10 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
         raise ConfigError("invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
                           fix=issues[0].fix or "correct the policy file")
     with engine.connect() as conn:
-        sizes = dict(conn.execute(
+        sizes = {seg: int(n) for seg, n in conn.execute(
             select(rfm_snapshots.c.segment, func.count())
             .where(rfm_snapshots.c.as_of == as_of, rfm_snapshots.c.scheme == scheme)
-            .group_by(rfm_snapshots.c.segment)).all())
+            .group_by(rfm_snapshots.c.segment)).all()}
         prev_as_of = conn.execute(select(func.max(rfm_snapshots.c.as_of)).where(
             rfm_snapshots.c.scheme == scheme, rfm_snapshots.c.as_of < as_of)).scalar()
     if not sizes:
@@ -338,80 +391,108 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
         prev_as_of = prev_as_of.date()
 
     # Everything that can fail on bad input is checked before the write transaction starts.
-    todo: list[tuple[str, ResolvedPolicy, str]] = []
-    result = PlanResult(as_of=as_of, scheme=scheme, segments=[])
     order = _segment_order(settings, scheme, list(sizes))
+    result = PlanResult(as_of=as_of, scheme=scheme, segments=[])
+    todo: list[tuple[str, ResolvedPolicy, str]] = []
     for segment in order:
         resolved = policy.for_segment(scheme, segment)
         if resolved.suppress:
             result.segments.append(SegmentPlan(segment, "suppressed", offer="suppressed",
-                                               excluded={"suppressed_segment": int(sizes[segment])}))
+                                               excluded={"suppressed_segment": sizes[segment]}))
             continue
         todo.append((segment, resolved, _validate_templates(settings, resolved, as_of)))
 
-    key_bytes = settings.coupon_key()
-    now = datetime.now(UTC).replace(tzinfo=None)
     with engine.begin() as conn:
+        fresh: list[_Fresh] = []
         for segment, resolved, thash in todo:
-            result.segments.append(_plan_segment(conn, settings, as_of, scheme, segment, resolved, thash,
-                                                 int(sizes[segment]), prev_as_of, key_bytes, now))
+            key = campaign_key(scheme, as_of, segment)
+            latest = _latest(conn, key)
+            if (latest is not None and latest.template_hash == thash
+                    and latest.policy_hash == resolved.policy_hash
+                    and latest.treated + latest.holdout + sum(latest.excluded.values()) == sizes[segment]):
+                result.segments.append(SegmentPlan(segment, "unchanged", latest.campaign_id, latest.treated,
+                                                   latest.holdout, latest.excluded, resolved.offer.describe(),
+                                                   latest.holdout_share))
+                continue
+            version = (latest.version + 1) if latest else 1
+            cid = campaign_id_for(scheme, as_of, segment, version)
+            other = conn.execute(select(campaigns.c.campaign_key).where(campaigns.c.campaign_id == cid)).scalar()
+            if other is not None and other != key or cid in {f.campaign_id for f in fresh}:
+                cid = f"{cid}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"  # two names, one slug
+            fresh.append(_Fresh(segment, resolved, thash, key, version, cid))
+        if fresh:
+            result.segments.extend(_write_fresh(conn, settings, as_of, scheme, fresh, prev_as_of))
     result.segments.sort(key=lambda sp: order.index(sp.segment))
     return result
 
 
-def _plan_segment(conn: Connection, settings: Settings, as_of: date, scheme: str, segment: str,
-                  resolved: ResolvedPolicy, thash: str, size: int, prev_as_of: date | None,
-                  key_bytes: bytes, now: datetime) -> SegmentPlan:
-    key = campaign_key(scheme, as_of, segment)
-    phash = resolved.policy_hash
-    offer = resolved.offer
-    latest = _latest(conn, key)
-    if (latest is not None and latest.template_hash == thash and latest.policy_hash == phash
-            and latest.treated + latest.holdout + sum(latest.excluded.values()) == size):
-        return SegmentPlan(segment, "unchanged", latest.campaign_id, latest.treated, latest.holdout,
-                           latest.excluded, offer.describe(), latest.holdout_share)
-    version = (latest.version + 1) if latest else 1
-    cid = campaign_id_for(scheme, as_of, segment, version)
-    clash = conn.execute(select(campaigns.c.campaign_key).where(campaigns.c.campaign_id == cid)).scalar()
-    if clash is not None and clash != key:  # two segment names with the same slug
-        import hashlib
+def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str, fresh: list[_Fresh],
+                 prev_as_of: date | None) -> list[SegmentPlan]:
+    """Members and campaign rows of every fresh segment, set-based: one staging pass over the snapshot."""
+    import numpy as np
 
-        cid = f"{cid}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"
+    stage_name = f"_plan_stage_{uuid.uuid4().hex[:10]}"
+    conn.execute(dialect.CreateTempTableAs(stage_name, _stage_select(conn, settings, as_of, scheme, fresh,
+                                                                     prev_as_of)))
+    st = table(stage_name, column("customer_id", String), column("segment", String), column("reason", String),
+               column("bucket"))
+    excluded: dict[str, dict[str, int]] = {f.segment: {} for f in fresh}
+    for seg, reason, n in conn.execute(select(st.c.segment, st.c.reason, func.count()).where(
+            st.c.reason.is_not(None)).group_by(st.c.segment, st.c.reason)):
+        excluded[seg][reason] = int(n)
 
-    frm, where, (cust, reason, group) = _member_select(conn, settings, as_of, scheme, segment, resolved,
-                                                       prev_as_of, key)
-    excluded = {r: int(n) for r, n in conn.execute(
-        select(reason, func.count()).select_from(frm).where(where).group_by(reason.element)).all() if r is not None}
-    eligible = and_(where, reason.element.is_(None))
-    if offer.has_coupon:
+    plain = [f for f in fresh if not f.resolved.offer.has_coupon]
+    coupon = [f for f in fresh if f.resolved.offer.has_coupon]
+    if plain:
+        cid_of = case(*[(st.c.segment == f.segment, literal(f.campaign_id)) for f in plain])
+        thr_of = case(*[(st.c.segment == f.segment, literal(f.threshold)) for f in plain])
+        group = case((st.c.bucket < thr_of, literal("holdout")), else_=literal("treatment"))
         conn.execute(insert(campaign_members).from_select(
             ["campaign_id", "customer_id", "member_group", "coupon_code"],
-            select(literal(cid, String), cust, literal("holdout", String), null())
-            .select_from(frm).where(eligible, group.element == "holdout")))
-        treated_ids = conn.execute(select(cust).select_from(frm).where(eligible, group.element == "treatment")
-                                   ).scalars().all()
-        codes = assign_coupons(key_bytes, key, treated_ids, offer.coupon_prefix or "")
-        _bulk_insert(conn, [(cid, c, "treatment", codes[c]) for c in treated_ids])
-        clashes = _global_clashes(conn, cid, key)
-        if clashes:
-            _resolve_clashes(conn, cid, key, key_bytes, offer.coupon_prefix or "", clashes)
-    else:
-        conn.execute(insert(campaign_members).from_select(
-            ["campaign_id", "customer_id", "member_group", "coupon_code"],
-            select(literal(cid, String), cust, group.element, null()).select_from(frm).where(eligible)))
-    counts = dict(conn.execute(select(campaign_members.c.member_group, func.count())
-                               .where(campaign_members.c.campaign_id == cid)
-                               .group_by(campaign_members.c.member_group)).all())
-    treated, holdout = int(counts.get("treatment", 0)), int(counts.get("holdout", 0))
-    excluded = dict(sorted(excluded.items()))
-    conn.execute(insert(campaigns).values(
-        campaign_id=cid, campaign_key=key, version=version, as_of=as_of, scheme=scheme, segment=segment,
-        template=resolved.template, subject=resolved.subject, offer_type=offer.type,
-        offer=offer.model_dump_json(), holdout_share=resolved.holdout_share, template_hash=thash,
-        policy_hash=phash, destinations=json.dumps(list(resolved.destinations)), treated=treated,
-        holdout=holdout, excluded=json.dumps(excluded), send_time=None, created_at=now))
-    return SegmentPlan(segment, "created", cid, treated, holdout, excluded, offer.describe(),
-                       resolved.holdout_share)
+            select(cid_of, st.c.customer_id, group, null()).where(
+                st.c.reason.is_(None), st.c.segment.in_([f.segment for f in plain]))))
+    if coupon:
+        ids, segs, buckets = _fetch_columns(conn, select(st.c.customer_id, st.c.segment, st.c.bucket).where(
+            st.c.reason.is_(None), st.c.segment.in_([f.segment for f in coupon]))
+            .order_by(st.c.segment, st.c.customer_id))
+        key_bytes = settings.coupon_key()
+        seg_arr = np.asarray(segs, dtype=object)
+        id_arr = np.asarray(ids, dtype=object)
+        for f in coupon:
+            mask = seg_arr == f.segment
+            members = id_arr[mask].tolist()
+            treated = buckets[mask] >= f.threshold
+            treated_ids = [c for c, t in zip(members, treated.tolist(), strict=True) if t]
+            codes = iter(unique_codes(key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or ""))
+            groups = np.where(treated, "treatment", "holdout").tolist()
+            code_col = [next(codes) if t else None for t in treated.tolist()]
+            _bulk_insert(conn, [f.campaign_id] * len(members), members, groups, code_col)
+
+    counts: dict[str, dict[str, int]] = {f.campaign_id: {} for f in fresh}
+    m = campaign_members
+    for cid, grp, n in conn.execute(select(m.c.campaign_id, m.c.member_group, func.count()).where(
+            m.c.campaign_id.in_([f.campaign_id for f in fresh])).group_by(m.c.campaign_id, m.c.member_group)):
+        counts[cid][grp] = int(n)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    plans: list[SegmentPlan] = []
+    for f in fresh:
+        offer = f.resolved.offer
+        treated_n, holdout_n = counts[f.campaign_id].get("treatment", 0), counts[f.campaign_id].get("holdout", 0)
+        excl = dict(sorted(excluded[f.segment].items()))
+        conn.execute(insert(campaigns).values(
+            campaign_id=f.campaign_id, campaign_key=f.key, version=f.version, as_of=as_of, scheme=scheme,
+            segment=f.segment, template=f.resolved.template, subject=f.resolved.subject, offer_type=offer.type,
+            offer=offer.model_dump_json(), holdout_share=f.resolved.holdout_share, template_hash=f.template_hash,
+            policy_hash=f.resolved.policy_hash, destinations=json.dumps(list(f.resolved.destinations)),
+            treated=treated_n, holdout=holdout_n, excluded=json.dumps(excl), send_time=None, created_at=now))
+        plans.append(SegmentPlan(f.segment, "created", f.campaign_id, treated_n, holdout_n, excl,
+                                 offer.describe(), f.resolved.holdout_share))
+    if coupon:
+        for cid, codes in sorted(_global_clashes(conn, [f.campaign_id for f in coupon]).items()):
+            f = next(x for x in coupon if x.campaign_id == cid)
+            _resolve_clashes(conn, cid, f.key, settings.coupon_key(), f.resolved.offer.coupon_prefix or "", codes)
+    conn.execute(text(f'DROP TABLE "{stage_name}"'))
+    return plans
 
 
 def _resolve_clashes(conn: Connection, cid: str, key: str, key_bytes: bytes, prefix: str,
@@ -423,18 +504,12 @@ def _resolve_clashes(conn: Connection, cid: str, key: str, key_bytes: bytes, pre
     keep = {c for c in conn.execute(select(m.c.coupon_code).where(m.c.campaign_id == cid,
                                                                   m.c.coupon_code.is_not(None))).scalars()}
     taken_elsewhere = _taken_codes(conn, key)
-
-    def taken(codes: list[str]) -> set[str]:
-        return (set(codes) & keep) | taken_elsewhere(codes)
-
-    from campaigns.coupons import MAX_ATTEMPTS, coupon_codes
-
     pending = sorted(losers)
     for attempt in range(1, MAX_ATTEMPTS + 1):
         if not pending:
             break
         fresh = coupon_codes(key_bytes, key, pending, prefix, attempt)
-        bad = taken(fresh)
+        bad = (set(fresh) & keep) | taken_elsewhere(fresh)
         still = []
         for customer, code in zip(pending, fresh, strict=True):
             if code in bad or code in keep:

@@ -241,21 +241,16 @@ def test_missing_template_writes_nothing(settings, engine, tmp_path, monkeypatch
     assert counts(engine) == (0, 0)
 
 
-def test_failure_in_a_later_segment_rolls_back_earlier_ones(duck_settings, duck_engine, tmp_path, monkeypatch):
+def test_failure_after_members_are_written_rolls_everything_back(duck_settings, duck_engine, tmp_path,
+                                                                   monkeypatch):
     s = private_templates(duck_settings, tmp_path, monkeypatch)
     insert_snapshot(duck_engine, 500)
     import campaigns.plan as plan_mod
 
-    calls = {"n": 0}
-    original = plan_mod._plan_segment
+    def boom(*args, **kwargs):
+        raise RuntimeError("warehouse went away")
 
-    def flaky(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("warehouse went away")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(plan_mod, "_plan_segment", flaky)
+    monkeypatch.setattr(plan_mod, "_global_clashes", boom)  # runs after members and campaign rows are written
     with pytest.raises(RuntimeError):
         plan_campaigns(duck_engine, s, AS_OF, "rfm11")
     assert counts(duck_engine) == (0, 0)
