@@ -72,7 +72,7 @@ def fit_command(
     )
     cli.console.print(_metrics_table("CLV backtest", m))
     cli.console.print(
-        f"actual spend {m['actual_total']:,.2f}, predicted {m['predicted_total']:,.2f}; "
+        f"actual spend {m['actual_total']:,.2f}, expected {m['expected_total']:,.2f}; "
         f"beats both baselines on every metric: {'yes' if result.beats_baselines else 'no'} "
         f"({result.seconds:.1f} s)"
     )
@@ -92,6 +92,8 @@ def show_command(
     model = latest_model(get_engine(settings), _date(as_of, "--as-of") if as_of else None)
     cli.console.print(
         f"model {model.model_id}: train_until {model.train_until}, horizon {model.horizon_days} days, "
-        f"{len(model.params['trees'])} trees on {', '.join(model.params['features'])}"
+        f"{len(model.params['spend']['trees'])} + {len(model.params['purchase']['trees'])} trees "
+        f"(expected spend + purchase probability, cut at {model.params['threshold']}) "
+        f"on {', '.join(model.params['features'])}"
     )
     cli.console.print(_metrics_table("CLV backtest", model.metrics))

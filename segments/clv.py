@@ -13,15 +13,18 @@ horizon ``h`` and training cut-off ``T``:
   training target per ``rfm11`` segment. Metrics: MAE, RMSE, Spearman rank correlation and top-decile
   capture (share of the period's actual revenue made by the 10% of customers ranked highest).
 
-The regressor is scikit-learn's ``HistGradientBoostingRegressor`` with a Poisson loss (the target is
-non-negative, mostly zero, heavy-tailed; the log link keeps predictions positive). It is stored in
-``clv_models.params`` as plain JSON — the baseline and every tree's split features, thresholds, children
-and leaf values — and predictions are made from that JSON by :func:`predict_from_params`, so a stored model
-is inspectable and loading one never unpickles anything.
+The model has two parts, both scikit-learn gradient-boosted trees on the same features: a
+``HistGradientBoostingRegressor`` with a Poisson loss for the expected spend (the target is non-negative,
+mostly zero and heavy-tailed; the log link keeps it positive) and a ``HistGradientBoostingClassifier`` for
+the probability of buying at all. The point prediction is the expected spend, or 0 when the purchase
+probability is below :data:`BUY_THRESHOLD` (see :func:`predict_value`). Both are stored in
+``clv_models.params`` as plain JSON — baseline, link and every tree's split features, thresholds, children
+and leaf values — and predictions are made from that JSON by :func:`predict_from_params`, so a stored
+model is inspectable and loading one never unpickles anything.
 
 The ``clv_tier`` scheme scores the customers of a snapshot with the latest model trained on or before the
-snapshot's ``as_of`` and splits the predicted value into Low / Mid / High at its tertiles (equal
-predictions always share a tier).
+snapshot's ``as_of`` and splits the expected spend into Low / Mid / High at its tertiles (equal values
+always share a tier).
 """
 
 from __future__ import annotations
@@ -55,11 +58,13 @@ FEATURES: tuple[str, ...] = (
     "orders_last",
     "spend_prev",
     "recency_over_gap",
+    "spend_30d",
+    "orders_30d",
+    "spend_last_year",
 )
-MODEL_KIND = "hgb_poisson"
+MODEL_KIND = "hgb_two_part"
 SEED = 20240614
 HYPERPARAMETERS: dict[str, Any] = {
-    "loss": "poisson",
     "learning_rate": 0.03,
     "max_iter": 300,
     "max_leaf_nodes": 15,
@@ -68,6 +73,8 @@ HYPERPARAMETERS: dict[str, Any] = {
     "early_stopping": False,
     "random_state": SEED,
 }
+#: Below this purchase probability the point prediction is 0 (see :func:`predict_value`).
+BUY_THRESHOLD = 0.3
 MIN_TRAIN_CUSTOMERS = 50
 #: Training windows stacked (features as of T−h, T−2h, …, each with the spend of the h days after it),
 #: as far as the data reaches; every target ends on or before T.
@@ -99,6 +106,10 @@ def feature_query(settings: Settings, as_of: date, horizon_days: int, *, with_ta
     end = _day_start(as_of + timedelta(days=1))  # orders on the as_of day count
     last_start = _day_start(as_of - timedelta(days=horizon_days - 1))
     prev_start = _day_start(as_of - timedelta(days=2 * horizon_days - 1))
+    d30_start = _day_start(as_of - timedelta(days=29))
+    # the same period a year earlier: (as_of - 365, as_of - 365 + h], never past as_of
+    ly_start = _day_start(as_of - timedelta(days=364))
+    ly_end = min(_day_start(as_of - timedelta(days=364 - horizon_days)), end)
     past = ts < end
     zero = literal_column("0.0")
     cols = [
@@ -115,6 +126,13 @@ def feature_query(settings: Settings, as_of: date, horizon_days: int, *, with_ta
         func.coalesce(
             func.sum(case((and_(ts >= prev_start, ts < last_start), amount), else_=zero)), zero
         ).label("spend_prev"),
+        func.coalesce(func.sum(case((and_(past, ts >= d30_start), amount), else_=zero)), zero).label(
+            "spend_30d"
+        ),
+        func.count(case((and_(past, ts >= d30_start), oid))).label("orders_30d"),
+        func.coalesce(func.sum(case((and_(ts >= ly_start, ts < ly_end), amount), else_=zero)), zero).label(
+            "spend_last_year"
+        ),
     ]
     where = [ts < (_day_start(as_of + timedelta(days=horizon_days + 1)) if with_target else end)]
     if with_target:
@@ -150,6 +168,8 @@ def _derive(raw: pd.DataFrame, as_of: date) -> pd.DataFrame:
     out["spend_last"] = raw["spend_last"].astype("float64")
     out["orders_last"] = raw["orders_last"].astype("float64")
     out["spend_prev"] = raw["spend_prev"].astype("float64")
+    for name in ("spend_30d", "orders_30d", "spend_last_year"):
+        out[name] = raw[name].astype("float64")
     out["recency_over_gap"] = out["recency_days"] / out["mean_gap_days"].where(out["mean_gap_days"] > 0)
     if "target" in raw:
         out["target"] = raw["target"].astype("float64")
@@ -176,7 +196,8 @@ def data_range(engine: Engine, settings: Settings) -> tuple[date, date] | None:
 
 
 def export_model(est: Any) -> dict[str, Any]:
-    """A fitted ``HistGradientBoostingRegressor`` as plain JSON: baseline, link and every tree."""
+    """A fitted ``HistGradientBoostingRegressor`` (or binary classifier) as plain JSON: baseline, link and
+    every tree (split feature, threshold, side for missing values, children, leaf value)."""
     trees = []
     for (pred,) in est._predictors:
         nodes = pred.nodes
@@ -195,7 +216,7 @@ def export_model(est: Any) -> dict[str, Any]:
         )
     return {
         "baseline": float(np.ravel(est._baseline_prediction)[0]),
-        "link": "log" if est.loss == "poisson" else "identity",
+        "link": {"poisson": "log", "log_loss": "logit"}.get(est.loss, "identity"),
         "trees": trees,
     }
 
@@ -223,7 +244,23 @@ def predict_from_params(model: dict[str, Any], x: np.ndarray) -> np.ndarray:
             node[idx] = np.where(go_left, left[nd], right[nd])
             active[idx] = ~leaf[node[idx]]
         raw += value[node]
-    return np.exp(raw) if model.get("link") == "log" else raw
+    if model.get("link") == "log":
+        return np.exp(raw)
+    if model.get("link") == "logit":
+        return 1.0 / (1.0 + np.exp(-raw))
+    return raw
+
+
+def predict_value(params: dict[str, Any], x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The two-part model: ``(predicted, expected, p_buy)`` per row of ``x``.
+
+    ``expected`` is the expected spend over the horizon (Poisson regressor), ``p_buy`` the probability of
+    buying at all (classifier); the point prediction is ``expected`` where ``p_buy >= threshold`` and 0
+    otherwise — a customer unlikely to buy is predicted to spend nothing, as the outcome mostly is.
+    """
+    expected = predict_from_params(params["spend"], x)
+    p_buy = predict_from_params(params["purchase"], x)
+    return np.where(p_buy >= params["threshold"], expected, 0.0), expected, p_buy
 
 
 # --- metrics -------------------------------------------------------------------------------------
@@ -317,7 +354,7 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
     """
     import time
 
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from threadpoolctl import threadpool_limits
 
     started = time.perf_counter()
@@ -362,22 +399,23 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
             fix="use a later --train-until or a shorter --horizon-days",
         )
     x_train = stacked[list(FEATURES)].to_numpy(dtype=np.float64)
+    y_stacked = stacked["target"].to_numpy(dtype=np.float64)
     with threadpool_limits(1 if len(stacked) < 200_000 else None):  # OpenMP costs more than it saves here
-        est = HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(
-            x_train, stacked["target"].to_numpy(dtype=np.float64)
-        )
+        spend = HistGradientBoostingRegressor(loss="poisson", **HYPERPARAMETERS).fit(x_train, y_stacked)
+        purchase = HistGradientBoostingClassifier(**HYPERPARAMETERS).fit(x_train, y_stacked > 0)
     y_train = train["target"].to_numpy(dtype=np.float64)
-    exported = export_model(est)
     params = {
         "kind": MODEL_KIND,
         "features": list(FEATURES),
         "hyperparameters": HYPERPARAMETERS,
+        "threshold": BUY_THRESHOLD,
         "fit_as_of": [w.isoformat() for w in windows],
-        **exported,
+        "spend": export_model(spend),
+        "purchase": export_model(purchase),
     }
     x_test = test[list(FEATURES)].to_numpy(dtype=np.float64)
     y_test = test["target"].to_numpy(dtype=np.float64)
-    predicted = predict_from_params(params, x_test)
+    predicted, expected, _ = predict_value(params, x_test)
 
     train_segment = rfm11_segments(settings, train)
     seg_mean = train.groupby(train_segment)["target"].mean()
@@ -403,7 +441,7 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
         },
         "test_customers": len(test),
         "actual_total": round(float(y_test.sum()), 2),
-        "predicted_total": round(float(predicted.sum()), 2),
+        "expected_total": round(float(expected.sum()), 2),
         **scores,
         "beats_baselines": beats(scores["model"], scores["last_period_spend"])
         and beats(scores["model"], scores["rfm11_segment_mean"]),
@@ -474,12 +512,13 @@ def latest_model(engine: Engine, as_of: date | None = None) -> StoredModel:
 
 
 def predict_customers(engine: Engine, settings: Settings, model: StoredModel, as_of: date) -> pd.DataFrame:
-    """``customer_id`` and ``predicted`` spend in ``(as_of, as_of + horizon]`` for every customer with an
-    order on or before ``as_of``."""
+    """``customer_id``, ``predicted`` and ``expected`` spend in ``(as_of, as_of + horizon]`` and ``p_buy``
+    for every customer with an order on or before ``as_of``."""
     feats = load_features(engine, settings, as_of, model.horizon_days)
     x = feats[list(model.params["features"])].to_numpy(dtype=np.float64)
+    predicted, expected, p_buy = predict_value(model.params, x)
     return pd.DataFrame(
-        {"customer_id": feats["customer_id"], "predicted": predict_from_params(model.params, x)}
+        {"customer_id": feats["customer_id"], "predicted": predicted, "expected": expected, "p_buy": p_buy}
     )
 
 
@@ -495,7 +534,8 @@ def tiers(predicted: np.ndarray) -> tuple[np.ndarray, list[float]]:
 
 
 def assign_clv_tier(ctx: Any, metrics: pd.DataFrame) -> pd.Series:
-    """Assigner of ``kind: clv_tier`` schemes: Low / Mid / High predicted value of every customer.
+    """Assigner of ``kind: clv_tier`` schemes: Low / Mid / High expected spend of every customer (the
+    model's expected value, before the purchase-probability cut, so tiers are tertiles).
 
     Raises:
         NotFoundError: no CLV model trained on or before the snapshot's ``as_of`` (nothing is written).
@@ -503,10 +543,10 @@ def assign_clv_tier(ctx: Any, metrics: pd.DataFrame) -> pd.Series:
     model = latest_model(ctx.engine, ctx.as_of)
     preds = predict_customers(ctx.engine, ctx.settings, model, ctx.as_of)
     merged = metrics[["customer_id"]].astype({"customer_id": str}).merge(preds, on="customer_id", how="left")
-    missing = int(merged["predicted"].isna().sum())
+    missing = int(merged["expected"].isna().sum())
     if missing:
         ctx.notes.append(f"{missing} customer(s) had no CLV features and were scored 0")
-    predicted = merged["predicted"].fillna(0.0).to_numpy(dtype=np.float64)
+    predicted = merged["expected"].fillna(0.0).to_numpy(dtype=np.float64)
     tier, cuts = tiers(predicted)
     ctx.info.update(
         {
@@ -515,7 +555,7 @@ def assign_clv_tier(ctx: Any, metrics: pd.DataFrame) -> pd.Series:
             "train_until": model.train_until.isoformat(),
             "horizon_days": model.horizon_days,
             "tier_cutpoints": [round(c, 6) for c in cuts],
-            "predicted_mean": {
+            "expected_mean": {
                 name: round(float(predicted[tier == name].mean()), 4) if (tier == name).any() else None
                 for name in TIERS
             },

@@ -39,7 +39,7 @@ def _count(engine, table):
 
 
 def test_json_model_predicts_exactly_like_scikit_learn():
-    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
@@ -48,8 +48,11 @@ def test_json_model_predicts_exactly_like_scikit_learn():
     y = rng.poisson(np.exp(0.02 * x[:, 0] - 0.01 * np.nan_to_num(x[:, 2])))
     with threadpool_limits(1):
         est = HistGradientBoostingRegressor(loss="poisson", max_iter=30, random_state=0).fit(x, y)
+        clf = HistGradientBoostingClassifier(max_iter=30, random_state=0).fit(x, y > 0)
     model = json.loads(json.dumps(export_model(est)))
     assert np.allclose(predict_from_params(model, x), est.predict(x), rtol=1e-9, atol=1e-12)
+    model = json.loads(json.dumps(export_model(clf)))
+    assert np.allclose(predict_from_params(model, x), clf.predict_proba(x)[:, 1], rtol=1e-9, atol=1e-12)
 
 
 def test_metrics_on_a_known_example():
@@ -115,14 +118,15 @@ def test_model_beats_both_baselines_and_drives_clv_tier(duck_settings, duck_engi
 
     stored = latest_model(engine, AS_OF)
     assert stored.model_id == "clv_20230930_90d" and stored.metrics == json.loads(json.dumps(m))
-    assert stored.params["features"] == list(FEATURES) and len(stored.params["trees"]) == 300
+    assert stored.params["features"] == list(FEATURES) and len(stored.params["spend"]["trees"]) == 300
+    assert stored.params["purchase"]["link"] == "logit" and stored.params["threshold"] == 0.3
 
     snap = compute_snapshot(engine, settings, AS_OF, "clv_tier")
     assert set(snap.segments) == {"High", "Mid", "Low"}
     assert all(abs(n - snap.customers / 3) < snap.customers * 0.05 for n in snap.segments.values())
     info = snap.cutpoints["model"]
     assert info["model_id"] == "clv_20230930_90d" and info["horizon_days"] == 90
-    assert info["predicted_mean"]["High"] > info["predicted_mean"]["Mid"] > info["predicted_mean"]["Low"]
+    assert info["expected_mean"]["High"] > info["expected_mean"]["Mid"] > info["expected_mean"]["Low"]
     with engine.connect() as conn:
         before = conn.execute(select(rfm_snapshots).order_by(rfm_snapshots.c.customer_id)).all()
     compute_snapshot(engine, settings, AS_OF, "clv_tier")
@@ -131,7 +135,7 @@ def test_model_beats_both_baselines_and_drives_clv_tier(duck_settings, duck_engi
 
 
 def test_fit_and_tier_on_both_warehouses(settings, engine):
-    load_orders(engine, latent_orders(1500, seed=2))
+    load_orders(engine, latent_orders(700, seed=2))
     first = fit_clv(engine, settings, TRAIN_UNTIL, 60)
     second = fit_clv(engine, settings, TRAIN_UNTIL, 60)  # same cut-off and horizon: replaced, same model
     assert _count(engine, clv_models) == 1
