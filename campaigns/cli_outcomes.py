@@ -39,7 +39,7 @@ def _destination(name: str | None, settings: Any) -> Any:
 def register(app: typer.Typer) -> None:
     """Add ``outcomes collect`` and ``report roi`` to ``app``."""
     outcomes_app = _group(app, "outcomes", "Record what happened to campaign members (events, conversions).")
-    report_app = _group(app, "report", "Reports.")
+    report_app = _group(app, "report", "Write reports: the segment ROI report (HTML + CSV).")
 
     @outcomes_app.command("collect")
     def collect(

@@ -284,5 +284,10 @@ def test_cli_outcomes_collect(duck_engine, duck_settings):
     missing = run_cli("outcomes", "collect", "--as-of", "2020-01-01", "--scheme", SCHEME)
     assert missing.exit_code == 2
     assert "no campaign for as_of 2020-01-01" in missing.stderr and "activation plan" in missing.stderr
+    outbox = run_cli("outcomes", "collect", "--as-of", AS_OF.isoformat(), "--destination", "outbox")
+    assert outbox.exit_code == 0, outbox.output
+    assert "email events added: none" in outbox.stdout
+    unknown = run_cli("outcomes", "collect", "--as-of", AS_OF.isoformat(), "--destination", "carrier-pigeon")
+    assert unknown.exit_code == 2 and "carrier-pigeon" in unknown.stderr
     bad = run_cli("outcomes", "collect", "--as-of", "31/03/2024")
     assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.output
