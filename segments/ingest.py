@@ -360,9 +360,11 @@ def _load_raw(con: Any, path: Path, fmt: str, mapping: Mapping) -> dict[str, str
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE _ingest_raw_src AS SELECT * FROM read_csv({p}, {opts})"
             )
-            # insertion order is preserved, so rowid is the data line (the header is line 1)
+            # insertion order is preserved, so rowids follow the data lines (the header is line 1); inside a
+            # transaction they start at a large offset, hence the subtraction
+            first = con.execute("SELECT coalesce(min(rowid), 0) FROM _ingest_raw_src").fetchone()[0]
             con.execute(
-                "CREATE OR REPLACE TEMP VIEW _ingest_raw AS SELECT *, rowid + 2 AS _line FROM _ingest_raw_src"
+                f"CREATE OR REPLACE TEMP VIEW _ingest_raw AS SELECT *, rowid - {first} + 2 AS _line FROM _ingest_raw_src"
             )
     except (duckdb.Error, OSError, ValueError) as exc:
         raise _read_error(path, fmt, exc) from exc
