@@ -97,3 +97,34 @@ def show_command(
         f"on {', '.join(model.params['features'])}"
     )
     cli.console.print(_metrics_table("CLV backtest", model.metrics))
+
+
+def model_lines(model: dict) -> list[str]:
+    """Human-readable lines for the model recorded with a snapshot (``cutpoints['model']``), printed by
+    ``activation segment`` for model-based schemes."""
+    kind = model.get("kind")
+    if kind == "kmeans":
+        how = "fixed in the scheme" if not model.get("candidates") else "chosen by silhouette"
+        lines = [f"kmeans: k={model['k']} ({how}), silhouette {model['silhouette']}, {model['algorithm']}"]
+        for c in model.get("candidates", []):
+            mark = " <- chosen" if c["k"] == model["k"] else ""
+            lines.append(f"  k={c['k']}: silhouette {c['silhouette']:.4f}, inertia {c['inertia']:,.1f}{mark}")
+        lines.append(
+            f"  {'cluster':<8}{'name':<18}{'customers':>11}{'recency (d)':>13}{'frequency':>11}{'monetary':>11}"
+            f"   centroid z (r, f, m)"
+        )
+        for c in model["clusters"]:
+            z = ", ".join(f"{v:+.2f}" for v in c["z"])
+            lines.append(
+                f"  {c['cluster']:<8}{c['name']:<18}{c['customers']:>11,}{c['recency_days']:>13,.1f}"
+                f"{c['frequency']:>11,.2f}{c['monetary']:>11,.2f}   ({z})"
+            )
+        return lines
+    if kind == "clv_tier":
+        means = ", ".join(f"{k} {v:,.2f}" for k, v in model["expected_mean"].items() if v is not None)
+        return [
+            f"clv_tier: model {model['model_id']} (train_until {model['train_until']}, horizon "
+            f"{model['horizon_days']} days); tier cut-points {model['tier_cutpoints']} on expected spend",
+            f"  mean expected spend per tier: {means}",
+        ]
+    return [f"model {key}: {value}" for key, value in model.items()]

@@ -185,5 +185,5 @@ def test_cli_segment_kmeans_prints_profile_and_k(duck_settings, duck_engine):
     load_orders(duck_engine, latent_orders(800, seed=6))
     res = run_cli("segment", "--as-of", str(AS_OF), "--scheme", "kmeans")
     assert res.exit_code == 0, res.output
-    assert "silhouette" in res.output and "k=" in res.output.replace("k: ", "k=")
+    assert "chosen by silhouette" in res.output and "<- chosen" in res.output and "centroid z" in res.output
     assert "Top Customers" in res.output or "Inactive" in res.output
