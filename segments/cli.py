@@ -164,8 +164,10 @@ def segment_command(
         )
     model = result.cutpoints.get("model")
     if model:
-        for key, value in model.items():
-            cli.console.print(f"model {key}: {value}", highlight=False)
+        from segments.cli_models import model_lines
+
+        for line in model_lines(model):
+            cli.console.print(line, highlight=False)
     for warning in result.warnings:
         cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
