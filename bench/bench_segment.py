@@ -63,9 +63,10 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(kind: str, db: Path) -> dict:
+def run_one(kind: str, db: Path, memory_limit: str | None = None) -> dict:
     """Run one contender in this process; return seconds and peak RSS."""
-    url = f"duckdb:///{db}"
+    # DuckDB settings ride on the warehouse URL (duckdb-engine passes query parameters as config)
+    url = f"duckdb:///{db}" + (f"?memory_limit={memory_limit}" if memory_limit else "")
     if kind == "pandas":
         import duckdb
         import pandas as pd
@@ -87,7 +88,12 @@ def run_one(kind: str, db: Path) -> dict:
         g["f"] = pd.qcut(g.frequency.rank(method="first"), 5, labels=False) + 1
         g["m"] = pd.qcut(g.monetary.rank(method="first"), 5, labels=False) + 1
         n = len(g)
-        return {"seconds": time.perf_counter() - t0, "load_seconds": t_load, "customers": n, "rss_mb": _peak_rss_mb()}
+        return {
+            "seconds": time.perf_counter() - t0,
+            "load_seconds": t_load,
+            "customers": n,
+            "rss_mb": _peak_rss_mb(),
+        }
 
     from sqlalchemy import text
 
@@ -102,7 +108,12 @@ def run_one(kind: str, db: Path) -> dict:
         t0 = time.perf_counter()
         result = compute_snapshot(engine, settings, AS_OF, "rfm11", run_checks=False)
         secs = time.perf_counter() - t0
-        return {"seconds": secs, "customers": result.customers, "rss_mb": _peak_rss_mb(), "warnings": result.warnings}
+        return {
+            "seconds": secs,
+            "customers": result.customers,
+            "rss_mb": _peak_rss_mb(),
+            "warnings": result.warnings,
+        }
     if kind == "checks":
         from segments.checks import run_checks
 
@@ -125,9 +136,10 @@ def run_one(kind: str, db: Path) -> dict:
     raise SystemExit(f"unknown contender {kind}")
 
 
-def measure(kind: str, db: Path) -> dict:
+def measure(kind: str, db: Path, memory_limit: str | None = None) -> dict:
+    extra = ["--memory-limit", memory_limit] if memory_limit else []
     proc = subprocess.run(
-        [sys.executable, __file__, "--one", kind, "--db", str(db)],
+        [sys.executable, __file__, "--one", kind, "--db", str(db), *extra],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -144,11 +156,14 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=400_000)
     ap.add_argument("--db", type=Path, default=None, help="DuckDB file to use (kept; reused when it exists)")
     ap.add_argument("--skip", default="", help="comma-separated contenders to skip (e.g. pandas)")
+    ap.add_argument(
+        "--memory-limit", default=None, help="DuckDB memory_limit for floor, segment and checks (e.g. 2GB)"
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.one:
-        print(json.dumps(run_one(args.one, args.db)))
+        print(json.dumps(run_one(args.one, args.db, args.memory_limit)))
         return
 
     db = args.db or Path(tempfile.mkdtemp(prefix="bench-segment-")) / "bench.duckdb"
@@ -161,9 +176,12 @@ def main() -> None:
     for kind in ("floor", "segment", "checks", "pandas"):
         if kind in skip:
             continue
-        results[kind] = measure(kind, db)
+        results[kind] = measure(kind, db, None if kind == "pandas" else args.memory_limit)
         r = results[kind]
-        print(f"{kind:8s} {r['seconds']:8.2f} s   peak RSS {r['rss_mb']:8.0f} MB   {r.get('customers', '')}", flush=True)
+        print(
+            f"{kind:8s} {r['seconds']:8.2f} s   peak RSS {r['rss_mb']:8.0f} MB   {r.get('customers', '')}",
+            flush=True,
+        )
     floor = results.get("floor", {}).get("seconds")
     seg = results.get("segment", {}).get("seconds")
     if floor and seg:
@@ -172,7 +190,16 @@ def main() -> None:
         print(f"pandas / segment = {results['pandas']['seconds'] / seg:.1f}x faster (target >= 6x)")
     for w in results.get("segment", {}).get("warnings", []):
         print(f"segment warning: {w}")
-    print(json.dumps({"rows": args.rows, "customers": args.customers, "results": results}))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "customers": args.customers,
+                "memory_limit": args.memory_limit,
+                "results": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
