@@ -22,6 +22,7 @@ Formats (``fmt``):
         amount: Total           #   and email, first_name, country, city, unsubscribed (stored on the customer)
       date_format: "%d/%m/%Y %H:%M"   # optional strptime format; default ISO 8601, then M/D/YYYY [H:MM[:SS]]
       delimiter: ";"                  # optional, csv only (default: detected)
+      encoding: latin-1               # optional, csv only (default: UTF-8, falling back to Latin-1)
       source: shop-export             # optional label stored in orders.source / customers.source
 
   Several lines with the same order id are order lines: they are summed into one order (the last non-empty
@@ -44,6 +45,7 @@ written.
 
 from __future__ import annotations
 
+import codecs
 import re
 import tempfile
 import time
@@ -92,7 +94,7 @@ _NUMBERS = {"amount", "quantity", "unit_price"}
 _BOOLEANS = {"unsubscribed"}
 _CUSTOMER_ATTRS = ("email", "first_name", "country", "city", "unsubscribed")
 _ORDER_ATTRS = ("status", "coupon_code", "country", "city", "category")
-_MAPPING_KEYS = {"kind", "columns", "date_format", "delimiter", "source", "event_type"}
+_MAPPING_KEYS = {"kind", "columns", "date_format", "delimiter", "encoding", "source", "event_type"}
 _DEFAULT_DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y", "%Y%m%d")
 _EXAMPLES = 5
 
@@ -114,6 +116,7 @@ class Mapping:
     columns: dict[str, str]
     date_format: str | None = None
     delimiter: str | None = None
+    encoding: str | None = None
     source: str | None = None
     event_type: str | None = None
 
@@ -251,6 +254,7 @@ def load_mapping(path: Path | str) -> Mapping:
         columns={k: str(v) for k, v in columns.items()},
         date_format=str(data["date_format"]) if data.get("date_format") else None,
         delimiter=delimiter,
+        encoding=str(data["encoding"]) if data.get("encoding") else None,
         source=str(data["source"]) if data.get("source") else None,
         event_type=str(data["event_type"]) if data.get("event_type") else None,
     )
@@ -357,9 +361,10 @@ def _load_raw(con: Any, path: Path, fmt: str, mapping: Mapping) -> dict[str, str
             opts = "all_varchar=true, header=true, null_padding=true"
             if mapping.delimiter:
                 opts += f", delim={_lit(mapping.delimiter)}"
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _ingest_raw_src AS SELECT * FROM read_csv({p}, {opts})"
-            )
+            read = f"CREATE OR REPLACE TEMP TABLE _ingest_raw_src AS SELECT * FROM read_csv({p}, {opts}"
+            # spreadsheet exports (e.g. the UCI Online Retail csv) are often Latin-1, not UTF-8
+            encoding = mapping.encoding or ("utf-8" if _is_utf8(path) else "latin-1")
+            con.execute(f"{read}, encoding={_lit(encoding)})")
             # insertion order is preserved, so rowids follow the data lines (the header is line 1); inside a
             # transaction they start at a large offset, hence the subtraction
             first = con.execute("SELECT coalesce(min(rowid), 0) FROM _ingest_raw_src").fetchone()[0]
@@ -369,6 +374,18 @@ def _load_raw(con: Any, path: Path, fmt: str, mapping: Mapping) -> dict[str, str
     except (duckdb.Error, OSError, ValueError) as exc:
         raise _read_error(path, fmt, exc) from exc
     return {row[0]: row[1] for row in con.execute("DESCRIBE _ingest_raw").fetchall()}
+
+
+def _is_utf8(path: Path) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with path.open("rb") as fh:
+        try:
+            while chunk := fh.read(1 << 22):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
 
 
 def _read_cdnow(path: Path) -> pa.Table:

@@ -127,6 +127,14 @@ def test_online_retail_xlsx(engine: Engine, settings: Settings, tmp_path: Path) 
     check_online_retail(engine, report)
 
 
+def test_online_retail_latin1_csv(duck_engine: Engine, duck_settings: Settings, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(
+        f"{OR_HEADER}\n536365,1,CAF\xc9 POSTER \xa3,2,12/1/2010 8:26,2.5,17850.0,EIRE\n".encode("latin-1")
+    )
+    assert ingest_file(duck_engine, duck_settings, path, "online-retail").orders_inserted == 1
+
+
 def test_online_retail_ii_column_names(duck_engine: Engine, duck_settings: Settings, tmp_path: Path) -> None:
     header = "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country"
     path = write(
