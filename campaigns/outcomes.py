@@ -27,17 +27,20 @@ import hashlib
 import inspect as _inspect
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    DateTime,
     String,
     and_,
     case,
+    cast,
     column,
     delete,
+    exists,
     func,
     literal,
     null,
@@ -45,6 +48,7 @@ from sqlalchemy import (
     select,
     table,
     true,
+    values,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
@@ -54,6 +58,7 @@ from activation.dialect import insert_ignore
 from activation.errors import ConfigError, NotFoundError, WarehouseError
 from activation.settings import Settings
 from activation.tables import (
+    Double,
     campaign_members,
     campaign_outcomes,
     campaigns,
@@ -314,35 +319,65 @@ def incomplete_warning(windows: list[CampaignWindow], data_end: datetime | None)
 # --------------------------------------------------------------------------- attribution SQL
 
 
-def attribution_select(settings: Settings, w: CampaignWindow) -> Select:
-    """Per converted member of campaign ``w``: revenue, orders, first order, coupon redeemed, discount.
+def windows_values(windows: Sequence[CampaignWindow]) -> Any:
+    """The campaigns' windows as an inline ``VALUES`` table (campaign_id, start_at, end_at, rate, cap)."""
+    return (
+        values(
+            column("campaign_id", String),
+            column("start_at", DateTime),
+            column("end_at", DateTime),
+            column("rate", Double),
+            column("cap", Double),
+            name="windows",
+        )
+        .data([(w.campaign_id, w.start, w.end, float(w.discount_rate), w.discount_cap) for w in windows])
+        .alias("windows")
+    )
 
-    One row per member with at least one qualifying order in ``(start, end]``; columns
-    ``customer_id, member_group, revenue, orders, first_order_at, coupon_code, discount,
-    unknown_coupon_orders``. Built as readable CTE steps and run in the warehouse.
+
+def attribution_select(settings: Settings, windows: Sequence[CampaignWindow]) -> Select:
+    """Per converted member of the campaigns: revenue, orders, first order, coupon redeemed, discount.
+
+    One row per (campaign, member) with at least one qualifying order in the campaign's
+    ``(start, end]``; columns ``campaign_id, customer_id, member_group, revenue, orders, first_order_at,
+    coupon_code, discount, unknown_coupon_orders``. One statement for every campaign (one scan of the
+    orders), built as readable CTE steps and run in the warehouse.
     """
     o = orders_source(settings)
+    win = windows_values(windows)
     members = (
         select(
+            campaign_members.c.campaign_id,
             campaign_members.c.customer_id,
             campaign_members.c.member_group,
             campaign_members.c.coupon_code.label("member_coupon"),
+            cast(win.c.start_at, DateTime).label("start_at"),
+            cast(win.c.end_at, DateTime).label("end_at"),
+            cast(win.c.rate, Double).label("rate"),
+            cast(win.c.cap, Double).label("cap"),
         )
-        .where(campaign_members.c.campaign_id == w.campaign_id)
+        .join(win, win.c.campaign_id == campaign_members.c.campaign_id)
         .cte("members")
     )
     window_orders = (
         select(
+            members.c.campaign_id,
             members.c.customer_id,
             members.c.member_group,
             members.c.member_coupon,
+            members.c.rate,
+            members.c.cap,
             o.c.order_id,
             o.c.amount,
             o.c.ordered_at,
             o.c.coupon_code,
         )
         .join(o, o.c.customer_id == members.c.customer_id)
-        .where(o.c.ordered_at > w.start, o.c.ordered_at <= w.end, valid_status(settings, o.c.status))
+        .where(
+            o.c.ordered_at > members.c.start_at,
+            o.c.ordered_at <= members.c.end_at,
+            valid_status(settings, o.c.status),
+        )
         .cte("window_orders")
     )
     wo = window_orders.c
@@ -351,11 +386,11 @@ def attribution_select(settings: Settings, w: CampaignWindow) -> Select:
         wo.member_coupon.is_not(None),
         wo.coupon_code == wo.member_coupon,
     )
-    per_order_discount: Any = func.greatest(wo.amount, 0.0) * literal(w.discount_rate)
-    if w.discount_cap is not None:
-        per_order_discount = func.least(per_order_discount, literal(float(w.discount_cap)))
+    pct_discount = func.greatest(wo.amount, 0.0) * wo.rate
+    per_order_discount = func.least(pct_discount, func.coalesce(wo.cap, pct_discount))
     unknown = and_(wo.coupon_code.is_not(None), wo.coupon_code != "", ~redeemed)
     return select(
+        wo.campaign_id,
         wo.customer_id,
         wo.member_group,
         func.sum(wo.amount).label("revenue"),
@@ -364,7 +399,7 @@ def attribution_select(settings: Settings, w: CampaignWindow) -> Select:
         func.max(case((redeemed, wo.coupon_code), else_=None)).label("coupon_code"),
         func.sum(case((redeemed, per_order_discount), else_=0.0)).label("discount"),
         func.count(case((unknown, wo.order_id), else_=None).distinct()).label("unknown_coupon_orders"),
-    ).group_by(wo.customer_id, wo.member_group)
+    ).group_by(wo.campaign_id, wo.customer_id, wo.member_group)
 
 
 # --------------------------------------------------------------------------- destination events
@@ -633,8 +668,7 @@ def collect_outcomes(
         )
         if events:
             _record_events(conn, settings, events, ids, source, result)
-        for w in windows:
-            _record_conversions(conn, settings, w, result)
+        _record_conversions(conn, settings, windows, result)
         result.backtest = is_backtest(conn, ids)
 
     warning = incomplete_warning(windows, data_end)
@@ -651,45 +685,49 @@ def collect_outcomes(
 
 
 def _record_conversions(
-    conn: Connection, settings: Settings, w: CampaignWindow, result: CollectResult
+    conn: Connection, settings: Settings, windows: Sequence[CampaignWindow], result: CollectResult
 ) -> None:
-    attr = attribution_select(settings, w).subquery("attr")
+    """Upsert ``converted`` rows of every campaign and delete those whose orders no longer qualify."""
+    ids = [w.campaign_id for w in windows]
     co = campaign_outcomes.c
+    attr = attribution_select(settings, windows).subquery("attr")
     existing = (
-        select(co.customer_id, co.revenue, co.orders, co.coupon_code, co.discount, co.occurred_at)
-        .where(co.campaign_id == w.campaign_id, co.event == "converted")
+        select(
+            co.campaign_id, co.customer_id, co.revenue, co.orders, co.coupon_code, co.discount, co.occurred_at
+        )
+        .where(co.campaign_id.in_(ids), co.event == "converted")
         .subquery("existing")
+    )
+    changed = and_(
+        existing.c.customer_id.is_not(None),
+        or_(
+            existing.c.revenue.is_distinct_from(attr.c.revenue),
+            existing.c.orders.is_distinct_from(attr.c.orders),
+            existing.c.coupon_code.is_distinct_from(attr.c.coupon_code),
+            existing.c.discount.is_distinct_from(attr.c.discount),
+            existing.c.occurred_at.is_distinct_from(attr.c.first_order_at),
+        ),
     )
     counts = conn.execute(
         select(
             func.count().label("n"),
             func.count(existing.c.customer_id).label("present"),
-            func.sum(
-                case(
-                    (
-                        and_(
-                            existing.c.customer_id.is_not(None),
-                            or_(
-                                existing.c.revenue.is_distinct_from(attr.c.revenue),
-                                existing.c.orders.is_distinct_from(attr.c.orders),
-                                existing.c.coupon_code.is_distinct_from(attr.c.coupon_code),
-                                existing.c.discount.is_distinct_from(attr.c.discount),
-                                existing.c.occurred_at.is_distinct_from(attr.c.first_order_at),
-                            ),
-                        ),
-                        1,
-                    ),
-                    else_=0,
-                )
-            ).label("changed"),
+            func.coalesce(func.sum(case((changed, 1), else_=0)), 0).label("changed"),
             func.coalesce(func.sum(attr.c.unknown_coupon_orders), 0).label("unknown"),
-        ).select_from(attr.outerjoin(existing, existing.c.customer_id == attr.c.customer_id))
+        ).select_from(
+            attr.outerjoin(
+                existing,
+                and_(
+                    existing.c.campaign_id == attr.c.campaign_id, existing.c.customer_id == attr.c.customer_id
+                ),
+            )
+        )
     ).one()
     result.converted_added += int(counts.n) - int(counts.present)
     result.converted_updated += int(counts.changed or 0)
     result.unknown_coupon_orders += int(counts.unknown or 0)
 
-    src = attribution_select(settings, w).subquery("attr")
+    src = attribution_select(settings, windows).subquery("attr")
     ins = postgresql.insert(campaign_outcomes).from_select(
         [
             "campaign_id",
@@ -703,7 +741,7 @@ def _record_conversions(
             "source",
         ],
         select(
-            literal(w.campaign_id, String),
+            src.c.campaign_id,
             src.c.customer_id,
             literal("converted", String),
             src.c.first_order_at,
@@ -726,12 +764,16 @@ def _record_conversions(
     )
     conn.execute(ins)
 
-    still = attribution_select(settings, w).subquery("still")
+    still = attribution_select(settings, windows).subquery("still")
     removed = conn.execute(
         delete(campaign_outcomes).where(
-            co.campaign_id == w.campaign_id,
+            co.campaign_id.in_(ids),
             co.event == "converted",
-            co.customer_id.not_in(select(still.c.customer_id)),
+            ~exists(
+                select(literal(1)).where(
+                    still.c.campaign_id == co.campaign_id, still.c.customer_id == co.customer_id
+                )
+            ),
         )
     ).rowcount
     result.converted_removed += max(int(removed or 0), 0)

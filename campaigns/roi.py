@@ -109,13 +109,16 @@ STATUS_NO_HOLDOUT = "n/a (no holdout)"
 STATUS_EMPTY = "n/a (no members)"
 
 
-def _group_stats(conn: Connection, settings: Settings, w: CampaignWindow) -> dict[str, dict[str, float]]:
-    """Per group (treatment / holdout): members, converters, revenue sums, discounts, redemptions."""
-    attr = attribution_select(settings, w).subquery("attr")
+def _group_stats(
+    conn: Connection, settings: Settings, windows: list[CampaignWindow]
+) -> dict[tuple[str, str], dict[str, float]]:
+    """(campaign_id, group) → members, converters, revenue sums, discounts, redemptions (one statement)."""
+    attr = attribution_select(settings, windows).subquery("attr")
     m = campaign_members.alias("m")
     rev = func.coalesce(cast(attr.c.revenue, Double), 0.0)
     stmt = (
         select(
+            m.c.campaign_id,
             m.c.member_group,
             func.count().label("n"),
             func.count(attr.c.customer_id).label("converters"),
@@ -125,14 +128,20 @@ def _group_stats(conn: Connection, settings: Settings, w: CampaignWindow) -> dic
             func.count(attr.c.coupon_code).label("redeemed"),
             func.coalesce(func.sum(attr.c.unknown_coupon_orders), 0).label("unknown"),
         )
-        .select_from(m.outerjoin(attr, attr.c.customer_id == m.c.customer_id))
-        .where(m.c.campaign_id == w.campaign_id)
-        .group_by(m.c.member_group)
+        .select_from(
+            m.outerjoin(
+                attr, (attr.c.campaign_id == m.c.campaign_id) & (attr.c.customer_id == m.c.customer_id)
+            )
+        )
+        .where(m.c.campaign_id.in_([w.campaign_id for w in windows]))
+        .group_by(m.c.campaign_id, m.c.member_group)
     )
-    out: dict[str, dict[str, float]] = {}
+    out: dict[tuple[str, str], dict[str, float]] = {}
     for row in conn.execute(stmt).mappings():
-        out[str(row["member_group"])] = {
-            k: (float(v) if v is not None else 0.0) for k, v in row.items() if k != "member_group"
+        out[(str(row["campaign_id"]), str(row["member_group"]))] = {
+            k: (float(v) if v is not None else 0.0)
+            for k, v in row.items()
+            if k not in ("campaign_id", "member_group")
         }
     return out
 
@@ -285,11 +294,16 @@ def compute_roi(
         windows = campaign_windows(conn, settings, as_of, scheme, window)
         ids = [w.campaign_id for w in windows]
         events = _event_counts(conn, ids)
+        stats = _group_stats(conn, settings, windows)
         rows = [
             roi_row(
                 settings,
                 w,
-                _group_stats(conn, settings, w),
+                {
+                    g: stats[(w.campaign_id, g)]
+                    for g in ("treatment", "holdout")
+                    if (w.campaign_id, g) in stats
+                },
                 {e: events.get((w.campaign_id, e), 0) for e in EMAIL_EVENTS},
             )
             for w in windows

@@ -220,16 +220,12 @@ def test_unknown_coupon_codes_are_ignored_for_redemption_and_counted(engine, set
 
 def test_a_failure_half_way_writes_nothing(engine, settings, monkeypatch):
     build(engine)
-    real = outcomes_mod._record_conversions
-    calls = {"n": 0}
 
-    def flaky(conn, settings_, w, result):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("warehouse went away")
-        return real(conn, settings_, w, result)
+    def boom(conn, ids):
+        raise RuntimeError("warehouse went away")
 
-    monkeypatch.setattr(outcomes_mod, "_record_conversions", flaky)
+    # fails after events and conversions were written inside the transaction
+    monkeypatch.setattr(outcomes_mod, "is_backtest", boom)
     with pytest.raises(RuntimeError):
         collect_outcomes(engine, settings, AS_OF, SCHEME, destination=[
             {"campaign_id": "cmp-at-risk-v1", "customer_id": "c00001", "event": "sent"}])  # fmt: skip
@@ -291,3 +287,25 @@ def test_cli_outcomes_collect(duck_engine, duck_settings):
     assert unknown.exit_code == 2 and "carrier-pigeon" in unknown.stderr
     bad = run_cli("outcomes", "collect", "--as-of", "31/03/2024")
     assert bad.exit_code == 2 and "YYYY-MM-DD" in bad.output
+
+
+def test_capped_coupon_discount_per_redeemed_order(engine, settings):
+    fx = build(engine)
+    cid = fx.campaign_ids["At Risk"]
+    offer = '{"type": "winback_coupon", "percent": 50, "expiry_days": 30, "max_discount": 30}'
+    with engine.begin() as conn:
+        conn.execute(update(campaigns).where(campaigns.c.campaign_id == cid).values(offer=offer))
+    collect_outcomes(engine, settings, AS_OF, SCHEME)
+    o = read_orders(engine)
+    o = o[(pd.to_datetime(o["ordered_at"]) > pd.Timestamp(SEND))
+          & (pd.to_datetime(o["ordered_at"]) <= pd.Timestamp(SEND + timedelta(days=30)))
+          & ~o["status"].isin(["Cancelled", "Returned"])]  # fmt: skip
+    m = fx.members[(fx.members["campaign_id"] == cid) & fx.members["coupon_code"].notna()]
+    red = o.merge(m, on="customer_id", suffixes=("", "_member"))
+    red = red[red["coupon_code"] == red["coupon_code_member"]]
+    expected = red.assign(d=(red["amount"] * 0.5).clip(upper=30)).groupby("customer_id")["d"].sum()
+    got = _ledger(engine, "converted").set_index("customer_id")["discount"]
+    assert len(expected) > 0 and (expected > 0).all()
+    assert (red["amount"] * 0.5 > 30).any()  # the cap matters for some orders
+    for cust, d in expected.items():
+        assert got[cust] == pytest.approx(d)
