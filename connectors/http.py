@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -86,7 +87,8 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
 class CallPool:
     """Runs calls on at most ``max_workers`` threads; completion callbacks run in the caller's thread.
 
-    Callbacks may submit follow-up calls (an upsert's tag call). On the first error no new call starts;
+    Callbacks may submit follow-up calls (an upsert's tag call); those go to the front of the queue, so a
+    batch is finished (and committed) before the next one starts. On the first error no new call starts;
     calls already in flight finish and their callbacks still run (their writes were confirmed), then the
     error is raised.
     """
@@ -94,36 +96,47 @@ class CallPool:
     def __init__(self, max_workers: int) -> None:
         self.max_workers = max_workers
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api")
-        self._callbacks: dict[Future[Any], Callable[[Any], None]] = {}
+        self._queue: deque[tuple[Callable[[], Any], Callable[[Any], None]]] = deque()
+        self._running: dict[Future[Any], Callable[[Any], None]] = {}
+        self._in_callback = False
         self._error: BaseException | None = None
 
     def submit(self, fn: Callable[[], T], on_done: Callable[[T], None]) -> None:
         if self._error is not None:
             return
-        fut = self._pool.submit(fn)
-        self._callbacks[fut] = on_done
+        if self._in_callback:
+            self._queue.appendleft((fn, on_done))
+        else:
+            self._queue.append((fn, on_done))
+
+    def _fill(self) -> None:
+        while self._error is None and self._queue and len(self._running) < self.max_workers:
+            fn, cb = self._queue.popleft()
+            self._running[self._pool.submit(fn)] = cb
 
     def run(self) -> None:
         """Wait for every call (and the calls their callbacks submit); raise the first error."""
-        while self._callbacks:
-            done, _ = wait(list(self._callbacks), return_when=FIRST_COMPLETED)
+        self._fill()
+        while self._running:
+            done, _ = wait(list(self._running), return_when=FIRST_COMPLETED)
             for fut in done:
-                cb = self._callbacks.pop(fut)
-                if fut.cancelled():
-                    continue
+                cb = self._running.pop(fut)
                 exc = fut.exception()
                 if exc is not None:
                     if self._error is None:
                         self._error = exc
-                        for other in list(self._callbacks):
-                            if other.cancel():
-                                self._callbacks.pop(other)
+                        self._queue.clear()
                     continue
+                self._in_callback = True
                 try:
                     cb(fut.result())
                 except BaseException as cb_exc:  # noqa: BLE001 - re-raised after in-flight calls settle
                     if self._error is None:
                         self._error = cb_exc
+                        self._queue.clear()
+                finally:
+                    self._in_callback = False
+            self._fill()
         if self._error is not None:
             err, self._error = self._error, None
             raise err

@@ -295,8 +295,34 @@ class MailchimpDestination:
         segment_ids = self.ensure_segments(needed)
         if any(c.upsert for c in plan.changes):
             self.ensure_merge_fields()
-        self._sync_members(plan, journal, segment_ids)
-        self._publish(plan, journal, segment_ids, publish)
+        existing = (
+            self._existing_campaigns() if any(self._remote_id(c, journal) is None for c in publish) else {}
+        )
+        pool = CallPool(self.settings.max_connections)
+        try:
+            # campaign drafts only need their static segment: they fill idle connections meanwhile
+            for camp in publish:
+                self._submit_draft(pool, plan, journal, camp, segment_ids, existing)
+            self._sync_members(plan, journal, segment_ids, pool)
+            pool.run()
+            if plan.send or plan.schedule_at:
+                for camp in publish:
+                    self._submit_send(pool, plan, journal, camp)
+                pool.run()
+        finally:
+            pool.close()
+
+    def _parallel(self, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Run independent calls on the bounded pool; results in order."""
+        out: list[Any] = [None] * len(calls)
+        pool = CallPool(self.settings.max_connections)
+        try:
+            for i, fn in enumerate(calls):
+                pool.submit(fn, lambda res, i=i: out.__setitem__(i, res))
+            pool.run()
+        finally:
+            pool.close()
+        return out
 
     def verify(self) -> None:
         """Cheap reads that fail fast (before any write) on a wrong key or list id."""
@@ -305,26 +331,33 @@ class MailchimpDestination:
             self.api.call(
                 "get list", lambda c: c.lists.get_list(self.api.list_id, fields="id,name"), write=False
             )
-        except RemoteNotFoundError as exc:
-            raise RemoteNotFoundError(
-                f"Mailchimp audience {self.api.list_id!r} does not exist",
-                fix="set ACTIVATION_MAILCHIMP__LIST_ID to an audience id of this account",
-                status=exc.status,
-            ) from None
+        except RemoteNotFoundError:
+            raise self._no_such_list() from None
+
+    def _no_such_list(self) -> RemoteNotFoundError:
+        return RemoteNotFoundError(
+            f"Mailchimp audience {self.api.list_id!r} does not exist",
+            fix="set ACTIVATION_MAILCHIMP__LIST_ID to an audience id of this account",
+            status=404,
+        )
 
     def ensure_merge_fields(self) -> None:
         page = self.api.call(
             "merge fields", lambda c: c.lists.get_list_merge_fields(self.api.list_id, count=PAGE), write=False
         )
         have = {m["tag"] for m in page.get("merge_fields", [])}
+        calls = []
         for tag, label in MERGE_FIELDS.items():
             if tag not in have:
                 body = {"tag": tag, "name": label, "type": "text", "required": False, "public": False}
-                self.api.call(
-                    f"create merge field {tag}",
-                    lambda c, b=body: c.lists.add_list_merge_field(self.api.list_id, b),
-                    write=True,
+                calls.append(
+                    lambda b=body, t=tag: self.api.call(
+                        f"create merge field {t}",
+                        lambda c: c.lists.add_list_merge_field(self.api.list_id, b),
+                        write=True,
+                    )
                 )
+        self._parallel(calls)
 
     def ensure_segments(self, names: set[str]) -> dict[str, int]:
         """name -> static segment id, creating the ``names`` that are missing."""
@@ -347,16 +380,23 @@ class MailchimpDestination:
             offset += len(segs)
             if not segs or offset >= int(page.get("total_items", 0)):
                 break
-        for name in sorted(names - set(ids)):
-            seg = self.api.call(
-                f"create segment {name}",
-                lambda c, n=name: c.lists.create_segment(self.api.list_id, {"name": n, "static_segment": []}),
-                write=True,
-            )
-            ids[name] = int(seg["id"])
+        missing = sorted(names - set(ids))
+        created = self._parallel(
+            [
+                lambda n=name: self.api.call(
+                    f"create segment {n}",
+                    lambda c: c.lists.create_segment(self.api.list_id, {"name": n, "static_segment": []}),
+                    write=True,
+                )
+                for name in missing
+            ]
+        )
+        ids.update({name: int(seg["id"]) for name, seg in zip(missing, created, strict=True)})
         return ids
 
-    def _sync_members(self, plan: SyncPlan, journal: Journal, segment_ids: dict[str, int]) -> None:
+    def _sync_members(
+        self, plan: SyncPlan, journal: Journal, segment_ids: dict[str, int], pool: CallPool
+    ) -> None:
         tracker = MemberTracker()
         upserts: dict[str, list[MemberChange]] = defaultdict(list)
         removes: dict[str, list[MemberChange]] = defaultdict(list)
@@ -379,7 +419,6 @@ class MailchimpDestination:
                 continue
             tracker.expect(c, ops)
         journal.confirmed(tracker.drain())
-        pool = CallPool(self.settings.max_connections)
         B = self.batch_size
 
         def flush() -> None:
@@ -423,11 +462,6 @@ class MailchimpDestination:
         for seg, rem in removes.items():
             for chunk in _chunks(rem, B):
                 segment_call(seg, [], chunk)
-        try:
-            pool.run()
-        finally:
-            pool.close()
-            flush()
 
     def _submit_upsert(
         self,
@@ -489,51 +523,113 @@ class MailchimpDestination:
     def title(self, camp: CampaignSpec) -> str:
         return f"{camp.scheme} {camp.as_of.isoformat()} {camp.segment} [{camp.campaign_id}]"
 
-    def _publish(
-        self, plan: SyncPlan, journal: Journal, segment_ids: dict[str, int], publish: list[CampaignSpec]
+    def _remote_id(self, camp: CampaignSpec, journal: Journal) -> str | None:
+        rc = journal.remote_campaign(camp.campaign_id)
+        return rc.remote_id if rc else None
+
+    def _submit_draft(
+        self,
+        pool: CallPool,
+        plan: SyncPlan,
+        journal: Journal,
+        camp: CampaignSpec,
+        segment_ids: dict[str, int],
+        existing: dict[str, str],
     ) -> None:
-        existing: dict[str, str] | None = None
-        for camp in publish:
-            rc = journal.remote_campaign(camp.campaign_id)
-            remote_id = rc.remote_id if rc else None
-            if remote_id is None:
-                if existing is None:
-                    existing = self._existing_campaigns()
-                remote_id = existing.get(self.title(camp))
-            if remote_id is None:
-                body = {
-                    "type": "regular",
-                    "recipients": {
-                        "list_id": self.api.list_id,
-                        "segment_opts": {"saved_segment_id": segment_ids[camp.segment]},
-                    },
-                    "settings": {
-                        "subject_line": camp.subject,
-                        "title": self.title(camp),
-                        "from_name": self.brand.from_name,
-                        "reply_to": self.brand.reply_to or self.brand.from_email,
-                    },
-                }
-                created = self.api.call(
-                    f"create campaign {camp.segment}", lambda c, b=body: c.campaigns.create(b), write=True
-                )
-                remote_id = str(created["id"])
-                journal.record_campaign(camp.campaign_id, remote_id, "created", None)
-                rc = None
-            if rc is None or rc.status == "created":
-                assert plan.content is not None
-                content = plan.content.for_campaign(camp)
-                self.api.call(
+        """create (unless it exists, e.g. after a crash) → set content → recorded as a draft."""
+        rc = journal.remote_campaign(camp.campaign_id)
+        if rc is not None and rc.status not in ("created",):
+            return
+        assert plan.content is not None
+        content = plan.content.for_campaign(camp)
+
+        def set_content(remote_id: str) -> None:
+            def run() -> Any:
+                return self.api.call(
                     f"set content {camp.segment}",
-                    lambda c, r=remote_id, ct=content: c.campaigns.set_content(
-                        r, {"html": ct.html, "plain_text": ct.text}
+                    lambda c: c.campaigns.set_content(
+                        remote_id, {"html": content.html, "plain_text": content.text}
                     ),
                     write=True,
                 )
+
+            def done(_: Any) -> None:
                 journal.record_campaign(camp.campaign_id, remote_id, "draft", None)
                 journal.log(camp.campaign_id, "create_campaign", "ok")
-            if plan.send or plan.schedule_at:
-                self._send(camp, remote_id, plan, journal)
+
+            pool.submit(run, done)
+
+        remote_id = (rc.remote_id if rc else None) or existing.get(self.title(camp))
+        if remote_id is not None:
+            set_content(remote_id)
+            return
+        body = {
+            "type": "regular",
+            "recipients": {
+                "list_id": self.api.list_id,
+                "segment_opts": {"saved_segment_id": segment_ids[camp.segment]},
+            },
+            "settings": {
+                "subject_line": camp.subject,
+                "title": self.title(camp),
+                "from_name": self.brand.from_name,
+                "reply_to": self.brand.reply_to or self.brand.from_email,
+            },
+        }
+
+        def create() -> Any:
+            return self.api.call(
+                f"create campaign {camp.segment}", lambda c: c.campaigns.create(body), write=True
+            )
+
+        def created(res: Any) -> None:
+            journal.record_campaign(camp.campaign_id, str(res["id"]), "created", None)
+            set_content(str(res["id"]))
+
+        pool.submit(create, created)
+
+    def _submit_send(self, pool: CallPool, plan: SyncPlan, journal: Journal, camp: CampaignSpec) -> None:
+        """Send or schedule once: skipped when this campaign (any version) is on record as sent, and the
+        remote status is checked first (a crash between sending and recording must not send twice)."""
+        remote_id = self._remote_id(camp, journal)
+        rc = journal.remote_campaign(camp.campaign_id)
+        if remote_id is None or rc is None or rc.status != "draft":
+            return
+        if journal.campaign_sent_before(camp):
+            journal.log(
+                camp.campaign_id, "send", "skipped", "an earlier version of this campaign was already sent"
+            )
+            return
+
+        def run() -> tuple[str, datetime | None, str | None]:
+            remote = self.api.call(
+                "get campaign",
+                lambda c: c.campaigns.get(remote_id, fields="id,status,send_time"),
+                write=False,
+            )
+            status = remote.get("status")
+            if status in ("sent", "sending"):
+                return "sent", _parse_ts(remote.get("send_time")) or _now(), None
+            if status == "schedule":
+                return "scheduled", _parse_ts(remote.get("send_time")) or plan.schedule_at, None
+            if plan.schedule_at:
+                when = plan.schedule_at if plan.schedule_at.tzinfo else plan.schedule_at.replace(tzinfo=UTC)
+                self.api.call(
+                    "schedule campaign",
+                    lambda c: c.campaigns.schedule(remote_id, {"schedule_time": when.isoformat()}),
+                    write=True,
+                )
+                return "scheduled", when.astimezone(UTC).replace(tzinfo=None), "schedule"
+            self.api.call("send campaign", lambda c: c.campaigns.send(remote_id), write=True)
+            return "sent", _now(), "send"
+
+        def done(res: tuple[str, datetime | None, str | None]) -> None:
+            status, when, op = res
+            journal.record_campaign(camp.campaign_id, remote_id, status, when)
+            if op:
+                journal.log(camp.campaign_id, op, "ok")
+
+        pool.submit(run, done)
 
     def _existing_campaigns(self) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -555,45 +651,6 @@ class MailchimpDestination:
             if not rows or offset >= int(page.get("total_items", 0)):
                 return out
 
-    def _send(self, camp: CampaignSpec, remote_id: str, plan: SyncPlan, journal: Journal) -> None:
-        if journal.campaign_sent_before(camp):
-            journal.log(
-                camp.campaign_id, "send", "skipped", "an earlier version of this campaign was already sent"
-            )
-            return
-        remote = self.api.call(
-            "get campaign", lambda c: c.campaigns.get(remote_id, fields="id,status,send_time"), write=False
-        )
-        status = remote.get("status")
-        if status in ("sent", "sending"):
-            journal.record_campaign(
-                camp.campaign_id, remote_id, "sent", _parse_ts(remote.get("send_time")) or _now()
-            )
-            return
-        if status == "schedule":
-            journal.record_campaign(
-                camp.campaign_id,
-                remote_id,
-                "scheduled",
-                _parse_ts(remote.get("send_time")) or plan.schedule_at,
-            )
-            return
-        if plan.schedule_at:
-            when = plan.schedule_at if plan.schedule_at.tzinfo else plan.schedule_at.replace(tzinfo=UTC)
-            self.api.call(
-                "schedule campaign",
-                lambda c: c.campaigns.schedule(remote_id, {"schedule_time": when.isoformat()}),
-                write=True,
-            )
-            journal.record_campaign(
-                camp.campaign_id, remote_id, "scheduled", when.astimezone(UTC).replace(tzinfo=None)
-            )
-            journal.log(camp.campaign_id, "schedule", "ok")
-        else:
-            self.api.call("send campaign", lambda c: c.campaigns.send(remote_id), write=True)
-            journal.record_campaign(camp.campaign_id, remote_id, "sent", _now())
-            journal.log(camp.campaign_id, "send", "ok")
-
     # --- reading back -------------------------------------------------------------------------------
 
     def read_suppressions(self, since: datetime | None) -> Iterator[SuppressionEvent]:
@@ -609,11 +666,14 @@ class MailchimpDestination:
                 }
                 if since is not None:
                     params["since_last_changed"] = since.replace(tzinfo=UTC, microsecond=0).isoformat()
-                page = self.api.call(
-                    "list members",
-                    lambda c, p=params: c.lists.get_list_members_info(self.api.list_id, **p),
-                    write=False,
-                )
+                try:
+                    page = self.api.call(
+                        "list members",
+                        lambda c, p=params: c.lists.get_list_members_info(self.api.list_id, **p),
+                        write=False,
+                    )
+                except RemoteNotFoundError:
+                    raise self._no_such_list() from None
                 members = page.get("members", [])
                 for m in members:
                     yield SuppressionEvent(m["email_address"], status)

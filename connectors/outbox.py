@@ -19,9 +19,9 @@ import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, time
 from email.header import Header
-from email.policy import compat32
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from email.policy import compat32
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any

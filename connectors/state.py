@@ -237,7 +237,7 @@ def load_remote_campaigns(engine: Engine, destination: str) -> dict[str, RemoteC
         return {r[0]: RemoteCampaign(r[0], r[1], r[2], r[3]) for r in conn.execute(q)}
 
 
-def save_remote_campaign(engine: Engine, destination: str, rc: RemoteCampaign) -> None:
+def save_remote_campaign(bind: Engine | Connection, destination: str, rc: RemoteCampaign) -> None:
     stmt = postgresql.insert(destination_campaigns).values(
         destination=destination,
         campaign_id=rc.campaign_id,
@@ -255,5 +255,8 @@ def save_remote_campaign(engine: Engine, destination: str, rc: RemoteCampaign) -
             "updated_at": stmt.excluded.updated_at,
         },
     )
-    with engine.begin() as conn:
-        conn.execute(stmt)
+    if isinstance(bind, Engine):
+        with bind.begin() as conn:
+            conn.execute(stmt)
+    else:
+        bind.execute(stmt)

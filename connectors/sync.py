@@ -10,7 +10,9 @@ destination last received, so only changes are written and a rerun with nothing 
 from __future__ import annotations
 
 import json
+import queue
 import re
+import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -110,6 +112,7 @@ class SyncResult:
     failed: int = 0
     campaigns: dict[str, str] = field(default_factory=dict)  # campaign_id -> status
     seconds: float = 0.0
+    apply_seconds: float = 0.0  # time spent writing to the destination (the API-bound part)
 
     @property
     def skips(self) -> Counter[str]:
@@ -128,6 +131,8 @@ class SyncResult:
             "api_calls": self.api_calls,
             "write_calls": self.write_calls,
             "read_calls": self.read_calls,
+            "seconds": round(self.seconds, 3),
+            "apply_seconds": round(self.apply_seconds, 3),
             "ok": self.ok,
             "skipped": self.skipped,
             "failed": self.failed,
@@ -390,7 +395,14 @@ def diff(
 
 
 class WarehouseJournal:
-    """Commits each confirmed batch (state + log + consent refusals) in one transaction."""
+    """Commits what destinations confirm: state + log + consent refusals, and campaign records.
+
+    Writes go through one background thread that commits everything queued so far in one transaction,
+    so API calls never wait for the warehouse (a DuckDB commit costs tens of milliseconds) and a large
+    sync commits a few large transactions rather than thousands of small ones. ``close()`` waits for the
+    queue to drain; what was confirmed but not yet committed when a process dies is simply redone (every
+    write is idempotent).
+    """
 
     def __init__(
         self,
@@ -407,6 +419,58 @@ class WarehouseJournal:
         self.on_progress = on_progress
         self.counts: Counter[str] = Counter()
         self._remote = st.load_remote_campaigns(engine, destination)
+        self._queue: queue.Queue[tuple[Callable[[Any], None], int] | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="sync-journal", daemon=True)
+        self._writer.start()
+
+    # --- the writer thread --------------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            items = [self._queue.get()]
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            work = [i for i in items if i is not None]
+            stop = len(work) < len(items)
+            try:
+                if work and self._error is None:
+                    with self.engine.begin() as conn:
+                        for fn, _ in work:
+                            fn(conn)
+                    if self.on_progress:
+                        n = sum(k for _, k in work)
+                        if n:
+                            self.on_progress(n)
+            except BaseException as exc:  # noqa: BLE001 - raised again by close()
+                self._error = exc
+            finally:
+                for _ in items:
+                    self._queue.task_done()
+
+    def _enqueue(self, fn: Callable[[Any], None], members: int = 0) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put((fn, members))
+
+    def flush(self) -> None:
+        """Wait until everything queued is committed."""
+        self._queue.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        if self._error is not None:
+            raise self._error
+
+    # --- Journal ------------------------------------------------------------------------------------
 
     def confirmed(self, results: Sequence[MemberResult]) -> None:
         if not results:
@@ -418,23 +482,16 @@ class WarehouseJournal:
         for r in results:
             c = r.change
             self.counts[r.status] += 1
+            eh = email_hash(c.email) if c.email else None
             if r.status == "ok":
                 states.append(
                     st.StateRow(
-                        c.customer_id,
-                        email_hash(c.email) if c.email else None,
-                        c.member.campaign_id if c.member else None,
-                        c.new_tags,
-                        c.new_hash,
+                        c.customer_id, eh, c.member.campaign_id if c.member else None, c.new_tags, c.new_hash
                     )
                 )
             elif r.status == "skipped":
                 # a per-member refusal is final for this content: do not retry it until the member changes
-                states.append(
-                    st.StateRow(
-                        c.customer_id, email_hash(c.email) if c.email else None, c.campaign_id, [], c.new_hash
-                    )
-                )
+                states.append(st.StateRow(c.customer_id, eh, c.campaign_id, [], c.new_hash))
                 if r.suppress_reason and c.email:
                     refusals.append((c.email, r.suppress_reason))
             logs.append(
@@ -449,13 +506,14 @@ class WarehouseJournal:
                     "logged_at": now,
                 }
             )
-        with self.engine.begin() as conn:
+
+        def write(conn: Any) -> None:
             st.save_state(conn, self.destination, states)
             st.write_log(conn, logs)
             if refusals:
                 st.add_suppressions(conn, refusals, self.destination)
-        if self.on_progress:
-            self.on_progress(len(results))
+
+        self._enqueue(write, len(results))
 
     def remote_campaign(self, campaign_id: str) -> RemoteCampaign | None:
         return self._remote.get(campaign_id)
@@ -476,33 +534,33 @@ class WarehouseJournal:
         self, campaign_id: str, remote_id: str | None, status: str, sent_at: datetime | None
     ) -> None:
         rc = RemoteCampaign(campaign_id, remote_id, status, sent_at)
-        st.save_remote_campaign(self.engine, self.destination, rc)
         self._remote[campaign_id] = rc
-        if sent_at is not None and status in ("sent", "scheduled"):
-            with self.engine.begin() as conn:
+
+        def write(conn: Any) -> None:
+            st.save_remote_campaign(conn, self.destination, rc)
+            if sent_at is not None and status in ("sent", "scheduled"):
                 conn.execute(
                     update(campaigns)
                     .where(and_(campaigns.c.campaign_id == campaign_id, campaigns.c.send_time.is_(None)))
                     .values(send_time=sent_at)
                 )
 
+        self._enqueue(write)
+        if status in ("sent", "scheduled"):
+            self.flush()  # a send must be on record before anything else happens
+
     def log(self, campaign_id: str | None, operation: str, status: str, error: str | None = None) -> None:
-        with self.engine.begin() as conn:
-            st.write_log(
-                conn,
-                [
-                    {
-                        "sync_id": self.sync_id,
-                        "destination": self.destination,
-                        "campaign_id": campaign_id,
-                        "customer_id": None,
-                        "operation": operation,
-                        "status": status,
-                        "error": error,
-                        "logged_at": st.utcnow(),
-                    }
-                ],
-            )
+        row = {
+            "sync_id": self.sync_id,
+            "destination": self.destination,
+            "campaign_id": campaign_id,
+            "customer_id": None,
+            "operation": operation,
+            "status": status,
+            "error": error,
+            "logged_at": st.utcnow(),
+        }
+        self._enqueue(lambda conn: st.write_log(conn, [row]))
 
 
 # --- content -------------------------------------------------------------------------------------------
@@ -683,8 +741,13 @@ def sync_audience(
             _log_skips(engine, destination, sync_id, src.skipped)
         if on_total:
             on_total(len(changes))
+        t_apply = time.perf_counter()
         try:
-            dest.apply(plan, journal)
+            try:
+                dest.apply(plan, journal)
+            finally:
+                result.apply_seconds = time.perf_counter() - t_apply
+                journal.close()
         except BaseException as exc:
             result.status = "failed"
             _finish(

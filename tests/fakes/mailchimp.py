@@ -192,6 +192,7 @@ class FakeMailchimp(FakeApiServer):
                 400, "Invalid Resource", f"members: a maximum of 500 members per call ({len(members)} given)"
             )
         update_existing = bool(body.get("update_existing"))
+        stamp = now_iso()
         new, updated, errors = [], [], []
         for item in members:
             email = str(item.get("email_address", ""))
@@ -242,7 +243,7 @@ class FakeMailchimp(FakeApiServer):
                     "email_address": email,
                     "status": status,
                     "merge_fields": dict(item.get("merge_fields") or {}),
-                    "last_changed": now_iso(),
+                    "last_changed": stamp,
                 }
                 new.append({"email_address": email, "status": status})
                 continue
@@ -271,7 +272,7 @@ class FakeMailchimp(FakeApiServer):
             if "status" in item:
                 existing["status"] = item["status"]
             existing["merge_fields"].update(item.get("merge_fields") or {})
-            existing["last_changed"] = now_iso()
+            existing["last_changed"] = stamp
             updated.append({"email_address": email, "status": existing["status"]})
         return JSONResponse(
             {

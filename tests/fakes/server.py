@@ -47,6 +47,8 @@ class Call:
     status: int
     fault: str | None
     body: Any = None
+    started: float = 0.0
+    ended: float = 0.0
 
     @property
     def write(self) -> bool:
@@ -76,6 +78,7 @@ class FakeApiServer:
     def start(self) -> FakeApiServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -126,6 +129,13 @@ class FakeApiServer:
 
     def reset_log(self) -> None:
         self.log.clear()
+        self.peak_in_flight = 0
+
+    def api_window(self) -> float:
+        """Seconds from the first request's arrival to the last response (0 without requests)."""
+        if not self.log:
+            return 0.0
+        return max(c.ended for c in self.log) - min(c.started for c in self.log)
 
     # --- the ASGI wrapper -------------------------------------------------------------------------
 
@@ -139,9 +149,13 @@ class FakeApiServer:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"]
+        if path.startswith("/_fake/"):
+            await self._admin(method, path, receive, send)
+            return
         query = scope.get("query_string", b"").decode()
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         is_write = method != "GET"
+        started = time.perf_counter()
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         status_box = {"status": 0}
@@ -205,7 +219,45 @@ class FakeApiServer:
             await self.app(scope, replay, capture)
         finally:
             self.in_flight -= 1
-            self.log.append(Call(method, path, query, status_box["status"], fault, body_box.get("body")))
+            self.log.append(
+                Call(
+                    method,
+                    path,
+                    query,
+                    status_box["status"],
+                    fault,
+                    body_box.get("body"),
+                    started,
+                    time.perf_counter(),
+                )
+            )
+
+    async def _admin(self, method: str, path: str, receive: Any, send: Any) -> None:
+        """Out-of-band control for a server running in another process (benchmarks): not logged."""
+        box = {"status": 0}
+        if path == "/_fake/stats":
+            await self._json(
+                send,
+                200,
+                {
+                    "calls": self.calls,
+                    "writes": self.write_calls,
+                    "window": self.api_window(),
+                    "peak_in_flight": self.peak_in_flight,
+                    "rejected": self.rejected_concurrency,
+                },
+                {},
+                box,
+            )
+        elif path == "/_fake/reset" and method == "POST":
+            self.reset_log()
+            await self._json(send, 200, {}, {}, box)
+        elif path == "/_fake/faults" and method == "POST":
+            for k, v in json.loads(await _read_body(receive) or b"{}").items():
+                setattr(self.faults, k, v)
+            await self._json(send, 200, {}, {}, box)
+        else:
+            await self._json(send, 404, {}, {}, box)
 
     def _pick_fault(self, path: str) -> str | None:
         f = self.faults

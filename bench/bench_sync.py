@@ -1,0 +1,222 @@
+"""Audience sync against the local Mailchimp-compatible server with injected latency.
+
+Three runs on one warehouse: the initial sync of N members, a corrected plan where a share of the members
+moved segment, and a rerun with nothing changed. For each: calls made (writes), wall time, and the
+connection-limited lower bound ⌈calls / connections⌉ × latency side by side.
+
+    python bench/bench_sync.py --members 100000 --latency 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pydantic import SecretStr  # noqa: E402
+
+from activation.settings import MailchimpSettings, Settings  # noqa: E402
+from activation.warehouse import get_engine  # noqa: E402
+from connectors.http import RetryPolicy  # noqa: E402
+from connectors.mailchimp import MailchimpDestination  # noqa: E402
+from connectors.sync import sync_audience  # noqa: E402
+from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent  # noqa: E402
+
+SEGMENTS = (
+    "Champions",
+    "Loyal Customers",
+    "Potential Loyalist",
+    "New Customers",
+    "Promising",
+    "Need Attention",
+    "About To Sleep",
+    "At Risk",
+    "Can't Lose Them",
+    "Hibernating",
+    "Lost",
+)
+
+
+def load_plan(
+    engine, assignment: dict[str, str], version: int, holdout_every: int = 10, customers: bool = True
+) -> None:
+    """Bulk-load customers, one campaign per segment and its members (DuckDB native path)."""
+    now = datetime(2024, 4, 1)
+    raw = engine.raw_connection()
+    try:
+        con = raw.driver_connection
+        if customers:
+            ids = list(assignment)
+            con.register(
+                "c",
+                pa.table(
+                    {
+                        "customer_id": ids,
+                        "email": [f"{i}@example.com" for i in ids],
+                        "first_name": [f"N{i}" for i in ids],
+                    }
+                ),
+            )
+            con.execute(
+                "INSERT INTO customers (customer_id, email, first_name, unsubscribed) SELECT customer_id, email, first_name, false FROM c"
+            )
+            con.unregister("c")
+        con.execute("DELETE FROM campaign_members")
+        con.execute("DELETE FROM campaigns")
+        cids = {s: f"{SCHEME}-{AS_OF}-{i}-v{version}" for i, s in enumerate(SEGMENTS)}
+        for s, cid in cids.items():
+            con.execute(
+                "INSERT INTO campaigns (campaign_id, campaign_key, version, as_of, scheme, segment, template, subject, offer_type, offer, holdout_share, template_hash, policy_hash, destinations, treated, holdout, excluded, created_at) VALUES (?, ?, ?, ?, ?, ?, 't', ?, 'winback_coupon', ?, 0.1, 't', 'p', '[]', 0, 0, '{}', ?)",
+                [
+                    cid,
+                    f"{SCHEME}/{AS_OF}/{s}",
+                    version,
+                    AS_OF,
+                    SCHEME,
+                    s,
+                    f"Hello {s}",
+                    json.dumps({"expiry_days": 30}),
+                    now,
+                ],
+            )
+        rows = list(assignment.items())
+        con.register(
+            "m",
+            pa.table(
+                {
+                    "campaign_id": [cids[s] for _, s in rows],
+                    "customer_id": [c for c, _ in rows],
+                    "member_group": [
+                        "holdout" if int(c[1:]) % holdout_every == 0 else "treatment" for c, _ in rows
+                    ],
+                    "coupon_code": [f"C-{c}" for c, _ in rows],
+                }
+            ),
+        )
+        con.execute("INSERT INTO campaign_members SELECT * FROM m")
+        con.unregister("m")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+class RemoteFake:
+    """The fake Mailchimp server in its own process (client and server must not share a GIL)."""
+
+    def __init__(self, latency: float) -> None:
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.serve", "mailchimp", "--latency", str(latency)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
+        self.info = json.loads(self.proc.stdout.readline())  # type: ignore[union-attr]
+        self.http = httpx.Client(base_url=self.info["url"].rsplit("/3.0", 1)[0])
+
+    def stats(self) -> dict:
+        return self.http.get("/_fake/stats").json()
+
+    def reset(self) -> None:
+        self.http.post("/_fake/reset")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def run(engine, settings, fake: RemoteFake, latency: float, conns: int, label: str, changed: int) -> dict:
+    dest = MailchimpDestination(settings.mailchimp, settings.brand, retry=RetryPolicy(base_delay=0.05))
+    fake.reset()
+    t0 = time.perf_counter()
+    res = sync_audience(
+        engine,
+        settings,
+        "mailchimp",
+        AS_OF,
+        SCHEME,
+        content=SimpleContent(),
+        destination_obj=dest,
+        force=True,
+    )
+    wall = time.perf_counter() - t0
+    dest.close()
+    stats = fake.stats()
+    calls = stats["calls"]
+    return {
+        "run": label,
+        "changed": changed,
+        "ok": res.ok,
+        "calls": calls,
+        "writes": stats["writes"],
+        "wall_s": round(wall, 2),
+        "api_s": round(res.apply_seconds, 2),
+        "bound_s": round(math.ceil(calls / conns) * latency, 2),
+        "peak_in_flight": stats["peak_in_flight"],
+        "status": res.status,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--members", type=int, default=100_000)
+    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--change", type=float, default=0.05, help="share of members moving segment in run 2")
+    ap.add_argument("--connections", type=int, default=10)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
+    fake = RemoteFake(args.latency)
+    settings = Settings(
+        data_dir=tmp,
+        warehouse_url=f"duckdb:///{tmp / 'w.duckdb'}",
+        guardrail_max_change_share=1.0,
+        mailchimp=MailchimpSettings(
+            api_key=SecretStr(fake.info["api_key"]),
+            list_id=fake.info["list_id"],
+            base_url=fake.info["url"],
+            max_connections=args.connections,
+        ),
+    )
+    engine = get_engine(settings)
+    rng = random.Random(7)
+    assignment = {f"c{i:07d}": SEGMENTS[rng.randrange(len(SEGMENTS))] for i in range(args.members)}
+    t = time.perf_counter()
+    load_plan(engine, assignment, 1)
+    print(f"loaded {args.members:,} members in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    rows = [run(engine, settings, fake, args.latency, args.connections, "initial", args.members)]
+    movers = rng.sample(sorted(assignment), int(args.members * args.change))
+    moved = dict(assignment)
+    for c in movers:
+        moved[c] = SEGMENTS[(SEGMENTS.index(moved[c]) + 1) % len(SEGMENTS)]
+    load_plan(engine, moved, 2, customers=False)
+    rows.append(
+        run(engine, settings, fake, args.latency, args.connections, f"{args.change:.0%} moved", len(movers))
+    )
+    rows.append(run(engine, settings, fake, args.latency, args.connections, "no change", 0))
+    fake.stop()
+    head = f"| run | members changed | calls (writes) | wall s (whole sync) | apply s (API phase) | lower bound s ⌈calls/{args.connections}⌉×{args.latency * 1000:.0f} ms | apply / bound | peak in flight |"
+    print(head)
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratio = f"{r['api_s'] / r['bound_s']:.2f}" if r["bound_s"] and r["writes"] else "-"
+        print(
+            f"| {r['run']} | {r['changed']:,} | {r['calls']:,} ({r['writes']:,}) | {r['wall_s']} | {r['api_s']} | {r['bound_s']} | {ratio} | {r['peak_in_flight']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""Mailchimp: the adapter around mailchimp-marketing and the destination, against the fake Mailchimp server
+(real HTTP on 127.0.0.1): credentials, compliance, merge fields, tags, campaigns, faults, concurrency,
+secrets, a process killed mid-sync."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from activation.settings import MailchimpSettings
+from activation.tables import campaigns, destination_campaigns, suppressions, sync_log, sync_runs, sync_state
+from activation.warehouse import dispose_engines, get_engine
+from connectors.base import email_hash
+from connectors.errors import AuthError, BadRequestError, RemoteNotFoundError, ServerError, TransportError
+from connectors.http import RetryPolicy
+from connectors.mailchimp import MailchimpApi, MailchimpDestination
+from connectors.sync import read_outcomes, sync_audience
+from tests.fakes.destinations import FAST_RETRY
+from tests.fakes.mailchimp import FakeMailchimp
+from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
+
+C = SimpleContent()
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def mc() -> Iterator[FakeMailchimp]:
+    with FakeMailchimp() as server:
+        yield server  # type: ignore[misc]
+
+
+def _configure(settings, mc: FakeMailchimp, **kw) -> MailchimpSettings:
+    settings.mailchimp = MailchimpSettings(
+        api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url, **kw
+    )
+    return settings.mailchimp
+
+
+def _sync(engine, settings, **kw):
+    dest = kw.pop("dest", None) or MailchimpDestination(settings.mailchimp, settings.brand, retry=FAST_RETRY)
+    return sync_audience(
+        engine, settings, "mailchimp", AS_OF, SCHEME, content=kw.pop("content", C), destination_obj=dest, **kw
+    )
+
+
+def _rows(engine, table):
+    with engine.connect() as conn:
+        return conn.execute(select(table)).all()
+
+
+def test_full_sync_on_both_warehouses(engine, settings, mc):
+    _configure(settings, mc)
+    plan = insert_plan(engine, make_assignment(1100), holdouts={"c00000", "c00010"})
+    res = _sync(engine, settings, send=True)
+    assert res.status == "succeeded" and res.ok == 1098
+    for seg, ids in plan.treated.items():
+        assert mc.segment_members(seg) == {f"{c}@example.com" for c in ids}
+    member_calls = [c for c in mc.log if c.method == "POST" and c.path == f"/3.0/lists/{mc.list_id}"]
+    assert len(member_calls) == sum(-(-len(ids) // 500) for ids in plan.treated.values())
+    for call in member_calls:
+        assert len(call.body["members"]) <= 500 and call.body["update_existing"] is True
+        assert all("status" not in m and m["status_if_new"] == "subscribed" for m in call.body["members"])
+    assert set(mc.merge_fields) >= {"FNAME", "SEGMENT", "OFFER", "COUPON", "EXPIRES"}
+    assert mc.members["c00001@example.com"]["merge_fields"]["COUPON"] == "C-c00001-1"
+    assert len(_rows(engine, sync_state)) == 1098
+    assert {r.status for r in _rows(engine, destination_campaigns)} == {"sent"}
+    assert all(r.send_time is not None for r in _rows(engine, campaigns))
+    mc.reset_log()
+    assert _sync(engine, settings, send=True).write_calls == 0
+    assert mc.write_calls == 0
+
+
+def test_wrong_api_key_is_a_clear_error_before_any_write(duck_engine, duck_settings, mc, caplog):
+    caplog.set_level(logging.DEBUG)
+    _configure(duck_settings, mc)
+    duck_settings.mailchimp.api_key = SecretStr("ffffffffffffffffffffffffffffffff-us1")
+    insert_plan(duck_engine, make_assignment(20))
+    with pytest.raises(AuthError) as err:
+        _sync(duck_engine, duck_settings)
+    assert "rejected the API key" in str(err.value) and "ACTIVATION_MAILCHIMP__API_KEY" in str(err.value)
+    assert mc.write_calls == 0 and mc.members == {}
+    assert _rows(duck_engine, sync_state) == [] and _rows(duck_engine, sync_log) == []
+    secret = "ffffffffffffffffffffffffffffffff"
+    assert secret not in str(err.value) and secret not in repr(err.value) and secret not in caplog.text
+    assert secret not in repr(duck_settings) and secret not in repr(duck_settings.mailchimp)
+    assert secret not in repr(MailchimpDestination(duck_settings.mailchimp))
+
+
+def test_missing_list_is_a_clear_error(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc).list_id = "doesnotexist"
+    insert_plan(duck_engine, make_assignment(5))
+    with pytest.raises(RemoteNotFoundError, match="audience 'doesnotexist' does not exist"):
+        _sync(duck_engine, duck_settings)
+    assert mc.write_calls == 0
+
+
+def test_thirty_percent_of_calls_failing_still_syncs_everyone_once(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    plan = insert_plan(duck_engine, make_assignment(1500), holdouts={"c00007"})
+    mc.faults.fail_rate = 0.3
+    res = _sync(duck_engine, duck_settings, send=True)
+    assert res.failed == 0 and res.ok == 1499
+    faults = [c.fault for c in mc.log if c.fault]
+    assert len(faults) >= 0.15 * len(mc.log) and len(set(faults)) >= 3
+    for seg, ids in plan.treated.items():
+        assert mc.segment_members(seg) == {f"{c}@example.com" for c in ids}
+    assert len(mc.members) == 1499 and len(mc.campaigns) == 3
+    sent = mc.sent_to()
+    assert sorted(len(v) for v in sent.values()) == sorted(len(v) for v in plan.treated.values())
+    mc.faults.fail_rate = 0
+    mc.reset_log()
+    _sync(duck_engine, duck_settings, send=True)
+    assert mc.write_calls == 0 and len(mc.campaigns) == 3
+
+
+def test_connections_are_bounded(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(6000, ("A", "B", "C", "D", "E", "F")))
+    mc.faults.latency = 0.03
+    _sync(duck_engine, duck_settings)
+    assert mc.peak_in_flight <= 10 and mc.rejected_concurrency == 0
+    assert mc.peak_in_flight >= 8  # and the connections are actually used
+
+
+def test_server_limit_below_ours_is_retried(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    plan = insert_plan(duck_engine, make_assignment(3000, ("A", "B", "C", "D")))
+    mc.max_in_flight = 3
+    mc.faults.latency = 0.02
+    res = _sync(duck_engine, duck_settings)
+    assert mc.rejected_concurrency > 0 and res.failed == 0
+    for seg, ids in plan.treated.items():
+        assert len(mc.segment_members(seg)) == len(ids)
+
+
+def test_compliance_state_is_skipped_recorded_and_not_retried(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    mc.compliance.add("c00002@example.com")
+    res = _sync(duck_engine, duck_settings)
+    assert res.ok == 29 and res.skipped == 1
+    with duck_engine.connect() as conn:
+        err = conn.execute(select(sync_log.c.error).where(sync_log.c.customer_id == "c00002")).scalar_one()
+        supp = conn.execute(
+            select(suppressions.c.email_hash, suppressions.c.reason, suppressions.c.source)
+        ).all()
+    assert "Compliance State" in err
+    assert supp == [(email_hash("c00002@example.com"), "unsubscribed", "mailchimp")]
+    assert "c00002@example.com" not in mc.members
+    mc.reset_log()
+    again = _sync(duck_engine, duck_settings)
+    assert mc.write_calls == 0 and again.skips["unsubscribed"] == 1
+
+
+def test_unsubscribes_and_cleaned_are_read_back_and_untagged(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    _sync(duck_engine, duck_settings)
+    mc.unsubscribe("c00001@example.com")
+    mc.unsubscribe("c00002@example.com", status="cleaned")
+    res = _sync(duck_engine, duck_settings)
+    assert res.skips == {"unsubscribed": 1, "cleaned": 1}
+    assert mc.tags_of("c00001@example.com") == set() and mc.tags_of("c00002@example.com") == set()
+    assert mc.members["c00001@example.com"]["status"] == "unsubscribed"  # never resubscribed
+    with duck_engine.connect() as conn:
+        reasons = set(conn.execute(select(suppressions.c.reason)).scalars())
+    assert reasons == {"unsubscribed", "cleaned"}
+    reads = [c for c in mc.log if c.path.endswith("/members")]
+    assert all("since_last_changed" in c.query for c in reads[-2:])
+
+
+def test_moving_member_swaps_tags_in_as_few_calls(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    assignment = make_assignment(1200)
+    insert_plan(duck_engine, assignment)
+    _sync(duck_engine, duck_settings)
+    # a corrected plan for the same quarter: 60 customers move from Champions to Loyal
+    movers = [c for c, s in assignment.items() if s == "Champions"][:60]
+    with duck_engine.begin() as conn:
+        from activation.tables import campaign_members
+
+        conn.execute(campaign_members.delete())
+        conn.execute(campaigns.delete())
+    insert_plan(duck_engine, {**assignment, **{c: "Loyal" for c in movers}}, replace_customers=False)
+    mc.reset_log()
+    res = _sync(duck_engine, duck_settings, force=True)
+    assert res.ok == 60
+    writes = [c for c in mc.log if c.write]
+    # one upsert, one segment call for Loyal adds + Champions removals… at most 3 member writes
+    assert len([c for c in writes if "/segments/" in c.path or c.path.endswith(mc.list_id)]) <= 3
+    for c in movers:
+        assert mc.tags_of(f"{c}@example.com") == {"Loyal"}
+
+
+def test_campaigns_are_drafts_unless_asked_and_sent_once(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    _sync(duck_engine, duck_settings)
+    assert {c["status"] for c in mc.campaigns.values()} == {"save"}
+    camp = next(iter(mc.campaigns.values()))
+    assert (
+        "*|COUPON|*" in camp["content"]["html"]
+        and camp["recipients"]["segment_opts"]["saved_segment_id"] in mc.segments
+    )
+    assert {r.status for r in _rows(duck_engine, destination_campaigns)} == {"draft"}
+    when = datetime(2024, 4, 2, 9, 0)
+    _sync(duck_engine, duck_settings, schedule_at=when)
+    assert {c["status"] for c in mc.campaigns.values()} == {"schedule"}
+    assert {r.send_time for r in _rows(duck_engine, campaigns)} == {when}
+    mc.reset_log()
+    _sync(duck_engine, duck_settings, send=True)  # already scheduled: nothing is sent again
+    assert mc.write_calls == 0
+
+
+def test_unknown_merge_tags_in_content_are_refused(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(6))
+
+    class BadTags(SimpleContent):
+        def for_campaign(self, campaign):
+            c = super().for_campaign(campaign)
+            return type(c)(c.subject, c.html + "*|LOYALTY_TIER|*", c.text)
+
+    with pytest.raises(BadRequestError, match="unknown merge tags"):
+        _sync(duck_engine, duck_settings, send=True, content=BadTags())
+    assert not mc.sent_to()
+
+
+def test_unknown_merge_field_is_rejected_per_member(mc):
+    api = MailchimpApi(
+        MailchimpSettings(api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url),
+        retry=FAST_RETRY,
+    )
+    body = {
+        "members": [
+            {"email_address": "a@example.com", "status_if_new": "subscribed", "merge_fields": {"NOPE": "x"}}
+        ],
+        "update_existing": True,
+    }
+    res = api.call("batch", lambda c: c.lists.batch_list_members(mc.list_id, body), write=True)
+    assert res["error_count"] == 1 and "merge fields" in res["errors"][0]["error"]
+    too_many = {
+        "members": [{"email_address": f"m{i}@example.com", "status_if_new": "subscribed"} for i in range(501)]
+    }
+    with pytest.raises(BadRequestError, match="maximum of 500"):
+        api.call("batch", lambda c: c.lists.batch_list_members(mc.list_id, too_many), write=True)
+
+
+def test_adapter_normalises_sdk_failures(mc):
+    api = MailchimpApi(
+        MailchimpSettings(api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url),
+        retry=RetryPolicy(max_retries=0),
+    )
+    ping = lambda c: c.ping.get()  # noqa: E731
+    mc.faults.script = ["empty500"]
+    with pytest.raises(Exception) as err:  # the SDK returns a bare Response here; we raise
+        api.call("ping", ping, write=False)
+    assert isinstance(err.value.__cause__, ServerError)
+    mc.faults.script = ["drop"]
+    with pytest.raises(Exception) as err:
+        api.call("ping", ping, write=False)
+    assert isinstance(err.value.__cause__, TransportError)
+    # with retries, each of them is absorbed; Retry-After is honoured
+    api.retry = RetryPolicy(max_retries=3, base_delay=0.001)
+    mc.faults.retry_after = "0.3"
+    mc.faults.script = ["429", "empty500", "drop"]
+    t0 = time.perf_counter()
+    assert api.call("ping", ping, write=False)["health_status"]
+    assert time.perf_counter() - t0 >= 0.3
+
+
+def test_read_outcomes_per_member(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(40), holdouts={"c00001"})
+    _sync(duck_engine, duck_settings, send=True)
+    mc.unsubscribe("c00002@example.com")
+    dest = MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY)
+    events = read_outcomes(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, destination_obj=dest)
+    sent = {e.customer_id for e in events if e.event == "sent"}
+    assert len(sent) == 39 and "c00001" not in sent
+    assert {e.event for e in events} >= {"sent", "opened", "clicked", "unsubscribed"}
+    unsub = [e for e in events if e.event == "unsubscribed"]
+    assert [(e.customer_id, e.campaign_id) for e in unsub] == [
+        ("c00002", next(e.campaign_id for e in events if e.customer_id == "c00002"))
+    ]
+    assert all(e.occurred_at is not None for e in events if e.event != "sent")
+
+
+_CHILD = """
+import sys
+from activation.settings import get_settings
+from activation.warehouse import get_engine
+from connectors.http import RetryPolicy
+from connectors.mailchimp import MailchimpDestination
+from connectors.sync import sync_audience
+from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent
+s = get_settings()
+d = MailchimpDestination(s.mailchimp, s.brand, retry=RetryPolicy(base_delay=0.01))
+sync_audience(get_engine(s), s, "mailchimp", AS_OF, SCHEME, content=SimpleContent(), destination_obj=d, send=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_process_killed_mid_sync_then_rerun_converges(tmp_path, mc, monkeypatch):
+    from tests.conftest import _settings_for, drop_postgres_database, new_postgres_database
+
+    url = new_postgres_database()  # the test watches the child's commits while it runs
+    try:
+        settings = _settings_for(url, tmp_path, monkeypatch)
+        _configure(settings, mc, max_connections=2)
+        engine = get_engine(settings)
+        plan = insert_plan(engine, make_assignment(3000), holdouts={"c00009"})
+        for k, v in {
+            "API_KEY": mc.api_key,
+            "LIST_ID": mc.list_id,
+            "BASE_URL": mc.base_url,
+            "MAX_CONNECTIONS": "2",
+        }.items():
+            monkeypatch.setenv(f"ACTIVATION_MAILCHIMP__{k}", v)
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
+        try:
+            deadline = time.time() + 90
+            while _count(engine, sync_state) == 0:  # the first confirmed batch is committed…
+                assert time.time() < deadline and child.poll() is None, "child never committed a batch"
+                time.sleep(0.02)
+            mc.faults.hang_after_writes = 0  # …then every further write hangs: stuck mid-sync
+            time.sleep(0.5)
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+        mc.faults.hang_after_writes = None
+        with engine.connect() as conn:
+            run = conn.execute(select(sync_runs.c.status)).scalar_one()
+        partial = _count(engine, sync_state)
+        assert run == "running" and 0 < partial < 2999  # killed: no clean finish
+        res = _sync(engine, settings, send=True)
+        assert res.failed == 0
+        for seg, ids in plan.treated.items():
+            assert mc.segment_members(seg) == {f"{c}@example.com" for c in ids}
+        assert len(mc.members) == 2999 and len(mc.campaigns) == 3
+        assert sorted(len(v) for v in mc.sent_to().values()) == sorted(len(v) for v in plan.treated.values())
+        summary = json.loads(_rows(engine, sync_runs)[-1].summary or "{}")
+        assert mc.api_key not in json.dumps(summary)
+    finally:
+        dispose_engines()
+        drop_postgres_database(url)
+
+
+def _count(engine, table) -> int:
+    from sqlalchemy import func
+
+    with engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(table)).scalar_one()
