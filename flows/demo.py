@@ -64,17 +64,23 @@ def start_prefect_api() -> tuple[str, float]:
     """Make sure the Prefect API is up (starting the temporary one if needed); return its name and seconds."""
     from prefect.client.orchestration import get_client
 
+    from activation.errors import ConfigError
     from flows.runtime import check_prefect_api
 
     started = time.perf_counter()
     described = check_prefect_api()
-    with get_client(sync_client=True) as client:
-        problem = client.api_healthcheck()
+    try:
+        with get_client(sync_client=True) as client:
+            problem = client.api_healthcheck()
+    except RuntimeError as exc:  # the temporary server did not come up
+        problem = exc
     if problem is not None:
-        from activation.errors import ConfigError
-
-        raise ConfigError(f"the temporary Prefect API did not start: {problem}",
-                          fix="check that this machine can listen on 127.0.0.1")
+        reason = str(problem).strip().splitlines()[0][:300]
+        raise ConfigError(
+            f"the temporary Prefect API did not start: {reason}",
+            fix="rerun (the first start creates Prefect's database), or start `prefect server start` and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api",
+        )
     return described, time.perf_counter() - started
 
 

@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 from activation.errors import ConfigError
 
+EPHEMERAL_STARTUP_TIMEOUT_S = 120
+
 
 def prefect_api_url() -> str | None:
     """The configured Prefect API URL (environment or Prefect profile), or None for a temporary one."""
@@ -61,9 +63,18 @@ def local_run() -> Iterator[None]:
     """
     import os
 
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
+    updates: dict = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     if prefect_api_url() is None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        # the first start creates and migrates Prefect's database, which takes longer than the
+        # default 20 s on a small or busy machine
+        timeout = PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = max(timeout, EPHEMERAL_STARTUP_TIMEOUT_S)
+    with temporary_settings(updates=updates):
         yield
