@@ -70,18 +70,27 @@ def coupon_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], pre
 
 
 def unique_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], prefix: str,
-                 taken: Callable[[list[str]], set[str]] | None = None) -> list[str]:
+                 taken: Callable[[list[str]], set[str]] | None = None,
+                 reserved: set[str] | None = None) -> list[str]:
     """One unique code per customer id, aligned with ``customer_ids`` (which must be distinct).
 
-    ``taken(codes)`` returns which of ``codes`` are already used elsewhere. On a clash the smaller customer
-    id keeps its code; the other is re-derived with a counter until free.
+    ``taken(codes)`` returns which of ``codes`` are already used elsewhere; ``reserved`` is a set of codes
+    already handed out (e.g. earlier in the same plan run). On a clash the smaller customer id keeps its
+    code; the other is re-derived with a counter until free.
 
     Raises:
         ConfigError: no free code after many attempts (the code space is exhausted; never in practice).
     """
     codes = coupon_codes(key, campaign_key, customer_ids, prefix)
-    if taken is None and len(set(codes)) == len(codes):
+    reserved = reserved or set()
+    if taken is None and len(set(codes)) == len(codes) and reserved.isdisjoint(codes):
         return codes
+    outer = taken
+
+    def taken_or_reserved(batch: list[str]) -> set[str]:
+        return (set(batch) & reserved) | (outer(batch) if outer is not None else set())
+
+    taken = taken_or_reserved
     order = sorted(range(len(codes)), key=lambda i: str(customer_ids[i]))
     used: set[str] = set()
     pending: list[int] = []

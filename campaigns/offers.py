@@ -18,7 +18,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 OFFER_TYPES = ("vip_early_access", "winback_coupon", "second_purchase_discount", "none")
 
@@ -136,9 +136,9 @@ def _fmt(d: date) -> str:
 
 def parse_offer(data: dict[str, Any] | str) -> VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer:
     """An offer from its policy mapping or the JSON stored in ``campaigns.offer``."""
-    from pydantic import TypeAdapter
-
-    adapter: TypeAdapter[Any] = TypeAdapter(Offer)
     if isinstance(data, str):
-        return adapter.validate_json(data)
-    return adapter.validate_python(data)
+        return _ADAPTER.validate_json(data)
+    return _ADAPTER.validate_python(data)
+
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Offer)

@@ -264,52 +264,50 @@ def _stage_select(conn: Connection, settings: Settings, as_of: date, scheme: str
             .where(s.c.as_of == as_of, s.c.scheme == scheme, s.c.segment.in_([f.segment for f in fresh])))
 
 
-def _bulk_insert(conn: Connection, campaign_ids: Sequence[str], customer_ids: Sequence[str],
-                 groups: Sequence[str], codes: Sequence[str | None]) -> None:
-    """Insert member rows given as columns (DuckDB: Arrow scan; PostgreSQL: COPY; else executemany)."""
-    if not len(customer_ids):
+def _bulk_insert(conn: Connection, campaign_id: str, customer_ids: Any, groups: Any, codes: Any) -> None:
+    """Insert one campaign's members given as columns (DuckDB: Arrow scan; PostgreSQL: COPY; else executemany)."""
+    n = len(customer_ids)
+    if not n:
         return
     raw = conn.connection.driver_connection
     if dialect.is_duckdb(conn):
         import pyarrow as pa
 
-        tbl = pa.table({"campaign_id": pa.array(campaign_ids, pa.string()),
-                        "customer_id": pa.array(customer_ids, pa.string()),
+        tbl = pa.table({"customer_id": pa.array(customer_ids, pa.string()),
                         "member_group": pa.array(groups, pa.string()),
                         "coupon_code": pa.array(codes, pa.string())})
         raw.register("_plan_members", tbl)
         try:
             raw.execute("INSERT INTO campaign_members (campaign_id, customer_id, member_group, coupon_code) "
-                        "SELECT campaign_id, customer_id, member_group, coupon_code FROM _plan_members")
+                        "SELECT ?, customer_id, member_group, coupon_code FROM _plan_members", [campaign_id])
         finally:
             raw.unregister("_plan_members")
     elif dialect.is_postgres(conn):
         with raw.cursor() as cur, cur.copy(
             "COPY campaign_members (campaign_id, customer_id, member_group, coupon_code) FROM STDIN"
         ) as cp:
-            for row in zip(campaign_ids, customer_ids, groups, codes, strict=True):
+            for row in zip([campaign_id] * n, customer_ids, groups, codes, strict=True):
                 cp.write_row(row)
     else:
-        keys = ("campaign_id", "customer_id", "member_group", "coupon_code")
-        rows = [dict(zip(keys, r, strict=True)) for r in zip(campaign_ids, customer_ids, groups, codes, strict=True)]
+        rows = [{"campaign_id": campaign_id, "customer_id": c, "member_group": g, "coupon_code": k}
+                for c, g, k in zip(customer_ids, groups, codes, strict=True)]
         for i in range(0, len(rows), 10_000):
             conn.execute(insert(campaign_members), rows[i:i + 10_000])
 
 
-def _fetch_columns(conn: Connection, query: Any) -> tuple[list[str], list[str], Any]:
-    """(customer_ids, segments, buckets as int64 array) of a (customer_id, segment, bucket) query."""
+def _fetch_columns(conn: Connection, query: Any) -> tuple[list[str], Any]:
+    """(customer_ids, buckets as an int64 array) of a (customer_id, bucket) query."""
     import numpy as np
 
     if dialect.is_duckdb(conn):
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
         arrays = conn.connection.driver_connection.execute(str(compiled)).fetchnumpy()
-        return (arrays["customer_id"].tolist(), arrays["segment"].tolist(),
-                np.asarray(arrays["bucket"], dtype=np.int64))
+        return arrays["customer_id"].tolist(), np.asarray(arrays["bucket"], dtype=np.int64)
     rows = conn.execute(query).all()
     if not rows:
-        return [], [], np.zeros(0, dtype=np.int64)
-    ids, segs, buckets = zip(*rows, strict=True)
-    return list(ids), list(segs), np.fromiter(buckets, dtype=np.int64, count=len(buckets))
+        return [], np.zeros(0, dtype=np.int64)
+    ids, buckets = zip(*rows, strict=True)
+    return list(ids), np.fromiter(buckets, dtype=np.int64, count=len(buckets))
 
 
 def _taken_codes(conn: Connection, key: str) -> Any:
@@ -330,21 +328,20 @@ def _taken_codes(conn: Connection, key: str) -> Any:
 
 
 def _global_clashes(conn: Connection, fresh_ids: list[str]) -> dict[str, set[str]]:
-    """Codes of the fresh campaigns also held by a member of another campaign key, per fresh campaign that
-    must give way: an older campaign always keeps its code; between two fresh ones the larger id re-derives."""
+    """Codes of the fresh campaigns already held by a member of an older campaign with another key, per fresh
+    campaign (codes are unique within one run already; the older campaign always keeps its code)."""
     m, mc = campaign_members.alias("m"), campaigns.alias("mc")
     o, oc = campaign_members.alias("o"), campaigns.alias("oc")
-    q = (select(m.c.campaign_id, m.c.coupon_code, o.c.campaign_id.label("other"))
+    older = select(o.c.campaign_id, o.c.coupon_code).where(
+        o.c.coupon_code.is_not(None), o.c.campaign_id.not_in(fresh_ids)).subquery("older")
+    q = (select(m.c.campaign_id, m.c.coupon_code)
          .select_from(m.join(mc, mc.c.campaign_id == m.c.campaign_id)
-                      .join(o, and_(o.c.coupon_code == m.c.coupon_code, o.c.campaign_id != m.c.campaign_id))
-                      .join(oc, oc.c.campaign_id == o.c.campaign_id))
-         .where(m.c.campaign_id.in_(fresh_ids), m.c.coupon_code.is_not(None),
-                oc.c.campaign_key != mc.c.campaign_key))
-    fresh = set(fresh_ids)
+                      .join(older, older.c.coupon_code == m.c.coupon_code)
+                      .join(oc, oc.c.campaign_id == older.c.campaign_id))
+         .where(m.c.campaign_id.in_(fresh_ids), oc.c.campaign_key != mc.c.campaign_key))
     losers: dict[str, set[str]] = {}
-    for cid, code, other in conn.execute(q):
-        if other not in fresh or cid > other:
-            losers.setdefault(cid, set()).add(code)
+    for cid, code in conn.execute(q):
+        losers.setdefault(cid, set()).add(code)
     return losers
 
 
@@ -452,21 +449,21 @@ def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str,
             select(cid_of, st.c.customer_id, group, null()).where(
                 st.c.reason.is_(None), st.c.segment.in_([f.segment for f in plain]))))
     if coupon:
-        ids, segs, buckets = _fetch_columns(conn, select(st.c.customer_id, st.c.segment, st.c.bucket).where(
-            st.c.reason.is_(None), st.c.segment.in_([f.segment for f in coupon]))
-            .order_by(st.c.segment, st.c.customer_id))
         key_bytes = settings.coupon_key()
-        seg_arr = np.asarray(segs, dtype=object)
-        id_arr = np.asarray(ids, dtype=object)
+        handed_out: set[str] = set()  # codes of this run: unique across its campaigns too
         for f in coupon:
-            mask = seg_arr == f.segment
-            members = id_arr[mask].tolist()
-            treated = buckets[mask] >= f.threshold
-            treated_ids = [c for c, t in zip(members, treated.tolist(), strict=True) if t]
-            codes = iter(unique_codes(key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or ""))
-            groups = np.where(treated, "treatment", "holdout").tolist()
-            code_col = [next(codes) if t else None for t in treated.tolist()]
-            _bulk_insert(conn, [f.campaign_id] * len(members), members, groups, code_col)
+            ids, buckets = _fetch_columns(conn, select(st.c.customer_id, st.c.bucket).where(
+                st.c.reason.is_(None), st.c.segment == f.segment))
+            treated = buckets >= f.threshold
+            picked = np.flatnonzero(treated)
+            treated_ids = [ids[i] for i in picked.tolist()]
+            code_col = np.full(len(ids), None, dtype=object)
+            codes = unique_codes(key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or "",
+                                 reserved=handed_out)
+            handed_out.update(codes)
+            code_col[picked] = codes
+            groups = np.where(treated, "treatment", "holdout").astype(object)
+            _bulk_insert(conn, f.campaign_id, ids, groups, code_col)
 
     counts: dict[str, dict[str, int]] = {f.campaign_id: {} for f in fresh}
     m = campaign_members

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
-from functools import update_wrapper
+from functools import lru_cache, update_wrapper
 from pathlib import Path
 from typing import Any
 
@@ -331,7 +331,7 @@ _ENVS: dict[tuple[str, bool], _GuardedEnvironment] = {}
 
 def environment(settings: Settings, *, html: bool) -> _GuardedEnvironment:
     """The (cached) sandboxed environment of the settings' templates folder; autoescape when ``html``."""
-    key = (str(Path(settings.templates_dir).resolve()), html)
+    key = (str(settings.templates_dir), html)
     env = _ENVS.get(key)
     if env is None:
         env = _GuardedEnvironment(Path(settings.templates_dir), autoescape=html)
@@ -441,13 +441,20 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
+@lru_cache(maxsize=256)
+def _offer_from_json(data: str) -> Any:
+    return parse_offer(data)
+
+
 def _offer_of(campaign: Any) -> Any:
     offer = _field(campaign, "offer")
     if offer is None:
-        return parse_offer({"type": "none"})
+        return _offer_from_json('{"type": "none"}')
     if hasattr(offer, "variables"):
         return offer
-    return parse_offer(offer if isinstance(offer, str | dict) else json.loads(offer))
+    if isinstance(offer, str):
+        return _offer_from_json(offer)
+    return parse_offer(offer if isinstance(offer, dict) else json.loads(offer))
 
 
 def _as_of(campaign: Any) -> date:
@@ -510,11 +517,10 @@ def merge_values(campaign: Any, member: Any) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ hashing
 
-_HASHES: dict[tuple[str, str], tuple[tuple[Any, ...], str]] = {}
+_HASHES: dict[tuple[str, str], tuple[tuple[Any, ...], list[Path], str]] = {}
 
 
-def template_files(settings: Settings, template: str) -> list[Path]:
-    """The files a template renders from: its .html and .txt and every layout/include they reference."""
+def _find_template_files(settings: Settings, template: str) -> list[Path]:
     root = Path(settings.templates_dir)
     seen: list[Path] = []
     todo = [f"{template}.html", f"{template}.txt"]
@@ -533,19 +539,39 @@ def template_files(settings: Settings, template: str) -> list[Path]:
     return seen
 
 
+def _stamp(files: list[Path]) -> tuple[Any, ...]:
+    out = []
+    for p in files:
+        try:
+            st = p.stat()
+            out.append((str(p), st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append((str(p), None, None))
+    return tuple(out)
+
+
+def template_files(settings: Settings, template: str) -> list[Path]:
+    """The files a template renders from: its .html and .txt and every layout/include they reference."""
+    template_hash(settings, template)
+    return list(_HASHES[(str(settings.templates_dir), template)][1])
+
+
 def template_hash(settings: Settings, template: str) -> str:
-    """SHA-256 over the content of every file the template renders from (layouts included)."""
-    files = template_files(settings, template)
-    stamp = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-    key = (str(Path(settings.templates_dir).resolve()), template)
+    """SHA-256 over the content of every file the template renders from (layouts included).
+
+    Cached per file set; a change to any of the files (mtime or size) recomputes it. Adding an include means
+    editing one of the files, so the set is re-discovered then.
+    """
+    key = (str(settings.templates_dir), template)
     cached = _HASHES.get(key)
-    if cached and cached[0] == stamp:
-        return cached[1]
+    if cached and _stamp(cached[1]) == cached[0] and all(p.is_file() for p in cached[1][:1]):
+        return cached[2]
+    files = _find_template_files(settings, template)
     h = hashlib.sha256()
     for p in sorted(files):
         h.update(p.name.encode() + b"\0" + p.read_bytes() + b"\0")
     digest = h.hexdigest()
-    _HASHES[key] = (stamp, digest)
+    _HASHES[key] = (_stamp(files), files, digest)
     return digest
 
 
