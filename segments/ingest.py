@@ -97,6 +97,7 @@ _ORDER_ATTRS = ("status", "coupon_code", "country", "city", "category")
 _MAPPING_KEYS = {"kind", "columns", "date_format", "delimiter", "encoding", "source", "event_type"}
 _DEFAULT_DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y", "%Y%m%d")
 _EXAMPLES = 5
+_MUST_HAVE = {"order_id", "event_id", "amount", "quantity", "unit_price"}
 
 _ONLINE_RETAIL_COLUMNS = {
     "order_id": ("InvoiceNo", "Invoice"),
@@ -353,6 +354,11 @@ def _load_raw(con: Any, path: Path, fmt: str, mapping: Mapping) -> dict[str, str
             con.register("_ingest_arrow", _read_cdnow(path))
             con.execute("CREATE OR REPLACE TEMP TABLE _ingest_raw AS SELECT * FROM _ingest_arrow")
             con.unregister("_ingest_arrow")
+        elif fmt == "online-retail" and path.suffix.lower() == ".xls":
+            raise InputError(
+                f"{path} is an old-style .xls workbook, which cannot be read",
+                fix="open it and save it as .xlsx or .csv, then ingest that file",
+            )
         elif fmt == "online-retail" and path.suffix.lower() in (".xlsx", ".xlsm"):
             con.register("_ingest_arrow", _read_xlsx(path))
             con.execute("CREATE OR REPLACE TEMP TABLE _ingest_raw AS SELECT * FROM _ingest_arrow")
@@ -588,11 +594,8 @@ def _check_values(
                     col,
                 )
             )
-        if (
-            target in ("order_id", "event_id")
-            or target in _REQUIRED[mapping.kind]
-            and target != "customer_id"
-        ):
+        # an empty customer id is a drop rule (guest checkouts), any other required value must be there
+        if target in _MUST_HAVE or (target in _REQUIRED[mapping.kind] and target != "customer_id"):
             checks.append((f"column {col!r} ({target}) has empty values", f"NOT ({raw_present})", col))
         if target in _NUMBERS:
             checks.append(
@@ -602,14 +605,6 @@ def _check_values(
                     col,
                 )
             )
-    if mapping.kind == "orders" and "amount" in cols:
-        checks.append(
-            (
-                f"column {cols['amount']!r} (amount) has empty values",
-                f"NOT ({_present(cols['amount'], types[cols['amount']])})",
-                cols["amount"],
-            )
-        )
     if not checks:
         return
     counts = con.execute(

@@ -479,6 +479,20 @@ def _bad_cases(tmp_path: Path) -> dict[str, tuple[Path, str, Path | None, type, 
             InputError,
             ["bad_cd.txt", "line 2", "found 3"],
         ),
+        "online-retail row without a price": (
+            write(tmp_path / "noprice.csv", OR_HEADER + "\n536365,1,X,2,12/1/2010 8:26,,17850.0,UK\n"),
+            "online-retail",
+            None,
+            InputError,
+            ["noprice.csv", "'UnitPrice' (unit_price) has empty values", "line 2"],
+        ),
+        "old xls workbook": (
+            write(tmp_path / "old.xls", "binary"),
+            "online-retail",
+            None,
+            InputError,
+            [".xlsx"],
+        ),
         "missing file": (tmp_path / "nope.csv", "csv", m, InputError, ["nope.csv", "does not exist"]),
     }
 
