@@ -874,7 +874,7 @@ def _push_to_remote(con: Any, conn: Connection, tmp: Path) -> None:
             con.execute(
                 f"COPY (SELECT {', '.join(cols)} FROM {table}) TO {_lit(str(csv_path))} (FORMAT csv, HEADER false)"
             )
-            raw = conn.connection.driver_connection
+            raw: Any = conn.connection.driver_connection
             with (
                 raw.cursor() as cur,
                 cur.copy(f"COPY {table} ({', '.join(cols)}) FROM STDIN (FORMAT csv)") as copy,
