@@ -58,7 +58,7 @@ class KMeansConfig:
     k: int | None = None
     k_range: tuple[int, int] = (3, 6)
     seed: int = SEED
-    select_sample: int = 200_000
+    select_sample: int = 50_000
     silhouette_sample: int = 5_000
     minibatch_threshold: int = 200_000
     batch_size: int = 8_192
@@ -192,6 +192,7 @@ def _estimator(k: int, n: int, cfg: KMeansConfig) -> Any:
             n_init=cfg.n_init,
             max_no_improvement=20,
             reassignment_ratio=0.01,
+            compute_labels=False,  # labels come from predict, in chunks
         )
     return KMeans(n_clusters=k, random_state=cfg.seed, n_init=cfg.n_init)
 
@@ -212,7 +213,7 @@ def choose_k(z: np.ndarray, cfg: KMeansConfig) -> tuple[int, list[dict[str, Any]
     rows: list[dict[str, Any]] = []
     for k in cfg.candidates:
         est = _estimator(k, len(sample), cfg).fit(sample)
-        labels = est.labels_[sil_idx]
+        labels = est.predict(sample[sil_idx])
         score = float(silhouette_score(sample[sil_idx], labels)) if len(set(labels.tolist())) > 1 else -1.0
         rows.append({"k": k, "silhouette": round(score, 6), "inertia": round(float(est.inertia_), 3)})
     best = max(rows, key=lambda r: (r["silhouette"], -r["k"]))
@@ -241,7 +242,7 @@ def name_clusters(centroids_z: np.ndarray) -> list[str]:
 
 #: Below this many customers scikit-learn runs single-threaded: OpenMP start-up and barriers cost more
 #: than they save on small data, and much more on a busy machine.
-SINGLE_THREAD_BELOW = 500_000
+SINGLE_THREAD_BELOW = 2_000_000
 
 
 def fit_clusters(
@@ -270,7 +271,7 @@ def _fit_clusters(
             fix="use a longer --lookback-days or a later --as-of, or a smaller k in the kmeans scheme YAML",
         )
     z, mean, std = standardise(transform(recency_days, frequency, monetary))
-    distinct = len(np.unique(np.round(z, 9), axis=0)) if n <= 2_000_000 else None
+    distinct = _distinct_points(z, need, cfg.seed)
     if distinct is not None and distinct < need:
         raise InputError(
             f"kmeans: only {distinct} distinct (recency, frequency, monetary) point(s), too few for k={need} clusters",
@@ -309,6 +310,15 @@ def _fit_clusters(
         algorithm=type(est).__name__,
         candidates=candidates,
     )
+
+
+def _distinct_points(z: np.ndarray, enough: int, seed: int) -> int:
+    """How many distinct feature points there are, counted exactly only when a sample has too few."""
+    sample = z[_sample_index(len(z), 20_000, seed + 2)]
+    found = len(np.unique(np.round(sample, 9), axis=0))
+    if found >= max(enough, 8) or len(sample) == len(z):
+        return found
+    return len(np.unique(np.round(z, 9), axis=0))
 
 
 def _predict_chunked(est: Any, z: np.ndarray, chunk: int) -> np.ndarray:
