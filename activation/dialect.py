@@ -14,6 +14,9 @@ differs is collected here:
 * ``percentiles_disc(ps, order_by)`` — several discrete quantiles in one ordered-set aggregate
   (``percentile_disc(ARRAY[...]) WITHIN GROUP (ORDER BY …)``: one sort instead of one per quantile;
   DuckDB and PostgreSQL both return an array).
+* ``prefer_hash_joins(conn)`` — inside a transaction on PostgreSQL, ``SET LOCAL enable_nestloop = off``: big
+  set-based statements over freshly loaded (not yet analysed) tables otherwise risk a nested loop over millions of
+  rows; a no-op elsewhere.
 * ``CreateTempTableAs(name, select)`` — ``CREATE TEMPORARY TABLE name AS SELECT …``, to materialise an
   intermediate result that later statements read more than once.
 """
@@ -101,3 +104,9 @@ class CreateTempTableAs(Executable, ClauseElement):
 def _compile_create_temp_table_as(element: CreateTempTableAs, compiler: Any, **kw: Any) -> str:
     name = compiler.preparer.quote(element.name)
     return f"CREATE TEMPORARY TABLE {name} AS {compiler.process(element.select, **kw)}"
+
+
+def prefer_hash_joins(conn: Connection) -> None:
+    """For the rest of the current transaction, keep PostgreSQL's planner off nested loops (see module doc)."""
+    if is_postgres(conn):
+        conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
