@@ -8,8 +8,10 @@ the same cluster ids and the same names:
   models are fitted on a fixed-seed sample (``select_sample`` rows) and scored on a smaller fixed-seed
   sub-sample (``silhouette_sample`` rows), so choosing k costs the same on 10 thousand or 13 million
   customers. Inertia of every candidate is reported too (the elbow).
-* The final model is fitted on every customer: ``KMeans`` below ``minibatch_threshold`` customers,
-  ``MiniBatchKMeans`` above it (bounded memory and time; a 13M-customer fit is in docs/benchmarks.md).
+* The final model is fitted on every customer: ``KMeans`` (Lloyd) below ``minibatch_threshold`` customers
+  (default 5M), ``MiniBatchKMeans`` above it, whose cost per step does not grow with the data. With only
+  three features Lloyd is cheap and converges in a dozen passes, so it wins up to millions of customers
+  (measured in docs/benchmarks.md, which also has the 13M-customer fit).
 * **Canonical ids**: clusters are renumbered by their centroid, best first (value ``-r + f + m`` in
   z-units, descending), so id 0 is always the most valuable cluster.
 * **Names** come from the centroids by one documented rule: each name has a prototype centroid in z-units
@@ -60,8 +62,8 @@ class KMeansConfig:
     seed: int = SEED
     select_sample: int = 50_000
     silhouette_sample: int = 5_000
-    minibatch_threshold: int = 200_000
-    batch_size: int = 8_192
+    minibatch_threshold: int = 5_000_000
+    batch_size: int = 65_536
     n_init: int = 4
     chunk_size: int = 1_000_000
 
