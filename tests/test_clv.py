@@ -169,12 +169,19 @@ def test_a_model_trained_after_as_of_is_not_used(duck_settings, duck_engine):
 
 def test_cli_clv_fit_and_errors(duck_settings, duck_engine):
     load_orders(duck_engine, latent_orders(800, seed=4))
+    res = run_cli("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier")
+    assert res.exit_code == 2 and "no CLV model" in res.stderr and "activation clv fit" in res.stderr
+    res = run_cli("clv", "show")
+    assert res.exit_code == 2 and "activation clv fit" in res.stderr
     res = run_cli("clv", "fit", "--train-until", "2023-09-30", "--horizon-days", "60")
     assert res.exit_code == 0, res.output
     assert "baseline: last period's spend" in res.output and "top-decile capture" in res.output
     assert "clv_20230930_60d" in res.output
     res = run_cli("clv", "show")
     assert res.exit_code == 0 and "clv_20230930_60d" in res.output
+    res = run_cli("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier")
+    assert res.exit_code == 0, res.output
+    assert "clv_tier: model clv_20230930_60d" in res.output and "High" in res.output
     res = run_cli("clv", "fit", "--train-until", "2023-12-01", "--horizon-days", "90")
     assert res.exit_code == 2 and "past the last order" in res.stderr and "fix:" in res.stderr
     res = run_cli("clv", "fit", "--train-until", "30/09/2023")
