@@ -429,6 +429,7 @@ def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str,
     import numpy as np
 
     stage_name = f"_plan_stage_{uuid.uuid4().hex[:10]}"
+    dialect.prefer_hash_joins(conn)
     conn.execute(dialect.CreateTempTableAs(stage_name, _stage_select(conn, settings, as_of, scheme, fresh,
                                                                      prev_as_of)))
     st = table(stage_name, column("customer_id", String), column("segment", String), column("reason", String),
