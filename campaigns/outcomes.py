@@ -27,6 +27,7 @@ import hashlib
 import inspect as _inspect
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -47,6 +48,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     true,
     values,
 )
@@ -54,7 +56,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
-from activation.dialect import insert_ignore
+from activation.dialect import CreateTempTableAs, insert_ignore, prefer_hash_joins
 from activation.errors import ConfigError, NotFoundError, WarehouseError
 from activation.settings import Settings
 from activation.tables import (
@@ -333,6 +335,19 @@ def windows_values(windows: Sequence[CampaignWindow]) -> Any:
         .data([(w.campaign_id, w.start, w.end, float(w.discount_rate), w.discount_cap) for w in windows])
         .alias("windows")
     )
+
+
+ATTRIBUTION_COLUMNS = (
+    "campaign_id",
+    "customer_id",
+    "member_group",
+    "revenue",
+    "orders",
+    "first_order_at",
+    "coupon_code",
+    "discount",
+    "unknown_coupon_orders",
+)
 
 
 def attribution_select(settings: Settings, windows: Sequence[CampaignWindow]) -> Select:
@@ -690,7 +705,11 @@ def _record_conversions(
     """Upsert ``converted`` rows of every campaign and delete those whose orders no longer qualify."""
     ids = [w.campaign_id for w in windows]
     co = campaign_outcomes.c
-    attr = attribution_select(settings, windows).subquery("attr")
+    # materialised once: counted, upserted and used for the clean-up below
+    prefer_hash_joins(conn)
+    name = f"tmp_attribution_{uuid.uuid4().hex[:12]}"
+    conn.execute(CreateTempTableAs(name, attribution_select(settings, windows)))
+    attr = table(name, *[column(c) for c in ATTRIBUTION_COLUMNS])
     existing = (
         select(
             co.campaign_id, co.customer_id, co.revenue, co.orders, co.coupon_code, co.discount, co.occurred_at
@@ -727,7 +746,7 @@ def _record_conversions(
     result.converted_updated += int(counts.changed or 0)
     result.unknown_coupon_orders += int(counts.unknown or 0)
 
-    src = attribution_select(settings, windows).subquery("attr")
+    src = attr
     ins = postgresql.insert(campaign_outcomes).from_select(
         [
             "campaign_id",
@@ -764,7 +783,7 @@ def _record_conversions(
     )
     conn.execute(ins)
 
-    still = attribution_select(settings, windows).subquery("still")
+    still = attr.alias("still")
     removed = conn.execute(
         delete(campaign_outcomes).where(
             co.campaign_id.in_(ids),
@@ -777,6 +796,7 @@ def _record_conversions(
         )
     ).rowcount
     result.converted_removed += max(int(removed or 0), 0)
+    conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}"))
 
 
 def _record_events(

@@ -231,7 +231,7 @@ def _stage_select(conn: Connection, settings: Settings, as_of: date, scheme: str
         frm = frm.outerjoin(c, c.c[src.customer_id] == s.c.customer_id)
         if src.unsubscribed:
             reasons.append((c.c[src.unsubscribed] == literal(True), literal("unsubscribed")))
-        if src.email:
+        if src.email and conn.execute(select(suppressions.c.email_hash).limit(1)).first() is not None:
             sup = (select(suppressions.c.email_hash, func.min(suppressions.c.reason).label("reason"))
                    .group_by(suppressions.c.email_hash).subquery("sup"))
             email_hash = dialect.sha256_hex(func.lower(func.trim(c.c[src.email])), conn)

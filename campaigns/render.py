@@ -413,7 +413,7 @@ def render_template(settings: Settings, name: str, context: dict[str, Any], *, h
     return _run(go, limits, name)
 
 
-_SUBJECTS: dict[str, Any] = {}
+_SUBJECTS: dict[tuple[str, str], Any] = {}
 
 
 def render_subject(settings: Settings, subject: str, context: dict[str, Any],
@@ -422,12 +422,13 @@ def render_subject(settings: Settings, subject: str, context: dict[str, Any],
     env = environment(settings, html=False)
 
     def go() -> str:
-        tpl = _SUBJECTS.get(subject)
+        key = (str(settings.templates_dir), subject)
+        tpl = _SUBJECTS.get(key)
         if tpl is None:
             tpl = env.from_string(subject)
             if len(_SUBJECTS) > 1000:
                 _SUBJECTS.clear()
-            _SUBJECTS[subject] = tpl
+            _SUBJECTS[key] = tpl
         return " ".join(_stream(tpl, context, limits).split())
 
     return _run(go, limits, source)

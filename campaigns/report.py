@@ -20,10 +20,11 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import String, func, literal, select, table, text
+from sqlalchemy import String, func, literal, select, table, text, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from activation.dialect import prefer_hash_joins
 from activation.errors import NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
@@ -358,7 +359,7 @@ def _source_columns(engine: Engine, name: str) -> list[str]:
 def breakdowns(
     engine: Engine, settings: Settings, as_of: date, scheme: str
 ) -> dict[str, dict[str, list[tuple[str, float, int]]]]:
-    """Top countries / cities / categories per segment: ``{dimension: {segment: [(value, revenue, orders)]}}``.
+    """Top countries / cities / categories per segment: ``{dimension: {segment: [(value, revenue, order rows)]}}``.
 
     Uses the orders of the segment's campaign members in the lookback before ``as_of`` (the profile the
     segment was built on); only dimensions the orders table actually has (and fills) are reported.
@@ -381,31 +382,36 @@ def breakdowns(
     if settings.lookback_days:
         cond.append(o.c.ordered_at > end_of_day(as_of - timedelta(days=settings.lookback_days)))
     out: dict[str, dict[str, list[tuple[str, float, int]]]] = {}
+    dim_cols = [o.c[d] for d in dims]
+    stmt = (
+        select(
+            m.campaign_id,
+            *[c.label(f"d{i}") for i, c in enumerate(dim_cols)],
+            *[func.grouping(c).label(f"g{i}") for i, c in enumerate(dim_cols)],
+            func.sum(o.c.amount).label("revenue"),
+            func.count().label("orders"),  # order rows; count(distinct) would force a sort per set
+        )
+        .select_from(campaign_members.join(o, o.c.customer_id == m.customer_id))
+        .where(*cond)
+        .group_by(func.grouping_sets(*[tuple_(m.campaign_id, c) for c in dim_cols]))
+    )  # one pass over the orders for every dimension
     with engine.connect() as conn:
-        for dim in dims:
-            value = o.c[dim]
-            stmt = (
-                select(
-                    m.campaign_id,
-                    value.label("value"),
-                    func.sum(o.c.amount).label("revenue"),
-                    func.count(o.c.order_id.distinct()).label("orders"),
-                )
-                .select_from(campaign_members.join(o, o.c.customer_id == m.customer_id))
-                .where(*cond, value.is_not(None))
-                .group_by(m.campaign_id, value)
-            )
-            rows = conn.execute(stmt).all()
-            if not rows:
-                continue
-            df = pd.DataFrame(rows, columns=["campaign_id", "value", "revenue", "orders"])
-            df["segment"] = df["campaign_id"].map(seg_of)
-            per: dict[str, list[tuple[str, float, int]]] = {}
-            for seg, grp in df.groupby("segment", sort=False):
-                top = grp.groupby("value", as_index=False)[["revenue", "orders"]].sum()
-                top = top.sort_values(["revenue", "value"], ascending=[False, True]).head(TOP_N)
-                per[str(seg)] = [(str(v), float(r), int(n)) for v, r, n in top.itertuples(index=False)]
-            out[dim.lower()] = per
+        prefer_hash_joins(conn)
+        result = conn.execute(stmt)
+        all_rows = pd.DataFrame(result.all(), columns=list(result.keys()))
+    if all_rows.empty:
+        return {}
+    all_rows["segment"] = all_rows["campaign_id"].map(seg_of)
+    for i, dim in enumerate(dims):
+        df = all_rows[(all_rows[f"g{i}"] == 0) & all_rows[f"d{i}"].notna()]
+        if df.empty:
+            continue
+        per: dict[str, list[tuple[str, float, int]]] = {}
+        for seg, grp in df.groupby("segment", sort=False):
+            top = grp.groupby(f"d{i}", as_index=False)[["revenue", "orders"]].sum()
+            top = top.sort_values(["revenue", f"d{i}"], ascending=[False, True]).head(TOP_N)
+            per[str(seg)] = [(str(v), float(r), int(n)) for v, r, n in top.itertuples(index=False)]
+        out[dim.lower()] = per
     return out
 
 

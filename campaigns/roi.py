@@ -34,6 +34,7 @@ import pandas as pd
 from sqlalchemy import cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
+from activation.dialect import prefer_hash_joins
 from activation.settings import Settings
 from activation.tables import Double, campaign_members, campaign_outcomes
 from campaigns.outcomes import (
@@ -291,6 +292,7 @@ def compute_roi(
     window = resolve_window(settings, window_days)
     check_orders_source(engine, settings)
     with engine.connect() as conn:
+        prefer_hash_joins(conn)  # read-only; the transaction is rolled back at the end
         windows = campaign_windows(conn, settings, as_of, scheme, window)
         ids = [w.campaign_id for w in windows]
         events = _event_counts(conn, ids)
