@@ -73,18 +73,18 @@ def _lint_source(settings: Settings, path: Path, name: str) -> list[Issue]:
             issues.append(Issue(file, node.lineno, f"unknown variable {node.name!r}",
                                 f"use one of: {', '.join(CONTEXT_VARIABLES)}"))
             undeclared.discard(node.name)
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+    for expr in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         attr = None
-        if isinstance(node, nodes.Getattr):
-            attr = node.attr
-        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
-            attr = node.arg.value
-        elif isinstance(node, nodes.Filter) and node.name == "attr":
-            issues.append(Issue(file, node.lineno, "sandbox violation: the |attr filter is not allowed",
+        if isinstance(expr, nodes.Getattr):
+            attr = expr.attr
+        elif isinstance(expr, nodes.Getitem) and isinstance(expr.arg, nodes.Const) and isinstance(expr.arg.value, str):
+            attr = expr.arg.value
+        elif isinstance(expr, nodes.Filter) and expr.name == "attr":
+            issues.append(Issue(file, expr.lineno, "sandbox violation: the |attr filter is not allowed",
                                 "use dotted names such as offer.percent"))
             continue
         if attr and (attr.startswith("_") or attr in {"mro", "func_globals", "gi_frame", "f_globals"}):
-            issues.append(Issue(file, node.lineno, f"sandbox violation: attribute {attr!r} is not allowed",
+            issues.append(Issue(file, expr.lineno, f"sandbox violation: attribute {attr!r} is not allowed",
                                 "templates may only use the documented variables (docs/templates.md)"))
     for lineno, line in enumerate(source.splitlines(), start=1):
         for tag in MERGE_TAG_RE.findall(line):

@@ -269,7 +269,7 @@ def _bulk_insert(conn: Connection, campaign_id: str, customer_ids: Any, groups: 
     n = len(customer_ids)
     if not n:
         return
-    raw = conn.connection.driver_connection
+    raw: Any = conn.connection.driver_connection
     if dialect.is_duckdb(conn):
         import pyarrow as pa
 
@@ -301,7 +301,8 @@ def _fetch_columns(conn: Connection, query: Any) -> tuple[list[str], Any]:
 
     if dialect.is_duckdb(conn):
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
-        arrays = conn.connection.driver_connection.execute(str(compiled)).fetchnumpy()
+        raw: Any = conn.connection.driver_connection
+        arrays = raw.execute(str(compiled)).fetchnumpy()
         return arrays["customer_id"].tolist(), np.asarray(arrays["bucket"], dtype=np.int64)
     rows = conn.execute(query).all()
     if not rows:
@@ -486,9 +487,9 @@ def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str,
         plans.append(SegmentPlan(f.segment, "created", f.campaign_id, treated_n, holdout_n, excl,
                                  offer.describe(), f.resolved.holdout_share))
     if coupon:
-        for cid, codes in sorted(_global_clashes(conn, [f.campaign_id for f in coupon]).items()):
+        for cid, clashing in sorted(_global_clashes(conn, [f.campaign_id for f in coupon]).items()):
             f = next(x for x in coupon if x.campaign_id == cid)
-            _resolve_clashes(conn, cid, f.key, settings.coupon_key(), f.resolved.offer.coupon_prefix or "", codes)
+            _resolve_clashes(conn, cid, f.key, settings.coupon_key(), f.resolved.offer.coupon_prefix or "", clashing)
     conn.execute(text(f'DROP TABLE "{stage_name}"'))
     return plans
 

@@ -306,7 +306,7 @@ def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
                 ctx = err.get("ctx", {})
                 msg = f"unknown offer type {ctx.get('tag')!r}"
             line_loc = (*loc, "type") if err.get("type") == "union_tag_invalid" else loc
-            issues.append(PolicyIssue(file, _loc_line(lines, line_loc), f"{where}: {msg}", _fix_for(err)))
+            issues.append(PolicyIssue(file, _loc_line(lines, line_loc), f"{where}: {msg}", _fix_for(dict(err))))
         return None, issues
     policy = Policy(path=path, model=model, lines=lines)
     return (None if issues else policy), issues

@@ -11,6 +11,7 @@ import html
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -47,7 +48,7 @@ def _sample_members(engine: Engine | None, scheme: str) -> tuple[date | None, di
                  .where(rfm_snapshots.c.as_of == as_of, rfm_snapshots.c.scheme == scheme)
                  .group_by(rfm_snapshots.c.segment).subquery())
         cols = [first.c.segment, first.c.customer_id]
-        frm = first
+        frm: Any = first
         if has_table(conn, "customers"):
             frm = first.outerjoin(customers, customers.c.customer_id == first.c.customer_id)
             cols += [customers.c.first_name, customers.c.email]

@@ -541,7 +541,7 @@ def _find_template_files(settings: Settings, template: str) -> list[Path]:
 
 
 def _stamp(files: list[Path]) -> tuple[Any, ...]:
-    out = []
+    out: list[tuple[Any, ...]] = []
     for p in files:
         try:
             st = p.stat()
