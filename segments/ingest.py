@@ -660,17 +660,10 @@ def _stage(con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report
     if mapping.kind == "orders":
         amount = exprs.get("amount") or f"({exprs['quantity']}) * ({exprs['unit_price']})"
         if fmt == "cdnow":
+            c, d = exprs["customer_id"], exprs["ordered_at"]
             exprs["order_id"] = (
-                "'cdnow-' || ("
-                + exprs["customer_id"]
-                + ") || '-' || strftime("
-                + exprs["ordered_at"]
-                + ", '%Y%m%d') || '-' || "
-                "CAST(row_number() OVER (PARTITION BY "
-                + exprs["customer_id"]
-                + ", "
-                + exprs["ordered_at"]
-                + " ORDER BY _line) AS VARCHAR)"
+                f"'cdnow-' || ({c}) || '-' || strftime({d}, '%Y%m%d') || '-' || "
+                f"CAST(row_number() OVER (PARTITION BY {c}, {d} ORDER BY _line) AS VARCHAR)"
             )
         exprs["amount"] = amount
     if mapping.kind == "events" and "event_type" not in exprs:
@@ -691,14 +684,14 @@ def _stage(con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report
     report.rows_kept = int(counts[None][0]) if None in counts else 0
     if None in counts:
         report.first_at, report.last_at = counts[None][1], counts[None][2]
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _ingest_typed AS SELECT * EXCLUDE (_drop) FROM _ingest_all WHERE _drop IS NULL"
-    )
     if report.rows_kept == 0:
         raise InputError(
             f"{path}: every one of the {report.rows_read:,} rows was dropped ({_fmt_counts(report.dropped)})",
             fix="check the file and the --format; nothing was loaded",
         )
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _ingest_typed AS SELECT * EXCLUDE (_drop) FROM _ingest_all WHERE _drop IS NULL"
+    )
     present = set(exprs)
     if mapping.kind == "orders":
         _stage_orders(con, path, present, source)
