@@ -417,6 +417,22 @@ def attribution_select(settings: Settings, windows: Sequence[CampaignWindow]) ->
     ).group_by(wo.campaign_id, wo.customer_id, wo.member_group)
 
 
+def materialise_attribution(conn: Connection, settings: Settings, windows: Sequence[CampaignWindow]) -> Any:
+    """:func:`attribution_select` written to a temporary table (read several times, computed once).
+
+    Also keeps PostgreSQL on hash joins for the transaction: right after a load the planner has no
+    statistics and would otherwise pick nested loops over millions of orders.
+    """
+    prefer_hash_joins(conn)
+    name = f"tmp_attribution_{uuid.uuid4().hex[:12]}"
+    conn.execute(CreateTempTableAs(name, attribution_select(settings, windows)))
+    return table(name, *[column(c) for c in ATTRIBUTION_COLUMNS])
+
+
+def drop_attribution(conn: Connection, attr: Any) -> None:
+    conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(attr.name)}"))
+
+
 # --------------------------------------------------------------------------- destination events
 
 
@@ -706,10 +722,7 @@ def _record_conversions(
     ids = [w.campaign_id for w in windows]
     co = campaign_outcomes.c
     # materialised once: counted, upserted and used for the clean-up below
-    prefer_hash_joins(conn)
-    name = f"tmp_attribution_{uuid.uuid4().hex[:12]}"
-    conn.execute(CreateTempTableAs(name, attribution_select(settings, windows)))
-    attr = table(name, *[column(c) for c in ATTRIBUTION_COLUMNS])
+    attr = materialise_attribution(conn, settings, windows)
     existing = (
         select(
             co.campaign_id, co.customer_id, co.revenue, co.orders, co.coupon_code, co.discount, co.occurred_at
@@ -796,7 +809,7 @@ def _record_conversions(
         )
     ).rowcount
     result.converted_removed += max(int(removed or 0), 0)
-    conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}"))
+    drop_attribution(conn, attr)
 
 
 def _record_events(

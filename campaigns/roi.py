@@ -34,17 +34,17 @@ import pandas as pd
 from sqlalchemy import cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from activation.dialect import prefer_hash_joins
 from activation.settings import Settings
 from activation.tables import Double, campaign_members, campaign_outcomes
 from campaigns.outcomes import (
     EMAIL_EVENTS,
     CampaignWindow,
-    attribution_select,
     campaign_windows,
     check_orders_source,
+    drop_attribution,
     incomplete_warning,
     is_backtest,
+    materialise_attribution,
     orders_end,
     resolve_window,
 )
@@ -114,7 +114,7 @@ def _group_stats(
     conn: Connection, settings: Settings, windows: list[CampaignWindow]
 ) -> dict[tuple[str, str], dict[str, float]]:
     """(campaign_id, group) → members, converters, revenue sums, discounts, redemptions (one statement)."""
-    attr = attribution_select(settings, windows).subquery("attr")
+    attr = materialise_attribution(conn, settings, windows)
     m = campaign_members.alias("m")
     rev = func.coalesce(cast(attr.c.revenue, Double), 0.0)
     stmt = (
@@ -138,7 +138,9 @@ def _group_stats(
         .group_by(m.c.campaign_id, m.c.member_group)
     )
     out: dict[tuple[str, str], dict[str, float]] = {}
-    for row in conn.execute(stmt).mappings():
+    rows = conn.execute(stmt).mappings().all()
+    drop_attribution(conn, attr)
+    for row in rows:
         out[(str(row["campaign_id"]), str(row["member_group"]))] = {
             k: (float(v) if v is not None else 0.0)
             for k, v in row.items()
@@ -292,7 +294,6 @@ def compute_roi(
     window = resolve_window(settings, window_days)
     check_orders_source(engine, settings)
     with engine.connect() as conn:
-        prefer_hash_joins(conn)  # read-only; the transaction is rolled back at the end
         windows = campaign_windows(conn, settings, as_of, scheme, window)
         ids = [w.campaign_id for w in windows]
         events = _event_counts(conn, ids)
