@@ -13,6 +13,8 @@ Rules:
   targeting not met (``not_targeted``). Members without an email are planned (the sync skips them).
 * Idempotent: when the latest version has the same template hash, policy hash and segment size, nothing is
   written. Otherwise a new version is added; old versions stay.
+* A segment planned earlier and suppressed now gets a member-less version with offer type ``suppressed``;
+  :func:`current_campaigns` then leaves it out.
 * All writes of one plan run happen in one transaction; templates are rendered (both modes) before it starts,
   so a bad policy or template writes nothing.
 """
@@ -57,6 +59,7 @@ from campaigns.offers import parse_offer
 from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
 from campaigns.render import RenderError, render_member, render_merge_tags, template_hash
 
+RETIRED = "suppressed"  # offer_type of the member-less version written when a planned segment gets suppressed
 EXPORT_COLUMNS = ("campaign_id", "segment", "customer_id", "group", "offer", "coupon_code", "template_version")
 
 
@@ -392,15 +395,19 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
     order = _segment_order(settings, scheme, list(sizes))
     result = PlanResult(as_of=as_of, scheme=scheme, segments=[])
     todo: list[tuple[str, ResolvedPolicy, str]] = []
+    suppressed: list[tuple[str, ResolvedPolicy]] = []
     for segment in order:
         resolved = policy.for_segment(scheme, segment)
         if resolved.suppress:
+            suppressed.append((segment, resolved))
             result.segments.append(SegmentPlan(segment, "suppressed", offer="suppressed",
                                                excluded={"suppressed_segment": sizes[segment]}))
             continue
         todo.append((segment, resolved, _validate_templates(settings, resolved, as_of)))
 
     with engine.begin() as conn:
+        for segment, resolved in suppressed:
+            _retire(conn, as_of, scheme, segment, resolved, sizes[segment])
         fresh: list[_Fresh] = []
         for segment, resolved, thash in todo:
             key = campaign_key(scheme, as_of, segment)
@@ -422,6 +429,22 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
             result.segments.extend(_write_fresh(conn, settings, as_of, scheme, fresh, prev_as_of))
     result.segments.sort(key=lambda sp: order.index(sp.segment))
     return result
+
+
+def _retire(conn: Connection, as_of: date, scheme: str, segment: str, resolved: ResolvedPolicy, size: int) -> None:
+    """A segment planned earlier and suppressed now gets a member-less ``suppressed`` version, so it has no
+    current campaign any more (history is kept; destinations stop targeting it)."""
+    key = campaign_key(scheme, as_of, segment)
+    latest = _latest(conn, key)
+    if latest is None or latest.offer_type == RETIRED:
+        return
+    version = latest.version + 1
+    conn.execute(insert(campaigns).values(
+        campaign_id=f"{latest.campaign_id.rsplit('-v', 1)[0]}-v{version}", campaign_key=key, version=version,
+        as_of=as_of, scheme=scheme, segment=segment, template="", subject="", offer_type=RETIRED,
+        offer=json.dumps({"type": RETIRED}), holdout_share=0.0, template_hash="", policy_hash=resolved.policy_hash,
+        destinations="[]", treated=0, holdout=0, excluded=json.dumps({"suppressed_segment": size}),
+        send_time=None, created_at=datetime.now(UTC).replace(tzinfo=None)))
 
 
 def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str, fresh: list[_Fresh],
@@ -526,7 +549,10 @@ def _resolve_clashes(conn: Connection, cid: str, key: str, key_bytes: bytes, pre
 # ---------------------------------------------------------------------------------------------- reading
 
 def current_campaigns(engine: Engine | Connection, as_of: date, scheme: str) -> list[CampaignRow]:
-    """The latest version of each segment's campaign for ``as_of`` and ``scheme`` (ordered by segment)."""
+    """The latest version of each segment's campaign for ``as_of`` and ``scheme`` (ordered by segment).
+
+    A segment whose latest version is a ``suppressed`` marker (the policy suppressed it after it was planned)
+    has no current campaign."""
     latest = (select(campaigns.c.campaign_key, func.max(campaigns.c.version).label("version"))
               .where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
               .group_by(campaigns.c.campaign_key).subquery())
@@ -535,7 +561,7 @@ def current_campaigns(engine: Engine | Connection, as_of: date, scheme: str) -> 
          .order_by(campaigns.c.segment))
 
     def run(conn: Connection) -> list[CampaignRow]:
-        return [CampaignRow.from_row(r) for r in conn.execute(q)]
+        return [row for row in (CampaignRow.from_row(r) for r in conn.execute(q)) if row.offer_type != RETIRED]
 
     if isinstance(engine, Connection):
         return run(engine)

@@ -327,3 +327,21 @@ def test_cli_plan_and_export(settings, engine, tmp_path, monkeypatch):
     assert header == "campaign_id,segment,customer_id,group,offer,coupon_code,template_version"
     res = run_cli("plan", "--as-of", "2025-13-01")
     assert res.exit_code == 2 and "YYYY-MM-DD" in res.output
+
+
+def test_suppressing_a_planned_segment_retires_its_campaign(planned):
+    s, engine, result = planned
+    p = Path(s.templates_dir) / "policy.yaml"
+    p.write_text(p.read_text().replace("    Hibernating:\n", "    Hibernating:\n      suppress: true\n", 1))
+    again = plan_campaigns(engine, s, AS_OF, "rfm11")
+    assert next(sp for sp in again.segments if sp.segment == "Hibernating").status == "suppressed"
+    assert "Hibernating" not in {r.segment for r in current_campaigns(engine, AS_OF, "rfm11")}
+    with engine.connect() as conn:  # history kept: v1 with its members, v2 the member-less marker
+        rows = conn.execute(select(campaigns.c.campaign_id, campaigns.c.offer_type)
+                            .where(campaigns.c.segment == "Hibernating").order_by(campaigns.c.version)).all()
+    assert [r[0] for r in rows] == ["rfm11-2025q4-hibernating-v1", "rfm11-2025q4-hibernating-v2"]
+    assert rows[1][1] == "suppressed"
+    assert plan_campaigns(engine, s, AS_OF, "rfm11") and counts(engine)[0] == 11  # rerun: nothing new
+    p.write_text(p.read_text().replace("    Hibernating:\n      suppress: true\n", "    Hibernating:\n", 1))
+    back = plan_campaigns(engine, s, AS_OF, "rfm11")
+    assert next(sp for sp in back.segments if sp.segment == "Hibernating").campaign_id.endswith("-v3")
