@@ -22,6 +22,7 @@ from sqlalchemy import String, column, delete, func, insert, literal, select, ta
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from activation import dialect
 from activation.dialect import CreateTempTableAs
 from activation.errors import ActivationError, ConfigError, NotFoundError, WarehouseError
 from activation.settings import Settings
@@ -299,7 +300,7 @@ def _assign_with_model(
     """Model-based kinds: metrics and scores come from the same SQL; the registered assigner picks the
     segment in Python; rows are written to the same table in the same transaction."""
     assigner = get_assigner(scheme.kind)
-    frame = pd.DataFrame(conn.execute(scored).mappings().all())
+    frame = _read_frame(conn, scored)
     ctx = AssignContext(engine=engine, settings=settings, scheme=scheme, as_of=window.as_of)
     segments = assigner(ctx, frame.drop(columns=["segment"]))
     if len(segments) != len(frame):
@@ -314,12 +315,40 @@ def _assign_with_model(
             f"the {scheme.kind} assigner produced segments {unknown} not listed in scheme {scheme.name}",
             fix=f"list them under `segments:` in {scheme.name}.yaml",
         )
-    records = frame[[c.name for c in rfm_snapshots.c]].to_dict("records")
-    for start in range(0, len(records), 50_000):
-        conn.execute(insert(rfm_snapshots), records[start : start + 50_000])
+    _bulk_insert_snapshot(conn, frame[[c.name for c in rfm_snapshots.c]])
     warnings.extend(ctx.notes)
     if ctx.info:
         record["model"] = ctx.info
+
+
+def _read_frame(conn: Connection, query: Any) -> pd.DataFrame:
+    """The rows of ``query`` as a DataFrame (DuckDB: one columnar fetch; others: through the driver)."""
+    if dialect.is_duckdb(conn):
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+        return conn.connection.driver_connection.execute(str(compiled)).df()
+    return pd.DataFrame(conn.execute(query).mappings().all())
+
+
+def _bulk_insert_snapshot(conn: Connection, frame: pd.DataFrame) -> None:
+    """Insert a model-assigned snapshot (DuckDB: Arrow scan; PostgreSQL: COPY; else executemany)."""
+    cols = list(frame.columns)
+    raw: Any = conn.connection.driver_connection
+    if dialect.is_duckdb(conn):
+        import pyarrow as pa
+
+        raw.register("_model_snapshot", pa.Table.from_pandas(frame, preserve_index=False))
+        try:
+            raw.execute(f"INSERT INTO rfm_snapshots ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _model_snapshot")
+        finally:
+            raw.unregister("_model_snapshot")
+    elif dialect.is_postgres(conn):
+        with raw.cursor() as cur, cur.copy(f"COPY rfm_snapshots ({', '.join(cols)}) FROM STDIN") as cp:
+            for row in frame.itertuples(index=False, name=None):
+                cp.write_row(row)
+    else:
+        records = frame.to_dict("records")
+        for start in range(0, len(records), 50_000):
+            conn.execute(insert(rfm_snapshots), records[start : start + 50_000])
 
 
 # --- reading snapshots ---------------------------------------------------------------------------
