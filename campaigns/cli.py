@@ -88,7 +88,8 @@ def register(app: typer.Typer) -> None:
         result = plan_campaigns(get_engine(settings), settings, _as_of(as_of), scheme_name)
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
         for col in ("segment", "campaign", "status", "treated", "holdout", "excluded", "offer"):
-            table.add_column(col, justify="right" if col in ("treated", "holdout") else "left")
+            table.add_column(col, justify="right" if col in ("treated", "holdout") else "left",
+                             no_wrap=col in ("campaign", "treated", "holdout"))
         for sp in result.segments:
             excluded = ", ".join(f"{k} {v:,}" for k, v in sp.excluded.items()) or "-"
             table.add_row(sp.segment, sp.campaign_id or "-", sp.status, f"{sp.treated:,}", f"{sp.holdout:,}",

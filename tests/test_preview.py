@@ -42,7 +42,7 @@ def test_preview_without_snapshot_uses_a_made_up_customer(duck_settings, duck_en
 
 
 def test_preview_uses_a_sample_customer_from_the_latest_snapshot(settings, engine, tmp_path, monkeypatch):
-    s = private_templates(settings, tmp_path, monkeypatch)
+    private_templates(settings, tmp_path, monkeypatch)
     insert_snapshot(engine, 50, scheme="seed5", segments=SEED5)
     insert_customers(engine, 50)
     out = tmp_path / "p"
