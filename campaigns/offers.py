@@ -15,6 +15,7 @@ count, so the offer cost of a segment is the sum of ``discount_for`` over its re
 
 from __future__ import annotations
 
+import json
 from datetime import date, timedelta
 from typing import Annotated, Any, Literal
 
@@ -134,11 +135,27 @@ def _fmt(d: date) -> str:
     return d.isoformat()
 
 
+#: Keys stored next to the offer in ``campaigns.offer`` for readers that do not parse it (destinations use
+#: them as the OFFER / EXPIRES merge values); ignored when the offer is parsed.
+ANNOTATIONS = ("label", "expires_on")
+
+
 def parse_offer(data: dict[str, Any] | str) -> VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer:
     """An offer from its policy mapping or the JSON stored in ``campaigns.offer``."""
-    if isinstance(data, str):
-        return _ADAPTER.validate_json(data)
-    return _ADAPTER.validate_python(data)
+    raw = json.loads(data) if isinstance(data, str) else data
+    if isinstance(raw, dict):
+        raw = {k: v for k, v in raw.items() if k not in ANNOTATIONS}
+    return _ADAPTER.validate_python(raw)
+
+
+def offer_record(offer: Any, as_of: date) -> str:
+    """The JSON stored in ``campaigns.offer``: the offer's parameters plus ``label`` (its description) and,
+    for coupon offers, ``expires_on`` (``YYYY-MM-DD``)."""
+    record = offer.model_dump(mode="json")
+    record["label"] = offer.describe()
+    if offer.has_coupon:
+        record["expires_on"] = offer.variables(as_of)["expires_on"]
+    return json.dumps(record, sort_keys=True)
 
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Offer)

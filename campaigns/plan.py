@@ -55,7 +55,7 @@ from activation.settings import Settings
 from activation.tables import campaign_members, campaigns, rfm_snapshots, suppressions
 from activation.warehouse import has_table
 from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
-from campaigns.offers import parse_offer
+from campaigns.offers import offer_record, parse_offer
 from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
 from campaigns.render import RenderError, render_member, render_merge_tags, template_hash
 
@@ -504,7 +504,7 @@ def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str,
         conn.execute(insert(campaigns).values(
             campaign_id=f.campaign_id, campaign_key=f.key, version=f.version, as_of=as_of, scheme=scheme,
             segment=f.segment, template=f.resolved.template, subject=f.resolved.subject, offer_type=offer.type,
-            offer=offer.model_dump_json(), holdout_share=f.resolved.holdout_share, template_hash=f.template_hash,
+            offer=offer_record(offer, as_of), holdout_share=f.resolved.holdout_share, template_hash=f.template_hash,
             policy_hash=f.resolved.policy_hash, destinations=json.dumps(list(f.resolved.destinations)),
             treated=treated_n, holdout=holdout_n, excluded=json.dumps(excl), send_time=None, created_at=now))
         plans.append(SegmentPlan(f.segment, "created", f.campaign_id, treated_n, holdout_n, excl,

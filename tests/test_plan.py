@@ -345,3 +345,14 @@ def test_suppressing_a_planned_segment_retires_its_campaign(planned):
     p.write_text(p.read_text().replace("    Hibernating:\n      suppress: true\n", "    Hibernating:\n", 1))
     back = plan_campaigns(engine, s, AS_OF, "rfm11")
     assert next(sp for sp in back.segments if sp.segment == "Hibernating").campaign_id.endswith("-v3")
+
+
+def test_stored_offer_carries_label_and_expiry_for_destinations(planned):
+    s, engine, result = planned
+    row = next(r for r in current_campaigns(engine, AS_OF, "rfm11") if r.segment == "At Risk")
+    stored = json.loads(row.offer)
+    assert stored["label"] == "20% off, valid 30 days" and stored["expires_on"] == "2026-01-30"
+    assert row.offer_policy.percent == 20  # the annotations are ignored when parsing
+    from campaigns.render import merge_values
+
+    assert merge_values(row, {"first_name": "Ann", "coupon_code": "WB-X"})["OFFER"] == stored["label"]
