@@ -279,3 +279,76 @@ def test_demo_data_plan_outbox_sync_collect_report(duck_settings, duck_engine, t
     html = paths.html.read_text()
     _assert_offline(html)
     assert "breakdown" in {t for t in _parse(html).tables} or "Top" not in html
+
+
+def test_mailchimp_sync_then_collect_events_and_report(settings, engine, tmp_path):
+    """plan rows → real sync to the Mailchimp-speaking fake (sets the send time) → collect email events and
+    conversions → the report shows engagement and is not a backtest."""
+    from datetime import timedelta as td
+
+    from pydantic import SecretStr
+    from sqlalchemy import select
+
+    from activation.settings import MailchimpSettings
+    from activation.tables import campaigns, orders, suppressions
+    from campaigns.outcomes import collect_outcomes, email_hash
+    from campaigns.roi import compute_roi
+    from connectors.mailchimp import MailchimpDestination
+    from connectors.sync import sync_audience
+    from tests.fakes.destinations import FAST_RETRY
+    from tests.fakes.mailchimp import FakeMailchimp
+    from tests.fakes.plan_data import AS_OF as MC_AS_OF
+    from tests.fakes.plan_data import SCHEME as MC_SCHEME
+    from tests.fakes.plan_data import SimpleContent, insert_plan, make_assignment
+
+    with FakeMailchimp() as mc:
+        settings.mailchimp = MailchimpSettings(api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url)
+        assignment = make_assignment(240)
+        holdouts = {c for i, c in enumerate(sorted(assignment)) if i % 4 == 0}
+        plan = insert_plan(engine, assignment, holdouts=holdouts)
+        dest = MailchimpDestination(settings.mailchimp, settings.brand, retry=FAST_RETRY)
+        sync_audience(engine, settings, "mailchimp", MC_AS_OF, MC_SCHEME, content=SimpleContent(),
+                      destination_obj=dest, send=True)  # fmt: skip
+        with engine.connect() as conn:
+            sends = {r.send_time for r in conn.execute(select(campaigns.c.send_time))}
+        assert None not in sends and len(sends) == 3  # one per campaign, set by the destination
+        send = max(sends)
+        treated = sorted(c for ids in plan.treated.values() for c in ids)
+        buyers_t, buyers_h = treated[:30], sorted(holdouts)[:6]
+        rows = [{"order_id": f"t{i}", "customer_id": c, "ordered_at": send + td(days=2), "amount": 100.0,
+                 "status": "Completed", "coupon_code": f"C-{c}-1" if i % 2 == 0 else None}
+                for i, c in enumerate(buyers_t)]  # fmt: skip
+        rows += [{"order_id": f"h{i}", "customer_id": c, "ordered_at": send + td(days=3), "amount": 80.0,
+                  "status": "Completed", "coupon_code": None} for i, c in enumerate(buyers_h)]  # fmt: skip
+        rows.append({"order_id": "late", "customer_id": treated[-1], "ordered_at": send + td(days=45), "amount": 1.0,
+                     "status": "Completed", "coupon_code": None})  # fmt: skip
+        with engine.begin() as conn:
+            conn.execute(orders.insert(), rows)
+        mc.unsubscribe(f"{treated[1]}@example.com")
+
+        res = collect_outcomes(engine, settings, MC_AS_OF, MC_SCHEME,
+                               destination=MailchimpDestination(settings.mailchimp, retry=FAST_RETRY))  # fmt: skip
+        assert not res.backtest and not res.incomplete
+        assert res.events_added["sent"] == len(treated)
+        assert res.events_added["unsubscribed"] == 1 and res.events_added["opened"] > 0
+        assert res.converted_added == len(buyers_t) + len(buyers_h)
+        with engine.connect() as conn:
+            sup = {(h, r) for h, r in conn.execute(select(suppressions.c.email_hash, suppressions.c.reason))}
+        assert (email_hash(f"{treated[1]}@example.com"), "unsubscribed") in sup
+        again = collect_outcomes(engine, settings, MC_AS_OF, MC_SCHEME,
+                                 destination=MailchimpDestination(settings.mailchimp, retry=FAST_RETRY))  # fmt: skip
+        assert sum(again.events_added.values()) == 0 and again.converted_added == 0
+
+        df = compute_roi(engine, settings, MC_AS_OF, MC_SCHEME)
+        assert not df.attrs["backtest"]
+        assert int(df["sent"].sum()) == len(treated) and int(df["unsubscribed"].sum()) == 1
+        assert df["open_rate"].notna().all()
+        assert int(df["coupons_redeemed"].sum()) == 15
+        assert df["discount_redeemed"].sum() == pytest.approx(15 * 100.0 * 0.15)
+        assert df["treated_conversions"].sum() == len(buyers_t) and df["holdout_conversions"].sum() == len(buyers_h)
+
+        paths = write_roi_report(engine, settings, MC_AS_OF, MC_SCHEME, tmp_path / "mc.html")
+        html = paths.html.read_text()
+        _assert_offline(html)
+        page = _parse(html)
+        assert "engagement" in page.tables and "no treatment effect by construction" not in html
