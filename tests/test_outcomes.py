@@ -309,3 +309,14 @@ def test_capped_coupon_discount_per_redeemed_order(engine, settings):
     assert (red["amount"] * 0.5 > 30).any()  # the cap matters for some orders
     for cust, d in expected.items():
         assert got[cust] == pytest.approx(d)
+
+
+def test_a_window_below_one_day_is_refused(duck_engine, duck_settings):
+    from activation.errors import ConfigError
+
+    build(duck_engine)
+    with pytest.raises(ConfigError, match="at least 1 day") as err:
+        collect_outcomes(duck_engine, duck_settings, AS_OF, SCHEME, window_days=0)
+    assert "--window-days" in (err.value.fix or "")
+    res = run_cli("outcomes", "collect", "--window-days", "0")
+    assert res.exit_code == 2 and _ledger(duck_engine).empty
