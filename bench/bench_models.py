@@ -4,7 +4,7 @@ Two parts, each in its own process so each reports its own peak RSS:
 
 * ``kmeans``: synthetic RFM for N customers (default 1,000,000; ``--customers 13000000`` for the full
   run) → :func:`segments.kmeans.fit_clusters` with the shipped scheme's settings (k chosen by silhouette on
-  fixed-seed samples, then the final fit on every customer: Lloyd below 5M customers, MiniBatch above).
+  fixed-seed samples, then the final fit on every customer: Lloyd below 50M customers, MiniBatch above).
   Baseline in the same run: the other algorithm's final fit alone, with the chosen k on the same data
   (skip it with ``--no-baseline``).
 * ``clv``: the demo data set (default 5,000 customers / 40,000 orders; ``--customers/--orders`` to scale)
