@@ -148,6 +148,7 @@ def check_templates(settings: Settings, scheme: str | None = None,
     broken = {i.file for i in issues}
 
     rendered: set[str] = set()
+    tried: set[str] = set()
     if policy is not None:
         schemes = [scheme] if scheme else policy.schemes()
         issues.extend(Issue(policy_file, i.line, i.message, i.fix)
@@ -177,9 +178,11 @@ def check_templates(settings: Settings, scheme: str | None = None,
             except RenderError as exc:
                 issues.append(Issue(policy_file, policy.line_of(*subject_path), f"subject: {exc.detail}", exc.fix))
             tpl_files = {_display(root / f"{resolved.template}.{e}") for e in ("html", "txt")}
-            if resolved.template in rendered or tpl_files & broken:
+            combo = f"{resolved.template}\0{campaign['offer']}"  # each template with each offer it is used with
+            if combo in tried or tpl_files & broken:
                 continue
             if all((root / f"{resolved.template}.{e}").is_file() for e in ("html", "txt")):
+                tried.add(combo)
                 rendered.add(resolved.template)
                 issues.extend(_render_issues(settings, resolved.template, campaign, limits))
     for name in template_names(settings):

@@ -101,3 +101,14 @@ def test_template_missing_its_text_part(tsettings):
     _edit(tsettings, "promo.html", "{% extends '_base.html' %}{% block body %}hi{% endblock %}")
     issues = check_templates(tsettings)
     assert any("template 'promo' has no .txt part" in i.message for i in issues), issues
+
+
+def test_each_template_is_rendered_with_each_offer_it_is_used_with(tsettings):
+    # winback with a vip offer (no percent): arithmetic on offer.percent fails only for that combination
+    _edit(tsettings, "winback.txt", "{% extends '_base.txt' %}{% block body %}\n{{ offer.percent * 2 }}{% endblock %}")
+    _edit(tsettings, "policy.yaml", "version: 1\nschemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
+                                    "      offer: {type: winback_coupon, percent: 20}\n    Champions:\n"
+                                    "      template: winback\n      offer: {type: vip_early_access}\n")
+    issues = check_templates(tsettings)
+    assert any(i.file.endswith("winback.txt") and i.line == 2 and "render failed: TypeError" in i.message
+               for i in issues), issues
