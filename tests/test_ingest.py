@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from datetime import datetime
 from pathlib import Path
 
@@ -105,8 +106,6 @@ def test_online_retail_xlsx(engine: Engine, settings: Settings, tmp_path: Path) 
     wb = openpyxl.Workbook()
     ws = wb.active
     ws.append(OR_HEADER.split(","))
-    import csv
-
     for rec in csv.reader(OR_ROWS):
         inv, code, desc, qty, when, price, cust, country = rec
         ws.append(
