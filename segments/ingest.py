@@ -311,6 +311,11 @@ def ingest_file(
         try:
             _stage(con, path, fmt, mapping, source, report)
             with engine.begin() as conn, tempfile.TemporaryDirectory(prefix="rfm-ingest-") as tmp:
+                if is_postgres(conn):
+                    # one ingest at a time: two concurrent loads of one file would both see its orders as new
+                    conn.execute(
+                        text("LOCK TABLE orders, customers, contact_events IN SHARE ROW EXCLUSIVE MODE")
+                    )
                 _push_to_remote(con, conn, Path(tmp))
                 _merge(conn, report)
                 _drop_remote_temp(conn)
@@ -898,6 +903,9 @@ def _merge_keyed(
     conn: Connection, target: str, stage: str, key: str, cols: tuple[str, ...], compare: tuple[str, ...]
 ) -> tuple[int, int]:
     """Insert new ids, replace ids whose values changed; returns (inserted, updated)."""
+    if _is_empty(conn, target):  # first load: nothing to compare with
+        conn.execute(text(f"INSERT INTO {target} ({', '.join(cols)}) SELECT {', '.join(cols)} FROM {stage}"))
+        return _scalar(conn, f"SELECT count(*) FROM {stage}"), 0
     differs = " OR ".join(f"s.{c} IS DISTINCT FROM t.{c}" for c in compare)
     conn.execute(text("DROP TABLE IF EXISTS _ingest_changed"))
     conn.execute(
@@ -922,6 +930,10 @@ def _merge_keyed(
         )
     conn.execute(text("DROP TABLE IF EXISTS _ingest_changed"))
     return before - updated, updated
+
+
+def _is_empty(conn: Connection, table: str) -> bool:
+    return conn.execute(text(f"SELECT 1 FROM {table} LIMIT 1")).first() is None
 
 
 def _merge_customers(conn: Connection) -> tuple[int, int]:
