@@ -35,7 +35,7 @@ from sqlalchemy import cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from activation.settings import Settings
-from activation.tables import Double, campaign_members, campaign_outcomes
+from activation.tables import Double, campaign_members, campaign_outcomes, rfm_snapshots
 from campaigns.outcomes import (
     EMAIL_EVENTS,
     CampaignWindow,
@@ -313,6 +313,15 @@ def compute_roi(
         ]
         backtest = is_backtest(conn, ids)
         data_end = orders_end(conn, settings)
+        snap = rfm_snapshots.c
+        snapshot_sizes = {
+            str(seg): int(n)
+            for seg, n in conn.execute(
+                select(snap.segment, func.count())
+                .where(snap.as_of == as_of, snap.scheme == scheme)
+                .group_by(snap.segment)
+            )
+        }
     order = segment_order(settings, scheme, [r["segment"] for r in rows])
     rows.sort(key=lambda r: (order.index(r["segment"]), r["campaign_id"]))
     df = pd.DataFrame(rows)
@@ -331,6 +340,13 @@ def compute_roi(
                 f"segment {r['segment']!r}: {r['treated']} treated / {r['holdout']} holdout members, below "
                 f"min_group_size {settings.min_group_size}: inconclusive"
             )
+    planned = {r["segment"] for r in rows}
+    unplanned = [seg for seg in segment_order(settings, scheme, list(snapshot_sizes)) if seg not in planned]
+    if unplanned:
+        notes.append(
+            "segments of the snapshot without a campaign (suppressed or inactive in the policy): "
+            + ", ".join(f"{seg} ({snapshot_sizes[seg]:,} customers)" for seg in unplanned)
+        )
     unknown = int(df["unknown_coupon_orders"].sum()) if len(df) else 0
     if unknown:
         notes.append(

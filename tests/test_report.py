@@ -239,6 +239,8 @@ def test_backtest_on_transaction_only_data_through_plan(settings, engine, tmp_pa
     _assert_offline(html)
     assert "no treatment effect by construction" in html and _parse(html).svgs >= 4
     assert "1997-09-30 → 1997-12-31" in html
+    # the shipped policy suppresses Lost: said, with its size, rather than silently missing
+    assert "segments of the snapshot without a campaign" in html and "Lost (" in html
 
 
 def datetime_end_of(day):
