@@ -21,7 +21,6 @@ def _as_of(value: str) -> date:
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
-    __import__("campaigns.cli_outcomes", fromlist=["register"]).register(app)  # outcomes collect, report roi
     templates_app = typer.Typer(help="Check and preview the email templates and the offer policy.",
                                 no_args_is_help=True)
     campaigns_app = typer.Typer(help="Planned campaigns.", no_args_is_help=True)
