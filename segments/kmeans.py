@@ -10,8 +10,8 @@ the same cluster ids and the same names:
   customers. Inertia of every candidate is reported too (the elbow).
 * The final model is fitted on every customer: ``KMeans`` (Lloyd) below ``minibatch_threshold`` customers
   (default 50M), ``MiniBatchKMeans`` above it. With only three features a Lloyd pass is cheap and it
-  converges in about twenty passes: at 13M customers it took 8x less CPU than MiniBatch, with a better
-  inertia, in 2 GB (docs/benchmarks.md). Lower the threshold in the scheme YAML to use MiniBatch sooner.
+  converges in a few passes: at 13M customers it took 6x less CPU than MiniBatch, with a lower inertia,
+  in 2 GB (docs/benchmarks.md). Lower the threshold in the scheme YAML to use MiniBatch sooner.
 * **Canonical ids**: clusters are renumbered by their centroid, best first (value ``-r + f + m`` in
   z-units, descending), so id 0 is always the most valuable cluster.
 * **Names** come from the centroids by one documented rule: each name has a prototype centroid in z-units
