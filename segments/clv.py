@@ -111,7 +111,7 @@ def feature_query(settings: Settings, as_of: date, horizon_days: int, *, with_ta
     ly_start = _day_start(as_of - timedelta(days=364))
     ly_end = min(_day_start(as_of - timedelta(days=364 - horizon_days)), end)
     past = ts < end
-    zero = literal_column("0.0")
+    zero: Any = literal_column("0.0")
     cols = [
         cid.label("customer_id"),
         func.min(case((past, ts))).label("first_at"),

@@ -279,8 +279,9 @@ def _fit_clusters(
             f"kmeans: only {distinct} distinct (recency, frequency, monetary) point(s), too few for k={need} clusters",
             fix="lower k in the kmeans scheme YAML, or segment a period with more varied customers",
         )
+    candidates: list[dict[str, Any]] = []
     if cfg.k is not None:
-        k, candidates = cfg.k, []
+        k = cfg.k
     else:
         if distinct is not None and distinct < cfg.k_range[1]:
             lo = cfg.k_range[0]
