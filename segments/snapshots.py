@@ -102,8 +102,9 @@ def _no_customers_error(
             f"as_of {window.as_of} is before any data: the first of the {what} is on {first_d}",
             fix=f"use --as-of {first_d} or later (data runs {first_d} to {last_d})",
         )
+    since = f"{window.start:%Y-%m-%d}" if window.start is not None else "the beginning"
     return NotFoundError(
-        f"no counting {what} in the window {window.start:%Y-%m-%d} to {window.as_of} "
+        f"no counting {what} in the window {since} to {window.as_of} "
         f"(data runs {first_d} to {last_d}; excluded statuses {settings.excluded_statuses})",
         fix="widen --lookback-days or choose another --as-of",
     )

@@ -267,3 +267,12 @@ def test_stale_data_and_future_as_of_warn(engine: Engine, settings: Settings) ->
     result = compute_snapshot(engine, settings, future, "seed5", lookback_days=5000)
     assert any("in the future" in w for w in result.warnings)
     assert json.loads(json.dumps(result.cutpoints))  # JSON-serialisable as stored
+
+
+def test_only_excluded_orders_is_a_clear_error(engine: Engine, settings: Settings) -> None:
+    add_orders(engine, [("a", at("2024-06-01"), 5.0, "Cancelled")])
+    unbounded = settings.model_copy(update={"lookback_days": None})
+    with pytest.raises(NotFoundError, match="no counting orders .* the beginning to 2024-06-30") as err:
+        compute_snapshot(engine, unbounded, AS_OF, "seed5")
+    assert "Cancelled" in err.value.message
+    assert count_runs(engine) == 0
