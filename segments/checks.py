@@ -115,6 +115,23 @@ def _count_and_examples(conn: Connection, cond: Any, src: Any, show: list[Any]) 
     return int(n), examples
 
 
+def _not_null(conn: Connection, src: Any, cols: list[tuple[str, Any]], show: list[Any]) -> list[CheckResult]:
+    """All not-null counts in one scan; examples only for the columns that fail."""
+    counts = conn.execute(
+        select(*(func.count().filter(col.is_(None)).label(label) for label, col in cols)).select_from(src)
+    ).one()
+    results = []
+    for (label, col), n in zip(cols, counts, strict=True):
+        examples: list[dict] = []
+        if n:
+            rows = conn.execute(
+                select(*show).select_from(src).where(col.is_(None)).limit(EXAMPLES)
+            ).mappings()
+            examples = [dict(r) for r in rows]
+        results.append(CheckResult(f"not_null({label})", f"{col.name} is null", "error", int(n), examples))
+    return results
+
+
 def _order_checks(conn: Connection, settings: Settings) -> CheckReport:
     o = settings.orders
     needed = {
@@ -134,9 +151,9 @@ def _order_checks(conn: Connection, settings: Settings) -> CheckReport:
     results: list[CheckResult] = []
     show = [oid, cid, at, amt]
 
-    for label, col in (("order_id", oid), ("customer_id", cid), ("ordered_at", at), ("amount", amt)):
-        n, ex = _count_and_examples(conn, col.is_(None), src, show)
-        results.append(CheckResult(f"not_null({label})", f"{col.name} is null", "error", n, ex))
+    results += _not_null(
+        conn, src, [("order_id", oid), ("customer_id", cid), ("ordered_at", at), ("amount", amt)], show
+    )
 
     amount_type = cols.get(o.amount)
     if amount_type is not None and not any(t in amount_type.lower() for t in NUMERIC_TYPES):
@@ -198,11 +215,8 @@ def _event_checks(conn: Connection) -> CheckReport:
         conn, "contact_events", {"customer_id": "customer_id", "occurred_at": "occurred_at"}, "CONTACT_EVENTS"
     )
     src = source_table("contact_events", "event_id", "customer_id", "occurred_at")
-    results = []
-    for col in (src.c.customer_id, src.c.occurred_at):
-        n, ex = _count_and_examples(conn, col.is_(None), src, list(src.c))
-        results.append(CheckResult(f"not_null({col.name})", f"{col.name} is null", "error", n, ex))
-    return CheckReport("contact_events", results)
+    cols = [("customer_id", src.c.customer_id), ("occurred_at", src.c.occurred_at)]
+    return CheckReport("contact_events", _not_null(conn, src, cols, list(src.c)))
 
 
 def run_checks(engine: Engine, settings: Settings, source: str = "orders") -> CheckReport:
