@@ -88,7 +88,7 @@ def load_plan(
                     SCHEME,
                     s,
                     f"Hello {s}",
-                    json.dumps({"expiry_days": 30}),
+                    json.dumps({"type": "winback_coupon", "percent": 15, "expiry_days": 30}),
                     now,
                 ],
             )

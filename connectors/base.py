@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any, Protocol, runtime_checkable
 
-#: Per-member merge fields every destination receives (Mailchimp merge tags, HubSpot properties).
-MERGE_FIELDS: dict[str, str] = {
-    "FNAME": "First name",
-    "SEGMENT": "Segment",
-    "OFFER": "Offer",
-    "COUPON": "Coupon code",
-    "EXPIRES": "Offer expires on",
-}
+
+def merge_fields() -> dict[str, str]:
+    """Per-member merge fields every destination receives (tag -> label), as :mod:`campaigns.render`
+    defines them: Mailchimp merge fields, HubSpot contact properties."""
+    from campaigns.render import MERGE_FIELDS as fields
+
+    return {tag: str(spec.get("name", tag)) for tag, spec in fields.items()}
 
 
 def normalize_email(email: str | None) -> str:

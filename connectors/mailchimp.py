@@ -33,7 +33,6 @@ from requests.adapters import HTTPAdapter
 from activation.errors import ConfigError
 from activation.settings import BrandSettings, MailchimpSettings
 from connectors.base import (
-    MERGE_FIELDS,
     CallStats,
     CampaignSpec,
     Journal,
@@ -41,6 +40,7 @@ from connectors.base import (
     OutcomeEvent,
     SuppressionEvent,
     SyncPlan,
+    merge_fields,
 )
 from connectors.errors import (
     AuthError,
@@ -347,7 +347,7 @@ class MailchimpDestination:
         )
         have = {m["tag"] for m in page.get("merge_fields", [])}
         calls = []
-        for tag, label in MERGE_FIELDS.items():
+        for tag, label in merge_fields().items():
             if tag not in have:
                 body = {"tag": tag, "name": label, "type": "text", "required": False, "public": False}
                 calls.append(

@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import and_, func, select, update
@@ -207,22 +207,33 @@ def _customers_table(settings: Settings) -> tuple[Any, dict[str, Any]]:
 
 
 def merge_values(campaign: CampaignSpec, first_name: str | None, coupon: str | None) -> dict[str, str]:
-    """The merge fields one member receives (see :data:`connectors.base.MERGE_FIELDS`)."""
-    offer = campaign.offer or {}
-    expires = offer.get("expires_on") or ""
-    if not expires and offer.get("expiry_days"):
-        try:
-            expires = (campaign.as_of + timedelta(days=int(offer["expiry_days"]))).isoformat()
-        except (TypeError, ValueError):
-            expires = ""
-    label = offer.get("label") or offer.get("name") or campaign.offer_type
-    return {
-        "FNAME": (first_name or "").strip(),
-        "SEGMENT": campaign.segment,
-        "OFFER": str(label),
-        "COUPON": coupon or "",
-        "EXPIRES": str(expires),
-    }
+    """The merge fields one member receives (see :func:`connectors.base.merge_fields`)."""
+    base, has_coupon = _campaign_values(campaign)
+    return {**base, "FNAME": (first_name or "").strip(), "COUPON": (coupon or "") if has_coupon else ""}
+
+
+def _campaign_values(campaign: CampaignSpec) -> tuple[dict[str, str], bool]:
+    """The campaign-wide merge values (segment, offer, expiry) and whether its offer has coupons, as
+    :func:`campaigns.render.merge_values` computes them (computed once per campaign, not per member)."""
+    key = campaign.campaign_id
+    cached = _VALUES_CACHE.get(key)
+    if cached is not None and cached[0] is campaign:
+        return cached[1], cached[2]
+    from campaigns.render import merge_values as render_values
+
+    row = (
+        campaign.row
+        if campaign.row is not None
+        else {**campaign.__dict__, "offer": json.dumps(campaign.offer)}
+    )
+    base = render_values(row, {"first_name": "", "coupon_code": "X"})
+    has_coupon = base.get("COUPON") == "X"
+    base = {k: str(v) for k, v in base.items()}
+    _VALUES_CACHE[key] = (campaign, base, has_coupon)
+    return base, has_coupon
+
+
+_VALUES_CACHE: dict[str, tuple[CampaignSpec, dict[str, str], bool]] = {}
 
 
 @dataclass

@@ -144,3 +144,66 @@ def test_cli_sync_dry_run_and_real(duck_engine, duck_settings):
     assert not duck_settings.resolved_outbox_dir.exists()
     bad = run_cli("sync", "--destination", "carrier-pigeon")
     assert bad.exit_code == 2 and "unknown destination" in bad.stderr
+
+
+def test_end_to_end_real_plan_to_outbox_and_mailchimp(engine, settings, tmp_path, monkeypatch):
+    """``activation plan`` (real policy, templates, holdouts, coupons) → ``activation sync`` to the outbox
+    (per-member render) and to Mailchimp (merge-tag render, sent), on both warehouses."""
+    from campaigns.plan import plan_campaigns
+    from tests.campaign_helpers import AS_OF as PLAN_AS_OF
+    from tests.campaign_helpers import insert_customers, insert_snapshot, private_templates
+    from tests.fakes.destinations import FAST_RETRY
+    from tests.fakes.mailchimp import FakeMailchimp
+
+    s = private_templates(settings, tmp_path, monkeypatch)
+    insert_snapshot(engine, 400)
+    insert_customers(engine, 400)
+    plan_campaigns(engine, s, PLAN_AS_OF, "rfm11")
+    with engine.connect() as conn:
+        from activation.tables import campaign_members
+
+        rows = conn.execute(
+            select(campaign_members.c.customer_id, campaign_members.c.member_group, customers.c.email).join(
+                customers, customers.c.customer_id == campaign_members.c.customer_id
+            )
+        ).all()
+    treated = {r.email.lower() for r in rows if r.member_group == "treatment" and r.email}
+    held = {r.email.lower() for r in rows if r.member_group == "holdout" and r.email}
+    assert treated and held
+
+    out = run_cli(
+        "sync", "--destination", "outbox", "--as-of", PLAN_AS_OF.isoformat(), "--scheme", "rfm11", "--send"
+    )
+    assert out.exit_code == 0, out.output
+    msgs = [
+        email.message_from_bytes(p.read_bytes(), policy=policy.default)
+        for p in s.resolved_outbox_dir.rglob("*.eml")
+    ]
+    to = {m["To"].addresses[0].addr_spec.lower() for m in msgs}
+    assert to == treated and not to & held
+    body = msgs[0].get_body(("html",)).get_content()
+    assert "unsubscribe" in body.lower() and s.brand.postal_address.split(",")[0] in body
+
+    with FakeMailchimp() as mc:
+        from pydantic import SecretStr
+
+        from activation.settings import MailchimpSettings
+        from connectors.mailchimp import MailchimpDestination
+
+        s.mailchimp = MailchimpSettings(
+            api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url
+        )
+        res = sync_audience(
+            engine,
+            s,
+            "mailchimp",
+            PLAN_AS_OF,
+            "rfm11",
+            send=True,
+            destination_obj=MailchimpDestination(s.mailchimp, s.brand, retry=FAST_RETRY),
+        )
+        assert res.failed == 0
+        sent = set().union(*mc.sent_to().values())
+        assert sent == treated and not sent & held
+        html = next(iter(mc.campaigns.values()))["content"]["html"]
+        assert "*|UNSUB|*" in html and "*|FNAME|*" in html

@@ -29,14 +29,20 @@ EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 BUILTIN_TAGS = {
     "UNSUB",
     "EMAIL",
-    "LIST:ADDRESS",
-    "LIST:COMPANY",
     "UPDATE_PROFILE",
     "ARCHIVE",
     "FORWARD",
-    "MC:SUBJECT",
+    "LIST:ADDRESS",
+    "LIST:ADDRESSLINE",
+    "LIST:COMPANY",
+    "LIST:NAME",
+    "LIST:DESCRIPTION",
     "CURRENT_YEAR",
-}
+    "DATE:Y",
+    "MC:SUBJECT",
+    "MC_PREVIEW_TEXT",
+    "REWARDS",
+}  # Mailchimp's own merge tags (no merge field needed)
 MERGE_TAG_RE = re.compile(r"\*\|([A-Z0-9_:]+)\|\*")
 
 
