@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -35,6 +36,7 @@ class Faults:
     slow_seconds: float = 0.3
     script: list[str] = field(default_factory=list)
     hang_after_writes: int | None = None  # every write after N writes blocks (a process killed mid-sync)
+    hang_paths: str | None = None  # regex: only writes to matching paths count and hang (None: all writes)
     fatal_after_writes: int | None = None  # every call after N writes gets 401 (credentials revoked)
     only_paths: str | None = None  # faults only for paths containing this
 
@@ -68,6 +70,7 @@ class FakeApiServer:
         self.peak_in_flight = 0
         self.rejected_concurrency = 0
         self._writes = 0
+        self._hang_writes = 0  # writes counted for ``hang_after_writes`` (those matching ``hang_paths``)
         self._rng = random.Random(seed)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -182,9 +185,10 @@ class FakeApiServer:
                 await asyncio.sleep(f.latency)
             if f.slow_rate and self._rng.random() < f.slow_rate:
                 await asyncio.sleep(f.slow_seconds)
-            if is_write and f.hang_after_writes is not None and self._writes >= f.hang_after_writes:
+            hangable = is_write and (f.hang_paths is None or re.fullmatch(f.hang_paths, path) is not None)
+            if hangable and f.hang_after_writes is not None and self._hang_writes >= f.hang_after_writes:
                 fault = "hang"
-                while f.hang_after_writes is not None and self._writes >= f.hang_after_writes:
+                while f.hang_after_writes is not None and self._hang_writes >= f.hang_after_writes:
                     await asyncio.sleep(0.05)
                 await self._json(send, 503, {"status": 503}, {}, status_box)
                 return
@@ -207,6 +211,8 @@ class FakeApiServer:
                 body_box["body"] = None
             if is_write:
                 self._writes += 1
+            if hangable:
+                self._hang_writes += 1
 
             async def replay() -> dict[str, Any]:
                 return {"type": "http.request", "body": raw, "more_body": False}
