@@ -5,10 +5,17 @@ Per sync, only for changed members: ``POST /crm/v3/objects/contacts/batch/upsert
 email, ≤ 100 inputs), then ``PUT /crm/v3/lists/{id}/memberships/add`` for the new segment's list and
 ``…/memberships/remove`` for the old one. Properties ``rfm_segment``, ``rfm_offer``, ``rfm_coupon`` are
 created when missing. HubSpot sends no email here: ``--send`` is recorded as skipped.
+
+HubSpot validates every input of a batch (its email check is stricter than ours: the domain must end in a
+known top-level domain) and may refuse the whole batch for one bad input (400 ``VALIDATION_ERROR`` naming
+it) or answer 207 with per-input ``errors``. Either way the named contacts are skipped and recorded in the
+sync log, and the rest of the batch is written; a 400 that names no input of the batch stops the sync.
 """
 
 from __future__ import annotations
 
+import json as jsonlib
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
@@ -30,6 +37,44 @@ from connectors.errors import (
     TransportError,
 )
 from connectors.http import CallPool, MemberTracker, RetryPolicy, call_with_retry, parse_retry_after, redact
+
+_EMAIL_TOKEN = re.compile(r"[^\s\"'\[\](),;:{}<>]+@[^\s\"'\[\](),;:{}<>]+")
+
+
+class RejectedInputsError(BadRequestError):
+    """HubSpot refused a whole batch because of some of its inputs: ``reasons`` maps each input id it
+    names (lower-cased email) to why."""
+
+    def __init__(self, message: str, *, reasons: dict[str, str], status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.reasons = reasons
+
+
+def _named_inputs(body: dict[str, Any]) -> dict[str, str]:
+    """Input ids (emails) a 400 body names -> the reason given for each."""
+    message = str(body.get("message") or "")
+    reasons: dict[str, str] = {}
+    checks: list[Any] = []
+    head, sep, tail = message.partition(": [")
+    if sep:
+        try:
+            checks = jsonlib.loads("[" + tail)
+        except ValueError:
+            checks = []
+    for check in checks if isinstance(checks, list) else []:
+        if isinstance(check, dict):
+            text = str(check.get("message") or "")
+            reason = f"{check.get('error') or 'refused'}: {text}" if text else str(check.get("error"))
+            for token in _EMAIL_TOKEN.findall(text):
+                reasons.setdefault(token.lower().rstrip("."), reason[:300])
+    context = body.get("context")
+    ids = context.get("ids") if isinstance(context, dict) else None
+    for value in ids if isinstance(ids, list) else []:
+        reasons.setdefault(str(value).lower(), message[:300])
+    for token in _EMAIL_TOKEN.findall(message):
+        reasons.setdefault(token.lower().rstrip("."), message[:300])
+    return reasons
+
 
 PROPERTIES = {"rfm_segment": "RFM segment", "rfm_offer": "RFM offer", "rfm_coupon": "RFM coupon code"}
 CONTACTS = "0-1"
@@ -120,6 +165,12 @@ class HubSpotApi:
         message = redact(str(body.get("message") or r.reason_phrase or ""), (self._token,))[:500]
         status = r.status_code
         retry_after = parse_retry_after(r.headers.get("Retry-After"))
+        if retry_after is None and status == 429 and r.headers.get("X-HubSpot-RateLimit-Remaining") == "0":
+            # a rolling-window limit without Retry-After: wait for the window (safe upper bound)
+            try:
+                retry_after = float(r.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds", "")) / 1000
+            except ValueError:
+                retry_after = None
         if status == 429:
             return RateLimitedError(f"HubSpot {what}: 429 {message}", retry_after=retry_after, status=status)
         if status >= 500:
@@ -136,6 +187,8 @@ class HubSpotApi:
             )
         if status == 404:
             return RemoteNotFoundError(f"HubSpot {what}: not found ({message})", status=status)
+        if status == 400 and isinstance(body, dict) and (reasons := _named_inputs(body)):
+            return RejectedInputsError(f"HubSpot {what}: 400 {message}", reasons=reasons, status=status)
         return BadRequestError(f"HubSpot {what}: {status} {message}", status=status)
 
     def close(self) -> None:
@@ -363,13 +416,33 @@ class HubSpotDestination:
             inputs.append({"idProperty": "email", "id": c.email, "properties": props})
 
         def run() -> Any:
-            return self.api.call(
-                "batch upsert",
-                "POST",
-                "/crm/v3/objects/contacts/batch/upsert",
-                json={"inputs": inputs},
-                write=True,
-            )
+            """The upsert; inputs a whole-batch 400 names are dropped (recorded) and the rest resent."""
+            remaining = inputs
+            refused: dict[str, str] = {}
+            res: Any = {"results": []}
+            while remaining:
+                try:
+                    res = self.api.call(
+                        "batch upsert",
+                        "POST",
+                        "/crm/v3/objects/contacts/batch/upsert",
+                        json={"inputs": remaining},
+                        write=True,
+                    )
+                    break
+                except RejectedInputsError as exc:
+                    named = {i["id"] for i in remaining} & set(exc.reasons)
+                    if not named:
+                        raise
+                    refused.update({e: exc.reasons[e] for e in named})
+                    remaining = [i for i in remaining if i["id"] not in named]
+                    res = {"results": []}
+            if refused:
+                res = dict(res)
+                res["errors"] = list(res.get("errors") or []) + [
+                    {"message": why, "context": {"ids": [email]}} for email, why in refused.items()
+                ]
+            return res
 
         def done(res: Any) -> None:
             ids = {

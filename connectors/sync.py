@@ -346,19 +346,26 @@ def diff(
     emails: dict[str, str],
     *,
     include_campaign: bool,
-) -> tuple[list[MemberChange], Counter[str]]:
-    """Changes that bring ``state`` to ``audiences``; also returns how many members are unchanged per segment."""
+) -> tuple[list[MemberChange], Counter[str], list[AudienceMember]]:
+    """Changes that bring ``state`` to ``audiences``; also how many members are unchanged per segment, and
+    the members the destination refused at an earlier sync with exactly this content (a per-member refusal
+    is final until the member's data changes: not retried)."""
     changes: list[MemberChange] = []
     unchanged: Counter[str] = Counter()
+    refused: list[AudienceMember] = []
     desired: set[str] = set()
     for members in audiences.values():
         for m in members:
             desired.add(m.customer_id)
             h = state_hash(m.email, [m.segment], m.fields, m.campaign_id if include_campaign else "")
             s = state.get(m.customer_id)
-            if s is not None and s.state_hash == h and s.tags == [m.segment]:
-                unchanged[m.segment] += 1
-                continue
+            if s is not None and s.state_hash == h:
+                if s.tags == [m.segment]:
+                    unchanged[m.segment] += 1
+                    continue
+                if not s.tags:
+                    refused.append(m)
+                    continue
             if s is None or not s.tags:
                 changes.append(
                     MemberChange(
@@ -399,7 +406,7 @@ def diff(
                 cid, emails.get(cid, ""), "remove", None, False, None, s.tags[0], "", [], s.campaign_id
             )
         )
-    return changes, unchanged
+    return changes, unchanged, refused
 
 
 # --- the journal: commits what destinations confirm ----------------------------------------------------
@@ -698,11 +705,14 @@ def sync_audience(
             src.segments.setdefault(seg, SegmentPlan(segment=seg)).previous = n
         need_email = [cid for cid, s in state.items() if s.tags and cid not in src.emails]
         src.emails.update(_missing_emails(engine, settings, need_email))
-        changes, unchanged = diff(
+        changes, unchanged, refused = diff(
             src.audiences, state, src.emails, include_campaign=dest.state_includes_campaign
         )
         for seg, n in unchanged.items():
             src.segments[seg].unchanged = n
+        for m in refused:
+            src.segments[m.segment].skips["refused"] += 1
+            src.skipped.append((m.campaign_id, m.customer_id, "refused"))
         for c in changes:
             if c.member is not None:
                 sp = src.segments[c.member.segment]
@@ -748,8 +758,6 @@ def sync_audience(
         result.sync_id = sync_id
         st.start_run(engine, sync_id, destination, as_of, scheme)
         journal = WarehouseJournal(engine, destination, sync_id, plan, on_progress)
-        if src.skipped:
-            _log_skips(engine, destination, sync_id, src.skipped)
         if on_total:
             on_total(len(changes))
         t_apply = time.perf_counter()
@@ -761,6 +769,10 @@ def sync_audience(
                 journal.close()
         except BaseException as exc:
             result.status = "failed"
+            if src.skipped and dest.stats.writes > writes0:
+                # skips belong to a sync that wrote something; one stopped before any write (wrong
+                # credentials, missing list) leaves only its failed run behind
+                _log_skips(engine, destination, sync_id, src.skipped)
             _finish(
                 engine,
                 result,
@@ -772,6 +784,8 @@ def sync_audience(
                 error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
             raise
+        if src.skipped:
+            _log_skips(engine, destination, sync_id, src.skipped)
         result.status = "succeeded" if journal.counts["failed"] == 0 else "partial"
         _finish(engine, result, journal, dest, reads0, writes0, t0)
         return result

@@ -1,11 +1,21 @@
 """A HubSpot CRM API (v3) subset on 127.0.0.1 with its rules: Bearer token (401 otherwise), contacts batch
-upsert by email (≤ 100 inputs, unknown properties rejected), contact properties, batch read by email,
-static (MANUAL) lists and their memberships, 429 beyond 10 requests in flight, injectable faults."""
+upsert by email (≤ 100 inputs, 400 beyond; duplicate ids in one batch refused), HubSpot's email validation
+(RFC syntax plus a known top-level domain: ``INVALID_EMAIL``), contact properties (unknown ones refused),
+batch read by email, static (MANUAL) lists and their memberships, a rolling rate limit (429 with
+``X-HubSpot-RateLimit-*`` headers and, unless turned off, ``Retry-After``), 429 beyond 10 requests in
+flight, injectable faults.
+
+Validation errors of a batch upsert reject the whole batch by default (``batch_errors = "reject"``:
+400 ``VALIDATION_ERROR`` naming the offending inputs, nothing written), as HubSpot's batch endpoints do;
+``batch_errors = "partial"`` answers 207 with per-input ``errors`` instead (the multi-status form)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
+import time
+from collections import deque
 from typing import Any
 from urllib.parse import unquote
 
@@ -16,7 +26,12 @@ from starlette.routing import Route
 
 from tests.fakes.server import FakeApiServer
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+EMAIL_RE = re.compile(r"^[^@\s\"]+@[^@\s]+\.[^@\s]+$")
+# a few real top-level domains: HubSpot refuses an address whose domain does not end in one from IANA's list
+KNOWN_TLDS = frozenset(
+    "com org net edu gov io co info biz shop store email app dev uk de fr nl es it be ch at se no dk fi "
+    "pl pt ie us ca au nz jp br mx in".split()
+)
 BUILTIN_PROPERTIES = {"email", "firstname", "lastname", "phone", "company"}
 
 
@@ -27,9 +42,26 @@ def _err(status: int, message: str, category: str = "VALIDATION_ERROR", **extra:
     )
 
 
+def valid_email(email: str) -> bool:
+    """HubSpot's check: RFC-like syntax (no quotes, no empty or doubled dots) and a known TLD."""
+    if not EMAIL_RE.match(email):
+        return False
+    local, _, domain = email.rpartition("@")
+    if local.startswith(".") or local.endswith(".") or ".." in local or ".." in domain:
+        return False
+    return domain.rsplit(".", 1)[-1] in KNOWN_TLDS
+
+
 class FakeHubSpot(FakeApiServer):
     def __init__(self, token: str = "pat-na1-00000000-0000-0000-0000-000000000000", *, seed: int = 0) -> None:
         self.token = token
+        self.batch_errors = "reject"  # or "partial": 207 with per-input errors
+        # rolling rate limit: at most ``rate_limit`` requests per ``rate_interval`` seconds (None: off)
+        self.rate_limit: int | None = None
+        self.rate_interval = 10.0
+        self.rate_retry_after = True  # send Retry-After with a rate-limit 429 (the X-HubSpot headers always)
+        self.rate_limited = 0
+        self._window: deque[float] = deque()
         self.contacts: dict[str, dict[str, Any]] = {}  # id -> {"id", "properties"}
         self.by_email: dict[str, str] = {}
         self.properties: dict[str, dict[str, Any]] = {
@@ -60,7 +92,48 @@ class FakeHubSpot(FakeApiServer):
                 Route("/crm/v3/lists/{list_id}/memberships/remove", self.remove_members, methods=["PUT"]),
             ]
         )
-        super().__init__(app, seed=seed)
+        super().__init__(self._rate_limiter(app), seed=seed)
+
+    def _rate_limiter(self, app: Any) -> Any:
+        """HubSpot's ten-secondly rolling limit, per token: 429 once ``rate_limit`` requests arrived in the
+        last ``rate_interval`` seconds."""
+
+        async def wrapped(scope: Any, receive: Any, send: Any) -> None:
+            if self.rate_limit is not None:
+                now = time.monotonic()
+                while self._window and now - self._window[0] >= self.rate_interval:
+                    self._window.popleft()
+                if len(self._window) >= self.rate_limit:
+                    self.rate_limited += 1
+                    wait = self.rate_interval - (now - self._window[0])
+                    headers = [
+                        (b"content-type", b"application/json"),
+                        (b"x-hubspot-ratelimit-max", str(self.rate_limit).encode()),
+                        (b"x-hubspot-ratelimit-remaining", b"0"),
+                        (
+                            b"x-hubspot-ratelimit-interval-milliseconds",
+                            str(int(self.rate_interval * 1000)).encode(),
+                        ),
+                    ]
+                    if self.rate_retry_after:
+                        headers.append((b"retry-after", f"{wait:.3f}".encode()))
+                    body = json.dumps(
+                        {
+                            "status": "error",
+                            "message": "You have reached your ten_secondly_rolling limit.",
+                            "errorType": "RATE_LIMIT",
+                            "correlationId": "fake",
+                            "policyName": "TEN_SECONDLY_ROLLING",
+                        }
+                    ).encode()
+                    headers.append((b"content-length", str(len(body)).encode()))
+                    await send({"type": "http.response.start", "status": 429, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                self._window.append(now)
+            await app(scope, receive, send)
+
+        return wrapped
 
     def authorized(self, headers: dict[str, str]) -> bool:
         return headers.get("authorization") == f"Bearer {self.token}"
@@ -96,11 +169,18 @@ class FakeHubSpot(FakeApiServer):
         inputs = body.get("inputs") or []
         if len(inputs) > 100:
             return _err(400, f"Batch input size {len(inputs)} exceeds the limit of 100")
+        if any(item.get("idProperty") != "email" for item in inputs):
+            return _err(400, "idProperty must be email for this fake")
+        ids = [str(item.get("id", "")).lower() for item in inputs]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            return _err(
+                400,
+                f"Duplicate IDs found in batch input: [{', '.join(dupes)}]. IDs must be unique",
+                context={"ids": dupes},
+            )
         results, errors = [], []
-        for item in inputs:
-            if item.get("idProperty") != "email":
-                return _err(400, "idProperty must be email for this fake")
-            email = str(item.get("id", "")).lower()
+        for item, email in zip(inputs, ids, strict=True):
             props = dict(item.get("properties") or {})
             unknown = [p for p in props if p not in self.properties]
             if unknown:
@@ -110,19 +190,37 @@ class FakeHubSpot(FakeApiServer):
                         "category": "VALIDATION_ERROR",
                         "message": f"Property values were not valid: unknown properties {unknown}",
                         "context": {"ids": [email]},
+                        "_check": {
+                            "isValid": False,
+                            "error": "PROPERTY_DOESNT_EXIST",
+                            "name": unknown[0],
+                            "message": f'Property "{unknown[0]}" does not exist',
+                        },
                     }
                 )
                 continue
-            if not EMAIL_RE.match(email):
+            if not valid_email(email):
                 errors.append(
                     {
                         "status": "error",
                         "category": "VALIDATION_ERROR",
                         "message": f"Email address {email} is invalid",
                         "context": {"ids": [email]},
+                        "_check": {
+                            "isValid": False,
+                            "message": f"Email address {email} is invalid",
+                            "error": "INVALID_EMAIL",
+                            "name": "email",
+                        },
                     }
                 )
                 continue
+            results.append((email, props))
+        if errors and self.batch_errors == "reject":
+            checks = [e["_check"] for e in errors]
+            return _err(400, f"Property values were not valid: {json.dumps(checks)}")
+        out = []
+        for email, props in results:
             cid = self.by_email.get(email)
             new = cid is None
             if new:
@@ -130,10 +228,10 @@ class FakeHubSpot(FakeApiServer):
                 self.by_email[email] = cid
                 self.contacts[cid] = {"id": cid, "properties": {"email": email}}
             self.contacts[cid]["properties"].update(props)
-            results.append({"id": cid, "properties": self.contacts[cid]["properties"], "new": new})
-        payload: dict[str, Any] = {"status": "COMPLETE", "results": results}
+            out.append({"id": cid, "properties": dict(self.contacts[cid]["properties"]), "new": new})
+        payload: dict[str, Any] = {"status": "COMPLETE", "results": out}
         if errors:
-            payload["errors"] = errors
+            payload["errors"] = [{k: v for k, v in e.items() if k != "_check"} for e in errors]
             payload["numErrors"] = len(errors)
         return JSONResponse(payload, status_code=207 if errors else 200)
 
