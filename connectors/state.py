@@ -212,6 +212,34 @@ def finish_run(engine: Engine, sync_id: str, status: str, summary: dict[str, Any
         )
 
 
+#: statuses of a sync that ran to its end (``partial``: some members failed, the rest was applied)
+COMPLETED = ("succeeded", "partial")
+
+
+def last_completed_members(engine: Engine, destination: str, scheme: str) -> dict[str, int] | None:
+    """Reachable members per segment at the last sync to ``destination`` for ``scheme`` that ran to its
+    end (from its summary), or None when there was none. A sync that died half-way (``failed``, or still
+    ``running`` because its process was killed) is no baseline: its ``sync_state`` is a partial picture."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(sync_runs.c.summary)
+            .where(
+                sync_runs.c.destination == destination,
+                sync_runs.c.scheme == scheme,
+                sync_runs.c.status.in_(COMPLETED),
+            )
+            .order_by(sync_runs.c.finished_at.desc(), sync_runs.c.started_at.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    try:
+        segments = json.loads(row.summary or "{}").get("segments") or {}
+    except ValueError:
+        segments = {}
+    return {str(seg): int(d.get("members") or 0) for seg, d in segments.items() if isinstance(d, dict)}
+
+
 def last_success(engine: Engine, destination: str) -> datetime | None:
     """When the last successful sync to ``destination`` started."""
     with engine.connect() as conn:

@@ -61,7 +61,7 @@ class SegmentPlan:
     segment: str
     campaign_id: str | None = None
     members: int = 0  # reachable treated members now
-    previous: int = 0  # members tagged at the last sync
+    previous: int = 0  # members at the last sync that ran to its end (the guardrails' baseline)
     holdout: int = 0
     adds: int = 0
     updates: int = 0
@@ -618,7 +618,12 @@ def _member_view(member: AudienceMember) -> dict[str, Any]:
 
 
 def guardrails(segments: dict[str, SegmentPlan], max_share: float, first_sync: bool) -> list[str]:
-    """Reasons to stop a sync before it writes anything (empty source, a segment swinging too much)."""
+    """Reasons to stop a sync before it writes anything (empty source, a segment swinging too much).
+
+    A segment's swing is measured against ``previous``: its members at the last sync of this destination
+    and scheme that ran to its end, never against the partial state a sync that died half-way left behind
+    (its rerun would otherwise look like a swing). ``first_sync``: there is no such sync yet.
+    """
     total = sum(s.members for s in segments.values())
     if total == 0:
         return ["the source is empty: no reachable treated member in any campaign"]
@@ -700,8 +705,8 @@ def sync_audience(
         suppressed = st.load_suppressions(engine)
         src = _read_source(engine, settings, camps, suppressed)
         state = st.load_state(engine, destination)
-        prev = Counter(t for s in state.values() for t in s.tags)
-        for seg, n in prev.items():
+        baseline = st.last_completed_members(engine, destination, scheme)
+        for seg, n in (baseline or {}).items():
             src.segments.setdefault(seg, SegmentPlan(segment=seg)).previous = n
         need_email = [cid for cid, s in state.items() if s.tags and cid not in src.emails]
         src.emails.update(_missing_emails(engine, settings, need_email))
@@ -735,7 +740,9 @@ def sync_audience(
         for seg, n in estimate.items():
             if seg:
                 src.segments.setdefault(seg, SegmentPlan(segment=seg)).api_calls = n
-        violations = guardrails(src.segments, settings.guardrail_max_change_share, first_sync=not state)
+        violations = guardrails(
+            src.segments, settings.guardrail_max_change_share, first_sync=baseline is None
+        )
         result = SyncResult(
             None,
             destination,

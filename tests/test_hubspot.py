@@ -402,7 +402,7 @@ def test_process_killed_mid_sync_then_rerun_converges(tmp_path, hs, monkeypatch)
         partial = _count(engine, sync_state)
         assert run == "running" and 0 < partial <= 200  # killed after two upserts and their list adds
         hs.reset_log()
-        res = _sync(engine, settings, force=True)  # the half-way state makes segments look skewed
+        res = _sync(engine, settings)  # no force: the half-way state is no guardrail baseline
         assert (res.ok, res.failed) == (2999 - partial, 0)
         # nobody committed is written again; nobody lost; no duplicate contact or membership
         assert sum(len(c.body["inputs"]) for c in _calls(hs, UPSERT)) == 2999 - partial

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import email
+import json
+from collections import Counter
+from datetime import date
 from email import policy
 
 import pytest
@@ -11,6 +14,7 @@ from sqlalchemy import func, select, update
 from activation.errors import GuardrailError
 from activation.tables import campaigns, customers, suppressions, sync_log, sync_runs, sync_state
 from connectors.base import email_hash
+from connectors.errors import FatalDestinationError
 from connectors.state import add_suppressions
 from connectors.sync import sync_audience
 from tests.cli_helpers import run_cli
@@ -119,6 +123,83 @@ def test_guardrails_stop_before_any_write(engine, settings):
     assert dry.guardrail_violations and dry.segments["Loyal"].tag_removes == 8
     res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, force=True)
     assert res.status == "succeeded"
+
+
+class _DiesAfter(SimpleContent):
+    """Renders ``n`` messages, then fails the way a crash half-way through a sync would."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def for_member(self, campaign, member):
+        self.n -= 1
+        if self.n < 0:
+            raise FatalDestinationError("disk full (fault injected)")
+        return super().for_member(campaign, member)
+
+
+def _tags(engine) -> Counter[str]:
+    with engine.connect() as conn:
+        return Counter(t for (tags,) in conn.execute(select(sync_state.c.tags)) for t in json.loads(tags))
+
+
+def test_guardrail_baseline_is_the_last_completed_sync_not_a_half_way_state(engine, settings):
+    """A sync that dies half-way leaves ``sync_state`` skewed (some members already moved, others not);
+    its rerun must be compared with the last sync that ran to its end, not with that partial picture."""
+    settings.guardrail_max_change_share = 0.3
+    q1 = make_assignment(1000)  # 334 Champions, 333 Loyal, 333 At Risk
+    insert_plan(engine, q1)
+    assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C).status == "succeeded"
+    # next quarter every customer moves one segment on: the sizes stay the same, so the guardrail passes…
+    segs = ("Champions", "Loyal", "At Risk")
+    q2_as_of = date(2024, 6, 30)
+    insert_plan(
+        engine,
+        {c: segs[(segs.index(s) + 1) % 3] for c, s in q1.items()},
+        as_of=q2_as_of,
+        replace_customers=False,
+    )
+    # …but the sync dies after its first confirmed batch of 500 messages
+    with pytest.raises(FatalDestinationError):
+        sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=_DiesAfter(700))
+    with engine.connect() as conn:
+        statuses = sorted(conn.execute(select(sync_runs.c.status)).scalars())
+    assert statuses == ["failed", "succeeded"]
+    half_way = _tags(engine)
+    assert half_way == {"At Risk": 499, "Champions": 501}  # Loyal's members all moved on, At Risk half-way
+    # the rerun of the same plan: the baseline is Q1's completed sync (334/333/333), not 499/501/0
+    dry = sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C, dry_run=True)
+    assert dry.guardrail_violations == []
+    assert {s: p.previous for s, p in dry.segments.items()} == {
+        "Champions": 334,
+        "Loyal": 333,
+        "At Risk": 333,
+    }
+    res = sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
+    assert res.status == "succeeded" and res.failed == 0
+    assert _tags(engine) == {"Champions": 333, "Loyal": 334, "At Risk": 333}
+
+
+def test_guardrail_still_stops_a_real_shrink_after_a_completed_sync(engine, settings):
+    q1 = make_assignment(1000)
+    insert_plan(engine, q1)
+    sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    # next quarter 60 % of Loyal (200 of 333) drop out of the plan
+    loyal = sorted(c for c, s in q1.items() if s == "Loyal")
+    q2 = {c: s for c, s in q1.items() if c not in set(loyal[:200])}
+    q2_as_of = date(2024, 6, 30)
+    insert_plan(engine, q2, as_of=q2_as_of, replace_customers=False)
+    before = _all_counts(engine)
+    with pytest.raises(GuardrailError, match=r"'Loyal' shrinks from 333 to 133 members \(60% > 50%\)"):
+        sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
+    assert _all_counts(engine) == before
+    # a failed attempt does not become the baseline either: the same stop on the next try
+    with pytest.raises(GuardrailError, match="'Loyal' shrinks from 333 to 133"):
+        sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
+    res = sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C, force=True)
+    assert res.status == "succeeded" and _tags(engine)["Loyal"] == 133
+    # after the forced sync completed, it is the baseline: an unchanged rerun passes
+    assert sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C).write_calls == 0
 
 
 def test_sync_log_and_runs(engine, settings):
