@@ -600,7 +600,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
 def write_csv(df: pd.DataFrame, path: Path) -> None:
     """The report CSV: one row per segment, the columns of :data:`campaigns.roi.CSV_COLUMNS`."""
     out = df.reindex(columns=CSV_COLUMNS)
-    _atomic_write(path, out.to_csv(index=False, lineterminator="\n"))
+    _atomic_write(path, out.to_csv(index=False, lineterminator="\n", float_format="%.12g"))
 
 
 def _atomic_write(path: Path, text: str) -> None:

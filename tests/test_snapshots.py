@@ -164,6 +164,17 @@ def test_export_has_exactly_the_contract_columns(engine: Engine, settings: Setti
     assert not (tmp_path / "none.csv").exists()
 
 
+def test_export_monetary_has_no_floating_point_noise(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    add_orders(engine, [("c1", at("2024-03-01"), 0.1), ("c1", at("2024-03-02"), 0.2), ("c2", at("2024-03-03"), 5.0)])
+    compute_snapshot(engine, settings, AS_OF, "value_tier")
+    out = tmp_path / "value_tier.csv"
+    export_snapshot(engine, AS_OF, "value_tier", out)
+    with out.open() as fh:
+        rows = {r["customer_id"]: r for r in csv.DictReader(fh)}
+    assert rows["c1"]["monetary"] == "0.3"  # 0.1 + 0.2 summed in floating point is 0.30000000000000004
+    assert rows["c2"]["monetary"] == "5.0"
+
+
 def test_migration_matrix_with_new_and_gone(engine: Engine, settings: Settings) -> None:
     q1, q2 = date(2024, 3, 31), date(2024, 6, 30)
     add_orders(
