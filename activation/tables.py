@@ -4,7 +4,7 @@ Ingested data: ``orders``, ``customers``, ``contact_events``.
 Segmentation: ``rfm_snapshots`` (one row per customer per as_of+scheme), ``snapshot_runs``.
 Campaigns: ``campaigns`` (one per segment per as_of+scheme, versioned), ``campaign_members``.
 Destinations: ``sync_state``, ``sync_runs``, ``sync_log``, ``suppressions``, ``destination_campaigns``.
-Outcomes: ``campaign_outcomes``. Models: ``clv_models``, ``clv_predictions``.
+Outcomes: ``campaign_outcomes``. Models: ``clv_models`` (predictions are stored as ``clv_tier`` snapshots in ``rfm_snapshots``).
 
 ``orders`` deliberately has no primary key: bulk loads of tens of millions of rows stay fast, ingest
 de-duplicates by ``order_id`` itself and the data checks verify uniqueness before segmenting (users may

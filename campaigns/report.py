@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import String, func, literal, select, table, text, tuple_
+from sqlalchemy import String, column, func, literal, select, table, text, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,7 +28,7 @@ from activation.dialect import prefer_hash_joins
 from activation.errors import NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
-from campaigns.outcomes import current_campaigns, end_of_day, orders_source, valid_status
+from campaigns.outcomes import _split_name, current_campaigns, end_of_day, orders_source, valid_status
 from campaigns.roi import (
     CONVERSION_CI_METHOD,
     CSV_COLUMNS,
@@ -346,7 +346,7 @@ def _order_axis(labels: list[str], order: list[str], last: str) -> list[str]:
 
 def _source_columns(engine: Engine, name: str) -> list[str]:
     """Column names of a table or view (``SELECT * … LIMIT 0``: works where reflection does not)."""
-    schema, tbl = name.split(".", 1) if "." in name else (None, name)
+    schema, tbl = _split_name(name)
     try:
         with engine.connect() as conn:
             return list(
@@ -362,16 +362,32 @@ def breakdowns(
     """Top countries / cities / categories per segment: ``{dimension: {segment: [(value, revenue, order rows)]}}``.
 
     Uses the orders of the segment's campaign members in the lookback before ``as_of`` (the profile the
-    segment was built on); only dimensions the orders table actually has (and fills) are reported.
+    segment was built on). A dimension comes from the orders table; where the orders leave it empty (or
+    lack it) and the customers table has a column of that name, the customer's value is used instead
+    (country and city are often customer attributes). Only dimensions with values are reported.
     """
-    cols = {c.lower(): c for c in _source_columns(engine, settings.orders.table)}
-    dims = [cols[d] for d in BREAKDOWN_DIMENSIONS if d in cols]
-    if not dims:
+    ocols = {c.lower(): c for c in _source_columns(engine, settings.orders.table)}
+    ccols = {c.lower(): c for c in _source_columns(engine, settings.customers.table)}
+    cust_key = settings.customers.customer_id
+    if cust_key.lower() not in ccols:
+        ccols = {}
+    wanted = [d for d in BREAKDOWN_DIMENSIONS if d in ocols or d in ccols]
+    if not wanted:
         return {}
     camps = current_campaigns(engine, as_of, scheme)
     if not camps:
         return {}
-    o = orders_source(settings, extra_columns=dims)
+    o = orders_source(settings, extra_columns=[ocols[d] for d in wanted if d in ocols])
+    schema, cname = _split_name(settings.customers.table)
+    cu = table(cname, *[column(ccols[d]) for d in wanted if d in ccols], column(cust_key), schema=schema)
+    dim_cols: list[Any] = []
+    for d in wanted:
+        if d in ocols and d in ccols:
+            dim_cols.append(func.coalesce(o.c[ocols[d]], cu.c[ccols[d]].cast(String)))
+        elif d in ocols:
+            dim_cols.append(o.c[ocols[d]])
+        else:
+            dim_cols.append(cu.c[ccols[d]].cast(String))
     seg_of = {c["campaign_id"]: c["segment"] for c in camps}
     m = campaign_members.c
     cond = [
@@ -381,8 +397,10 @@ def breakdowns(
     ]
     if settings.lookback_days:
         cond.append(o.c.ordered_at > end_of_day(as_of - timedelta(days=settings.lookback_days)))
+    source = campaign_members.join(o, o.c.customer_id == m.customer_id)
+    if ccols:
+        source = source.outerjoin(cu, cu.c[cust_key].cast(String) == m.customer_id)
     out: dict[str, dict[str, list[tuple[str, float, int]]]] = {}
-    dim_cols = [o.c[d] for d in dims]
     stmt = (
         select(
             m.campaign_id,
@@ -391,7 +409,7 @@ def breakdowns(
             func.sum(o.c.amount).label("revenue"),
             func.count().label("orders"),  # order rows; count(distinct) would force a sort per set
         )
-        .select_from(campaign_members.join(o, o.c.customer_id == m.customer_id))
+        .select_from(source)
         .where(*cond)
         .group_by(func.grouping_sets(*[tuple_(m.campaign_id, c) for c in dim_cols]))
     )  # one pass over the orders for every dimension
@@ -402,7 +420,7 @@ def breakdowns(
     if all_rows.empty:
         return {}
     all_rows["segment"] = all_rows["campaign_id"].map(seg_of)
-    for i, dim in enumerate(dims):
+    for i, dim in enumerate(wanted):
         df = all_rows[(all_rows[f"g{i}"] == 0) & all_rows[f"d{i}"].notna()]
         if df.empty:
             continue
@@ -411,7 +429,7 @@ def breakdowns(
             top = grp.groupby(f"d{i}", as_index=False)[["revenue", "orders"]].sum()
             top = top.sort_values(["revenue", f"d{i}"], ascending=[False, True]).head(TOP_N)
             per[str(seg)] = [(str(v), float(r), int(n)) for v, r, n in top.itertuples(index=False)]
-        out[dim.lower()] = per
+        out[dim] = per
     return out
 
 

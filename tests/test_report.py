@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import delete
 
-from activation.tables import rfm_snapshots
+from activation.tables import campaign_members, rfm_snapshots
 from campaigns.report import write_roi_report
 from tests.cli_helpers import run_cli
 from tests.outcomes_fixtures import (
@@ -112,6 +112,33 @@ def test_csv_matches_pandas_and_html_opens_offline(engine, settings, tmp_path):
                    "Segment sizes over snapshots", "Shanghai", "inconclusive"):  # fmt: skip
         assert needle in text, needle
     assert "CI excludes 0" in text
+
+
+def test_breakdown_falls_back_to_the_customers_table(engine, settings):
+    """Orders without city/country: the customers' own values are used; categories stay with the orders."""
+    from sqlalchemy import select, update
+
+    from activation.tables import campaigns, customers, orders
+    from campaigns.report import breakdowns
+
+    build(engine)
+    with engine.begin() as conn:
+        conn.execute(update(orders).values(city=None, country=None))
+        conn.execute(update(customers).values(city="Chengdu", country="CN"))
+        conn.execute(update(customers).where(customers.c.customer_id.in_(
+            select(campaign_members.c.customer_id).where(campaign_members.c.campaign_id.in_(
+                select(campaigns.c.campaign_id).where(campaigns.c.segment == "Champions")))
+        )).values(city="Hangzhou"))  # fmt: skip
+    got = breakdowns(engine, settings, AS_OF, SCHEME)
+    assert {v for v, _, _ in got["city"]["Champions"]} == {"Hangzhou"}
+    assert {v for v, _, _ in got["city"]["At Risk"]} == {"Chengdu"}
+    assert {v for seg in got["country"].values() for v, _, _ in seg} == {"CN"}
+    # the revenue per city is the segment's order revenue in the lookback, whatever the city came from
+    champions_revenue = sum(r for _, r, _ in got["city"]["Champions"])
+    assert champions_revenue == pytest.approx(sum(r for _, r, _ in got["country"]["Champions"]))
+    with engine.begin() as conn:
+        conn.execute(update(customers).values(city=None, country=None))
+    assert "city" not in breakdowns(engine, settings, AS_OF, SCHEME)
 
 
 def test_window_past_the_data_end_and_unknown_coupons_in_the_report(engine, settings, tmp_path):
