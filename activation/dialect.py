@@ -17,6 +17,9 @@ differs is collected here:
 * ``prefer_hash_joins(conn)`` — inside a transaction on PostgreSQL, ``SET LOCAL enable_nestloop = off``: big
   set-based statements over freshly loaded (not yet analysed) tables otherwise risk a nested loop over millions of
   rows; a no-op elsewhere.
+* ``serialize(conn, key)`` — one writer at a time per ``key`` for the rest of the transaction: a transaction-level
+  advisory lock on PostgreSQL (``pg_advisory_xact_lock``); a no-op on DuckDB, whose file admits one writing
+  process and whose concurrent transactions in one process fail on conflict instead of interleaving.
 * ``CreateTempTableAs(name, select)`` — ``CREATE TEMPORARY TABLE name AS SELECT …``, to materialise an
   intermediate result that later statements read more than once.
 """
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal, literal_column
+from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal, literal_column, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
@@ -110,3 +113,15 @@ def prefer_hash_joins(conn: Connection) -> None:
     """For the rest of the current transaction, keep PostgreSQL's planner off nested loops (see module doc)."""
     if is_postgres(conn):
         conn.exec_driver_sql("SET LOCAL enable_nestloop = off")
+
+
+def serialize(conn: Connection, key: str) -> None:
+    """Wait until no other transaction holds ``key`` and hold it until this one ends (see module doc).
+
+    Two runs that replace the same snapshot or plan the same campaigns (a schedule and a manual run) then
+    happen one after the other: the second sees the first's result instead of failing on a duplicate key."""
+    if is_postgres(conn):
+        conn.execute(select_advisory_lock, {"key": key})
+
+
+select_advisory_lock = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")

@@ -406,6 +406,7 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
         todo.append((segment, resolved, _validate_templates(settings, resolved, as_of)))
 
     with engine.begin() as conn:
+        dialect.serialize(conn, f"plan:{scheme}:{as_of.isoformat()}")  # a concurrent plan finishes first; we see it
         for segment, resolved in suppressed:
             _retire(conn, as_of, scheme, segment, resolved, sizes[segment])
         fresh: list[_Fresh] = []

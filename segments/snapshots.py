@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from activation import dialect
-from activation.dialect import CreateTempTableAs
+from activation.dialect import CreateTempTableAs, serialize
 from activation.errors import ActivationError, ConfigError, NotFoundError, WarehouseError
 from activation.settings import Settings
 from activation.tables import rfm_snapshots, snapshot_runs
@@ -200,6 +200,7 @@ def compute_snapshot(
         )
     try:
         with engine.begin() as conn:
+            serialize(conn, f"snapshot:{scheme.name}:{as_of.isoformat()}")
             result = _compute_in(conn, engine, settings, scheme, window, lookback)
     except ActivationError:
         raise
