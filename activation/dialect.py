@@ -20,12 +20,19 @@ differs is collected here:
 * ``serialize(conn, key)`` — one writer at a time per ``key`` for the rest of the transaction: a transaction-level
   advisory lock on PostgreSQL (``pg_advisory_xact_lock``); a no-op on DuckDB, whose file admits one writing
   process and whose concurrent transactions in one process fail on conflict instead of interleaving.
+* ``exclusive(engine, key, what)`` — a context manager for long jobs that span many transactions (a sync): a
+  session-level advisory lock on PostgreSQL (released by the server if the process dies), a process-wide
+  lock elsewhere (a DuckDB file admits one writing process anyway); a second holder fails at once, naming
+  ``what``.
 * ``CreateTempTableAs(name, select)`` — ``CREATE TEMPORARY TABLE name AS SELECT …``, to materialise an
   intermediate result that later statements read more than once.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal, literal_column, text
@@ -125,3 +132,42 @@ def serialize(conn: Connection, key: str) -> None:
 
 
 select_advisory_lock = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+
+
+_local_locks: dict[tuple[str, str], threading.Lock] = {}
+_local_guard = threading.Lock()
+
+
+@contextmanager
+def exclusive(engine: Engine, key: str, what: str) -> Iterator[None]:
+    """Hold ``key`` for the duration of the block, or fail at once if someone else holds it (see module doc).
+
+    Raises:
+        ConflictError: another run holds ``key``; ``what`` names it in the message.
+    """
+    from activation.errors import ConflictError
+
+    busy = ConflictError(
+        f"{what} is already running",
+        fix="wait for it to finish and run again (a rerun continues where it stopped)",
+    )
+    with _local_guard:
+        local = _local_locks.setdefault((engine.url.render_as_string(hide_password=True), key), threading.Lock())
+    if not local.acquire(blocking=False):
+        raise busy
+    try:
+        if not is_postgres(engine):
+            yield
+            return
+        with engine.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:key, 1))"), {"key": key}).scalar()
+            conn.commit()
+            if not got:
+                raise busy
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:key, 1))"), {"key": key})
+                conn.commit()
+    finally:
+        local.release()

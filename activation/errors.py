@@ -61,3 +61,7 @@ class NotFoundError(ActivationError):
 
 class GuardrailError(ActivationError):
     """A sync was stopped before any write by a guardrail."""
+
+
+class ConflictError(ActivationError):
+    """Another run of the same job (a sync to the same destination) holds it; nothing was done."""
