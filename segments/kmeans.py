@@ -216,7 +216,8 @@ def choose_k(z: np.ndarray, cfg: KMeansConfig) -> tuple[int, list[dict[str, Any]
     for k in cfg.candidates:
         est = _estimator(k, len(sample), cfg).fit(sample)
         labels = est.predict(sample[sil_idx])
-        score = float(silhouette_score(sample[sil_idx], labels)) if len(set(labels.tolist())) > 1 else -1.0
+        # the silhouette needs 2..n-1 clusters among the scored rows; a k that isolates every row scores -1
+        score = float(silhouette_score(sample[sil_idx], labels)) if 1 < len(set(labels.tolist())) < len(labels) else -1.0
         rows.append({"k": k, "silhouette": round(score, 6), "inertia": round(float(est.inertia_), 3)})
     best = max(rows, key=lambda r: (r["silhouette"], -r["k"]))
     return int(best["k"]), rows
@@ -267,9 +268,10 @@ def _fit_clusters(
     cfg = cfg or KMeansConfig()
     n = len(recency_days)
     need = cfg.k if cfg.k is not None else cfg.k_range[0]
-    if n < max(need, 2) or (cfg.k is not None and n < cfg.k):
+    if n <= need:  # k clusters of k customers put each one alone: nothing is learned, no silhouette
         raise InputError(
-            f"kmeans: {n} customer(s) in the snapshot, too few for k={need} clusters",
+            f"kmeans: {n} customer(s) in the snapshot, too few for k={need} clusters (it needs more customers "
+            f"than clusters)",
             fix="use a longer --lookback-days or a later --as-of, or a smaller k in the kmeans scheme YAML",
         )
     z, mean, std = standardise(transform(recency_days, frequency, monetary))
@@ -335,7 +337,7 @@ def _silhouette(z: np.ndarray, labels: np.ndarray, cfg: KMeansConfig) -> float |
     from sklearn.metrics import silhouette_score
 
     idx = _sample_index(len(z), cfg.silhouette_sample, cfg.seed + 1)
-    if len(set(labels[idx].tolist())) < 2:
+    if not 1 < len(set(labels[idx].tolist())) < len(idx):
         return None
     return round(float(silhouette_score(z[idx], labels[idx])), 6)
 

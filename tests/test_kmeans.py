@@ -99,6 +99,23 @@ def test_quantile_scores_tie_and_mirror_rules():
     assert rec.tolist() == [5, 4, 3, 2, 1]
 
 
+def test_as_many_customers_as_clusters_is_too_few():
+    # k clusters of k customers put each customer alone: no silhouette, nothing learned
+    r, f, m = np.array([1.0, 50, 300]), np.array([5.0, 2, 1]), np.array([500.0, 100, 10])
+    for cfg in (KMeansConfig(k=3), KMeansConfig()):  # fixed k, and the shipped range 3..6
+        with pytest.raises(InputError, match="3 customer\\(s\\) .* too few for k=3") as err:
+            fit_clusters(r, f, m, cfg)
+        assert "smaller k" in err.value.fix
+
+
+def test_range_reaching_the_number_of_customers_skips_that_k():
+    # 4 distinct customers, k_range 3..6: k=4 would give every customer its own cluster
+    r, f, m = np.array([1.0, 50, 300, 20]), np.array([5.0, 2, 1, 8]), np.array([500.0, 100, 10, 900])
+    model = fit_clusters(r, f, m, KMeansConfig(n_init=1))
+    assert model.k == 3 and [c["k"] for c in model.candidates] == [3, 4]
+    assert sum(model.sizes) == 4
+
+
 @pytest.mark.parametrize(
     "params, match",
     [({"k": 1}, "between 2 and"), ({"k_range": [3, 12]}, "between 2 and"), ({"colour": 1}, "unknown option")],
