@@ -7,12 +7,22 @@ project reads ``os.environ`` for its own configuration.
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from activation.errors import ConfigError
+
+try:  # pydantic-settings >= 2.7: list values from the environment reach the validator undecoded
+    from pydantic_settings import NoDecode
+except ImportError:  # older versions: such values must be JSON
+    NoDecode = None  # type: ignore[assignment,misc]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,12 +101,12 @@ class Settings(BaseSettings):
 
     orders: OrdersSource = OrdersSource()
     customers: CustomersSource = CustomersSource()
-    excluded_statuses: list[str] = ["Cancelled", "Returned"]
+    excluded_statuses: Annotated[list[str], NoDecode] = ["Cancelled", "Returned"]  # "A, B" or JSON
     accepted_statuses: list[str] | None = Field(
         default=None, description="When set, any other status fails the data checks."
     )
     default_scheme: str = "rfm11"
-    lookback_days: int | None = Field(default=730, ge=1)
+    lookback_days: int | None = Field(default=730, ge=1, description="Days ending with as_of; null: all history.")
 
     coupon_secret: SecretStr | None = Field(
         default=None, description="HMAC key for coupon codes. Default: generated once under data_dir."
@@ -116,8 +126,17 @@ class Settings(BaseSettings):
     @field_validator("excluded_statuses", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
-        if isinstance(v, str) and not v.strip().startswith("["):
+        if isinstance(v, str):
+            if v.strip().startswith("["):
+                return json.loads(v)
             return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("lookback_days", mode="before")
+    @classmethod
+    def _null(cls, v: object) -> object:
+        if isinstance(v, str) and v.strip().lower() in ("null", "none"):
+            return None
         return v
 
     @cached_property
@@ -149,5 +168,30 @@ class Settings(BaseSettings):
 
 
 def get_settings(**overrides: object) -> Settings:
-    """Settings from the environment (and .env), with explicit overrides on top."""
-    return Settings(**overrides)  # type: ignore[arg-type]
+    """Settings from the environment (and .env), with explicit overrides on top.
+
+    Raises:
+        ConfigError: a value does not fit its setting (names the ``ACTIVATION_…`` variable).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(x) for x in err["loc"]]
+        got = "" if _is_secret(loc) else f" (got {err.get('input')!r})"
+        raise _setting_error(loc, f"{err['msg']}{got}") from None
+    except SettingsError as exc:
+        found = re.search(r'field "([^"]+)"', str(exc))
+        raise _setting_error([found.group(1) if found else "?"], "cannot be parsed") from None
+
+
+def _is_secret(loc: list[str]) -> bool:
+    return any(w in part.lower() for part in loc for w in ("key", "token", "secret", "password"))
+
+
+def _setting_error(loc: list[str], problem: str) -> ConfigError:
+    var = "ACTIVATION_" + "__".join(loc).upper()
+    return ConfigError(
+        f"setting {'.'.join(loc)} ({var}) is invalid: {problem}",
+        fix=f"correct {var} in the environment or the .env file",
+    )

@@ -259,6 +259,39 @@ def test_cli_bad_inputs(
         assert conn.execute(select(func.count()).select_from(rfm_snapshots)).scalar_one() == 0
 
 
+def test_cli_settings_from_the_environment(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_orders(
+        engine,
+        [
+            ("a", at("2024-06-01"), 10.0, "Completed"),
+            ("a", at("2024-06-20"), 20.0, "Returned"),
+            ("b", at("2022-01-01"), 5.0, "Completed"),  # older than the default 730-day lookback
+        ],
+    )
+
+    def segment() -> dict[str, tuple]:
+        res = run_cli("segment", "--as-of", "2024-06-30", "--scheme", "seed5")
+        assert res.exit_code == 0, res.output
+        return {r[2]: r[3:6] for r in rows(engine, "seed5")}
+
+    # a comma-separated list, as the docs show, or JSON
+    monkeypatch.setenv("ACTIVATION_EXCLUDED_STATUSES", "Cancelled, Refunded")
+    assert segment() == {"a": (10, 2, 30.0)}
+    monkeypatch.setenv("ACTIVATION_EXCLUDED_STATUSES", '["Returned"]')
+    assert segment() == {"a": (29, 1, 10.0)}
+    # null: all history
+    monkeypatch.setenv("ACTIVATION_LOOKBACK_DAYS", "null")
+    assert set(segment()) == {"a", "b"}
+    # a value that is not a setting's type: a clear error naming the variable, nothing written
+    monkeypatch.setenv("ACTIVATION_LOOKBACK_DAYS", "two years")
+    res = run_cli("segment", "--as-of", "2024-03-31", "--scheme", "seed5")
+    assert res.exit_code == 2, res.output
+    assert "ACTIVATION_LOOKBACK_DAYS" in res.stderr and "'two years'" in res.stderr and "fix:" in res.stderr
+    assert latest_snapshot_as_of(engine, "seed5", before=date(2024, 6, 30)) is None
+
+
 def test_cli_unreachable_warehouse(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("ACTIVATION_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("ACTIVATION_WAREHOUSE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
