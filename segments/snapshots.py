@@ -521,12 +521,12 @@ def export_snapshot(
         .where((s.as_of == as_of) & (s.scheme == scheme))
         .order_by(s.customer_id)
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     n = 0
     try:
         with engine.connect() as conn:
             _require_snapshot(conn, as_of, scheme)
+            out.parent.mkdir(parents=True, exist_ok=True)
             result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(q)
             with tmp.open("w", newline="", encoding="utf-8") as fh:
                 writer = csv.writer(fh)

@@ -160,8 +160,8 @@ def test_export_has_exactly_the_contract_columns(engine: Engine, settings: Setti
     assert len(body) == 25 and [r[0] for r in body] == sorted(r[0] for r in body)
     assert list(out.parent.iterdir()) == [out]  # no temporary file left
     with pytest.raises(NotFoundError):
-        export_snapshot(engine, date(2020, 1, 1), "seed5", tmp_path / "none.csv")
-    assert not (tmp_path / "none.csv").exists()
+        export_snapshot(engine, date(2020, 1, 1), "seed5", tmp_path / "new" / "none.csv")
+    assert not (tmp_path / "new").exists()  # not even the folder
 
 
 def test_export_monetary_has_no_floating_point_noise(engine: Engine, settings: Settings, tmp_path: Path) -> None:
