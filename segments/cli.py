@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -133,28 +135,25 @@ def segment_command(
     summary = segment_summary(engine, when, name, settings)
     window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
     table = Table(title=f"{name} as of {when} ({window}): {result.customers:,} customers", show_header=True)
-    for col in (
-        "segment",
-        "customers",
-        "share",
-        "mean recency (days)",
-        "mean frequency",
-        "mean monetary",
-        "revenue",
-    ):
-        table.add_column(col, justify="left" if col == "segment" else "right")
+    cells = []
     for row in summary.itertuples(index=False):
         empty = row.customers == 0
-        table.add_row(
-            str(row.segment),
-            f"{row.customers:,}",
-            f"{row.share:.1%}",
-            "" if empty else f"{row.recency_mean:,.1f}",
-            "" if empty else f"{row.frequency_mean:,.2f}",
-            "" if empty else f"{row.monetary_mean:,.2f}",
-            f"{row.revenue:,.2f}",
+        cells.append(
+            [
+                str(row.segment),
+                f"{row.customers:,}",
+                f"{row.share:.1%}",
+                "" if empty else f"{row.recency_mean:,.1f}",
+                "" if empty else f"{row.frequency_mean:,.2f}",
+                "" if empty else f"{row.monetary_mean:,.2f}",
+                f"{row.revenue:,.2f}",
+            ]
         )
-    cli.console.print(table)
+    headers = ("segment", "customers", "share", "mean recency (days)", "mean frequency", "mean monetary", "revenue")
+    _add_columns(table, headers, cells)
+    for line in cells:
+        table.add_row(*line)
+    _print_table(table)
     for m, rec in sorted(result.cutpoints.items()):
         if m == "model":
             continue
@@ -170,6 +169,24 @@ def segment_command(
             cli.console.print(line, highlight=False)
     for warning in result.warnings:
         cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
+def _add_columns(table: Any, headers: Sequence[str], cells: list[list[str]]) -> None:
+    """The first column left-aligned, the numbers right-aligned; no number and no word of a header is ever cut:
+    on a narrow terminal (a log, a cron mail) rich would otherwise shorten them to ``123,45…``."""
+    for i, header in enumerate(headers):
+        widest = max([len(c[i]) for c in cells] + [len(w) for w in header.split()], default=1)
+        table.add_column(header, justify="left" if i == 0 else "right", min_width=widest)
+
+
+def _print_table(table: Any) -> None:
+    """Print ``table`` wider than the console when its numbers need it (they are never cut)."""
+    from rich.measure import Measurement
+
+    from activation import cli
+
+    needed = Measurement.get(cli.console, cli.console.options, table).minimum
+    cli.console.print(table, width=max(cli.console.width, needed), crop=False)
 
 
 def _fmt_list(values: list[float]) -> str:
@@ -210,12 +227,11 @@ def migration_command(
     start, end = _parse_date(from_as_of, "--from"), _parse_date(to_as_of, "--to")
     matrix = migration_matrix(get_engine(settings), start, end, scheme, settings)
     table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
-    table.add_column("from \\ to")
-    for col in matrix.columns:
-        table.add_column(str(col), justify="right")
-    for seg, row in matrix.iterrows():
-        table.add_row(str(seg), *(f"{v:,}" for v in row.tolist()))
-    cli.console.print(table)
+    cells = [[str(seg), *(f"{v:,}" for v in row.tolist())] for seg, row in matrix.iterrows()]
+    _add_columns(table, ["from \\ to", *(str(col) for col in matrix.columns)], cells)
+    for line in cells:
+        table.add_row(*line)
+    _print_table(table)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         matrix.to_csv(out)

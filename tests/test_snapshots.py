@@ -235,6 +235,29 @@ def test_cli_segment_export_migration(engine: Engine, settings: Settings, tmp_pa
     assert int(frame.values.sum()) == 66  # the union of both snapshots' customers
 
 
+def test_cli_tables_never_cut_numbers_on_a_narrow_terminal(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log or a cron mail is 80 columns wide: segment names may wrap, numbers must stay whole."""
+    import io
+
+    from rich.console import Console
+
+    import activation.cli as cli
+    from segments.cli import migration_command, segment_command
+
+    add_orders(engine, [(f"c{i}", at(AS_OF - timedelta(days=6 * i)), 123456.78) for i in range(30)])
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=out, width=80))
+    segment_command(as_of="2024-03-31", scheme="rfm11", lookback_days=None)
+    segment_command(as_of="2024-06-30", scheme="rfm11", lookback_days=None)
+    migration_command(from_as_of="2024-03-31", to_as_of="2024-06-30", scheme="rfm11", out=None)
+    text = out.getvalue()
+    assert "…" not in text
+    for revenue in segment_summary(engine, AS_OF, "rfm11", settings)["revenue"]:
+        assert f"{revenue:,.2f}" in text
+
+
 def test_cli_bad_inputs(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
