@@ -1,8 +1,10 @@
 """Audience sync against the local Mailchimp-compatible server with injected latency.
 
 Three runs on one warehouse: the initial sync of N members, a corrected plan where a share of the members
-moved segment, and a rerun with nothing changed. For each: calls made (writes), wall time, and the
-connection-limited lower bound ⌈calls / connections⌉ × latency side by side.
+moved segment, and a rerun with nothing changed. For each: calls made (writes), wall time (split into the
+work before the first call -- reading the plan, diffing against ``sync_state`` -- and the API phase), the
+connection-limited lower bound ⌈calls / connections⌉ × latency and the ratios, and the CPU time of the
+client and of the fake server (both share the machine).
 
     python bench/bench_sync.py --members 100000 --latency 0.05
 """
@@ -131,6 +133,11 @@ class RemoteFake:
     def stats(self) -> dict:
         return self.http.get("/_fake/stats").json()
 
+    def cpu(self) -> float:
+        """CPU seconds the server process used so far (it shares the machine with the client)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def reset(self) -> None:
         self.http.post("/_fake/reset")
 
@@ -142,6 +149,7 @@ class RemoteFake:
 def run(engine, settings, fake: RemoteFake, latency: float, conns: int, label: str, changed: int) -> dict:
     dest = MailchimpDestination(settings.mailchimp, settings.brand, retry=RetryPolicy(base_delay=0.05))
     fake.reset()
+    cpu0, server0 = os.times(), fake.cpu()
     t0 = time.perf_counter()
     res = sync_audience(
         engine,
@@ -154,19 +162,23 @@ def run(engine, settings, fake: RemoteFake, latency: float, conns: int, label: s
         force=True,
     )
     wall = time.perf_counter() - t0
+    cpu1, server1 = os.times(), fake.cpu()
     dest.close()
     stats = fake.stats()
     calls = stats["calls"]
     return {
         "run": label,
         "changed": changed,
-        "ok": res.ok,
+        "written": res.ok,
+        "segments": len(res.segments),
         "calls": calls,
         "writes": stats["writes"],
-        "wall_s": round(wall, 2),
-        "api_s": round(res.apply_seconds, 2),
-        "bound_s": round(math.ceil(calls / conns) * latency, 2),
+        "wall_s": wall,
+        "api_s": res.apply_seconds,
+        "bound_s": math.ceil(calls / conns) * latency,
         "peak_in_flight": stats["peak_in_flight"],
+        "client_cpu_s": cpu1.user + cpu1.system - cpu0.user - cpu0.system,
+        "server_cpu_s": server1 - server0,
         "status": res.status,
     }
 
@@ -208,14 +220,24 @@ def main() -> None:
     )
     rows.append(run(engine, settings, fake, args.latency, args.connections, "no change", 0))
     fake.stop()
-    head = f"| run | members changed | calls (writes) | wall s (whole sync) | apply s (API phase) | lower bound s ⌈calls/{args.connections}⌉×{args.latency * 1000:.0f} ms | apply / bound | peak in flight |"
-    print(head)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    ms = f"{args.latency * 1000:.0f} ms"
+    print(
+        f"| run | members changed | members written | calls (writes) | ⌈written/500⌉ | wall s | outside the API "
+        f"phase s | API phase s | lower bound s ⌈calls/{args.connections}⌉×{ms} | wall / bound | API phase / bound "
+        "| peak in flight | CPU s client / fake server |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        ratio = f"{r['api_s'] / r['bound_s']:.2f}" if r["bound_s"] and r["writes"] else "-"
+        bound = r["bound_s"]
+        ratio = f"{r['wall_s'] / bound:.2f}" if bound and r["writes"] else "-"
+        api_ratio = f"{r['api_s'] / bound:.2f}" if bound and r["writes"] else "-"
         print(
-            f"| {r['run']} | {r['changed']:,} | {r['calls']:,} ({r['writes']:,}) | {r['wall_s']} | {r['api_s']} | {r['bound_s']} | {ratio} | {r['peak_in_flight']} |"
+            f"| {r['run']} | {r['changed']:,} | {r['written']:,} | {r['calls']:,} ({r['writes']:,}) | "
+            f"{math.ceil(r['written'] / 500):,} | {r['wall_s']:.1f} | {r['wall_s'] - r['api_s']:.1f} | "
+            f"{r['api_s']:.1f} | {bound:.2f} | {ratio} | {api_ratio} | {r['peak_in_flight']} | "
+            f"{r['client_cpu_s']:.0f} / {r['server_cpu_s']:.0f} |"
         )
+    print(f"segments: {rows[0]['segments']}; holdouts: every 10th customer; latency per call: {ms}")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from json.encoder import encode_basestring_ascii as _enc  # what json.dumps uses for str (ensure_ascii)
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -43,10 +44,20 @@ def email_hash(email: str | None) -> str:
 
 
 def state_hash(email: str, tags: Sequence[str], fields: Mapping[str, str], extra: str = "") -> str:
-    """What a destination last received for one member, as a short stable hash."""
-    payload = json.dumps(
-        [normalize_email(email), sorted(tags), sorted(fields.items()), extra], separators=(",", ":")
-    )
+    """What a destination last received for one member, as a short stable hash.
+
+    The sha256 of ``json.dumps([email, sorted(tags), sorted(fields.items()), extra], separators=(",", ":"))``;
+    for string values the JSON is assembled directly (the same bytes, a fraction of the cost: it runs once
+    per member per sync).
+    """
+    try:
+        tag_list = ",".join([_enc(t) for t in sorted(tags)])
+        field_list = ",".join([f"[{_enc(k)},{_enc(v)}]" for k, v in sorted(fields.items())])
+        payload = f"[{_enc(normalize_email(email))},[{tag_list}],[{field_list}],{_enc(extra)}]"
+    except TypeError:  # a value that is not a string: let json render it
+        payload = json.dumps(
+            [normalize_email(email), sorted(tags), sorted(fields.items()), extra], separators=(",", ":")
+        )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -86,6 +97,7 @@ class AudienceMember:
     segment: str
     coupon_code: str | None
     fields: dict[str, str]
+    email_sha256: str | None = field(default=None, compare=False, repr=False)  # when already computed
 
 
 @dataclass

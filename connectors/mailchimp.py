@@ -113,6 +113,12 @@ class MailchimpApi:
             adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            # proxies and CA bundle from the environment, resolved once: requests would otherwise scan
+            # the environment (and look for ~/.netrc) on every call
+            env = session.merge_environment_settings(self.host, {}, None, None, None)
+            session.proxies.update(env["proxies"])
+            session.verify = env["verify"]
+            session.trust_env = False
             self._sessions.append(session)
             key, timeout, local = self._key, self.timeout, self._local
 

@@ -52,24 +52,43 @@ def _bulk_write(
     """Insert ``rows`` (all with the same keys); on a ``conflict`` key, update ``update_cols`` (or ignore)."""
     if not rows:
         return
-    cols = list(rows[0].keys())
+    columns = {c: [r[c] for r in rows] for c in rows[0]}
+    _bulk_write_columns(conn, table, columns, len(rows), conflict=conflict, update_cols=update_cols)
+
+
+def _bulk_write_columns(
+    conn: Connection,
+    table: Table,
+    columns: dict[str, Any],
+    n: int,
+    *,
+    conflict: Sequence[str] = (),
+    update_cols: Sequence[str] = (),
+) -> None:
+    """:func:`_bulk_write` of ``n`` rows given column-wise: each value is a list of ``n`` values or a
+    single value shared by every row (a timestamp of the batch, the destination)."""
+    if not n:
+        return
+    cols = list(columns)
+    consts = {c: v for c, v in columns.items() if not isinstance(v, list)}
     if is_duckdb(conn):
-        # one timestamp per batch goes in as a SQL literal: building Arrow timestamp arrays costs a second
-        # on first use, more than the whole batch
-        consts = {
-            c: rows[0][c]
-            for c in cols
-            if isinstance(rows[0][c], datetime) and all(r[c] == rows[0][c] for r in rows)
-        }
-        data_cols = [c for c in cols if c not in consts]
-        data = pa.table({c: pa.array([r[c] for r in rows], type=_arrow_type(table, c)) for c in data_cols})
+        # a timestamp shared by the batch goes in as a SQL literal: building Arrow timestamp arrays costs a
+        # second on first use, more than the whole batch
+        literal = {c: v for c, v in consts.items() if isinstance(v, datetime)}
+        data = pa.table(
+            {
+                c: pa.array(v if isinstance(v, list) else [v] * n, type=_arrow_type(table, c))
+                for c, v in columns.items()
+                if c not in literal
+            }
+        )
         raw = conn.connection.driver_connection
         name = f"_rows_{next(_tmp_names)}"
         raw.register(name, data)
         try:
             col_list = ", ".join(f'"{c}"' for c in cols)
             select_list = ", ".join(
-                f"TIMESTAMP '{consts[c].isoformat(sep=' ')}'" if c in consts else f'"{c}"' for c in cols
+                f"TIMESTAMP '{literal[c].isoformat(sep=' ')}'" if c in literal else f'"{c}"' for c in cols
             )
             sql = f'INSERT INTO "{table.name}" ({col_list}) SELECT {select_list} FROM {name}'
             if conflict:
@@ -91,7 +110,8 @@ def _bulk_write(
             )
         else:
             stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
-    conn.execute(stmt, list(rows))
+    lists = [v if isinstance(v, list) else [v] * n for v in columns.values()]
+    conn.execute(stmt, [dict(zip(cols, values, strict=True)) for values in zip(*lists, strict=True)])
 
 
 def _arrow_type(table: Table, column: str) -> pa.DataType:
@@ -116,30 +136,41 @@ def load_state(engine: Engine, destination: str) -> dict[str, StateRow]:
         sync_state.c.tags,
         sync_state.c.state_hash,
     ).where(sync_state.c.destination == destination)
+    parsed: dict[str, list[str]] = {}  # a handful of distinct tag lists among millions of rows
     with engine.connect() as conn:
-        for cid, eh, camp, tags, sh in conn.execute(q):
-            out[cid] = StateRow(cid, eh, camp, json.loads(tags) if tags else [], sh)
+        for part in conn.execute(q).partitions(50_000):
+            for cid, eh, camp, tags, sh in part:
+                tag_list = parsed.get(tags)
+                if tag_list is None:
+                    tag_list = parsed[tags] = json.loads(tags) if tags else []
+                out[cid] = StateRow(cid, eh, camp, list(tag_list), sh)
     return out
 
 
 def save_state(conn: Connection, destination: str, rows: Iterable[StateRow]) -> None:
-    now = utcnow()
-    payload = [
-        {
-            "destination": destination,
-            "customer_id": r.customer_id,
-            "email_hash": r.email_hash,
-            "campaign_id": r.campaign_id,
-            "tags": json.dumps(r.tags),
-            "state_hash": r.state_hash,
-            "synced_at": now,
-        }
-        for r in rows
-    ]
-    _bulk_write(
+    rows = list(rows)
+    tags_json: dict[tuple[str, ...], str] = {}
+
+    def tags_of(tags: list[str]) -> str:
+        key = tuple(tags)
+        text = tags_json.get(key)
+        if text is None:
+            text = tags_json[key] = json.dumps(tags)
+        return text
+
+    _bulk_write_columns(
         conn,
         sync_state,
-        payload,
+        {
+            "destination": destination,
+            "customer_id": [r.customer_id for r in rows],
+            "email_hash": [r.email_hash for r in rows],
+            "campaign_id": [r.campaign_id for r in rows],
+            "tags": [tags_of(r.tags) for r in rows],
+            "state_hash": [r.state_hash for r in rows],
+            "synced_at": utcnow(),
+        },
+        len(rows),
         conflict=("destination", "customer_id"),
         update_cols=("email_hash", "campaign_id", "tags", "state_hash", "synced_at"),
     )
@@ -187,6 +218,11 @@ def add_suppressions(
 
 def write_log(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
     _bulk_write(conn, sync_log, rows)
+
+
+def write_log_columns(conn: Connection, columns: dict[str, Any], n: int) -> None:
+    """``n`` sync log rows given column-wise (see :func:`_bulk_write_columns`)."""
+    _bulk_write_columns(conn, sync_log, columns, n)
 
 
 def start_run(engine: Engine, sync_id: str, destination: str, as_of: Any, scheme: str) -> None:

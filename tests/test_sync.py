@@ -288,3 +288,29 @@ def test_end_to_end_real_plan_to_outbox_and_mailchimp(engine, settings, tmp_path
         assert sent == treated and not sent & held
         html = next(iter(mc.campaigns.values()))["content"]["html"]
         assert "*|UNSUB|*" in html and "*|FNAME|*" in html
+
+
+def test_compiled_member_hash_is_state_hash():
+    """The per-campaign compiled hash (the sync's hot loop) gives exactly ``state_hash``, whatever the
+    values: unicode, quotes, percent signs, control characters, a missing or extra field, a non-string."""
+    from connectors.base import AudienceMember, state_hash
+    from connectors.sync import _member_hasher
+
+    base = {"SEGMENT": "Loyal 100%", "OFFER": '15% "off"', "EXPIRES": "2024-04-30"}
+
+    def member(cid: str, email: str, first: str, coupon: str, **over) -> AudienceMember:
+        fields = {**base, "FNAME": first, "COUPON": coupon, **over}
+        return AudienceMember(cid, email, first, "camp-1", "Loyal 100%", coupon, fields)
+
+    members = [
+        member("c1", "a@example.com", "Zoë", "C-1"),
+        member("c2", " B@Example.com ", "O'Brien \\ %s %d", "C-%2"),
+        member("c3", "c@example.com", "tab\there\u2028", ""),
+        member("c4", "d@example.com", "€😀", "C-4", EXTRA="x"),
+        member("c5", "e@example.com", "Eve", "C-5", FNAME=None),  # type: ignore[arg-type]
+    ]
+    for extra in ("", "camp-1", "100% camp"):
+        hasher = _member_hasher(members[0], extra)
+        for m in members:
+            assert hasher(m) == state_hash(m.email, [m.segment], m.fields, extra)
+
