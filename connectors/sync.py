@@ -697,10 +697,15 @@ class WarehouseJournal:
 
 
 class RenderContent:
-    """Default content provider: :mod:`campaigns.render` (imported lazily)."""
+    """Default content provider: :mod:`campaigns.render` (imported lazily).
+
+    Per-member mode checks that the campaign's template is still the one it was planned with on the first
+    member of each campaign, not on every member (that check reads the template files' stamps).
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._checked: dict[str, Any] = {}  # campaign id -> its row, template already checked
 
     def for_campaign(self, campaign: CampaignSpec) -> Content:
         from campaigns import render
@@ -711,8 +716,19 @@ class RenderContent:
     def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
         from campaigns import render
 
-        r = render.render_member(self.settings, campaign.row, _member_view(member))
+        row = self._checked.get(campaign.campaign_id)
+        if row is None:
+            r = render.render_member(self.settings, campaign.row, _member_view(member))
+            self._checked[campaign.campaign_id] = {**_row_dict(campaign.row), "template_hash": None}
+        else:
+            r = render.render_member(self.settings, row, _member_view(member))
         return Content(r.subject, r.html, r.text)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    if hasattr(row, "_mapping"):
+        return dict(row._mapping)
+    return dict(row)
 
 
 def _member_view(member: AudienceMember) -> dict[str, Any]:
