@@ -547,7 +547,16 @@ def _ts_expr(col: str, ctype: str, date_format: str | None) -> str:
     if date_format:
         return f"CAST(try_strptime({s}, {_lit(date_format)}) AS TIMESTAMP)"
     fmts = "[" + ", ".join(_lit(f) for f in _DEFAULT_DATE_FORMATS) + "]"
-    return f"COALESCE(TRY_CAST({s} AS TIMESTAMP), CAST(try_strptime({s}, {fmts}) AS TIMESTAMP))"
+    # a time with a UTC offset ("2024-01-01 10:00:00+02:00", "…Z") is converted to UTC, as timezone-aware
+    # parquet columns are; without an offset the time is taken as it is written
+    with_offset = f"regexp_matches({s}, {_lit(_OFFSET_RE)})"
+    return (
+        f"CASE WHEN {with_offset} THEN CAST(timezone('UTC', TRY_CAST({s} AS TIMESTAMPTZ)) AS TIMESTAMP) "
+        f"ELSE COALESCE(TRY_CAST({s} AS TIMESTAMP), CAST(try_strptime({s}, {fmts}) AS TIMESTAMP)) END"
+    )
+
+
+_OFFSET_RE = r"[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 
 
 def _num_expr(col: str, ctype: str) -> str:

@@ -547,6 +547,24 @@ def test_custom_date_format(duck_engine: Engine, duck_settings: Settings, tmp_pa
     assert rows(duck_engine, "SELECT ordered_at FROM orders") == [(datetime(2024, 1, 31, 10, 15),)]
 
 
+def test_text_times_with_a_utc_offset_are_converted_to_utc(
+    duck_engine: Engine, duck_settings: Settings, tmp_path: Path
+) -> None:
+    data = write(
+        tmp_path / "tz.csv",
+        "o,c,d,a\n1,c1,2024-01-31 10:15:00+02:00,5\n2,c1,2024-01-31T23:30:00Z,5\n"
+        "3,c1,2024-01-31 23:30:00-05:00,5\n4,c1,2024-01-31 10:15:00,5\n5,c1,2024-01-31,5\n",
+    )
+    ingest_file(duck_engine, duck_settings, data, "csv", write(tmp_path / "m.yaml", GOOD_MAPPING))
+    assert rows(duck_engine, "SELECT order_id, ordered_at FROM orders ORDER BY order_id") == [
+        ("1", datetime(2024, 1, 31, 8, 15)),
+        ("2", datetime(2024, 1, 31, 23, 30)),
+        ("3", datetime(2024, 2, 1, 4, 30)),  # the next day in UTC
+        ("4", datetime(2024, 1, 31, 10, 15)),
+        ("5", datetime(2024, 1, 31, 0, 0)),
+    ]
+
+
 # --- CLI ---------------------------------------------------------------------------------------------------
 
 
