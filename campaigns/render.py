@@ -9,7 +9,9 @@ Templates are untrusted input. They render in an :class:`~jinja2.sandbox.Immutab
 autoescape for HTML and :class:`~jinja2.StrictUndefined`, plus guards against templates that would take the
 service down: every loop iteration, call and attribute access spends from a time budget (``max_seconds``);
 output is capped (``max_output_bytes``); string/list repetition, concatenation, padding, ``replace``/``join``,
-format widths and ``range`` are capped before they allocate; ``|safe`` and ``{% autoescape false %}`` are
+format widths and ``range`` are capped before they allocate; lists, tuples and dicts a template builds (literals,
+operators, filters) are weighed by the characters they would print as, so one big string shared by many items
+cannot be joined or printed into gigabytes; ``|safe`` and ``{% autoescape false %}`` are
 rejected when the template is parsed. Any failure raises :class:`RenderError` (a ``TemplateError``) naming
 the file and line, and nothing is returned.
 """
@@ -20,6 +22,7 @@ import contextvars
 import hashlib
 import json
 import re
+import string
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +35,8 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Cycler, Namespace
+from jinja2.visitor import NodeTransformer
 
 from activation.errors import TemplateError
 from activation.settings import Settings
@@ -131,6 +136,9 @@ class _Budget:
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("render_budget", default=None)
 _WIDTH_RE = re.compile(r"\d{5,}")
 _STR_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
+_STAR_WIDTH_RE = re.compile(r"%[#0 +\-]*(\*|\d*\.\*)")
+_TEXT = (str, bytes, bytearray)
+_CONTAINERS = (list, tuple, set, frozenset, dict, range, Namespace, Cycler)
 
 
 def _tick() -> None:
@@ -144,11 +152,63 @@ def _limits() -> RenderLimits:
     return budget.limits if budget is not None else DEFAULT_LIMITS
 
 
+def _weight(value: Any, limit: int) -> int:
+    """About how many characters ``value`` prints or joins as: a string its length; a list, tuple, dict or
+    namespace one per item plus the weight of every item (an item shared twice counts twice); anything else 1.
+    Stops counting once over ``limit``, so weighing never costs more than ``limit`` steps."""
+    total, stack, steps = 0, [value], 0
+    while stack and total <= limit:
+        v = stack.pop()
+        steps += 1
+        if steps % 4096 == 0:
+            _tick()
+        if isinstance(v, _TEXT):
+            total += len(v)
+        elif isinstance(v, dict):
+            total += len(v)
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, range):
+            total += len(v)
+        elif isinstance(v, Namespace):
+            stack.append(object.__getattribute__(v, "_Namespace__attrs"))
+        elif isinstance(v, Cycler):
+            stack.append(v.items)
+        elif isinstance(v, list | tuple | set | frozenset):
+            total += len(v)
+            stack.extend(v)
+        else:
+            total += 1
+    return total
+
+
 def _check_size(value: Any, what: str) -> Any:
-    if isinstance(value, str | list | tuple) and len(value) > _limits().max_string:
-        raise _LimitExceeded(f"{what} builds a value of {len(value):,} items, over the "
-                             f"{_limits().max_string:,} limit", "size")
+    limit = _limits().max_string
+    if isinstance(value, _TEXT):
+        if len(value) > limit:
+            raise _LimitExceeded(f"{what} builds a value of {len(value):,} items, over the {limit:,} limit", "size")
+    elif isinstance(value, _CONTAINERS) and _weight(value, limit) > limit:
+        raise _LimitExceeded(f"{what} builds a list or mapping of more than {limit:,} characters and items "
+                             "(a big value repeated many times?)", "size")
     return value
+
+
+def _check_repeat(times: int, size: int, what: str) -> None:
+    """Refuse an operation that writes ``size`` characters ``times`` times, before it allocates."""
+    if times * size > _limits().max_string:
+        raise _LimitExceeded(f"{what} would repeat {size:,} characters {times:,} times, over the "
+                             f"{_limits().max_string:,} limit", "size")
+
+
+def _tallied(items: Any, what: str) -> Iterator[Any]:
+    """The items of a generator a filter returned (``map``, ``batch`` …), refused once they weigh too much."""
+    limit = _limits().max_string
+    total = 0
+    for item in items:
+        total += 1 + _weight(item, limit)
+        if total > limit:
+            raise _LimitExceeded(f"{what} yields more than {limit:,} characters and items", "size")
+        yield item
 
 
 def _check_width(n: Any, what: str) -> None:
@@ -156,9 +216,28 @@ def _check_width(n: Any, what: str) -> None:
         raise _LimitExceeded(f"{what} with {n:,} is over the {_limits().max_string:,} limit", "size")
 
 
-def _check_format(fmt: Any) -> None:
-    if isinstance(fmt, str) and _WIDTH_RE.search(fmt):
+def _check_format(fmt: Any, args: Any = ()) -> None:
+    """Refuse a ``%`` / ``str.format`` / ``|format`` call that would build a huge string: wide fixed widths,
+    widths taken from an argument (``%*d``, ``{:{}}``), or many fields repeating a big argument."""
+    if not isinstance(fmt, str):
+        return
+    if _WIDTH_RE.search(fmt):
         raise _LimitExceeded("format widths/precisions of 5 digits or more are not allowed", "size")
+    if "*" in fmt and _STAR_WIDTH_RE.search(fmt):
+        raise _LimitExceeded("format widths taken from an argument (%*d) are not allowed", "size")
+    if "{" in fmt:
+        try:
+            nested = any(spec and "{" in spec for _, _, spec, _ in string.Formatter().parse(fmt))
+        except ValueError:
+            nested = False  # malformed: the call itself fails with a clear error
+        if nested:
+            raise _LimitExceeded("format widths taken from an argument ({:{}}) are not allowed", "size")
+    fields = fmt.count("%") + fmt.count("{")
+    if fields:
+        values = list(args.values()) if isinstance(args, Mapping) else list(args)
+        limit = _limits().max_string
+        biggest = max((_weight(v, limit) for v in values), default=0)
+        _check_repeat(fields, biggest, "formatting")
 
 
 def _guarded_iter(value: Any) -> Iterator[Any]:
@@ -171,26 +250,54 @@ def _guarded_iter(value: Any) -> Iterator[Any]:
 
 def _cap(value: Any) -> Any:
     _tick()
-    return _check_size(value, "string concatenation")
+    return _check_size(value, "string concatenation" if isinstance(value, str) else "a literal")
 
 
 def _forbid_safe(value: Any, *args: Any, **kwargs: Any) -> Any:
     raise SecurityError("the |safe filter is not allowed: it would bypass HTML escaping")
 
 
+def _no_check(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 def _wrap_filter(env: ImmutableSandboxedEnvironment, name: str, check: Callable[..., None]) -> None:
+    """Guard a filter: ``check`` sees the filter's own arguments (without Jinja's context/environment argument)
+    before it runs; its result is size-checked, and a generator result is weighed item by item."""
     original = env.filters[name]
+    skip = 1 if getattr(original, "jinja_pass_arg", None) is not None else 0
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         _tick()
-        check(*args, **kwargs)
-        return _check_size(original(*args, **kwargs), f"|{name}")
+        check(*args[skip:], **kwargs)
+        result = original(*args, **kwargs)
+        if isinstance(result, Iterator) and not isinstance(result, _TEXT):
+            return _tallied(result, f"|{name}")
+        return _check_size(result, f"|{name}")
 
-    env.filters[name] = update_wrapper(wrapper, original)
+    guarded = update_wrapper(wrapper, original)
+    guarded.guarded = True  # type: ignore[attr-defined]
+    env.filters[name] = guarded
 
 
 def _arg(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str) -> Any:
     return args[index] if len(args) > index else kwargs.get(name)
+
+
+class _CapLiterals(NodeTransformer):
+    """Size-check every list, tuple and dict literal a template builds (``[ns.l, ns.l]`` in a loop would
+    otherwise double a value until printing it takes forever)."""
+
+    def visit_List(self, node: nodes.Expr) -> nodes.Node:  # noqa: N802 - NodeTransformer's naming
+        self.generic_visit(node)
+        return nodes.Filter(node, "_cap", [], [], None, None, lineno=node.lineno)
+
+    visit_Dict = visit_List  # noqa: N815
+
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:  # noqa: N802
+        if node.ctx != "load":  # an assignment target such as {% for k, v in … %}
+            return self.generic_visit(node)
+        return self.visit_List(node)
 
 
 class _GuardedEnvironment(ImmutableSandboxedEnvironment):
@@ -212,15 +319,23 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.filters["_cap"] = _cap
         self.filters.pop("random", None)  # renders must be reproducible
         _wrap_filter(self, "center", lambda v, width=80: _check_width(width, "|center"))
-        _wrap_filter(self, "indent", lambda v, width=4, *a, **k: _check_width(
-            width if isinstance(width, int) else len(str(width)), "|indent"))
-        _wrap_filter(self, "format", lambda v, *a, **k: _check_format(v))
+        _wrap_filter(self, "indent", lambda v, width=4, *a, **k: _check_repeat(
+            str(v).count("\n") + 1, width if isinstance(width, int) else len(str(width)), "|indent"))
+        _wrap_filter(self, "format", lambda v, *a, **k: _check_format(v, k or a))
         _wrap_filter(self, "batch", lambda v, linecount, *a, **k: _check_width(linecount, "|batch"))
         _wrap_filter(self, "slice", lambda v, slices, *a, **k: _check_width(slices, "|slice"))
         _wrap_filter(self, "truncate", lambda *a, **k: None)
-        _wrap_filter(self, "wordwrap", lambda *a, **k: None)
+        _wrap_filter(self, "wordwrap", lambda v, width=79, brk=True, wrapstring=None, *a, **k: _check_repeat(
+            len(str(v)) + 1, len(str(wrapstring or "\n")), "|wordwrap"))
+        _wrap_filter(self, "urlize", lambda v, trim=None, nofollow=False, target=None, rel=None, *a, **k:
+                     _check_repeat(len(str(v)) + 1, len(str(target or "")) + len(str(rel or "")), "|urlize"))
+        _wrap_filter(self, "tojson", lambda v, indent=None: _check_repeat(
+            _weight(v, _limits().max_string) + 1, indent if isinstance(indent, int) else 0, "|tojson"))
         _wrap_filter(self, "replace", self._check_replace)
         _wrap_filter(self, "join", self._check_join)
+        for name in list(self.filters):  # every other filter: result size-checked, generators weighed
+            if not name.startswith("_") and name != "safe" and not getattr(self.filters[name], "guarded", False):
+                _wrap_filter(self, name, _no_check)
 
     # -- parse-time rules ------------------------------------------------------------------------------
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
@@ -246,6 +361,7 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         for concat in list(tree.find_all(nodes.Concat)):
             parent_fix = nodes.Concat(concat.nodes, lineno=concat.lineno)
             concat.nodes = [nodes.Filter(parent_fix, "_cap", [], [], None, None, lineno=concat.lineno)]
+        _CapLiterals().visit(tree)
         return tree
 
     # -- run-time guards -------------------------------------------------------------------------------
@@ -277,13 +393,14 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
                 raise _LimitExceeded("exponents above 256 are not allowed", "size")
         elif operator == "*":
             for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int):
-                    if len(seq) * n > _limits().max_string:
+                if isinstance(seq, (*_TEXT, list, tuple)) and isinstance(n, int) and not isinstance(n, bool):
+                    size = len(seq) if isinstance(seq, _TEXT) else _weight(seq, _limits().max_string)
+                    if size * n > _limits().max_string:
                         raise _LimitExceeded("repetition builds a value over the size limit", "size")
             if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > 4096:
                 raise _LimitExceeded("integer too large", "size")
         elif operator == "%" and isinstance(left, str):
-            _check_format(left)
+            _check_format(left, right if isinstance(right, tuple | Mapping) else (right,))
         result = super().call_binop(context, operator, left, right)
         return _check_size(result, f"operator {operator}")
 
@@ -291,7 +408,7 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         _tick()
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "")
-        if isinstance(owner, str):
+        if isinstance(owner, _TEXT):
             if name in _STR_WIDTH_METHODS:
                 for a in (*args, *kwargs.values()):
                     _check_width(a, f"str.{name}")
@@ -299,8 +416,11 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
                 _GuardedEnvironment._check_replace(owner, args[0], args[1], args[2] if len(args) > 2 else None)
             elif name == "join" and args:
                 seq = args[0]
-                if isinstance(seq, str | list | tuple | range) and len(seq) * len(owner) > _limits().max_string:
+                if isinstance(seq, (*_TEXT, list, tuple, range)) and len(seq) * len(owner) > _limits().max_string:
                     raise _LimitExceeded("str.join would build a string over the size limit", "size")
+            elif name == "translate" and args and isinstance(args[0], Mapping):
+                biggest = max((_weight(v, _limits().max_string) for v in args[0].values()), default=0)
+                _check_repeat(len(owner), biggest, "str.translate")
         result = super().call(__context, __obj, *args, **kwargs)
         return _check_size(result, f"{name or 'call'}()")
 
@@ -320,7 +440,7 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
 
         def checked(*args: Any, **kwargs: Any) -> str:
             _tick()
-            _check_format(fmt)
+            _check_format(fmt, (*args, *kwargs.values()))
             return _check_size(wrapped(*args, **kwargs), "str.format")
 
         return checked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 from datetime import date
 from pathlib import Path
 
@@ -158,6 +159,29 @@ HUGE = {
     "replace": "{{ ('x' * 1000)|replace('x', 'y' * 100000) }}",
     "join": "{{ range(10000)|join('x' * 100000) }}",
     "batch fill": "{{ [1]|batch(1000000000, 'x')|list|length }}",
+    # one big string shared by many list items, then joined or printed
+    "shared items joined": "{{ (['x' * 999999] * 1000)|join }}",
+    "shared items tuple": "{{ (('x' * 999999,) * 1000)|join }}",
+    "map default duplicates": "{{ range(10000)|map(attribute='a', default='x' * 999999)|join }}",
+    "map of a wide filter": "{{ range(10000)|map('center', 999999)|join }}",
+    "batch fill shared": "{{ ['x']|batch(1000, 'x' * 999999)|first|join }}",
+    "sum of lists": "{{ ([['x' * 999999]] * 1000)|sum(start=[])|join }}",
+    "nested literal doubling": "{% set ns = namespace(l=['x']) %}{% for i in range(40) %}"
+                               "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l }}",
+    "dict literal doubling": "{% set ns = namespace(d={}) %}{% for i in range(40) %}"
+                             "{% set ns.d = {'a': ns.d, 'b': ns.d} %}{% endfor %}{{ ns.d }}",
+    # format strings that repeat a big argument or take their width from one
+    "format fields": "{{ ('{0}' * 1000).format('x' * 999999) }}",
+    "percent fields": "{{ ('%(a)s' * 1000) % {'a': 'x' * 999999} }}",
+    "format filter fields": "{{ ('%(a)s' * 1000)|format(a='x' * 999999) }}",
+    "format width argument": "{{ '{:>{}}'.format('x', 999999999) }}",
+    "percent star width": "{{ '%*d' % (999999999, 1) }}",
+    # string arguments repeated per line, per character or per byte
+    "indent per line": "{{ ('a\\n' * 499999)|indent(' ' * 999, true) }}",
+    "wordwrap string": "{{ ('x' * 999999)|wordwrap(1, true, 'y' * 9999) }}",
+    "translate": "{{ ('x' * 999).translate({120: 'y' * 999999}) }}",
+    "bytes repeat": "{{ ('x'.encode() * 999999999)|length }}",
+    "bytes width": "{{ 'x'.encode().ljust(999999999)|length }}",
 }
 
 
@@ -165,9 +189,15 @@ HUGE = {
 def test_huge_outputs_are_refused_before_allocating(tsettings, case):
     c = _write(tsettings, "big", "{% extends '_base.html' %}{% block body %}" + HUGE[case] + "{% endblock %}")
     started = time.monotonic()
-    with pytest.raises(RenderError) as err:
-        render_member(tsettings, c, MEMBER, limits=FAST)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RenderError) as err:
+            render_member(tsettings, c, MEMBER, limits=FAST)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     assert time.monotonic() - started < 5
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MB allocated before the template was stopped"
     assert err.value.reason in {"size", "output", "timeout"}, str(err.value)
     # the line is named when one expression is to blame; the output cap is about the whole file
     assert ("big.html:1:" if err.value.reason == "size" else "big.html") in str(err.value)
