@@ -525,4 +525,7 @@ class HubSpotDestination:
         return iter(())
 
     def read_suppressions(self, since: datetime | None) -> Iterator[SuppressionEvent]:
+        """Nothing to read back (HubSpot sends no email here). Building the client checks the token is set,
+        so a missing one stops the sync before it records a run."""
+        _ = self.api
         return iter(())

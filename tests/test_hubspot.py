@@ -220,6 +220,10 @@ def test_missing_token_names_the_setting(duck_engine, duck_settings, hs):
         _sync(duck_engine, duck_settings)
     assert "ACTIVATION_HUBSPOT__TOKEN" in (err.value.fix or "")
     assert hs.calls == 0 and _count(duck_engine, sync_state) == 0 and _count(duck_engine, sync_log) == 0
+    assert _count(duck_engine, sync_runs) == 0  # a settings error stops before the sync records a run
+    # a dry run needs no credentials
+    dry = sync_audience(duck_engine, duck_settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True)
+    assert dry.api_calls > 0 and hs.calls == 0
     with pytest.raises(ValidationError):
         HubSpotSettings(batch_size=101)
 
