@@ -122,6 +122,8 @@ def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limi
                 rendered = render_member(settings, campaign, SAMPLE_MEMBER, limits=limits)
                 unsub = settings.brand.unsubscribe_url
         except RenderError as exc:
+            if exc.file == "subject":
+                break  # reported at the subject's line of the policy
             file = exc.file
             if file:
                 file = _display(Path(file)) if Path(file).is_absolute() else _display(root / file)

@@ -182,8 +182,10 @@ def _customers_table(settings: Settings) -> Any:
     return table(name, *cols, schema=schema)
 
 
-def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: date) -> str:
-    """Render both modes with a sample member; returns the template hash. Raises RenderError."""
+def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: date,
+                        subject_line: int | None = None) -> str:
+    """Render both modes with a sample member; returns the template hash. Raises RenderError (a bad subject
+    names the policy file and ``subject_line``)."""
     thash = template_hash(settings, resolved.template)
     sample = {
         "campaign_id": campaign_id_for(resolved.scheme, as_of, resolved.segment, 1),
@@ -198,9 +200,16 @@ def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: dat
             file=str(settings.policy_file), line=resolved.line, reason="missing",
             fix=f"create {resolved.template}.html and {resolved.template}.txt in the templates folder, "
                 "or use an existing template in policy.yaml")
-    render_merge_tags(settings, sample)
-    render_member(settings, sample, {"customer_id": "sample", "email": "sample@example.com",
-                                     "first_name": "Alex", "coupon_code": "XX-ABCDE-FGHJK"})
+    try:
+        render_merge_tags(settings, sample)
+        render_member(settings, sample, {"customer_id": "sample", "email": "sample@example.com",
+                                         "first_name": "Alex", "coupon_code": "XX-ABCDE-FGHJK"})
+    except RenderError as exc:
+        if exc.file != "subject":
+            raise
+        raise RenderError(f"subject of segment {resolved.segment!r} of {resolved.scheme}: {exc.detail}",
+                          file=str(settings.policy_file), line=subject_line or resolved.line, reason=exc.reason,
+                          fix=exc.fix) from None
     return thash
 
 # ---------------------------------------------------------------------------------------------- SQL
@@ -403,7 +412,9 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
             result.segments.append(SegmentPlan(segment, "suppressed", offer="suppressed",
                                                excluded={"suppressed_segment": sizes[segment]}))
             continue
-        todo.append((segment, resolved, _validate_templates(settings, resolved, as_of)))
+        subject_line = policy.lines.get(("schemes", scheme, segment, "subject")) if resolved.listed else None
+        subject_line = subject_line or policy.lines.get(("default", "subject"))
+        todo.append((segment, resolved, _validate_templates(settings, resolved, as_of, subject_line)))
 
     with engine.begin() as conn:
         dialect.serialize(conn, f"plan:{scheme}:{as_of.isoformat()}")  # a concurrent plan finishes first; we see it

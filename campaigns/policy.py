@@ -236,6 +236,9 @@ def _fix_for(err: dict[str, Any]) -> str | None:
         return "use a share between 0 and 1, e.g. holdout_share: 0.1 for 10 %"
     if last == "destinations" or (len(loc) > 1 and loc[-2] == "destinations"):
         return f"destinations are any of: {', '.join(DESTINATIONS)}"
+    if "targeting" in loc:
+        return ("use entered_since_previous: true, entered_from: [segments] or left: [segments] "
+                "(see docs/templates.md), or remove targeting")
     return _FIXES.get(err.get("type", ""))
 
 

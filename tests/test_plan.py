@@ -231,6 +231,18 @@ def test_bad_template_writes_nothing(case, duck_settings, duck_engine, tmp_path,
     assert counts(duck_engine) == (0, 0)
 
 
+def test_bad_subject_names_the_policy_line_and_writes_nothing(settings, engine, tmp_path, monkeypatch):
+    s = private_templates(settings, tmp_path, monkeypatch)
+    insert_snapshot(engine, 500)
+    s.policy_file.write_text("schemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
+                             "      subject: \"{{ frist_name }}, come back\"\n")
+    with pytest.raises(TemplateError) as err:
+        plan_campaigns(engine, s, AS_OF, "rfm11")
+    assert f"{s.policy_file}:5: " in str(err.value), str(err.value)
+    assert "frist_name" in str(err.value) and "At Risk" in str(err.value)
+    assert counts(engine) == (0, 0)
+
+
 def test_missing_template_writes_nothing(settings, engine, tmp_path, monkeypatch):
     s = private_templates(settings, tmp_path, monkeypatch)
     insert_snapshot(engine, 500)

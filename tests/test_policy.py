@@ -97,6 +97,7 @@ def test_every_policy_error_names_file_line_and_fix(tmp_path, case):
     assert f"policy.yaml:{line}: " in message, message
     assert needle in message
     assert err.value.fix
+    assert "(fix: " in message, f"the line names no fix: {message}"  # templates check prints the line as is
 
 
 def test_unknown_segments_and_schemes_are_reported_with_lines(tmp_path):

@@ -75,7 +75,8 @@ POLICY_BROKEN = {
     "missing template": ("  rfm11:\n    At Risk:\n      template: winback_v2\n",
                          "template 'winback_v2' has no .html and no .txt file"),
     "unknown segment": ("  rfm11:\n    At Riskk:\n      template: winback\n", "has no segment 'At Riskk'"),
-    "bad subject": ("  rfm11:\n    At Risk:\n      subject: \"{{ frist_name }}\"\n", "subject: undefined variable"),
+    "bad subject": ("  rfm11:\n    At Risk:\n      template: winback\n      subject: \"{{ frist_name }}\"\n",
+                    "subject: undefined variable"),
     "unknown offer": ("  rfm11:\n    At Risk:\n      offer: {type: bogo}\n", "unknown offer type 'bogo'"),
 }
 
@@ -87,6 +88,8 @@ def test_policy_problems_point_at_policy_lines(tsettings, case):
     res = run_cli("templates", "check")
     assert res.exit_code == 1, res.output
     assert re.search(r"templates/policy\.yaml:\d+: .*" + re.escape(expected), res.stdout), res.stdout
+    for line in res.stdout.splitlines()[:-1]:  # every problem names a file that exists
+        assert Path(line.split(":", 1)[0]).exists(), line
 
 
 def test_malformed_policy_yaml(tsettings):
