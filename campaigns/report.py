@@ -456,10 +456,12 @@ def _ci(lo: Any, hi: Any, kind: str = "num") -> str:
     return f"[{lo:,.2f}, {hi:,.2f}]"
 
 
-def _table_rows(df: pd.DataFrame) -> list[dict[str, str]]:
+def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]]:
     rows = []
     for _, r in df.iterrows():
         no_lift = r["status"] in (STATUS_NO_HOLDOUT, STATUS_EMPTY)
+        # a backtest sent nothing: a profit or ROI would be chance, as the summary cards say too
+        no_profit = str(r["status"]) if no_lift else ("n/a (backtest)" if backtest else None)
         rows.append(
             {
                 "segment": str(r["segment"]),
@@ -477,8 +479,8 @@ def _table_rows(df: pd.DataFrame) -> list[dict[str, str]]:
                 f"{_ci(r['incremental_revenue_per_member_ci_low'], r['incremental_revenue_per_member_ci_high'])}",
                 "redeemed": _fmt(r["coupons_redeemed"], "int"),
                 "cost": _fmt(r["offer_cost"]),
-                "profit": str(r["status"]) if no_lift else _fmt(r["incremental_profit"]),
-                "roi": str(r["status"]) if no_lift else _fmt(r["roi"], "ratio"),
+                "profit": no_profit or _fmt(r["incremental_profit"]),
+                "roi": no_profit or _fmt(r["roi"], "ratio"),
                 "status": str(r["status"]),
                 "significant": "yes" if r["significant"] else "no",
                 "sent": _fmt(r["sent"], "int"),
@@ -581,7 +583,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         send_times=sorted({str(t) for t in df["send_time"]}) if len(df) else [],
         warnings=attrs.get("warnings", []),
         notes=attrs.get("notes", []),
-        rows=_table_rows(df),
+        rows=_table_rows(df, bool(attrs.get("backtest", False))),
         has_events=bool(
             len(df) and (df[["sent", "opened", "clicked", "unsubscribed", "bounced"]].to_numpy().sum() > 0)
         ),

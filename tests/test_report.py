@@ -266,6 +266,11 @@ def test_backtest_on_transaction_only_data_through_plan(settings, engine, tmp_pa
     _assert_offline(html)
     assert "no treatment effect by construction" in html and _parse(html).svgs >= 4
     assert "1997-09-30 → 1997-12-31" in html
+    # like the summary cards, the table claims no profit or ROI for a backtest (the CSV keeps the numbers)
+    table = html[html.index('<table id="roi">'):html.index("</table>", html.index('<table id="roi">'))]
+    rows = [r for r in table.split("<tr>")[2:] if "n/a (no" not in r]
+    assert rows and all(r.count("n/a (backtest)") == 2 for r in rows), rows[0]
+    assert "Conversion CI excludes 0" in table
     # the shipped policy suppresses Lost: said, with its size, rather than silently missing
     assert "segments of the snapshot without a campaign" in html and "Lost (" in html
 
