@@ -86,11 +86,43 @@ def _lint_source(settings: Settings, path: Path, name: str) -> list[Issue]:
         if attr and (attr.startswith("_") or attr in {"mro", "func_globals", "gi_frame", "f_globals"}):
             issues.append(Issue(file, expr.lineno, f"sandbox violation: attribute {attr!r} is not allowed",
                                 "templates may only use the documented variables (docs/templates.md)"))
+    issues.extend(_member_value_issues(file, ast))
     for lineno, line in enumerate(source.splitlines(), start=1):
         for tag in MERGE_TAG_RE.findall(line):
             if tag.upper() not in MERGE_FIELDS and tag.upper() not in SYSTEM_MERGE_TAGS:
                 issues.append(Issue(file, lineno, f"merge tag *|{tag}|* is not provided by any destination",
                                     f"use a context variable instead, or one of: {', '.join(MERGE_FIELDS)}"))
+    return issues
+
+
+#: Variables a destination fills per member in merge-tag mode (the template only sees ``*|TAG|*`` then).
+_MEMBER_VARIABLES = {MERGE_FIELDS[tag]["context"]: tag for tag in ("FNAME", "COUPON")}
+#: Where a per-member variable may stand: printed as it is (alone or joined with ``~``), or tested for being set.
+_PLAIN_USE = (nodes.Output, nodes.Concat, nodes.If, nodes.CondExpr, nodes.Test, nodes.Not, nodes.And, nodes.Or)
+
+
+def _member_value_issues(file: str, ast: nodes.Template) -> list[Issue]:
+    """``{{ first_name|title }}``, ``first_name == 'x'``, ``coupon_code[:2]``: per-member values changed or
+    compared in the template. In merge-tag mode (Mailchimp) they are the tags ``*|FNAME|*``/``*|COUPON|*``,
+    so the change would garble the tag and the comparison would decide for the whole segment."""
+    issues: list[Issue] = []
+
+    def walk(node: nodes.Node, parent: nodes.Node | None) -> None:
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in _MEMBER_VARIABLES:
+            if parent is not None and not isinstance(parent, _PLAIN_USE):
+                tag = _MEMBER_VARIABLES[node.name]
+                what = f"the |{parent.name} filter" if isinstance(parent, nodes.Filter) else "this expression"
+                issues.append(Issue(
+                    file, node.lineno,
+                    f"{node.name} is used in {what}: in merge-tag mode it is the merge tag *|{tag}|*, "
+                    "filled per member by the destination, so it cannot be changed or compared here",
+                    f"print it as {{{{ {node.name} }}}} (or test it with {{% if {node.name} %}}); "
+                    "store the value the way it should appear",
+                ))
+        for child in node.iter_child_nodes():
+            walk(child, node)
+
+    walk(ast, None)
     return issues
 
 

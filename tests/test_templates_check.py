@@ -53,6 +53,12 @@ BROKEN = {
     "endless loop": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n{% for i in range(10000) %}"
                      "{% for j in range(10000) %}{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}"
                      "{% endblock %}", "templates/winback.html:3: render limit exceeded: render took longer"),
+    "filter on a merge-tag value": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n"
+                                    "Hi {{ first_name|title }}{% endblock %}",
+                                    "templates/winback.html:3: first_name is used in the |title filter"),
+    "comparison with a merge-tag value": ("winback.txt", "{% extends '_base.txt' %}\n{% block body %}\n\n"
+                                          "{% if coupon_code == 'X' %}x{% endif %}{% endblock %}",
+                                          "templates/winback.txt:4: coupon_code is used in this expression"),
     "runtime error": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n\n{{ 1 / 0 }}"
                       "{% endblock %}", "templates/winback.html:4: render failed: ZeroDivisionError"),
     "layout without unsubscribe": ("_base.txt", "{{ brand.name }}\n{% block body %}{% endblock %}\n"
