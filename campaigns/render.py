@@ -721,9 +721,21 @@ def render_merge_tags(settings: Settings, campaign: Any, *, limits: RenderLimits
     ``campaign`` is a row of ``campaigns`` (or a mapping with its columns).
 
     Raises:
-        RenderError: the template fails (file:line named) or changed since the campaign was planned.
+        RenderError: the template fails (file:line named), changed since the campaign was planned, or its
+            output carries a merge tag no destination fills (e.g. ``*|fname|*`` from ``first_name|lower``).
     """
-    return _render(settings, campaign, None, limits)
+    rendered = _render(settings, campaign, None, limits)
+    for part, body in (("subject", rendered.subject), ("html", rendered.html), ("txt", rendered.text)):
+        bad = sorted({t for t in MERGE_TAG_RE.findall(body) if t not in MERGE_FIELDS and t not in SYSTEM_MERGE_TAGS})
+        if bad:
+            name = _field(campaign, "template")
+            raise RenderError(
+                f"the merge-tag render of {name!r} ({part}) carries *|{bad[0]}|*, which no destination fills "
+                "(a per-member value changed by a filter?)",
+                file="subject" if part == "subject" else f"{name}.{part}", reason="merge-tag",
+                fix="print first_name and coupon_code as they are; `activation templates check` shows the line",
+            )
+    return rendered
 
 
 def render_member(settings: Settings, campaign: Any, member: Any, *,

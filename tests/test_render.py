@@ -56,6 +56,17 @@ def test_merge_tag_mode_renders_one_email_for_the_segment(tsettings):
     assert 'max-width:600px' in email.html and "<script" not in email.html and "<link" not in email.html
 
 
+def test_merge_tag_render_refuses_a_garbled_tag(tsettings):
+    camp = _write(tsettings, "shout", "{% extends '_base.html' %}{% block body %}Hi {{ first_name|lower }}"
+                  "{% endblock %}")
+    with pytest.raises(RenderError, match=r"shout.html.*\*\|fname\|\*, which no destination fills") as err:
+        render_merge_tags(tsettings, camp)
+    assert "first_name" in (err.value.fix or "")
+    assert "hi alex" in render_member(tsettings, camp, {**MEMBER, "first_name": "Alex"}).html.lower()
+    with pytest.raises(RenderError, match=r"subject.*\*\|[Ff]name\|\*"):
+        render_merge_tags(tsettings, {**WINBACK, "subject": "Hey {{ first_name|title }}"})
+
+
 def test_member_mode_fills_values_and_escapes_html(tsettings):
     member = {**MEMBER, "first_name": "<b>Ann</b> & \"co\""}
     email = render_member(tsettings, WINBACK, member)
