@@ -841,7 +841,7 @@ def sync_audience(
         baseline = st.last_completed_members(engine, destination, scheme)
         for seg, n in (baseline or {}).items():
             src.segments.setdefault(seg, SegmentPlan(segment=seg)).previous = n
-        need_email = [cid for cid, s in state.items() if s.tags and cid not in src.emails]
+        need_email = [cid for cid, s in state.items() if cid not in src.emails and s.tags]
         src.emails.update(_missing_emails(engine, settings, need_email))
         changes, unchanged, refused = diff(
             src.audiences, state, src.emails, include_campaign=dest.state_includes_campaign
