@@ -253,20 +253,19 @@ COMPLETED = ("succeeded", "partial")
 
 
 def last_completed_members(engine: Engine, destination: str, scheme: str) -> dict[str, int] | None:
-    """Reachable members per segment at the last sync to ``destination`` for ``scheme`` that ran to its
-    end (from its summary), or None when there was none. A sync that died half-way (``failed``, or still
-    ``running`` because its process was killed) is no baseline: its ``sync_state`` is a partial picture."""
+    """Reachable members per segment at the last sync to ``destination`` that ran to its end (from its
+    summary): the last one for ``scheme``, or, before the first completed sync of ``scheme``, the last one of
+    any scheme (the audience the destination holds came from it: switching schemes is a swing too). None
+    when there was none. A sync that died half-way (``failed``, or still ``running`` because its process was
+    killed) is never the baseline: its ``sync_state`` is a partial picture."""
+    q = (
+        select(sync_runs.c.summary)
+        .where(sync_runs.c.destination == destination, sync_runs.c.status.in_(COMPLETED))
+        .order_by(sync_runs.c.finished_at.desc(), sync_runs.c.started_at.desc())
+        .limit(1)
+    )
     with engine.connect() as conn:
-        row = conn.execute(
-            select(sync_runs.c.summary)
-            .where(
-                sync_runs.c.destination == destination,
-                sync_runs.c.scheme == scheme,
-                sync_runs.c.status.in_(COMPLETED),
-            )
-            .order_by(sync_runs.c.finished_at.desc(), sync_runs.c.started_at.desc())
-            .limit(1)
-        ).first()
+        row = conn.execute(q.where(sync_runs.c.scheme == scheme)).first() or conn.execute(q).first()
     if row is None:
         return None
     try:

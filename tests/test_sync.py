@@ -203,6 +203,24 @@ def test_guardrail_still_stops_a_real_shrink_after_a_completed_sync(engine, sett
     assert sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C).write_calls == 0
 
 
+def test_guardrail_switching_a_destination_to_another_scheme_is_a_swing(duck_engine, duck_settings):
+    """Before a scheme's first completed sync, the baseline is the destination's last completed sync of any
+    scheme: replacing its whole audience with another scheme's segments stops until forced."""
+    engine, settings = duck_engine, duck_settings
+    insert_plan(engine, make_assignment(300))
+    assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C).status == "succeeded"
+    q2 = date(2024, 6, 30)
+    insert_plan(engine, make_assignment(300, ("High", "Mid", "Low")), as_of=q2, replace_customers=False)
+    with engine.begin() as conn:
+        conn.execute(update(campaigns).where(campaigns.c.as_of == q2).values(scheme="tiers"))
+    with pytest.raises(GuardrailError, match="'Champions' shrinks from 100 to 0 members"):
+        sync_audience(engine, settings, "outbox", q2, "tiers", content=C)
+    res = sync_audience(engine, settings, "outbox", q2, "tiers", content=C, force=True)
+    assert res.status == "succeeded" and _tags(engine) == {"High": 100, "Mid": 100, "Low": 100}
+    # from now on "tiers" is compared with its own last sync
+    assert sync_audience(engine, settings, "outbox", q2, "tiers", content=C).guardrail_violations == []
+
+
 def test_sync_log_and_runs(engine, settings):
     insert_plan(engine, make_assignment(6), emails={"c00005": None})
     res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
