@@ -402,7 +402,7 @@ class HubSpotDestination:
         membership: Callable[[str, str, Sequence[tuple[MemberChange, str]]], None],
         flush: Callable[[], None],
     ) -> None:
-        inputs = []
+        inputs: list[dict[str, Any]] = []
         for c in chunk:
             assert c.member is not None
             f = c.member.fields

@@ -298,17 +298,18 @@ def _read_source(
                 if cid in seen_customers:  # in two campaigns of one plan: the first wins
                     continue
                 seen_customers.add(cid)
-                eh = None
+                eh: str | None = None
+                reason: str | None = None
                 if not email:
-                    reason: str | None = "no_email"
+                    reason = "no_email"
                 elif not (3 <= len(email) <= 254 and valid(email)):
                     reason = "invalid_email"
-                elif suppressed and (eh := email_hash(email)) in suppressed:
-                    reason = suppressed[eh]
-                elif unsub:
-                    reason = "unsubscribed"
                 else:
-                    reason = None
+                    eh = email_hash(email) if suppressed else None
+                    if eh is not None and eh in suppressed:
+                        reason = suppressed[eh]
+                    elif unsub:
+                        reason = "unsubscribed"
                 if reason:
                     segments[camp.segment].skips[reason] += 1
                     skipped.append((camp_id, cid, reason))
@@ -755,7 +756,7 @@ def guardrails(segments: dict[str, SegmentPlan], max_share: float, first_sync: b
     total = sum(s.members for s in segments.values())
     if total == 0:
         return ["the source is empty: no reachable treated member in any campaign"]
-    out = []
+    out: list[str] = []
     if first_sync:
         return out
     for s in segments.values():
