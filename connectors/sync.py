@@ -825,7 +825,7 @@ def sync_audience(
 
         dest = get_destination(destination, settings)
     reads0, writes0 = dest.stats.reads, dest.stats.writes
-    gc_was_enabled = gc.isenabled()
+    gc_was_enabled, froze = gc.isenabled(), False
     try:
         if not dry_run:
             since = st.last_success(engine, destination)
@@ -871,6 +871,7 @@ def sync_audience(
             schedule_at,
         )
         gc.freeze()
+        froze = True
         if gc_was_enabled:
             gc.enable()
         estimate = dest.plan(plan)
@@ -934,7 +935,8 @@ def sync_audience(
         _finish(engine, result, journal, dest, reads0, writes0, t0)
         return result
     finally:
-        gc.unfreeze()
+        if froze:
+            gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
         if destination_obj is None:
