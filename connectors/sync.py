@@ -28,6 +28,7 @@ from sqlalchemy import and_, func, null, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import column, table
 
+from activation.dialect import exclusive
 from activation.errors import GuardrailError, NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns
@@ -806,7 +807,39 @@ def sync_audience(
         NotFoundError: no plan for ``as_of``/``scheme``.
         GuardrailError: the source is empty or a segment swings too much (before any write; ``force``).
         FatalDestinationError: wrong credentials / list (before any write) or the destination failed mid-way.
+        ConflictError: another sync to ``destination`` is running (nothing done; a dry run does not wait).
     """
+
+    def run() -> SyncResult:
+        return _sync_audience(
+            engine, settings, destination, as_of, scheme, dry_run=dry_run, send=send, schedule_at=schedule_at,
+            force=force, destination_obj=destination_obj, content=content, on_progress=on_progress,
+            on_total=on_total,
+        )
+
+    if dry_run:
+        return run()
+    # one sync per destination at a time: two would both create (and send) the same campaigns
+    with exclusive(engine, f"sync:{destination}", f"another sync to {destination}"):
+        return run()
+
+
+def _sync_audience(
+    engine: Engine,
+    settings: Settings,
+    destination: str,
+    as_of: date | None = None,
+    scheme: str | None = None,
+    *,
+    dry_run: bool = False,
+    send: bool = False,
+    schedule_at: datetime | None = None,
+    force: bool = False,
+    destination_obj: Destination | None = None,
+    content: ContentProvider | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    on_total: Callable[[int], None] | None = None,
+) -> SyncResult:
     import time
 
     t0 = time.perf_counter()

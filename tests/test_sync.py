@@ -236,6 +236,66 @@ def test_sync_log_and_runs(engine, settings):
     assert run.status == "succeeded" and res.sync_id
 
 
+def test_a_second_sync_to_the_same_destination_is_refused_while_one_runs(engine, settings):
+    """Two syncs at once (a schedule and a manual run) would both create and send the same campaigns: the
+    second stops at once with nothing done; a dry run and another destination are not held up."""
+    import threading
+
+    from activation.errors import ConflictError
+
+    insert_plan(engine, make_assignment(30))
+    started, release = threading.Event(), threading.Event()
+
+    class Blocking(SimpleContent):
+        def for_member(self, campaign, member):
+            started.set()
+            assert release.wait(30)
+            return super().for_member(campaign, member)
+
+    results: list = []
+    first = threading.Thread(
+        target=lambda: results.append(sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=Blocking()))
+    )
+    first.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(ConflictError, match="another sync to outbox is already running") as err:
+            sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+        assert "wait for it to finish" in (err.value.fix or "")
+        assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True).dry_run
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(sync_runs)).scalar() == 1  # only the first
+    finally:
+        release.set()
+        first.join(60)
+    assert results and results[0].failed == 0
+    again = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)  # free again: nothing to do
+    assert again.write_calls == 0
+
+
+def test_a_sync_held_by_another_process_on_postgresql_is_refused(engine, settings):
+    if engine.dialect.name == "duckdb":
+        pytest.skip("a DuckDB file admits one writing process; the lock between processes is PostgreSQL's")
+    from sqlalchemy import create_engine, text
+
+    from activation.errors import ConflictError
+
+    insert_plan(engine, make_assignment(5))
+    other = create_engine(engine.url)  # another process's session, as far as the server is concerned
+    try:
+        with other.connect() as conn:
+            assert conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended('sync:outbox', 1))")).scalar()
+            with pytest.raises(ConflictError):
+                sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+            assert sync_audience(engine, settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True).dry_run
+        other.dispose()  # the other process ends: the server releases its lock
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(sync_runs)).scalar() == 0
+        assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C).failed == 0
+    finally:
+        other.dispose()
+
+
 def test_cli_sync_dry_run_and_real(duck_engine, duck_settings):
     insert_plan(duck_engine, make_assignment(9), emails={"c00003": "x@"})
     out = run_cli("sync", "--destination", "outbox", "--scheme", SCHEME, "--dry-run")
