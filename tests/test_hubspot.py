@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr, ValidationError
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from activation.errors import ConfigError
 from activation.settings import HubSpotSettings
@@ -39,9 +34,10 @@ from connectors.sync import sync_audience
 from tests.fakes.destinations import FAST_RETRY
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.plan_data import AS_OF, SCHEME, SEGMENTS, SimpleContent, insert_plan, make_assignment
+from tests.fakes.processes import count as _count
+from tests.fakes.processes import kill_mid_sync
 
 C = SimpleContent()
-REPO = Path(__file__).resolve().parent.parent
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
 ADD = re.compile(r"/crm/v3/lists/(\d+)/memberships/add")
 REMOVE = re.compile(r"/crm/v3/lists/(\d+)/memberships/remove")
@@ -82,10 +78,6 @@ def _rows(engine, table) -> list:
     with engine.connect() as conn:
         return conn.execute(select(table)).all()
 
-
-def _count(engine, table) -> int:
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
 
 def _emails(ids) -> set[str]:
@@ -386,24 +378,8 @@ def test_process_killed_mid_sync_then_rerun_converges(tmp_path, hs, monkeypatch)
             monkeypatch.setenv(f"ACTIVATION_HUBSPOT__{k}", v)
         # 3 properties + 3 lists are created, then 4 member writes go through; every later write hangs
         hs.faults.hang_after_writes = 6 + 4
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
-        )
-        try:
-            deadline = time.time() + 90
-            while _count(engine, sync_state) == 0:  # the first confirmed batch is committed…
-                assert time.time() < deadline and child.poll() is None, "child never committed a batch"
-                time.sleep(0.02)
-            time.sleep(0.5)  # …and whatever else can finish does
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
-        finally:
-            if child.poll() is None:
-                child.kill()
+        run, partial = kill_mid_sync(engine, _CHILD)
         hs.faults.hang_after_writes = None
-        with engine.connect() as conn:
-            run = conn.execute(select(sync_runs.c.status)).scalar_one()
-        partial = _count(engine, sync_state)
         assert run == "running" and 0 < partial <= 200  # killed after two upserts and their list adds
         hs.reset_log()
         res = _sync(engine, settings)  # no force: the half-way state is no guardrail baseline

@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -30,9 +25,9 @@ from connectors.sync import read_outcomes, sync_audience
 from tests.fakes.destinations import FAST_RETRY
 from tests.fakes.mailchimp import FakeMailchimp
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
+from tests.fakes.processes import kill_mid_sync
 
 C = SimpleContent()
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -333,24 +328,8 @@ def test_process_killed_mid_sync_then_rerun_converges(tmp_path, mc, monkeypatch)
         # two member batches (of six) go through, every later batch upsert hangs: stuck mid-sync
         mc.faults.hang_paths = rf"/3\.0/lists/{mc.list_id}"
         mc.faults.hang_after_writes = 2
-        child = subprocess.Popen(
-            [sys.executable, "-c", _CHILD], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
-        )
-        try:
-            deadline = time.time() + 90
-            while _count(engine, sync_state) == 0:  # the first confirmed batch is committed…
-                assert time.time() < deadline and child.poll() is None, "child never committed a batch"
-                time.sleep(0.02)
-            time.sleep(0.5)  # …and whatever else can finish does
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
-        finally:
-            if child.poll() is None:
-                child.kill()
+        run, partial = kill_mid_sync(engine, _CHILD)
         mc.faults.hang_after_writes = mc.faults.hang_paths = None
-        with engine.connect() as conn:
-            run = conn.execute(select(sync_runs.c.status)).scalar_one()
-        partial = _count(engine, sync_state)
         assert run == "running" and 0 < partial < 1500  # killed after ~2 of 6 batches
         res = _sync(engine, settings, send=True)
         assert res.failed == 0
@@ -365,8 +344,3 @@ def test_process_killed_mid_sync_then_rerun_converges(tmp_path, mc, monkeypatch)
         drop_postgres_database(url)
 
 
-def _count(engine, table) -> int:
-    from sqlalchemy import func
-
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(table)).scalar_one()
