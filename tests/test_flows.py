@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 
 from activation import tables as t
-from activation.errors import GuardrailError, InputError
+from activation.errors import ConfigError, GuardrailError, InputError
 from activation.settings import Settings
 from activation.warehouse import get_engine
 from connectors.errors import RetriesExhaustedError, ServerError
@@ -58,6 +58,52 @@ def count(engine: Engine, table: Any, *where: Any) -> int:
 def test_as_of_defaults_to_the_end_of_the_last_full_quarter(today: date, expected: date) -> None:
     assert last_quarter_end(today) == expected
     assert resolve_as_of(None, Settings(), today=today) == expected
+
+
+def _freeze_clock(monkeypatch: pytest.MonkeyPatch, instant: datetime) -> None:
+    """``datetime.now(tz)`` in ``flows.dates`` returns ``instant`` seen from ``tz``."""
+    import flows.dates
+
+    class FrozenClock(datetime):
+        @classmethod
+        def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
+            return instant.astimezone(tz)
+
+    monkeypatch.setattr(flows.dates, "datetime", FrozenClock)
+
+
+@pytest.mark.parametrize(
+    ("instant", "zone", "expected"),
+    [
+        # 06:00 on 1 July in Auckland (the quarterly schedule there) is still 30 June in UTC
+        (datetime(2026, 6, 30, 18, 0, tzinfo=UTC), "Pacific/Auckland", date(2026, 6, 30)),
+        (datetime(2026, 6, 30, 18, 0, tzinfo=UTC), "UTC", date(2026, 3, 31)),
+        # 06:00 on 1 July in UTC is 23:00 on 30 June in Los Angeles: Q2 has not ended there
+        (datetime(2026, 7, 1, 6, 0, tzinfo=UTC), "America/Los_Angeles", date(2026, 3, 31)),
+        (datetime(2026, 7, 1, 6, 0, tzinfo=UTC), "UTC", date(2026, 6, 30)),
+        # the first minute of a quarter, and the last one of the quarter before
+        (datetime(2026, 1, 1, 0, 0, tzinfo=UTC), "UTC", date(2025, 12, 31)),
+        (datetime(2025, 12, 31, 23, 59, tzinfo=UTC), "UTC", date(2025, 9, 30)),
+    ],
+)
+def test_as_of_default_is_taken_in_the_schedule_timezone(
+    monkeypatch: pytest.MonkeyPatch, instant: datetime, zone: str, expected: date
+) -> None:
+    _freeze_clock(monkeypatch, instant)
+    assert resolve_as_of(None, Settings(schedule_timezone=zone)) == expected
+
+
+def test_future_as_of_is_judged_in_the_schedule_timezone(monkeypatch: pytest.MonkeyPatch) -> None:
+    _freeze_clock(monkeypatch, datetime(2026, 6, 30, 18, 0, tzinfo=UTC))  # 1 July 06:00 in Auckland
+    assert resolve_as_of("2026-07-01", Settings(schedule_timezone="Pacific/Auckland")) == date(2026, 7, 1)
+    with pytest.raises(InputError, match="in the future"):
+        resolve_as_of("2026-07-01", Settings(schedule_timezone="UTC"))
+
+
+def test_unknown_schedule_timezone_names_the_setting() -> None:
+    with pytest.raises(ConfigError, match="ACTIVATION_SCHEDULE_TIMEZONE='Mars/Olympus'") as err:
+        resolve_as_of(None, Settings(schedule_timezone="Mars/Olympus"))
+    assert "IANA" in str(err.value.fix)
 
 
 def test_as_of_in_the_future_is_refused() -> None:
