@@ -192,6 +192,8 @@ class FakeApiServer:
                     await asyncio.sleep(0.05)
                 await self._json(send, 503, {"status": 503}, {}, status_box)
                 return
+            if hangable:  # counted here, with no await since the check: concurrent calls cannot both slip through
+                self._hang_writes += 1
             if f.fatal_after_writes is not None and self._writes >= f.fatal_after_writes:
                 fault = "revoked"
                 await self._json(send, 401, self.unauthorized_body(), {}, status_box)
@@ -211,8 +213,6 @@ class FakeApiServer:
                 body_box["body"] = None
             if is_write:
                 self._writes += 1
-            if hangable:
-                self._hang_writes += 1
 
             async def replay() -> dict[str, Any]:
                 return {"type": "http.request", "body": raw, "more_body": False}
