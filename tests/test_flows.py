@@ -362,3 +362,37 @@ def test_destination_failing_mid_way_retries_then_fails_and_a_rerun_converges(
     assert count(engine, t.destination_campaigns, t.destination_campaigns.c.status == "sent") == len(
         done["plan"]["campaign_ids"]
     )
+
+
+@pytest.mark.prefect
+def test_wrong_api_key_fails_the_flow_once_without_the_key_in_prefect(
+    prefect_api: str, duck_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A non-retriable destination error is not retried by the task, and the key reaches no Prefect log."""
+    import flows.activate
+    from connectors.errors import AuthError
+    from flows.activate import activate
+    from flows.resegment import resegment
+    from flows.tasks import sync_task
+    from tests.fakes.mailchimp import FakeMailchimp
+
+    engine = load_demo(duck_settings, tmp_path)
+    resegment(as_of=DEMO_AS_OF, scheme="rfm11")
+    wrong_key = "feedfacefeedfacefeedfacefeedface-us1"
+    with FakeMailchimp() as mc:
+        monkeypatch.setenv("ACTIVATION_MAILCHIMP__API_KEY", wrong_key)
+        monkeypatch.setenv("ACTIVATION_MAILCHIMP__LIST_ID", mc.list_id)
+        monkeypatch.setenv("ACTIVATION_MAILCHIMP__BASE_URL", mc.base_url)
+        monkeypatch.setattr(flows.activate, "sync_task", sync_task.with_options(retry_delay_seconds=[0, 0, 0]))
+        state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="mailchimp", return_state=True)
+        calls = mc.calls
+        assert mc.write_calls == 0
+    assert state.is_failed()
+    with pytest.raises(AuthError, match="ACTIVATION_MAILCHIMP__API_KEY"):
+        state.result()
+    assert calls == 1  # one attempt: its first read was refused; a wrong key is not retried
+    assert count(engine, t.sync_state) == 0 and count(engine, t.sync_log) == 0
+    flow_run_id = str(state.state_details.flow_run_id)
+    texts = flow_run_logs([flow_run_id]) + [state.message or ""]
+    assert any("rejected the API key" in m for m in texts), texts
+    assert not [m for m in texts if wrong_key[:32] in m]
