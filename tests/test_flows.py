@@ -269,6 +269,28 @@ def test_cli_run_calls_the_same_flow(prefect_api: str, duck_settings: Settings, 
 
 
 @pytest.mark.prefect
+@pytest.mark.slow
+def test_cli_run_quarterly_runs_the_quarterly_cycle_flow_once(
+    prefect_api: str, duck_settings: Settings, tmp_path: Path  # noqa: F811
+) -> None:
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    engine = load_demo(duck_settings, tmp_path)
+    result = run_cli("run", "quarterly", "--as-of", "2025-06-30", "--scheme", "seed5", "--no-report")
+    assert result.exit_code == 0, result.output
+    assert '"activate"' in result.stdout and '"outcomes"' not in result.stdout
+    runs = [r for r in all_flow_runs() if r["parameters"].get("scheme") == "seed5"
+            and r["parameters"].get("report") is False]
+    assert len(runs) == 1, runs
+    assert runs[0]["parameters"]["as_of"] == "2025-06-30" and runs[0]["state_type"] == "COMPLETED"
+    flow = httpx.get(f"{PREFECT_API_URL.value()}/flows/{runs[0]['flow_id']}", timeout=30).json()
+    assert flow["name"] == "quarterly-cycle"
+    assert count(engine, t.snapshot_runs, t.snapshot_runs.c.scheme == "seed5") == 1
+    assert count(engine, t.sync_runs, t.sync_runs.c.scheme == "seed5", t.sync_runs.c.status == "succeeded") == 1
+
+
+@pytest.mark.prefect
 def test_guardrail_abort_fails_before_any_write_and_publishes_the_reason(
     prefect_api: str, duck_settings: Settings, tmp_path: Path  # noqa: F811
 ) -> None:
