@@ -195,8 +195,24 @@ def all_flow_runs() -> list[dict[str, Any]]:
 
 
 def flow_run_logs(flow_run_ids: list[str]) -> list[str]:
-    logs = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200, "sort": "TIMESTAMP_ASC"})
-    return [log["message"] for log in logs]
+    """Every log message of these flow runs (and their tasks), page by page."""
+    messages: list[str] = []
+    while True:
+        page = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200,
+                                         "offset": len(messages), "sort": "TIMESTAMP_ASC"})
+        messages += [log["message"] for log in page]
+        if len(page) < 200:
+            return messages
+
+
+def all_artifacts() -> list[dict[str, Any]]:
+    """Every artifact on the API, page by page."""
+    found: list[dict[str, Any]] = []
+    while True:
+        page = api_post("/artifacts/filter", {"sort": "CREATED_DESC", "limit": 200, "offset": len(found)})
+        found += page
+        if len(page) < 200:
+            return found
 
 
 def read_artifact(key: str) -> Any:
@@ -228,19 +244,23 @@ def test_quarterly_cycle_end_to_end_leaves_no_personal_data_in_prefect(
                 "roi-rfm11-2025q2"):
         assert read_artifact(key) is not None, key
 
-    # personal data: no customer e-mail in Prefect's result storage, home, logs or artifacts
+    # personal data: no customer e-mail or name in Prefect's result storage, home, logs or artifacts
     with engine.connect() as conn:
         emails = {e.lower() for e in conn.execute(text("select email from customers")).scalars() if e}
-    assert len(emails) > 100
+        names = {n for n in conn.execute(text("select first_name from customers")).scalars() if n}
+    assert len(emails) > 100 and len(names) > 20
+    name_re = re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(names)) + r")\b")
     runs = all_flow_runs()
     texts = flow_run_logs([r["id"] for r in runs])
-    texts += [str(read_artifact(k).data) for k in ("segments-rfm11-2025q2", "sync-plan-rfm11-2025q2-outbox",
-                                                   "sync-result-rfm11-2025q2-outbox", "roi-rfm11-2025q2")]
-    texts += [repr(r["parameters"]) for r in runs]
+    artifacts = all_artifacts()
+    assert {a["key"] for a in artifacts} >= {"segments-rfm11-2025q2", "sync-plan-rfm11-2025q2-outbox",
+                                             "sync-result-rfm11-2025q2-outbox", "roi-rfm11-2025q2"}
+    texts += [f"{a['key']} {a['description']} {a['data']}" for a in artifacts]
+    texts += [f"{r['parameters']!r} {r['state_name']} {(r.get('state') or {}).get('message')}" for r in runs]
     assert len(texts) > 20
-    assert texts
     for blob in texts:
         assert not (set(m.decode().lower() for m in EMAIL.findall(blob.encode())) & emails), blob[:200]
+        assert not name_re.search(blob), blob[:200]
     stores = [Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]), Path(os.environ["PREFECT_HOME"]),
               Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])]
     for store in stores:
