@@ -28,3 +28,26 @@ def get_destination(name: str, settings: Settings) -> Destination:
 
         return HubSpotDestination(settings.hubspot)
     raise ConfigError(f"unknown destination {name!r}", fix=f"use one of: {', '.join(NAMES)}")
+
+
+def check_destination(name: str, settings: Settings) -> None:
+    """Refuse an unknown destination or one whose credentials are not set, without any request.
+
+    Flows call it first, so a wrong ``destination`` parameter stops the run before it waits, plans or syncs.
+
+    Raises:
+        ConfigError: unknown name, or the setting to set.
+    """
+    if name == "outbox":
+        return
+    if name == "mailchimp":
+        from connectors.mailchimp import MailchimpApi
+
+        MailchimpApi(settings.mailchimp).close()
+        return
+    if name == "hubspot":
+        from connectors.hubspot import HubSpotApi
+
+        HubSpotApi(settings.hubspot).close()
+        return
+    get_destination(name, settings)

@@ -9,6 +9,7 @@ from prefect import flow
 
 from activation.errors import GuardrailError
 from activation.settings import get_settings
+from connectors.registry import check_destination
 from flows.artifacts import artifact_key, publish_markdown, publish_table
 from flows.dates import resolve_as_of
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
@@ -35,12 +36,14 @@ def activate(
         wait_for_snapshot_minutes: on a schedule, wait this long for ``resegment`` to finish.
 
     Raises:
+        ConfigError: unknown destination or its credentials not set (before anything runs).
         GuardrailError: the sync plan looks wrong; nothing was written to the destination and the
             reason is published as the ``guardrail-…`` artifact.
     """
     settings = get_settings()
     as_of = resolve_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
+    check_destination(destination, settings)
     wait_for_snapshot_task(as_of, scheme, wait_for_snapshot_minutes)
     planned = plan_campaigns_task(as_of, scheme)
     dry_run = sync_plan_task(as_of, scheme, destination)

@@ -25,14 +25,17 @@ def _console() -> Any:
     return console
 
 
-def _prepare(as_of: str | None) -> Any:
-    """Validate the date and the Prefect API before any flow starts (clear errors, no half runs)."""
+def _prepare(as_of: str | None, destination: str | None = None) -> Any:
+    """Validate the date, the destination and the Prefect API before any flow starts (clear errors, no half runs)."""
     from activation.settings import get_settings
+    from connectors.registry import check_destination
     from flows.dates import resolve_as_of
     from flows.runtime import check_prefect_api
 
     settings = get_settings()
     resolved = resolve_as_of(as_of, settings)
+    if destination is not None:
+        check_destination(destination, settings)
     _console().print(f"running on {check_prefect_api()}", highlight=False)
     return resolved
 
@@ -51,7 +54,7 @@ def run_quarterly(
     report: bool = typer.Option(True, "--report/--no-report", help="Also collect outcomes and write the ROI report."),
 ) -> None:
     """resegment → activate → collect outcomes → ROI report."""
-    resolved = _prepare(as_of)
+    resolved = _prepare(as_of, destination)
     from flows.quarterly_cycle import quarterly_cycle
 
     _show(quarterly_cycle(as_of=resolved, scheme=scheme, destination=destination, send=send, force=force,
@@ -77,7 +80,7 @@ def run_activate(
     force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
 ) -> None:
     """Plan campaigns, check the sync plan, sync the audiences, create/send the campaigns."""
-    resolved = _prepare(as_of)
+    resolved = _prepare(as_of, destination)
     from flows.activate import activate
 
     _show(activate(as_of=resolved, scheme=scheme, destination=destination, send=send,
@@ -92,7 +95,7 @@ def run_collect_outcomes(
     destination: str | None = typer.Option(None, "--destination", help="Read outcomes from this destination."),
 ) -> None:
     """Record opens, clicks, unsubscribes and conversions of the campaigns of ``as_of``."""
-    resolved = _prepare(as_of)
+    resolved = _prepare(as_of, destination)
     from flows.collect_outcomes import collect_outcomes
 
     _show(collect_outcomes(as_of=resolved, scheme=scheme, window_days=window_days, destination=destination))

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from activation.settings import get_settings
+from connectors.registry import check_destination
 from flows.dates import resolve_as_of
 from flows.tasks import collect_outcomes_task
 
@@ -27,5 +28,7 @@ def collect_outcomes(
     settings = get_settings()
     as_of = resolve_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
+    if destination:
+        check_destination(destination, settings)
     collected = collect_outcomes_task(as_of, scheme, window_days, destination)
     return {"as_of": as_of.isoformat(), "scheme": scheme, **collected}

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow
 
 from activation.settings import get_settings
+from connectors.registry import check_destination
 from flows.activate import activate
 from flows.collect_outcomes import collect_outcomes
 from flows.dates import resolve_as_of
@@ -34,6 +35,7 @@ def quarterly_cycle(
     settings = get_settings()
     as_of = resolve_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
+    check_destination(destination, settings)
     result: dict[str, Any] = {"as_of": as_of.isoformat(), "scheme": scheme}
     result["resegment"] = resegment(as_of=as_of, scheme=scheme)
     result["activate"] = activate(as_of=as_of, scheme=scheme, destination=destination, send=send, force=force)

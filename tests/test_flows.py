@@ -437,3 +437,37 @@ def test_wrong_api_key_fails_the_flow_once_without_the_key_in_prefect(
     texts = flow_run_logs([flow_run_id]) + [state.message or ""]
     assert any("rejected the API key" in m for m in texts), texts
     assert not [m for m in texts if wrong_key[:32] in m]
+
+
+@pytest.mark.prefect
+def test_unknown_destination_or_missing_credentials_stop_before_anything_runs(
+    prefect_api: str, duck_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    from activation.errors import ConfigError
+    from flows.activate import activate
+    from flows.quarterly_cycle import quarterly_cycle
+
+    for name in ("ACTIVATION_MAILCHIMP__API_KEY", "ACTIVATION_HUBSPOT__TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    engine = load_demo(duck_settings, tmp_path)
+    runs_before = len(all_flow_runs())
+    result = run_cli("run", "activate", "--destination", "mailchimps", "--as-of", "2025-06-30")
+    assert result.exit_code == 2, result.output
+    assert "unknown destination 'mailchimps'" in result.output and "outbox, mailchimp, hubspot" in result.output
+    assert "Traceback" not in result.output
+    result = run_cli("run", "quarterly", "--destination", "hubspot", "--as-of", "2025-06-30")
+    assert result.exit_code == 2, result.output
+    assert "ACTIVATION_HUBSPOT__TOKEN" in result.output
+    assert len(all_flow_runs()) == runs_before  # refused before any flow run started
+
+    # a deployment's parameters reach the flow directly: it checks them before it waits, plans or syncs
+    state = quarterly_cycle(as_of=DEMO_AS_OF, scheme="rfm11", destination="mailchimp", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ConfigError, match="ACTIVATION_MAILCHIMP__API_KEY"):
+        state.result()
+    state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="nowhere", wait_for_snapshot_minutes=120,
+                     return_state=True)
+    with pytest.raises(ConfigError, match="unknown destination 'nowhere'"):
+        state.result()
+    assert count(engine, t.snapshot_runs) == 0 and count(engine, t.campaigns) == 0
+    assert count(engine, t.sync_runs) == 0
