@@ -17,6 +17,9 @@ run_app = typer.Typer(help="Run one flow once, now (the deployments in prefect.y
 AS_OF = typer.Option(None, "--as-of", help="YYYY-MM-DD; default: the end of the last full quarter.")
 SCHEME = typer.Option(None, "--scheme", help="Segmentation scheme; default: the default_scheme setting.")
 DESTINATION = typer.Option("outbox", "--destination", help="outbox | mailchimp | hubspot")
+WINDOW_DAYS = typer.Option(
+    None, "--window-days", help="Attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS, 30)."
+)
 
 
 def _console() -> Any:
@@ -91,10 +94,14 @@ def run_activate(
 def run_collect_outcomes(
     as_of: str | None = AS_OF,
     scheme: str | None = SCHEME,
-    window_days: int | None = typer.Option(None, "--window-days", help="Attribution window (days)."),
-    destination: str | None = typer.Option(None, "--destination", help="Read outcomes from this destination."),
+    window_days: int | None = WINDOW_DAYS,
+    destination: str | None = typer.Option(
+        None, "--destination",
+        help="Also read opens, clicks and unsubscribes from this destination (default: conversions from the "
+        "warehouse only).",
+    ),
 ) -> None:
-    """Record opens, clicks, unsubscribes and conversions of the campaigns of ``as_of``."""
+    """Record opens, clicks, unsubscribes and conversions of the campaigns planned as of --as-of."""
     resolved = _prepare(as_of, destination)
     from flows.collect_outcomes import collect_outcomes
 
@@ -105,8 +112,12 @@ def run_collect_outcomes(
 def run_roi_report(
     as_of: str | None = AS_OF,
     scheme: str | None = SCHEME,
-    window_days: int | None = typer.Option(None, "--window-days", help="Attribution window (days)."),
-    out: str | None = typer.Option(None, "--out", help="HTML path; report.csv is written beside it."),
+    window_days: int | None = WINDOW_DAYS,
+    out: str | None = typer.Option(
+        None, "--out",
+        help="HTML file to write (default: <data_dir>/reports/roi-<scheme>-<as-of>.html); the CSV is written "
+        "beside it with the same name.",
+    ),
 ) -> None:
     """Write the segment ROI report (HTML + CSV)."""
     resolved = _prepare(as_of)
@@ -116,8 +127,8 @@ def run_roi_report(
 
 
 def demo(
-    customers: int | None = typer.Option(None, "--customers", help="Demo customers (default: small)."),
-    orders: int | None = typer.Option(None, "--orders", help="Demo orders (default: small)."),
+    customers: int | None = typer.Option(None, "--customers", help="Demo customers (default: 5000)."),
+    orders: int | None = typer.Option(None, "--orders", help="Demo orders (default: 40000)."),
     seed: int = typer.Option(7, "--seed", help="Random seed of the demo data (fixed: reruns are identical)."),
     scheme: str | None = SCHEME,
 ) -> None:

@@ -177,6 +177,21 @@ def test_future_as_of_on_the_command_line_is_a_clear_error() -> None:
     assert "in the future" in result.output and "fix:" in result.output
 
 
+def _help(*command: str) -> str:
+    """``--help`` of a command as one line of words (the box and the line wrapping removed)."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", run_cli(*command, "--help").output).split())
+
+
+def test_run_and_demo_help_say_what_each_option_does() -> None:
+    outcomes = _help("run", "collect-outcomes")
+    assert "``" not in outcomes and "ACTIVATION_ATTRIBUTION_WINDOW_DAYS" in outcomes
+    assert "conversions from the warehouse only" in outcomes
+    report = _help("run", "roi-report")
+    assert "report.csv" not in report and "same name" in report and "roi-<scheme>-<as-of>.html" in report
+    demo = _help("demo")
+    assert "small" not in demo and "5000" in demo and "40000" in demo
+
+
 # --- end to end on a real Prefect API --------------------------------------------------------------
 
 
