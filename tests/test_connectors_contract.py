@@ -64,6 +64,29 @@ def test_holdouts_never_tagged_listed_or_sent(duck_engine, dut):
         assert dut.delivered() == _expected(plan)
 
 
+def test_last_quarters_members_drawn_as_holdouts_lose_the_tag_and_get_nothing(duck_engine, dut):
+    """Tags and lists are per segment, not per quarter: a member treated last quarter who is a holdout of the
+    same segment this quarter must leave its audience, or this quarter's campaign would reach them."""
+    first = make_assignment(N)
+    insert_plan(duck_engine, first)
+    _sync(duck_engine, dut, send=True)
+    q2 = date(2024, 6, 30)
+    holdouts = {f"c{i:05d}" for i in range(0, N, 5)}
+    plan2 = insert_plan(duck_engine, first, holdouts=holdouts, as_of=q2, replace_customers=False)
+    res = _sync(duck_engine, dut, as_of=q2, send=True)
+    assert res.failed == 0
+    held = {f"{c}@example.com" for c in holdouts}
+    for seg, emails in _expected(plan2).items():
+        assert dut.audience(seg, q2) == emails
+        assert not dut.audience(seg, q2) & held
+    if dut.name == "mailchimp":
+        reached = set().union(*(e for title, e in dut.server.sent_to().items() if q2.isoformat() in title))
+        assert reached and not reached & held
+    elif dut.name == "outbox":
+        messages = list((dut._outbox() / q2.isoformat()).rglob("*.eml"))
+        assert messages and not {m.stem for m in messages} & holdouts
+
+
 def test_rerun_with_nothing_changed_writes_nothing(duck_engine, dut):
     insert_plan(duck_engine, make_assignment(N))
     _sync(duck_engine, dut, send=True)
