@@ -13,13 +13,13 @@ from typing import Any
 
 from flows.dates import period_label
 
-_KEY_CHARS = re.compile(r"[^a-z0-9-]+")
+_KEY_CHARS = re.compile(r"[^a-z0-9]+")
 
 
 def artifact_key(kind: str, scheme: str, as_of: date, *extra: str) -> str:
     """``kind-scheme-period[-extra…]`` normalised to Prefect's allowed key characters."""
     raw = "-".join([kind, scheme, period_label(as_of), *extra]).lower()
-    return _KEY_CHARS.sub("-", raw).strip("-").replace("--", "-")
+    return _KEY_CHARS.sub("-", raw).strip("-")
 
 
 def table_rows(frame: Any) -> list[dict[str, Any]]:

@@ -119,6 +119,7 @@ def test_artifact_keys_use_only_what_prefect_allows() -> None:
     assert period_label(date(2025, 11, 14)) == "2025-11-14"
     key = artifact_key("sync-plan", "Vip_FM", date(2025, 11, 14), "mailchimp")
     assert re.fullmatch(r"[a-z0-9-]+", key) and "--" not in key, key
+    assert artifact_key("segments", "vip- -fm", date(2025, 12, 31)) == "segments-vip-fm-2025q4"
 
 
 def test_only_retriable_errors_are_retried() -> None:
