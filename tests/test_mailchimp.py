@@ -146,6 +146,10 @@ def test_compliance_state_is_skipped_recorded_and_not_retried(duck_engine, duck_
     mc.compliance.add("c00002@example.com")
     res = _sync(duck_engine, duck_settings)
     assert res.ok == 29 and res.skipped == 1
+    upserts = [c for c in mc.log if c.method == "POST" and c.path == f"/3.0/lists/{mc.list_id}"]
+    sent = [m["email_address"] for c in upserts for m in c.body["members"]]
+    assert sent.count("c00002@example.com") == 1  # not sent again, alone or in another batch
+    assert not [c for c in mc.log if "c00002" in json.dumps(c.body or {}) and c not in upserts]  # nor tagged
     with duck_engine.connect() as conn:
         err = conn.execute(select(sync_log.c.error).where(sync_log.c.customer_id == "c00002")).scalar_one()
         supp = conn.execute(
