@@ -24,18 +24,19 @@ T = TypeVar("T")
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with jitter; a server's ``Retry-After`` is a floor, capped by ``max_delay``."""
+    """Exponential backoff with jitter, capped by ``max_delay``. A server's ``Retry-After`` is waited in full
+    (asking earlier only earns another 429), up to ``max_retry_after``: a longer wait stops the call."""
 
     max_retries: int = 6
     base_delay: float = 0.5
     max_delay: float = 30.0
+    max_retry_after: float = 300.0
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        backoff = min(self.max_delay, self.base_delay * (2**attempt))
-        jittered = random.uniform(backoff / 2, backoff)
         if retry_after is not None and retry_after > 0:
-            return min(self.max_delay, retry_after + random.uniform(0, self.base_delay))
-        return jittered
+            return retry_after + random.uniform(0, self.base_delay)
+        backoff = min(self.max_delay, self.base_delay * (2**attempt))
+        return random.uniform(backoff / 2, backoff)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -66,6 +67,12 @@ def call_with_retry(
         try:
             return fn()
         except RetriableError as exc:
+            if exc.retry_after is not None and exc.retry_after > policy.max_retry_after:
+                raise RetriesExhaustedError(
+                    f"{what}: the API asks to wait {exc.retry_after:.0f} s before the next call ({exc.message})",
+                    fix="the API's rate limit is used up for now; rerun the sync later (it resumes where it stopped)",
+                    status=exc.status,
+                ) from exc
             if attempt >= policy.max_retries:
                 raise RetriesExhaustedError(
                     f"{what}: still failing after {attempt + 1} attempts ({exc.message})",

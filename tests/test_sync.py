@@ -474,3 +474,29 @@ def test_outbox_message_is_the_email_package_message(duck_settings, reply_to):
             assert a.get_content_charset() == b.get_content_charset() == "utf-8"
             assert a["Content-Transfer-Encoding"] == b["Content-Transfer-Encoding"]
             assert a.get_content() == b.get_content()
+
+
+def test_retry_after_is_waited_in_full_and_a_wait_beyond_the_limit_stops_at_once():
+    from connectors.errors import RateLimitedError, RetriesExhaustedError
+    from connectors.http import RetryPolicy, call_with_retry
+
+    policy = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.2, max_retry_after=60)
+    answers: list[object] = [RateLimitedError("429", retry_after=2.0, status=429), "ok"]
+
+    def flaky() -> object:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    slept: list[float] = []
+    assert call_with_retry(flaky, policy, what="ping", sleep=slept.append) == "ok"
+    assert len(slept) == 1 and slept[0] >= 2.0  # the server's wait, not the back-off cap
+
+    def limited() -> object:
+        raise RateLimitedError("429 Too Many Requests", retry_after=3600, status=429)
+
+    slept.clear()
+    with pytest.raises(RetriesExhaustedError, match="asks to wait 3600 s") as err:
+        call_with_retry(limited, policy, what="ping", sleep=slept.append)
+    assert slept == [] and "rerun" in str(err.value.fix)
