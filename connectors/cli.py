@@ -102,36 +102,28 @@ def print_result(console: object, result: object) -> None:
     assert isinstance(result, SyncResult)
     title = "dry run (nothing written)" if result.dry_run else f"sync {result.status}"
     t = Table(title=f"{result.destination} · {result.scheme} · {result.as_of} — {title}")
-    for col in (
-        "segment",
-        "members",
-        "previous",
-        "holdout",
-        "adds",
-        "updates",
-        "unchanged",
-        "tag +",
-        "tag −",
-        "skips",
+    headers = (
+        "segment", "members", "previous", "holdout", "adds", "updates", "unchanged", "tag +", "tag −", "skips",
         "API calls",
-    ):
-        t.add_column(col, justify="left" if col in ("segment", "skips") else "right")
+    )
+    rows = []
     for s in sorted(result.segments.values(), key=lambda s: s.segment):
         skips = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(s.skips.items())) or "-"
-        t.add_row(
-            s.segment,
-            str(s.members),
-            str(s.previous),
-            str(s.holdout),
-            str(s.adds),
-            str(s.updates),
-            str(s.unchanged),
-            str(s.tag_adds),
-            str(s.tag_removes),
-            skips,
-            str(s.api_calls),
-        )
-    console.print(t)  # type: ignore[attr-defined]
+        rows.append([
+            s.segment, str(s.members), str(s.previous), str(s.holdout), str(s.adds), str(s.updates),
+            str(s.unchanged), str(s.tag_adds), str(s.tag_removes), skips, str(s.api_calls),
+        ])
+    # no segment name, number or header word is ever cut to '…' on a narrow terminal (a log, a cron mail):
+    # the table is printed wider instead
+    for i, col in enumerate(headers):
+        widest = max([len(r[i]) for r in rows] + [len(w) for w in col.split()], default=1)
+        t.add_column(col, justify="left" if col in ("segment", "skips") else "right", min_width=widest)
+    for row in rows:
+        t.add_row(*row)
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options, t).minimum  # type: ignore[attr-defined]
+    console.print(t, width=max(console.width, needed), crop=False)  # type: ignore[attr-defined]
     if result.dry_run:
         console.print(f"API calls (estimated): {result.api_calls}")  # type: ignore[attr-defined]
     else:

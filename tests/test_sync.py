@@ -500,3 +500,22 @@ def test_retry_after_is_waited_in_full_and_a_wait_beyond_the_limit_stops_at_once
     with pytest.raises(RetriesExhaustedError, match="asks to wait 3600 s") as err:
         call_with_retry(limited, policy, what="ping", sleep=slept.append)
     assert slept == [] and "rerun" in str(err.value.fix)
+
+
+def test_sync_table_is_never_cut_on_a_narrow_terminal(duck_engine, duck_settings):
+    import io
+
+    from rich.console import Console
+
+    from connectors.cli import print_result
+
+    segments = ("Potential Loyalists", "Can't Lose Them", "About To Sleep")
+    insert_plan(duck_engine, make_assignment(1200, segments), emails={"c00001": "broken@"})
+    res = sync_audience(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, content=SimpleContent(),
+                        dry_run=True)
+    out = io.StringIO()
+    print_result(Console(file=out, width=80), res)
+    text = out.getvalue()
+    assert "…" not in text, text
+    for word in (*segments, "members", "previous", "holdout", "unchanged", "invalid email 1", "API calls"):
+        assert word in text, (word, text)
