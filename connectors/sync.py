@@ -155,6 +155,21 @@ def latest_as_of(engine: Engine, scheme: str) -> date | None:
         return conn.execute(select(func.max(campaigns.c.as_of)).where(campaigns.c.scheme == scheme)).scalar()
 
 
+def _check_planned(engine: Engine, as_of: date, scheme: str) -> None:
+    """Refuse an ``as_of`` without any plan (a typo would otherwise read as an empty audience and remove
+    every tag under ``--force``)."""
+    with engine.connect() as conn:
+        planned = conn.execute(
+            select(campaigns.c.as_of).where(campaigns.c.scheme == scheme).distinct().order_by(campaigns.c.as_of)
+        ).scalars().all()
+    if as_of not in planned:
+        known = ", ".join(d.isoformat() for d in planned[-4:]) or "none"
+        raise NotFoundError(
+            f"no campaign plan for scheme {scheme!r} as of {as_of.isoformat()} (planned: {known})",
+            fix=f"run `activation plan --as-of {as_of.isoformat()} --scheme {scheme}` first, or pick a planned date",
+        )
+
+
 def load_campaigns(engine: Engine, as_of: date, scheme: str, destination: str) -> list[CampaignSpec]:
     """The latest version of each segment's campaign that lists ``destination`` (an empty list = all)."""
     with engine.connect() as conn:
@@ -851,6 +866,8 @@ def _sync_audience(
                 f"no campaign plan for scheme {scheme!r}",
                 fix=f"run `activation plan --scheme {scheme}` first",
             )
+    else:
+        _check_planned(engine, as_of, scheme)
     camps = load_campaigns(engine, as_of, scheme, destination)
     dest = destination_obj
     if dest is None:

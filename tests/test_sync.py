@@ -103,10 +103,14 @@ def test_suppression_and_unsubscribed_override_every_segment(engine, settings):
 
 
 def test_guardrails_stop_before_any_write(engine, settings):
-    # empty source
+    insert_plan(engine, make_assignment(30))
+    # empty source: a plan nobody in it can be reached from
+    with engine.begin() as conn:
+        conn.execute(update(customers).values(unsubscribed=True))
     with pytest.raises(GuardrailError, match="empty"):
         sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
-    insert_plan(engine, make_assignment(30))
+    with engine.begin() as conn:
+        conn.execute(update(customers).values(unsubscribed=False))
     sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     # a new plan version where "Loyal" shrinks from 10 to 2 members
     small = {cid: seg for cid, seg in make_assignment(30).items() if seg != "Loyal" or cid < "c00006"}
@@ -519,3 +523,16 @@ def test_sync_table_is_never_cut_on_a_narrow_terminal(duck_engine, duck_settings
     assert "…" not in text, text
     for word in (*segments, "members", "previous", "holdout", "unchanged", "invalid email 1", "API calls"):
         assert word in text, (word, text)
+
+
+def test_an_as_of_without_a_plan_is_a_clear_error_not_an_empty_audience(duck_engine, duck_settings):
+    from activation.errors import NotFoundError
+
+    insert_plan(duck_engine, make_assignment(30))
+    for dry_run in (True, False):
+        with pytest.raises(NotFoundError, match=f"no campaign plan for scheme '{SCHEME}' as of 2019-12-31") as err:
+            sync_audience(duck_engine, duck_settings, "outbox", date(2019, 12, 31), SCHEME, content=SimpleContent(),
+                          dry_run=dry_run, force=True)
+        assert AS_OF.isoformat() in str(err.value)  # the plans there are
+    with duck_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(sync_runs)).scalar_one() == 0
