@@ -48,7 +48,8 @@ def register(app: typer.Typer) -> None:
             False, "--send", help="Send each campaign after syncing (default: drafts)."
         ),
         schedule_at: str | None = typer.Option(
-            None, "--schedule-at", help="Schedule each campaign (ISO date-time)."
+            None, "--schedule-at",
+            help="Schedule each campaign: an ISO date-time, UTC unless it has an offset (2025-07-02T09:00+02:00).",
         ),
         force: bool = typer.Option(False, "--force", help="Override the guardrails."),
     ) -> None:

@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from json.encoder import encode_basestring_ascii as _enc
 from operator import attrgetter
 from typing import Any
@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql import column, table
 
 from activation.dialect import exclusive
-from activation.errors import GuardrailError, NotFoundError
+from activation.errors import GuardrailError, InputError, NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns
 from connectors import state as st
@@ -153,6 +153,19 @@ class SyncResult:
 def latest_as_of(engine: Engine, scheme: str) -> date | None:
     with engine.connect() as conn:
         return conn.execute(select(func.max(campaigns.c.as_of)).where(campaigns.c.scheme == scheme)).scalar()
+
+
+def check_schedule_at(schedule_at: datetime | None) -> None:
+    """Refuse a send time that has passed (a naive time is UTC) before anything is synced: the destination
+    would refuse it only after the audiences were written."""
+    if schedule_at is None:
+        return
+    when = schedule_at if schedule_at.tzinfo else schedule_at.replace(tzinfo=UTC)
+    if when <= datetime.now(UTC):
+        raise InputError(
+            f"--schedule-at {when.isoformat()} is in the past",
+            fix="give a future time (UTC unless it has an offset, e.g. 2025-07-02T09:00+02:00), or --send to send now",
+        )
 
 
 def _check_planned(engine: Engine, as_of: date, scheme: str) -> None:
@@ -858,6 +871,7 @@ def _sync_audience(
     import time
 
     t0 = time.perf_counter()
+    check_schedule_at(schedule_at)
     scheme = scheme or settings.default_scheme
     if as_of is None:
         as_of = latest_as_of(engine, scheme)

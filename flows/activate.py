@@ -10,6 +10,7 @@ from prefect import flow
 from activation.errors import GuardrailError
 from activation.settings import get_settings
 from connectors.registry import check_destination
+from connectors.sync import check_schedule_at
 from flows.artifacts import artifact_key, publish_markdown, publish_table
 from flows.dates import resolve_as_of
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
@@ -44,6 +45,7 @@ def activate(
     as_of = resolve_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
     check_destination(destination, settings)
+    check_schedule_at(schedule_at)
     wait_for_snapshot_task(as_of, scheme, wait_for_snapshot_minutes)
     planned = plan_campaigns_task(as_of, scheme)
     dry_run = sync_plan_task(as_of, scheme, destination)

@@ -79,7 +79,7 @@ def run_activate(
     scheme: str | None = SCHEME,
     destination: str = DESTINATION,
     send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
-    schedule_at: datetime | None = typer.Option(None, "--schedule-at", help="Schedule the send (ISO time)."),
+    schedule_at: datetime | None = typer.Option(None, "--schedule-at", help="Schedule the send: an ISO date-time, UTC unless it has an offset."),
     force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
 ) -> None:
     """Plan campaigns, check the sync plan, sync the audiences, create/send the campaigns."""

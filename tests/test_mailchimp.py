@@ -8,7 +8,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
@@ -214,7 +214,7 @@ def test_campaigns_are_drafts_unless_asked_and_sent_once(duck_engine, duck_setti
         and camp["recipients"]["segment_opts"]["saved_segment_id"] in mc.segments
     )
     assert {r.status for r in _rows(duck_engine, destination_campaigns)} == {"draft"}
-    when = datetime(2024, 4, 2, 9, 0)
+    when = (datetime.now(UTC) + timedelta(days=2)).replace(tzinfo=None, minute=0, second=0, microsecond=0)
     _sync(duck_engine, duck_settings, schedule_at=when)
     assert {c["status"] for c in mc.campaigns.values()} == {"schedule"}
     assert {r.send_time for r in _rows(duck_engine, campaigns)} == {when}

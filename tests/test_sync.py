@@ -536,3 +536,19 @@ def test_an_as_of_without_a_plan_is_a_clear_error_not_an_empty_audience(duck_eng
         assert AS_OF.isoformat() in str(err.value)  # the plans there are
     with duck_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sync_runs)).scalar_one() == 0
+
+
+def test_schedule_at_in_the_past_is_refused_before_anything_and_its_zone_is_explained(duck_engine, duck_settings):
+    from datetime import datetime
+
+    from activation.errors import InputError
+
+    insert_plan(duck_engine, make_assignment(12))
+    with pytest.raises(InputError, match="--schedule-at 2020-01-01T09:00:00\\+00:00 is in the past"):
+        sync_audience(duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=C,
+                      schedule_at=datetime(2020, 1, 1, 9, 0))
+    with duck_engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(sync_runs)).scalar_one() == 0
+    assert not list(duck_settings.resolved_outbox_dir.rglob("*"))
+    help_text = " ".join(run_cli("sync", "--help").output.replace("│", " ").split())
+    assert "UTC unless" in help_text
