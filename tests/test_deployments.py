@@ -103,6 +103,10 @@ def test_prefect_yaml_schedules_match_the_timezone_setting() -> None:
     crons = {d["entrypoint"]: [s["cron"] for s in d.get("schedules") or []] for d in config["deployments"]}
     assert crons["flows/resegment.py:resegment"] == [QUARTERLY]
     assert crons["flows/activate.py:activate"] == [QUARTERLY]
+    # the daily outcomes read opens and clicks back from where activate synced the campaigns
+    destinations = {d["entrypoint"]: d["parameters"].get("destination") for d in config["deployments"]}
+    assert destinations["flows/collect_outcomes.py:collect_outcomes"] == destinations["flows/activate.py:activate"]
+    assert destinations["flows/quarterly_cycle.py:quarterly_cycle"] == destinations["flows/activate.py:activate"]
 
 
 @pytest.mark.slow
