@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from datetime import date, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated
@@ -195,3 +196,22 @@ def _setting_error(loc: list[str], problem: str) -> ConfigError:
         f"setting {'.'.join(loc)} ({var}) is invalid: {problem}",
         fix=f"correct {var} in the environment or the .env file",
     )
+
+
+def today_in(settings: Settings) -> date:
+    """Today's date in the schedule's time zone (``ACTIVATION_SCHEDULE_TIMEZONE``; a quarter ends at midnight
+    there): the default ``as_of`` of the commands and the flows is the end of the last full quarter before it.
+
+    Raises:
+        ConfigError: the setting is not a known IANA time zone.
+    """
+    from zoneinfo import ZoneInfo
+
+    try:
+        tz = ZoneInfo(settings.schedule_timezone)
+    except Exception as exc:  # noqa: BLE001 - zoneinfo raises several types
+        raise ConfigError(
+            f"ACTIVATION_SCHEDULE_TIMEZONE={settings.schedule_timezone!r} is not a known time zone",
+            fix="use an IANA name such as UTC or Europe/Berlin",
+        ) from exc
+    return datetime.now(tz).date()

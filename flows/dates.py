@@ -2,23 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
+from datetime import date
 
-from activation.errors import ConfigError, InputError
-from activation.settings import Settings
-
-
-def today_in(settings: Settings) -> date:
-    """Today's date in the schedule's time zone (a quarter ends at midnight there)."""
-    try:
-        tz = ZoneInfo(settings.schedule_timezone)
-    except Exception as exc:  # noqa: BLE001 - zoneinfo raises several types
-        raise ConfigError(
-            f"ACTIVATION_SCHEDULE_TIMEZONE={settings.schedule_timezone!r} is not a known time zone",
-            fix="use an IANA name such as UTC or Europe/Berlin",
-        ) from exc
-    return datetime.now(tz).date()
+from activation.errors import InputError
+from activation.settings import Settings, today_in
 
 
 def last_quarter_end(today: date) -> date:

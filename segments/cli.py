@@ -123,12 +123,12 @@ def segment_command(
     from rich.table import Table
 
     from activation import cli
-    from activation.settings import get_settings
+    from activation.settings import get_settings, today_in
     from activation.warehouse import get_engine
     from segments.snapshots import compute_snapshot, last_quarter_end, segment_summary
 
     settings = get_settings()
-    when = _parse_date(as_of, "--as-of") if as_of else last_quarter_end(date.today())
+    when = _parse_date(as_of, "--as-of") if as_of else last_quarter_end(today_in(settings))
     name = scheme or settings.default_scheme
     engine = get_engine(settings)
     result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)

@@ -61,15 +61,16 @@ def test_as_of_defaults_to_the_end_of_the_last_full_quarter(today: date, expecte
 
 
 def _freeze_clock(monkeypatch: pytest.MonkeyPatch, instant: datetime) -> None:
-    """``datetime.now(tz)`` in ``flows.dates`` returns ``instant`` seen from ``tz``."""
-    import flows.dates
+    """``datetime.now(tz)`` where today's date is taken (``activation.settings.today_in``) returns ``instant``
+    seen from ``tz``."""
+    import activation.settings
 
     class FrozenClock(datetime):
         @classmethod
         def now(cls, tz: Any = None) -> datetime:  # type: ignore[override]
             return instant.astimezone(tz)
 
-    monkeypatch.setattr(flows.dates, "datetime", FrozenClock)
+    monkeypatch.setattr(activation.settings, "datetime", FrozenClock)
 
 
 @pytest.mark.parametrize(
