@@ -123,7 +123,7 @@ def print_result(console: object, result: object) -> None:
         t.add_row(*row)
     from rich.measure import Measurement
 
-    needed = Measurement.get(console, console.options, t).minimum  # type: ignore[attr-defined]
+    needed = Measurement.get(console, console.options, t).minimum  # type: ignore[attr-defined,arg-type]
     console.print(t, width=max(console.width, needed), crop=False)  # type: ignore[attr-defined]
     if result.dry_run:
         console.print(f"API calls (estimated): {result.api_calls}")  # type: ignore[attr-defined]

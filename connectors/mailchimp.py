@@ -324,7 +324,7 @@ class MailchimpDestination:
         pool = CallPool(self.settings.max_connections)
         try:
             for i, fn in enumerate(calls):
-                pool.submit(fn, lambda res, i=i: out.__setitem__(i, res))
+                pool.submit(fn, lambda res, i=i: out.__setitem__(i, res))  # type: ignore[misc]  # default-argument lambda
             pool.run()
         finally:
             pool.close()
@@ -357,7 +357,7 @@ class MailchimpDestination:
             if tag not in have:
                 body = {"tag": tag, "name": label, "type": "text", "required": False, "public": False}
                 calls.append(
-                    lambda b=body, t=tag: self.api.call(
+                    lambda b=body, t=tag: self.api.call(  # type: ignore[misc]  # default-argument lambda
                         f"create merge field {t}",
                         lambda c: c.lists.add_list_merge_field(self.api.list_id, b),
                         write=True,
@@ -372,7 +372,7 @@ class MailchimpDestination:
         while True:
             page = self.api.call(
                 "list segments",
-                lambda c, o=offset: c.lists.list_segments(
+                lambda c, o=offset: c.lists.list_segments(  # type: ignore[misc]  # default-argument lambda
                     self.api.list_id,
                     type="static",
                     count=PAGE,
@@ -389,7 +389,7 @@ class MailchimpDestination:
         missing = sorted(names - set(ids))
         created = self._parallel(
             [
-                lambda n=name: self.api.call(
+                lambda n=name: self.api.call(  # type: ignore[misc]  # default-argument lambda
                     f"create segment {n}",
                     lambda c: c.lists.create_segment(self.api.list_id, {"name": n, "static_segment": []}),
                     write=True,
@@ -643,7 +643,7 @@ class MailchimpDestination:
         while True:
             page = self.api.call(
                 "list campaigns",
-                lambda c, o=offset: c.campaigns.list(
+                lambda c, o=offset: c.campaigns.list(  # type: ignore[misc]  # default-argument lambda
                     list_id=self.api.list_id,
                     count=PAGE,
                     offset=o,
@@ -675,7 +675,7 @@ class MailchimpDestination:
                 try:
                     page = self.api.call(
                         "list members",
-                        lambda c, p=params: c.lists.get_list_members_info(self.api.list_id, **p),
+                        lambda c, p=params: c.lists.get_list_members_info(self.api.list_id, **p),  # type: ignore[misc]  # default-argument lambda
                         write=False,
                     )
                 except RemoteNotFoundError:
@@ -704,7 +704,7 @@ class MailchimpDestination:
             rid = rc.remote_id
             for row in self._pages(
                 "email activity",
-                lambda c, o, r=rid: c.reports.get_email_activity_for_campaign(r, count=PAGE, offset=o),
+                lambda c, o, r=rid: c.reports.get_email_activity_for_campaign(r, count=PAGE, offset=o),  # type: ignore[misc]  # default-argument lambda
                 "emails",
             ):
                 email = row["email_address"]
@@ -717,7 +717,7 @@ class MailchimpDestination:
                         )
             for row in self._pages(
                 "unsubscribes",
-                lambda c, o, r=rid: c.reports.get_unsubscribed_list_for_campaign(r, count=PAGE, offset=o),
+                lambda c, o, r=rid: c.reports.get_unsubscribed_list_for_campaign(r, count=PAGE, offset=o),  # type: ignore[misc]  # default-argument lambda
                 "unsubscribes",
             ):
                 email = row["email_address"]
@@ -728,7 +728,7 @@ class MailchimpDestination:
     def _pages(self, what: str, fetch: Callable[[Any, int], Any], key: str) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
-            page = self.api.call(what, lambda c, o=offset: fetch(c, o), write=False)
+            page = self.api.call(what, lambda c, o=offset: fetch(c, o), write=False)  # type: ignore[misc]  # default-argument lambda
             rows = page.get(key, [])
             yield from rows
             offset += len(rows)

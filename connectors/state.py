@@ -82,7 +82,7 @@ def _bulk_write_columns(
                 if c not in literal
             }
         )
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection
         name = f"_rows_{next(_tmp_names)}"
         raw.register(name, data)
         try:

@@ -10,15 +10,9 @@ from activation.settings import Settings, today_in
 
 def last_quarter_end(today: date) -> date:
     """The last day of the last full quarter before ``today`` (2026-05-10 -> 2026-03-31)."""
-    try:
-        from segments.snapshots import last_quarter_end as shared
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return shared(today)
-    first_month = 3 * ((today.month - 1) // 3) + 1
-    start_of_quarter = date(today.year, first_month, 1)
-    return date.fromordinal(start_of_quarter.toordinal() - 1)
+    from segments.snapshots import last_quarter_end as shared
+
+    return shared(today)
 
 
 def parse_as_of(value: date | str | None) -> date | None:

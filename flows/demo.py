@@ -49,11 +49,15 @@ def prepare_demo_data(
     settings: Settings, *, customers: int | None, orders_n: int | None, seed: int
 ) -> tuple[Path, date]:
     """Generate and ingest the demo data set; return its folder and the date of its last order."""
-    from segments.demo_data import generate
+    from segments.demo_data import DEFAULT_CUSTOMERS, DEFAULT_ORDERS, generate
     from segments.ingest import ingest_file
 
-    sizes = {k: v for k, v in (("customers", customers), ("orders", orders_n)) if v is not None}
-    files = generate(settings.data_dir / "demo", seed=seed, **sizes)
+    files = generate(
+        settings.data_dir / "demo",
+        customers=customers if customers is not None else DEFAULT_CUSTOMERS,
+        orders=orders_n if orders_n is not None else DEFAULT_ORDERS,
+        seed=seed,
+    )
     engine = get_engine(settings)
     ingest_file(engine, settings, files.orders, "parquet", mapping_path=files.mapping)
     ingest_file(engine, settings, files.tickets, "csv", mapping_path=files.tickets_mapping)

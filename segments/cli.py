@@ -165,8 +165,8 @@ def segment_command(
     if model:
         from segments.cli_models import model_lines
 
-        for line in model_lines(model):
-            cli.console.print(line, highlight=False)
+        for text in model_lines(model):
+            cli.console.print(text, highlight=False)
     for warning in result.warnings:
         cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 

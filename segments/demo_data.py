@@ -136,10 +136,14 @@ class DemoDataFiles:
         ]
 
 
+DEFAULT_CUSTOMERS = 5_000
+DEFAULT_ORDERS = 40_000
+
+
 def generate(
     out_dir: Path | str,
-    customers: int = 5_000,
-    orders: int = 40_000,
+    customers: int = DEFAULT_CUSTOMERS,
+    orders: int = DEFAULT_ORDERS,
     seed: int = 7,
     *,
     end: date = END_DATE,

@@ -327,7 +327,8 @@ def _read_frame(conn: Connection, query: Any) -> pd.DataFrame:
     """The rows of ``query`` as a DataFrame (DuckDB: one columnar fetch; others: through the driver)."""
     if dialect.is_duckdb(conn):
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
-        return conn.connection.driver_connection.execute(str(compiled)).df()
+        driver: Any = conn.connection.driver_connection
+        return driver.execute(str(compiled)).df()
     return pd.DataFrame(conn.execute(query).mappings().all())
 
 
