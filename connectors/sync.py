@@ -9,6 +9,7 @@ destination last received, so only changes are written and a rerun with nothing 
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from json.encoder import encode_basestring_ascii as _enc
 from operator import attrgetter
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from sqlalchemy import and_, func, null, select, update
 from sqlalchemy.engine import Engine
@@ -799,6 +800,26 @@ def guardrails(segments: dict[str, SegmentPlan], max_share: float, first_sync: b
     return out
 
 
+P = ParamSpec("P")
+
+
+def _one_sync_per_destination(
+    fn: Callable[Concatenate[Engine, Settings, str, P], SyncResult],
+) -> Callable[Concatenate[Engine, Settings, str, P], SyncResult]:
+    """One sync per destination at a time: two would both create (and, with ``send``, send) the same
+    campaigns. A second one fails at once with ``ConflictError``; a dry run is never held up."""
+
+    @functools.wraps(fn)
+    def wrapper(engine: Engine, settings: Settings, destination: str, /, *args: P.args, **kwargs: P.kwargs) -> SyncResult:
+        if kwargs.get("dry_run"):
+            return fn(engine, settings, destination, *args, **kwargs)
+        with exclusive(engine, f"sync:{destination}", f"another sync to {destination}"):
+            return fn(engine, settings, destination, *args, **kwargs)
+
+    return wrapper
+
+
+@_one_sync_per_destination
 def sync_audience(
     engine: Engine,
     settings: Settings,
@@ -837,37 +858,6 @@ def sync_audience(
         FatalDestinationError: wrong credentials / list (before any write) or the destination failed mid-way.
         ConflictError: another sync to ``destination`` is running (nothing done; a dry run does not wait).
     """
-
-    def run() -> SyncResult:
-        return _sync_audience(
-            engine, settings, destination, as_of, scheme, dry_run=dry_run, send=send, schedule_at=schedule_at,
-            force=force, destination_obj=destination_obj, content=content, on_progress=on_progress,
-            on_total=on_total,
-        )
-
-    if dry_run:
-        return run()
-    # one sync per destination at a time: two would both create (and send) the same campaigns
-    with exclusive(engine, f"sync:{destination}", f"another sync to {destination}"):
-        return run()
-
-
-def _sync_audience(
-    engine: Engine,
-    settings: Settings,
-    destination: str,
-    as_of: date | None = None,
-    scheme: str | None = None,
-    *,
-    dry_run: bool = False,
-    send: bool = False,
-    schedule_at: datetime | None = None,
-    force: bool = False,
-    destination_obj: Destination | None = None,
-    content: ContentProvider | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    on_total: Callable[[int], None] | None = None,
-) -> SyncResult:
     import time
 
     t0 = time.perf_counter()
