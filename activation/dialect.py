@@ -44,6 +44,8 @@ from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.selectable import Select
 from sqlalchemy.types import Float
 
+from activation.errors import ConflictError
+
 
 def dialect_name(bind: Engine | Connection) -> str:
     return bind.dialect.name
@@ -128,10 +130,13 @@ def serialize(conn: Connection, key: str) -> None:
     Two runs that replace the same snapshot or plan the same campaigns (a schedule and a manual run) then
     happen one after the other: the second sees the first's result instead of failing on a duplicate key."""
     if is_postgres(conn):
-        conn.execute(select_advisory_lock, {"key": key})
+        conn.execute(_XACT_LOCK, {"key": key})
 
 
-select_advisory_lock = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+# transaction locks (serialize) and session locks (exclusive) hash the key with different seeds: separate spaces
+_XACT_LOCK = text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
+_TRY_SESSION_LOCK = text("SELECT pg_try_advisory_lock(hashtextextended(:key, 1))")
+_SESSION_UNLOCK = text("SELECT pg_advisory_unlock(hashtextextended(:key, 1))")
 
 
 _local_locks: dict[tuple[str, str], threading.Lock] = {}
@@ -145,8 +150,6 @@ def exclusive(engine: Engine, key: str, what: str) -> Iterator[None]:
     Raises:
         ConflictError: another run holds ``key``; ``what`` names it in the message.
     """
-    from activation.errors import ConflictError
-
     busy = ConflictError(
         f"{what} is already running",
         fix="wait for it to finish and run again (a rerun continues where it stopped)",
@@ -160,14 +163,14 @@ def exclusive(engine: Engine, key: str, what: str) -> Iterator[None]:
             yield
             return
         with engine.connect() as conn:
-            got = conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:key, 1))"), {"key": key}).scalar()
+            got = conn.execute(_TRY_SESSION_LOCK, {"key": key}).scalar()
             conn.commit()
             if not got:
                 raise busy
             try:
                 yield
             finally:
-                conn.execute(text("SELECT pg_advisory_unlock(hashtextextended(:key, 1))"), {"key": key})
+                conn.execute(_SESSION_UNLOCK, {"key": key})
                 conn.commit()
     finally:
         local.release()
