@@ -21,6 +21,10 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 FAULT_KINDS = ("429", "500", "503", "empty500", "drop")
+# The same faults *after* the request was applied: the server did the work and the response was lost
+# (a 503 from a proxy, an empty 500, a dropped connection). A client that retries a create blindly
+# makes a duplicate; one that looks up what it created first does not.
+APPLIED_FAULT_KINDS = ("applied-503", "applied-empty500", "applied-drop")
 
 
 @dataclass
@@ -203,7 +207,7 @@ class FakeApiServer:
                 await self._json(send, 401, self.unauthorized_body(), {}, status_box)
                 return
             fault = self._pick_fault(path)
-            if fault:
+            if fault and not fault.startswith("applied-"):
                 await self._send_fault(fault, send, status_box)
                 return
             raw = await _read_body(receive)
@@ -222,6 +226,13 @@ class FakeApiServer:
                     status_box["status"] = message["status"]
                 await send(message)
 
+            async def swallow(message: dict[str, Any]) -> None:
+                return None
+
+            if fault:  # an "applied-" fault: do the work, lose the answer
+                await self.app(scope, replay, swallow)
+                await self._send_fault(fault.removeprefix("applied-"), send, status_box)
+                return
             await self.app(scope, replay, capture)
         finally:
             self.in_flight -= 1
