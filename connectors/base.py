@@ -33,6 +33,14 @@ def merge_fields() -> dict[str, str]:
     return {tag: str(spec.get("name", tag)) for tag, spec in fields.items()}
 
 
+def merge_field_defaults() -> dict[str, str]:
+    """What a merge tag reads when a member has no value (tag -> default, e.g. FNAME -> 'there'), as
+    :mod:`campaigns.render` uses it for the same member, so mail from a destination reads like the outbox."""
+    from campaigns.render import MERGE_FIELDS as fields
+
+    return {tag: str(spec.get("default") or "") for tag, spec in fields.items()}
+
+
 def normalize_email(email: str | None) -> str:
     """Lower-cased, stripped email ('' when missing)."""
     return (email or "").strip().lower()

@@ -24,13 +24,13 @@ import json
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from activation.errors import ConfigError
+from activation.errors import ConfigError, InputError, NotFoundError
 from activation.settings import BrandSettings, MailchimpSettings
 from connectors.base import (
     CallStats,
@@ -40,6 +40,7 @@ from connectors.base import (
     OutcomeEvent,
     SuppressionEvent,
     SyncPlan,
+    merge_field_defaults,
     merge_fields,
 )
 from connectors.errors import (
@@ -47,6 +48,7 @@ from connectors.errors import (
     BadRequestError,
     ComplianceError,
     DestinationError,
+    FatalDestinationError,
     RateLimitedError,
     RemoteNotFoundError,
     ServerError,
@@ -54,7 +56,14 @@ from connectors.errors import (
 )
 from connectors.http import CallPool, MemberTracker, RetryPolicy, call_with_retry, parse_retry_after, redact
 
-PAGE = 1000
+PAGE = 1000  # the documented maximum of ``count`` (docs/methods-parameters/#pagination)
+#: how far back the consent read-back reaches before the last sync's start: a change stamped in the same
+#: second (or by a clock a little behind ours) is read again rather than missed
+READ_BACK_MARGIN = timedelta(minutes=5)
+BASE_URL_FIX = (
+    "check ACTIVATION_MAILCHIMP__BASE_URL (if set) points at the Mailchimp API, e.g. "
+    "https://us21.api.mailchimp.com/3.0, or unset it and set ACTIVATION_MAILCHIMP__SERVER_PREFIX"
+)
 
 
 def _ceil(n: int, d: int) -> int:
@@ -97,6 +106,7 @@ class MailchimpApi:
         self.stats = stats or CallStats()
         self._local = threading.local()
         self._sessions: list[requests.Session] = []
+        self.answered = False  # some call got an HTTP answer (a refused connection after that may pass)
 
     def __repr__(self) -> str:
         return f"MailchimpApi(host={self.host!r}, list_id={self.list_id!r})"
@@ -147,29 +157,78 @@ class MailchimpApi:
 
         Raises:
             AuthError, RemoteNotFoundError, BadRequestError, RetriesExhaustedError: stop the sync.
+            FatalDestinationError: nothing listens at the configured URL (before any answer came).
             ComplianceError: the API refused a member for consent reasons.
         """
+        return call_with_retry(lambda: self._once(what, fn, write), self.retry, what=f"Mailchimp {what}")
+
+    def create(self, what: str, fn: Callable[[Any], Any], find: Callable[[], Any]) -> Any:
+        """A create whose outcome may be unknown: after a 5xx or a lost connection the write may have been
+        applied and only its answer lost, so ``find()`` (a lookup by title, name or tag; ``None`` when
+        absent) runs before the create is tried again; an "already exists" answer means it was found.
+
+        Returns:
+            The created object, or what ``find()`` found.
+        """
+        unsure = False
 
         def attempt() -> Any:
-            from mailchimp_marketing.api_client import ApiClientError
-
-            self.stats.add(write=write)
-            self._local.last = None
+            nonlocal unsure
+            if unsure:
+                found = find()
+                if found is not None:
+                    return found
             try:
-                res = fn(self._client())
-            except ApiClientError as exc:
-                raise self._error(what, exc.status_code, exc.text) from None
-            if isinstance(res, requests.Response):
-                if not res.ok:
-                    raise self._error(what, res.status_code, res.text)
-                return {}
-            return res
+                return self._once(what, fn, True)
+            except (ServerError, TransportError):
+                unsure = True
+                raise
+            except BadRequestError as exc:
+                if "already exists" not in exc.message.lower():
+                    raise
+                found = find()
+                if found is None:
+                    raise
+                return found
 
         return call_with_retry(attempt, self.retry, what=f"Mailchimp {what}")
+
+    def _once(self, what: str, fn: Callable[[Any], Any], write: bool) -> Any:
+        from mailchimp_marketing.api_client import ApiClientError
+
+        self.stats.add(write=write)
+        self._local.last = None
+        try:
+            res = fn(self._client())
+        except ApiClientError as exc:
+            if exc.status_code is not None:
+                self.answered = True
+            raise self._error(what, exc.status_code, exc.text) from None
+        self.answered = True
+        if isinstance(res, requests.Response):
+            if not res.ok:
+                raise self._error(what, res.status_code, res.text)
+            return {}
+        return res
+
+    def need(self, res: Any, key: str, what: str) -> Any:
+        """``res[key]``, or a clear error when the API answered without it (an empty object, a proxy)."""
+        if isinstance(res, dict) and res.get(key) is not None:
+            return res[key]
+        got = redact(json.dumps(res)[:200] if isinstance(res, dict | list) else repr(res)[:200], (self._key,))
+        raise FatalDestinationError(
+            f"Mailchimp {what}: the answer has no {key!r} (got {got}) from {self.host}", fix=BASE_URL_FIX
+        )
 
     def _error(self, what: str, status: int | None, text: Any) -> DestinationError:
         secrets = (self._key,)
         if status is None:
+            reason = str(text)
+            if "refused" in reason.lower():
+                message = f"Mailchimp {what}: nothing is listening at {self.host} (connection refused)"
+                if not self.answered:  # the first call: a wrong URL, not a passing fault
+                    return FatalDestinationError(message, fix=BASE_URL_FIX)
+                return TransportError(message)
             return TransportError(
                 redact(f"Mailchimp {what}: connection failed ({type(text).__name__}: {text})", secrets)[:500]
             )
@@ -330,15 +389,37 @@ class MailchimpDestination:
             pool.close()
         return out
 
+    def check_schedule(self, schedule_at: datetime | None) -> None:
+        """Mailchimp schedules only on the quarter-hour (api/campaigns/schedule-campaign/: ``schedule_time``
+        "may only be scheduled to send on the quarter-hour (:00, :15, :30, :45)"): refuse any other time
+        before anything is read or written, not after every member was synced.
+
+        Raises:
+            InputError: ``schedule_at`` is not on a quarter-hour (in UTC).
+        """
+        if schedule_at is None:
+            return
+        when = _utc(schedule_at)
+        if when.minute % 15 == 0 and when.second == 0 and when.microsecond == 0:
+            return
+        earlier = when.replace(minute=when.minute - when.minute % 15, second=0, microsecond=0)
+        later = earlier + timedelta(minutes=15)
+        raise InputError(
+            f"--schedule-at {schedule_at.isoformat()} is not on a quarter-hour: Mailchimp schedules campaigns "
+            "only at :00, :15, :30 or :45 (UTC)",
+            fix=f"use {earlier.strftime('%Y-%m-%dT%H:%M')} or {later.strftime('%Y-%m-%dT%H:%M')} (UTC)",
+        )
+
     def verify(self) -> None:
-        """Cheap reads that fail fast (before any write) on a wrong key or list id."""
+        """Cheap reads that fail fast (before any write) on a wrong key, list id or URL."""
         self.api.call("ping", lambda c: c.ping.get(), write=False)
         try:
-            self.api.call(
-                "get list", lambda c: c.lists.get_list(self.api.list_id, fields="id,name"), write=False
+            found = self.api.call(
+                "get list", lambda c: c.lists.get_list(self.api.list_id, fields=["id", "name"]), write=False
             )
         except RemoteNotFoundError:
             raise self._no_such_list() from None
+        self.api.need(found, "id", "get list")
 
     def _no_such_list(self) -> RemoteNotFoundError:
         return RemoteNotFoundError(
@@ -347,26 +428,63 @@ class MailchimpDestination:
             status=404,
         )
 
-    def ensure_merge_fields(self) -> None:
+    def _merge_fields(self) -> dict[str, dict[str, Any]]:
         page = self.api.call(
-            "merge fields", lambda c: c.lists.get_list_merge_fields(self.api.list_id, count=PAGE), write=False
+            "merge fields",
+            lambda c: c.lists.get_list_merge_fields(
+                self.api.list_id,
+                count=PAGE,
+                fields=[
+                    "merge_fields.merge_id",
+                    "merge_fields.tag",
+                    "merge_fields.default_value",
+                    "total_items",
+                ],
+            ),
+            write=False,
         )
-        have = {m["tag"] for m in page.get("merge_fields", [])}
-        calls = []
+        self.api.need(page, "total_items", "merge fields")
+        return {str(m["tag"]): m for m in page.get("merge_fields") or []}
+
+    def ensure_merge_fields(self) -> None:
+        """Create the merge fields that are missing, and give each its default (FNAME reads "there" for a
+        member without a first name, as in the outbox). The defaults of existing fields are updated."""
+        have = self._merge_fields()
+        defaults = merge_field_defaults()
+        calls: list[Callable[[], Any]] = []
         for tag, label in merge_fields().items():
+            default = defaults.get(tag, "")
             if tag not in have:
-                body = {"tag": tag, "name": label, "type": "text", "required": False, "public": False}
+                body = {
+                    "tag": tag,
+                    "name": label,
+                    "type": "text",
+                    "required": False,
+                    "public": False,
+                    "default_value": default,
+                }
                 calls.append(
-                    lambda b=body, t=tag: self.api.call(  # type: ignore[misc]  # default-argument lambda
+                    lambda b=body, t=tag: self.api.create(  # type: ignore[misc]  # default-argument lambda
                         f"create merge field {t}",
                         lambda c: c.lists.add_list_merge_field(self.api.list_id, b),
+                        lambda: self._merge_fields().get(t),
+                    )
+                )
+            elif default and have[tag].get("default_value") != default:
+                merge_id = str(have[tag]["merge_id"])
+                calls.append(
+                    lambda m=merge_id, t=tag, d=default: self.api.call(  # type: ignore[misc]  # default-argument lambda
+                        f"set the default of merge field {t}",
+                        lambda c: c.lists.update_list_merge_field(
+                            self.api.list_id, m, {"name": merge_fields()[t], "default_value": d}
+                        ),
                         write=True,
                     )
                 )
         self._parallel(calls)
 
-    def ensure_segments(self, names: set[str]) -> dict[str, int]:
-        """name -> static segment id, creating the ``names`` that are missing."""
+    def _segments(self) -> dict[str, int]:
+        """name -> id of every static segment (tag) of the audience."""
         ids: dict[str, int] = {}
         offset = 0
         while True:
@@ -377,27 +495,38 @@ class MailchimpDestination:
                     type="static",
                     count=PAGE,
                     offset=o,
-                    fields="segments.id,segments.name,total_items",
+                    fields=["segments.id", "segments.name", "total_items"],
                 ),
                 write=False,
             )
-            segs = page.get("segments", [])
-            ids.update({s["name"]: int(s["id"]) for s in segs})
+            total = int(self.api.need(page, "total_items", "list segments"))
+            segs = page.get("segments") or []
+            ids.update({str(s["name"]): int(s["id"]) for s in segs})
             offset += len(segs)
-            if not segs or offset >= int(page.get("total_items", 0)):
-                break
+            if not segs or offset >= total:
+                return ids
+
+    def ensure_segments(self, names: set[str]) -> dict[str, int]:
+        """name -> static segment id, creating the ``names`` that are missing."""
+        ids = self._segments()
         missing = sorted(names - set(ids))
+
+        def find(name: str) -> dict[str, int] | None:
+            seg_id = self._segments().get(name)
+            return {"id": seg_id} if seg_id is not None else None
+
         created = self._parallel(
             [
-                lambda n=name: self.api.call(  # type: ignore[misc]  # default-argument lambda
+                lambda n=name: self.api.create(  # type: ignore[misc]  # default-argument lambda
                     f"create segment {n}",
                     lambda c: c.lists.create_segment(self.api.list_id, {"name": n, "static_segment": []}),
-                    write=True,
+                    lambda: find(n),
                 )
                 for name in missing
             ]
         )
-        ids.update({name: int(seg["id"]) for name, seg in zip(missing, created, strict=True)})
+        for name, seg in zip(missing, created, strict=True):
+            ids[name] = int(self.api.need(seg, "id", f"create segment {name}"))
         return ids
 
     def _sync_members(
@@ -435,14 +564,16 @@ class MailchimpDestination:
                 "members_to_add": [c.email for c in to_add],
                 "members_to_remove": [c.email for c in to_remove],
             }
-            seg_id = segment_ids[seg]
+            seg_id = str(segment_ids[seg])
 
             def run() -> Any:
-                return self.api.call(
+                res = self.api.call(
                     f"segment {seg}",
                     lambda cl: cl.lists.batch_segment_members(body, self.api.list_id, seg_id),
                     write=True,
                 )
+                self.api.need(res, "total_added", f"segment {seg}")
+                return res
 
             def done(res: Any) -> None:
                 failed: dict[str, str] = {}
@@ -479,9 +610,15 @@ class MailchimpDestination:
         segment_call: Callable[[str, Sequence[MemberChange], Sequence[MemberChange]], None],
         flush: Callable[[], None],
     ) -> None:
+        # never an empty value: the API stores what it is sent, and an empty FNAME would erase the name a
+        # contact gave Mailchimp (a member without one reads the merge field's default instead)
         body = {
             "members": [
-                {"email_address": c.email, "status_if_new": "subscribed", "merge_fields": c.member.fields}
+                {
+                    "email_address": c.email,
+                    "status_if_new": "subscribed",
+                    "merge_fields": {k: v for k, v in c.member.fields.items() if v != ""},
+                }
                 for c in chunk
                 if c.member
             ],
@@ -489,22 +626,34 @@ class MailchimpDestination:
         }
 
         def run() -> Any:
-            return self.api.call(
+            res = self.api.call(
                 "batch upsert", lambda cl: cl.lists.batch_list_members(self.api.list_id, body), write=True
             )
+            self.api.need(res, "error_count", "batch upsert")
+            return res
 
         def done(res: Any) -> None:
-            failed: dict[str, str] = {}
+            failed: dict[str, tuple[str, str | None]] = {}
             for err in res.get("errors") or []:
                 msg = str(err.get("error") or "refused")
                 if err.get("field_message"):
                     msg += f" ({err['field_message']})"
-                failed[str(err.get("email_address", "")).lower()] = msg
+                failed[str(err.get("email_address", "")).lower()] = (msg, _consent_reason(msg))
+            # an existing contact keeps its own status: one who unsubscribed (or was cleaned) in Mailchimp
+            # is listed with it, and that is a consent refusal, whatever the read-back said a moment ago
+            for m in res.get("updated_members") or []:
+                status = str(m.get("status") or "")
+                if status in ("unsubscribed", "cleaned"):
+                    failed[str(m.get("email_address", "")).lower()] = (
+                        f"{status} in Mailchimp: not tagged, suppressed",
+                        status,
+                    )
             to_add = []
             for c in chunk:
-                err = failed.get(c.email)
-                if err:
-                    tracker.done(c, error=err, reason=_consent_reason(err), ops=1 + (1 if c.tag_add else 0))
+                refused = failed.get(c.email)
+                if refused:
+                    msg, reason = refused
+                    tracker.done(c, error=msg, reason=reason, ops=1 + (1 if c.tag_add else 0))
                 elif c.tag_add:
                     tracker.done(c)
                     to_add.append(c)
@@ -576,21 +725,27 @@ class MailchimpDestination:
                 "segment_opts": {"saved_segment_id": segment_ids[camp.segment]},
             },
             "settings": {
-                "subject_line": camp.subject,
+                # the merge-tag render (``*|FNAME|*``), never the policy's Jinja source
+                "subject_line": content.subject,
                 "title": self.title(camp),
                 "from_name": self.brand.from_name,
                 "reply_to": self.brand.reply_to or self.brand.from_email,
             },
         }
 
-        def create() -> Any:
-            return self.api.call(
-                f"create campaign {camp.segment}", lambda c: c.campaigns.create(body), write=True
-            )
+        title = self.title(camp)
 
-        def created(res: Any) -> None:
-            journal.record_campaign(camp.campaign_id, str(res["id"]), "created", None)
-            set_content(str(res["id"]))
+        def find() -> dict[str, str] | None:
+            remote = self._existing_campaigns().get(title)
+            return {"id": remote} if remote else None
+
+        def create() -> str:
+            res = self.api.create(f"create campaign {camp.segment}", lambda c: c.campaigns.create(body), find)
+            return str(self.api.need(res, "id", f"create campaign {camp.segment}"))
+
+        def created(remote_id: str) -> None:
+            journal.record_campaign(camp.campaign_id, remote_id, "created", None)
+            set_content(remote_id)
 
         pool.submit(create, created)
 
@@ -607,26 +762,34 @@ class MailchimpDestination:
             )
             return
 
-        def run() -> tuple[str, datetime | None, str | None]:
+        def remote_state() -> tuple[str, datetime | None] | None:
             remote = self.api.call(
                 "get campaign",
-                lambda c: c.campaigns.get(remote_id, fields="id,status,send_time"),
+                lambda c: c.campaigns.get(remote_id, fields=["id", "status", "send_time"]),
                 write=False,
             )
-            status = remote.get("status")
+            status = self.api.need(remote, "status", "get campaign")
             if status in ("sent", "sending"):
-                return "sent", _parse_ts(remote.get("send_time")) or _now(), None
+                return "sent", _parse_ts(remote.get("send_time")) or _now()
             if status == "schedule":
-                return "scheduled", _parse_ts(remote.get("send_time")) or plan.schedule_at, None
+                return "scheduled", _parse_ts(remote.get("send_time")) or plan.schedule_at
+            return None
+
+        def run() -> tuple[str, datetime | None, str | None]:
+            done_before = remote_state()
+            if done_before is not None:
+                return (*done_before, None)
+            # a send whose answer was lost may have gone out: the status is read again before a retry
             if plan.schedule_at:
-                when = plan.schedule_at if plan.schedule_at.tzinfo else plan.schedule_at.replace(tzinfo=UTC)
-                self.api.call(
+                when = _utc(plan.schedule_at)
+                at = when.strftime("%Y-%m-%dT%H:%M:%S+00:00")
+                self.api.create(
                     "schedule campaign",
-                    lambda c: c.campaigns.schedule(remote_id, {"schedule_time": when.isoformat()}),
-                    write=True,
+                    lambda c: c.campaigns.schedule(remote_id, {"schedule_time": at}),
+                    remote_state,
                 )
-                return "scheduled", when.astimezone(UTC).replace(tzinfo=None), "schedule"
-            self.api.call("send campaign", lambda c: c.campaigns.send(remote_id), write=True)
+                return "scheduled", when.replace(tzinfo=None), "schedule"
+            self.api.create("send campaign", lambda c: c.campaigns.send(remote_id), remote_state)
             return "sent", _now(), "send"
 
         def done(res: tuple[str, datetime | None, str | None]) -> None:
@@ -647,14 +810,15 @@ class MailchimpDestination:
                     list_id=self.api.list_id,
                     count=PAGE,
                     offset=o,
-                    fields="campaigns.id,campaigns.settings.title,total_items",
+                    fields=["campaigns.id", "campaigns.settings.title", "total_items"],
                 ),
                 write=False,
             )
-            rows = page.get("campaigns", [])
+            total = int(self.api.need(page, "total_items", "list campaigns"))
+            rows = page.get("campaigns") or []
             out.update({r["settings"]["title"]: r["id"] for r in rows if r.get("settings", {}).get("title")})
             offset += len(rows)
-            if not rows or offset >= int(page.get("total_items", 0)):
+            if not rows or offset >= total:
                 return out
 
     # --- reading back -------------------------------------------------------------------------------
@@ -668,10 +832,11 @@ class MailchimpDestination:
                     "status": status,
                     "count": PAGE,
                     "offset": offset,
-                    "fields": "members.email_address,members.status,total_items",
+                    "fields": ["members.email_address", "members.status", "total_items"],
                 }
                 if since is not None:
-                    params["since_last_changed"] = since.replace(tzinfo=UTC, microsecond=0).isoformat()
+                    after = _utc(since - READ_BACK_MARGIN).replace(microsecond=0)
+                    params["since_last_changed"] = after.isoformat()
                 try:
                     page = self.api.call(
                         "list members",
@@ -680,11 +845,13 @@ class MailchimpDestination:
                     )
                 except RemoteNotFoundError:
                     raise self._no_such_list() from None
-                members = page.get("members", [])
+                # a partial response that lost its fields reads as "nobody unsubscribed": never silently
+                total = int(self.api.need(page, "total_items", "list members"))
+                members = page.get("members") or []
                 for m in members:
-                    yield SuppressionEvent(m["email_address"], status)
+                    yield SuppressionEvent(self.api.need(m, "email_address", "list members"), status)
                 offset += len(members)
-                if not members or offset >= int(page.get("total_items", 0)):
+                if not members or offset >= total:
                     break
 
     def read_outcomes(
@@ -694,17 +861,30 @@ class MailchimpDestination:
         from connectors.state import load_remote_campaigns
         from connectors.sync import customer_resolver
 
+        api = self.api  # no credentials: a ConfigError now, not an empty answer
         remote = load_remote_campaigns(engine, self.name)
+        sent = [
+            (cid, rc)
+            for cid in campaign_ids
+            if (rc := remote.get(cid)) is not None and rc.remote_id and rc.status in ("sent", "scheduled")
+        ]
+        if campaign_ids and not sent:
+            drafts = sum(1 for cid in campaign_ids if cid in remote)
+            raise NotFoundError(
+                f"none of the {len(campaign_ids)} campaigns asked for was sent or scheduled through Mailchimp "
+                f"(audience {api.list_id}; {drafts} drafts there): there are no email events to read",
+                fix="send them first with `activation sync --destination mailchimp --send` (or --schedule-at), "
+                "or collect without --destination",
+            )
         resolve = customer_resolver(engine, self.name)
         actions = {"open": "opened", "click": "clicked", "bounce": "bounced"}
-        for cid in campaign_ids:
-            rc = remote.get(cid)
-            if rc is None or not rc.remote_id or rc.status not in ("sent", "scheduled"):
-                continue
-            rid = rc.remote_id
+        for cid, rc in sent:
+            rid = str(rc.remote_id)
             for row in self._pages(
                 "email activity",
-                lambda c, o, r=rid: c.reports.get_email_activity_for_campaign(r, count=PAGE, offset=o),  # type: ignore[misc]  # default-argument lambda
+                lambda c, o, r=rid: c.reports.get_email_activity_for_campaign(
+                    r, count=PAGE, offset=o, fields=["emails.email_address", "emails.activity", "total_items"]
+                ),  # type: ignore[misc]  # default-argument lambda
                 "emails",
             ):
                 email = row["email_address"]
@@ -729,15 +909,21 @@ class MailchimpDestination:
         offset = 0
         while True:
             page = self.api.call(what, lambda c, o=offset: fetch(c, o), write=False)  # type: ignore[misc]  # default-argument lambda
-            rows = page.get(key, [])
+            total = int(self.api.need(page, "total_items", what))
+            rows = page.get(key) or []
             yield from rows
             offset += len(rows)
-            if not rows or offset >= int(page.get("total_items", 0)):
+            if not rows or offset >= total:
                 return
 
 
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _utc(when: datetime) -> datetime:
+    """An aware UTC time (a naive one is UTC already)."""
+    return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _parse_ts(value: Any) -> datetime | None:

@@ -173,9 +173,16 @@ def _check_planned(engine: Engine, as_of: date, scheme: str) -> None:
     """Refuse an ``as_of`` without any plan (a typo would otherwise read as an empty audience and remove
     every tag under ``--force``)."""
     with engine.connect() as conn:
-        planned = conn.execute(
-            select(campaigns.c.as_of).where(campaigns.c.scheme == scheme).distinct().order_by(campaigns.c.as_of)
-        ).scalars().all()
+        planned = (
+            conn.execute(
+                select(campaigns.c.as_of)
+                .where(campaigns.c.scheme == scheme)
+                .distinct()
+                .order_by(campaigns.c.as_of)
+            )
+            .scalars()
+            .all()
+        )
     if as_of not in planned:
         known = ", ".join(d.isoformat() for d in planned[-4:]) or "none"
         raise NotFoundError(
@@ -810,7 +817,9 @@ def _one_sync_per_destination(
     campaigns. A second one fails at once with ``ConflictError``; a dry run is never held up."""
 
     @functools.wraps(fn)
-    def wrapper(engine: Engine, settings: Settings, destination: str, /, *args: P.args, **kwargs: P.kwargs) -> SyncResult:
+    def wrapper(
+        engine: Engine, settings: Settings, destination: str, /, *args: P.args, **kwargs: P.kwargs
+    ) -> SyncResult:
         if kwargs.get("dry_run"):
             return fn(engine, settings, destination, *args, **kwargs)
         with exclusive(engine, f"sync:{destination}", f"another sync to {destination}"):
@@ -878,6 +887,9 @@ def sync_audience(
         from connectors.registry import get_destination
 
         dest = get_destination(destination, settings)
+    check = getattr(dest, "check_schedule", None)  # a destination's own scheduling rules, before any call
+    if check is not None:
+        check(schedule_at)
     reads0, writes0 = dest.stats.reads, dest.stats.writes
     gc_was_enabled, froze = gc.isenabled(), False
     try:

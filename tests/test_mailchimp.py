@@ -348,3 +348,229 @@ def test_process_killed_mid_sync_then_rerun_converges(tmp_path, mc, monkeypatch)
         drop_postgres_database(url)
 
 
+# --- the API as documented: each test here failed before the connector was fixed -------------------------
+
+
+def _names(query: str, param: str = "fields") -> list[list[str]]:
+    """Every ``param`` filter in ``query`` as the API reads it: comma-separated names."""
+    from urllib.parse import parse_qs
+
+    return [v.split(",") for v in parse_qs(query).get(param, [])]
+
+
+def test_fields_filters_name_whole_fields_not_letters(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    _sync(duck_engine, duck_settings, send=True)
+    filtered = [c for c in mc.log if "fields=" in c.query]
+    assert filtered  # the connector does ask for partial responses
+    for call in filtered:
+        for names in _names(call.query):
+            assert all(len(n) > 1 for n in names), (call.path, names)
+
+
+def test_existing_audience_statuses_are_read_back_before_any_tag(duck_engine, duck_settings, mc):
+    """Contacts who unsubscribed or were cleaned in Mailchimp before the first sync are never tagged."""
+    _configure(duck_settings, mc)
+    plan = insert_plan(duck_engine, make_assignment(30))
+    mc.add_member("c00001@example.com", "unsubscribed", FNAME="Ann")
+    mc.add_member("c00002@example.com", "cleaned")
+    mc.add_member("c00003@example.com", "subscribed", FNAME="Own Name")
+    res = _sync(duck_engine, duck_settings, send=True)
+    assert res.skips == {"unsubscribed": 1, "cleaned": 1}
+    assert mc.tags_of("c00001@example.com") == set() and mc.tags_of("c00002@example.com") == set()
+    assert mc.members["c00001@example.com"]["status"] == "unsubscribed"
+    treated = {f"{c}@example.com" for ids in plan.treated.values() for c in ids}
+    tagged = set().union(*(mc.segment_members(s) for s in plan.treated))
+    assert tagged == treated - {"c00001@example.com", "c00002@example.com"}
+
+
+def test_a_rerun_finds_the_static_segments_it_created(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    for name in ("Champions", "Loyal", "At Risk"):  # left by an earlier run that died before its commit
+        mc.segments[900 + len(mc.segments)] = {
+            "id": 900 + len(mc.segments), "name": name, "type": "static", "members": set(),
+        }  # fmt: skip
+    res = _sync(duck_engine, duck_settings)
+    assert res.failed == 0 and len(mc.segments) == 3
+    assert not [c for c in mc.log if c.method == "POST" and c.path.endswith("/segments")]
+
+
+class _JinjaSubject(SimpleContent):
+    """Renders the subject as the real renderer does in merge-tag mode: per-member values as merge tags."""
+
+    def for_campaign(self, campaign):
+        c = super().for_campaign(campaign)
+        return type(c)(campaign.subject.replace("{{ first_name }}", "*|FNAME|*"), c.html, c.text)
+
+
+def test_campaign_subject_is_the_merge_tag_render(duck_engine, duck_settings, mc):
+    from sqlalchemy import update
+
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(9))
+    with duck_engine.begin() as conn:
+        conn.execute(update(campaigns).values(subject="{{ first_name }}: still with us?"))
+    _sync(duck_engine, duck_settings, content=_JinjaSubject(), send=True)
+    subjects = {c["settings"]["subject_line"] for c in mc.campaigns.values()}
+    assert subjects == {"*|FNAME|*: still with us?"}
+    camp = next(iter(mc.campaigns.values()))
+    email = camp["recipients_sent"][0]
+    assert mc.render(camp["settings"]["subject_line"], email) == f"Name{email.split('@')[0]}: still with us?"
+
+
+def test_lost_campaign_create_is_looked_up_not_duplicated(duck_engine, duck_settings, mc):
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    mc.faults.only_paths = "/3.0/campaigns"
+    # the draft listing passes; the three creates are applied and their answers lost
+    mc.faults.script = ["", "applied-503", "applied-empty500", "applied-drop"]
+    res = _sync(duck_engine, duck_settings)
+    assert res.failed == 0
+    assert len(mc.campaigns) == 3  # no duplicate draft
+    assert sorted(c["settings"]["title"] for c in mc.campaigns.values()) == sorted(
+        {c["settings"]["title"] for c in mc.campaigns.values()}
+    )
+    assert {r.status for r in _rows(duck_engine, destination_campaigns)} == {"draft"}
+    assert {r.remote_id for r in _rows(duck_engine, destination_campaigns)} == set(mc.campaigns)
+
+
+@pytest.mark.parametrize("path", ["/segments", "/merge-fields"])
+def test_lost_segment_or_merge_field_create_is_found_not_fatal(duck_engine, duck_settings, mc, path):
+    _configure(duck_settings, mc)
+    plan = insert_plan(duck_engine, make_assignment(30))
+    mc.faults.only_paths = path
+    mc.faults.script = ["", "applied-503", "applied-drop", "applied-empty500"]
+    res = _sync(duck_engine, duck_settings)
+    assert res.failed == 0 and res.status == "succeeded"
+    assert sorted(s["name"] for s in mc.segments.values()) == sorted(plan.treated)
+    assert set(mc.merge_fields) >= {"FNAME", "SEGMENT", "OFFER", "COUPON", "EXPIRES"}
+
+
+def test_schedule_off_the_quarter_hour_is_refused_before_any_request(duck_engine, duck_settings, mc):
+    from activation.errors import InputError
+
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    when = (datetime.now(UTC) + timedelta(days=2)).replace(tzinfo=None, minute=7, second=0, microsecond=0)
+    with pytest.raises(InputError) as err:
+        _sync(duck_engine, duck_settings, schedule_at=when)
+    assert ":00, :15, :30 or :45" in str(err.value) and "--schedule-at" in str(err.value)
+    assert mc.write_calls == 0 and mc.members == {}
+    assert _rows(duck_engine, sync_state) == []
+    # a quarter-hour with an offset is fine: 09:00+05:45 is 03:15 UTC
+    from datetime import timezone
+
+    ok = (datetime.now(UTC) + timedelta(days=2)).replace(hour=9, minute=0, second=0, microsecond=0)
+    _sync(duck_engine, duck_settings, schedule_at=ok.replace(tzinfo=timezone(timedelta(hours=5, minutes=45))))
+    assert {c["status"] for c in mc.campaigns.values()} == {"schedule"}
+
+
+def test_contact_unsubscribed_in_mailchimp_is_a_consent_refusal_not_tagged(duck_engine, duck_settings, mc):
+    """A contact who unsubscribes between the read-back and the write comes back in ``updated_members`` with
+    ``status: unsubscribed``: suppressed, not tagged, and the reason logged."""
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    mc.add_member("c00003@example.com", "subscribed", FNAME="Own")
+    mc.late_opt_outs.add("c00003@example.com")
+    res = _sync(duck_engine, duck_settings, send=True)
+    assert mc.members["c00003@example.com"]["status"] == "unsubscribed"
+    assert mc.tags_of("c00003@example.com") == set()
+    assert res.ok == 29 and res.skipped == 1
+    with duck_engine.connect() as conn:
+        log = conn.execute(
+            select(sync_log.c.status, sync_log.c.error).where(sync_log.c.customer_id == "c00003")
+        ).all()
+        supp = conn.execute(select(suppressions.c.email_hash, suppressions.c.reason)).all()
+    assert [s for s, _ in log] == ["skipped"] and "unsubscribed" in log[0][1]
+    assert supp == [(email_hash("c00003@example.com"), "unsubscribed")]
+    assert not [c for c in mc.log if "/segments/" in c.path and "c00003" in json.dumps(c.body)]
+    mc.reset_log()
+    assert _sync(duck_engine, duck_settings, send=True).write_calls == 0
+
+
+def test_empty_first_name_never_erases_one_and_reads_there(duck_engine, duck_settings, mc):
+    from sqlalchemy import update
+
+    from activation.tables import customers
+
+    _configure(duck_settings, mc)
+    insert_plan(duck_engine, make_assignment(30))
+    with duck_engine.begin() as conn:
+        conn.execute(
+            update(customers).where(customers.c.customer_id.in_(["c00004", "c00005"])).values(first_name=None)
+        )
+    mc.add_member("c00004@example.com", "subscribed", FNAME="Alice")  # she gave Mailchimp her name
+    _sync(duck_engine, duck_settings, send=True)
+    assert mc.members["c00004@example.com"]["merge_fields"]["FNAME"] == "Alice"
+    upserts = [
+        m
+        for c in mc.log
+        if c.method == "POST" and c.path == f"/3.0/lists/{mc.list_id}"
+        for m in c.body["members"]
+    ]
+    assert all(v != "" for m in upserts for v in m["merge_fields"].values())
+    assert mc.merge_fields["FNAME"]["default_value"] == "there"
+    assert mc.render("Hi *|FNAME|*,", "c00005@example.com") == "Hi there,"
+    assert mc.render("Hi *|FNAME|*,", "c00004@example.com") == "Hi Alice,"
+
+
+class _AnswersEmptyObjects(FakeMailchimp):
+    """An API (or a proxy in front of it) that answers ``{}`` to everything."""
+
+    def __init__(self) -> None:
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        super().__init__()
+
+        async def empty(request):
+            return JSONResponse({})
+
+        self.app = Starlette(routes=[Route("/{path:path}", empty, methods=["GET", "POST", "PUT", "PATCH"])])
+
+
+def test_an_api_answering_empty_objects_is_a_clear_error(duck_engine, duck_settings):
+    from connectors.errors import DestinationError
+
+    with _AnswersEmptyObjects() as server:
+        _configure(duck_settings, server)
+        insert_plan(duck_engine, make_assignment(6))
+        with pytest.raises(DestinationError) as err:
+            _sync(duck_engine, duck_settings)
+    assert "ACTIVATION_MAILCHIMP__BASE_URL" in str(err.value) and "the answer has no" in str(err.value)
+
+
+def test_refused_connection_says_nothing_is_listening(duck_engine, duck_settings):
+    import socket
+
+    from connectors.errors import FatalDestinationError
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens on this port any more
+    url = f"http://127.0.0.1:{port}/3.0"
+    duck_settings.mailchimp = MailchimpSettings(
+        api_key=SecretStr("k" * 32 + "-us1"), list_id="x", base_url=url
+    )
+    insert_plan(duck_engine, make_assignment(6))
+    with pytest.raises(FatalDestinationError) as err:
+        _sync(duck_engine, duck_settings)
+    assert f"nothing is listening at {url}" in str(err.value)
+    assert "overloaded" not in str(err.value)
+
+
+def test_outcomes_without_credentials_or_campaigns_are_not_silent(duck_engine, duck_settings, mc):
+    from activation.errors import ConfigError, NotFoundError
+
+    insert_plan(duck_engine, make_assignment(6))
+    no_key = MailchimpDestination(MailchimpSettings(list_id=mc.list_id, base_url=mc.base_url))
+    with pytest.raises(ConfigError, match="ACTIVATION_MAILCHIMP__API_KEY"):
+        read_outcomes(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, destination_obj=no_key)
+    _configure(duck_settings, mc)
+    dest = MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY)
+    with pytest.raises(NotFoundError, match="activation sync --destination mailchimp"):
+        read_outcomes(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, destination_obj=dest)

@@ -161,8 +161,20 @@ class FakeMailchimp(FakeApiServer):
         self.members: dict[str, dict[str, Any]] = {}  # lower email -> member
         # every audience starts with these two (api/list-merges/: FNAME and LNAME are default fields)
         self.merge_fields: dict[str, dict[str, Any]] = {
-            "FNAME": {"merge_id": 1, "tag": "FNAME", "name": "First Name", "type": "text", "default_value": ""},
-            "LNAME": {"merge_id": 2, "tag": "LNAME", "name": "Last Name", "type": "text", "default_value": ""},
+            "FNAME": {
+                "merge_id": 1,
+                "tag": "FNAME",
+                "name": "First Name",
+                "type": "text",
+                "default_value": "",
+            },
+            "LNAME": {
+                "merge_id": 2,
+                "tag": "LNAME",
+                "name": "Last Name",
+                "type": "text",
+                "default_value": "",
+            },
         }
         self.segments: dict[int, dict[str, Any]] = {}
         self.campaigns: dict[str, dict[str, Any]] = {}
@@ -446,8 +458,11 @@ class FakeMailchimp(FakeApiServer):
             rows = [m for m in rows if datetime.fromisoformat(m["last_changed"]) > since]  # "after"
         return self._reply(
             request,
-            {"members": [dict(m) for m in rows[offset : offset + count]], "list_id": self.list_id,
-             "total_items": len(rows)},
+            {
+                "members": [dict(m) for m in rows[offset : offset + count]],
+                "list_id": self.list_id,
+                "total_items": len(rows),
+            },
         )
 
     async def get_merge_fields(self, request: Request) -> Response:
@@ -458,9 +473,7 @@ class FakeMailchimp(FakeApiServer):
             return page
         count, offset = page
         rows = list(self.merge_fields.values())
-        return self._reply(
-            request, {"merge_fields": rows[offset : offset + count], "total_items": len(rows)}
-        )
+        return self._reply(request, {"merge_fields": rows[offset : offset + count], "total_items": len(rows)})
 
     async def add_merge_field(self, request: Request) -> Response:
         if (e := self._check_list(request)) is not None:
@@ -670,7 +683,9 @@ class FakeMailchimp(FakeApiServer):
                 400, "Bad Request", f"Your Campaign is not ready to send: unknown merge tags {unknown}"
             )
         if not c["settings"].get("subject_line"):
-            return _err(400, "Bad Request", "Your Campaign is not ready to send: the subject line is missing.")
+            return _err(
+                400, "Bad Request", "Your Campaign is not ready to send: the subject line is missing."
+            )
         if not self._recipients(c):
             return _err(
                 400,
