@@ -26,8 +26,9 @@ Docs cited below (all under https://mailchimp.com/developer/marketing/):
   get, set content (``PUT .../content``), send, schedule ("``schedule_time``: the UTC date and time …
   Campaigns may only be scheduled to send on the quarter-hour (:00, :15, :30, :45)").
 * ``api/reports/`` — ``email-activity`` and ``unsubscribed`` per campaign.
-* ``docs/merge-tags/`` (guide) — ``*|FNAME|*`` renders the member's value, or the merge field's default
-  when the member has none.
+* guides https://mailchimp.com/help/all-the-merge-tags-cheat-sheet/ and
+  https://mailchimp.com/help/set-default-merge-values/ — ``*|FNAME|*`` renders the member's value, or the
+  merge field's default when the member has none; Mailchimp's own tags (``*|UNSUB|*`` …) need no field.
 
 Test modes (what the world does to a sync, not documented API behaviour): pre-existing audiences
 (:meth:`FakeMailchimp.add_member` with any status, :attr:`compliance` for permanently deleted
@@ -69,7 +70,7 @@ BUILTIN_TAGS = {
     "MC:SUBJECT",
     "MC_PREVIEW_TEXT",
     "REWARDS",
-}  # Mailchimp's own merge tags (docs/merge-tags/: no merge field needed)
+}  # Mailchimp's own merge tags (the merge-tag cheat sheet: no merge field needed)
 MERGE_TAG_RE = re.compile(r"\*\|([A-Z0-9_:]+)\|\*")
 MEMBER_STATUSES = ("subscribed", "unsubscribed", "cleaned", "pending", "transactional", "archived")
 MAX_COUNT = 1000  # docs/methods-parameters/#pagination
@@ -265,7 +266,7 @@ class FakeMailchimp(FakeApiServer):
         }
 
     def render(self, text: str, email: str) -> str:
-        """``text`` as ``email`` receives it (docs/merge-tags/): each ``*|TAG|*`` of a merge field becomes
+        """``text`` as ``email`` receives it (set-default-merge-values guide): each ``*|TAG|*`` of a merge field becomes
         the member's value, or the field's ``default_value`` when the member has none."""
         values = self.members[email.lower()]["merge_fields"]
 
