@@ -78,6 +78,11 @@ class MailchimpSettings(BaseModel):
 class HubSpotSettings(BaseModel):
     token: SecretStr | None = None
     base_url: str = "https://api.hubapi.com"
+    api_version: str = Field(
+        default="2026-03",
+        pattern=r"^(v3|\d{4}-(0[1-9]|1[0-2])(-beta)?)$",
+        description="A dated HubSpot API version (YYYY-MM: /crm/objects/2026-03/...) or v3 (/crm/v3/...).",
+    )
     max_connections: int = Field(default=5, ge=1, le=10)
     batch_size: int = Field(default=100, ge=1, le=100)
     timeout_s: float = 30.0
