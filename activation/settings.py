@@ -112,7 +112,9 @@ class Settings(BaseSettings):
         default=None, description="When set, any other status fails the data checks."
     )
     default_scheme: str = "rfm11"
-    lookback_days: int | None = Field(default=730, ge=1, description="Days ending with as_of; null: all history.")
+    lookback_days: int | None = Field(
+        default=730, ge=1, description="Days ending with as_of; null: all history."
+    )
 
     coupon_secret: SecretStr | None = Field(
         default=None, description="HMAC key for coupon codes. Default: generated once under data_dir."
@@ -124,6 +126,12 @@ class Settings(BaseSettings):
 
     guardrail_max_change_share: float = Field(default=0.5, gt=0)
     schedule_timezone: str = "UTC"
+    warehouse_lock_wait_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long to wait for a DuckDB warehouse file held by another process. "
+        "Default: commands fail at once, flows wait 30 minutes.",
+    )
 
     brand: BrandSettings = BrandSettings()
     mailchimp: MailchimpSettings = MailchimpSettings()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,11 @@ from activation.tables import metadata
 
 _ENGINES: dict[str, Engine] = {}
 
+_DUCKDB_LOCK = re.compile(
+    r"Could not set lock on file .*?Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)"
+)
+LOCK_POLL_S = 1.0
+
 
 def redact(url: str) -> str:
     """The URL with its password hidden, for messages and logs."""
@@ -25,12 +32,31 @@ def redact(url: str) -> str:
         return "<unparseable URL>"
 
 
-def make_engine(url: str, *, check: bool = True) -> Engine:
+def duckdb_lock_holder(exc: BaseException) -> tuple[str, int] | None:
+    """(program, PID) of the process holding a DuckDB file, when ``exc`` is DuckDB's lock conflict."""
+    found = _DUCKDB_LOCK.search(str(getattr(exc, "orig", exc)))
+    return (found["program"], int(found["pid"])) if found else None
+
+
+def _lock_error(url: str, program: str, pid: int, waited_s: float) -> WarehouseError:
+    waited = f" (waited {waited_s:.0f} s)" if waited_s else ""
+    return WarehouseError(
+        f"the DuckDB warehouse {make_url(url).database} is in use by another process: PID {pid} ({program}){waited}; "
+        "a DuckDB file admits one process at a time",
+        fix=f"wait for PID {pid} to finish (another flow run, an `activation` command or a DuckDB shell) or stop it, "
+        "then rerun; to wait for it automatically set ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS (flows wait "
+        "30 minutes by default); for runs that overlap, keep the warehouse in PostgreSQL",
+    )
+
+
+def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0) -> Engine:
     """Create an engine for ``url``; for a DuckDB file, create its folder first.
+
+    ``lock_wait_s``: when another process holds the DuckDB file, keep trying this long before giving up.
 
     Raises:
         ConfigError: the URL is malformed or names a driver that is not installed.
-        WarehouseError: the warehouse cannot be reached.
+        WarehouseError: the warehouse cannot be reached, or (DuckDB) another process holds its file.
     """
     try:
         parsed = make_url(url)
@@ -55,25 +81,45 @@ def make_engine(url: str, *, check: bool = True) -> Engine:
             fix="install the dialect's driver package (e.g. pip install snowflake-sqlalchemy)",
         ) from exc
     if check:
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("select 1"))
-        except SQLAlchemyError as exc:
-            engine.dispose()
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
-            raise WarehouseError(
-                f"cannot reach the warehouse at {redact(url)}: {reason}",
-                fix="check ACTIVATION_WAREHOUSE_URL (host, port, database, credentials) and that the server is up",
-            ) from exc
+        started = time.monotonic()
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("select 1"))
+                break
+            except SQLAlchemyError as exc:
+                holder = duckdb_lock_holder(exc)
+                if holder is None:
+                    engine.dispose()
+                    raise _unreachable(url, exc) from exc
+                waited = time.monotonic() - started
+                if waited >= lock_wait_s:
+                    engine.dispose()
+                    # not chained: a held lock is not a dropped connection, so no task retries it
+                    raise _lock_error(url, *holder, waited) from None
+                time.sleep(min(LOCK_POLL_S, lock_wait_s - waited))
     return engine
 
 
-def get_engine(settings: Settings) -> Engine:
-    """A cached, checked engine for the settings' warehouse, with the project's tables created."""
+def _unreachable(url: str, exc: SQLAlchemyError) -> WarehouseError:
+    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    return WarehouseError(
+        f"cannot reach the warehouse at {redact(url)}: {reason}",
+        fix="check ACTIVATION_WAREHOUSE_URL (host, port, database, credentials) and that the server is up",
+    )
+
+
+def get_engine(settings: Settings, *, default_lock_wait_s: float = 0) -> Engine:
+    """A cached, checked engine for the settings' warehouse, with the project's tables created.
+
+    A DuckDB file held by another process is waited for ``ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS``, or
+    ``default_lock_wait_s`` when that is not set (commands: 0, fail at once; flows: 30 minutes).
+    """
     url = settings.resolved_warehouse_url
     engine = _ENGINES.get(url)
     if engine is None:
-        engine = make_engine(url)
+        wait = settings.warehouse_lock_wait_seconds
+        engine = make_engine(url, lock_wait_s=default_lock_wait_s if wait is None else wait)
         ensure_schema(engine)
         _ENGINES[url] = engine
     return engine
