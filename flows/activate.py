@@ -12,11 +12,16 @@ from activation.settings import get_settings
 from connectors.registry import check_destination
 from connectors.sync import check_schedule_at
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.dates import resolve_as_of
+from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skipped
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
 
 
-@flow(name="activate", persist_result=False, timeout_seconds=8 * 3600)
+@flow(
+    name="activate",
+    flow_run_name=run_name("activate", "destination"),
+    persist_result=False,
+    timeout_seconds=8 * 3600,
+)
 def activate(
     as_of: date | None = None,
     scheme: str | None = None,
@@ -29,12 +34,15 @@ def activate(
     """Plan → dry-run plan with guardrails → sync → create (and, when asked, send) the campaigns.
 
     Args:
-        as_of: the snapshot date (default: end of the last full quarter).
-        scheme: segmentation scheme (default: the ``default_scheme`` setting).
-        destination: ``outbox``, ``mailchimp`` or ``hubspot``.
-        send: send (or schedule, with ``schedule_at``) the campaigns instead of leaving drafts.
+        as_of: the snapshot date, YYYY-MM-DD (default: the end of the last full quarter before the run's
+            scheduled start, in ACTIVATION_SCHEDULE_TIMEZONE).
+        scheme: segmentation scheme, e.g. rfm11 (default: the ``default_scheme`` setting).
+        destination: where the audiences go: outbox (files, no credentials), mailchimp or hubspot.
+        send: send (or schedule, with schedule_at) the campaigns instead of leaving drafts.
+        schedule_at: with send, when the destination should send (ISO date-time, UTC unless it has an offset).
         force: override the guardrails (a segment swinging beyond the allowed share).
-        wait_for_snapshot_minutes: on a schedule, wait this long for ``resegment`` to finish.
+        wait_for_snapshot_minutes: wait this long for the resegment run of the same quarter to store its
+            snapshot (0: it must exist already). The warehouse is released between looks.
 
     Raises:
         ConfigError: unknown destination or its credentials not set (before anything runs).
@@ -42,10 +50,12 @@ def activate(
             reason is published as the ``guardrail-…`` artifact.
     """
     settings = get_settings()
-    as_of = resolve_as_of(as_of, settings)
+    as_of = run_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
     check_destination(destination, settings)
     check_schedule_at(schedule_at)
+    if (other := earlier_run_with_this_name()) is not None:
+        return skipped("activate", other)
     wait_for_snapshot_task(as_of, scheme, wait_for_snapshot_minutes)
     planned = plan_campaigns_task(as_of, scheme)
     dry_run = sync_plan_task(as_of, scheme, destination)
@@ -72,7 +82,10 @@ def activate(
     synced = sync_task(as_of, scheme, destination, send, schedule_at, force)
     publish_table(
         artifact_key("sync-result", scheme, as_of, destination),
-        [synced["totals"] | {"guardrail_violations": ", ".join(synced["totals"].get("guardrail_violations", []))}]
+        [
+            synced["totals"]
+            | {"guardrail_violations": ", ".join(synced["totals"].get("guardrail_violations", []))}
+        ]
         + synced["segments"],
         f"result of the {scheme} {as_of.isoformat()} sync to {destination}",
     )

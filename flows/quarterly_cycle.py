@@ -11,12 +11,17 @@ from activation.settings import get_settings
 from connectors.registry import check_destination
 from flows.activate import activate
 from flows.collect_outcomes import collect_outcomes
-from flows.dates import resolve_as_of
 from flows.resegment import resegment
 from flows.roi_report import roi_report
+from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skipped
 
 
-@flow(name="quarterly-cycle", persist_result=False, timeout_seconds=12 * 3600)
+@flow(
+    name="quarterly-cycle",
+    flow_run_name=run_name("quarterly-cycle"),
+    persist_result=False,
+    timeout_seconds=12 * 3600,
+)
 def quarterly_cycle(
     as_of: date | None = None,
     scheme: str | None = None,
@@ -30,12 +35,27 @@ def quarterly_cycle(
     """The whole quarter as one run, each step a subflow (so each has its own state and artifacts).
 
     On a past ``as_of`` this is a backtest: the outcomes are the orders that really followed. With
-    ``report=False`` it stops after activation (outcomes are collected later by the daily flow).
+    ``report=False`` it stops after activation (outcomes are collected later by the daily flow): that is
+    the quarterly deployment, one process for both steps, so they never contend for a DuckDB file. A
+    scheduled run whose quarter already has a completed or running cycle steps aside.
+
+    Args:
+        as_of: the snapshot date, YYYY-MM-DD (default: the end of the last full quarter before the run's
+            scheduled start, in ACTIVATION_SCHEDULE_TIMEZONE).
+        scheme: segmentation scheme, e.g. rfm11 (default: the ``default_scheme`` setting).
+        destination: where the audiences go: outbox (files, no credentials), mailchimp or hubspot.
+        send: send the campaigns instead of leaving drafts.
+        force: override the sync guardrails.
+        report: also collect outcomes and write the ROI report in this run (a backtest on a past as_of).
+        window_days: attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS).
+        report_out: HTML file of the ROI report (default: under the data folder).
     """
     settings = get_settings()
-    as_of = resolve_as_of(as_of, settings)
+    as_of = run_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
     check_destination(destination, settings)
+    if (other := earlier_run_with_this_name()) is not None:
+        return skipped("quarterly-cycle", other)
     result: dict[str, Any] = {"as_of": as_of.isoformat(), "scheme": scheme}
     result["resegment"] = resegment(as_of=as_of, scheme=scheme)
     result["activate"] = activate(as_of=as_of, scheme=scheme, destination=destination, send=send, force=force)

@@ -9,19 +9,27 @@ from prefect import flow
 
 from activation.settings import get_settings
 from flows.artifacts import artifact_key, publish_table
-from flows.dates import resolve_as_of
+from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skipped
 from flows.tasks import compute_snapshot_task, migration_task, segment_summary_task
 
 
-@flow(name="resegment", persist_result=False, timeout_seconds=4 * 3600)
+@flow(name="resegment", flow_run_name=run_name("resegment"), persist_result=False, timeout_seconds=4 * 3600)
 def resegment(as_of: date | None = None, scheme: str | None = None) -> dict[str, Any]:
     """Compute and store the snapshot of ``scheme`` as of ``as_of`` (default: end of the last full quarter).
 
     Publishes the ``segments-…`` summary table and, when an earlier snapshot exists, the
-    ``migration-…`` matrix. Returns the snapshot's counts.
+    ``migration-…`` matrix. Returns the snapshot's counts. A scheduled run whose quarter already has a
+    completed or running ``resegment`` run steps aside (:mod:`flows.schedule`).
+
+    Args:
+        as_of: the snapshot date, YYYY-MM-DD (default: the end of the last full quarter before the run's
+            scheduled start, in ACTIVATION_SCHEDULE_TIMEZONE).
+        scheme: segmentation scheme, e.g. rfm11 (default: the ``default_scheme`` setting).
     """
     settings = get_settings()
-    as_of = resolve_as_of(as_of, settings)
+    as_of = run_as_of(as_of, settings)
+    if (other := earlier_run_with_this_name()) is not None:
+        return skipped("resegment", other)
     scheme = scheme or settings.default_scheme
     snapshot = compute_snapshot_task(as_of, scheme)
     publish_table(

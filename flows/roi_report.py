@@ -9,20 +9,28 @@ from prefect import flow
 
 from activation.settings import get_settings
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.dates import resolve_as_of
+from flows.schedule import run_as_of, run_name
 from flows.tasks import roi_report_task
 
 
-@flow(name="roi-report", persist_result=False, timeout_seconds=3600)
+@flow(name="roi-report", flow_run_name=run_name("roi-report"), persist_result=False, timeout_seconds=3600)
 def roi_report(
     as_of: date | None = None,
     scheme: str | None = None,
     window_days: int | None = None,
     out: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (default ``<data_dir>/reports/roi-<scheme>-<as_of>.html``) and ``report.csv`` beside it."""
+    """Write ``out`` (default ``<data_dir>/reports/roi-<scheme>-<as_of>.html``) and ``report.csv`` beside it.
+
+    Args:
+        as_of: the campaigns' snapshot date, YYYY-MM-DD (default: the end of the last full quarter before the
+            run's scheduled start, in ACTIVATION_SCHEDULE_TIMEZONE).
+        scheme: segmentation scheme, e.g. rfm11 (default: the ``default_scheme`` setting).
+        window_days: attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS).
+        out: HTML file to write (default: under the data folder); the CSV is written beside it.
+    """
     settings = get_settings()
-    as_of = resolve_as_of(as_of, settings)
+    as_of = run_as_of(as_of, settings)
     scheme = scheme or settings.default_scheme
     report = roi_report_task(as_of, scheme, out, window_days)
     publish_table(

@@ -21,10 +21,11 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
+from sqlalchemy.engine import Engine
 
 from activation.errors import NotFoundError
 from activation.settings import Settings, get_settings
-from activation.warehouse import get_engine
+from activation.warehouse import dispose_engines, get_engine
 
 RETRY_DELAYS = [5.0, 30.0, 120.0]
 """Seconds between attempts; each is jittered by up to ±50 % so parallel runs do not retry in step."""
@@ -85,6 +86,15 @@ def _settings() -> Settings:
     return get_settings()
 
 
+FLOW_LOCK_WAIT_S = 1800.0
+"""How long a flow waits for a DuckDB warehouse held by another process (a run still going when the next
+one starts) unless ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS says otherwise; commands do not wait."""
+
+
+def _engine(settings: Settings) -> Engine:
+    return get_engine(settings, default_lock_wait_s=FLOW_LOCK_WAIT_S)
+
+
 _LIST_KEYS = {"warnings", "campaign_ids"}
 """List fields worth keeping in a summary (messages and keys; never members)."""
 
@@ -127,7 +137,7 @@ def compute_snapshot_task(as_of: date, scheme: str) -> dict[str, Any]:
     from segments.snapshots import compute_snapshot
 
     settings = _settings()
-    result = compute_snapshot(get_engine(settings), settings, as_of, scheme)
+    result = compute_snapshot(_engine(settings), settings, as_of, scheme)
     summary = summarize(result)
     _log().info("snapshot %s %s: %s customers", scheme, as_of, summary.get("customers", "?"))
     return summary
@@ -140,7 +150,7 @@ def segment_summary_task(as_of: date, scheme: str) -> list[dict[str, Any]]:
     from segments.snapshots import segment_summary
 
     settings = _settings()
-    return table_rows(segment_summary(get_engine(settings), as_of, scheme, settings))
+    return table_rows(segment_summary(_engine(settings), as_of, scheme, settings))
 
 
 @task(name="migration-matrix", timeout_seconds=600, **TASK_DEFAULTS)
@@ -149,7 +159,7 @@ def migration_task(as_of: date, scheme: str) -> tuple[str | None, list[dict[str,
     from flows.artifacts import table_rows
     from segments.snapshots import latest_snapshot_as_of, migration_matrix
 
-    engine = get_engine(_settings())
+    engine = _engine(_settings())
     previous = latest_snapshot_as_of(engine, scheme, before=as_of)
     if previous is None:
         return None, []
@@ -161,10 +171,11 @@ def wait_for_snapshot_task(as_of: date, scheme: str, wait_minutes: float) -> Non
     """Wait (up to ``wait_minutes``) until ``resegment`` has stored the snapshot ``activate`` needs."""
     from segments.snapshots import latest_snapshot_as_of
 
-    engine = get_engine(_settings())
     deadline = time.monotonic() + wait_minutes * 60
     while True:
-        found = latest_snapshot_as_of(engine, scheme, before=date.fromordinal(as_of.toordinal() + 1))
+        found = latest_snapshot_as_of(
+            _engine(_settings()), scheme, before=date.fromordinal(as_of.toordinal() + 1)
+        )
         if found == as_of:
             return
         if time.monotonic() >= deadline:
@@ -173,6 +184,7 @@ def wait_for_snapshot_task(as_of: date, scheme: str, wait_minutes: float) -> Non
                 fix=f"run `activation run resegment --as-of {as_of.isoformat()} --scheme {scheme}` first",
             )
         _log().info("waiting for the %s snapshot as of %s", scheme, as_of)
+        dispose_engines()  # let go of a DuckDB file while waiting: the resegment run needs it
         time.sleep(min(30.0, max(0.5, deadline - time.monotonic())))
 
 
@@ -185,11 +197,15 @@ def plan_campaigns_task(as_of: date, scheme: str) -> dict[str, Any]:
     from campaigns.plan import plan_campaigns
 
     settings = _settings()
-    result = plan_campaigns(get_engine(settings), settings, as_of, scheme)
+    result = plan_campaigns(_engine(settings), settings, as_of, scheme)
     summary = plan_summary(result)
     _log().info(
-        "planned %s campaigns for %s %s: %s treated, %s holdout", len(summary["campaign_ids"]), scheme,
-        as_of, summary["treated"], summary["holdout"],
+        "planned %s campaigns for %s %s: %s treated, %s holdout",
+        len(summary["campaign_ids"]),
+        scheme,
+        as_of,
+        summary["treated"],
+        summary["holdout"],
     )
     return summary
 
@@ -228,8 +244,15 @@ def sync_plan_task(as_of: date, scheme: str, destination: str) -> dict[str, Any]
 
     settings = _settings()
     result = sync_audience(
-        get_engine(settings), settings, destination, as_of, scheme,
-        dry_run=True, send=False, schedule_at=None, force=False,
+        _engine(settings),
+        settings,
+        destination,
+        as_of,
+        scheme,
+        dry_run=True,
+        send=False,
+        schedule_at=None,
+        force=False,
     )
     return sync_summary(result)
 
@@ -243,8 +266,15 @@ def sync_task(
 
     settings = _settings()
     result = sync_audience(
-        get_engine(settings), settings, destination, as_of, scheme,
-        dry_run=False, send=send, schedule_at=schedule_at, force=force,
+        _engine(settings),
+        settings,
+        destination,
+        as_of,
+        scheme,
+        dry_run=False,
+        send=send,
+        schedule_at=schedule_at,
+        force=force,
     )
     summary = sync_summary(result)
     _log().info("synced %s %s to %s: %s", scheme, as_of, destination, summary["totals"])
@@ -268,14 +298,14 @@ def collect_outcomes_task(
 
         source = get_destination(destination, settings)
     result = collect_outcomes(
-        get_engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
+        _engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
     )
     summary = summarize(result)
     _log().info("collected outcomes for %s %s: %s", scheme, as_of, summary)
     return summary
 
 
-@task(name="roi-report", timeout_seconds=1800, **TASK_DEFAULTS)
+@task(name="roi-report", timeout_seconds=3600, **TASK_DEFAULTS)
 def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int | None) -> dict[str, Any]:
     """Write the HTML + CSV ROI report; return its paths and the per-segment ROI rows."""
     from campaigns.report import write_roi_report
@@ -283,7 +313,7 @@ def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int 
 
     settings = _settings()
     target = out or str(settings.data_dir / "reports" / f"roi-{scheme}-{as_of.isoformat()}.html")
-    paths = write_roi_report(get_engine(settings), settings, as_of, scheme, target, window_days=window_days)
+    paths = write_roi_report(_engine(settings), settings, as_of, scheme, target, window_days=window_days)
     summary = summarize(paths)
     rows: list[dict[str, Any]] = []
     csv_path = summary.get("csv")

@@ -1,17 +1,23 @@
-"""prefect.yaml for real: a local ``prefect server``, ``prefect deploy --all``, the schedules' next dates,
-and one deployment run driven to completion by a process worker."""
+"""prefect.yaml for real, the way a Prefect user runs it: one ``prefect server start`` for the session, a
+process work pool, ``prefect deploy --all`` typed in a terminal (no ``--no-prompt``), from a folder that is not
+the repository, and a worker started in yet another folder (the "second machine": only the installed package,
+its own ``.env`` and the default DuckDB warehouse under its ``data/``). The quarterly schedule is moved to a
+near cron so it fires during the test."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 QUARTERLY = "0 6 1 1,4,7,10 *"
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def _free_port() -> int:
@@ -29,32 +36,53 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _prefect(*args: str, env: dict[str, str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def _config() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
 
 
-@pytest.fixture
-def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """A real ``prefect server start`` on 127.0.0.1 with its own home; killed (whole group) afterwards."""
+def _by_flow(config: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {(d["entrypoint"].rsplit(".", 1)[-1], d["name"]): d for d in config["deployments"]}
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real ``prefect server start`` on 127.0.0.1 with its own home, one for the session (it is slow to
+    start); the environment a user's shell would have, without any ACTIVATION_ setting."""
+    home = tmp_path_factory.mktemp("prefect-server")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ACTIVATION_"))}
-    env.update({
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
-        "PWD": str(ROOT),
-        "ACTIVATION_DATA_DIR": str(tmp_path / "data"),
-        "ACTIVATION_WAREHOUSE_URL": f"duckdb:///{tmp_path / 'warehouse.duckdb'}",
-        "ACTIVATION_COUPON_SECRET": "test-secret-not-for-production",
-    })
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    env.update(
+        {
+            "PREFECT_HOME": str(home / "prefect-home"),
+            "PREFECT_API_URL": url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+        }
+    )
+    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=home,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -64,19 +92,63 @@ def prefect_server(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("prefect server did not start:\n" + (tmp_path / "server.log").read_text()[-3000:])
+                pytest.fail("prefect server did not start:\n" + (home / "server.log").read_text()[-3000:])
             time.sleep(0.5)
         yield url, env
     finally:
-        try:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(server.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _stop(server)
         log.close()
+
+
+def _prefect(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prefect", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def in_terminal(args: list[str], *, cwd: Path, env: dict[str, str], timeout: float = 300) -> tuple[int, str]:
+    """Run ``args`` on a pseudo-terminal, as typed by a user, with nobody answering: a prompt reads end-of-input
+    (Ctrl-D) and fails the command instead of waiting forever."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env={**env, "TERM": "xterm", "COLUMNS": "200"},
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+    )
+    os.close(slave)
+    os.write(master, b"\x04")
+    output = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the terminal closed: the process is gone
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif process.poll() is not None:
+                break
+        else:
+            _stop(process)
+            pytest.fail("command still running in the terminal:\n" + output.decode(errors="replace")[-3000:])
+        return process.wait(timeout=30), output.decode(errors="replace")
+    finally:
+        os.close(master)
 
 
 def _post(url: str, path: str, body: dict[str, Any]) -> Any:
@@ -85,34 +157,111 @@ def _post(url: str, path: str, body: dict[str, Any]) -> Any:
     return response.json()
 
 
-def _next_quarter_start(after: datetime) -> datetime:
-    for year in (after.year, after.year + 1):
-        for month in (1, 4, 7, 10):
-            candidate = datetime(year, month, 1, 6, tzinfo=UTC)
-            if candidate > after:
-                return candidate
-    raise AssertionError("unreachable")
+def _runs(url: str, **flow_run_filter: Any) -> list[dict[str, Any]]:
+    return _post(
+        url, "/flow_runs/filter", {"flow_runs": flow_run_filter, "limit": 50, "sort": "START_TIME_ASC"}
+    )
 
 
-def test_prefect_yaml_schedules_match_the_timezone_setting() -> None:
+def _wait_for(url: str, run_id: str, timeout: float = 240) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    run: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{url}/flow_runs/{run_id}", timeout=10).json()
+        if (run.get("state") or {}).get("type") in TERMINAL:
+            return run
+        time.sleep(1)
+    return run
+
+
+def _logs(url: str, run_id: str) -> str:
+    logs = _post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+def _last_quarter_end(day: date) -> date:
+    from segments.snapshots import last_quarter_end
+
+    return last_quarter_end(day)
+
+
+# --- prefect.yaml as a file --------------------------------------------------------------------------
+
+
+def test_every_deployment_says_whether_it_has_a_schedule() -> None:
+    # an omitted `schedules` makes `prefect deploy` ask "configure schedules?" in a terminal
+    assert all(isinstance(d.get("schedules"), list) for d in _config()["deployments"])
+
+
+def test_prefect_version_is_the_pinned_prefect() -> None:
+    from importlib.metadata import version
+
+    assert str(_config()["prefect-version"]) == version("prefect")
+
+
+def test_one_scheduled_run_a_quarter_does_resegment_then_activate() -> None:
+    """resegment and activate on one cron were two processes racing for one DuckDB file; now one run does both."""
+    deployments = _by_flow(_config())
+    quarterly = [key for key, d in deployments.items() for s in d["schedules"] if s["cron"] == QUARTERLY]
+    assert quarterly == [("quarterly_cycle", "quarterly")]
+    cycle = deployments[("quarterly_cycle", "quarterly")]
+    assert cycle["parameters"]["report"] is False  # outcomes come from the daily deployment
+    scheduled = {key[0] for key, d in deployments.items() if d["schedules"]}
+    assert scheduled == {"quarterly_cycle", "collect_outcomes", "roi_report"}
+
+
+def test_schedules_use_the_timezone_setting_and_one_destination() -> None:
     from activation.settings import Settings
 
-    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    zones = {s["timezone"] for d in config["deployments"] for s in d.get("schedules") or []}
+    config = _config()
+    zones = {s["timezone"] for d in config["deployments"] for s in d["schedules"]}
     assert zones == {Settings().schedule_timezone}
-    crons = {d["entrypoint"]: [s["cron"] for s in d.get("schedules") or []] for d in config["deployments"]}
-    assert crons["flows/resegment.py:resegment"] == [QUARTERLY]
-    assert crons["flows/activate.py:activate"] == [QUARTERLY]
     # the daily outcomes read opens and clicks back from where activate synced the campaigns
-    destinations = {d["entrypoint"]: d["parameters"].get("destination") for d in config["deployments"]}
-    assert destinations["flows/collect_outcomes.py:collect_outcomes"] == destinations["flows/activate.py:activate"]
-    assert destinations["flows/quarterly_cycle.py:quarterly_cycle"] == destinations["flows/activate.py:activate"]
+    destinations = {d["parameters"].get("destination") for d in config["deployments"]} - {None}
+    assert len(destinations) == 1
+
+
+def test_entrypoints_import_from_the_installed_package() -> None:
+    """Module paths, not files: a worker with only ``pip install rfm-activation`` can load every flow."""
+    from prefect import Flow
+    from prefect.utilities.importtools import import_object
+
+    for deployment in _config()["deployments"]:
+        entrypoint = deployment["entrypoint"]
+        assert ":" not in entrypoint and not entrypoint.endswith(".py"), entrypoint
+        assert isinstance(import_object(entrypoint), Flow)
+
+
+def test_flow_parameters_are_described_for_the_ui() -> None:
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.importtools import import_object
+
+    for deployment in _config()["deployments"]:
+        schema = parameter_schema(import_object(deployment["entrypoint"])).model_dump()
+        for name, prop in schema["properties"].items():
+            assert prop.get("description"), f"{deployment['entrypoint']} parameter {name} has no description"
+
+
+def test_the_failure_alert_is_a_valid_prefect_automation() -> None:
+    from prefect.events.schemas.automations import AutomationCore
+
+    automation = AutomationCore.model_validate(yaml.safe_load((ROOT / "alerts.yaml").read_text()))
+    assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
+    # it selects runs by the tag every deployment carries
+    tag = dict(automation.trigger.match_related.root)["prefect.resource.id"]  # type: ignore[union-attr]
+    assert all(tag == f"prefect.tag.{t}" for d in _config()["deployments"] for t in d["tags"])
+
+
+# --- a real server, a terminal, a worker elsewhere ----------------------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.prefect
-def test_deploy_all_schedules_and_runs_a_deployment(prefect_server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+def test_deployed_quarter_runs_on_a_worker_in_another_folder(
+    prefect_server: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
     from prefect.server.schemas.schedules import CronSchedule
+    from sqlalchemy import create_engine, text
 
     from activation.settings import Settings
     from activation.warehouse import dispose_engines, get_engine
@@ -120,59 +269,159 @@ def test_deploy_all_schedules_and_runs_a_deployment(prefect_server: tuple[str, d
     from segments.ingest import ingest_file
 
     url, env = prefect_server
-    # a small warehouse for the triggered run (released before the worker's subprocess opens it)
-    settings = Settings(data_dir=tmp_path / "data", warehouse_url=env["ACTIVATION_WAREHOUSE_URL"])
+    pythonpath = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+    env = {**env, "PYTHONPATH": pythonpath}
+
+    # the deploying machine: a folder with prefect.yaml and nothing else
+    deploy_dir = tmp_path / "deploy"
+    deploy_dir.mkdir()
+    shutil.copy(ROOT / "prefect.yaml", deploy_dir / "prefect.yaml")
+    created = _prefect("work-pool", "create", "rfm-activation", "--type", "process", env=env, cwd=deploy_dir)
+    assert created.returncode == 0, created.stdout + created.stderr
+    code, output = in_terminal(
+        [sys.executable, "-m", "prefect", "deploy", "--all"],
+        cwd=deploy_dir,
+        env={**env, "PWD": str(deploy_dir)},
+    )
+    assert code == 0, output[-4000:]
+    assert "Would you like" not in output, output[-4000:]
+
+    deployments = {
+        (d["entrypoint"].rsplit(".", 1)[-1], d["name"]): d
+        for d in _post(url, "/deployments/filter", {"limit": 50})
+    }
+    assert sorted(deployments) == sorted(_by_flow(_config()))
+    cycle = deployments[("quarterly_cycle", "quarterly")]
+    [schedule] = cycle["schedules"]
+    assert schedule["schedule"]["cron"] == QUARTERLY and schedule["schedule"]["timezone"] == "UTC"
+    dates = asyncio.run(
+        CronSchedule(**schedule["schedule"]).get_dates(n=4, start=datetime(2026, 2, 15, tzinfo=UTC))
+    )
+    assert [(x.year, x.month, x.day, x.hour) for x in dates] == [
+        (2026, 4, 1, 6),
+        (2026, 7, 1, 6),
+        (2026, 10, 1, 6),
+        (2027, 1, 1, 6),
+    ]
+    assert (cycle.get("global_concurrency_limit") or {}).get("limit") == 1, cycle
+    # the pull step names the worker's folder when the run starts, not the folder deployed from
+    assert str(deploy_dir) not in str(cycle["pull_steps"])
+
+    # the worker's machine: its own folder, .env and default DuckDB warehouse (data/warehouse.duckdb)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / ".env").write_text("ACTIVATION_COUPON_SECRET=test-secret-not-for-production\n")
+    settings = Settings(data_dir=site / "data")
     files = generate(tmp_path / "demo", 200, 1_600, 7)
     ingest_file(get_engine(settings), settings, files.orders, "parquet", mapping_path=files.mapping)
-    dispose_engines()
+    dispose_engines()  # a DuckDB file admits one process: let the worker's runs have it
 
-    created = _prefect("work-pool", "create", "rfm-activation", "--type", "process", env=env)
-    assert created.returncode == 0, created.stdout + created.stderr
-    # what the README tells users to run, from the repository root
-    deployed = _prefect("--no-prompt", "deploy", "--all", env=env, timeout=600)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    # a near cron for the quarterly cycle (every minute), and a daily schedule in a zone the setting is not
+    _patch_schedule(url, cycle, "* * * * *", "UTC")
+    daily = deployments[("collect_outcomes", "daily")]
+    _patch_schedule(url, daily, "* * * * *", "Pacific/Auckland")
 
-    deployments = {(d["entrypoint"], d["name"]): d for d in _post(url, "/deployments/filter", {"limit": 50})}
-    assert sorted(name for _, name in deployments) == ["daily", "manual", "monthly", "quarterly", "quarterly"]
-    by_entry = {entry: d for (entry, _), d in deployments.items()}
-    expected = {
-        "flows/resegment.py:resegment": QUARTERLY,
-        "flows/activate.py:activate": QUARTERLY,
-        "flows/collect_outcomes.py:collect_outcomes": "0 7 * * *",
-        "flows/roi_report.py:roi_report": "0 8 2 * *",
-    }
-    reference = datetime(2026, 2, 15, tzinfo=UTC)
-    for entry, cron in expected.items():
-        d = by_entry[entry]
-        assert d["work_pool_name"] == "rfm-activation" and d["parameters"]["scheme"] == "rfm11"
-        [schedule] = [s["schedule"] for s in d["schedules"]]
-        assert schedule["cron"] == cron and schedule["timezone"] == "UTC"
-        if cron == QUARTERLY:
-            dates = asyncio.run(CronSchedule(**schedule).get_dates(n=4, start=reference))
-            assert [(x.year, x.month, x.day, x.hour) for x in dates] == [
-                (2026, 4, 1, 6), (2026, 7, 1, 6), (2026, 10, 1, 6), (2027, 1, 1, 6)
-            ]
-    assert by_entry["flows/quarterly_cycle.py:quarterly_cycle"]["schedules"] == []
+    # a late run: scheduled the day before the last quarter ended, started only now
+    now = datetime.now(UTC)
+    this_quarter = _last_quarter_end(now.date())
+    late_at = datetime.combine(this_quarter - timedelta(days=1), datetime.min.time(), UTC) + timedelta(
+        hours=6
+    )
+    manual = deployments[("resegment", "manual")]
+    late = _post(
+        url,
+        f"/deployments/{manual['id']}/create_flow_run",
+        {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": late_at.isoformat()}}},
+    )
 
-    resegment_id = by_entry["flows/resegment.py:resegment"]["id"]
-    assert _next_quarter_start(reference) == datetime(2026, 4, 1, 6, tzinfo=UTC)
+    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", "rfm-activation"],
+        cwd=site,
+        env={**env, "PWD": str(site)},
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
 
-    # trigger one run now and let a process worker execute it
-    run = _post(url, f"/deployments/{resegment_id}/create_flow_run",
-                {"parameters": {"as_of": "2025-06-30", "scheme": "rfm11"}})
-    worker = _prefect("worker", "start", "--pool", "rfm-activation", "--run-once", env=env, timeout=300)
-    state: dict[str, Any] = {}
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = httpx.get(f"{url}/flow_runs/{run['id']}", timeout=10).json()["state"] or {}
-        if state.get("type") in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            break
-        time.sleep(1)
-    assert state.get("type") == "COMPLETED", (state, worker.stdout[-3000:], worker.stderr[-3000:])
-    from sqlalchemy import create_engine, text
+        def worker_output() -> str:
+            worker_log.flush()
+            return (tmp_path / "worker.log").read_text()[-4000:]
 
-    engine = create_engine(env["ACTIVATION_WAREHOUSE_URL"])
+        # the late run segments the quarter it was scheduled in, not the one the clock is in now
+        done = _wait_for(url, late["id"])
+        assert done["state"]["type"] == "COMPLETED", (done["state"], _logs(url, late["id"]), worker_output())
+        earlier_quarter = _last_quarter_end(late_at.date())
+        assert (
+            done["name"] == f"resegment-rfm11-{earlier_quarter.year}q{(earlier_quarter.month - 1) // 3 + 1}"
+        )
+
+        # the first scheduled cycle: resegment then activate, for the quarter before its scheduled time
+        first = _first_run(url, cycle["id"])
+        done = _wait_for(url, first["id"])
+        assert done["state"]["type"] == "COMPLETED", (done["state"], _logs(url, first["id"]), worker_output())
+        expected = _last_quarter_end(datetime.fromisoformat(first["expected_start_time"]).date())
+        label = f"{expected.year}q{(expected.month - 1) // 3 + 1}"
+        assert done["name"] == f"quarterly-cycle-rfm11-{label}"
+        steps = _runs(url, parent_flow_run_id={"any_": [first["id"]]})
+        assert [(r["name"], r["state"]["type"]) for r in steps] == [
+            (f"resegment-rfm11-{label}", "COMPLETED"),
+            (f"activate-rfm11-{label}-outbox", "COMPLETED"),
+        ]
+
+        # the daily run whose schedule is in another zone than ACTIVATION_SCHEDULE_TIMEZONE says so and stops
+        odd = _wait_for(url, _first_run(url, daily["id"])["id"])
+        assert odd["state"]["type"] == "FAILED"
+        assert "Pacific/Auckland" in _logs(url, odd["id"]) and "ACTIVATION_SCHEDULE_TIMEZONE" in _logs(
+            url, odd["id"]
+        )
+        _patch_schedule(url, daily, QUARTERLY, "UTC", active=False)
+
+        # the next minute's run is a duplicate of the same quarter: it steps aside
+        second = _first_run(url, cycle["id"], after=first["id"])
+        done = _wait_for(url, second["id"])
+        _patch_schedule(url, cycle, QUARTERLY, "UTC", active=False)
+        assert done["state"]["type"] == "COMPLETED", (done["state"], worker_output())
+        assert done["name"] == f"quarterly-cycle-rfm11-{label}"
+        assert "skipped" in _logs(url, second["id"])
+        assert _runs(url, parent_flow_run_id={"any_": [second["id"]]}) == []
+    finally:
+        _stop(worker)
+        worker_log.close()
+
+    engine = create_engine(f"duckdb:///{site / 'data' / 'warehouse.duckdb'}")
     with engine.connect() as conn:
-        assert conn.execute(text("select count(*) from snapshot_runs where as_of = :d"),
-                            {"d": date(2025, 6, 30)}).scalar() == 1
+        snapshots = [row[0] for row in conn.execute(text("select as_of from snapshot_runs order by as_of"))]
+        campaigns = {row[0] for row in conn.execute(text("select distinct as_of from campaigns"))}
     engine.dispose()
+    assert snapshots == [earlier_quarter, expected]
+    assert campaigns == {expected}
+
+
+def _patch_schedule(
+    url: str, deployment: dict[str, Any], cron: str, timezone: str, active: bool = True
+) -> None:
+    [schedule] = deployment["schedules"]
+    response = httpx.patch(
+        f"{url}/deployments/{deployment['id']}/schedules/{schedule['id']}",
+        json={"schedule": {"cron": cron, "timezone": timezone}, "active": active},
+        timeout=30,
+    )
+    response.raise_for_status()
+
+
+def _first_run(
+    url: str, deployment_id: str, after: str | None = None, timeout: float = 150
+) -> dict[str, Any]:
+    """The earliest scheduled run of the deployment (after run ``after``), once the worker has started it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = [r for r in _runs(url, deployment_id={"any_": [deployment_id]}) if r["start_time"]]
+        ids = [r["id"] for r in runs]
+        if after in ids:
+            runs = runs[ids.index(after) + 1 :]
+        if runs:
+            return runs[0]
+        time.sleep(1)
+    pytest.fail(f"no run of deployment {deployment_id} started within {timeout} s")

@@ -115,6 +115,110 @@ def test_as_of_in_the_future_is_refused() -> None:
     assert resolve_as_of("2026-05-10", Settings(), today=date(2026, 5, 10)) == date(2026, 5, 10)
 
 
+@pytest.mark.parametrize(
+    ("zone", "day", "expected"),
+    [
+        ("Pacific/Auckland", date(2026, 10, 1), date(2026, 9, 30)),
+        ("UTC", date(2026, 9, 30), date(2026, 6, 30)),
+    ],
+)
+def test_a_scheduled_run_takes_its_quarter_from_its_scheduled_start_in_the_setting_zone(
+    zone: str, day: date, expected: date
+) -> None:
+    """A run scheduled for 1 October 06:00 in Auckland (30 September 17:00 UTC) but started by a worker on
+    2 January: the quarter is the one before its scheduled start in ACTIVATION_SCHEDULE_TIMEZONE, not the clock's."""
+    from types import SimpleNamespace
+
+    from flows.schedule import run_as_of, run_today
+
+    late = SimpleNamespace(
+        expected_start_time=datetime(2026, 9, 30, 17, 0, tzinfo=UTC),
+        auto_scheduled=False,
+        start_time=datetime(2027, 1, 2, 9, 0, tzinfo=UTC),
+        deployment_id=None,
+    )
+    settings = Settings(schedule_timezone=zone)
+    assert run_today(settings, late) == day
+    assert resolve_as_of(None, settings, today=run_today(settings, late)) == expected
+    assert run_as_of(None, settings) == resolve_as_of(None, settings)  # outside a flow run: today
+
+
+class HeldWarehouse:
+    """Another process holding a DuckDB file open (as a running flow or a DuckDB shell does)."""
+
+    def __init__(self, path: Path) -> None:
+        import subprocess
+        import sys
+
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import duckdb, sys; c = duckdb.connect(sys.argv[1]); print('held', flush=True); "
+                "sys.stdin.read()",
+                str(path),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def test_a_held_duckdb_warehouse_names_the_process_and_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from activation.errors import WarehouseError
+    from activation.warehouse import make_engine
+    from flows.tasks import retriable_error
+
+    path = tmp_path / "warehouse.duckdb"
+    make_engine(f"duckdb:///{path}").dispose()
+    monkeypatch.setenv("ACTIVATION_WAREHOUSE_URL", f"duckdb:///{path}")
+    monkeypatch.setenv("ACTIVATION_DATA_DIR", str(tmp_path / "data"))
+    holder = HeldWarehouse(path)
+    try:
+        with pytest.raises(WarehouseError) as err:
+            make_engine(f"duckdb:///{path}")
+        assert (
+            f"PID {holder.process.pid}" in err.value.message
+            and "in use by another process" in err.value.message
+        )
+        assert "server is up" not in str(err.value) and "ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS" in str(
+            err.value.fix
+        )
+        assert not retriable_error(err.value)  # waited for (below), never retried as a dropped connection
+
+        result = run_cli("segment", "--as-of", "2025-06-30")
+        assert result.exit_code == 2, result.output
+        assert f"PID {holder.process.pid}" in result.output and "server is up" not in result.output
+    finally:
+        holder.release()
+
+
+def test_a_flow_waits_for_a_held_duckdb_warehouse(tmp_path: Path) -> None:
+    import threading
+
+    from activation.warehouse import make_engine
+
+    path = tmp_path / "warehouse.duckdb"
+    make_engine(f"duckdb:///{path}").dispose()
+    holder = HeldWarehouse(path)
+    timer = threading.Timer(1.0, holder.release)
+    timer.start()
+    engine = make_engine(f"duckdb:///{path}", lock_wait_s=120)  # the holder finishes; this one goes on
+    timer.join()
+    assert holder.process.returncode == 0  # it really was held until the other process ended
+    with engine.connect() as conn:
+        assert conn.execute(text("select 42")).scalar() == 42
+    engine.dispose()
+
+
 def test_artifact_keys_use_only_what_prefect_allows() -> None:
     assert artifact_key("segments", "rfm11", date(2025, 12, 31)) == "segments-rfm11-2025q4"
     assert period_label(date(2025, 11, 14)) == "2025-11-14"
@@ -148,8 +252,13 @@ def test_task_summaries_carry_counts_not_members() -> None:
 def test_tasks_are_configured_for_retries_and_keep_no_results() -> None:
     from flows import tasks
 
-    for name in ("compute_snapshot_task", "plan_campaigns_task", "sync_task", "collect_outcomes_task",
-                 "roi_report_task"):
+    for name in (
+        "compute_snapshot_task",
+        "plan_campaigns_task",
+        "sync_task",
+        "collect_outcomes_task",
+        "roi_report_task",
+    ):
         task = getattr(tasks, name)
         assert task.retries == 3 and task.retry_condition_fn is tasks.is_retriable, name
         assert task.retry_jitter_factor and task.timeout_seconds, name
@@ -215,8 +324,15 @@ def flow_run_logs(flow_run_ids: list[str]) -> list[str]:
     """Every log message of these flow runs (and their tasks), page by page."""
     messages: list[str] = []
     while True:
-        page = api_post("/logs/filter", {"logs": {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200,
-                                         "offset": len(messages), "sort": "TIMESTAMP_ASC"})
+        page = api_post(
+            "/logs/filter",
+            {
+                "logs": {"flow_run_id": {"any_": flow_run_ids}},
+                "limit": 200,
+                "offset": len(messages),
+                "sort": "TIMESTAMP_ASC",
+            },
+        )
         messages += [log["message"] for log in page]
         if len(page) < 200:
             return messages
@@ -234,22 +350,32 @@ def all_artifacts() -> list[dict[str, Any]]:
 
 def read_artifact(key: str) -> Any:
     """The latest artifact with ``key``, or None."""
-    found = api_post("/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1})
+    found = api_post(
+        "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC", "limit": 1}
+    )
     return type("Artifact", (), found[0]) if found else None
 
 
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_quarterly_cycle_end_to_end_leaves_no_personal_data_in_prefect(
-    prefect_api: str, settings: Settings, tmp_path: Path  # noqa: F811
+    prefect_api: str,  # noqa: F811
+    settings: Settings,
+    tmp_path: Path,
 ) -> None:
     import os
 
     from flows.quarterly_cycle import quarterly_cycle
 
     engine = load_demo(settings, tmp_path)
-    state = quarterly_cycle(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True,
-                            report_out=str(tmp_path / "report.html"), return_state=True)
+    state = quarterly_cycle(
+        as_of=DEMO_AS_OF,
+        scheme="rfm11",
+        destination="outbox",
+        send=True,
+        report_out=str(tmp_path / "report.html"),
+        return_state=True,
+    )
     assert state.is_completed(), state.message
     result = state.result()
     assert result["as_of"] == "2025-06-30" and result["roi"]["segments"] > 0
@@ -257,8 +383,12 @@ def test_quarterly_cycle_end_to_end_leaves_no_personal_data_in_prefect(
     assert count(engine, t.campaign_outcomes) > 0
     assert count(engine, t.sync_runs, t.sync_runs.c.status == "succeeded") == 1
 
-    for key in ("segments-rfm11-2025q2", "sync-plan-rfm11-2025q2-outbox", "sync-result-rfm11-2025q2-outbox",
-                "roi-rfm11-2025q2"):
+    for key in (
+        "segments-rfm11-2025q2",
+        "sync-plan-rfm11-2025q2-outbox",
+        "sync-result-rfm11-2025q2-outbox",
+        "roi-rfm11-2025q2",
+    ):
         assert read_artifact(key) is not None, key
 
     # personal data: no customer e-mail or name in Prefect's result storage, home, logs or artifacts
@@ -270,16 +400,23 @@ def test_quarterly_cycle_end_to_end_leaves_no_personal_data_in_prefect(
     runs = all_flow_runs()
     texts = flow_run_logs([r["id"] for r in runs])
     artifacts = all_artifacts()
-    assert {a["key"] for a in artifacts} >= {"segments-rfm11-2025q2", "sync-plan-rfm11-2025q2-outbox",
-                                             "sync-result-rfm11-2025q2-outbox", "roi-rfm11-2025q2"}
+    assert {a["key"] for a in artifacts} >= {
+        "segments-rfm11-2025q2",
+        "sync-plan-rfm11-2025q2-outbox",
+        "sync-result-rfm11-2025q2-outbox",
+        "roi-rfm11-2025q2",
+    }
     texts += [f"{a['key']} {a['description']} {a['data']}" for a in artifacts]
     texts += [f"{r['parameters']!r} {r['state_name']} {(r.get('state') or {}).get('message')}" for r in runs]
     assert len(texts) > 20
     for blob in texts:
         assert not (set(m.decode().lower() for m in EMAIL.findall(blob.encode())) & emails), blob[:200]
         assert not name_re.search(blob), blob[:200]
-    stores = [Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]), Path(os.environ["PREFECT_HOME"]),
-              Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"])]
+    stores = [
+        Path(os.environ["PREFECT_RESULTS_LOCAL_STORAGE_PATH"]),
+        Path(os.environ["PREFECT_HOME"]),
+        Path(os.environ["PREFECT_LOCAL_STORAGE_PATH"]),
+    ]
     for store in stores:
         for path in store.rglob("*") if store.exists() else []:
             if path.is_file() and path.stat().st_size < 50_000_000 and path.suffix not in {".db", ".db-wal"}:
@@ -289,8 +426,13 @@ def test_quarterly_cycle_end_to_end_leaves_no_personal_data_in_prefect(
     # a rerun changes nothing: no new campaign version, no new sync writes, no duplicate outcomes
     campaigns_before = count(engine, t.campaigns)
     outcomes_before = count(engine, t.campaign_outcomes)
-    again = quarterly_cycle(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True,
-                            report_out=str(tmp_path / "report.html"))
+    again = quarterly_cycle(
+        as_of=DEMO_AS_OF,
+        scheme="rfm11",
+        destination="outbox",
+        send=True,
+        report_out=str(tmp_path / "report.html"),
+    )
     assert again["activate"]["sync"]["write_calls"] == 0
     assert count(engine, t.campaigns) == campaigns_before
     assert count(engine, t.campaign_outcomes) == outcomes_before
@@ -308,7 +450,9 @@ def test_cli_run_calls_the_same_flow(prefect_api: str, duck_settings: Settings, 
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_cli_run_quarterly_runs_the_quarterly_cycle_flow_once(
-    prefect_api: str, duck_settings: Settings, tmp_path: Path  # noqa: F811
+    prefect_api: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
 ) -> None:
     import httpx
     from prefect.settings import PREFECT_API_URL
@@ -317,19 +461,26 @@ def test_cli_run_quarterly_runs_the_quarterly_cycle_flow_once(
     result = run_cli("run", "quarterly", "--as-of", "2025-06-30", "--scheme", "seed5", "--no-report")
     assert result.exit_code == 0, result.output
     assert '"activate"' in result.stdout and '"outcomes"' not in result.stdout
-    runs = [r for r in all_flow_runs() if r["parameters"].get("scheme") == "seed5"
-            and r["parameters"].get("report") is False]
+    runs = [
+        r
+        for r in all_flow_runs()
+        if r["parameters"].get("scheme") == "seed5" and r["parameters"].get("report") is False
+    ]
     assert len(runs) == 1, runs
     assert runs[0]["parameters"]["as_of"] == "2025-06-30" and runs[0]["state_type"] == "COMPLETED"
     flow = httpx.get(f"{PREFECT_API_URL.value()}/flows/{runs[0]['flow_id']}", timeout=30).json()
     assert flow["name"] == "quarterly-cycle"
     assert count(engine, t.snapshot_runs, t.snapshot_runs.c.scheme == "seed5") == 1
-    assert count(engine, t.sync_runs, t.sync_runs.c.scheme == "seed5", t.sync_runs.c.status == "succeeded") == 1
+    assert (
+        count(engine, t.sync_runs, t.sync_runs.c.scheme == "seed5", t.sync_runs.c.status == "succeeded") == 1
+    )
 
 
 @pytest.mark.prefect
 def test_guardrail_abort_fails_before_any_write_and_publishes_the_reason(
-    prefect_api: str, duck_settings: Settings, tmp_path: Path  # noqa: F811
+    prefect_api: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
 ) -> None:
     from flows.activate import activate
     from flows.resegment import resegment
@@ -370,7 +521,10 @@ class FlakyOutbox:
 @pytest.mark.prefect
 @pytest.mark.slow
 def test_destination_failing_mid_way_retries_then_fails_and_a_rerun_converges(
-    prefect_api: str, duck_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    prefect_api: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import connectors.outbox
     import connectors.registry
@@ -424,7 +578,10 @@ def test_destination_failing_mid_way_retries_then_fails_and_a_rerun_converges(
 
 @pytest.mark.prefect
 def test_wrong_api_key_fails_the_flow_once_without_the_key_in_prefect(
-    prefect_api: str, duck_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    prefect_api: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A non-retriable destination error is not retried by the task, and the key reaches no Prefect log."""
     import flows.activate
@@ -441,7 +598,9 @@ def test_wrong_api_key_fails_the_flow_once_without_the_key_in_prefect(
         monkeypatch.setenv("ACTIVATION_MAILCHIMP__API_KEY", wrong_key)
         monkeypatch.setenv("ACTIVATION_MAILCHIMP__LIST_ID", mc.list_id)
         monkeypatch.setenv("ACTIVATION_MAILCHIMP__BASE_URL", mc.base_url)
-        monkeypatch.setattr(flows.activate, "sync_task", sync_task.with_options(retry_delay_seconds=[0, 0, 0]))
+        monkeypatch.setattr(
+            flows.activate, "sync_task", sync_task.with_options(retry_delay_seconds=[0, 0, 0])
+        )
         state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="mailchimp", return_state=True)
         calls = mc.calls
         assert mc.write_calls == 0
@@ -458,7 +617,10 @@ def test_wrong_api_key_fails_the_flow_once_without_the_key_in_prefect(
 
 @pytest.mark.prefect
 def test_unknown_destination_or_missing_credentials_stop_before_anything_runs(
-    prefect_api: str, duck_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    prefect_api: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from activation.errors import ConfigError
     from flows.activate import activate
@@ -470,7 +632,9 @@ def test_unknown_destination_or_missing_credentials_stop_before_anything_runs(
     runs_before = len(all_flow_runs())
     result = run_cli("run", "activate", "--destination", "mailchimps", "--as-of", "2025-06-30")
     assert result.exit_code == 2, result.output
-    assert "unknown destination 'mailchimps'" in result.output and "outbox, mailchimp, hubspot" in result.output
+    assert (
+        "unknown destination 'mailchimps'" in result.output and "outbox, mailchimp, hubspot" in result.output
+    )
     assert "Traceback" not in result.output
     result = run_cli("run", "quarterly", "--destination", "hubspot", "--as-of", "2025-06-30")
     assert result.exit_code == 2, result.output
@@ -482,8 +646,13 @@ def test_unknown_destination_or_missing_credentials_stop_before_anything_runs(
     assert state.is_failed()
     with pytest.raises(ConfigError, match="ACTIVATION_MAILCHIMP__API_KEY"):
         state.result()
-    state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="nowhere", wait_for_snapshot_minutes=120,
-                     return_state=True)
+    state = activate(
+        as_of=DEMO_AS_OF,
+        scheme="rfm11",
+        destination="nowhere",
+        wait_for_snapshot_minutes=120,
+        return_state=True,
+    )
     with pytest.raises(ConfigError, match="unknown destination 'nowhere'"):
         state.result()
     assert count(engine, t.snapshot_runs) == 0 and count(engine, t.campaigns) == 0
