@@ -7,6 +7,10 @@ connection-limited lower bound ⌈calls / connections⌉ × latency and the rati
 client and of the fake server (both share the machine).
 
     python bench/bench_sync.py --members 100000 --latency 0.05
+
+``--batch-calls N`` also measures the client's CPU per 500-member batch upsert: N calls one after the
+other through the connector's SDK adapter (request building, sending, reading and parsing the answer),
+process CPU time divided by N.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pydantic import SecretStr  # noqa: E402
 from activation.settings import MailchimpSettings, Settings  # noqa: E402
 from activation.warehouse import get_engine  # noqa: E402
 from connectors.http import RetryPolicy  # noqa: E402
-from connectors.mailchimp import MailchimpDestination  # noqa: E402
+from connectors.mailchimp import MailchimpApi, MailchimpDestination  # noqa: E402
 from connectors.sync import sync_audience  # noqa: E402
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent  # noqa: E402
 
@@ -183,12 +187,48 @@ def run(engine, settings, fake: RemoteFake, latency: float, conns: int, label: s
     }
 
 
+def cpu_per_batch(settings, calls: int) -> tuple[float, float]:
+    """(client CPU ms, wall ms) per 500-member ``POST /lists/{id}`` through :class:`MailchimpApi`."""
+    api = MailchimpApi(settings.mailchimp, retry=RetryPolicy(base_delay=0.05))
+    list_id = settings.mailchimp.list_id
+
+    def body(i: int) -> dict:
+        return {
+            "members": [
+                {
+                    "email_address": f"b{i}-{j}@example.com",
+                    "status_if_new": "subscribed",
+                    "merge_fields": {
+                        "FNAME": f"N{j}",
+                        "SEGMENT": "Champions",
+                        "COUPON": f"C-{i}-{j}",
+                        "OFFER": "15% off",
+                        "EXPIRES": "2024-05-01",
+                    },
+                }
+                for j in range(500)
+            ],
+            "update_existing": True,
+        }
+
+    bodies = [body(i) for i in range(calls + 1)]
+    api.call("warm-up", lambda c: c.lists.batch_list_members(list_id, bodies[0]), write=True)
+    cpu0, t0 = os.times(), time.perf_counter()
+    for b in bodies[1:]:
+        api.call("batch upsert", lambda c, b=b: c.lists.batch_list_members(list_id, b), write=True)
+    cpu1, t1 = os.times(), time.perf_counter()
+    api.close()
+    cpu = cpu1.user + cpu1.system - cpu0.user - cpu0.system
+    return cpu * 1000 / calls, (t1 - t0) * 1000 / calls
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--members", type=int, default=100_000)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--change", type=float, default=0.05, help="share of members moving segment in run 2")
     ap.add_argument("--connections", type=int, default=10)
+    ap.add_argument("--batch-calls", type=int, default=0, help="measure client CPU per 500-member batch call")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-sync-"))
     fake = RemoteFake(args.latency)
@@ -238,6 +278,21 @@ def main() -> None:
             f"{r['client_cpu_s']:.0f} / {r['server_cpu_s']:.0f} |"
         )
     print(f"segments: {rows[0]['segments']}; holdouts: every 10th customer; latency per call: {ms}")
+    per_write = [f"{r['client_cpu_s'] * 1000 / r['writes']:.1f}" for r in rows if r["writes"]]
+    print(
+        f"client CPU per write call over a whole sync (everything the client does, ms): {', '.join(per_write)}"
+    )
+    if args.batch_calls:
+        fake = RemoteFake(args.latency)
+        settings.mailchimp = settings.mailchimp.model_copy(
+            update={"api_key": SecretStr(fake.info["api_key"]), "base_url": fake.info["url"]}
+        )
+        cpu_ms, wall_ms = cpu_per_batch(settings, args.batch_calls)
+        fake.stop()
+        print(
+            f"one 500-member batch upsert, {args.batch_calls} calls in a row: client CPU {cpu_ms:.1f} ms per call, "
+            f"wall {wall_ms:.1f} ms per call ({ms} injected)"
+        )
 
 
 if __name__ == "__main__":

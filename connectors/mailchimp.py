@@ -355,14 +355,28 @@ class MailchimpDestination:
         publish = [c for c in plan.campaigns if self._needs_publish(c, plan, journal)]
         if not plan.changes and not publish:
             return
-        self.verify()
         needed = {c.tag_add for c in plan.changes if c.tag_add} | {c.segment for c in publish}
-        segment_ids = self.ensure_segments(needed)
-        if any(c.upsert for c in plan.changes):
-            self.ensure_merge_fields()
-        existing = (
-            self._existing_campaigns() if any(self._remote_id(c, journal) is None for c in publish) else {}
-        )
+        upserts = any(c.upsert for c in plan.changes)
+        drafts = any(self._remote_id(c, journal) is None for c in publish)
+        # the key first (one call when it is wrong), then the independent set-up reads in one round trip,
+        # then the missing segments and merge fields at once: latency is paid per round trip
+        self.api.call("ping", lambda c: c.ping.get(), write=False)
+        reads: list[Callable[[], Any]] = [self._get_list, self._segments]
+        reads += [self._merge_fields] if upserts else []
+        reads += [self._existing_campaigns] if drafts else []
+        try:
+            found = self._parallel(reads)
+        except RemoteNotFoundError:
+            raise self._no_such_list() from None
+        self.api.need(found[0], "id", "get list")
+        segment_ids: dict[str, int] = found[1]
+        existing: dict[str, str] = found[-1] if drafts else {}
+        missing = sorted(needed - set(segment_ids))
+        creates = self._segment_creates(missing)
+        fields = self._merge_field_calls(found[2]) if upserts else []
+        done = self._parallel(creates + fields)
+        for name, seg in zip(missing, done[: len(missing)], strict=True):
+            segment_ids[name] = int(self.api.need(seg, "id", f"create segment {name}"))
         pool = CallPool(self.settings.max_connections)
         try:
             # campaign drafts only need their static segment: they fill idle connections meanwhile
@@ -414,12 +428,15 @@ class MailchimpDestination:
         """Cheap reads that fail fast (before any write) on a wrong key, list id or URL."""
         self.api.call("ping", lambda c: c.ping.get(), write=False)
         try:
-            found = self.api.call(
-                "get list", lambda c: c.lists.get_list(self.api.list_id, fields=["id", "name"]), write=False
-            )
+            found = self._get_list()
         except RemoteNotFoundError:
             raise self._no_such_list() from None
         self.api.need(found, "id", "get list")
+
+    def _get_list(self) -> Any:
+        return self.api.call(
+            "get list", lambda c: c.lists.get_list(self.api.list_id, fields=["id", "name"]), write=False
+        )
 
     def _no_such_list(self) -> RemoteNotFoundError:
         return RemoteNotFoundError(
@@ -449,7 +466,10 @@ class MailchimpDestination:
     def ensure_merge_fields(self) -> None:
         """Create the merge fields that are missing, and give each its default (FNAME reads "there" for a
         member without a first name, as in the outbox). The defaults of existing fields are updated."""
-        have = self._merge_fields()
+        self._parallel(self._merge_field_calls(self._merge_fields()))
+
+    def _merge_field_calls(self, have: dict[str, dict[str, Any]]) -> list[Callable[[], Any]]:
+        """The calls that bring the merge fields from ``have`` to :func:`merge_fields` with their defaults."""
         defaults = merge_field_defaults()
         calls: list[Callable[[], Any]] = []
         for tag, label in merge_fields().items():
@@ -481,7 +501,7 @@ class MailchimpDestination:
                         write=True,
                     )
                 )
-        self._parallel(calls)
+        return calls
 
     def _segments(self) -> dict[str, int]:
         """name -> id of every static segment (tag) of the audience."""
@@ -510,24 +530,26 @@ class MailchimpDestination:
         """name -> static segment id, creating the ``names`` that are missing."""
         ids = self._segments()
         missing = sorted(names - set(ids))
+        created = self._parallel(self._segment_creates(missing))
+        for name, seg in zip(missing, created, strict=True):
+            ids[name] = int(self.api.need(seg, "id", f"create segment {name}"))
+        return ids
+
+    def _segment_creates(self, names: Sequence[str]) -> list[Callable[[], Any]]:
+        """One create per static segment in ``names``; each finds its segment if the answer was lost."""
 
         def find(name: str) -> dict[str, int] | None:
             seg_id = self._segments().get(name)
             return {"id": seg_id} if seg_id is not None else None
 
-        created = self._parallel(
-            [
-                lambda n=name: self.api.create(  # type: ignore[misc]  # default-argument lambda
-                    f"create segment {n}",
-                    lambda c: c.lists.create_segment(self.api.list_id, {"name": n, "static_segment": []}),
-                    lambda: find(n),
-                )
-                for name in missing
-            ]
-        )
-        for name, seg in zip(missing, created, strict=True):
-            ids[name] = int(self.api.need(seg, "id", f"create segment {name}"))
-        return ids
+        return [
+            lambda n=name: self.api.create(  # type: ignore[misc]  # default-argument lambda
+                f"create segment {n}",
+                lambda c: c.lists.create_segment(self.api.list_id, {"name": n, "static_segment": []}),
+                lambda: find(n),
+            )
+            for name in names
+        ]
 
     def _sync_members(
         self, plan: SyncPlan, journal: Journal, segment_ids: dict[str, int], pool: CallPool
