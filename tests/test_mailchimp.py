@@ -822,3 +822,33 @@ def test_the_request_contract_catches_a_string_where_a_list_is_declared():
     assert _contract_violations(seg) == [
         "lists.batch_segment_members: segment_id=12 is int, the SDK declares str"
     ]
+
+
+def test_cli_outcomes_collect_from_mailchimp_is_never_silent(duck_engine, duck_settings, mc, monkeypatch):
+    """``outcomes collect --destination mailchimp`` without a key, or for campaigns never sent there,
+    stops with exit status 2 and says what to do, instead of recording no events and exiting 0."""
+    from tests.cli_helpers import run_cli
+    from tests.outcomes_fixtures import AS_OF as O_AS_OF
+    from tests.outcomes_fixtures import SCHEME as O_SCHEME
+    from tests.outcomes_fixtures import build
+
+    build(duck_engine)
+    args = (
+        "outcomes",
+        "collect",
+        "--as-of",
+        O_AS_OF.isoformat(),
+        "--scheme",
+        O_SCHEME,
+        "--destination",
+        "mailchimp",
+    )
+    monkeypatch.delenv("ACTIVATION_MAILCHIMP__API_KEY", raising=False)
+    no_key = run_cli(*args)
+    assert no_key.exit_code == 2 and "ACTIVATION_MAILCHIMP__API_KEY" in no_key.output, no_key.output
+    for k, v in {"API_KEY": mc.api_key, "LIST_ID": mc.list_id, "BASE_URL": mc.base_url}.items():
+        monkeypatch.setenv(f"ACTIVATION_MAILCHIMP__{k}", v)
+    never_sent = run_cli(*args)
+    assert never_sent.exit_code == 2, never_sent.output
+    assert "activation sync --destination mailchimp --send" in never_sent.output
+    assert "Traceback" not in never_sent.output
