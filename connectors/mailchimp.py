@@ -10,12 +10,19 @@ What :class:`MailchimpDestination` writes, per sync, only for members whose stat
 
 * members: ``POST /lists/{id}`` (≤ 500 a call, ``update_existing``, ``status_if_new`` only, so an
   unsubscribed or cleaned contact is never resubscribed), merge fields FNAME, SEGMENT, OFFER, COUPON,
-  EXPIRES (created when missing);
+  EXPIRES (created when missing, with the renderer's defaults: FNAME reads "there"); an empty value is never
+  sent (the API would erase the contact's own); a contact the answer lists as unsubscribed or cleaned is a
+  consent refusal: suppressed, not tagged;
 * one static segment (tag) per segment name: ``members_to_add`` / ``members_to_remove`` (≤ 500 each), so a
   customer who moved loses the old tag; removals ride along with the next segment call when they can;
-* one campaign per segment targeted at its static segment, content = the merge-tag render; a draft unless
-  ``send`` / ``schedule_at``; a campaign is sent at most once (recorded in ``destination_campaigns`` and
-  checked on the remote before sending).
+* one campaign per segment targeted at its static segment, subject and content = the merge-tag render; a
+  draft unless ``send`` / ``schedule_at`` (on a quarter-hour, checked before anything else); a campaign is
+  sent at most once (recorded in ``destination_campaigns`` and checked on the remote before sending).
+
+A create whose answer was lost (5xx, dropped connection) may have been applied: it is looked up by title,
+name or tag before it is tried again, so a retry never makes a second draft or stops on "already exists".
+Partial responses (``fields``) are asked for with lists of names, as the SDK declares them, and an answer
+without the fields asked for is an error, never an empty audience.
 """
 
 from __future__ import annotations
@@ -346,7 +353,7 @@ class MailchimpDestination:
         for camp in publish:
             out[camp.segment] = out.get(camp.segment, 0) + 2 + (2 if plan.send or plan.schedule_at else 0)
         if out:
-            out[""] = 4  # ping, list, merge fields, segments
+            out[""] = 5  # ping, list, segments, merge fields, campaigns
         return out
 
     # --- apply ------------------------------------------------------------------------------------
