@@ -978,3 +978,33 @@ def test_the_request_contract_catches_wrong_bodies():
         "POST /crm/v3/objects/contacts/search.properties: str where list[str] is declared",
         "POST /contacts/v1/lists/7/add: an endpoint without a transcribed contract",
     ]
+
+
+def test_cli_outcomes_collect_from_hubspot_is_never_silent(duck_engine, duck_settings, hs, monkeypatch):
+    """``outcomes collect --destination hubspot`` without a token, or for campaigns never synced there,
+    exits 2 with the fix; once synced it reads consent back (it made no request at all before)."""
+    from tests.cli_helpers import run_cli
+    from tests.outcomes_fixtures import AS_OF as O_AS_OF
+    from tests.outcomes_fixtures import SCHEME as O_SCHEME
+    from tests.outcomes_fixtures import build
+
+    build(duck_engine)
+    args = (
+        "outcomes",
+        "collect",
+        "--as-of",
+        O_AS_OF.isoformat(),
+        "--scheme",
+        O_SCHEME,
+        "--destination",
+        "hubspot",
+    )
+    monkeypatch.delenv("ACTIVATION_HUBSPOT__TOKEN", raising=False)
+    no_token = run_cli(*args)
+    assert no_token.exit_code == 2 and "ACTIVATION_HUBSPOT__TOKEN" in no_token.output, no_token.output
+    for k, v in {"TOKEN": hs.token, "BASE_URL": hs.url}.items():
+        monkeypatch.setenv(f"ACTIVATION_HUBSPOT__{k}", v)
+    never_synced = run_cli(*args)
+    assert never_synced.exit_code == 2, never_synced.output
+    assert "activation sync --destination hubspot" in never_synced.output
+    assert "Traceback" not in never_synced.output and hs.calls == 0
