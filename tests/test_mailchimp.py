@@ -486,6 +486,8 @@ def test_campaign_subject_is_the_merge_tag_render(duck_engine, duck_settings, mc
     _sync(duck_engine, duck_settings, content=_JinjaSubject(), send=True)
     subjects = {c["settings"]["subject_line"] for c in mc.campaigns.values()}
     assert subjects == {"*|FNAME|*: still with us?"}
+    sent = [c.body for c in mc.log if c.write and c.path.startswith("/3.0/campaigns")]
+    assert sent and not [b for b in sent if "{{" in json.dumps(b) or "{%" in json.dumps(b)]  # no Jinja at all
     camp = next(iter(mc.campaigns.values()))
     email = camp["recipients_sent"][0]
     assert mc.render(camp["settings"]["subject_line"], email) == f"Name{email.split('@')[0]}: still with us?"
