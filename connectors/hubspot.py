@@ -466,11 +466,13 @@ class HubSpotDestination:
                     1
                     + (1 if any(c.tag_add for c in chunk) else 0)
                     + len({c.tag_remove for c in chunk if c.tag_remove})
+                    + (1 if any(c.kind == "update" for c in chunk) else 0)  # consent re-check
                 )
         for seg, n in leavers.items():
             out[seg] += 2 * _ceil(n, self.batch_size)
         if out or any(plan.audiences.values()):
-            out[""] = 1 + len({c.segment for c in plan.campaigns})
+            # consent search, properties, one list lookup per segment
+            out[""] = 2 + len({c.segment for c in plan.campaigns})
         return dict(out)
 
     # --- apply ------------------------------------------------------------------------------------
