@@ -18,6 +18,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from activation import statuses
 from activation.errors import ConfigError
 
 try:  # pydantic-settings >= 2.7: list values from the environment reach the validator undecoded
@@ -107,9 +108,14 @@ class Settings(BaseSettings):
 
     orders: OrdersSource = OrdersSource()
     customers: CustomersSource = CustomersSource()
-    excluded_statuses: Annotated[list[str], NoDecode] = ["Cancelled", "Returned"]  # "A, B" or JSON
-    accepted_statuses: list[str] | None = Field(
-        default=None, description="When set, any other status fails the data checks."
+    # order statuses, compared trimmed and case-insensitively; any other value blocks the data checks
+    counted_statuses: Annotated[list[str], NoDecode] = list(statuses.COUNTED)  # "A, B" or JSON
+    excluded_statuses: Annotated[list[str], NoDecode] = list(statuses.EXCLUDED)
+    allow_negative_amounts: bool = Field(
+        default=False, description="Segment even when orders have a negative amount (net refunds)."
+    )
+    future_tolerance_hours: float = Field(
+        default=24.0, ge=0, description="Orders dated later than now plus this block the data checks."
     )
     default_scheme: str = "rfm11"
     lookback_days: int | None = Field(
@@ -137,7 +143,7 @@ class Settings(BaseSettings):
     mailchimp: MailchimpSettings = MailchimpSettings()
     hubspot: HubSpotSettings = HubSpotSettings()
 
-    @field_validator("excluded_statuses", mode="before")
+    @field_validator("counted_statuses", "excluded_statuses", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):

@@ -77,7 +77,9 @@ def main() -> None:
             start, end = min(w.start for w in windows), max(w.end for w in windows)
             with engine.connect() as conn:
                 m = pd.read_sql(
-                    select(campaign_members.c.customer_id, campaign_members.c.member_group, campaigns.c.segment)
+                    select(
+                        campaign_members.c.customer_id, campaign_members.c.member_group, campaigns.c.segment
+                    )
                     .join(campaigns, campaigns.c.campaign_id == campaign_members.c.campaign_id)
                     .where(campaigns.c.campaign_id.in_([w.campaign_id for w in windows])),
                     conn,
@@ -89,11 +91,13 @@ def main() -> None:
                     conn,
                     params={"s": start, "e": end},
                 )
-            o = o[~o["status"].isin(settings.excluded_statuses)]
+            o = o[~o["status"].str.strip().str.lower().isin([s.lower() for s in settings.excluded_statuses])]
             per = o.groupby("customer_id")["amount"].sum()
             m["revenue"] = m["customer_id"].map(per).fillna(0.0)
             m["converted"] = m["revenue"].gt(0) | m["customer_id"].isin(per.index)
-            return m.groupby(["segment", "member_group"]).agg(rate=("converted", "mean"), rpm=("revenue", "mean"))
+            return m.groupby(["segment", "member_group"]).agg(
+                rate=("converted", "mean"), rpm=("revenue", "mean")
+            )
 
         base = timed("pandas", baseline)
         t = roi.set_index("segment")
@@ -104,8 +108,10 @@ def main() -> None:
         dispose_engines()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"warehouse {url.split(':')[0]}: {args.orders:,} order rows, {members:,} campaign members, "
-          f"{len(roi)} campaigns; {first.converted_added:,} conversions (re-collect added {again.converted_added})")
+    print(
+        f"warehouse {url.split(':')[0]}: {args.orders:,} order rows, {members:,} campaign members, "
+        f"{len(roi)} campaigns; {first.converted_added:,} conversions (re-collect added {again.converted_added})"
+    )
     for name, secs in timings.items():
         print(f"  {name:<14} {secs:7.2f} s")
 

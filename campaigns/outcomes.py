@@ -56,6 +56,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
+from activation import statuses
 from activation.dialect import CreateTempTableAs, insert_ignore, prefer_hash_joins
 from activation.errors import ConfigError, NotFoundError, WarehouseError
 from activation.settings import Settings
@@ -277,7 +278,7 @@ def valid_status(settings: Settings, status_col: Any) -> Any:
     """Orders whose status is not excluded (a missing status counts as valid)."""
     if not settings.orders.status or not settings.excluded_statuses:
         return true()
-    return or_(status_col.is_(None), status_col.not_in(list(settings.excluded_statuses)))
+    return statuses.counts(status_col, settings.excluded_statuses)
 
 
 def check_orders_source(bind: Engine | Connection, settings: Settings) -> None:

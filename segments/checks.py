@@ -2,20 +2,30 @@
 relationships), run as SQL inside the warehouse.
 
 Blocking checks (``severity="error"``) stop segmentation with a :class:`DataCheckError` naming the check,
-the number of failing rows and a few examples; nothing is written. ``severity="warn"`` checks are
-reported only: orders of customers missing from ``customers`` still segment correctly, they just
+the number of failing rows, a few example rows and the fix; nothing is written. ``severity="warn"`` checks
+are reported only: orders of customers missing from ``customers`` still segment correctly, they just
 cannot be contacted later.
+
+On orders: not_null (order id, customer, time, amount), numeric(amount), non_negative(amount) (blocking
+unless ``settings.allow_negative_amounts``), not_future(ordered_at) (beyond
+``settings.future_tolerance_hours``), accepted_values(status) (the vocabulary of
+:mod:`activation.statuses`), unique(order_id), and relationships to customers (a warning). They take three
+statements: one aggregate for every count, one ``GROUP BY status``, one ``GROUP BY order_id``; example rows
+are fetched only for a failing check. The relationship check runs on distinct customers; a snapshot does it
+on its own per-customer metrics instead of a second pass over the orders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, column, exists, func, not_, select, table
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from activation import statuses
 from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import Settings
 from activation.warehouse import has_table
@@ -115,6 +125,11 @@ def _count_and_examples(conn: Connection, cond: Any, src: Any, show: list[Any]) 
     return int(n), examples
 
 
+def _examples(conn: Connection, src: Any, cond: Any, show: list[Any], order: Any) -> list[dict]:
+    rows = conn.execute(select(*show).select_from(src).where(cond).order_by(order).limit(EXAMPLES)).mappings()
+    return [dict(r) for r in rows]
+
+
 def _not_null(conn: Connection, src: Any, cols: list[tuple[str, Any]], show: list[Any]) -> list[CheckResult]:
     """All not-null counts in one scan; examples only for the columns that fail."""
     counts = conn.execute(
@@ -132,7 +147,49 @@ def _not_null(conn: Connection, src: Any, cols: list[tuple[str, Any]], show: lis
     return results
 
 
-def _order_checks(conn: Connection, settings: Settings) -> CheckReport:
+def future_limit(settings: Settings) -> datetime:
+    """Orders dated after this (UTC, naive like the warehouse's timestamps) block segmentation."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    return now + timedelta(hours=settings.future_tolerance_hours)
+
+
+def _status_check(conn: Connection, settings: Settings, src: Any, st: Any, oid: Any) -> CheckResult:
+    """Unknown statuses: one ``GROUP BY status`` (a handful of distinct values), compared in Python."""
+    counted, excluded = settings.counted_statuses, settings.excluded_statuses
+    vocabulary = set(statuses.normalized([*counted, *excluded]))
+    seen = conn.execute(select(st, func.count()).select_from(src).group_by(st)).all()
+    unknown = sorted(
+        (
+            (v, int(n))
+            for v, n in seen
+            if v is not None and v.strip() and statuses.normalize(v) not in vocabulary
+        ),
+        key=lambda vn: (-vn[1], vn[0]),
+    )
+    examples: list[dict] = []
+    if unknown:
+        values = [v for v, _ in unknown[:20]]
+        rows = conn.execute(
+            select(st, func.min(oid).label("example_order"))
+            .select_from(src)
+            .where(st.in_(values))
+            .group_by(st)
+        ).all()
+        first = {v: o for v, o in rows}
+        examples = [{"status": v, "orders": n, "e.g. order": first.get(v)} for v, n in unknown[:EXAMPLES]]
+    listed = ", ".join(f"{v!r} ({n:,})" for v, n in unknown[:20])
+    return CheckResult(
+        "accepted_values(status)",
+        f"status not in the vocabulary: {listed}" if unknown else "status not in the vocabulary",
+        "error",
+        sum(n for _, n in unknown),
+        examples,
+    )
+
+
+def _order_checks(conn: Connection, settings: Settings, relationships: bool = True) -> CheckReport:
+    """Every orders check in as few scans as possible: one aggregate for the null, negative and future
+    counts, one ``GROUP BY status``, one ``GROUP BY order_id`` for uniqueness; examples only on failure."""
     o = settings.orders
     needed = {
         "order_id": o.order_id,
@@ -143,43 +200,66 @@ def _order_checks(conn: Connection, settings: Settings) -> CheckReport:
     if o.status:
         needed["status"] = o.status
     cols = _require(conn, o.table, needed, "ORDERS")
-    if o.status and cols and o.status not in cols:
-        cols = {}
     src = source_table(o.table, *needed.values())
     c = src.c
     oid, cid, at, amt = c[o.order_id], c[o.customer_id], c[o.ordered_at], c[o.amount]
     results: list[CheckResult] = []
     show = [oid, cid, at, amt]
 
-    results += _not_null(
-        conn, src, [("order_id", oid), ("customer_id", cid), ("ordered_at", at), ("amount", amt)], show
-    )
-
     amount_type = cols.get(o.amount)
-    if amount_type is not None and not any(t in amount_type.lower() for t in NUMERIC_TYPES):
+    numeric = amount_type is None or any(t in amount_type.lower() for t in NUMERIC_TYPES)
+    limit = future_limit(settings)
+    nulls = [("order_id", oid), ("customer_id", cid), ("ordered_at", at), ("amount", amt)]
+    conds: list[tuple[str, Any]] = [(label, col.is_(None)) for label, col in nulls]
+    if numeric:
+        conds.append(("negative", amt < 0))
+    conds.append(("future", at > limit))
+    counts = conn.execute(
+        select(
+            func.count().label("rows"), *(func.count().filter(cond).label(k) for k, cond in conds)
+        ).select_from(src)
+    ).one()
+    total = int(counts[0])
+    n_of = {k: int(n) for (k, _), n in zip(conds, counts[1:], strict=True)}
+    for (label, col), (_, cond) in zip(nulls, conds, strict=False):
+        n = n_of[label]
+        ex = _examples(conn, src, cond, show, oid) if n else []
+        results.append(CheckResult(f"not_null({label})", f"{col.name} is null", "error", n, ex))
+
+    if not numeric:
         results.append(
             CheckResult(
                 "numeric(amount)",
                 f"column {o.amount} has type {amount_type}, not a number; cast it in a view",
                 "error",
-                int(conn.execute(select(func.count()).select_from(src)).scalar_one()),
+                total,
                 [],
             )
         )
-
-    if o.status and settings.accepted_statuses is not None:
-        st = c[o.status]
-        cond = and_(st.is_not(None), st.not_in(settings.accepted_statuses))
-        n, ex = _count_and_examples(conn, cond, src, [oid, st])
+    else:
+        n = n_of["negative"]
         results.append(
             CheckResult(
-                "accepted_values(status)",
-                f"status not in {settings.accepted_statuses}",
-                "error",
+                "non_negative(amount)",
+                f"{o.amount} is negative (an order whose returns exceed its purchases)",
+                "warn" if settings.allow_negative_amounts else "error",
                 n,
-                ex,
+                _examples(conn, src, amt < 0, show, amt) if n else [],
             )
         )
+    n = n_of["future"]
+    results.append(
+        CheckResult(
+            "not_future(ordered_at)",
+            f"{o.ordered_at} is after {limit:%Y-%m-%d %H:%M} UTC (now + {settings.future_tolerance_hours:g} h)",
+            "error",
+            n,
+            _examples(conn, src, at > limit, show, at.desc()) if n else [],
+        )
+    )
+
+    if o.status:
+        results.append(_status_check(conn, settings, src, c[o.status], oid))
 
     dup = select(oid.label("order_id"), func.count().label("rows")).group_by(oid).having(func.count() > 1)
     dup_sq = dup.subquery("duplicates")
@@ -190,24 +270,34 @@ def _order_checks(conn: Connection, settings: Settings) -> CheckReport:
     results.append(
         CheckResult("unique(order_id)", "order id appears on more than one row", "error", n_dup, examples)
     )
-
-    cu = settings.customers
-    if has_table(conn, cu.table):
-        cust = source_table(cu.table, cu.customer_id)
-        has_rows = conn.execute(select(cust.c[cu.customer_id]).limit(1)).first() is not None
-        if has_rows:
-            missing = not_(exists(select(1).select_from(cust).where(cust.c[cu.customer_id] == cid)))
-            n, ex = _count_and_examples(conn, and_(cid.is_not(None), missing), src, [oid, cid])
-            results.append(
-                CheckResult(
-                    "relationships(customer_id -> customers)",
-                    f"customer not in {cu.table}",
-                    "warn",
-                    n,
-                    ex,
-                )
-            )
+    if relationships:
+        rel = relationships_check(
+            conn, settings, select(cid.label("customer_id")).select_from(src).distinct()
+        )
+        if rel is not None:
+            results.append(rel)
     return CheckReport(o.table, results)
+
+
+def relationships_check(conn: Connection, settings: Settings, customers_of: Any) -> CheckResult | None:
+    """Customers of ``customers_of`` (a select of distinct ``customer_id``) missing from the customers table;
+    None when that table is absent or empty (nothing to relate to)."""
+    cu = settings.customers
+    if not has_table(conn, cu.table):
+        return None
+    cust = source_table(cu.table, cu.customer_id)
+    if conn.execute(select(cust.c[cu.customer_id]).limit(1)).first() is None:
+        return None
+    ids = customers_of.subquery("customers_of")
+    missing = not_(exists(select(1).select_from(cust).where(cust.c[cu.customer_id] == ids.c.customer_id)))
+    n, ex = _count_and_examples(conn, and_(ids.c.customer_id.is_not(None), missing), ids, [ids.c.customer_id])
+    return CheckResult(
+        "relationships(customer_id -> customers)",
+        f"customer with orders not in {cu.table}",
+        "warn",
+        n,
+        ex,
+    )
 
 
 def _event_checks(conn: Connection) -> CheckReport:
@@ -219,7 +309,9 @@ def _event_checks(conn: Connection) -> CheckReport:
     return CheckReport("contact_events", _not_null(conn, src, cols, list(src.c)))
 
 
-def run_checks(engine: Engine, settings: Settings, source: str = "orders") -> CheckReport:
+def run_checks(
+    engine: Engine, settings: Settings, source: str = "orders", *, relationships: bool = True
+) -> CheckReport:
     """Run the data checks on the segmentation source (``orders`` per ``settings.orders``, or
     ``contact_events``).
 
@@ -230,7 +322,10 @@ def run_checks(engine: Engine, settings: Settings, source: str = "orders") -> Ch
     """
     try:
         with engine.connect() as conn:
-            report = _event_checks(conn) if source == "contact_events" else _order_checks(conn, settings)
+            if source == "contact_events":
+                report = _event_checks(conn)
+            else:
+                report = _order_checks(conn, settings, relationships)
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise WarehouseError(
@@ -239,9 +334,24 @@ def run_checks(engine: Engine, settings: Settings, source: str = "orders") -> Ch
         ) from exc
     if not report.ok:
         lines = [report.describe(r) for r in report.blocking]
+        fixes = list(
+            dict.fromkeys(_FIXES.get(r.name.split("(")[0], _FIXES["default"]) for r in report.blocking)
+        )
         raise DataCheckError(
             f"data checks failed on {report.table}: " + " | ".join(lines),
             failures=report.blocking,
-            fix="fix or exclude the failing rows in the source (or a view over it), then rerun; nothing was written",
+            fix="; ".join(fixes) + "; nothing was written",
         )
     return report
+
+
+_FIXES = {
+    "default": "fix or exclude the failing rows in the source (or a view over it), then rerun",
+    "non_negative": "net each refund into its order or drop those rows in the source (or a view over it); to "
+    "segment with negative orders anyway, pass --allow-negative-amounts or set ACTIVATION_ALLOW_NEGATIVE_AMOUNTS=true",
+    "accepted_values": "say whether each status is a purchase: list it in ACTIVATION_COUNTED_STATUSES or "
+    "ACTIVATION_EXCLUDED_STATUSES (comma-separated, replacing the default vocabulary in docs/mapping.md), or "
+    "map it to a known status under 'statuses:' in the ingest mapping file",
+    "not_future": "correct those dates (a time zone or a day/month mix-up?) or drop the rows; the tolerance is "
+    "ACTIVATION_FUTURE_TOLERANCE_HOURS",
+}

@@ -118,6 +118,11 @@ def segment_command(
         min=1,
         help="Only orders in the N days ending with as_of (default: settings).",
     ),
+    allow_negative_amounts: bool = typer.Option(
+        False,
+        "--allow-negative-amounts",
+        help="Segment even when orders have a negative amount (default: a blocking data check).",
+    ),
 ) -> None:
     """Compute and store a segment snapshot; print customers, share, mean R/F/M and revenue per segment."""
     from rich.table import Table
@@ -128,6 +133,8 @@ def segment_command(
     from segments.snapshots import compute_snapshot, last_quarter_end, segment_summary
 
     settings = get_settings()
+    if allow_negative_amounts:
+        settings = settings.model_copy(update={"allow_negative_amounts": True})
     when = _parse_date(as_of, "--as-of") if as_of else last_quarter_end(today_in(settings))
     name = scheme or settings.default_scheme
     engine = get_engine(settings)

@@ -40,6 +40,7 @@ from sqlalchemy import and_, case, column, func, literal_column, select, table
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
 
+from activation import statuses
 from activation import tables as t
 from activation.errors import ConfigError, InputError, NotFoundError
 from activation.settings import Settings
@@ -138,8 +139,7 @@ def feature_query(settings: Settings, as_of: date, horizon_days: int, *, with_ta
     if with_target:
         cols.append(func.coalesce(func.sum(case((ts >= end, amount), else_=zero)), zero).label("target"))
     if src.status and settings.excluded_statuses:
-        status = o.c[src.status]
-        where.append((status.is_(None)) | (status.not_in(list(settings.excluded_statuses))))
+        where.append(statuses.counts(o.c[src.status], settings.excluded_statuses))
     return select(*cols).where(*where).group_by(cid).having(func.count(case((past, oid))) > 0).order_by(cid)
 
 
@@ -183,8 +183,7 @@ def data_range(engine: Engine, settings: Settings) -> tuple[date, date] | None:
     ts = o.c[src.ordered_at]
     q = select(func.min(ts), func.max(ts))
     if src.status and settings.excluded_statuses:
-        status = o.c[src.status]
-        q = q.where((status.is_(None)) | (status.not_in(list(settings.excluded_statuses))))
+        q = q.where(statuses.counts(o.c[src.status], settings.excluded_statuses))
     with engine.connect() as conn:
         lo, hi = conn.execute(q).one()
     if lo is None:

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Date, Integer, String, and_, case, cast, column, func, literal, or_, select, table
+from sqlalchemy import Date, Integer, String, and_, case, cast, column, func, literal, select, table
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
+from activation import statuses
 from activation.dialect import days_between, percentiles_disc
 from activation.settings import Settings
 from activation.tables import Double
@@ -74,8 +75,7 @@ def _source_rows(settings: Settings, scheme: Scheme, window: Window) -> Any:
         cust = src.c[o.customer_id]
         conds = [at < window.end]
         if o.status and settings.excluded_statuses:
-            status = src.c[o.status]
-            conds.append(or_(status.is_(None), status.not_in(settings.excluded_statuses)))
+            conds.append(statuses.counts(src.c[o.status], settings.excluded_statuses))
     if window.start is not None:
         conds.append(at >= window.start)
     return (

@@ -28,7 +28,7 @@ from activation.errors import ActivationError, ConfigError, NotFoundError, Wareh
 from activation.settings import Settings
 from activation.tables import rfm_snapshots, snapshot_runs
 from activation.warehouse import has_table
-from segments import rfm
+from segments import checks, rfm
 from segments.schemes import (
     METRIC_NAMES,
     AssignContext,
@@ -190,9 +190,8 @@ def compute_snapshot(
     window = rfm.Window.of(as_of, lookback)
     report = None
     if run_checks:
-        from segments.checks import run_checks as _run_checks
-
-        report = _run_checks(engine, settings, source=scheme.source)
+        # the relationship check runs on the snapshot's own per-customer metrics (no second pass over orders)
+        report = checks.run_checks(engine, settings, source=scheme.source, relationships=False)
     elif scheme.source == "orders" and not has_table(engine, settings.orders.table):
         raise WarehouseError(
             f"table {settings.orders.table!r} does not exist in the warehouse",
@@ -201,7 +200,7 @@ def compute_snapshot(
     try:
         with engine.begin() as conn:
             serialize(conn, f"snapshot:{scheme.name}:{as_of.isoformat()}")
-            result = _compute_in(conn, engine, settings, scheme, window, lookback)
+            result = _compute_in(conn, engine, settings, scheme, window, lookback, report)
     except ActivationError:
         raise
     except SQLAlchemyError as exc:
@@ -224,6 +223,7 @@ def _compute_in(
     scheme: Scheme,
     window: rfm.Window,
     lookback: int | None,
+    report: checks.CheckReport | None = None,
 ) -> SnapshotResult:
     tmp_name = f"rfm_metrics_{uuid.uuid4().hex[:12]}"
     conn.execute(CreateTempTableAs(tmp_name, rfm.metrics_select(settings, scheme, window)))
@@ -237,6 +237,10 @@ def _compute_in(
     if not stats["customers"]:
         raise _no_customers_error(conn, settings, scheme, window)
     cuts, record, warnings = _analyse_cuts(scheme, stats)
+    if report is not None and scheme.source == "orders":
+        related = checks.relationships_check(conn, settings, select(metrics.c.customer_id))
+        if related is not None:
+            report.results.append(related)
     if stats["recency_min"] is not None and stats["recency_min"] > STALE_DATA_DAYS:
         warnings.append(
             f"as_of {window.as_of} is {stats['recency_min']} days after the newest counting order: every "
@@ -341,7 +345,9 @@ def _bulk_insert_snapshot(conn: Connection, frame: pd.DataFrame) -> None:
 
         raw.register("_model_snapshot", pa.Table.from_pandas(frame, preserve_index=False))
         try:
-            raw.execute(f"INSERT INTO rfm_snapshots ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _model_snapshot")
+            raw.execute(
+                f"INSERT INTO rfm_snapshots ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _model_snapshot"
+            )
         finally:
             raw.unregister("_model_snapshot")
     elif dialect.is_postgres(conn):

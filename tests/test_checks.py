@@ -3,7 +3,7 @@ warehouses, and the guarantee that a failing check writes nothing."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import func, select, text
@@ -62,6 +62,9 @@ def test_clean_data_passes(engine: Engine, settings: Settings) -> None:
         "not_null(customer_id)",
         "not_null(ordered_at)",
         "not_null(amount)",
+        "non_negative(amount)",
+        "not_future(ordered_at)",
+        "accepted_values(status)",
         "unique(order_id)",
     ]
 
@@ -95,11 +98,11 @@ def test_nulls_in_a_user_table_with_mapped_columns(engine: Engine, settings: Set
         engine,
         "raw_orders",
         [
-            ("1", "a", at("2024-06-01"), 10.0, "ok"),
-            ("2", None, at("2024-06-01"), 10.0, "ok"),
-            ("3", "b", None, 10.0, "ok"),
-            ("4", "c", at("2024-06-01"), None, "ok"),
-            (None, "d", at("2024-06-01"), 1.0, "ok"),
+            ("1", "a", at("2024-06-01"), 10.0, "paid"),
+            ("2", None, at("2024-06-01"), 10.0, "paid"),
+            ("3", "b", None, 10.0, "paid"),
+            ("4", "c", at("2024-06-01"), None, "paid"),
+            (None, "d", at("2024-06-01"), 1.0, "paid"),
         ],
     )
     user = mapped(settings, "raw_orders")
@@ -125,7 +128,7 @@ def test_schema_qualified_user_table_segments(engine: Engine, settings: Settings
         engine,
         "analytics.fct_orders",
         [
-            ("1", "a", at("2024-06-01"), 10.0, "ok"),
+            ("1", "a", at("2024-06-01"), 10.0, "paid"),
             ("2", "a", at("2024-06-02"), 5.0, "Cancelled"),
             ("3", "b", at("2024-05-01"), 7.5, None),
         ],
@@ -137,25 +140,77 @@ def test_schema_qualified_user_table_segments(engine: Engine, settings: Settings
 
 def test_amount_must_be_numeric(engine: Engine, settings: Settings) -> None:
     custom_table(engine, "text_orders", amount_type="VARCHAR")
-    insert_custom(engine, "text_orders", [("1", "a", at("2024-06-01"), "12.50", "ok")])
+    insert_custom(engine, "text_orders", [("1", "a", at("2024-06-01"), "12.50", "paid")])
     with pytest.raises(DataCheckError, match=r"numeric\(amount\)"):
         run_checks(engine, mapped(settings, "text_orders"))
 
 
-def test_accepted_statuses(engine: Engine, settings: Settings) -> None:
+def test_status_vocabulary_is_trimmed_case_insensitive_and_unknown_values_block(
+    engine: Engine, settings: Settings
+) -> None:
     add_orders(
         engine,
         [
-            ("a", at("2024-06-01"), 1.0, "Completed"),
-            ("b", at("2024-06-01"), 1.0, "Shipped?"),
-            ("c", at("2024-06-01"), 1.0, None),
+            ("a", at("2024-06-01"), 10.0, " SHIPPED "),
+            ("b", at("2024-06-01"), 20.0, "Refunded"),  # excluded by the default vocabulary
+            ("c", at("2024-06-01"), 30.0, None),  # no status: counts
+            ("d", at("2024-06-01"), 40.0, "paid"),
         ],
     )
-    run_checks(engine, settings)  # no accepted list: anything goes
-    strict = settings.model_copy(update={"accepted_statuses": ["Completed", "Cancelled", "Returned"]})
+    result = compute_snapshot(engine, settings, AS_OF, "seed5")
+    assert result.customers == 3  # a, c, d; b's only order was refunded
+    before = snapshot_count(engine)
+    add_orders(
+        engine,
+        [
+            ("e", at("2024-06-02"), 1.0, "Pending review", "pend-1"),
+            ("e", at("2024-06-03"), 1.0, "Pending review", "pend-2"),
+            ("f", at("2024-06-03"), 1.0, "on hold", "hold-1"),
+        ],
+    )
     with pytest.raises(DataCheckError) as err:
-        run_checks(engine, strict)
-    assert "accepted_values(status): 1 row(s) fail" in err.value.message and "Shipped?" in err.value.message
+        compute_snapshot(engine, settings, date(2024, 6, 29), "seed5")
+    msg, fix = err.value.message, err.value.fix or ""
+    assert "accepted_values(status): 3 row(s) fail" in msg
+    assert "'Pending review' (2)" in msg and "'on hold' (1)" in msg and "pend-1" in msg
+    assert "ACTIVATION_COUNTED_STATUSES" in fix and "statuses:" in fix and "docs/mapping.md" in fix
+    assert snapshot_count(engine) == before
+    mapped_statuses = settings.model_copy(
+        update={
+            "counted_statuses": [*settings.counted_statuses, "pending review"],
+            "excluded_statuses": [*settings.excluded_statuses, "On Hold"],
+        }
+    )
+    assert compute_snapshot(engine, mapped_statuses, date(2024, 6, 29), "seed5").customers == 4
+
+
+def test_negative_orders_block_unless_allowed(engine: Engine, settings: Settings) -> None:
+    add_orders(engine, grid_orders(AS_OF))
+    compute_snapshot(engine, settings, AS_OF, "seed5")
+    before = snapshot_count(engine)
+    add_orders(engine, [("r", at("2024-06-01"), -120.5, "Completed", "refund-7")])
+    with pytest.raises(DataCheckError) as err:
+        compute_snapshot(engine, settings, AS_OF, "seed5")
+    assert "non_negative(amount): 1 row(s) fail" in err.value.message and "refund-7" in err.value.message
+    assert "--allow-negative-amounts" in (err.value.fix or "")
+    assert "ACTIVATION_ALLOW_NEGATIVE_AMOUNTS" in (err.value.fix or "")
+    assert snapshot_count(engine) == before
+    allowed = settings.model_copy(update={"allow_negative_amounts": True})
+    result = compute_snapshot(engine, allowed, AS_OF, "seed5")
+    assert any("non_negative(amount)" in w and "refund-7" in w for w in result.warnings)
+
+
+def test_orders_after_now_block_beyond_the_tolerance(engine: Engine, settings: Settings) -> None:
+    soon = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=2)
+    add_orders(engine, [("a", at("2024-06-01"), 5.0), ("a", soon, 5.0, "Completed", "in-two-hours")])
+    run_checks(engine, settings)  # within the 24 h tolerance (time zones)
+    add_orders(engine, [("b", datetime(2030, 1, 5, 9, 0), 5.0, "Completed", "typo-2030")])
+    with pytest.raises(DataCheckError) as err:
+        compute_snapshot(engine, settings, AS_OF, "seed5")
+    assert "not_future(ordered_at): 1 row(s) fail" in err.value.message and "typo-2030" in err.value.message
+    assert "in-two-hours" not in err.value.message
+    assert "ACTIVATION_FUTURE_TOLERANCE_HOURS" in (err.value.fix or "")
+    assert snapshot_count(engine) == (0, 0)
 
 
 def test_orders_of_unknown_customers_warn(engine: Engine, settings: Settings) -> None:

@@ -164,8 +164,12 @@ def test_export_has_exactly_the_contract_columns(engine: Engine, settings: Setti
     assert not (tmp_path / "new").exists()  # not even the folder
 
 
-def test_export_monetary_has_no_floating_point_noise(engine: Engine, settings: Settings, tmp_path: Path) -> None:
-    add_orders(engine, [("c1", at("2024-03-01"), 0.1), ("c1", at("2024-03-02"), 0.2), ("c2", at("2024-03-03"), 5.0)])
+def test_export_monetary_has_no_floating_point_noise(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    add_orders(
+        engine, [("c1", at("2024-03-01"), 0.1), ("c1", at("2024-03-02"), 0.2), ("c2", at("2024-03-03"), 5.0)]
+    )
     compute_snapshot(engine, settings, AS_OF, "value_tier")
     out = tmp_path / "value_tier.csv"
     export_snapshot(engine, AS_OF, "value_tier", out)
@@ -301,8 +305,10 @@ def test_cli_settings_from_the_environment(
 
     # a comma-separated list, as the docs show, or JSON
     monkeypatch.setenv("ACTIVATION_EXCLUDED_STATUSES", "Cancelled, Refunded")
+    monkeypatch.setenv("ACTIVATION_COUNTED_STATUSES", "Completed, Returned")
     assert segment() == {"a": (10, 2, 30.0)}
     monkeypatch.setenv("ACTIVATION_EXCLUDED_STATUSES", '["Returned"]')
+    monkeypatch.setenv("ACTIVATION_COUNTED_STATUSES", '["completed"]')
     assert segment() == {"a": (29, 1, 10.0)}
     # null: all history
     monkeypatch.setenv("ACTIVATION_LOOKBACK_DAYS", "null")
@@ -341,5 +347,5 @@ def test_only_excluded_orders_is_a_clear_error(engine: Engine, settings: Setting
     unbounded = settings.model_copy(update={"lookback_days": None})
     with pytest.raises(NotFoundError, match="no counting orders .* the beginning to 2024-06-30") as err:
         compute_snapshot(engine, unbounded, AS_OF, "seed5")
-    assert "Cancelled" in err.value.message
+    assert "cancelled" in err.value.message
     assert count_runs(engine) == 0
