@@ -14,7 +14,6 @@ import gc
 import hashlib
 import json
 import queue
-import re
 import threading
 import uuid
 from collections import Counter
@@ -30,6 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.sql import column, table
 
 from activation.dialect import exclusive
+from activation.emails import EMAIL_RE
+from activation.emails import is_valid_email as is_valid_email
 from activation.errors import GuardrailError, InputError, NotFoundError
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns
@@ -50,14 +51,7 @@ from connectors.base import (
     state_hash,
 )
 
-_EMAIL_RE = re.compile(
-    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
-)
-
-
-def is_valid_email(email: str) -> bool:
-    """A pragmatic syntax check (what email APIs reject up front)."""
-    return 3 <= len(email) <= 254 and bool(_EMAIL_RE.match(email))
+_EMAIL_RE = EMAIL_RE
 
 
 @dataclass

@@ -45,7 +45,6 @@ written.
 
 from __future__ import annotations
 
-import codecs
 import re
 import tempfile
 import time
@@ -56,45 +55,27 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import yaml
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
+from activation import statuses
 from activation.dialect import is_duckdb, is_postgres
+from activation.emails import EMAIL_PATTERN
 from activation.errors import ConfigError, InputError
 from activation.settings import Settings
+from segments.checks import future_limit
+from segments.mapping import KINDS, OPTIONAL, REQUIRED, Mapping, load_mapping
+from segments.sniff import count_lines, sniff
+
+__all__ = ["FORMATS", "KINDS", "OPTIONAL", "IngestReport", "Mapping", "ingest_file", "load_mapping"]
 
 FORMATS = ("online-retail", "cdnow", "csv", "parquet")
-KINDS = ("orders", "events", "customers")
 
-_REQUIRED = {
-    "orders": ("order_id", "customer_id", "ordered_at"),
-    "events": ("customer_id", "occurred_at"),
-    "customers": ("customer_id",),
-}
-_OPTIONAL = {
-    "orders": (
-        "amount",
-        "quantity",
-        "unit_price",
-        "status",
-        "coupon_code",
-        "country",
-        "city",
-        "category",
-        "email",
-        "first_name",
-        "unsubscribed",
-    ),
-    "events": ("event_id", "event_type"),
-    "customers": ("email", "first_name", "country", "city", "unsubscribed", "created_at"),
-}
 _TIMESTAMPS = {"ordered_at", "occurred_at", "created_at"}
 _NUMBERS = {"amount", "quantity", "unit_price"}
 _BOOLEANS = {"unsubscribed"}
 _CUSTOMER_ATTRS = ("email", "first_name", "country", "city", "unsubscribed")
 _ORDER_ATTRS = ("status", "coupon_code", "country", "city", "category")
-_MAPPING_KEYS = {"kind", "columns", "date_format", "delimiter", "encoding", "source", "event_type"}
 _DEFAULT_DATE_FORMATS = ("%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S", "%m/%d/%Y", "%Y%m%d")
 _EXAMPLES = 5
 _MUST_HAVE = {"order_id", "event_id", "amount", "quantity", "unit_price"}
@@ -107,19 +88,6 @@ _ONLINE_RETAIL_COLUMNS = {
     "unit_price": ("UnitPrice", "Price"),
     "country": ("Country",),
 }
-
-
-@dataclass(frozen=True)
-class Mapping:
-    """How a file's columns map to warehouse columns (see the module docstring for the YAML form)."""
-
-    kind: str
-    columns: dict[str, str]
-    date_format: str | None = None
-    delimiter: str | None = None
-    encoding: str | None = None
-    source: str | None = None
-    event_type: str | None = None
 
 
 @dataclass
@@ -144,6 +112,25 @@ class IngestReport:
     first_at: datetime | None = None
     last_at: datetime | None = None
     seconds: float = 0.0
+    grain: str = "lines"
+    lines_merged: int = 0  # rows folded into another row of the same order id
+    negative_lines: int = 0
+    invalid_emails: int = 0
+    invalid_email_examples: list[tuple[int, str]] = field(default_factory=list)
+
+    def amounts_note(self) -> str:
+        """How rows became orders (the money rule, docs/mapping.md)."""
+        if self.grain == "orders":
+            if self.lines_merged:
+                return f"one row per order (grain: orders); {self.lines_merged:,} repeated rows of an order dropped"
+            return "one row per order (grain: orders)"
+        returns = f"; {self.negative_lines:,} negative lines netted as returns" if self.negative_lines else ""
+        if self.lines_merged:
+            return (
+                f"lines of one order id summed (grain: lines): {self.rows_kept:,} lines into {self.orders:,} "
+                f"orders{returns}"
+            )
+        return f"one line per order id (lines of one order would be summed){returns}"
 
     @property
     def orders_unchanged(self) -> int:
@@ -166,6 +153,16 @@ class IngestReport:
                     f"{self.orders_unchanged:,} unchanged)",
                 )
             )
+        if self.kind == "orders":
+            out.append(("amounts", self.amounts_note()))
+        if self.invalid_emails:
+            shown = ", ".join(f"line {line}: {e!r}" for line, e in self.invalid_email_examples[:3])
+            out.append(
+                (
+                    "invalid e-mails",
+                    f"{self.invalid_emails:,} (never replace a stored valid address; sync skips them), e.g. {shown}",
+                )
+            )
         if self.kind == "events":
             out.append(
                 ("events", f"{self.events:,} ({self.events_inserted:,} new, {self.events_updated:,} updated)")
@@ -181,84 +178,6 @@ class IngestReport:
         rate = self.rows_read / self.seconds if self.seconds > 0 else 0.0
         out.append(("time", f"{self.seconds:.2f} s ({rate:,.0f} rows/s)"))
         return out
-
-
-def load_mapping(path: Path | str) -> Mapping:
-    """Parse and validate a mapping YAML file.
-
-    Raises:
-        ConfigError: the file is missing, not YAML, or has unknown keys / missing required columns.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"mapping file {path} does not exist", fix="pass --mapping with the path of a YAML mapping file"
-        )
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"mapping file {path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
-            fix="fix the YAML syntax (see the mapping example in the README)",
-        ) from exc
-    if not isinstance(data, dict) or not isinstance(data.get("columns"), dict):
-        raise ConfigError(
-            f"mapping file {path} must be a YAML mapping with a 'columns:' section",
-            fix="write e.g. 'columns: {order_id: OrderID, customer_id: CustomerID, ordered_at: Date, amount: Total}'",
-        )
-    unknown = sorted(set(data) - _MAPPING_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"mapping file {path} has unknown keys: {', '.join(map(str, unknown))}",
-            fix=f"use only {', '.join(sorted(_MAPPING_KEYS))}",
-        )
-    kind = str(data.get("kind") or "orders")
-    if kind not in KINDS:
-        raise ConfigError(
-            f"mapping file {path}: kind {kind!r} is not one of {', '.join(KINDS)}",
-            fix="set kind: orders, events or customers",
-        )
-    columns = {str(k): v for k, v in data["columns"].items()}
-    allowed = set(_REQUIRED[kind]) | set(_OPTIONAL[kind])
-    unknown_cols = sorted(set(columns) - allowed)
-    if unknown_cols:
-        raise ConfigError(
-            f"mapping file {path}: unknown column keys for kind {kind}: {', '.join(unknown_cols)}",
-            fix=f"map only these warehouse columns: {', '.join(sorted(allowed))}",
-        )
-    bad = [k for k, v in columns.items() if not isinstance(v, str | int) or str(v).strip() == ""]
-    if bad:
-        raise ConfigError(
-            f"mapping file {path}: columns {', '.join(bad)} must name a column of the file",
-            fix="give each mapped key the column name as a string, or remove the key",
-        )
-    missing = [k for k in _REQUIRED[kind] if k not in columns]
-    if kind == "orders" and "amount" not in columns and not {"quantity", "unit_price"} <= set(columns):
-        missing.append("amount (or quantity + unit_price)")
-    if kind == "orders" and "amount" in columns and ({"quantity", "unit_price"} & set(columns)):
-        raise ConfigError(
-            f"mapping file {path} maps both amount and quantity/unit_price",
-            fix="map either amount, or quantity and unit_price (amount = quantity × unit_price)",
-        )
-    if missing:
-        raise ConfigError(
-            f"mapping file {path} does not map required columns for kind {kind}: {', '.join(missing)}",
-            fix="add them under 'columns:' as '<warehouse column>: <column in your file>'",
-        )
-    delimiter = data.get("delimiter")
-    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1):
-        raise ConfigError(f"mapping file {path}: delimiter must be one character", fix="e.g. delimiter: ';'")
-    return Mapping(
-        kind=kind,
-        columns={k: str(v) for k, v in columns.items()},
-        date_format=str(data["date_format"]) if data.get("date_format") else None,
-        delimiter=delimiter,
-        encoding=str(data["encoding"]) if data.get("encoding") else None,
-        source=str(data["source"]) if data.get("source") else None,
-        event_type=str(data["event_type"]) if data.get("event_type") else None,
-    )
 
 
 def ingest_file(
@@ -283,7 +202,7 @@ def ingest_file(
         if mapping_path is None:
             raise ConfigError(
                 f"--format {fmt} needs a column mapping for {path}",
-                fix="pass --mapping FILE.yaml (see the mapping example in the README)",
+                fix="pass --mapping FILE.yaml (the format is described in docs/mapping.md)",
             )
         mapping = load_mapping(mapping_path)
         if mapping.delimiter and fmt == "parquet":
@@ -303,13 +222,13 @@ def ingest_file(
         with engine.begin() as conn:
             con = conn.connection.driver_connection
             # a failure rolls the transaction back, and with it the temp tables created in it
-            _stage(con, path, fmt, mapping, source, report)
+            _stage(con, path, fmt, mapping, source, report, settings)
             _merge(conn, report)
             _drop_temp(con)
     else:
         con = duckdb.connect()
         try:
-            _stage(con, path, fmt, mapping, source, report)
+            _stage(con, path, fmt, mapping, source, report, settings)
             with engine.begin() as conn, tempfile.TemporaryDirectory(prefix="rfm-ingest-") as tmp:
                 if is_postgres(conn):
                     # one ingest at a time: two concurrent loads of one file would both see its orders as new
@@ -337,9 +256,12 @@ def _lit(value: str) -> str:
 
 
 def _read_error(path: Path, fmt: str, exc: Exception) -> InputError:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    looks = sniff(path)
+    seen = f"; the file looks like {looks.what}" + (
+        f", first line {looks.first_line!r}" if looks.first_line else ""
+    )
     return InputError(
-        f"cannot read {path} as {fmt}: {first}",
+        f"cannot read {path} as {fmt}: {_first_reason(exc)}{seen}",
         fix=f"check that the file really is {fmt} (or pass the right --format: {', '.join(FORMATS)})",
     )
 
@@ -369,34 +291,67 @@ def _load_raw(con: Any, path: Path, fmt: str, mapping: Mapping) -> dict[str, str
             con.execute("CREATE OR REPLACE TEMP TABLE _ingest_raw AS SELECT * FROM _ingest_arrow")
             con.unregister("_ingest_arrow")
         else:
-            opts = "all_varchar=true, header=true, null_padding=true"
-            if mapping.delimiter:
-                opts += f", delim={_lit(mapping.delimiter)}"
-            read = f"CREATE OR REPLACE TEMP TABLE _ingest_raw_src AS SELECT * FROM read_csv({p}, {opts}"
-            # spreadsheet exports (e.g. the UCI Online Retail csv) are often Latin-1, not UTF-8
-            encoding = mapping.encoding or ("utf-8" if _is_utf8(path) else "latin-1")
-            con.execute(f"{read}, encoding={_lit(encoding)})")
-            # insertion order is preserved, so rowids follow the data lines (the header is line 1); inside a
-            # transaction they start at a large offset, hence the subtraction
-            first = con.execute("SELECT coalesce(min(rowid), 0) FROM _ingest_raw_src").fetchone()[0]
-            con.execute(
-                f"CREATE OR REPLACE TEMP VIEW _ingest_raw AS SELECT *, rowid - {first} + 2 AS _line FROM _ingest_raw_src"
-            )
+            _read_csv(con, path, fmt, mapping)
     except (duckdb.Error, OSError, ValueError) as exc:
         raise _read_error(path, fmt, exc) from exc
     return {row[0]: row[1] for row in con.execute("DESCRIBE _ingest_raw").fetchall()}
 
 
-def _is_utf8(path: Path) -> bool:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with path.open("rb") as fh:
-        try:
-            while chunk := fh.read(1 << 22):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            return False
-    return True
+_NOT_CSV_FIX = {
+    "xlsx": "open it and save the sheet as CSV (UTF-8), or use --format online-retail for the UCI workbook",
+    "xls": "open it and save the sheet as CSV (UTF-8) or .xlsx",
+    "parquet": "ingest it with --format parquet",
+    "gzip": "decompress it first (gunzip), then ingest the CSV inside",
+    "utf-16-nobom": "set encoding: utf-16 in the mapping after re-saving it with a byte-order mark, or re-save it "
+    "as UTF-8 (Excel: 'CSV UTF-8')",
+}
+
+
+def _read_csv(con: Any, path: Path, fmt: str, mapping: Mapping) -> None:
+    """``_ingest_raw`` from a CSV: encoding from the mapping or detected (byte-order marks, UTF-8, else
+    Latin-1); quoted fields may hold newlines; a file that is not CSV text says what it looks like."""
+    sniffed = sniff(path)
+    if sniffed.encoding is None:
+        raise InputError(
+            f"{path} is not a CSV text file: it looks like {sniffed.what}",
+            fix=_NOT_CSV_FIX.get(
+                sniffed.kind,
+                "export the data as CSV: a header line naming the columns, then one line per row",
+            ),
+        )
+    encoding = mapping.encoding or sniffed.encoding
+    if mapping.encoding and sniffed.kind == "utf-16" and mapping.encoding != "utf-16":
+        raise InputError(
+            f"{path} is UTF-16 text but the mapping says encoding: {mapping.encoding}",
+            fix=f"set encoding: utf-16 in {mapping.where('encoding')} (or remove the key: it is detected)",
+        )
+    opts = "all_varchar=true, header=true, null_padding=true"
+    if mapping.delimiter:
+        opts += f", delim={_lit(mapping.delimiter)}"
+    read = f"CREATE OR REPLACE TEMP TABLE _ingest_raw_src AS SELECT * FROM read_csv({_lit(str(path))}, {opts}"
+    try:
+        con.execute(f"{read}, encoding={_lit(encoding)})")
+    except duckdb.Error as exc:
+        if "quoted new lines" not in str(exc):
+            raise InputError(
+                f"cannot read {path} as CSV ({sniffed.what}, first line {sniffed.first_line!r}): "
+                f"{_first_reason(exc)}",
+                fix="a CSV needs a header line naming the columns and one line per row with the same delimiter; "
+                "set delimiter: and encoding: in the mapping if they are not detected (see docs/mapping.md)",
+            ) from exc
+        # the parallel reader cannot pad short rows and follow newlines inside quotes at the same time
+        con.execute(f"{read}, parallel=false, encoding={_lit(encoding)})")
+    # insertion order is preserved, so rowids follow the data lines (the header is line 1); inside a
+    # transaction they start at a large offset, hence the subtraction
+    first = con.execute("SELECT coalesce(min(rowid), 0) FROM _ingest_raw_src").fetchone()[0]
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW _ingest_raw AS SELECT *, rowid - {first} + 2 AS _line FROM _ingest_raw_src"
+    )
+
+
+def _first_reason(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_cdnow(path: Path) -> pa.Table:
@@ -503,10 +458,20 @@ def _resolve_columns(path: Path, fmt: str, mapping: Mapping, available: dict[str
             for s in (m.split(": ", 1)[1] for m in missing)
             if s.lower().strip() in lower
         ]
+        one = ""
+        if len(names) == 1 and fmt == "csv":
+            one = (
+                f"; the file was read as one single column: its delimiter is not one of , ; | tab, or not the "
+                f"mapping's delimiter {mapping.delimiter!r}"
+                if mapping.delimiter
+                else "; the file was read as one single column (no , ; | or tab separates its fields)"
+            )
         raise InputError(
-            f"{path} has no column(s) named in the mapping: {', '.join(missing)} (the file has: {', '.join(names)})",
-            fix="fix the names under 'columns:' in the mapping file"
-            + (f" (did you mean {', '.join(hints)}?)" if hints else ""),
+            f"{path} has no column(s) named in the mapping: {', '.join(missing)} (the file has: "
+            f"{', '.join(names)[:300]}){one}",
+            fix=f"fix the names under 'columns:' in {mapping.where('columns')}"
+            + (f" (did you mean {', '.join(hints)}?)" if hints else "")
+            + ("; set delimiter: in the mapping if the file uses another separator" if one else ""),
         )
     return dict(mapping.columns)
 
@@ -559,10 +524,18 @@ def _ts_expr(col: str, ctype: str, date_format: str | None) -> str:
 _OFFSET_RE = r"[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]+)?)?\s*(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 
 
-def _num_expr(col: str, ctype: str) -> str:
-    if ctype.upper() in ("VARCHAR", "TEXT", "STRING"):
-        return f"TRY_CAST({_text(col)} AS DOUBLE)"
-    return f"TRY_CAST({_q(col)} AS DOUBLE)"
+def _num_expr(col: str, ctype: str, decimal: str = ".") -> str:
+    if ctype.upper() not in ("VARCHAR", "TEXT", "STRING"):
+        return f"TRY_CAST({_q(col)} AS DOUBLE)"
+    x = _text(col)
+    if decimal != ",":
+        return f"TRY_CAST({x} AS DOUBLE)"
+    # decimal commas: 24,77 and 1.234,56 (dots group thousands); a lone dot (24.77) is ambiguous: not a number
+    return (
+        f"CASE WHEN regexp_matches({x}, '^[-+]?[0-9]{{1,3}}([.][0-9]{{3}})+(,[0-9]+)?$') "
+        f"THEN TRY_CAST(replace(replace({x}, '.', ''), ',', '.') AS DOUBLE) "
+        f"WHEN contains({x}, '.') THEN NULL ELSE TRY_CAST(replace({x}, ',', '.') AS DOUBLE) END"
+    )
 
 
 def _bool_expr(col: str, ctype: str) -> str:
@@ -584,14 +557,20 @@ def _typed_expr(target: str, col: str, ctype: str, mapping: Mapping, fmt: str) -
     if target in _TIMESTAMPS:
         return _ts_expr(col, ctype, "%Y%m%d" if fmt == "cdnow" else mapping.date_format)
     if target in _NUMBERS:
-        return _num_expr(col, ctype)
+        return _num_expr(col, ctype, mapping.decimal)
     if target in _BOOLEANS:
         return _bool_expr(col, ctype)
     return _text(col, ctype)
 
 
 def _check_values(
-    con: Any, path: Path, cols: dict[str, str], exprs: dict[str, str], types: dict[str, str], mapping: Mapping
+    con: Any,
+    path: Path,
+    cols: dict[str, str],
+    exprs: dict[str, str],
+    types: dict[str, str],
+    mapping: Mapping,
+    future: datetime,
 ) -> None:
     """Unparseable dates, amounts, flags and empty required values → one InputError with example lines."""
     checks: list[tuple[str, str, str]] = []  # (message, condition, column)
@@ -609,13 +588,21 @@ def _check_values(
                 )
             )
         # an empty customer id is a drop rule (guest checkouts), any other required value must be there
-        if target in _MUST_HAVE or (target in _REQUIRED[mapping.kind] and target != "customer_id"):
+        if target in _MUST_HAVE or (target in REQUIRED[mapping.kind] and target != "customer_id"):
             checks.append((f"column {col!r} ({target}) has empty values", f"NOT ({raw_present})", col))
         if target in _NUMBERS:
             checks.append(
                 (
                     f"column {col!r} ({target}) has non-finite values",
                     f"isinf(({exprs[target]})) OR isnan(({exprs[target]}))",
+                    col,
+                )
+            )
+        if target in ("ordered_at", "occurred_at"):
+            checks.append(
+                (
+                    f"column {col!r} ({target}) has dates after {future:%Y-%m-%d %H:%M} UTC (now + tolerance)",
+                    f"({exprs[target]}) > TIMESTAMP '{future:%Y-%m-%d %H:%M:%S}'",
                     col,
                 )
             )
@@ -637,9 +624,57 @@ def _check_values(
         problems.append(f"{message} in {n:,} row(s), e.g. {examples}")
     if problems:
         fix = "correct or remove those rows"
-        if any("date" in p for p in problems):
+        if any("not a date" in p for p in problems):
             fix += "; for other date layouts set date_format (strptime, e.g. '%d/%m/%Y %H:%M') in the mapping"
-        raise InputError(f"{path}: " + " | ".join(problems), fix=fix)
+        if any("dates after" in p for p in problems):
+            fix += (
+                "; a date in the future is a typo or a day/month mix-up (set date_format); the tolerance is "
+                "ACTIVATION_FUTURE_TOLERANCE_HOURS"
+            )
+        if mapping.decimal != "," and any(re.search(r"'-?[0-9.]*[0-9],[0-9]{1,2}'", p) for p in problems):
+            fix += "; the amounts use decimal commas (24,77): set decimal: ',' (and delimiter: ';') in the mapping"
+        raise InputError(f"{path}: " + " | ".join(problems), fix=fix + " (see docs/mapping.md)")
+
+
+def _status_expr(expr: str, mapping: Mapping) -> str:
+    """The file's status, trimmed, with the mapping's ``statuses:`` applied (matched case-insensitively)."""
+    if not mapping.statuses:
+        return expr
+    whens = " ".join(
+        f"WHEN {_lit(statuses.normalize(raw))} THEN {_lit(word)}" for raw, word in mapping.statuses.items()
+    )
+    return f"CASE lower({expr}) {whens} ELSE {expr} END"
+
+
+def _check_statuses(con: Any, path: Path, col: str, expr: str, mapping: Mapping, settings: Settings) -> None:
+    """Every status must be in the vocabulary (counted or excluded), after the mapping's ``statuses:``."""
+    vocabulary = statuses.normalized([*settings.counted_statuses, *settings.excluded_statuses])
+    wrong = [
+        (raw, word) for raw, word in mapping.statuses.items() if statuses.normalize(word) not in vocabulary
+    ]
+    if wrong:
+        raw, word = wrong[0]
+        raise ConfigError(
+            f"{mapping.where('statuses', raw)}: statuses.{raw} maps to {word!r}, which is neither a counted nor "
+            f"an excluded status",
+            fix=f"map it to one of {', '.join(vocabulary)}, or add {word!r} to ACTIVATION_COUNTED_STATUSES or "
+            "ACTIVATION_EXCLUDED_STATUSES (see docs/mapping.md)",
+        )
+    words = ", ".join(_lit(w) for w in vocabulary)
+    rows = con.execute(
+        f"SELECT s, count(*), list(_line ORDER BY _line)[1:3] FROM (SELECT {expr} AS s, _line FROM _ingest_raw) "
+        f"WHERE s IS NOT NULL AND lower(s) NOT IN ({words}) GROUP BY s ORDER BY count(*) DESC, s LIMIT 20"
+    ).fetchall()
+    if not rows:
+        return
+    listed = "; ".join(f"{v!r}: {n:,} row(s) (line {', '.join(map(str, lines))})" for v, n, lines in rows)
+    example = rows[0][0]
+    raise InputError(
+        f"{path}: column {col!r} (status) has values that are neither counted nor excluded statuses: {listed}",
+        fix=f"say what each value means under 'statuses:' in the mapping ({mapping.where('statuses')}), e.g. "
+        f"statuses: {{{example!r}: shipped}} (a purchase) or {{{example!r}: cancelled}} (not one); or add them to "
+        "ACTIVATION_COUNTED_STATUSES / ACTIVATION_EXCLUDED_STATUSES (the vocabulary is in docs/mapping.md)",
+    )
 
 
 def _drop_rules(fmt: str, exprs: dict[str, str], cols: dict[str, str]) -> list[tuple[str, str]]:
@@ -659,17 +694,25 @@ def _drop_rules(fmt: str, exprs: dict[str, str], cols: dict[str, str]) -> list[t
     return rules
 
 
-def _stage(con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report: IngestReport) -> None:
+def _stage(
+    con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report: IngestReport, settings: Settings
+) -> None:
     """Read, check and clean the file into ``_stage_orders`` / ``_stage_customers`` / ``_stage_events``."""
     types = _load_raw(con, path, fmt, mapping)
     cols = _resolve_columns(path, fmt, mapping, types)
     exprs = {t: _typed_expr(t, c, types[c], mapping, fmt) for t, c in cols.items()}
     report.rows_read = con.execute("SELECT count(*) FROM _ingest_raw").fetchone()[0]
     if report.rows_read == 0:
+        header = ", ".join(c for c in types if c != "_line")
         raise InputError(
-            f"input file {path} has no data rows", fix="export the data again; only a header was found"
+            f"input file {path} has no data rows: it has {count_lines(path)} non-empty line(s), read as the "
+            f"header ({header[:200]})",
+            fix="a data file needs a header line naming the columns, then one line per row; export the data again",
         )
-    _check_values(con, path, cols, exprs, types, mapping)
+    _check_values(con, path, cols, exprs, types, mapping, future_limit(settings))
+    if "status" in exprs:
+        exprs["status"] = _status_expr(exprs["status"], mapping)
+        _check_statuses(con, path, cols["status"], exprs["status"], mapping, settings)
 
     if mapping.kind == "orders":
         amount = exprs.get("amount") or f"({exprs['quantity']}) * ({exprs['unit_price']})"
@@ -708,13 +751,13 @@ def _stage(con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report
     )
     present = set(exprs)
     if mapping.kind == "orders":
-        _stage_orders(con, path, present, source)
+        _stage_orders(con, path, present, source, mapping, report)
         report.orders = con.execute("SELECT count(*) FROM _stage_orders").fetchone()[0]
     elif mapping.kind == "events":
         _stage_events(con, path, "event_id" in cols, source)
         report.events = con.execute("SELECT count(*) FROM _stage_events").fetchone()[0]
     if mapping.kind != "events":
-        _stage_customers(con, path, mapping.kind, present, source)
+        _stage_customers(con, path, mapping.kind, present, source, report)
         report.customers = con.execute("SELECT count(*) FROM _stage_customers").fetchone()[0]
 
 
@@ -728,24 +771,39 @@ def _last(col: str, present: set[str]) -> str:
     return f"arg_max({col}, _line) FILTER (WHERE {col} IS NOT NULL) AS {col}"
 
 
-def _stage_orders(con: Any, path: Path, present: set[str], source: str) -> None:
-    lines_per_order = con.execute("SELECT count(*) - count(DISTINCT order_id) FROM _ingest_typed").fetchone()[
-        0
-    ]
-    if lines_per_order == 0:  # one line per order: no aggregation, not even a copy (big files)
+def _stage_orders(
+    con: Any, path: Path, present: set[str], source: str, mapping: Mapping, report: IngestReport
+) -> None:
+    """One row per order id. ``grain: lines`` (the default) sums the lines of an order, a negative line being
+    a return netted within its order; ``grain: orders`` takes a repeated id as the same order and refuses
+    two different amounts for it. An order whose amount is negative is refused unless
+    ``allow_negative_orders``."""
+    extra, negative_lines = con.execute(
+        "SELECT count(*) - count(DISTINCT order_id), count(*) FILTER (WHERE amount < 0) FROM _ingest_typed"
+    ).fetchone()
+    report.negative_lines = int(negative_lines)
+    report.grain = mapping.grain
+    if extra == 0:  # one line per order: no aggregation, not even a copy (big files)
         attrs = ", ".join(c if c in present else f"CAST(NULL AS VARCHAR) AS {c}" for c in _ORDER_ATTRS)
         con.execute(
             f"""CREATE OR REPLACE TEMP VIEW _stage_orders AS
             SELECT order_id, customer_id, ordered_at, round(amount, 4) AS amount, {attrs}, {_lit(source)} AS source
             FROM _ingest_typed"""
         )
+        if negative_lines and not mapping.allow_negative_orders:
+            _refuse_negative(
+                con, path, mapping, "SELECT order_id, amount, [_line] AS lines FROM _ingest_typed"
+            )
         return
+    report.lines_merged = int(extra)
     attrs = ", ".join(_last(c, present) for c in _ORDER_ATTRS)
+    amount = "round(sum(amount), 4)" if mapping.grain == "lines" else "round(min(amount), 4)"
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _stage_orders AS
         SELECT order_id, min(customer_id) AS customer_id, min(ordered_at) AS ordered_at,
-               round(sum(amount), 4) AS amount, {attrs}, {_lit(source)} AS source,
-               max(customer_id) AS _customer_max, min(_line) AS _line
+               {amount} AS amount, {attrs}, {_lit(source)} AS source,
+               max(customer_id) AS _customer_max, min(_line) AS _line, max(amount) - min(amount) AS _spread,
+               list(_line ORDER BY _line)[1:4] AS _lines, count(*) AS _rows
         FROM _ingest_typed GROUP BY order_id"""
     )
     conflicts = con.execute(
@@ -761,8 +819,45 @@ def _stage_orders(con: Any, path: Path, present: set[str], source: str) -> None:
             f"{path}: {n:,} order id(s) belong to more than one customer, e.g. {examples}",
             fix="each order id must have a single customer id; fix the export or map a different order id column",
         )
-    con.execute("ALTER TABLE _stage_orders DROP COLUMN _customer_max")
-    con.execute("ALTER TABLE _stage_orders DROP COLUMN _line")
+    if mapping.grain == "orders":
+        clash = con.execute(
+            f"SELECT order_id, _lines, _rows FROM _stage_orders WHERE _spread > 0.00005 ORDER BY _line LIMIT {_EXAMPLES}"
+        ).fetchall()
+        if clash:
+            n = con.execute("SELECT count(*) FROM _stage_orders WHERE _spread > 0.00005").fetchone()[0]
+            examples = "; ".join(
+                f"order {o!r} on lines {', '.join(map(str, lines))}{'…' if rows > len(lines) else ''}"
+                for o, lines, rows in clash
+            )
+            raise InputError(
+                f"{path}: {n:,} order id(s) appear on several rows with different amounts (grain: orders: one row "
+                f"per order), e.g. {examples}",
+                fix=f"remove the conflicting rows, or set grain: lines in {mapping.where('grain')} if the rows are "
+                "order lines to be summed",
+            )
+    if negative_lines and not mapping.allow_negative_orders:
+        _refuse_negative(con, path, mapping, "SELECT order_id, amount, _lines AS lines FROM _stage_orders")
+    for col in ("_customer_max", "_line", "_spread", "_lines", "_rows"):
+        con.execute(f"ALTER TABLE _stage_orders DROP COLUMN {col}")
+
+
+def _refuse_negative(con: Any, path: Path, mapping: Mapping, orders_sql: str) -> None:
+    rows = con.execute(
+        f"SELECT order_id, amount, lines, count(*) OVER () FROM ({orders_sql}) WHERE amount < 0 "
+        f"ORDER BY lines[1] LIMIT {_EXAMPLES}"
+    ).fetchall()
+    if not rows:
+        return
+    examples = "; ".join(
+        f"order {o!r} = {amount:,.2f} (line {', '.join(map(str, lines))})" for o, amount, lines, _ in rows
+    )
+    netted = " after netting its lines" if mapping.grain == "lines" else ""
+    raise InputError(
+        f"{path}: {rows[0][3]:,} order(s) have a negative amount{netted}, e.g. {examples}",
+        fix="a negative line is a return netted within its order, but an order cannot be worth less than "
+        "nothing: fix or drop those rows; to load them anyway set allow_negative_orders: true in the mapping "
+        "(segmenting then needs --allow-negative-amounts); see docs/mapping.md",
+    )
 
 
 def _stage_events(con: Any, path: Path, has_id: bool, source: str) -> None:
@@ -782,10 +877,22 @@ def _stage_events(con: Any, path: Path, has_id: bool, source: str) -> None:
     )
 
 
-def _stage_customers(con: Any, path: Path, kind: str, present: set[str], source: str) -> None:
+def _stage_customers(
+    con: Any, path: Path, kind: str, present: set[str], source: str, report: IngestReport
+) -> None:
     """One row per customer seen in the file: attributes from its last line in file order; a value empty
-    there comes from the customer's last line that has one."""
+    there (or an invalid e-mail) comes from the customer's last line that has one. ``email_ok`` tells the
+    merge whether the address may replace a stored one (an invalid address never does)."""
     attrs = [c for c in _CUSTOMER_ATTRS if c in present]
+    valid = f"(length(email) BETWEEN 3 AND 254 AND regexp_full_match(email, {_lit(EMAIL_PATTERN)}))"
+    if "email" in present:
+        bad = con.execute(
+            f"SELECT _line, email, count(*) OVER () FROM _ingest_typed WHERE email IS NOT NULL AND NOT {valid} "
+            f"ORDER BY _line LIMIT {_EXAMPLES}"
+        ).fetchall()
+        if bad:
+            report.invalid_emails = int(bad[0][2])
+            report.invalid_email_examples = [(int(line), str(e)) for line, e, _ in bad]
     when = {"orders": "ordered_at", "events": "occurred_at", "customers": "created_at"}[kind]
     created = f"min({when})" if when in present else "CAST(NULL AS TIMESTAMP)"
     select = ", ".join(
@@ -802,13 +909,19 @@ def _stage_customers(con: Any, path: Path, kind: str, present: set[str], source:
         SELECT l.customer_id, {select}, l.created_at, {_lit(source)} AS source, l._lines
         FROM last l JOIN _ingest_typed t ON t._line = l._line"""
     )
-    gaps = " OR ".join(f"{c} IS NULL" for c in attrs)
+    gaps = " OR ".join(f"{c} IS NULL" if c != "email" else f"(email IS NULL OR NOT {valid})" for c in attrs)
     if (
         gaps
         and con.execute(f"SELECT count(*) FROM _stage_customers WHERE _lines > 1 AND ({gaps})").fetchone()[0]
     ):
-        fill = ", ".join(_last(c, present) for c in attrs)
-        sets = ", ".join(f"{c} = COALESCE(s.{c}, f.{c})" for c in attrs)
+        fill = ", ".join(
+            _last(c, present) if c != "email" else f"arg_max(email, _line) FILTER (WHERE {valid}) AS email"
+            for c in attrs
+        )
+        sets = ", ".join(
+            f"{c} = COALESCE(s.{c}, f.{c})" if c != "email" else "email = COALESCE(f.email, s.email)"
+            for c in attrs
+        )
         con.execute(
             f"""UPDATE _stage_customers AS s SET {sets}
             FROM (SELECT customer_id, {fill} FROM _ingest_typed
@@ -817,6 +930,8 @@ def _stage_customers(con: Any, path: Path, kind: str, present: set[str], source:
             WHERE f.customer_id = s.customer_id"""
         )
     con.execute("ALTER TABLE _stage_customers DROP COLUMN _lines")
+    con.execute("ALTER TABLE _stage_customers ADD COLUMN email_ok BOOLEAN")
+    con.execute(f"UPDATE _stage_customers SET email_ok = coalesce({valid}, false)")
 
 
 def _drop_temp(con: Any) -> None:
@@ -839,7 +954,7 @@ def _drop_temp(con: Any) -> None:
 
 _STAGE_COLUMNS = {
     "_stage_orders": ("order_id", "customer_id", "ordered_at", "amount", *_ORDER_ATTRS, "source"),
-    "_stage_customers": ("customer_id", *_CUSTOMER_ATTRS, "created_at", "source"),
+    "_stage_customers": ("customer_id", *_CUSTOMER_ATTRS, "created_at", "source", "email_ok"),
     "_stage_events": ("event_id", "customer_id", "event_type", "occurred_at"),
 }
 _STAGE_DDL = {
@@ -860,6 +975,7 @@ _STAGE_DDL = {
     "event_id": "VARCHAR",
     "event_type": "VARCHAR",
     "occurred_at": "TIMESTAMP",
+    "email_ok": "BOOLEAN",
 }
 
 
@@ -948,7 +1064,8 @@ def _is_empty(conn: Connection, table: str) -> bool:
 def _merge_customers(conn: Connection) -> tuple[int, int]:
     """Upsert: file values replace stored ones, missing values keep them, unsubscribed stays true once set."""
     new = {
-        "email": "COALESCE(s.email, c.email)",
+        # an invalid address never replaces a stored one (it is kept only where there is none: sync skips it)
+        "email": "CASE WHEN s.email_ok OR c.email IS NULL THEN COALESCE(s.email, c.email) ELSE c.email END",
         "first_name": "COALESCE(s.first_name, c.first_name)",
         "country": "COALESCE(s.country, c.country)",
         "city": "COALESCE(s.city, c.city)",
