@@ -12,25 +12,14 @@ Formats (``fmt``):
   without a header line; each line is one order. Its id is ``cdnow-<customer>-<YYYYMMDD>-<n>`` where ``n``
   counts that customer's orders on that day in file order, so ids do not depend on the header or on line
   numbers and re-ingesting the file (or a longer copy of it) finds the same orders.
-* ``csv`` / ``parquet`` — any file with a column mapping (``--mapping FILE``, YAML)::
-
-      kind: orders              # orders (default) | events | customers
-      columns:                  # warehouse column: column in your file
-        order_id: InvoiceNo     # orders: order_id, customer_id, ordered_at and amount are required;
-        customer_id: CustomerID #   amount may instead be quantity + unit_price (amount = their product)
-        ordered_at: InvoiceDate # optional: status, coupon_code, country, city, category (stored on the order)
-        amount: Total           #   and email, first_name, country, city, unsubscribed (stored on the customer)
-      date_format: "%d/%m/%Y %H:%M"   # optional strptime format; default ISO 8601, then M/D/YYYY [H:MM[:SS]]
-      delimiter: ";"                  # optional, csv only (default: detected)
-      encoding: latin-1               # optional, csv only (default: UTF-8, falling back to Latin-1)
-      source: shop-export             # optional label stored in orders.source / customers.source
-
-  Several lines with the same order id are order lines: they are summed into one order (the last non-empty
-  status, coupon, country, city and category win). ``kind: events`` loads ``contact_events`` (e.g. support
-  tickets, for the ``contact_bands`` scheme) with columns customer_id, occurred_at and optional event_id,
-  event_type (or a constant ``event_type:`` key); without an event_id the id is derived like CDNOW's.
-  ``kind: customers`` loads customer attributes only (customer_id, email, first_name, country, city,
-  unsubscribed, created_at).
+* ``csv`` / ``parquet`` — any file with a column mapping (``--mapping FILE``, YAML, read by
+  :mod:`segments.mapping`; every key and rule is in docs/mapping.md). Rows of one order id are order lines,
+  summed into one order (a negative line is a return netted within its order; the last non-empty status,
+  coupon, country, city and category win), or with ``grain: orders`` repeated rows of one order. An order
+  whose net is negative, a status outside the vocabulary (:mod:`activation.statuses`, after the mapping's
+  ``statuses:``) and a date beyond now + the tolerance are refused with their lines; an invalid e-mail never
+  replaces a stored valid one. ``kind: events`` loads ``contact_events`` (e.g. support tickets, for the
+  ``contact_bands`` scheme); ``kind: customers`` loads customer attributes only.
 
 Re-ingesting: orders and events are de-duplicated by id. An id already in the warehouse with identical values is
 left alone; with different values (e.g. a status changed to Returned) the warehouse row is replaced by the
@@ -65,7 +54,7 @@ from activation.errors import ConfigError, InputError
 from activation.settings import Settings
 from segments.checks import future_limit
 from segments.mapping import KINDS, OPTIONAL, REQUIRED, Mapping, load_mapping
-from segments.sniff import count_lines, sniff
+from segments.sniff import count_lines, has_multiline_fields, sniff, transcode_to_utf8
 
 __all__ = ["FORMATS", "KINDS", "OPTIONAL", "IngestReport", "Mapping", "ingest_file", "load_mapping"]
 
@@ -325,22 +314,26 @@ def _read_csv(con: Any, path: Path, fmt: str, mapping: Mapping) -> None:
             f"{path} is UTF-16 text but the mapping says encoding: {mapping.encoding}",
             fix=f"set encoding: utf-16 in {mapping.where('encoding')} (or remove the key: it is detected)",
         )
+    if sniffed.encoding == "utf-16-be":
+        with tempfile.TemporaryDirectory(prefix="rfm-ingest-") as tmp:
+            utf8 = transcode_to_utf8(path, "utf-16", Path(tmp) / path.name)
+            _read_csv(con, utf8, fmt, mapping)
+        return
     opts = "all_varchar=true, header=true, null_padding=true"
     if mapping.delimiter:
         opts += f", delim={_lit(mapping.delimiter)}"
     read = f"CREATE OR REPLACE TEMP TABLE _ingest_raw_src AS SELECT * FROM read_csv({_lit(str(path))}, {opts}"
+    if has_multiline_fields(path, encoding):
+        # the parallel reader cannot pad short rows and follow newlines inside quotes at the same time
+        read += ", parallel=false"
     try:
         con.execute(f"{read}, encoding={_lit(encoding)})")
     except duckdb.Error as exc:
-        if "quoted new lines" not in str(exc):
-            raise InputError(
-                f"cannot read {path} as CSV ({sniffed.what}, first line {sniffed.first_line!r}): "
-                f"{_first_reason(exc)}",
-                fix="a CSV needs a header line naming the columns and one line per row with the same delimiter; "
-                "set delimiter: and encoding: in the mapping if they are not detected (see docs/mapping.md)",
-            ) from exc
-        # the parallel reader cannot pad short rows and follow newlines inside quotes at the same time
-        con.execute(f"{read}, parallel=false, encoding={_lit(encoding)})")
+        raise InputError(
+            f"cannot read {path} as CSV ({sniffed.what}, first line {sniffed.first_line!r}): {_first_reason(exc)}",
+            fix="a CSV needs a header line naming the columns and one line per row with the same delimiter; "
+            "set delimiter: and encoding: in the mapping if they are not detected (see docs/mapping.md)",
+        ) from exc
     # insertion order is preserved, so rowids follow the data lines (the header is line 1); inside a
     # transaction they start at a large offset, hence the subtraction
     first = con.execute("SELECT coalesce(min(rowid), 0) FROM _ingest_raw_src").fetchone()[0]

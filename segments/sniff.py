@@ -5,6 +5,7 @@ and what was expected instead of a parser's complaint."""
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,10 +39,12 @@ def sniff(path: Path) -> Sniffed:
     for magic, what, kind in _SIGNATURES:
         if head.startswith(magic):
             return Sniffed(None, what, kind)
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+    if head.startswith(codecs.BOM_UTF16_LE):
         return Sniffed(
             "utf-16", "UTF-16 text (with a byte-order mark)", "utf-16", _first_line(head, "utf-16")
         )
+    if head.startswith(codecs.BOM_UTF16_BE):  # the warehouse reads UTF-16 little-endian only: transcode
+        return Sniffed("utf-16-be", "UTF-16 big-endian text", "utf-16", _first_line(head, "utf-16"))
     if head.startswith(codecs.BOM_UTF8):
         return Sniffed("utf-8", "UTF-8 text with a byte-order mark", "text", _first_line(head[3:], "utf-8"))
     if head:
@@ -86,3 +89,33 @@ def count_lines(path: Path, limit: int = 3) -> int:
                 if n >= limit:
                     break
     return n
+
+
+_ODD_QUOTES = re.compile(rb'^[^"\n]*(?:"[^"\n]*"[^"\n]*)*"[^"\n]*$', re.M)
+
+
+def has_multiline_fields(path: Path, encoding: str) -> bool:
+    """Whether a quoted field spans lines: some line holds an odd number of quote characters (an escaped
+    quote ``""`` counts twice, so it keeps the parity). UTF-16 text is checked after decoding a copy."""
+    if encoding.startswith("utf-16"):
+        text = path.read_bytes().decode("utf-16", errors="replace").encode("utf-8")
+        return bool(_ODD_QUOTES.search(text))
+    tail = b""
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            block, _, rest = (tail + chunk).rpartition(b"\n")
+            if b'"' in block and _ODD_QUOTES.search(block):
+                return True
+            tail = rest
+    return b'"' in tail and bool(_ODD_QUOTES.search(tail))
+
+
+def transcode_to_utf8(path: Path, encoding: str, out: Path) -> Path:
+    """Write ``path`` re-encoded as UTF-8 to ``out`` (streamed)."""
+    with (
+        path.open("r", encoding=encoding, newline="") as src,
+        out.open("w", encoding="utf-8", newline="") as dst,
+    ):
+        while chunk := src.read(1 << 22):
+            dst.write(chunk)
+    return out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import openpyxl
 import pyarrow as pa
@@ -594,3 +596,156 @@ def test_cli_ingest_bad_input_exits_2_with_fix(duck_settings: Settings, tmp_path
     result = run_cli("ingest", str(data), "--format", "csv", "--mapping", str(mapping))
     assert result.exit_code == 2
     assert "line 2: 'never'" in result.stderr
+
+
+# --- money rules, statuses, e-mails ---------------------------------------------------------------------------
+
+
+def test_negative_lines_are_returns_netted_within_their_order(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    data = write(
+        tmp_path / "lines.csv", "o,c,d,a\n7,c1,2024-01-01,30\n7,c1,2024-01-01,-10\n8,c2,2024-01-02,5\n"
+    )
+    report = ingest_file(engine, settings, data, "csv", write(tmp_path / "m.yaml", GOOD_MAPPING))
+    assert rows(engine, "SELECT order_id, amount FROM orders ORDER BY 1") == [("7", 20.0), ("8", 5.0)]
+    assert dict(report.lines())["amounts"] == (
+        "lines of one order id summed (grain: lines): 3 lines into 2 orders; 1 negative lines netted as returns"
+    )
+
+
+def test_negative_orders_load_only_when_the_mapping_allows_them(
+    duck_engine: Engine, duck_settings: Settings, tmp_path: Path
+) -> None:
+    data = write(tmp_path / "refund.csv", "o,c,d,a\n7,c1,2024-01-01,10\n7,c1,2024-01-01,-25\n")
+    with pytest.raises(InputError, match="order '7' = -15.00"):
+        ingest_file(duck_engine, duck_settings, data, "csv", write(tmp_path / "m.yaml", GOOD_MAPPING))
+    allowed = write(tmp_path / "allow.yaml", GOOD_MAPPING + "allow_negative_orders: true\n")
+    ingest_file(duck_engine, duck_settings, data, "csv", allowed)
+    assert rows(duck_engine, "SELECT order_id, amount FROM orders") == [("7", -15.0)]
+
+
+def test_order_grain_takes_repeated_rows_as_one_order(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    data = write(
+        tmp_path / "dups.csv", "o,c,d,a\n7,c1,2024-01-01,10\n7,c1,2024-01-01,10\n8,c2,2024-01-02,5\n"
+    )
+    mapping = write(tmp_path / "m.yaml", GOOD_MAPPING + "grain: orders\n")
+    report = ingest_file(engine, settings, data, "csv", mapping)
+    assert rows(engine, "SELECT order_id, amount FROM orders ORDER BY 1") == [("7", 10.0), ("8", 5.0)]
+    assert (
+        dict(report.lines())["amounts"]
+        == "one row per order (grain: orders); 1 repeated rows of an order dropped"
+    )
+
+
+def test_statuses_are_trimmed_case_insensitive_and_mapped(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    data = write(
+        tmp_path / "s.csv",
+        "o,c,d,a,s\n1,c1,2024-01-01,5, PAID \n2,c1,2024-01-02,5,In Transit\n3,c2,2024-01-03,5,Storniert\n",
+    )
+    mapping = write(
+        tmp_path / "m.yaml",
+        "columns: {order_id: o, customer_id: c, ordered_at: d, amount: a, status: s}\n"
+        "statuses:\n  in transit: shipped\n  STORNIERT: cancelled\n",
+    )
+    ingest_file(engine, settings, data, "csv", mapping)
+    assert rows(engine, "SELECT order_id, status FROM orders ORDER BY 1") == [
+        ("1", "PAID"),
+        ("2", "shipped"),
+        ("3", "cancelled"),
+    ]
+
+
+def test_an_invalid_email_never_replaces_a_valid_one(
+    engine: Engine, settings: Settings, tmp_path: Path
+) -> None:
+    mapping = write(tmp_path / "c.yaml", "kind: customers\ncolumns: {customer_id: id, email: mail}\n")
+    first = write(tmp_path / "a.csv", "id,mail\nc1,ann@example.com\nc2,\nc3,old@example.com\n")
+    ingest_file(engine, settings, first, "csv", mapping)
+    second = write(
+        tmp_path / "b.csv",
+        "id,mail\nc1,not-an-email\nc2,also bad\nc3,new@example.com\nc4,ann@example.com\nc4,oops@\n",
+    )
+    report = ingest_file(engine, settings, second, "csv", mapping)
+    assert rows(engine, "SELECT customer_id, email FROM customers ORDER BY 1") == [
+        ("c1", "ann@example.com"),  # kept: the file's value is not an address
+        ("c2", "also bad"),  # nothing valid stored: kept for the record, sync skips it
+        ("c3", "new@example.com"),
+        ("c4", "ann@example.com"),  # the customer's last valid address in the file
+    ]
+    assert report.invalid_emails == 3
+    note = dict(report.lines())["invalid e-mails"]
+    assert note.startswith("3 (never replace a stored valid address") and "line 2: 'not-an-email'" in note
+
+
+# --- CSV exports as spreadsheets write them ---------------------------------------------------------------
+
+
+def test_newlines_inside_quoted_fields(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    data = write(tmp_path / "nl.csv", 'o,c,d,a,n\n1,c1,2024-01-01,5,"Ann\nMarie"\n2,c2,2024-01-02,7,Bob\n')
+    mapping = write(
+        tmp_path / "m.yaml",
+        "columns: {order_id: o, customer_id: c, ordered_at: d, amount: a, first_name: n}\n",
+    )
+    ingest_file(engine, settings, data, "csv", mapping)
+    assert rows(engine, "SELECT customer_id, first_name FROM customers ORDER BY 1") == [
+        ("c1", "Ann\nMarie"),
+        ("c2", "Bob"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        lambda s: codecs.BOM_UTF16_LE + s.encode("utf-16-le"),  # Excel "Unicode text"
+        lambda s: codecs.BOM_UTF16_BE + s.encode("utf-16-be"),
+        lambda s: codecs.BOM_UTF8 + s.encode("utf-8"),  # Excel "CSV UTF-8"
+    ],
+    ids=["utf-16-le", "utf-16-be", "utf-8-bom"],
+)
+def test_excel_encodings_are_detected(
+    duck_engine: Engine, duck_settings: Settings, tmp_path: Path, encoded: Any
+) -> None:
+    data = tmp_path / "excel.csv"
+    data.write_bytes(encoded("o\tc\td\ta\n1\tc1\t2024-01-01\t5\n2\tJosé\t2024-01-02\t7\n"))
+    ingest_file(duck_engine, duck_settings, data, "csv", write(tmp_path / "m.yaml", GOOD_MAPPING))
+    assert rows(duck_engine, "SELECT order_id, customer_id, amount FROM orders ORDER BY 1") == [
+        ("1", "c1", 5.0),
+        ("2", "José", 7.0),
+    ]
+
+
+def test_decimal_commas_with_semicolons(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    data = write(
+        tmp_path / "eu.csv",
+        "o;c;d;a\n1;c1;2024-01-01;24,77\n2;c1;2024-01-02;1.234,50\n3;c2;2024-01-03;-0,5\n4;c2;2024-01-03;3\n",
+    )
+    mapping = write(
+        tmp_path / "m.yaml", GOOD_MAPPING + "delimiter: ';'\ndecimal: ','\nallow_negative_orders: true\n"
+    )
+    ingest_file(engine, settings, data, "csv", mapping)
+    assert rows(engine, "SELECT order_id, amount FROM orders ORDER BY 1") == [
+        ("1", 24.77),
+        ("2", 1234.5),
+        ("3", -0.5),
+        ("4", 3.0),
+    ]
+
+
+def test_mapping_errors_name_file_and_line_of_every_problem(tmp_path: Path) -> None:
+    bad = write(
+        tmp_path / "bad.yaml",
+        "kind: orders\ncolumns:\n  order_id: o\n  customer_id: c\n  ordered_at: d\n  amount: a\n"
+        "delimter: ';'\ndecimal: x\n",
+    )
+    with pytest.raises(ConfigError) as err:
+        ingest_mod.load_mapping(bad)
+    message = str(err.value)
+    assert f"{bad}:7: unknown key 'delimter' (did you mean 'delimiter'?)" in message
+    assert f"{bad}:8: decimal must be '.' or ','" in message
+    assert "docs/mapping.md" in (err.value.fix or "")
+    assert (Path(__file__).parent.parent / "docs" / "mapping.md").is_file()
