@@ -338,6 +338,21 @@ def flow_run_logs(flow_run_ids: list[str]) -> list[str]:
             return messages
 
 
+def one_line_failure(flow_run_id: str, words: str) -> str:
+    """The log line of a run (or its tasks) that reports ``words``, once the logs have reached the API; no
+    line of the run carries a traceback."""
+    import time
+
+    for _ in range(60):
+        messages = flow_run_logs([flow_run_id])
+        found = [m for m in messages if words in m]
+        if found:
+            assert not [m for m in messages if "Traceback" in m], messages
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no log line with {words!r}: {flow_run_logs([flow_run_id])}")
+
+
 def all_artifacts() -> list[dict[str, Any]]:
     """Every artifact on the API, page by page."""
     found: list[dict[str, Any]] = []
@@ -495,6 +510,11 @@ def test_guardrail_abort_fails_before_any_write_and_publishes_the_reason(
         state.result()
     artifact = read_artifact("guardrail-rfm11-2025q2-outbox")
     assert artifact is not None and "source is empty" in str(artifact.data)
+    # the run's log says it in one line with the fix, without a traceback
+    failure = one_line_failure(str(state.state_details.flow_run_id), "stopped before any write")
+    assert (
+        failure.startswith("flow run failed: sync to outbox stopped before any write") and "(fix: " in failure
+    )
     assert count(engine, t.sync_runs) == 0 and count(engine, t.sync_state) == 0
     assert count(engine, t.destination_campaigns) == 0
     assert not any(duck_settings.resolved_outbox_dir.rglob("*.eml"))
@@ -610,8 +630,13 @@ def test_wrong_api_key_fails_the_flow_once_without_the_key_in_prefect(
     assert calls == 1  # one attempt: its first read was refused; a wrong key is not retried
     assert count(engine, t.sync_state) == 0 and count(engine, t.sync_log) == 0
     flow_run_id = str(state.state_details.flow_run_id)
+    failure = one_line_failure(flow_run_id, "flow run failed: Mailchimp rejected the API key")
+    assert (
+        failure.startswith("flow run failed: ")
+        and "(fix: " in failure
+        and "ACTIVATION_MAILCHIMP__API_KEY" in failure
+    )
     texts = flow_run_logs([flow_run_id]) + [state.message or ""]
-    assert any("rejected the API key" in m for m in texts), texts
     assert not [m for m in texts if wrong_key[:32] in m]
 
 
