@@ -11,14 +11,18 @@ from typing import Any
 
 import typer
 
-run_app = typer.Typer(help="Run one flow once, now (the deployments in prefect.yaml run them on a schedule).",
-                      no_args_is_help=True)
+run_app = typer.Typer(
+    help="Run one flow once, now (the deployments in prefect.yaml run them on a schedule).",
+    no_args_is_help=True,
+)
 
 AS_OF = typer.Option(None, "--as-of", help="YYYY-MM-DD; default: the end of the last full quarter.")
 SCHEME = typer.Option(None, "--scheme", help="Segmentation scheme; default: the default_scheme setting.")
 DESTINATION = typer.Option("outbox", "--destination", help="outbox | mailchimp | hubspot")
 WINDOW_DAYS = typer.Option(
-    None, "--window-days", help="Attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS, 30)."
+    None,
+    "--window-days",
+    help="Attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS, 30).",
 )
 
 
@@ -54,14 +58,19 @@ def run_quarterly(
     destination: str = DESTINATION,
     send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
     force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
-    report: bool = typer.Option(True, "--report/--no-report", help="Also collect outcomes and write the ROI report."),
+    report: bool = typer.Option(
+        True, "--report/--no-report", help="Also collect outcomes and write the ROI report."
+    ),
 ) -> None:
     """resegment → activate → collect outcomes → ROI report."""
     resolved = _prepare(as_of, destination)
     from flows.quarterly_cycle import quarterly_cycle
 
-    _show(quarterly_cycle(as_of=resolved, scheme=scheme, destination=destination, send=send, force=force,
-                          report=report))
+    _show(
+        quarterly_cycle(
+            as_of=resolved, scheme=scheme, destination=destination, send=send, force=force, report=report
+        )
+    )
 
 
 @run_app.command("resegment")
@@ -79,15 +88,25 @@ def run_activate(
     scheme: str | None = SCHEME,
     destination: str = DESTINATION,
     send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
-    schedule_at: datetime | None = typer.Option(None, "--schedule-at", help="Schedule the send: an ISO date-time, UTC unless it has an offset."),
+    schedule_at: datetime | None = typer.Option(
+        None, "--schedule-at", help="Schedule the send: an ISO date-time, UTC unless it has an offset."
+    ),
     force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
 ) -> None:
     """Plan campaigns, check the sync plan, sync the audiences, create/send the campaigns."""
     resolved = _prepare(as_of, destination)
     from flows.activate import activate
 
-    _show(activate(as_of=resolved, scheme=scheme, destination=destination, send=send,
-                   schedule_at=schedule_at, force=force))
+    _show(
+        activate(
+            as_of=resolved,
+            scheme=scheme,
+            destination=destination,
+            send=send,
+            schedule_at=schedule_at,
+            force=force,
+        )
+    )
 
 
 @run_app.command("collect-outcomes")
@@ -96,7 +115,8 @@ def run_collect_outcomes(
     scheme: str | None = SCHEME,
     window_days: int | None = WINDOW_DAYS,
     destination: str | None = typer.Option(
-        None, "--destination",
+        None,
+        "--destination",
         help="Also read opens, clicks and unsubscribes from this destination (default: conversions from the "
         "warehouse only).",
     ),
@@ -114,7 +134,8 @@ def run_roi_report(
     scheme: str | None = SCHEME,
     window_days: int | None = WINDOW_DAYS,
     out: str | None = typer.Option(
-        None, "--out",
+        None,
+        "--out",
         help="HTML file to write (default: <data_dir>/reports/roi-<scheme>-<as-of>.html); the CSV is written "
         "beside it with the same name.",
     ),
@@ -136,10 +157,37 @@ def demo(
     from activation.settings import get_settings
     from flows.demo import print_demo, run_demo
 
-    print_demo(_console(), run_demo(get_settings(), customers=customers, orders=orders, seed=seed, scheme=scheme))
+    print_demo(
+        _console(), run_demo(get_settings(), customers=customers, orders=orders, seed=seed, scheme=scheme)
+    )
+
+
+def serve(
+    scheme: str | None = SCHEME,
+    destination: str = DESTINATION,
+) -> None:
+    """Run the schedules of prefect.yaml from this process and folder, without a work pool (small installs)."""
+    from activation.settings import get_settings
+    from connectors.registry import check_destination
+    from flows.runtime import check_prefect_api, prefect_api_url
+
+    settings = get_settings()
+    check_destination(destination, settings)
+    if prefect_api_url() is None:
+        from activation.errors import ConfigError
+
+        raise ConfigError(
+            "activation serve needs a Prefect server that outlives it (PREFECT_API_URL is not set)",
+            fix="start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
+        )
+    _console().print(f"serving the scheduled flows on {check_prefect_api()}; Ctrl-C stops", highlight=False)
+    from flows.serve import serve as serve_flows
+
+    serve_flows(settings, scheme or settings.default_scheme, destination)
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
     app.command("demo")(demo)
+    app.command("serve")(serve)
     app.add_typer(run_app, name="run")

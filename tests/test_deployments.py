@@ -151,10 +151,20 @@ def in_terminal(args: list[str], *, cwd: Path, env: dict[str, str], timeout: flo
         os.close(master)
 
 
-def _post(url: str, path: str, body: dict[str, Any]) -> Any:
-    response = httpx.post(f"{url}{path}", json=body, timeout=30)
+def _request(method: str, url: str, body: dict[str, Any]) -> Any:
+    """One API call, retried on 503 like Prefect's own client does (the server answers 503 while its SQLite
+    database is busy, which happens on a loaded machine)."""
+    for attempt in range(6):
+        response = httpx.request(method, url, json=body, timeout=30)
+        if response.status_code != 503:
+            break
+        time.sleep(0.5 * 2**attempt)
     response.raise_for_status()
-    return response.json()
+    return response.json() if response.content else None
+
+
+def _post(url: str, path: str, body: dict[str, Any]) -> Any:
+    return _request("POST", f"{url}{path}", body)
 
 
 def _runs(url: str, **flow_run_filter: Any) -> list[dict[str, Any]]:
@@ -167,7 +177,12 @@ def _wait_for(url: str, run_id: str, timeout: float = 240) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     run: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        run = httpx.get(f"{url}/flow_runs/{run_id}", timeout=10).json()
+        response = httpx.get(f"{url}/flow_runs/{run_id}", timeout=10)
+        if response.status_code == 503:  # busy, see _request
+            time.sleep(1)
+            continue
+        response.raise_for_status()
+        run = response.json()
         if (run.get("state") or {}).get("type") in TERMINAL:
             return run
         time.sleep(1)
@@ -250,6 +265,37 @@ def test_the_failure_alert_is_a_valid_prefect_automation() -> None:
     # it selects runs by the tag every deployment carries
     tag = dict(automation.trigger.match_related.root)["prefect.resource.id"]  # type: ignore[union-attr]
     assert all(tag == f"prefect.tag.{t}" for d in _config()["deployments"] for t in d["tags"])
+
+
+def test_activation_serve_runs_the_same_schedules_as_prefect_yaml() -> None:
+    from activation.settings import Settings
+    from flows.serve import scheduled_deployments
+
+    settings = Settings(schedule_timezone="Europe/Berlin")
+    served = {
+        (d.flow_name, d.name): d
+        for d in scheduled_deployments(settings, scheme="rfm11", destination="outbox")
+    }
+    expected = {
+        (d["entrypoint"].rsplit(".", 1)[-1].replace("_", "-"), d["name"]): d
+        for d in _config()["deployments"]
+        if d["schedules"]
+    }
+    assert sorted(served) == sorted(expected)
+    for key, deployment in served.items():
+        [schedule] = deployment.schedules
+        assert schedule.schedule.cron == expected[key]["schedules"][0]["cron"]
+        assert schedule.schedule.timezone == "Europe/Berlin"  # the setting, the one zone
+        assert deployment.parameters == expected[key]["parameters"]
+        assert deployment.concurrency_limit == 1 and deployment.tags == expected[key]["tags"]
+
+
+def test_activation_serve_needs_a_server_that_outlives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cli_helpers import run_cli
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    result = run_cli("serve")
+    assert result.exit_code == 2 and "prefect server start" in result.output, result.output
 
 
 # --- a real server, a terminal, a worker elsewhere ----------------------------------------------------
@@ -403,12 +449,11 @@ def _patch_schedule(
     url: str, deployment: dict[str, Any], cron: str, timezone: str, active: bool = True
 ) -> None:
     [schedule] = deployment["schedules"]
-    response = httpx.patch(
+    _request(
+        "PATCH",
         f"{url}/deployments/{deployment['id']}/schedules/{schedule['id']}",
-        json={"schedule": {"cron": cron, "timezone": timezone}, "active": active},
-        timeout=30,
+        {"schedule": {"cron": cron, "timezone": timezone}, "active": active},
     )
-    response.raise_for_status()
 
 
 def _first_run(
