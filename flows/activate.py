@@ -12,7 +12,7 @@ from activation.settings import get_settings
 from connectors.registry import check_destination
 from connectors.sync import check_schedule_at
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
 
 
@@ -25,7 +25,7 @@ from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for
 def activate(
     as_of: date | None = None,
     scheme: str | None = None,
-    destination: str = "outbox",
+    destination: Destination = "outbox",
     send: bool = False,
     schedule_at: datetime | None = None,
     force: bool = False,

@@ -9,7 +9,7 @@ from prefect import flow
 
 from activation.settings import get_settings
 from connectors.registry import check_destination
-from flows.schedule import run_as_of, run_name
+from flows.schedule import OptionalDestination, run_as_of, run_name
 from flows.tasks import collect_outcomes_task
 
 
@@ -23,7 +23,7 @@ def collect_outcomes(
     as_of: date | None = None,
     scheme: str | None = None,
     window_days: int | None = None,
-    destination: str | None = None,
+    destination: OptionalDestination = None,
 ) -> dict[str, Any]:
     """Collect sends/opens/clicks from the destination and conversions from the warehouse.
 

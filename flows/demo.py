@@ -103,15 +103,15 @@ def run_demo(
         return _run_demo(settings, customers=customers, orders=orders, seed=seed, scheme=scheme)
 
 
-def _run_demo(settings: Settings, *, customers: int | None, orders: int | None, seed: int, scheme: str | None) -> DemoResult:
+def _run_demo(
+    settings: Settings, *, customers: int | None, orders: int | None, seed: int, scheme: str | None
+) -> DemoResult:
     timings: dict[str, float] = {}
     scheme = scheme or settings.default_scheme
     api, timings["prefect_startup"] = start_prefect_api()
 
     started = time.perf_counter()
-    data_dir, last_order = prepare_demo_data(
-        settings, customers=customers, orders_n=orders, seed=seed
-    )
+    data_dir, last_order = prepare_demo_data(settings, customers=customers, orders_n=orders, seed=seed)
     timings["demo_data"] = time.perf_counter() - started
 
     as_of = resolve_as_of(backtest_as_of(last_order), settings)
@@ -153,11 +153,15 @@ def _write_preview(settings: Settings, as_of: date, scheme: str) -> Path | None:
 
 def print_demo(console: Any, result: DemoResult) -> None:
     """Tell the user where everything is."""
+
     def line(label: str, value: object) -> None:
         console.print(f"  [bold]{label:<18}[/]{value}", highlight=False, soft_wrap=True)
 
-    console.print(f"\n[bold green]demo done[/]: {result.scheme} backtest as of {result.as_of.isoformat()}"
-                  f" (ran on {result.api})", highlight=False)
+    console.print(
+        f"\n[bold green]demo done[/]: {result.scheme} backtest as of {result.as_of.isoformat()}"
+        f" (ran on {result.api})",
+        highlight=False,
+    )
     line("warehouse", result.warehouse)
     line("demo data", result.data_dir)
     line("outbox", result.outbox_dir)
@@ -169,5 +173,7 @@ def print_demo(console: Any, result: DemoResult) -> None:
         line("ROI table (csv)", result.report_csv)
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     line("timings", timing)
-    console.print("\nnext: open the report in a browser; `activation run quarterly --help` for real runs.",
-                  highlight=False)
+    console.print(
+        "\nnext: open the report in a browser; `activation run quarterly --help` for real runs.",
+        highlight=False,
+    )

@@ -13,7 +13,7 @@ from flows.activate import activate
 from flows.collect_outcomes import collect_outcomes
 from flows.resegment import resegment
 from flows.roi_report import roi_report
-from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
 
 
 @flow(
@@ -25,7 +25,7 @@ from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skip
 def quarterly_cycle(
     as_of: date | None = None,
     scheme: str | None = None,
-    destination: str = "outbox",
+    destination: Destination = "outbox",
     send: bool = False,
     force: bool = False,
     report: bool = True,

@@ -17,15 +17,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, datetime
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from prefect.context import FlowRunContext
+from pydantic import Field
 
 from activation.errors import ConfigError, ConflictError
 from activation.settings import Settings, get_settings, today_in
+from connectors.registry import NAMES
 from flows.dates import parse_as_of, period_label, resolve_as_of
 from flows.tasks import _log
+
+Destination = Annotated[str, Field(json_schema_extra={"enum": list(NAMES)})]
+"""A destination parameter: a choice in the run form, checked when a deployment run is created; a flow called
+in-process gets the clear ``unknown destination`` error of :func:`connectors.registry.check_destination`."""
+
+OptionalDestination = Annotated[str | None, Field(json_schema_extra={"enum": [*NAMES, None]})]
 
 
 def _flow_run() -> Any | None:

@@ -189,9 +189,15 @@ def _wait_for(url: str, run_id: str, timeout: float = 240) -> dict[str, Any]:
     return run
 
 
-def _logs(url: str, run_id: str) -> str:
-    logs = _post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
-    return "\n".join(entry["message"] for entry in logs)
+def _logs(url: str, run_id: str, *words: str) -> str:
+    """The run's log, once it holds all of ``words`` (logs reach the API in batches) or after 30 s."""
+    for _ in range(60):
+        logs = _post(url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+        text = "\n".join(entry["message"] for entry in logs)
+        if all(w in text for w in words):
+            break
+        time.sleep(0.5)
+    return text
 
 
 def _last_quarter_end(day: date) -> date:
@@ -255,6 +261,8 @@ def test_flow_parameters_are_described_for_the_ui() -> None:
         schema = parameter_schema(import_object(deployment["entrypoint"])).model_dump()
         for name, prop in schema["properties"].items():
             assert prop.get("description"), f"{deployment['entrypoint']} parameter {name} has no description"
+            if name == "destination":  # a choice in the run form
+                assert {"outbox", "mailchimp", "hubspot"} <= set(prop["enum"]), prop
 
 
 def test_the_failure_alert_is_a_valid_prefect_automation() -> None:
@@ -350,6 +358,13 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
         (2027, 1, 1, 6),
     ]
     assert (cycle.get("global_concurrency_limit") or {}).get("limit") == 1, cycle
+    # a parameter outside its choices is refused when the run is created, not hours later by the flow
+    refused = httpx.post(
+        f"{url}/deployments/{cycle['id']}/create_flow_run",
+        json={"parameters": {"destination": "mailchimps"}},
+        timeout=30,
+    )
+    assert refused.status_code in (409, 422) and "destination" in refused.text, refused.text
     # the pull step names the worker's folder when the run starts, not the folder deployed from
     assert str(deploy_dir) not in str(cycle["pull_steps"])
 
@@ -363,9 +378,9 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
     dispose_engines()  # a DuckDB file admits one process: let the worker's runs have it
 
     # a near cron for the quarterly cycle (every minute), and a daily schedule in a zone the setting is not
-    _patch_schedule(url, cycle, "* * * * *", "UTC")
+    _patch_schedule(url, cycle, cron="* * * * *", timezone="UTC")
     daily = deployments[("collect_outcomes", "daily")]
-    _patch_schedule(url, daily, "* * * * *", "Pacific/Auckland")
+    _patch_schedule(url, daily, cron="* * * * *", timezone="Pacific/Auckland")
 
     # a late run: scheduled the day before the last quarter ended, started only now
     now = datetime.now(UTC)
@@ -405,6 +420,9 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
 
         # the first scheduled cycle: resegment then activate, for the quarter before its scheduled time
         first = _first_run(url, cycle["id"])
+        # then a second scheduled run of the same quarter, due while the first still runs (a schedule that
+        # fires again, runs that piled up): every 10 s, so the test need not wait for the next minute
+        _patch_schedule(url, cycle, interval=10, timezone="UTC")
         done = _wait_for(url, first["id"])
         assert done["state"]["type"] == "COMPLETED", (done["state"], _logs(url, first["id"]), worker_output())
         expected = _last_quarter_end(datetime.fromisoformat(first["expected_start_time"]).date())
@@ -419,18 +437,18 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
         # the daily run whose schedule is in another zone than ACTIVATION_SCHEDULE_TIMEZONE says so and stops
         odd = _wait_for(url, _first_run(url, daily["id"])["id"])
         assert odd["state"]["type"] == "FAILED"
-        assert "Pacific/Auckland" in _logs(url, odd["id"]) and "ACTIVATION_SCHEDULE_TIMEZONE" in _logs(
-            url, odd["id"]
-        )
-        _patch_schedule(url, daily, QUARTERLY, "UTC", active=False)
+        odd_log = _logs(url, odd["id"], "Pacific/Auckland", "ACTIVATION_SCHEDULE_TIMEZONE")
+        assert "flow run failed: this run's schedule is in time zone Pacific/Auckland" in odd_log, odd_log
+        assert "Traceback" not in odd_log, odd_log
+        _patch_schedule(url, daily, active=False, cron=QUARTERLY, timezone="UTC")
 
-        # the next minute's run is a duplicate of the same quarter: it steps aside
+        # the next scheduled run is a duplicate of the same quarter: it waits its turn, then steps aside
         second = _first_run(url, cycle["id"], after=first["id"])
         done = _wait_for(url, second["id"])
-        _patch_schedule(url, cycle, QUARTERLY, "UTC", active=False)
+        _patch_schedule(url, cycle, active=False, cron=QUARTERLY, timezone="UTC")
         assert done["state"]["type"] == "COMPLETED", (done["state"], worker_output())
         assert done["name"] == f"quarterly-cycle-rfm11-{label}"
-        assert "skipped" in _logs(url, second["id"])
+        assert "skipped" in _logs(url, second["id"], "skipped")
         assert _runs(url, parent_flow_run_id={"any_": [second["id"]]}) == []
     finally:
         _stop(worker)
@@ -445,14 +463,12 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
     assert campaigns == {expected}
 
 
-def _patch_schedule(
-    url: str, deployment: dict[str, Any], cron: str, timezone: str, active: bool = True
-) -> None:
-    [schedule] = deployment["schedules"]
+def _patch_schedule(url: str, deployment: dict[str, Any], active: bool = True, **schedule: Any) -> None:
+    [current] = deployment["schedules"]
     _request(
         "PATCH",
-        f"{url}/deployments/{deployment['id']}/schedules/{schedule['id']}",
-        {"schedule": {"cron": cron, "timezone": timezone}, "active": active},
+        f"{url}/deployments/{deployment['id']}/schedules/{current['id']}",
+        {"schedule": schedule, "active": active},
     )
 
 
