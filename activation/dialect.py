@@ -10,6 +10,7 @@ differs is collected here:
 * ``is_duckdb(engine)`` / ``is_postgres(engine)`` — for bulk-load fast paths only, never for semantics.
 * ``hash_bucket(expr, bind)`` — the first 32 bits of ``md5(expr)`` as an integer in ``[0, 2**32)``; identical to
   ``int(hashlib.md5(s.encode()).hexdigest()[:8], 16)`` in Python (used for stable holdout splits).
+* ``id_hash(expr, seed, bind)`` — a seeded 64-bit hash (``hash`` / ``hashtextextended``) for fingerprints.
 * ``sha256_hex(expr, bind)`` — lower-case hex SHA-256 of a text expression's UTF-8 bytes (email hashes).
 * ``percentiles_disc(ps, order_by)`` — several discrete quantiles in one ordered-set aggregate
   (``percentile_disc(ARRAY[...]) WITHIN GROUP (ORDER BY …)``: one sort instead of one per quantile;
@@ -81,6 +82,16 @@ def hash_bucket(expr: Any, bind: Engine | Connection) -> ColumnElement[int]:
     if is_postgres(bind):
         return cast(cast(literal_column("'x'").concat(prefix), _Bit32()), BigInteger)
     return cast(literal_column("'0x'").concat(prefix), BigInteger)
+
+
+def id_hash(expr: Any, seed: int, bind: Engine | Connection) -> ColumnElement[int] | None:
+    """A 64-bit hash of a text expression (``seed`` picks one of independent hashes), or None on a dialect
+    without one; used to fingerprint a multiset of ids by summing them."""
+    if is_duckdb(bind):
+        return func.hash(expr, literal_column(str(int(seed))))
+    if is_postgres(bind):
+        return func.hashtextextended(expr, literal_column(str(int(seed))))
+    return None
 
 
 def sha256_hex(expr: Any, bind: Engine | Connection) -> ColumnElement[str]:

@@ -1,14 +1,15 @@
 """Table definitions of the warehouse, in one place (SQLAlchemy Core).
 
 Ingested data: ``orders``, ``customers``, ``contact_events``.
-Segmentation: ``rfm_snapshots`` (one row per customer per as_of+scheme), ``snapshot_runs``.
+Segmentation: ``rfm_snapshots`` (one row per customer per as_of+scheme), ``snapshot_runs``, ``verified_sources``.
 Campaigns: ``campaigns`` (one per segment per as_of+scheme, versioned), ``campaign_members``.
 Destinations: ``sync_state``, ``sync_runs``, ``sync_log``, ``suppressions``, ``destination_campaigns``.
 Outcomes: ``campaign_outcomes``. Models: ``clv_models`` (predictions are stored as ``clv_tier`` snapshots in ``rfm_snapshots``).
 
 ``orders`` deliberately has no primary key: bulk loads of tens of millions of rows stay fast, ingest
 de-duplicates by ``order_id`` itself and the data checks verify uniqueness before segmenting (users may
-also point segmentation at their own table or view, see ``Settings.orders``).
+also point segmentation at their own table or view, see ``Settings.orders``); ``verified_sources`` lets them
+skip that ``GROUP BY order_id`` while the ids are the ones last verified (or written by ingest).
 """
 
 from __future__ import annotations
@@ -97,6 +98,16 @@ snapshot_runs = Table(
     Column("warnings", Text, nullable=False),  # JSON list
     Column("created_at", DateTime, nullable=False),
     PrimaryKeyConstraint("as_of", "scheme"),
+)
+
+# the order ids of a source last known to be unique, as a multiset fingerprint (row count and two sums of
+# 64-bit hashes): while the ids are unchanged the data checks need not group by order id again
+verified_sources = Table(
+    "verified_sources",
+    metadata,
+    Column("source", String, primary_key=True),
+    Column("fingerprint", String, nullable=False),
+    Column("verified_at", DateTime, nullable=False),
 )
 
 campaigns = Table(

@@ -11,7 +11,9 @@ unless ``settings.allow_negative_amounts``), not_future(ordered_at) (beyond
 ``settings.future_tolerance_hours``), accepted_values(status) (the vocabulary of
 :mod:`activation.statuses`), unique(order_id), and relationships to customers (a warning). They take three
 statements: one aggregate for every count, one ``GROUP BY status``, one ``GROUP BY order_id``; example rows
-are fetched only for a failing check. The relationship check runs on distinct customers; a snapshot does it
+are fetched only for a failing check. The aggregate also fingerprints the order ids (``verified_sources``):
+when they are the ids last verified unique, or written by ingest (which keeps them unique), the
+``GROUP BY order_id`` — the most expensive check by far — is skipped. The relationship check runs on distinct customers; a snapshot does it
 on its own per-customer metrics instead of a second pass over the orders.
 """
 
@@ -21,13 +23,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, column, exists, func, not_, select, table
+from sqlalchemy import and_, column, delete, exists, func, insert, not_, select, table
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from activation import statuses
+from activation import dialect, statuses
 from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import Settings
+from activation.tables import verified_sources
 from activation.warehouse import has_table
 from segments.rfm import source_table
 
@@ -187,7 +190,49 @@ def _status_check(conn: Connection, settings: Settings, src: Any, st: Any, oid: 
     )
 
 
-def _order_checks(conn: Connection, settings: Settings, relationships: bool = True) -> CheckReport:
+def _fingerprint_sums(conn: Connection, oid: Any) -> list[Any]:
+    h0, h1 = dialect.id_hash(oid, 0, conn), dialect.id_hash(oid, 1, conn)
+    if h0 is None or h1 is None:
+        return []
+    return [func.sum(h0).label("id_hash_0"), func.sum(h1).label("id_hash_1")]
+
+
+def _fingerprint(rows: int, sums: Any) -> str:
+    return ":".join([str(rows), *(str(int(v)) if v is not None else "-" for v in sums)])
+
+
+def ids_fingerprint(conn: Connection, table_name: str, id_column: str) -> tuple[str, str, int] | None:
+    """``(key, fingerprint, rows)`` of the ids in ``table_name.id_column`` (row count and two sums of 64-bit
+    hashes: a changed multiset of ids matches with a probability of about 2^-64), or None on a dialect
+    without a hash. One aggregate over the ids."""
+    src = source_table(table_name, id_column)
+    sums = _fingerprint_sums(conn, src.c[id_column])
+    if not sums:
+        return None
+    row = conn.execute(select(func.count(), *sums).select_from(src)).one()
+    return f"{table_name}.{id_column}", _fingerprint(int(row[0]), row[1:]), int(row[0])
+
+
+def stored_fingerprint(conn: Connection, key: str) -> str | None:
+    if not has_table(conn, verified_sources.name):
+        return None
+    vs = verified_sources.c
+    return conn.execute(select(vs.fingerprint).where(vs.source == key)).scalar_one_or_none()
+
+
+def store_fingerprint(conn: Connection, key: str, fingerprint: str) -> None:
+    """Record that the order ids with ``fingerprint`` are unique (inside the caller's transaction)."""
+    if not has_table(conn, verified_sources.name):
+        return
+    conn.execute(delete(verified_sources).where(verified_sources.c.source == key))
+    conn.execute(
+        insert(verified_sources).values(source=key, fingerprint=fingerprint, verified_at=datetime.now())
+    )
+
+
+def _order_checks(
+    conn: Connection, settings: Settings, relationships: bool, verified: list[tuple[str, str]]
+) -> CheckReport:
     """Every orders check in as few scans as possible: one aggregate for the null, negative and future
     counts, one ``GROUP BY status``, one ``GROUP BY order_id`` for uniqueness; examples only on failure."""
     o = settings.orders
@@ -214,13 +259,15 @@ def _order_checks(conn: Connection, settings: Settings, relationships: bool = Tr
     if numeric:
         conds.append(("negative", amt < 0))
     conds.append(("future", at > limit))
+    sums = _fingerprint_sums(conn, oid)
     counts = conn.execute(
         select(
-            func.count().label("rows"), *(func.count().filter(cond).label(k) for k, cond in conds)
+            func.count().label("rows"), *(func.count().filter(cond).label(k) for k, cond in conds), *sums
         ).select_from(src)
     ).one()
     total = int(counts[0])
-    n_of = {k: int(n) for (k, _), n in zip(conds, counts[1:], strict=True)}
+    n_of = {k: int(n) for (k, _), n in zip(conds, counts[1 : 1 + len(conds)], strict=True)}
+    fingerprint = _fingerprint(total, counts[1 + len(conds) :]) if sums else None
     for (label, col), (_, cond) in zip(nulls, conds, strict=False):
         n = n_of[label]
         ex = _examples(conn, src, cond, show, oid) if n else []
@@ -261,12 +308,18 @@ def _order_checks(conn: Connection, settings: Settings, relationships: bool = Tr
     if o.status:
         results.append(_status_check(conn, settings, src, c[o.status], oid))
 
-    dup = select(oid.label("order_id"), func.count().label("rows")).group_by(oid).having(func.count() > 1)
-    dup_sq = dup.subquery("duplicates")
-    n_dup = int(conn.execute(select(func.count()).select_from(dup_sq)).scalar_one())
-    examples = []
-    if n_dup:
-        examples = [dict(r) for r in conn.execute(dup.order_by(oid).limit(EXAMPLES)).mappings()]
+    key = f"{o.table}.{o.order_id}"
+    examples: list[dict] = []
+    if fingerprint is not None and fingerprint == stored_fingerprint(conn, key):
+        n_dup = 0  # the very ids verified unique before (or written so by ingest)
+    else:
+        dup = select(oid.label("order_id"), func.count().label("rows")).group_by(oid).having(func.count() > 1)
+        dup_sq = dup.subquery("duplicates")
+        n_dup = int(conn.execute(select(func.count()).select_from(dup_sq)).scalar_one())
+        if n_dup:
+            examples = [dict(r) for r in conn.execute(dup.order_by(oid).limit(EXAMPLES)).mappings()]
+        elif fingerprint is not None:
+            verified.append((key, fingerprint))
     results.append(
         CheckResult("unique(order_id)", "order id appears on more than one row", "error", n_dup, examples)
     )
@@ -320,12 +373,16 @@ def run_checks(
         WarehouseError: the source table does not exist or the warehouse fails.
         ConfigError: a configured column does not exist.
     """
+    verified: list[tuple[str, str]] = []
     try:
         with engine.connect() as conn:
             if source == "contact_events":
                 report = _event_checks(conn)
             else:
-                report = _order_checks(conn, settings, relationships)
+                report = _order_checks(conn, settings, relationships, verified)
+        if verified:  # ids found unique: later runs on the same ids skip the GROUP BY order_id
+            with engine.begin() as conn:
+                store_fingerprint(conn, *verified[0])
     except SQLAlchemyError as exc:
         reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
         raise WarehouseError(

@@ -52,7 +52,7 @@ from activation.dialect import is_duckdb, is_postgres
 from activation.emails import EMAIL_PATTERN
 from activation.errors import ConfigError, InputError
 from activation.settings import Settings
-from segments.checks import future_limit
+from segments.checks import future_limit, ids_fingerprint, store_fingerprint, stored_fingerprint
 from segments.mapping import KINDS, OPTIONAL, REQUIRED, Mapping, load_mapping
 from segments.sniff import count_lines, has_multiline_fields, sniff, transcode_to_utf8
 
@@ -1095,6 +1095,12 @@ def _merge_customers(conn: Connection) -> tuple[int, int]:
 
 def _merge(conn: Connection, report: IngestReport) -> None:
     if report.kind == "orders":
+        # ingest keeps order ids unique: when they were unique before (verified, or no orders yet), they are
+        # after, and the data checks may skip their GROUP BY order_id (segments.checks, verified_sources)
+        before = ids_fingerprint(conn, "orders", "order_id")
+        unique_before = before is not None and (
+            before[2] == 0 or stored_fingerprint(conn, before[0]) == before[1]
+        )
         cols = _STAGE_COLUMNS["_stage_orders"]
         report.orders_inserted, report.orders_updated = _merge_keyed(
             conn,
@@ -1104,6 +1110,9 @@ def _merge(conn: Connection, report: IngestReport) -> None:
             cols,
             tuple(c for c in cols if c not in ("order_id", "source")),
         )
+        after = ids_fingerprint(conn, "orders", "order_id") if unique_before else None
+        if after is not None:
+            store_fingerprint(conn, after[0], after[1])
     elif report.kind == "events":
         cols = _STAGE_COLUMNS["_stage_events"]
         report.events_inserted, report.events_updated = _merge_keyed(

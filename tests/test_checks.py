@@ -4,15 +4,17 @@ warehouses, and the guarantee that a failing check writes nothing."""
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.engine import Engine
 
 from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import OrdersSource, Settings
 from activation.tables import rfm_snapshots, snapshot_runs
 from segments.checks import run_checks
+from segments.ingest import ingest_file
 from segments.snapshots import compute_snapshot
 from tests.rfm_fixtures import add_customers, add_orders, at, grid_orders
 
@@ -244,3 +246,48 @@ def test_missing_table_and_column(engine: Engine, settings: Settings) -> None:
     assert "no column 'customer'" in err.value.message and "ACTIVATION_ORDERS__CUSTOMER_ID" in (
         err.value.fix or ""
     )
+
+
+def _statements(engine: Engine) -> list[str]:
+    seen: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(" ".join(statement.split()))
+
+    return seen
+
+
+def test_unique_ids_are_verified_once_until_they_change(engine: Engine, settings: Settings) -> None:
+    custom_table(engine, "raw_orders")
+    insert_custom(engine, "raw_orders", [(str(i), "a", at("2024-06-01"), 1.0, "paid") for i in range(5)])
+    user = mapped(settings, "raw_orders")
+    seen = _statements(engine)
+    run_checks(engine, user)
+    assert sum("GROUP BY raw_orders.id" in s for s in seen) == 1
+    seen.clear()
+    run_checks(engine, user)  # the same ids: their fingerprint says they were found unique
+    assert not any("GROUP BY raw_orders.id" in s for s in seen)
+    # same row count, one id now twice: the fingerprint no longer matches and the full check finds it
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM raw_orders WHERE id = '4'"))
+    insert_custom(engine, "raw_orders", [("3", "b", at("2024-06-02"), 1.0, "paid")])
+    with pytest.raises(DataCheckError, match=r"unique\(order_id\): 1 row\(s\) fail"):
+        run_checks(engine, user)
+
+
+def test_ingest_vouches_for_the_ids_it_writes(engine: Engine, settings: Settings, tmp_path: Path) -> None:
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text("columns: {order_id: o, customer_id: c, ordered_at: d, amount: a}\n")
+    for name, body in [
+        ("a.csv", "1,c1,2024-05-01,5\n2,c2,2024-05-02,6\n"),
+        ("b.csv", "2,c2,2024-05-02,7\n3,c1,2024-06-01,8\n"),
+    ]:
+        (tmp_path / name).write_text("o,c,d,a\n" + body)
+        ingest_file(engine, settings, tmp_path / name, "csv", mapping)
+    seen = _statements(engine)
+    assert run_checks(engine, settings).ok
+    assert not any("GROUP BY orders.order_id" in s for s in seen)
+    add_orders(engine, [("c9", at("2024-06-03"), 1.0, "Completed", "3")])  # written behind ingest's back
+    with pytest.raises(DataCheckError, match="unique"):
+        compute_snapshot(engine, settings, AS_OF, "seed5")
