@@ -100,8 +100,8 @@ snapshot_runs = Table(
     PrimaryKeyConstraint("as_of", "scheme"),
 )
 
-# the order ids of a source last known to be unique, as a multiset fingerprint (row count and two sums of
-# 64-bit hashes): while the ids are unchanged the data checks need not group by order id again
+# the order ids of a source last known to be unique, as a multiset fingerprint (row count and the sum of
+# their 64-bit hashes): while the ids are unchanged the data checks need not group by order id again
 verified_sources = Table(
     "verified_sources",
     metadata,

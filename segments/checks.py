@@ -11,10 +11,11 @@ unless ``settings.allow_negative_amounts``), not_future(ordered_at) (beyond
 ``settings.future_tolerance_hours``), accepted_values(status) (the vocabulary of
 :mod:`activation.statuses`), unique(order_id), and relationships to customers (a warning). They take three
 statements: one aggregate for every count, one ``GROUP BY status``, one ``GROUP BY order_id``; example rows
-are fetched only for a failing check. The aggregate also fingerprints the order ids (``verified_sources``):
-when they are the ids last verified unique, or written by ingest (which keeps them unique), the
-``GROUP BY order_id`` — the most expensive check by far — is skipped. The relationship check runs on distinct customers; a snapshot does it
-on its own per-customer metrics instead of a second pass over the orders.
+are fetched only for a failing check. The aggregate also fingerprints the order ids (row count and the sum
+of their 64-bit hashes, ``verified_sources``): when they are the ids last verified unique, or written by
+ingest (which keeps them unique), the ``GROUP BY order_id`` — by far the most expensive check — is skipped.
+The relationship check runs on distinct customers; a snapshot runs it on its own per-customer metrics
+instead of a second pass over the orders.
 """
 
 from __future__ import annotations
@@ -191,10 +192,8 @@ def _status_check(conn: Connection, settings: Settings, src: Any, st: Any, oid: 
 
 
 def _fingerprint_sums(conn: Connection, oid: Any) -> list[Any]:
-    h0, h1 = dialect.id_hash(oid, 0, conn), dialect.id_hash(oid, 1, conn)
-    if h0 is None or h1 is None:
-        return []
-    return [func.sum(h0).label("id_hash_0"), func.sum(h1).label("id_hash_1")]
+    h = dialect.id_hash(oid, 0, conn)
+    return [] if h is None else [func.sum(h).label("id_hash")]
 
 
 def _fingerprint(rows: int, sums: Any) -> str:
@@ -202,7 +201,7 @@ def _fingerprint(rows: int, sums: Any) -> str:
 
 
 def ids_fingerprint(conn: Connection, table_name: str, id_column: str) -> tuple[str, str, int] | None:
-    """``(key, fingerprint, rows)`` of the ids in ``table_name.id_column`` (row count and two sums of 64-bit
+    """``(key, fingerprint, rows)`` of the ids in ``table_name.id_column`` (row count and the sum of 64-bit
     hashes: a changed multiset of ids matches with a probability of about 2^-64), or None on a dialect
     without a hash. One aggregate over the ids."""
     src = source_table(table_name, id_column)
