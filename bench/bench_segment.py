@@ -2,7 +2,7 @@
 
     python bench/bench_segment.py                       # ~2M order rows, 400k customers
     python bench/bench_segment.py --rows 70000000 --customers 13000000
-    python bench/bench_segment.py --rows 10000000 --customers 2000000 --repeat 3 --skip pandas   # ~2 minutes
+    python bench/bench_segment.py --rows 5000000 --customers 1000000 --repeat 2 --skip pandas   # ~2 minutes
 
 Generates the orders directly in a DuckDB file (skewed purchase counts: most customers buy once), then
 measures each contender in its own subprocess so its peak RSS is its own:

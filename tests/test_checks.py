@@ -16,6 +16,7 @@ from activation.tables import rfm_snapshots, snapshot_runs
 from segments.checks import run_checks
 from segments.ingest import ingest_file
 from segments.snapshots import compute_snapshot
+from tests.cli_helpers import run_cli
 from tests.rfm_fixtures import add_customers, add_orders, at, grid_orders
 
 AS_OF = date(2024, 6, 30)
@@ -291,3 +292,19 @@ def test_ingest_vouches_for_the_ids_it_writes(engine: Engine, settings: Settings
     add_orders(engine, [("c9", at("2024-06-03"), 1.0, "Completed", "3")])  # written behind ingest's back
     with pytest.raises(DataCheckError, match="unique"):
         compute_snapshot(engine, settings, AS_OF, "seed5")
+
+
+def test_cli_segment_refuses_negative_orders_until_the_flag(engine: Engine, settings: Settings) -> None:
+    add_orders(engine, [*grid_orders(AS_OF), ("r", at("2024-06-01"), -40.0, "Completed", "refund-9")])
+    refused = run_cli("segment", "--as-of", AS_OF.isoformat(), "--scheme", "seed5")
+    assert (
+        refused.exit_code == 2
+        and "refund-9" in refused.stderr
+        and "--allow-negative-amounts" in refused.stderr
+    )
+    assert snapshot_count(engine) == (0, 0)
+    allowed = run_cli(
+        "segment", "--as-of", AS_OF.isoformat(), "--scheme", "seed5", "--allow-negative-amounts"
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert "non_negative(amount)" in allowed.stderr and snapshot_count(engine)[1] == 1
