@@ -49,14 +49,35 @@ def _lock_error(url: str, program: str, pid: int, waited_s: float) -> WarehouseE
     )
 
 
-def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0) -> Engine:
-    """Create an engine for ``url``; for a DuckDB file, create its folder first.
+#: What to tell someone whose warehouse does not exist yet (the commands that create one).
+CREATE_FIX = (
+    "check ACTIVATION_WAREHOUSE_URL (a typo in the path?); a new warehouse is made by "
+    "`activation ingest FILE --format …`, `activation demo-data` + ingest, or `activation demo`"
+)
+
+
+def duckdb_file(url: str) -> Path | None:
+    """The file of a DuckDB warehouse URL (None for other warehouses and in-memory DuckDB)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() == "duckdb" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database).expanduser()
+    return None
+
+
+def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0, create: bool = True) -> Engine:
+    """Create an engine for ``url``; for a DuckDB file, create its folder first (``create``).
 
     ``lock_wait_s``: when another process holds the DuckDB file, keep trying this long before giving up.
+    ``create=False``: a DuckDB file that does not exist is an error, not a new empty warehouse (a
+    mistyped path would otherwise make folders and an empty warehouse, then report "no orders").
 
     Raises:
         ConfigError: the URL is malformed or names a driver that is not installed.
-        WarehouseError: the warehouse cannot be reached, or (DuckDB) another process holds its file.
+        WarehouseError: the warehouse cannot be reached, (DuckDB) another process holds its file, or
+            (``create=False``) the DuckDB file is missing.
     """
     try:
         parsed = make_url(url)
@@ -65,8 +86,15 @@ def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0) -> Engi
             f"ACTIVATION_WAREHOUSE_URL is not a valid SQLAlchemy URL: {url!r}",
             fix="use e.g. duckdb:///data/warehouse.duckdb or postgresql+psycopg://user:pass@host:5432/db",
         ) from exc
-    if parsed.get_backend_name() == "duckdb" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    file = duckdb_file(url)
+    if file is not None:
+        if not create and not file.is_file():
+            raise WarehouseError(
+                f"no warehouse at {file}" + ("" if file.parent.is_dir() else f" (no folder {file.parent})"),
+                fix=CREATE_FIX,
+            )
+        if create:
+            file.parent.mkdir(parents=True, exist_ok=True)
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     kwargs: dict = {"future": True}
@@ -109,20 +137,30 @@ def _unreachable(url: str, exc: SQLAlchemyError) -> WarehouseError:
     )
 
 
-def get_engine(settings: Settings, *, default_lock_wait_s: float = 0) -> Engine:
+def get_engine(settings: Settings, *, default_lock_wait_s: float = 0, create: bool = True) -> Engine:
     """A cached, checked engine for the settings' warehouse, with the project's tables created.
 
     A DuckDB file held by another process is waited for ``ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS``, or
     ``default_lock_wait_s`` when that is not set (commands: 0, fail at once; flows: 30 minutes).
+    ``create=False`` (every command but those that load data): a DuckDB warehouse file must exist already.
     """
     url = settings.resolved_warehouse_url
     engine = _ENGINES.get(url)
     if engine is None:
         wait = settings.warehouse_lock_wait_seconds
-        engine = make_engine(url, lock_wait_s=default_lock_wait_s if wait is None else wait)
+        engine = make_engine(url, lock_wait_s=default_lock_wait_s if wait is None else wait, create=create)
         ensure_schema(engine)
         _ENGINES[url] = engine
     return engine
+
+
+def engine_if_exists(settings: Settings) -> Engine | None:
+    """The warehouse's engine, or None when it is a DuckDB file that does not exist (commands that can
+    work without one, such as ``templates preview`` with a made-up customer)."""
+    file = duckdb_file(settings.resolved_warehouse_url)
+    if file is not None and not file.is_file() and settings.resolved_warehouse_url not in _ENGINES:
+        return None
+    return get_engine(settings, create=False)
 
 
 def dispose_engines() -> None:

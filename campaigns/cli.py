@@ -56,11 +56,11 @@ def register(app: typer.Typer) -> None:
         """Render one email per segment for a sample customer, plus OUT/index.html linking them."""
         from activation.cli import console, err_console
         from activation.settings import get_settings
-        from activation.warehouse import get_engine
+        from activation.warehouse import engine_if_exists
         from campaigns.preview import write_previews
 
         settings = get_settings()
-        items = write_previews(settings, out, engine=get_engine(settings), scheme=scheme, segment=segment)
+        items = write_previews(settings, out, engine=engine_if_exists(settings), scheme=scheme, segment=segment)
         failed = [i for i in items if i.error]
         for it in items:
             status = "FAILED" if it.error else (it.file or "suppressed")
@@ -84,7 +84,7 @@ def register(app: typer.Typer) -> None:
 
         settings = get_settings()
         scheme_name = scheme or settings.default_scheme
-        result = plan_campaigns(get_engine(settings), settings, _as_of(as_of), scheme_name)
+        result = plan_campaigns(get_engine(settings, create=False), settings, _as_of(as_of), scheme_name)
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
         for col in ("segment", "campaign", "status", "treated", "holdout", "excluded", "offer"):
             table.add_column(col, justify="right" if col in ("treated", "holdout") else "left",
@@ -109,5 +109,5 @@ def register(app: typer.Typer) -> None:
         from campaigns.plan import export_campaigns
 
         settings = get_settings()
-        n = export_campaigns(get_engine(settings), _as_of(as_of), scheme or settings.default_scheme, out)
+        n = export_campaigns(get_engine(settings, create=False), _as_of(as_of), scheme or settings.default_scheme, out)
         console.print(f"wrote {n:,} rows to {out}", highlight=False)

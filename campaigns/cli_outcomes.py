@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         from campaigns.outcomes import collect_outcomes
 
         settings = get_settings()
-        engine = get_engine(settings)
+        engine = get_engine(settings, create=False)
         result = collect_outcomes(
             engine,
             settings,
@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         from campaigns.report import write_roi_report
 
         settings = get_settings()
-        engine = get_engine(settings)
+        engine = get_engine(settings, create=False)
         day = _parse_date(as_of, "--as-of")
         assert day is not None
         paths = write_roi_report(engine, settings, day, scheme or settings.default_scheme, out, window_days)

@@ -67,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError(f"unknown destination {destination!r}", fix=f"use one of: {', '.join(NAMES)}")
         settings = get_settings()
-        engine = get_engine(settings)
+        engine = get_engine(settings, create=False)
         progress = Progress(
             TextColumn(f"syncing to {destination}"),
             BarColumn(),

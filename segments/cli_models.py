@@ -63,7 +63,7 @@ def fit_command(
     from segments.clv import fit_clv
 
     settings = get_settings()
-    result = fit_clv(get_engine(settings), settings, _date(train_until, "--train-until"), horizon_days)
+    result = fit_clv(get_engine(settings, create=False), settings, _date(train_until, "--train-until"), horizon_days)
     m = result.metrics
     cli.console.print(
         f"model {result.model_id}: trained on features as of {', '.join(m['train']['features_as_of'])} "
@@ -89,7 +89,7 @@ def show_command(
     from segments.clv import latest_model
 
     settings = get_settings()
-    model = latest_model(get_engine(settings), _date(as_of, "--as-of") if as_of else None)
+    model = latest_model(get_engine(settings, create=False), _date(as_of, "--as-of") if as_of else None)
     cli.console.print(
         f"model {model.model_id}: train_until {model.train_until}, horizon {model.horizon_days} days, "
         f"{len(model.params['spend']['trees'])} + {len(model.params['purchase']['trees'])} trees "
