@@ -21,7 +21,6 @@ Rules:
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -51,6 +50,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from activation import dialect
 from activation.errors import ConfigError, NotFoundError
+from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns, rfm_snapshots, suppressions
 from activation.warehouse import has_table
@@ -643,15 +643,15 @@ def export_campaigns(engine: Engine, as_of: date, scheme: str, out: Path) -> int
     Raises:
         NotFoundError: no campaign was planned for ``as_of`` and ``scheme``.
     """
+    out = output_file(out, example=f"campaigns-{as_of.isoformat()}.csv")
     rows = current_campaigns(engine, as_of, scheme)
     if not rows:
         raise NotFoundError(f"no campaigns planned for {scheme} as of {as_of.isoformat()}",
                             fix=f"run `activation plan --as-of {as_of.isoformat()} --scheme {scheme}` first")
-    out.parent.mkdir(parents=True, exist_ok=True)
     n = 0
     m = campaign_members
-    with out.open("w", newline="", encoding="utf-8") as fh, engine.connect() as conn:
-        writer = csv.writer(fh)
+    with atomic_text(out) as fh, engine.connect() as conn:
+        writer = csv_writer(fh)
         writer.writerow(EXPORT_COLUMNS)
         for camp in sorted(rows, key=lambda r: r.campaign_id):
             result = conn.execution_options(stream_results=True, yield_per=50_000).execute(

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from activation.errors import ConfigError
+from activation.files import atomic_write_all, output_dir
 from activation.settings import Settings
 from activation.tables import customers, rfm_snapshots
 from activation.warehouse import has_table
@@ -70,6 +71,7 @@ def write_previews(settings: Settings, out_dir: Path, *, engine: Engine | None =
     Raises:
         ConfigError: invalid policy, unknown scheme or segment.
     """
+    out_dir = output_dir(out_dir)
     scheme = scheme or settings.default_scheme
     policy = load_policy(settings)
     known = scheme_segments(scheme, settings)
@@ -82,8 +84,8 @@ def write_previews(settings: Settings, out_dir: Path, *, engine: Engine | None =
         segments = [segment]
     as_of, samples = _sample_members(engine, scheme)
     as_of = as_of or date.today()
-    out_dir.mkdir(parents=True, exist_ok=True)
     items: list[PreviewItem] = []
+    files: list[tuple[Path, str]] = []
     for seg in segments:
         resolved = policy.for_segment(scheme, seg)
         offer = resolved.offer
@@ -107,10 +109,10 @@ def write_previews(settings: Settings, out_dir: Path, *, engine: Engine | None =
         except RenderError as exc:
             items.append(PreviewItem(seg, None, None, "", offer.describe(), who, error=str(exc)))
             continue
-        (out_dir / f"{base}.html").write_text(email.html, encoding="utf-8")
-        (out_dir / f"{base}.txt").write_text(email.text, encoding="utf-8")
+        files += [(out_dir / f"{base}.html", email.html), (out_dir / f"{base}.txt", email.text)]
         items.append(PreviewItem(seg, f"{base}.html", f"{base}.txt", email.subject, offer.describe(), who))
-    (out_dir / "index.html").write_text(_index(scheme, as_of, items, settings), encoding="utf-8")
+    files.append((out_dir / "index.html", _index(scheme, as_of, items, settings)))
+    atomic_write_all(files)
     return items
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import math
-import os
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -25,7 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from activation.dialect import prefer_hash_joins
-from activation.errors import NotFoundError
+from activation.errors import InputError, NotFoundError
+from activation.files import atomic_write, atomic_write_all, output_file, safe_frame
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
 from campaigns.outcomes import _split_name, current_campaigns, end_of_day, orders_source, valid_status
@@ -617,17 +617,16 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
     )
 
 
+def csv_text(df: pd.DataFrame) -> str:
+    """The report CSV: one row per segment, the columns of :data:`campaigns.roi.CSV_COLUMNS` (text cells
+    neutralised for spreadsheets, :func:`activation.files.csv_cell`)."""
+    out = safe_frame(df.reindex(columns=CSV_COLUMNS))
+    return str(out.to_csv(index=False, lineterminator="\n", float_format="%.12g"))
+
+
 def write_csv(df: pd.DataFrame, path: Path) -> None:
-    """The report CSV: one row per segment, the columns of :data:`campaigns.roi.CSV_COLUMNS`."""
-    out = df.reindex(columns=CSV_COLUMNS)
-    _atomic_write(path, out.to_csv(index=False, lineterminator="\n", float_format="%.12g"))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Write :func:`csv_text` to ``path`` (whole or not at all)."""
+    atomic_write(output_file(path), csv_text(df))
 
 
 def write_roi_report(
@@ -643,10 +642,12 @@ def write_roi_report(
     Raises:
         NotFoundError: no campaign for that as_of and scheme (run ``activation plan`` first).
     """
-    out = Path(out)
+    out = output_file(out, example=f"roi-{as_of.isoformat()}.html")
+    if out.suffix.lower() == ".csv":
+        raise InputError(f"--out {out} names the CSV; the HTML report goes to --out and the CSV next to it",
+                         fix=f"give the HTML file, e.g. --out {out.with_suffix('.html')}")
+    csv_path = output_file(out.with_suffix(".csv"), flag=f"the CSV next to --out {out}:")
     df = compute_roi(engine, settings, as_of, scheme, window_days)
     page = render_roi_html(engine, settings, df)
-    csv_path = out.with_suffix(".csv")
-    write_csv(df, csv_path)
-    _atomic_write(out, page)
+    atomic_write_all([(csv_path, csv_text(df)), (out, page)])
     return ReportPaths(html=out, csv=csv_path, warnings=tuple(df.attrs.get("warnings", ())))

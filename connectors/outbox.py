@@ -13,10 +13,8 @@ like the API destinations it is incremental (only changed members' messages are 
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import io
-import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from activation.errors import ConfigError
+from activation.files import atomic_write, csv_writer
 from activation.settings import Settings
 from connectors.base import (
     AudienceMember,
@@ -48,22 +47,6 @@ BATCH = 500
 
 def _safe(name: str) -> str:
     return _SAFE.sub("_", name)[:120] or "_"
-
-
-def atomic_write(path: Path, data: bytes, *, mkdir: bool = True) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the new one, never a partial one.
-    ``mkdir=False``: the folder is known to exist."""
-    if mkdir:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def end_of_day(d: object) -> datetime:
@@ -188,7 +171,7 @@ class OutboxDestination:
     @staticmethod
     def _audience_csv(members: Sequence[AudienceMember]) -> bytes:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        w = csv_writer(buf, lineterminator="\n")
         w.writerow(["customer_id", "email", "first_name", "segment", "coupon_code"])
         for m in members:
             w.writerow([m.customer_id, m.email, m.first_name, m.segment, m.coupon_code or ""])

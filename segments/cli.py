@@ -137,7 +137,7 @@ def segment_command(
         settings = settings.model_copy(update={"allow_negative_amounts": True})
     when = _parse_date(as_of, "--as-of") if as_of else last_quarter_end(today_in(settings))
     name = scheme or settings.default_scheme
-    engine = get_engine(settings)
+    engine = get_engine(settings, create=False)
     result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)
     summary = segment_summary(engine, when, name, settings)
     window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
@@ -212,7 +212,7 @@ def export_command(
     from segments.snapshots import export_snapshot
 
     settings = get_settings()
-    n = export_snapshot(get_engine(settings), _parse_date(as_of, "--as-of"), scheme, out)
+    n = export_snapshot(get_engine(settings, create=False), _parse_date(as_of, "--as-of"), scheme, out)
     cli.console.print(f"wrote {n:,} customers to {out}", highlight=False)
 
 
@@ -226,13 +226,16 @@ def migration_command(
     from rich.table import Table
 
     from activation import cli
+    from activation.files import atomic_write, output_file, safe_frame
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.snapshots import migration_matrix
 
     settings = get_settings()
     start, end = _parse_date(from_as_of, "--from"), _parse_date(to_as_of, "--to")
-    matrix = migration_matrix(get_engine(settings), start, end, scheme, settings)
+    if out is not None:
+        out = output_file(out, example="migration.csv")
+    matrix = migration_matrix(get_engine(settings, create=False), start, end, scheme, settings)
     table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
     cells = [[str(seg), *(f"{v:,}" for v in row.tolist())] for seg, row in matrix.iterrows()]
     _add_columns(table, ["from \\ to", *(str(col) for col in matrix.columns)], cells)
@@ -240,6 +243,5 @@ def migration_command(
         table.add_row(*line)
     _print_table(table)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        matrix.to_csv(out)
+        atomic_write(out, str(safe_frame(matrix).to_csv()))
         cli.console.print(f"wrote {out}", highlight=False)

@@ -33,6 +33,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from activation.errors import ConfigError
+from activation.files import output_dir
 
 END_DATE = date(2025, 12, 31)
 SPAN_DAYS = 3 * 365 + 1  # 2023-01-01 .. 2025-12-31
@@ -167,7 +168,7 @@ def generate(
             f"--orders {orders:,} is less than --customers {customers:,}; every customer buys at least once",
             fix=f"pass --orders {customers:,} or more (e.g. {customers * 8:,})",
         )
-    out = Path(out_dir)
+    out = output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = end - timedelta(days=span_days - 1)
     files = DemoDataFiles(
@@ -212,11 +213,17 @@ def generate(
                 ticket_writer = pacsv.CSVWriter(tmp_tickets, tickets.schema)
             ticket_writer.write_table(tickets)
             files.tickets_count += tickets.num_rows
-    finally:
-        if writer is not None:
-            writer.close()
-        if ticket_writer is not None:
-            ticket_writer.close()
+    except BaseException:  # interrupted or failed: no half-written temporary file stays behind
+        for w in (writer, ticket_writer):
+            if w is not None:
+                w.close()
+        tmp_orders.unlink(missing_ok=True)
+        tmp_tickets.unlink(missing_ok=True)
+        raise
+    if writer is not None:
+        writer.close()
+    if ticket_writer is not None:
+        ticket_writer.close()
     tmp_orders.replace(files.orders)
     tmp_tickets.replace(files.tickets)
     files.mapping.write_text(ORDERS_MAPPING)

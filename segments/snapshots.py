@@ -8,7 +8,6 @@ Either all of it is written, or nothing.
 
 from __future__ import annotations
 
-import csv
 import json
 import time as _time
 import uuid
@@ -25,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from activation import dialect
 from activation.dialect import CreateTempTableAs, serialize
 from activation.errors import ActivationError, ConfigError, NotFoundError, WarehouseError
+from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
 from activation.tables import rfm_snapshots, snapshot_runs
 from activation.warehouse import has_table
@@ -521,31 +521,25 @@ def export_snapshot(
     Raises:
         NotFoundError: no such snapshot.
     """
-    out = Path(out)
+    out = output_file(out, example=f"{scheme}-{as_of.isoformat()}.csv")
     s = rfm_snapshots.c
     q = (
         select(*(s[c] for c in EXPORT_COLUMNS))
         .where((s.as_of == as_of) & (s.scheme == scheme))
         .order_by(s.customer_id)
     )
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     n = 0
-    try:
-        with engine.connect() as conn:
-            _require_snapshot(conn, as_of, scheme)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(q)
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(EXPORT_COLUMNS)
-                m = EXPORT_COLUMNS.index("monetary")
-                for part in result.partitions(chunk_rows):
-                    # sums of floating-point amounts carry noise (885.5200000000001): round it away
-                    writer.writerows((*r[:m], round(r[m], 6), *r[m + 1 :]) for r in part)
-                    n += len(part)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with engine.connect() as conn:
+        _require_snapshot(conn, as_of, scheme)
+        result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(q)
+        with atomic_text(out) as fh:
+            writer = csv_writer(fh)
+            writer.writerow(EXPORT_COLUMNS)
+            m = EXPORT_COLUMNS.index("monetary")
+            for part in result.partitions(chunk_rows):
+                # sums of floating-point amounts carry noise (885.5200000000001): round it away
+                writer.writerows((*r[:m], round(r[m], 6), *r[m + 1 :]) for r in part)
+                n += len(part)
     return n
 
 
