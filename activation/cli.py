@@ -8,6 +8,7 @@ import sys
 import typer
 from rich.console import Console
 
+from activation import interrupt
 from activation.errors import ActivationError
 
 app = typer.Typer(
@@ -19,6 +20,10 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+def _interrupted() -> None:
+    err_console.print(interrupt.note(), highlight=False, soft_wrap=True, markup=False)
+    sys.exit(interrupt.EXIT_STATUS)
 
 
 @app.callback()
@@ -50,17 +55,25 @@ _register()
 
 
 def main() -> None:
+    interrupt.reset()
     try:
         rc = app(standalone_mode=False)
         # with standalone_mode=False click returns the code of `raise typer.Exit(n)` instead of exiting
+        # (typer turns Ctrl-C into the code 130)
+        if rc == interrupt.EXIT_STATUS:
+            _interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
+    except KeyboardInterrupt:
+        _interrupted()
     except ActivationError as exc:
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
         if exc.fix:
             err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exc:
+        if exc.exit_code == interrupt.EXIT_STATUS:
+            _interrupted()
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")
@@ -70,6 +83,8 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
+        if interrupt.is_interrupt(exc):
+            _interrupted()
         raise
 
 

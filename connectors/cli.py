@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         import activation.cli as cli
+        from activation.interrupt import on_interrupt
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from connectors.registry import NAMES
@@ -77,6 +78,22 @@ def register(app: typer.Typer) -> None:
             transient=True,
         )
         task = progress.add_task("sync", total=None)
+        confirmed = [0]
+
+        def advance(n: int) -> None:
+            confirmed[0] += n
+            progress.advance(task, n)
+
+        def interrupted() -> str:
+            if not confirmed[0]:
+                return f"interrupted; nothing was synced to {destination}; run the same command again"
+            return (
+                f"interrupted; {confirmed[0]:,} member(s) were synced to {destination} and are recorded; "
+                "run the same command again to finish: it writes only what is left"
+            )
+
+        if not dry_run:
+            on_interrupt(interrupted)
         with progress:
             result = sync_audience(
                 engine,
@@ -89,7 +106,7 @@ def register(app: typer.Typer) -> None:
                 schedule_at=_parse_datetime(schedule_at),
                 force=force,
                 on_total=lambda n: progress.update(task, total=n),
-                on_progress=lambda n: progress.advance(task, n),
+                on_progress=advance,
             )
         print_result(cli.console, result)
 
@@ -136,3 +153,5 @@ def print_result(console: object, result: object) -> None:
             console.print(f"campaign {cid}: {status}")  # type: ignore[attr-defined]
     for v in result.guardrail_violations:
         console.print(f"[yellow]guardrail:[/] {v}")  # type: ignore[attr-defined]
+    for b in result.blockers:
+        console.print(f"[red]a sync would stop here:[/] {b}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
