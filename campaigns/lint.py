@@ -11,7 +11,6 @@ partials: they are parsed and linted but not rendered on their own.
 
 from __future__ import annotations
 
-import html as html_lib
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,9 @@ from campaigns.render import (
     RenderError,
     RenderLimits,
     build_context,
+    compliance_problems,
     environment,
+    member_unsubscribe_url,
     render_member,
     render_merge_tags,
     render_subject,
@@ -128,18 +129,8 @@ def _member_value_issues(file: str, ast: nodes.Template) -> list[Issue]:
 
 def _footer_issues(settings: Settings, name: str, rendered: Any, mode: str, unsub: str) -> list[Issue]:
     root = Path(settings.templates_dir)
-    out: list[Issue] = []
-    address = settings.brand.postal_address
-    for part, body, addr in (("html", rendered.html, html_lib.escape(address)), ("txt", rendered.text, address)):
-        file = _display(root / f"{name}.{part}")
-        wanted_unsub = html_lib.escape(unsub) if part == "html" else unsub
-        if wanted_unsub not in body:
-            out.append(Issue(file, 1, f"no unsubscribe link in the {part} part ({mode} mode)",
-                             "extend the base layout or add {{ unsubscribe_url }}"))
-        if addr not in body and address not in body:
-            out.append(Issue(file, 1, f"no postal address in the {part} part ({mode} mode)",
-                             "extend the base layout or add {{ brand.postal_address }}"))
-    return out
+    return [Issue(_display(root / f"{name}.{part}"), 1, f"{message} ({mode} mode)", fix)
+            for part, message, fix in compliance_problems(settings, rendered, unsub)]
 
 
 def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limits: RenderLimits) -> list[Issue]:
@@ -152,7 +143,7 @@ def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limi
                 unsub = "*|UNSUB|*"
             else:
                 rendered = render_member(settings, campaign, SAMPLE_MEMBER, limits=limits)
-                unsub = settings.brand.unsubscribe_url
+                unsub = member_unsubscribe_url(settings, campaign, SAMPLE_MEMBER)
         except RenderError as exc:
             if exc.file == "subject":
                 break  # reported at the subject's line of the policy

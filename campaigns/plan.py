@@ -57,7 +57,14 @@ from activation.warehouse import has_table
 from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
 from campaigns.offers import offer_record, parse_offer
 from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
-from campaigns.render import RenderError, render_member, render_merge_tags, template_hash
+from campaigns.render import (
+    RenderError,
+    member_unsubscribe_url,
+    render_member,
+    render_merge_tags,
+    require_compliance,
+    template_hash,
+)
 
 RETIRED = "suppressed"  # offer_type of the member-less version written when a planned segment gets suppressed
 EXPORT_COLUMNS = ("campaign_id", "segment", "customer_id", "group", "offer", "coupon_code", "template_version")
@@ -200,10 +207,13 @@ def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: dat
             file=str(settings.policy_file), line=resolved.line, reason="missing",
             fix=f"create {resolved.template}.html and {resolved.template}.txt in the templates folder, "
                 "or use an existing template in policy.yaml")
+    member = {"customer_id": "sample", "email": "sample@example.com", "first_name": "Alex",
+              "coupon_code": "XX-ABCDE-FGHJK"}
     try:
-        render_merge_tags(settings, sample)
-        render_member(settings, sample, {"customer_id": "sample", "email": "sample@example.com",
-                                         "first_name": "Alex", "coupon_code": "XX-ABCDE-FGHJK"})
+        # the law's footer (unsubscribe link, postal address) in both modes: a campaign without it is never planned
+        require_compliance(settings, sample, render_merge_tags(settings, sample), "*|UNSUB|*", "merge-tag")
+        require_compliance(settings, sample, render_member(settings, sample, member),
+                           member_unsubscribe_url(settings, sample, member), "per-member")
     except RenderError as exc:
         if exc.file != "subject":
             raise

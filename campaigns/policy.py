@@ -95,7 +95,7 @@ class SegmentPolicy(BaseModel):
     template: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_\-/]*$")
     subject: str | None = Field(default=None, min_length=1, max_length=300)
     offer: Offer | None = None
-    holdout_share: float | None = Field(default=None, ge=0, le=1)
+    holdout_share: float | None = Field(default=None, ge=0, lt=1)  # 1 would treat nobody
     suppress: bool | None = None
     destinations: list[Literal["outbox", "mailchimp", "hubspot"]] | None = None
     targeting: Targeting | None = None
@@ -233,7 +233,8 @@ def _fix_for(err: dict[str, Any]) -> str | None:
     if last == "percent":
         return "use a percent between 0 and 100 (exclusive of 0), e.g. percent: 20"
     if last == "holdout_share":
-        return "use a share between 0 and 1, e.g. holdout_share: 0.1 for 10 %"
+        return ("use a share from 0 up to (not including) 1, e.g. holdout_share: 0.1 for 10 %; a share of 1 "
+                "holds every member out and treats nobody (to send nothing, use suppress: true)")
     if last == "destinations" or (len(loc) > 1 and loc[-2] == "destinations"):
         return f"destinations are any of: {', '.join(DESTINATIONS)}"
     if "targeting" in loc:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import html as html_lib
 import json
 import re
 import string
@@ -38,6 +39,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Cycler, Namespace
 from jinja2.visitor import NodeTransformer
 
+from activation.contacts import unsubscribe_url
 from activation.errors import TemplateError
 from activation.settings import Settings
 from campaigns.offers import parse_offer
@@ -70,7 +72,8 @@ CONTEXT_VARIABLES: dict[str, str] = {
     "offer": "the offer: type, description (*|OFFER|*), percent, expiry_days, expires_on (*|EXPIRES|*), "
              "early_access_days, early_access_until",
     "brand": "sender settings: name, from_name, from_email, postal_address, website_url, currency",
-    "unsubscribe_url": "the unsubscribe link (*|UNSUB|* in Mailchimp); every email must contain it",
+    "unsubscribe_url": "the member's own one-click unsubscribe link (*|UNSUB|* in Mailchimp); every email "
+                       "must contain it",
     "campaign_id": "the campaign id, e.g. rfm11-2025q4-champions-v1",
     "scheme": "the segmentation scheme, e.g. rfm11",
     "as_of": "the snapshot date (YYYY-MM-DD)",
@@ -616,7 +619,8 @@ def build_context(settings: Settings, campaign: Any, member: Any | None) -> dict
         ctx["first_name"] = str(first).strip() if first and str(first).strip() else MERGE_FIELDS["FNAME"]["default"]
         code = _field(member, "coupon_code")
         ctx["coupon_code"] = str(code) if code and offer.has_coupon else ""
-        ctx["unsubscribe_url"] = settings.brand.unsubscribe_url
+        # the member's own one-click link, the one the List-Unsubscribe header carries
+        ctx["unsubscribe_url"] = member_unsubscribe_url(settings, campaign, member)
     ctx["offer"] = offer_vars
     return ctx
 
@@ -634,6 +638,46 @@ def merge_values(campaign: Any, member: Any) -> dict[str, str]:
         "OFFER": offer_vars["description"],
         "EXPIRES": offer_vars.get("expires_on") or "",
     }
+
+
+# ------------------------------------------------------------------------------------------ compliance
+
+def compliance_problems(settings: Settings, rendered: RenderedEmail, unsubscribe: str) -> list[tuple[str, str, str]]:
+    """What the law requires of every commercial email (CAN-SPAM; the EU's ePrivacy rules) and ``rendered``
+    lacks: the unsubscribe link ``unsubscribe`` and the brand's postal address, in the HTML and in the text
+    part. Returns ``(part, message, fix)`` for each gap (``part`` is ``html`` or ``txt``)."""
+    out: list[tuple[str, str, str]] = []
+    address = settings.brand.postal_address
+    for part, body in (("html", rendered.html), ("txt", rendered.text)):
+        link = html_lib.escape(unsubscribe) if part == "html" else unsubscribe
+        if link not in body and unsubscribe not in body:
+            out.append((part, f"no unsubscribe link in the {part} part",
+                        "extend the base layout or add {{ unsubscribe_url }}"))
+        if html_lib.escape(address) not in body and address not in body:
+            out.append((part, f"no postal address in the {part} part",
+                        "extend the base layout or add {{ brand.postal_address }}"))
+    return out
+
+
+def require_compliance(settings: Settings, campaign: Any, rendered: RenderedEmail, unsubscribe: str,
+                       mode: str) -> None:
+    """Raise :class:`RenderError` (``reason="compliance"``) when :func:`compliance_problems` finds a gap:
+    such an email must not be planned, written or sent."""
+    problems = compliance_problems(settings, rendered, unsubscribe)
+    if problems:
+        template = str(_field(campaign, "template"))
+        part, message, fix = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RenderError(
+            f"template {template!r} ({mode} mode): {message}{more}; an email without it may not be sent",
+            file=f"{template}.{part}", reason="compliance",
+            fix=f"{fix}; `activation templates check` lists every problem")
+
+
+def member_unsubscribe_url(settings: Settings, campaign: Any, member: Any) -> str:
+    """The link :func:`build_context` gives ``member`` of ``campaign`` as ``unsubscribe_url``."""
+    return unsubscribe_url(settings.brand.unsubscribe_url, _field(member, "email"),
+                           str(_field(campaign, "campaign_id", "")))
 
 
 # ------------------------------------------------------------------------------------------ hashing

@@ -24,6 +24,10 @@ from datetime import date, datetime
 from json.encoder import encode_basestring_ascii as _enc  # what json.dumps uses for str (ensure_ascii)
 from typing import Any, Protocol, runtime_checkable
 
+# re-exported: the sync, the destinations and the tests import them from here
+from activation.contacts import email_hash as email_hash
+from activation.contacts import normalize_email as normalize_email
+
 
 def merge_fields() -> dict[str, str]:
     """Per-member merge fields every destination receives (tag -> label), as :mod:`campaigns.render`
@@ -39,16 +43,6 @@ def merge_field_defaults() -> dict[str, str]:
     from campaigns.render import MERGE_FIELDS as fields
 
     return {tag: str(spec.get("default") or "") for tag, spec in fields.items()}
-
-
-def normalize_email(email: str | None) -> str:
-    """Lower-cased, stripped email ('' when missing)."""
-    return (email or "").strip().lower()
-
-
-def email_hash(email: str | None) -> str:
-    """sha256 of the normalized email: how suppressions and sync state refer to a person."""
-    return hashlib.sha256(normalize_email(email).encode()).hexdigest()
 
 
 def state_hash(email: str, tags: Sequence[str], fields: Mapping[str, str], extra: str = "") -> str:
@@ -183,6 +177,12 @@ class ContentProvider(Protocol):
 
     def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
         """Per-member mode: one render per recipient."""
+        ...
+
+    def preflight(self, campaign: CampaignSpec, member: AudienceMember | None) -> None:
+        """Raise (a ``TemplateError``) when ``campaign``'s content cannot be rendered as planned or lacks what
+        every email must carry; called for every campaign before a sync writes anything. ``member``: one of
+        its recipients (None when it has none)."""
         ...
 
 

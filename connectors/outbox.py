@@ -23,8 +23,8 @@ from email.header import Header
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
+from activation.contacts import unsubscribe_url
 from activation.errors import ConfigError
 from activation.files import atomic_write, csv_writer
 from activation.settings import Settings
@@ -38,7 +38,6 @@ from connectors.base import (
     OutcomeEvent,
     SuppressionEvent,
     SyncPlan,
-    email_hash,
 )
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -189,7 +188,6 @@ class OutboxDestination:
         if h is None:
             h = self._headers[camp.campaign_id] = _CampaignHeaders.of(self.settings, camp)
         msg_id = f"<{_safe(camp.campaign_id)}.{_safe(member.customer_id)}@{h.domain}>"
-        query = urlencode({"u": email_hash(member.email)[:24], "c": camp.campaign_id})
         to = (
             formataddr((member.first_name, member.email), charset="utf-8")
             if member.first_name
@@ -205,7 +203,8 @@ class OutboxDestination:
             f"Subject: {h.subject(content.subject)}\n"
             f"{h.date_line}"
             f"Message-ID: {msg_id}\n"
-            f"List-Unsubscribe: <{h.unsubscribe}{query}>, <mailto:{h.from_email}?subject=unsubscribe>\n"
+            f"List-Unsubscribe: <{unsubscribe_url(h.unsubscribe, member.email, camp.campaign_id)}>, "
+            f"<mailto:{h.from_email}?subject=unsubscribe>\n"
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click\n"
             f"X-Campaign-Id: {_one_line(camp.campaign_id)}\n"
             "\n"
@@ -244,20 +243,19 @@ class _CampaignHeaders:
     date_line: str
     domain: str
     from_email: str
-    unsubscribe: str  # the unsubscribe URL up to the query
+    unsubscribe: str  # the brand's unsubscribe URL (the member's token is added per message)
     subjects: dict[str, str]
 
     @classmethod
     def of(cls, settings: Settings, camp: CampaignSpec) -> _CampaignHeaders:
         brand = settings.brand
-        sep = "&" if "?" in brand.unsubscribe_url else "?"
         return cls(
             from_line=f"From: {_one_line(formataddr((brand.from_name, brand.from_email), charset='utf-8'))}\n",
             reply_to_line=f"Reply-To: {_one_line(brand.reply_to)}\n" if brand.reply_to else "",
             date_line=f"Date: {format_datetime(end_of_day(camp.as_of))}\n",
             domain=brand.from_email.rpartition("@")[2] or "localhost",
             from_email=brand.from_email,
-            unsubscribe=f"{brand.unsubscribe_url}{sep}",
+            unsubscribe=brand.unsubscribe_url,
             subjects={},
         )
 

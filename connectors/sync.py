@@ -31,7 +31,7 @@ from sqlalchemy.sql import column, table
 from activation.dialect import exclusive
 from activation.emails import EMAIL_RE
 from activation.emails import is_valid_email as is_valid_email
-from activation.errors import GuardrailError, InputError, NotFoundError
+from activation.errors import GuardrailError, InputError, NotFoundError, TemplateError
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns
 from connectors import state as st
@@ -106,6 +106,7 @@ class SyncResult:
     write_calls: int = 0
     read_calls: int = 0
     guardrail_violations: list[str] = field(default_factory=list)
+    blockers: list[str] = field(default_factory=list)  # dry run: content problems a real sync stops on
     status: str = "planned"
     ok: int = 0
     skipped: int = 0
@@ -138,6 +139,7 @@ class SyncResult:
             "failed": self.failed,
             "campaigns": self.campaigns,
             "guardrail_violations": self.guardrail_violations,
+            "blockers": self.blockers,
             "segments": {k: v.as_dict() for k, v in self.segments.items()},
         }
 
@@ -745,6 +747,25 @@ class RenderContent:
         r = render.render_merge_tags(self.settings, campaign.row)
         return Content(r.subject, r.html, r.text)
 
+    def preflight(self, campaign: CampaignSpec, member: AudienceMember | None) -> None:
+        """Render the campaign in both modes (the template must be the one it was planned with) and require
+        the unsubscribe link and postal address in each; raises ``RenderError``."""
+        from campaigns import render
+
+        row = campaign.row
+        render.require_compliance(
+            self.settings, row, render.render_merge_tags(self.settings, row), "*|UNSUB|*", "merge-tag"
+        )
+        if member is not None:
+            view = _member_view(member)
+            render.require_compliance(
+                self.settings,
+                row,
+                render.render_member(self.settings, row, view),
+                render.member_unsubscribe_url(self.settings, row, view),
+                "per-member",
+            )
+
     def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
         from campaigns import render
 
@@ -920,16 +941,20 @@ def sync_audience(
                 sp.tag_adds += c.tag_add is not None
             if c.tag_remove is not None:
                 src.segments.setdefault(c.tag_remove, SegmentPlan(segment=c.tag_remove)).tag_removes += 1
-        plan = SyncPlan(
-            as_of,
-            scheme,
-            camps,
-            src.audiences,
-            changes,
-            content or RenderContent(settings),
-            send,
-            schedule_at,
-        )
+        provider = content or RenderContent(settings)
+        # everything the sync will render is checked before the first write, for every destination: a
+        # template edited after planning, or one without the unsubscribe link or postal address, stops here
+        # (a dry run reports what would stop the sync instead)
+        blockers: list[str] = []
+        for camp in camps:
+            members = src.audiences.get(camp.campaign_id) or ()
+            try:
+                provider.preflight(camp, members[0] if members else None)
+            except TemplateError as exc:
+                if not dry_run:
+                    raise
+                blockers.append(str(exc).splitlines()[0])
+        plan = SyncPlan(as_of, scheme, camps, src.audiences, changes, provider, send, schedule_at)
         gc.freeze()
         froze = True
         if gc_was_enabled:
@@ -950,6 +975,7 @@ def sync_audience(
             src.segments,
             sum(estimate.values()),
             guardrail_violations=violations,
+            blockers=blockers,
         )
         if dry_run:
             result.seconds = time.perf_counter() - t0
@@ -959,6 +985,14 @@ def sync_audience(
                 "sync to " + destination + " stopped before any write: " + "; ".join(violations),
                 fix="check the plan with --dry-run; rerun with --force if the change is intended",
             )
+        if _nothing_to_do(engine, destination, camps, src.audiences, changes, send or schedule_at is not None):
+            # a rerun with nothing changed writes nothing: no call, no run, no second copy of the same skips
+            result.status = "unchanged"
+            result.read_calls = dest.stats.reads - reads0  # the suppressions read back
+            result.api_calls = result.read_calls
+            result.skipped = sum(result.skips.values())
+            result.seconds = time.perf_counter() - t0
+            return result
         sync_id = uuid.uuid4().hex
         result.sync_id = sync_id
         st.start_run(engine, sync_id, destination, as_of, scheme)
@@ -1001,6 +1035,40 @@ def sync_audience(
             gc.enable()
         if destination_obj is None:
             dest.close()
+
+
+def _nothing_to_do(
+    engine: Engine,
+    destination: str,
+    camps: Sequence[CampaignSpec],
+    audiences: dict[str, list[AudienceMember]],
+    changes: Sequence[MemberChange],
+    send: bool,
+) -> bool:
+    """No member changes and every campaign with an audience is already where it was asked to be at the
+    destination (a draft, or sent/scheduled when ``send``; an earlier version already sent counts as sent)."""
+    if changes:
+        return False
+    remote = st.load_remote_campaigns(engine, destination)
+    wanted = [c for c in camps if audiences.get(c.campaign_id)]
+    sent_keys: set[str] = set()
+    if send:
+        keys = {c.campaign_key for c in wanted}
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(campaigns.c.campaign_id, campaigns.c.campaign_key).where(campaigns.c.campaign_key.in_(keys))
+            ).all() if keys else []
+        sent_keys = {
+            key for cid, key in rows if (rc := remote.get(cid)) is not None and rc.status in ("sent", "scheduled")
+        }
+    for camp in wanted:
+        rc = remote.get(camp.campaign_id)
+        if send:
+            if camp.campaign_key not in sent_keys:
+                return False
+        elif rc is None or rc.status == "created":
+            return False
+    return True
 
 
 def _log_skips(engine: Engine, destination: str, sync_id: str, skipped: list[tuple[str, str, str]]) -> None:

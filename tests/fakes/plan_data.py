@@ -10,6 +10,7 @@ from datetime import date, datetime
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
 
+from activation.errors import TemplateError
 from activation.tables import campaign_members, campaigns, customers
 from connectors.base import AudienceMember, CampaignSpec, Content
 
@@ -34,6 +35,12 @@ class SimpleContent:
             f"<p>Hi {member.first_name}, code {member.coupon_code or ''}</p>",
             f"Hi {member.first_name}, code {member.coupon_code or ''}",
         )
+
+    def preflight(self, campaign: CampaignSpec, member: AudienceMember | None) -> None:
+        """The merge-tag content must carry the unsubscribe tag (the sync's pre-flight contract)."""
+        content = self.for_campaign(campaign)
+        if "*|UNSUB|*" not in content.html or "*|UNSUB|*" not in content.text:
+            raise TemplateError(f"no unsubscribe link in the content of {campaign.campaign_id}")
 
 
 @dataclass
