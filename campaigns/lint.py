@@ -25,6 +25,7 @@ from campaigns.render import (
     CONTEXT_VARIABLES,
     MERGE_FIELDS,
     MERGE_TAG_RE,
+    SAMPLE_MEMBER,
     SYSTEM_MERGE_TAGS,
     RenderError,
     RenderLimits,
@@ -39,8 +40,6 @@ from campaigns.render import (
 
 Issue = PolicyIssue
 SAMPLE_AS_OF = date(2025, 12, 31)
-SAMPLE_MEMBER = {"customer_id": "sample", "email": "alex@example.com", "first_name": "Alex",
-                 "coupon_code": "WB-ABCDE-FGHJK"}
 _SAMPLE_OFFER = {"type": "winback_coupon", "percent": 20, "expiry_days": 30}
 
 

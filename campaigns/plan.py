@@ -58,6 +58,7 @@ from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
 from campaigns.offers import offer_record, parse_offer
 from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
 from campaigns.render import (
+    SAMPLE_MEMBER,
     RenderError,
     member_unsubscribe_url,
     render_member,
@@ -207,8 +208,7 @@ def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: dat
             file=str(settings.policy_file), line=resolved.line, reason="missing",
             fix=f"create {resolved.template}.html and {resolved.template}.txt in the templates folder, "
                 "or use an existing template in policy.yaml")
-    member = {"customer_id": "sample", "email": "sample@example.com", "first_name": "Alex",
-              "coupon_code": "XX-ABCDE-FGHJK"}
+    member = SAMPLE_MEMBER
     try:
         # the law's footer (unsubscribe link, postal address) in both modes: a campaign without it is never planned
         require_compliance(settings, sample, render_merge_tags(settings, sample), "*|UNSUB|*", "merge-tag")

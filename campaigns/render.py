@@ -642,6 +642,10 @@ def merge_values(campaign: Any, member: Any) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ compliance
 
+#: The made-up member that checks render per-member mode with (templates check, plan, a sync's pre-flight).
+SAMPLE_MEMBER = {"customer_id": "sample", "email": "alex@example.com", "first_name": "Alex",
+                 "coupon_code": "WB-ABCDE-FGHJK"}
+
 def compliance_problems(settings: Settings, rendered: RenderedEmail, unsubscribe: str) -> list[tuple[str, str, str]]:
     """What the law requires of every commercial email (CAN-SPAM; the EU's ePrivacy rules) and ``rendered``
     lacks: the unsubscribe link ``unsubscribe`` and the brand's postal address, in the HTML and in the text

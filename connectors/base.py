@@ -179,10 +179,9 @@ class ContentProvider(Protocol):
         """Per-member mode: one render per recipient."""
         ...
 
-    def preflight(self, campaign: CampaignSpec, member: AudienceMember | None) -> None:
+    def preflight(self, campaign: CampaignSpec) -> None:
         """Raise (a ``TemplateError``) when ``campaign``'s content cannot be rendered as planned or lacks what
-        every email must carry; called for every campaign before a sync writes anything. ``member``: one of
-        its recipients (None when it has none)."""
+        every email must carry; called for every campaign before a sync sends or writes anything."""
         ...
 
 

@@ -15,7 +15,9 @@ def _parse_date(value: str | None, flag: str) -> date | None:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise ConfigError(f"{flag} must be a date YYYY-MM-DD, got {value!r}") from exc
+        raise ConfigError(
+            f"{flag} must be a date YYYY-MM-DD, got {value!r}", fix=f"write it as e.g. {flag} 2025-06-30"
+        ) from exc
 
 
 def _parse_datetime(value: str | None) -> datetime | None:
@@ -27,7 +29,8 @@ def _parse_datetime(value: str | None) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError as exc:
         raise ConfigError(
-            f"--schedule-at must be an ISO date-time (2024-04-02T09:00), got {value!r}"
+            f"--schedule-at must be an ISO date-time (2024-04-02T09:00), got {value!r}",
+            fix="write e.g. --schedule-at 2025-07-02T09:00 (UTC) or 2025-07-02T09:00+02:00",
         ) from exc
 
 

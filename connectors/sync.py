@@ -747,24 +747,23 @@ class RenderContent:
         r = render.render_merge_tags(self.settings, campaign.row)
         return Content(r.subject, r.html, r.text)
 
-    def preflight(self, campaign: CampaignSpec, member: AudienceMember | None) -> None:
-        """Render the campaign in both modes (the template must be the one it was planned with) and require
-        the unsubscribe link and postal address in each; raises ``RenderError``."""
+    def preflight(self, campaign: CampaignSpec) -> None:
+        """Render the campaign in both modes, per member for a sample member (the template must be the one
+        it was planned with) and require the unsubscribe link and postal address in each; raises
+        ``RenderError``."""
         from campaigns import render
 
         row = campaign.row
         render.require_compliance(
             self.settings, row, render.render_merge_tags(self.settings, row), "*|UNSUB|*", "merge-tag"
         )
-        if member is not None:
-            view = _member_view(member)
-            render.require_compliance(
-                self.settings,
-                row,
-                render.render_member(self.settings, row, view),
-                render.member_unsubscribe_url(self.settings, row, view),
-                "per-member",
-            )
+        render.require_compliance(
+            self.settings,
+            row,
+            render.render_member(self.settings, row, render.SAMPLE_MEMBER),
+            render.member_unsubscribe_url(self.settings, row, render.SAMPLE_MEMBER),
+            "per-member",
+        )
 
     def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
         from campaigns import render
@@ -897,6 +896,18 @@ def sync_audience(
     else:
         _check_planned(engine, as_of, scheme)
     camps = load_campaigns(engine, as_of, scheme, destination)
+    provider = content or RenderContent(settings)
+    # everything the sync will render is checked before the first request and the first write, for every
+    # destination: a template edited after planning, or one without the unsubscribe link or the postal
+    # address, stops here (a dry run reports what would stop the sync instead)
+    blockers: list[str] = []
+    for camp in camps:
+        try:
+            provider.preflight(camp)
+        except TemplateError as exc:
+            if not dry_run:
+                raise
+            blockers.append(str(exc).splitlines()[0])
     dest = destination_obj
     if dest is None:
         from connectors.registry import get_destination
@@ -941,19 +952,6 @@ def sync_audience(
                 sp.tag_adds += c.tag_add is not None
             if c.tag_remove is not None:
                 src.segments.setdefault(c.tag_remove, SegmentPlan(segment=c.tag_remove)).tag_removes += 1
-        provider = content or RenderContent(settings)
-        # everything the sync will render is checked before the first write, for every destination: a
-        # template edited after planning, or one without the unsubscribe link or postal address, stops here
-        # (a dry run reports what would stop the sync instead)
-        blockers: list[str] = []
-        for camp in camps:
-            members = src.audiences.get(camp.campaign_id) or ()
-            try:
-                provider.preflight(camp, members[0] if members else None)
-            except TemplateError as exc:
-                if not dry_run:
-                    raise
-                blockers.append(str(exc).splitlines()[0])
         plan = SyncPlan(as_of, scheme, camps, src.audiences, changes, provider, send, schedule_at)
         gc.freeze()
         froze = True

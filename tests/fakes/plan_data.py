@@ -36,7 +36,7 @@ class SimpleContent:
             f"Hi {member.first_name}, code {member.coupon_code or ''}",
         )
 
-    def preflight(self, campaign: CampaignSpec, member: AudienceMember | None) -> None:
+    def preflight(self, campaign: CampaignSpec) -> None:
         """The merge-tag content must carry the unsubscribe tag (the sync's pre-flight contract)."""
         content = self.for_campaign(campaign)
         if "*|UNSUB|*" not in content.html or "*|UNSUB|*" not in content.text:
