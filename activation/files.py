@@ -57,7 +57,9 @@ def output_file(path: str | Path, *, flag: str = "--out", example: str = "out.cs
         )
     folder = _nearest_folder(p)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to")
+        raise InputError(
+            f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to"
+        )
     return p
 
 
@@ -81,7 +83,9 @@ def output_dir(path: str | Path, *, flag: str = "--out") -> Path:
         )
     folder = p if p.is_dir() else _nearest_folder(p)
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to")
+        raise InputError(
+            f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to"
+        )
     return p
 
 
