@@ -25,8 +25,8 @@ from json.encoder import encode_basestring_ascii as _enc  # what json.dumps uses
 from typing import Any, Protocol, runtime_checkable
 
 # re-exported: the sync, the destinations and the tests import them from here
-from activation.contacts import email_hash as email_hash
-from activation.contacts import normalize_email as normalize_email
+from activation.emails import email_hash as email_hash
+from activation.emails import normalize_email as normalize_email
 
 
 def merge_fields() -> dict[str, str]:

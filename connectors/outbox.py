@@ -24,7 +24,7 @@ from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
 
-from activation.contacts import unsubscribe_url
+from activation.emails import unsubscribe_url
 from activation.errors import ConfigError
 from activation.files import atomic_write, csv_writer
 from activation.settings import Settings
