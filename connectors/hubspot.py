@@ -92,7 +92,7 @@ SCOPES = (
 PROPERTIES = {"rfm_segment": "RFM segment", "rfm_offer": "RFM offer", "rfm_coupon": "RFM coupon code"}
 CONTACTS = "0-1"
 WRITABLE_LISTS = ("MANUAL", "SNAPSHOT")  # memberships can be changed on these only
-SEARCH_PAGE = 200
+SEARCH_PAGE = 100  # HubSpot allows 200; 100 is what every version of its search reference allows
 SEARCH_WINDOW = 10_000  # results one search query can page through
 
 

@@ -1008,3 +1008,27 @@ def test_cli_outcomes_collect_from_hubspot_is_never_silent(duck_engine, duck_set
     assert never_synced.exit_code == 2, never_synced.output
     assert "activation sync --destination hubspot" in never_synced.output
     assert "Traceback" not in never_synced.output and hs.calls == 0
+
+
+def test_the_consent_read_back_pages_past_the_search_window(hs, monkeypatch):
+    """HubSpot's search pages with ``after`` and stops at 10,000 results a query; past that the read-back starts
+    a new query above the last record id. (The window is shrunk to 300 on both sides to keep the test small.)"""
+    import connectors.hubspot as connector
+    import tests.fakes.hubspot as fake
+
+    monkeypatch.setattr(fake, "SEARCH_TOTAL_LIMIT", 300)
+    monkeypatch.setattr(connector, "SEARCH_WINDOW", 300)
+    out = {f"gone{i}@example.com" for i in range(750)}
+    for i in range(900):
+        hs.add_contact(f"gone{i}@example.com" if i < 750 else f"kept{i}@example.com")
+    for email in out:
+        hs.opt_out(email)
+    dest = HubSpotDestination(HubSpotSettings(token=SecretStr(hs.token), base_url=hs.url), retry=FAST_RETRY)
+    try:
+        events = list(dest.read_suppressions(None))
+    finally:
+        dest.close()
+    assert sorted(e.email for e in events) == sorted(out) and {e.reason for e in events} == {"unsubscribed"}
+    searches = [c for c in hs.log if c.path == SEARCH]
+    assert all(c.status == 200 for c in searches) and len(searches) >= 8
+    assert any(c.body.get("after") for c in searches)  # after paging inside a query
