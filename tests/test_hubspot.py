@@ -1032,5 +1032,5 @@ def test_the_consent_read_back_pages_past_the_search_window(hs, monkeypatch):
         dest.close()
     assert sorted(e.email for e in events) == sorted(out) and {e.reason for e in events} == {"unsubscribed"}
     searches = [c for c in hs.log if c.path == SEARCH]
-    assert all(c.status == 200 for c in searches) and len(searches) >= 8
+    assert all(c.status == 200 for c in searches)  # never past the window (400)
     assert any(c.body.get("after") for c in searches)  # after paging inside a query
