@@ -776,8 +776,7 @@ class FakeHubSpot(FakeApiServer):
                 400,
                 f"List {lst['listId']} has processingType {lst['processingType']}; memberships can only be "
                 "changed on MANUAL or SNAPSHOT lists",
-                "VALIDATION_ERROR",
-                "ILS.INVALID_LIST_PROCESSING_TYPE",
+                "VALIDATION_ERROR",  # the documented rule; the exact body of this refusal is not documented
             )
         ids = await request.json()
         if not isinstance(ids, list) or len(ids) > 100_000 or not all(isinstance(i, str) for i in ids):
