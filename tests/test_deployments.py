@@ -395,6 +395,9 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
         {"state": {"type": "SCHEDULED", "state_details": {"scheduled_time": late_at.isoformat()}}},
     )
 
+    # the other way to reach a second machine: each run clones the code (Prefect's git_clone pull step)
+    from_git = _deploy_from_git(url, env, tmp_path, site) if (ROOT / ".git").exists() else None
+
     worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "rfm-activation"],
@@ -450,6 +453,12 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
         assert done["name"] == f"quarterly-cycle-rfm11-{label}"
         assert "skipped" in _logs(url, second["id"], "skipped")
         assert _runs(url, parent_flow_run_id={"any_": [second["id"]]}) == []
+
+        if from_git is not None:
+            done = _wait_for(url, from_git["id"])
+            assert done["state"]["type"] == "COMPLETED", (done["state"], _logs(url, from_git["id"]))
+            # its entrypoint, flows/resegment.py, exists only in the clone: neither the worker's folder nor the
+            # temporary folder the worker starts it in has it
     finally:
         _stop(worker)
         worker_log.close()
@@ -459,8 +468,65 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
         snapshots = [row[0] for row in conn.execute(text("select as_of from snapshot_runs order by as_of"))]
         campaigns = {row[0] for row in conn.execute(text("select distinct as_of from campaigns"))}
     engine.dispose()
-    assert snapshots == [earlier_quarter, expected]
+    assert snapshots == ([GIT_AS_OF] if from_git else []) + [earlier_quarter, expected]
     assert campaigns == {expected}
+
+
+GIT_AS_OF = date(2025, 12, 31)
+
+
+def _deploy_from_git(url: str, env: dict[str, str], tmp_path: Path, site: Path) -> dict[str, Any]:
+    """docs/operations.md's git_clone variant, from a clone of this repository's HEAD; returns a run of it.
+
+    The run's folder is the fresh clone, so the settings it needs are absolute (here: job variables)."""
+    repository = tmp_path / "repo.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repository)], check=True)
+    subprocess.run(
+        ["git", "-C", str(ROOT), "push", "-q", str(repository), "HEAD:refs/heads/main"], check=True
+    )
+    variant = {
+        "name": "rfm-activation",
+        "prefect-version": _config()["prefect-version"],
+        "pull": [
+            {
+                "prefect.deployments.steps.git_clone": {
+                    "id": "clone-step",
+                    "repository": f"file://{repository}",
+                    "branch": "main",
+                }
+            }
+        ],
+        "deployments": [
+            {
+                "name": "from-git",
+                "entrypoint": "flows/resegment.py:resegment",
+                "parameters": {"scheme": "rfm11"},
+                "schedules": [],
+                "work_pool": {
+                    "name": "rfm-activation",
+                    "job_variables": {
+                        "env": {
+                            "ACTIVATION_DATA_DIR": str(site / "data"),
+                            "ACTIVATION_COUPON_SECRET": "test-secret-not-for-production",
+                        }
+                    },
+                },
+            }
+        ],
+    }
+    prefect_file = tmp_path / "prefect-git.yaml"
+    prefect_file.write_text(yaml.safe_dump(variant, sort_keys=False))
+    # file entrypoints are read where `prefect deploy` runs: a checkout
+    deployed = _prefect(
+        "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file), env=env, cwd=ROOT
+    )
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    [deployment] = [d for d in _post(url, "/deployments/filter", {"limit": 50}) if d["name"] == "from-git"]
+    return _post(
+        url,
+        f"/deployments/{deployment['id']}/create_flow_run",
+        {"parameters": {"as_of": GIT_AS_OF.isoformat()}},
+    )
 
 
 def _patch_schedule(url: str, deployment: dict[str, Any], active: bool = True, **schedule: Any) -> None:
