@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from prefect import flow
@@ -12,7 +12,7 @@ from activation.settings import get_settings
 from connectors.registry import check_destination
 from connectors.sync import check_schedule_at
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.schedule import Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import AsOf, Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
 
 
@@ -23,7 +23,7 @@ from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for
     timeout_seconds=8 * 3600,
 )
 def activate(
-    as_of: date | None = None,
+    as_of: AsOf = None,
     scheme: str | None = None,
     destination: Destination = "outbox",
     send: bool = False,

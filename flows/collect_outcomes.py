@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from prefect import flow
 
 from activation.settings import get_settings
 from connectors.registry import check_destination
-from flows.schedule import OptionalDestination, run_as_of, run_name
+from flows.schedule import AsOf, OptionalDestination, run_as_of, run_name
 from flows.tasks import collect_outcomes_task
 
 
@@ -20,7 +19,7 @@ from flows.tasks import collect_outcomes_task
     timeout_seconds=2 * 3600,
 )
 def collect_outcomes(
-    as_of: date | None = None,
+    as_of: AsOf = None,
     scheme: str | None = None,
     window_days: int | None = None,
     destination: OptionalDestination = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from prefect import flow
@@ -13,7 +12,7 @@ from flows.activate import activate
 from flows.collect_outcomes import collect_outcomes
 from flows.resegment import resegment
 from flows.roi_report import roi_report
-from flows.schedule import Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import AsOf, Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
 
 
 @flow(
@@ -23,7 +22,7 @@ from flows.schedule import Destination, earlier_run_with_this_name, run_as_of, r
     timeout_seconds=12 * 3600,
 )
 def quarterly_cycle(
-    as_of: date | None = None,
+    as_of: AsOf = None,
     scheme: str | None = None,
     destination: Destination = "outbox",
     send: bool = False,

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from prefect import flow
 
 from activation.settings import get_settings
 from flows.artifacts import artifact_key, publish_table
-from flows.schedule import earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import AsOf, earlier_run_with_this_name, run_as_of, run_name, skipped
 from flows.tasks import compute_snapshot_task, migration_task, segment_summary_task
 
 
 @flow(name="resegment", flow_run_name=run_name("resegment"), persist_result=False, timeout_seconds=4 * 3600)
-def resegment(as_of: date | None = None, scheme: str | None = None) -> dict[str, Any]:
+def resegment(as_of: AsOf = None, scheme: str | None = None) -> dict[str, Any]:
     """Compute and store the snapshot of ``scheme`` as of ``as_of`` (default: end of the last full quarter).
 
     Publishes the ``segments-…`` summary table and, when an earlier snapshot exists, the

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from prefect import flow
 
 from activation.settings import get_settings
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.schedule import run_as_of, run_name
+from flows.schedule import AsOf, run_as_of, run_name
 from flows.tasks import roi_report_task
 
 
 @flow(name="roi-report", flow_run_name=run_name("roi-report"), persist_result=False, timeout_seconds=3600)
 def roi_report(
-    as_of: date | None = None,
+    as_of: AsOf = None,
     scheme: str | None = None,
     window_days: int | None = None,
     out: str | None = None,

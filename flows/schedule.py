@@ -29,6 +29,12 @@ from connectors.registry import NAMES
 from flows.dates import parse_as_of, period_label, resolve_as_of
 from flows.tasks import _log
 
+AsOf = Annotated[
+    date | None, Field(json_schema_extra={"pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"})
+]
+"""An ``as_of`` parameter: a YYYY-MM-DD date, checked when a deployment run is created (Prefect does not check
+the schema's ``format: date``), so "last quarter" or month 13 is refused there and not when the run starts."""
+
 Destination = Annotated[str, Field(json_schema_extra={"enum": list(NAMES)})]
 """A destination parameter: a choice in the run form, checked when a deployment run is created; a flow called
 in-process gets the clear ``unknown destination`` error of :func:`connectors.registry.check_destination`."""

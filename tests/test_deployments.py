@@ -256,13 +256,20 @@ def test_entrypoints_import_from_the_installed_package() -> None:
 def test_flow_parameters_are_described_for_the_ui() -> None:
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.importtools import import_object
+    from prefect.utilities.schema_tools.validation import ValidationError, validate
 
     for deployment in _config()["deployments"]:
-        schema = parameter_schema(import_object(deployment["entrypoint"])).model_dump()
+        schema = parameter_schema(import_object(deployment["entrypoint"])).model_dump_for_openapi()
         for name, prop in schema["properties"].items():
             assert prop.get("description"), f"{deployment['entrypoint']} parameter {name} has no description"
             if name == "destination":  # a choice in the run form
                 assert {"outbox", "mailchimp", "hubspot"} <= set(prop["enum"]), prop
+        # what the server checks when a run is created (it does not check `format: date`)
+        for bad in ({"as_of": "last quarter"}, {"as_of": "2026-13-45"}, {"destination": "mailchimps"}):
+            if next(iter(bad)) in schema["properties"]:
+                with pytest.raises(ValidationError):
+                    validate(bad, schema, raise_on_error=True)
+        validate({"as_of": "2026-06-30"}, schema, raise_on_error=True)
 
 
 def test_the_failure_alert_is_a_valid_prefect_automation() -> None:
@@ -359,12 +366,11 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
     ]
     assert (cycle.get("global_concurrency_limit") or {}).get("limit") == 1, cycle
     # a parameter outside its choices is refused when the run is created, not hours later by the flow
-    refused = httpx.post(
-        f"{url}/deployments/{cycle['id']}/create_flow_run",
-        json={"parameters": {"destination": "mailchimps"}},
-        timeout=30,
-    )
-    assert refused.status_code in (409, 422) and "destination" in refused.text, refused.text
+    for bad in ({"destination": "mailchimps"}, {"as_of": "last quarter"}):
+        refused = httpx.post(
+            f"{url}/deployments/{cycle['id']}/create_flow_run", json={"parameters": bad}, timeout=30
+        )
+        assert refused.status_code in (409, 422) and next(iter(bad)) in refused.text, refused.text
     # the pull step names the worker's folder when the run starts, not the folder deployed from
     assert str(deploy_dir) not in str(cycle["pull_steps"])
 
