@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from activation import statuses
@@ -150,6 +150,17 @@ class Settings(BaseSettings):
             if v.strip().startswith("["):
                 return json.loads(v)
             return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("excluded_statuses")
+    @classmethod
+    def _no_status_in_both(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        both = set(statuses.normalized(v)) & set(statuses.normalized(info.data.get("counted_statuses") or []))
+        if both:
+            raise ValueError(
+                f"{', '.join(sorted(both))} cannot be both counted and excluded; remove it from one of "
+                "ACTIVATION_COUNTED_STATUSES and ACTIVATION_EXCLUDED_STATUSES"
+            )
         return v
 
     @field_validator("lookback_days", mode="before")

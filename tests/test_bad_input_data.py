@@ -457,6 +457,10 @@ CASES: dict[str, tuple[Row, list[str]]] = {
         lambda w: (["segment", "--as-of", "30/06/2024", "--scheme", "seed5"], {}),
         ["--as-of '30/06/2024' is not a date", "YYYY-MM-DD"],
     ),
+    "segment: a status both counted and excluded": (
+        segment(None, ACTIVATION_COUNTED_STATUSES="completed, Returned"),
+        ["returned cannot be both counted and excluded", "ACTIVATION_EXCLUDED_STATUSES"],
+    ),
     "segment: bad tolerance setting": (
         segment(None, ACTIVATION_FUTURE_TOLERANCE_HOURS="a day"),
         ["ACTIVATION_FUTURE_TOLERANCE_HOURS", "'a day'", "correct ACTIVATION_FUTURE_TOLERANCE_HOURS"],
