@@ -581,6 +581,7 @@ def test_cli_ingest_prints_quality_report(settings: Settings, tmp_path: Path) ->
         "rows kept",
         "3 (3 new, 0 updated, 0 unchanged)",
         "2010-12-01 .. 2011-12-09",
+        "lines of one order id summed (grain: lines)",
     ]:
         assert needle in result.stdout, needle
     again = run_cli("ingest", str(online_retail_csv(tmp_path)), "--format", "online-retail")
