@@ -11,6 +11,24 @@ from rich.console import Console
 from activation import interrupt
 from activation.errors import ActivationError
 
+
+def _flags_take_no_value() -> None:
+    """``--dry-run <bool>`` in the help reads as if the flag took a value: show no type for on/off flags
+    (typer's help prints the parameter's type for every option, flags included)."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return shown(self, ctx)  # type: ignore[arg-type]
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+
+
+_flags_take_no_value()
+
 app = typer.Typer(
     name="activation",
     help="RFM segments from your warehouse, offers per segment, audience sync and segment ROI.",

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from activation.display import add_columns, print_table
 from activation.errors import ConfigError
 
 
@@ -86,14 +87,25 @@ def register(app: typer.Typer) -> None:
         scheme_name = scheme or settings.default_scheme
         result = plan_campaigns(get_engine(settings, create=False), settings, _as_of(as_of), scheme_name)
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
-        for col in ("segment", "campaign", "status", "treated", "holdout", "excluded", "offer"):
-            table.add_column(col, justify="right" if col in ("treated", "holdout") else "left",
-                             no_wrap=col in ("campaign", "treated", "holdout"))
+        cells, reasons = [], []
         for sp in result.segments:
-            excluded = ", ".join(f"{k} {v:,}" for k, v in sp.excluded.items()) or "-"
-            table.add_row(sp.segment, sp.campaign_id or "-", sp.status, f"{sp.treated:,}", f"{sp.holdout:,}",
-                          excluded, sp.offer)
-        console.print(table)
+            version = sp.campaign_id.rsplit("-", 1)[-1] if sp.campaign_id else ""
+            if sp.excluded:
+                reasons.append(f"{sp.segment}: " + ", ".join(f"{k.replace('_', ' ')} {v:,}"
+                                                             for k, v in sp.excluded.items()))
+            cells.append([sp.segment, f"{sp.status} {version}".strip(), f"{sp.treated:,}", f"{sp.holdout:,}",
+                          f"{sum(sp.excluded.values()):,}", sp.offer])
+        add_columns(table, ("segment", "status", "treated", "holdout", "excluded", "offer"), cells,
+                    left=(0, 1, 5), wrap=(0, 1, 5), grow=5)
+        for row in cells:
+            table.add_row(*row)
+        print_table(console, table)
+        if reasons:
+            console.print("excluded: " + "; ".join(reasons), highlight=False)
+        ids = [sp.campaign_id for sp in result.segments if sp.campaign_id]
+        if ids:
+            console.print(f"one campaign per segment, with ids like {ids[0]}; `activation campaigns export` "
+                          "lists their members", highlight=False)
 
     @campaigns_app.command("export")
     def campaigns_export(
@@ -102,7 +114,7 @@ def register(app: typer.Typer) -> None:
         scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
     ) -> None:
         """Write the current campaigns' members as CSV
-        (campaign_id,segment,customer_id,group,offer,coupon_code,template_version)."""
+        (campaign_id, segment, customer_id, group, offer, coupon_code, template_version)."""
         from activation.cli import console
         from activation.settings import get_settings
         from activation.warehouse import get_engine

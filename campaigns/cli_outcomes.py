@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--window-days",
             min=1,
-            help="Attribution window in days; default ACTIVATION_ATTRIBUTION_WINDOW_DAYS.",
+            help="Attribution window in days (default: the attribution window setting, 30 days).",
         ),
         destination: str | None = typer.Option(
             None,
@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
             None,
             "--window-days",
             min=1,
-            help="Attribution window in days; default ACTIVATION_ATTRIBUTION_WINDOW_DAYS.",
+            help="Attribution window in days (default: the attribution window setting, 30 days).",
         ),
         out: Path = typer.Option(
             Path("report.html"), "--out", help="HTML file; the CSV is written next to it."

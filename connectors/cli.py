@@ -115,45 +115,68 @@ def register(app: typer.Typer) -> None:
 
 
 def print_result(console: object, result: object) -> None:
-    """A per-segment table of the plan (dry run) or of what was done, then totals."""
+    """A per-segment table of the plan (dry run) or of what was done, then totals.
+
+    Readable at 80 columns: no vertical rules, short headers (``before``: members at the last completed
+    sync, the guardrails' baseline; ``same``: unchanged; ``tags``: tags added and removed; ``skips``:
+    the reasons are listed under the table), no number or name ever cut. The ``calls`` column is the plan's estimate, with the destination's set-up calls on a
+    row of their own, so it adds up to the total printed under it.
+    """
+    from rich import box
     from rich.table import Table
 
+    from activation.display import add_columns, print_table
     from connectors.sync import SyncResult
 
     assert isinstance(result, SyncResult)
     title = "dry run (nothing written)" if result.dry_run else f"sync {result.status}"
-    t = Table(title=f"{result.destination} · {result.scheme} · {result.as_of} — {title}")
-    headers = (
-        "segment", "members", "previous", "holdout", "adds", "updates", "unchanged", "tag +", "tag −", "skips",
-        "API calls",
+    t = Table(
+        title=f"{result.destination} · {result.scheme} · {result.as_of} — {title}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
     )
-    rows = []
+    headers = ("segment", "members", "before", "holdout", "add", "update", "same", "tags", "skips", "calls")
+    rows, reasons = [], []
     for s in sorted(result.segments.values(), key=lambda s: s.segment):
-        skips = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(s.skips.items())) or "-"
+        if s.skips:
+            reasons.append(
+                f"{s.segment}: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(s.skips.items()))
+            )
+        tags = " ".join(p for p in (f"+{s.tag_adds:,}" if s.tag_adds else "", f"−{s.tag_removes:,}"
+                                       if s.tag_removes else "") if p) or "-"
         rows.append([
-            s.segment, str(s.members), str(s.previous), str(s.holdout), str(s.adds), str(s.updates),
-            str(s.unchanged), str(s.tag_adds), str(s.tag_removes), skips, str(s.api_calls),
+            s.segment, f"{s.members:,}", f"{s.previous:,}", f"{s.holdout:,}", f"{s.adds:,}", f"{s.updates:,}",
+            f"{s.unchanged:,}", tags, f"{sum(s.skips.values()):,}", f"{s.api_calls:,}",
         ])
-    # no segment name, number or header word is ever cut to '…' on a narrow terminal (a log, a cron mail):
-    # the table is printed wider instead
-    for i, col in enumerate(headers):
-        widest = max([len(r[i]) for r in rows] + [len(w) for w in col.split()], default=1)
-        t.add_column(col, justify="left" if col in ("segment", "skips") else "right", min_width=widest)
+    if result.setup_calls:
+        rows.append(["(set-up)", "", "", "", "", "", "", "", "", f"{result.setup_calls:,}"])
+    add_columns(t, headers, rows, wrap=(0, 7))
     for row in rows:
         t.add_row(*row)
-    from rich.measure import Measurement
-
-    needed = Measurement.get(console, console.options, t).minimum  # type: ignore[attr-defined,arg-type]
-    console.print(t, width=max(console.width, needed), crop=False)  # type: ignore[attr-defined]
+    print_table(console, t)
+    if reasons:
+        console.print("skipped: " + "; ".join(reasons), highlight=False)  # type: ignore[attr-defined]
     if result.dry_run:
-        console.print(f"API calls (estimated): {result.api_calls}")  # type: ignore[attr-defined]
+        console.print(f"API calls (estimated): {result.planned_calls:,}")  # type: ignore[attr-defined]
+    elif result.status == "unchanged":
+        console.print(  # type: ignore[attr-defined]
+            f"nothing changed since the last sync to {result.destination}: no write, no run recorded "
+            f"(calls {result.api_calls:,}: the suppressions read back)"
+            if result.api_calls
+            else f"nothing changed since the last sync to {result.destination}: no write, no run recorded",
+            highlight=False,
+        )
     else:
         console.print(  # type: ignore[attr-defined]
-            f"members ok {result.ok} · skipped {result.skipped} · failed {result.failed} · "
-            f"calls {result.api_calls} ({result.write_calls} writes) · {result.seconds:.1f}s"
+            f"members ok {result.ok:,} · skipped {result.skipped:,} · failed {result.failed:,} · "
+            f"calls {result.api_calls:,} ({result.write_calls:,} writes; {result.planned_calls:,} estimated) · "
+            f"{result.seconds:.1f}s",
+            highlight=False,
         )
         for cid, status in sorted(result.campaigns.items()):
-            console.print(f"campaign {cid}: {status}")  # type: ignore[attr-defined]
+            console.print(f"campaign {cid}: {status}", highlight=False)  # type: ignore[attr-defined]
     for v in result.guardrail_violations:
         console.print(f"[yellow]guardrail:[/] {v}")  # type: ignore[attr-defined]
     for b in result.blockers:

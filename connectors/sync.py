@@ -103,6 +103,8 @@ class SyncResult:
     dry_run: bool
     segments: dict[str, SegmentPlan]
     api_calls: int  # estimated in a dry run, counted otherwise
+    planned_calls: int = 0  # the plan's estimate (also after a real sync)
+    setup_calls: int = 0  # the part of the estimate that belongs to no segment (set-up reads and writes)
     write_calls: int = 0
     read_calls: int = 0
     guardrail_violations: list[str] = field(default_factory=list)
@@ -972,6 +974,8 @@ def sync_audience(
             dry_run,
             src.segments,
             sum(estimate.values()),
+            planned_calls=sum(estimate.values()),
+            setup_calls=estimate.get("", 0),
             guardrail_violations=violations,
             blockers=blockers,
         )
@@ -986,6 +990,9 @@ def sync_audience(
         if _nothing_to_do(engine, destination, camps, src.audiences, changes, send or schedule_at is not None):
             # a rerun with nothing changed writes nothing: no call, no run, no second copy of the same skips
             result.status = "unchanged"
+            for sp in result.segments.values():
+                sp.api_calls = 0  # the estimate assumed campaigns to publish; none is
+            result.planned_calls = result.setup_calls = 0
             result.read_calls = dest.stats.reads - reads0  # the suppressions read back
             result.api_calls = result.read_calls
             result.skipped = sum(result.skips.values())

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
 
 import typer
+
+from activation.display import add_columns, print_table
 
 
 def register(app: typer.Typer) -> None:
@@ -110,7 +110,7 @@ def segment_command(
         help="Snapshot date YYYY-MM-DD (orders up to the end of that day). Default: last quarter end.",
     ),
     scheme: str | None = typer.Option(
-        None, "--scheme", help="Scheme name (default: settings.default_scheme)."
+        None, "--scheme", help="Scheme name (default: the default scheme setting, rfm11)."
     ),
     lookback_days: int | None = typer.Option(
         None,
@@ -157,10 +157,10 @@ def segment_command(
             ]
         )
     headers = ("segment", "customers", "share", "mean recency (days)", "mean frequency", "mean monetary", "revenue")
-    _add_columns(table, headers, cells)
+    add_columns(table, headers, cells)
     for line in cells:
         table.add_row(*line)
-    _print_table(table)
+    print_table(cli.console, table)
     for m, rec in sorted(result.cutpoints.items()):
         if m == "model":
             continue
@@ -178,24 +178,6 @@ def segment_command(
         cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
-def _add_columns(table: Any, headers: Sequence[str], cells: list[list[str]]) -> None:
-    """The first column left-aligned, the numbers right-aligned; no number and no word of a header is ever cut:
-    on a narrow terminal (a log, a cron mail) rich would otherwise shorten them to ``123,45…``."""
-    for i, header in enumerate(headers):
-        widest = max([len(c[i]) for c in cells] + [len(w) for w in header.split()], default=1)
-        table.add_column(header, justify="left" if i == 0 else "right", min_width=widest)
-
-
-def _print_table(table: Any) -> None:
-    """Print ``table`` wider than the console when its numbers need it (they are never cut)."""
-    from rich.measure import Measurement
-
-    from activation import cli
-
-    needed = Measurement.get(cli.console, cli.console.options, table).minimum
-    cli.console.print(table, width=max(cli.console.width, needed), crop=False)
-
-
 def _fmt_list(values: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
@@ -205,7 +187,8 @@ def export_command(
     scheme: str = typer.Option(..., "--scheme", help="Scheme name."),
     out: Path = typer.Option(..., "--out", help="CSV file to write."),
 ) -> None:
-    """Write one row per customer: customer_id,recency_days,frequency,monetary,r_score,f_score,m_score,segment."""
+    """Write one CSV row per customer: customer_id, recency_days, frequency, monetary, r_score, f_score,
+    m_score, segment."""
     from activation import cli
     from activation.settings import get_settings
     from activation.warehouse import get_engine
@@ -238,10 +221,10 @@ def migration_command(
     matrix = migration_matrix(get_engine(settings, create=False), start, end, scheme, settings)
     table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
     cells = [[str(seg), *(f"{v:,}" for v in row.tolist())] for seg, row in matrix.iterrows()]
-    _add_columns(table, ["from \\ to", *(str(col) for col in matrix.columns)], cells)
+    add_columns(table, ["from \\ to", *(str(col) for col in matrix.columns)], cells)
     for line in cells:
         table.add_row(*line)
-    _print_table(table)
+    print_table(cli.console, table)
     if out is not None:
         atomic_write(out, str(safe_frame(matrix).to_csv()))
         cli.console.print(f"wrote {out}", highlight=False)
