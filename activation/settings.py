@@ -19,14 +19,14 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInf
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from activation import statuses
+from activation.defaults import REPO_ROOT as REPO_ROOT  # the clone's root (tests and benches)
+from activation.defaults import default_templates_dir
 from activation.errors import ConfigError
 
 try:  # pydantic-settings >= 2.7: list values from the environment reach the validator undecoded
     from pydantic_settings import NoDecode
 except ImportError:  # older versions: such values must be JSON
     NoDecode = None  # type: ignore[assignment,misc]
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class OrdersSource(BaseModel):
@@ -102,7 +102,11 @@ class Settings(BaseSettings):
     warehouse_url: str | None = Field(
         default=None, description="Any SQLAlchemy URL. Default: a DuckDB file under data_dir."
     )
-    templates_dir: Path = REPO_ROOT / "templates"
+    templates_dir: Path = Field(
+        default_factory=default_templates_dir,
+        description="The marketer's templates and policy.yaml. Default: ./templates when it exists, "
+        "else the packaged defaults.",
+    )
     schemes_dir: Path | None = Field(default=None, description="Extra folder of scheme YAML files.")
     outbox_dir: Path | None = None
 
