@@ -1,12 +1,15 @@
 """``activation demo``: the whole quarterly cycle on demo data, with nothing to configure or start.
 
+0. check the templates and the offer policy (``./templates``, ``ACTIVATION_TEMPLATES_DIR`` or the packaged
+   defaults) and start the Prefect API, before anything is written;
 1. generate the demo data set (fixed seed, small) into ``<data_dir>/demo/``;
 2. ingest it into the warehouse (the embedded DuckDB file by default; re-ingesting adds nothing);
 3. run ``quarterly_cycle`` at a past ``as_of`` — a quarter end about six months before the last demo
    order — with the local outbox, so the orders that really followed are the outcomes (a backtest);
-4. print where everything is.
+4. checkpoint the DuckDB warehouse (one file, no write-ahead log left beside it) and print where everything is.
 
-Every step is idempotent, so running the demo twice leaves the same warehouse, outbox and report.
+Every step is idempotent, so running the demo twice leaves the same warehouse, outbox and report, and a demo
+stopped half-way (an error, Ctrl-C) says what it wrote so far: rerunning it finishes the job.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+from activation import interrupt
+from activation.defaults import describe_templates_dir
+from activation.errors import ActivationError, ConfigError
 from activation.settings import Settings
-from activation.warehouse import get_engine, redact
+from activation.warehouse import duckdb_file, get_engine, redact
 from flows.dates import last_quarter_end, resolve_as_of
 
 BACKTEST_GAP_DAYS = 150
@@ -36,6 +42,7 @@ class DemoResult:
     as_of: date
     scheme: str
     api: str
+    templates: str
     cycle: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +95,41 @@ def start_prefect_api() -> tuple[str, float]:
     return described, time.perf_counter() - started
 
 
+def check_templates_first(settings: Settings, scheme: str) -> None:
+    """The templates and the policy the demo will use, linted before anything is written.
+
+    Raises:
+        ConfigError: a problem in the policy or a template (every ``file:line`` of them).
+    """
+    from campaigns.lint import check_templates
+
+    issues = check_templates(settings, scheme=scheme)
+    if issues:
+        raise ConfigError(
+            f"the demo's templates ({describe_templates_dir(settings.templates_dir)}) have "
+            f"{len(issues)} problem(s); nothing was written:\n" + "\n".join(f"  {i}" for i in issues),
+            fix="correct them (`activation templates check` lists them), or run the demo from a folder without "
+            "./templates and with ACTIVATION_TEMPLATES_DIR unset to use the packaged defaults",
+        )
+
+
+class DemoProgress:
+    """What the demo has written so far, for the message of a demo stopped half-way."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.step = "checking the templates"
+        self.wrote: list[str] = []
+
+    def remains(self) -> str:
+        if not self.wrote:
+            return "nothing was written"
+        return (
+            f"the demo stopped while {self.step}; written so far: {'; '.join(self.wrote)}. Every step is "
+            f"idempotent: rerun `activation demo` to finish, or delete {self.settings.data_dir} to start over"
+        )
+
+
 def run_demo(
     settings: Settings,
     *,
@@ -99,18 +141,36 @@ def run_demo(
     """Run the demo end to end (see the module docstring) and say where everything is."""
     from flows.runtime import local_run
 
-    with local_run():
-        return _run_demo(settings, customers=customers, orders=orders, seed=seed, scheme=scheme)
+    progress = DemoProgress(settings)
+    interrupt.on_interrupt(lambda: f"interrupted; {progress.remains()}")
+    try:
+        with local_run():
+            return _run_demo(settings, progress, customers=customers, orders=orders, seed=seed, scheme=scheme)
+    except ActivationError as exc:
+        if progress.wrote:
+            exc.fix = f"{exc.fix}; {progress.remains()}" if exc.fix else progress.remains()
+        raise
 
 
 def _run_demo(
-    settings: Settings, *, customers: int | None, orders: int | None, seed: int, scheme: str | None
+    settings: Settings,
+    progress: DemoProgress,
+    *,
+    customers: int | None,
+    orders: int | None,
+    seed: int,
+    scheme: str | None,
 ) -> DemoResult:
     timings: dict[str, float] = {}
     scheme = scheme or settings.default_scheme
+    check_templates_first(settings, scheme)
+    progress.step = "starting the Prefect API"
     api, timings["prefect_startup"] = start_prefect_api()
 
     started = time.perf_counter()
+    progress.step = "writing the demo data"
+    progress.wrote.append(f"demo data in {settings.data_dir / 'demo'}")
+    progress.wrote.append(f"the warehouse {redact(settings.resolved_warehouse_url)}")
     data_dir, last_order = prepare_demo_data(settings, customers=customers, orders_n=orders, seed=seed)
     timings["demo_data"] = time.perf_counter() - started
 
@@ -118,13 +178,17 @@ def _run_demo(
     from flows.quarterly_cycle import quarterly_cycle
 
     started = time.perf_counter()
+    progress.step = "running the quarterly cycle (snapshot, campaigns, outbox, outcomes, report)"
+    progress.wrote.append(f"the outbox {settings.resolved_outbox_dir}")
     cycle = quarterly_cycle(as_of=as_of, scheme=scheme, destination="outbox", send=True, report=True)
     timings["cycle"] = time.perf_counter() - started
 
     report = cycle.get("roi", {}).get("report", {})
     started = time.perf_counter()
+    progress.step = "writing the template preview"
     preview = _write_preview(settings, as_of, scheme)
     timings["preview"] = time.perf_counter() - started
+    checkpoint_duckdb(settings)
     return DemoResult(
         warehouse=redact(settings.resolved_warehouse_url),
         data_dir=data_dir,
@@ -135,9 +199,18 @@ def _run_demo(
         as_of=as_of,
         scheme=scheme,
         api=api,
+        templates=describe_templates_dir(settings.templates_dir),
         cycle=cycle,
         timings=timings,
     )
+
+
+def checkpoint_duckdb(settings: Settings) -> None:
+    """Fold DuckDB's write-ahead log into the warehouse file, so the demo leaves one file behind."""
+    if duckdb_file(settings.resolved_warehouse_url) is None:
+        return
+    with get_engine(settings).connect() as conn:
+        conn.exec_driver_sql("CHECKPOINT")
 
 
 def _write_preview(settings: Settings, as_of: date, scheme: str) -> Path | None:
@@ -162,6 +235,7 @@ def print_demo(console: Any, result: DemoResult) -> None:
         f" (ran on {result.api})",
         highlight=False,
     )
+    line("templates", result.templates)
     line("warehouse", result.warehouse)
     line("demo data", result.data_dir)
     line("outbox", result.outbox_dir)

@@ -1,0 +1,238 @@
+"""rfm-activation installed like a product: the wheel on its own, in a fresh virtual environment, from an
+empty folder; and where the templates of a run come from.
+
+The wheel test builds the wheel from a copy of the sources, installs it with ``--no-deps`` into a venv made
+with ``--system-site-packages`` (the dependencies are reused, the project itself comes only from the wheel)
+and runs ``activation`` there with no PYTHONPATH, from an empty folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from activation import defaults
+from activation.settings import Settings
+from tests.cli_helpers import run_cli
+from tests.prefect_harness import prefect_api  # noqa: F401 - fixture
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = [
+    "pyproject.toml",
+    "setup.py",
+    "MANIFEST.in",
+    "README.md",
+    "LICENSE",
+    "prefect.yaml",
+    "templates",
+    "activation",
+    "segments",
+    "campaigns",
+    "connectors",
+    "flows",
+]
+
+
+# --------------------------------------------------------------------------------- where templates come from
+
+
+def test_the_templates_folder_is_the_setting_then_dot_templates_then_the_packaged_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings().templates_dir == defaults.packaged_templates_dir()
+    assert (Settings().templates_dir / "policy.yaml").is_file()
+    assert "packaged defaults" in defaults.describe_templates_dir(Settings().templates_dir)
+
+    (tmp_path / "templates").mkdir()
+    assert Settings().templates_dir == (tmp_path / "templates").resolve()
+    assert defaults.describe_templates_dir(Settings().templates_dir).startswith("./templates")
+
+    elsewhere = tmp_path / "brand-b"
+    monkeypatch.setenv("ACTIVATION_TEMPLATES_DIR", str(elsewhere))
+    assert Settings().templates_dir == elsewhere
+    assert defaults.describe_templates_dir(elsewhere).startswith("ACTIVATION_TEMPLATES_DIR")
+
+
+def test_a_demo_with_broken_templates_stops_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
+    with (tmp_path / "templates" / "policy.yaml").open("a") as f:
+        f.write("segments: [unclosed\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACTIVATION_DATA_DIR", raising=False)
+    result = run_cli("demo", "--customers", "200", "--orders", "1600")
+    assert result.exit_code == 2, result.output
+    assert "policy.yaml" in result.stderr and "nothing was written" in result.stderr, result.stderr
+    assert "fix:" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["templates"]
+
+
+# --------------------------------------------------------------------------------------- the wheel, installed
+
+
+@dataclass
+class Installed:
+    venv: Path
+    wheel: Path
+    env: dict[str, str]
+
+    def run(self, *args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(self.venv / "bin" / "activation"), *args],
+            cwd=cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+def _copy_sources(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".mypy_cache", ".ruff_cache")
+    for name in SHIPPED:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Iterator[Installed]:  # noqa: F811
+    work = tmp_path_factory.mktemp("wheel")
+    src = _copy_sources(work / "src")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(src)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    wheel = next((work / "dist").glob("rfm_activation-*.whl"))
+    venv = work / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+        timeout=120,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("ACTIVATION_", "PREFECT_", "PYTHON", "VIRTUAL_ENV"))
+    }
+    env.update(
+        {
+            "PREFECT_HOME": str(work / "prefect-home"),
+            "PREFECT_API_URL": prefect_api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "COLUMNS": "200",
+        }
+    )
+    yield Installed(venv=venv, wheel=wheel, env=env)
+
+
+@pytest.mark.slow
+@pytest.mark.prefect
+def test_the_wheel_alone_runs_the_demo_from_an_empty_folder(installed: Installed, tmp_path: Path) -> None:
+    where = subprocess.run(
+        [
+            str(installed.venv / "bin" / "python"),
+            "-c",
+            "import activation, flows, campaigns; print(activation.__file__); print(flows.__file__)",
+        ],
+        cwd=tmp_path,
+        env=installed.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert all(line.startswith(str(installed.venv)) for line in where.stdout.split()), where.stdout
+
+    result = installed.run("demo", "--customers", "200", "--orders", "1600", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "templates         the packaged defaults" in result.stdout, result.stdout
+    assert str(installed.venv) in result.stdout  # the packaged templates, not the clone's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    data = tmp_path / "data"
+    assert (data / "warehouse.duckdb").is_file()
+    assert not (data / "warehouse.duckdb.wal").exists()  # checkpointed: one file
+    assert list((data / "reports").glob("roi-*.html")) and (data / "preview" / "index.html").is_file()
+    assert list((data / "outbox").rglob("*.eml"))
+
+
+def test_the_wheel_declares_its_licence_and_ships_the_licence_file(installed: Installed) -> None:
+    from email.parser import Parser
+    from zipfile import ZipFile
+
+    with ZipFile(installed.wheel) as whl:
+        names = whl.namelist()
+        meta = Parser().parsestr(
+            whl.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        )
+    assert meta["License-Expression"] == "Apache-2.0"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
+    assert (
+        "activation/defaults/templates/policy.yaml" in names and "activation/defaults/prefect.yaml" in names
+    )
+    assert not any(n.startswith(("tests/", "bench/", "docs/")) for n in names)
+
+
+def test_every_third_party_import_of_the_packages_is_a_declared_dependency() -> None:
+    import ast
+    import tomllib
+    from importlib.metadata import packages_distributions
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
+    ours = {"activation", "segments", "campaigns", "connectors", "flows"}
+    dists = packages_distributions()
+    undeclared: dict[str, str] = {}
+    for path in sorted(p for pkg in ours for p in (ROOT / pkg).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                else []
+            )
+            for name in names:
+                top = name.split(".")[0]
+                if top in ours or top in sys.stdlib_module_names:
+                    continue
+                provided = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+                if not provided & declared:
+                    undeclared[top] = str(path.relative_to(ROOT))
+    assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
