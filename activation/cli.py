@@ -4,6 +4,7 @@ this module only builds the app and turns :class:`ActivationError` into a clear 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -39,22 +40,60 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
+
 def _interrupted() -> None:
     err_console.print(interrupt.note(), highlight=False, soft_wrap=True, markup=False)
     sys.exit(interrupt.EXIT_STATUS)
 
 
+def _installed_version() -> str:
+    from importlib.metadata import version as _version
+
+    return _version("rfm-activation")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(_installed_version(), highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    _version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print the installed version and exit.",
+    ),
+) -> None:
     """RFM segments from your warehouse, offers per segment, audience sync and segment ROI."""
 
 
 @app.command()
 def version() -> None:
     """Print the installed version."""
-    from importlib.metadata import version as _version
+    console.print(_installed_version(), highlight=False)
 
-    console.print(_version("rfm-activation"))
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(..., help="The project folder to create (or fill)."),
+    force: bool = typer.Option(
+        False, "--force", help="Overwrite templates/, prefect.yaml, .env.example, README.md."
+    ),
+) -> None:
+    """Make a project folder: templates/ and policy.yaml to edit, prefect.yaml, .env.example, README.md."""
+    from activation.project import init_project
+
+    written = init_project(folder, force=force)
+    console.print(f"wrote {len(written)} files to {folder}", highlight=False)
+    console.print(
+        f"next: cd {folder} && cp .env.example .env && activation templates check",
+        highlight=False,
+        markup=False,
+    )
 
 
 def _register() -> None:

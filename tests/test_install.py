@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,50 @@ def test_the_wheel_alone_runs_the_demo_from_an_empty_folder(installed: Installed
     assert list((data / "outbox").rglob("*.eml"))
 
 
+ENTRYPOINTS = """
+import importlib
+import yaml
+from prefect import Flow
+
+config = yaml.safe_load(open("prefect.yaml"))
+names = [name for step in config["pull"] for name in step] + [d["entrypoint"] for d in config["deployments"]]
+for name in names:
+    module, attr = name.rsplit(".", 1)
+    loaded = importlib.import_module(module)
+    assert callable(getattr(loaded, attr)), name
+    if name in [d["entrypoint"] for d in config["deployments"]]:
+        assert isinstance(getattr(loaded, attr), Flow), name
+    print(loaded.__file__)
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_alone_inits_a_project_whose_templates_and_deployments_work(
+    installed: Installed, tmp_path: Path
+) -> None:
+    result = installed.run("init", "shop", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shop = tmp_path / "shop"
+    check = installed.run("templates", "check", cwd=shop)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "ok:" in check.stdout
+    version = installed.run("--version", cwd=shop)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert version.returncode == 0 and version.stdout.strip() == project["version"], (
+        version.stdout + version.stderr
+    )
+    loaded = subprocess.run(
+        [str(installed.venv / "bin" / "python"), "-c", ENTRYPOINTS],
+        cwd=shop,
+        env=installed.env,
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    modules = loaded.stdout.split()
+    assert modules and all(m.startswith(str(installed.venv)) for m in modules), modules
+
+
 def test_the_wheel_declares_its_licence_and_ships_the_licence_file(installed: Installed) -> None:
     from email.parser import Parser
     from zipfile import ZipFile
@@ -209,7 +254,6 @@ def test_the_wheel_declares_its_licence_and_ships_the_licence_file(installed: In
 
 def test_every_third_party_import_of_the_packages_is_a_declared_dependency() -> None:
     import ast
-    import tomllib
     from importlib.metadata import packages_distributions
 
     from packaging.requirements import Requirement
