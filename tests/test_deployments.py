@@ -404,6 +404,9 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
     # the other way to reach a second machine: each run clones the code (Prefect's git_clone pull step)
     from_git = _deploy_from_git(url, env, tmp_path, site) if (ROOT / ".git").exists() else None
 
+    # alerts.yaml is created the way the docs say (a webhook notification block, the documented command)
+    _create_alert(url, env, tmp_path, "http://127.0.0.1:9/hook")
+
     worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "rfm-activation"],
@@ -476,6 +479,23 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
     engine.dispose()
     assert snapshots == ([GIT_AS_OF] if from_git else []) + [earlier_quarter, expected]
     assert campaigns == {expected}
+
+
+def _create_alert(url: str, env: dict[str, str], tmp_path: Path, hook_url: str) -> None:
+    """A webhook notification block, and alerts.yaml with its id, created with the documented command."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        block_id = CustomWebhookNotificationBlock(
+            name="rfm-alerts", url=hook_url, json_data={"subject": "{{subject}}", "body": "{{body}}"}
+        ).save("rfm-alerts", overwrite=True)
+    alerts = (ROOT / "alerts.yaml").read_text().replace("00000000-0000-0000-0000-000000000000", str(block_id))
+    (tmp_path / "alerts.yaml").write_text(alerts)
+    created = _prefect(
+        "automation", "create", "--from-file", str(tmp_path / "alerts.yaml"), env=env, cwd=tmp_path
+    )
+    assert created.returncode == 0 and "Failed" not in created.stdout, created.stdout + created.stderr
 
 
 GIT_AS_OF = date(2025, 12, 31)
