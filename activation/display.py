@@ -39,5 +39,6 @@ def add_columns(
 
 def print_table(console: Any, table: Table) -> None:
     """Print ``table`` at the console's width, or wider when its unbreakable cells need it."""
-    needed = Measurement.get(console, console.options, table).minimum
+    # measured without the console's limit: a measurement is clamped to the width it is given
+    needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
     console.print(table, width=max(console.width, needed), crop=False)

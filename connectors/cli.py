@@ -135,7 +135,7 @@ def print_result(console: object, result: object) -> None:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         show_edge=False,
-        collapse_padding=True,
+        padding=(0, 1, 0, 0),
     )
     headers = ("segment", "members", "before", "holdout", "add", "update", "same", "tags", "skips", "calls")
     rows, reasons = [], []

@@ -141,7 +141,10 @@ def segment_command(
     result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)
     summary = segment_summary(engine, when, name, settings)
     window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
-    table = Table(title=f"{name} as of {when} ({window}): {result.customers:,} customers", show_header=True)
+    from rich import box
+
+    table = Table(title=f"{name} as of {when} ({window}): {result.customers:,} customers", show_header=True,
+                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # fits 80 columns
     cells = []
     for row in summary.itertuples(index=False):
         empty = row.customers == 0
@@ -157,7 +160,7 @@ def segment_command(
             ]
         )
     headers = ("segment", "customers", "share", "mean recency (days)", "mean frequency", "mean monetary", "revenue")
-    add_columns(table, headers, cells)
+    add_columns(table, headers, cells, wrap=(0,))
     for line in cells:
         table.add_row(*line)
     print_table(cli.console, table)
