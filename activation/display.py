@@ -1,4 +1,5 @@
-"""Tables the commands print, readable at 80 columns and when piped (a log, a cron mail).
+"""What the commands print: tables readable at 80 columns and when piped (a log, a cron mail), and the
+JSON documents of `--json` (:func:`print_json`).
 
 Rich shortens a cell that does not fit to ``s…``; a number or a segment name cut that way is useless. Every
 column gets at least the width of its longest unbreakable piece (a whole number, an id; a word where the
@@ -7,7 +8,12 @@ column may wrap), so nothing is ever cut; when even that does not fit, the table
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 from collections.abc import Collection, Sequence
+from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from rich.measure import Measurement
@@ -42,3 +48,42 @@ def print_table(console: Any, table: Table) -> None:
     # measured without the console's limit: a measurement is clamped to the width it is given
     needed = Measurement.get(console, console.options.update_width(10_000), table).minimum
     console.print(table, width=max(console.width, needed), crop=False)
+
+
+# --- machine-readable output (--json) --------------------------------------------------------------
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON types: dates ISO 8601, paths as strings, NaN and missing as null, numpy scalars
+    as numbers, dataclasses as objects."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    try:
+        if value != value:  # NaN, NaT
+            return None
+    except (TypeError, ValueError):  # pandas.NA (and arrays) refuse to be a bool
+        return None
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / pandas scalars
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def print_json(console: Any, command: str, document: dict[str, Any]) -> None:
+    """Print one JSON document for ``--json`` on the console's stream (stdout), nothing else: logs, warnings
+    and progress go to stderr. Its first key, ``command``, names the command that wrote it."""
+    console.file.write(
+        json.dumps({"command": command, **jsonable(document)}, indent=2, allow_nan=False) + "\n"
+    )
+    console.file.flush()

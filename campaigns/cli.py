@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from activation.display import add_columns, print_table
+from activation.display import add_columns, print_json, print_table
 from activation.errors import ConfigError
 
 
@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
     def plan(
         as_of: str = typer.Option(..., "--as-of", help="Snapshot date YYYY-MM-DD."),
         scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."),
     ) -> None:
         """Plan one campaign per active segment: holdout split, coupons, template version."""
         from activation.cli import console
@@ -86,6 +87,10 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         scheme_name = scheme or settings.default_scheme
         result = plan_campaigns(get_engine(settings, create=False), settings, _as_of(as_of), scheme_name)
+        if as_json:
+            print_json(console, "plan", {"as_of": result.as_of, "scheme": result.scheme,
+                                         "segments": result.segments})
+            return
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
         cells, reasons = [], []
         for sp in result.segments:

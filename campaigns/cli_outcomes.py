@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import typer
+
+from activation.display import print_json
 
 
 def _parse_date(value: str | None, flag: str) -> date | None:
@@ -60,6 +63,9 @@ def register(app: typer.Typer) -> None:
             "--destination",
             help="Also read email events (opens, clicks, unsubscribes) from this destination.",
         ),
+        as_json: bool = typer.Option(
+            False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
+        ),
     ) -> None:
         """Record conversions from warehouse orders (and email events from a destination) in the outcome ledger."""
         from activation import cli
@@ -77,9 +83,12 @@ def register(app: typer.Typer) -> None:
             window_days,
             destination=_destination(destination, settings),
         )
-        cli.console.print(result.summary(), highlight=False, soft_wrap=True)
         for w in result.warnings:
             cli.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        if as_json:
+            print_json(cli.console, "outcomes collect", dataclasses.asdict(result))
+        else:
+            cli.console.print(result.summary(), highlight=False, soft_wrap=True)
 
     @report_app.command("roi")
     def roi(
@@ -96,6 +105,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("report.html"), "--out", help="HTML file; the CSV is written next to it."
         ),
+        as_json: bool = typer.Option(
+            False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
+        ),
     ) -> None:
         """Write the segment ROI report: HTML with charts and a CSV with one row per segment."""
         from activation import cli
@@ -108,6 +120,20 @@ def register(app: typer.Typer) -> None:
         day = _parse_date(as_of, "--as-of")
         assert day is not None
         paths = write_roi_report(engine, settings, day, scheme or settings.default_scheme, out, window_days)
-        cli.console.print(f"wrote {paths.html} and {paths.csv}", highlight=False, soft_wrap=True)
         for w in paths.warnings:
             cli.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        if as_json:
+            print_json(
+                cli.console,
+                "report roi",
+                {
+                    "as_of": day,
+                    "scheme": scheme or settings.default_scheme,
+                    "html": paths.html,
+                    "csv": paths.csv,
+                    "segments": list(paths.rows),
+                    "warnings": paths.warnings,
+                },
+            )
+        else:
+            cli.console.print(f"wrote {paths.html} and {paths.csv}", highlight=False, soft_wrap=True)

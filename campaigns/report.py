@@ -59,6 +59,7 @@ class ReportPaths:
     html: Path
     csv: Path
     warnings: tuple[str, ...] = ()
+    rows: tuple[dict[str, Any], ...] = ()  # the CSV's rows, one per segment
 
 
 # --------------------------------------------------------------------------- SVG charts
@@ -650,4 +651,5 @@ def write_roi_report(
     df = compute_roi(engine, settings, as_of, scheme, window_days)
     page = render_roi_html(engine, settings, df)
     atomic_write_all([(csv_path, csv_text(df)), (out, page)])
-    return ReportPaths(html=out, csv=csv_path, warnings=tuple(df.attrs.get("warnings", ())))
+    return ReportPaths(html=out, csv=csv_path, warnings=tuple(df.attrs.get("warnings", ())),
+                       rows=tuple(df.reindex(columns=CSV_COLUMNS).to_dict(orient="records")))

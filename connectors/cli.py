@@ -6,6 +6,8 @@ from datetime import date, datetime
 
 import typer
 
+from activation.display import print_json
+
 
 def _parse_date(value: str | None, flag: str) -> date | None:
     from activation.errors import ConfigError
@@ -55,6 +57,9 @@ def register(app: typer.Typer) -> None:
             help="Schedule each campaign: an ISO date-time, UTC unless it has an offset (2025-07-02T09:00+02:00).",
         ),
         force: bool = typer.Option(False, "--force", help="Override the guardrails."),
+        as_json: bool = typer.Option(
+            False, "--json", help="Print one JSON document (docs/json.md); progress and logs go to stderr."
+        ),
     ) -> None:
         """Sync audiences (tags, merge fields, lists) and campaigns to a destination, incrementally."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -77,7 +82,7 @@ def register(app: typer.Typer) -> None:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=cli.console,
+            console=cli.err_console if as_json else cli.console,
             transient=True,
         )
         task = progress.add_task("sync", total=None)
@@ -111,7 +116,10 @@ def register(app: typer.Typer) -> None:
                 on_total=lambda n: progress.update(task, total=n),
                 on_progress=advance,
             )
-        print_result(cli.console, result)
+        if as_json:
+            print_json(cli.console, "sync", result.summary())
+        else:
+            print_result(cli.console, result)
 
 
 def print_result(console: object, result: object) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from activation.display import add_columns, print_table
+from activation.display import add_columns, print_json, print_table
 
 
 def register(app: typer.Typer) -> None:
@@ -123,6 +123,7 @@ def segment_command(
         "--allow-negative-amounts",
         help="Segment even when orders have a negative amount (default: a blocking data check).",
     ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."),
 ) -> None:
     """Compute and store a segment snapshot; print customers, share, mean R/F/M and revenue per segment."""
     from rich.table import Table
@@ -140,6 +141,19 @@ def segment_command(
     engine = get_engine(settings, create=False)
     result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)
     summary = segment_summary(engine, when, name, settings)
+    for warning in result.warnings:
+        cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(cli.console, "segment", {
+            "as_of": when,
+            "scheme": name,
+            "lookback_days": result.lookback_days,
+            "customers": result.customers,
+            "segments": summary.to_dict(orient="records"),
+            "cutpoints": result.cutpoints,
+            "warnings": result.warnings,
+        })
+        return
     window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
     from rich import box
 
@@ -177,8 +191,6 @@ def segment_command(
 
         for text in model_lines(model):
             cli.console.print(text, highlight=False)
-    for warning in result.warnings:
-        cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
 def _fmt_list(values: list[float]) -> str:
@@ -207,6 +219,7 @@ def migration_command(
     to_as_of: str = typer.Option(..., "--to", help="Later snapshot date YYYY-MM-DD."),
     scheme: str = typer.Option(..., "--scheme", help="Scheme name."),
     out: Path | None = typer.Option(None, "--out", help="Also write the matrix as CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."),
 ) -> None:
     """Customers moving between segments from one snapshot to another (incl. new and gone)."""
     from rich.table import Table
@@ -222,6 +235,19 @@ def migration_command(
     if out is not None:
         out = output_file(out, example="migration.csv")
     matrix = migration_matrix(get_engine(settings, create=False), start, end, scheme, settings)
+    if out is not None:
+        atomic_write(out, str(safe_frame(matrix).to_csv()))
+    if as_json:
+        print_json(cli.console, "segments migration", {
+            "scheme": scheme,
+            "from": start,
+            "to": end,
+            "rows": [str(r) for r in matrix.index],
+            "columns": [str(c) for c in matrix.columns],
+            "counts": {str(r): {str(c): int(v) for c, v in row.items()} for r, row in matrix.iterrows()},
+            "csv": out,
+        })
+        return
     table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
     cells = [[str(seg), *(f"{v:,}" for v in row.tolist())] for seg, row in matrix.iterrows()]
     add_columns(table, ["from \\ to", *(str(col) for col in matrix.columns)], cells)
@@ -229,5 +255,4 @@ def migration_command(
         table.add_row(*line)
     print_table(cli.console, table)
     if out is not None:
-        atomic_write(out, str(safe_frame(matrix).to_csv()))
         cli.console.print(f"wrote {out}", highlight=False)
