@@ -253,9 +253,11 @@ def test_cli_tables_never_cut_numbers_on_a_narrow_terminal(
     add_orders(engine, [(f"c{i}", at(AS_OF - timedelta(days=6 * i)), 123456.78) for i in range(30)])
     out = io.StringIO()
     monkeypatch.setattr(cli, "console", Console(file=out, width=80))
-    segment_command(as_of="2024-03-31", scheme="rfm11", lookback_days=None)
-    segment_command(as_of="2024-06-30", scheme="rfm11", lookback_days=None)
-    migration_command(from_as_of="2024-03-31", to_as_of="2024-06-30", scheme="rfm11", out=None)
+    # called as functions, every option is passed (a typer default is an OptionInfo, which is truthy)
+    flags = {"lookback_days": None, "allow_negative_amounts": False, "as_json": False}
+    segment_command(as_of="2024-03-31", scheme="rfm11", **flags)
+    segment_command(as_of="2024-06-30", scheme="rfm11", **flags)
+    migration_command(from_as_of="2024-03-31", to_as_of="2024-06-30", scheme="rfm11", out=None, as_json=False)
     text = out.getvalue()
     assert "…" not in text
     for revenue in segment_summary(engine, AS_OF, "rfm11", settings)["revenue"]:
