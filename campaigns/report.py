@@ -480,10 +480,13 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
                 f"{_ci(r['incremental_revenue_per_member_ci_low'], r['incremental_revenue_per_member_ci_high'])}",
                 "redeemed": _fmt(r["coupons_redeemed"], "int"),
                 "cost": _fmt(r["offer_cost"]),
-                "profit": no_profit or _fmt(r["incremental_profit"]),
+                "profit": no_profit
+                or f"{_fmt(r['incremental_profit'])} "
+                f"{_ci(r['incremental_profit_ci_low'], r['incremental_profit_ci_high'])}",
                 "roi": no_profit or _fmt(r["roi"], "ratio"),
                 "status": str(r["status"]),
                 "significant": "yes" if r["significant"] else "no",
+                "method": f"{r['conversion_ci_method']} / {r['revenue_ci_method']}",
                 "sent": _fmt(r["sent"], "int"),
                 "open_rate": _fmt(r["open_rate"], "pct"),
                 "click_rate": _fmt(r["click_rate"], "pct"),

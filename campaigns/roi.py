@@ -13,15 +13,20 @@ Definitions (one row per campaign = per segment of the as_of + scheme):
   (non-converters count as 0).
 * ``incremental_conversion`` = treated rate − holdout rate, 95 % CI by Newcombe's hybrid score
   method (from the two Wilson intervals).
-* ``incremental_revenue_per_member`` = treated − holdout revenue per member, 95 % CI by Welch's t
-  (unequal variances, Welch–Satterthwaite degrees of freedom) on per-member revenue incl. zeros.
+* ``incremental_revenue_per_member`` = treated − holdout revenue per member, 95 % CI by the
+  randomisation interval (:func:`campaigns.stats.randomisation_diff_interval`) on per-member revenue
+  incl. zeros; its level is checked by simulated null campaigns (``tests/test_calibration.py``).
 * ``offer_cost`` = discounts actually redeemed by treated members (coupon orders) +
   ``cost_per_send`` × treated.
-* ``incremental_profit`` = incremental revenue per member × treated × ``gross_margin`` − offer cost.
+* ``incremental_profit`` = incremental revenue per member × treated × ``gross_margin`` − offer cost,
+  95 % CI = margin × treated × the revenue interval − offer cost: the offer cost is what was actually
+  redeemed and sent (observed, not estimated), so the uncertainty is the counterfactual revenue.
 * ``roi`` = incremental profit / offer cost (empty when the cost is 0).
 
 Without a holdout no lift is claimed (``status`` = ``n/a (no holdout)``, lift columns empty); when
-either group is smaller than ``min_group_size`` the row is flagged ``inconclusive``.
+either group is smaller than ``min_group_size``, fewer than :data:`MIN_BUYERS` buyers are expected in
+the smaller group, or a group has no buyer at all, the row is flagged ``inconclusive`` with the reason (the intervals stay, for the record, but nothing is
+called significant).
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from campaigns.stats import (
     MeanStats,
     mean_interval,
     newcombe_diff_interval,
-    welch_diff_interval,
+    randomisation_diff_interval,
     wilson_interval,
 )
 
@@ -61,9 +66,15 @@ CONVERSION_CI_METHOD = (
     "(Newcombe 1998, method 10), built from the Wilson score intervals of each group"
 )
 REVENUE_CI_METHOD = (
-    "95 % interval for the difference of mean revenue per member (non-buyers count as 0): Welch's t "
-    "interval (unequal variances, Welch–Satterthwaite degrees of freedom)"
+    "95 % interval for the difference of mean revenue (and profit) per member, non-buyers counting as 0: "
+    "randomisation interval (t approximation of the permutation distribution of the difference of means, "
+    "pooled within-group variance, n₁ + n₂ − 2 degrees of freedom; Fisher 1935, Pitman 1937)"
 )
+CONVERSION_METHOD_SHORT = "Newcombe hybrid score"
+REVENUE_METHOD_SHORT = "randomisation (pooled t)"
+MIN_BUYERS = 5
+"""Fewer buyers than this expected in the smaller group (pooled buyers × its share): the row is
+inconclusive (too few non-zero values to say anything about a heavy-tailed mean)."""
 
 CSV_COLUMNS = [
     "segment",
@@ -87,6 +98,10 @@ CSV_COLUMNS = [
     "incremental_revenue_per_member",
     "incremental_revenue_per_member_ci_low",
     "incremental_revenue_per_member_ci_high",
+    "incremental_profit_ci_low",
+    "incremental_profit_ci_high",
+    "conversion_ci_method",
+    "revenue_ci_method",
     "treated_revenue",
     "holdout_revenue",
     "coupons_redeemed",
@@ -169,6 +184,25 @@ def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+def row_status(settings: Settings, nt: int, nh: int, xt: int, xh: int) -> str:
+    """``ok``, ``n/a (…)``, or ``inconclusive (reason)`` for a segment's group sizes and buyers."""
+    if nt == 0 and nh == 0:
+        return STATUS_EMPTY
+    if nh == 0 or nt == 0:
+        return STATUS_NO_HOLDOUT
+    reasons = []
+    if min(nt, nh) < settings.min_group_size:
+        reasons.append(f"group < {settings.min_group_size}")
+    # The gate looks at the pooled buyers only (what the split does not decide), so it keeps the
+    # interval's level on the rows it lets through; a gate on each group's own buyers would not.
+    expected = (xt + xh) * min(nt, nh) / (nt + nh)
+    if expected < MIN_BUYERS:
+        reasons.append(f"{expected:.1f} buyers expected in the smaller group < {MIN_BUYERS}")
+    elif xh == 0 or xt == 0:
+        reasons.append(f"no buyer in the {'holdout' if xh == 0 else 'treated'} group")
+    return f"inconclusive ({'; '.join(reasons)})" if reasons else STATUS_OK
+
+
 def roi_row(
     settings: Settings,
     w: CampaignWindow,
@@ -190,23 +224,18 @@ def roi_row(
     send_cost = settings.cost_per_send * nt
     offer_cost = discount + send_cost
 
-    if nt == 0 and nh == 0:
-        status = STATUS_EMPTY
-    elif nh == 0 or nt == 0:
-        status = STATUS_NO_HOLDOUT
-    elif min(nt, nh) < settings.min_group_size:
-        status = f"inconclusive (group < {settings.min_group_size})"
-    else:
-        status = STATUS_OK
-
+    status = row_status(settings, nt, nh, xt, xh)
     if nt > 0 and nh > 0:
         d, dl, dh = newcombe_diff_interval(xt, nt, xh, nh)
-        rd, rdl, rdh = welch_diff_interval(t_stats, h_stats)
+        rd, rdl, rdh = randomisation_diff_interval(t_stats, h_stats)
         incremental_revenue = rd * nt
         profit = incremental_revenue * settings.gross_margin - offer_cost
         roi = profit / offer_cost if offer_cost > 0 else math.nan
+        # the offer cost is observed, not estimated: the uncertainty is the counterfactual revenue
+        pl = rdl * nt * settings.gross_margin - offer_cost
+        ph = rdh * nt * settings.gross_margin - offer_cost
     else:
-        d = dl = dh = rd = rdl = rdh = incremental_revenue = profit = roi = math.nan
+        d = dl = dh = rd = rdl = rdh = incremental_revenue = profit = roi = pl = ph = math.nan
 
     sent = events.get("sent", 0)
     has_events = any(events.get(e, 0) for e in EMAIL_EVENTS)
@@ -249,9 +278,14 @@ def roi_row(
         "gross_margin": settings.gross_margin,
         "incremental_revenue": incremental_revenue,
         "incremental_profit": profit,
+        "incremental_profit_ci_low": pl,
+        "incremental_profit_ci_high": ph,
         "roi": roi,
         "status": status,
-        "significant": bool(not math.isnan(dl) and (dl > 0 or dh < 0)),
+        "conversion_ci_method": CONVERSION_METHOD_SHORT,
+        "revenue_ci_method": REVENUE_METHOD_SHORT,
+        "significant": bool(status == STATUS_OK and not math.isnan(dl) and (dl > 0 or dh < 0)),
+        "revenue_significant": bool(status == STATUS_OK and not math.isnan(rdl) and (rdl > 0 or rdh < 0)),
         "sent": sent,
         "opened": events.get("opened", 0),
         "clicked": events.get("clicked", 0),
@@ -337,8 +371,8 @@ def compute_roi(
             notes.append(f"segment {r['segment']!r} has no holdout: no lift is claimed (n/a)")
         elif r["status"].startswith("inconclusive"):
             notes.append(
-                f"segment {r['segment']!r}: {r['treated']} treated / {r['holdout']} holdout members, below "
-                f"min_group_size {settings.min_group_size}: inconclusive"
+                f"segment {r['segment']!r}: {r['treated']} treated / {r['holdout']} holdout members, "
+                f"{r['treated_conversions']} / {r['holdout_conversions']} buyers: {r['status']}"
             )
     planned = {r["segment"] for r in rows}
     unplanned = [seg for seg in segment_order(settings, scheme, list(snapshot_sizes)) if seg not in planned]
@@ -450,6 +484,7 @@ def roi_markdown(df: pd.DataFrame) -> str:
         "Offer cost",
         "ROI",
         "Status",
+        "CI method (conversion / revenue, profit)",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
@@ -467,6 +502,7 @@ def roi_markdown(df: pd.DataFrame) -> str:
             _fmt(r["offer_cost"]),
             roi_s,
             str(r["status"]),
+            f"{r['conversion_ci_method']} / {r['revenue_ci_method']}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     tail = [""]

@@ -5,9 +5,19 @@
   interval built from the two Wilson intervals (Newcombe 1998, *Statistics in Medicine* 17:873–890,
   method 10). It stays inside [-1, 1], behaves at 0 and 1 conversions, and is what the report uses for
   incremental conversion.
-* :func:`welch_diff_interval` — difference of two means with unequal variances (Welch's t with
-  Welch–Satterthwaite degrees of freedom), from sufficient statistics (n, sum, sum of squares), so the
-  per-member revenue (zeros included) can be aggregated in the warehouse.
+* :func:`randomisation_diff_interval` — difference of two means (revenue or profit per member, zeros
+  included) by the randomisation interval: the normal (t) approximation of the permutation distribution
+  of the difference of means, whose variance is the pooled within-group variance × (1/n₁ + 1/n₂)
+  (Fisher 1935; Pitman 1937; Lehmann & Romano, *Testing Statistical Hypotheses*, 3rd ed., §15.2). Under
+  "the offer changed nothing" the two groups are exchangeable, so the pooled variance is the right one
+  whatever the skew; Welch's per-group variances are not: a small holdout with few, or no, buyers has a
+  variance estimate that is small exactly when its mean is small, and Welch's interval then excludes 0
+  far too often (simulated coverage 75–90 % on zero-inflated lognormal revenue, see
+  ``tests/test_calibration.py``). From sufficient statistics (n, Σx, Σx²), so it is aggregated in the
+  warehouse at any size. Vectorised twins (``*_intervals``) take numpy arrays; the calibration test
+  runs them on thousands of simulated campaigns at once.
+* :func:`welch_diff_interval` — Welch's t, kept for comparison (the calibration test shows why it is
+  not used).
 
 Every function returns ``(nan, nan)`` when the interval is undefined (an empty group).
 """
@@ -17,7 +27,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
+
+Floats = NDArray[np.float64]
 
 
 def _z(confidence: float) -> float:
@@ -45,12 +59,32 @@ def newcombe_diff_interval(
     """
     if n1 <= 0 or n2 <= 0:
         return (math.nan, math.nan, math.nan)
+    d, low, high = newcombe_diff_intervals(x1, n1, x2, n2, confidence)
+    return (float(d), float(low), float(high))
+
+
+def wilson_intervals(x: ArrayLike, n: ArrayLike, confidence: float = 0.95) -> tuple[Floats, Floats]:
+    """:func:`wilson_interval` on arrays (``n`` > 0)."""
+    x, n = np.asarray(x, float), np.asarray(n, float)
+    z = _z(confidence)
+    p = x / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (np.maximum(0.0, centre - half), np.minimum(1.0, centre + half))
+
+
+def newcombe_diff_intervals(
+    x1: ArrayLike, n1: ArrayLike, x2: ArrayLike, n2: ArrayLike, confidence: float = 0.95
+) -> tuple[Floats, Floats, Floats]:
+    """:func:`newcombe_diff_interval` on arrays (both ``n`` > 0): ``(difference, low, high)``."""
+    x1, n1, x2, n2 = (np.asarray(v, float) for v in (x1, n1, x2, n2))
     p1, p2 = x1 / n1, x2 / n2
-    l1, u1 = wilson_interval(x1, n1, confidence)
-    l2, u2 = wilson_interval(x2, n2, confidence)
+    l1, u1 = wilson_intervals(x1, n1, confidence)
+    l2, u2 = wilson_intervals(x2, n2, confidence)
     d = p1 - p2
-    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    low = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
     return (d, low, high)
 
 
@@ -101,3 +135,42 @@ def welch_diff_interval(a: MeanStats, b: MeanStats, confidence: float = 0.95) ->
     df = se2 * se2 / (va * va / (a.n - 1) + vb * vb / (b.n - 1))
     half = float(_st.t.ppf(0.5 + confidence / 2, df)) * math.sqrt(se2)
     return (d, d - half, d + half)
+
+
+def randomisation_diff_intervals(
+    n1: ArrayLike,
+    sum1: ArrayLike,
+    sumsq1: ArrayLike,
+    n2: ArrayLike,
+    sum2: ArrayLike,
+    sumsq2: ArrayLike,
+    confidence: float = 0.95,
+) -> tuple[Floats, Floats, Floats]:
+    """:func:`randomisation_diff_interval` on arrays of sufficient statistics (both ``n`` ≥ 1,
+    ``n1 + n2`` ≥ 3): ``(difference, low, high)``."""
+    n1, s1, q1, n2, s2, q2 = (np.asarray(v, float) for v in (n1, sum1, sumsq1, n2, sum2, sumsq2))
+    d = s1 / n1 - s2 / n2
+    within = np.maximum(q1 - s1 * s1 / n1, 0.0) + np.maximum(q2 - s2 * s2 / n2, 0.0)
+    dof = n1 + n2 - 2
+    se = np.sqrt(within / dof * (1 / n1 + 1 / n2))
+    half = _st.t.ppf(0.5 + confidence / 2, dof) * se
+    return (d, d - half, d + half)
+
+
+def randomisation_diff_interval(
+    a: MeanStats, b: MeanStats, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Difference of means ``a - b`` and its randomisation interval (pooled within-group variance, t
+    with ``n_a + n_b - 2`` degrees of freedom).
+
+    Returns ``(difference, low, high)``; all ``nan`` when a group is empty, bounds ``nan`` with fewer
+    than three members in all.
+    """
+    if a.n <= 0 or b.n <= 0:
+        return (math.nan, math.nan, math.nan)
+    if a.n + b.n < 3:
+        return (a.mean - b.mean, math.nan, math.nan)
+    d, low, high = randomisation_diff_intervals(
+        a.n, a.total, a.total_sq, b.n, b.total, b.total_sq, confidence
+    )
+    return (float(d), float(low), float(high))

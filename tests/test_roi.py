@@ -14,8 +14,14 @@ from sqlalchemy import update
 from activation.errors import NotFoundError
 from activation.tables import campaigns, destination_campaigns
 from campaigns.outcomes import collect_outcomes
-from campaigns.roi import CSV_COLUMNS, compute_roi, roi_markdown, roi_report_markdown
-from campaigns.stats import MeanStats, newcombe_diff_interval, welch_diff_interval, wilson_interval
+from campaigns.roi import CSV_COLUMNS, MIN_BUYERS, compute_roi, roi_markdown, roi_report_markdown, row_status
+from campaigns.stats import (
+    MeanStats,
+    newcombe_diff_interval,
+    randomisation_diff_interval,
+    welch_diff_interval,
+    wilson_interval,
+)
 from tests.outcomes_fixtures import (
     AS_OF,
     PERCENT,
@@ -65,7 +71,8 @@ def test_welch_interval_matches_scipy():
     a = np.where(rng.random(400) < 0.3, rng.gamma(2.0, 60.0, 400), 0.0)
     b = np.where(rng.random(150) < 0.2, rng.gamma(2.0, 50.0, 150), 0.0)
     d, lo, hi = welch_diff_interval(
-        MeanStats(len(a), float(a.sum()), float((a * a).sum())), MeanStats(len(b), float(b.sum()), float((b * b).sum()))
+        MeanStats(len(a), float(a.sum()), float((a * a).sum())),
+        MeanStats(len(b), float(b.sum()), float((b * b).sum())),
     )
     ref = st.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert d == pytest.approx(a.mean() - b.mean())
@@ -94,7 +101,10 @@ def test_roi_table_matches_pandas(engine, settings):
         assert r["offer_cost"] == pytest.approx(e["discount_redeemed"], abs=1e-6)  # cost_per_send = 0
     risk = df.loc["At Risk"]
     d, lo, hi = newcombe_diff_interval(
-        int(risk["treated_conversions"]), int(risk["treated"]), int(risk["holdout_conversions"]), int(risk["holdout"])
+        int(risk["treated_conversions"]),
+        int(risk["treated"]),
+        int(risk["holdout_conversions"]),
+        int(risk["holdout"]),
     )
     assert (risk["incremental_conversion"], risk["incremental_conversion_ci_low"], risk["incremental_conversion_ci_high"]) == (
         pytest.approx(d), pytest.approx(lo), pytest.approx(hi))  # fmt: skip
@@ -108,7 +118,13 @@ def test_roi_does_not_depend_on_collect_and_agrees_with_the_ledger(engine, setti
     before = compute_roi(engine, settings, AS_OF, SCHEME)
     collect_outcomes(engine, settings, AS_OF, SCHEME)
     after = compute_roi(engine, settings, AS_OF, SCHEME)
-    cols = ["treated_conversions", "holdout_conversions", "treated_revenue", "holdout_revenue", "discount_redeemed"]
+    cols = [
+        "treated_conversions",
+        "holdout_conversions",
+        "treated_revenue",
+        "holdout_revenue",
+        "discount_redeemed",
+    ]
     assert np.allclose(before[cols].to_numpy(float), after[cols].to_numpy(float))
 
 
@@ -125,7 +141,7 @@ def test_no_holdout_zero_members_and_small_groups(engine, settings):
     assert lost["status"] == "n/a (no members)" and lost["treated"] == 0 and lost["offer_cost"] == 0
     assert math.isnan(lost["treated_conversion_rate"])
     hib = df.loc["Hibernating"]
-    assert hib["status"] == f"inconclusive (group < {settings.min_group_size})"
+    assert hib["status"].startswith(f"inconclusive (group < {settings.min_group_size}")
     assert not math.isnan(hib["incremental_conversion_ci_low"])
     notes = " ".join(df.attrs["notes"])
     assert "'New Customers' has no holdout" in notes and "'Lost' has no members" in notes
@@ -145,7 +161,9 @@ def test_offer_cost_profit_and_roi_follow_their_definitions(engine, settings):
         assert r["incremental_profit"] == pytest.approx(inc * r["treated"] * 0.3 - r["offer_cost"])
         assert r["roi"] == pytest.approx(r["incremental_profit"] / r["offer_cost"])
     assert df.loc["Champions", "discount_redeemed"] == 0  # early access has no coupon
-    free = compute_roi(engine, settings.model_copy(update={"cost_per_send": 0.0}), AS_OF, SCHEME).set_index("segment")
+    free = compute_roi(engine, settings.model_copy(update={"cost_per_send": 0.0}), AS_OF, SCHEME).set_index(
+        "segment"
+    )
     assert math.isnan(free.loc["Champions", "roi"])  # no cost: ROI is n/a, profit still shown
     assert not math.isnan(free.loc["Champions", "incremental_profit"])
 
@@ -153,8 +171,12 @@ def test_offer_cost_profit_and_roi_follow_their_definitions(engine, settings):
 def test_window_override_and_send_time(engine, settings):
     fx = build(engine)
     short = compute_roi(engine, settings, AS_OF, SCHEME, window_days=7).set_index("segment")
-    exp = expected_per_segment(expected_per_member(fx.members, read_orders(engine), window_days=7, percent=PERCENT))
-    assert short.loc["At Risk", "treated_conversion_rate"] == pytest.approx(exp.loc["At Risk", "treated_conversion_rate"])
+    exp = expected_per_segment(
+        expected_per_member(fx.members, read_orders(engine), window_days=7, percent=PERCENT)
+    )
+    assert short.loc["At Risk", "treated_conversion_rate"] == pytest.approx(
+        exp.loc["At Risk", "treated_conversion_rate"]
+    )
     assert short.attrs["window_days"] == 7
     send = datetime(2024, 4, 3, 12, 0)
     with engine.begin() as conn:
@@ -163,7 +185,9 @@ def test_window_override_and_send_time(engine, settings):
             destination="mailchimp", campaign_id=fx.campaign_ids["At Risk"], remote_id="r1", status="sent",
             sent_at=send, updated_at=send))  # fmt: skip
     real = compute_roi(engine, settings, AS_OF, SCHEME).set_index("segment")
-    exp2 = expected_per_segment(expected_per_member(fx.members, read_orders(engine), start=send, percent=PERCENT))
+    exp2 = expected_per_segment(
+        expected_per_member(fx.members, read_orders(engine), start=send, percent=PERCENT)
+    )
     assert real.loc["Champions", "holdout_revenue_per_member"] == pytest.approx(
         exp2.loc["Champions", "holdout_revenue_per_member"]
     )
@@ -177,7 +201,11 @@ def test_markdown_for_the_artifact(engine, settings):
     assert "Backtest" in md and "no treatment effect by construction" in md
     assert "| New Customers |" in md and "n/a (no holdout)" in md
     assert md.count("\n|") >= 2 + 5
-    assert "Newcombe" in md and "Welch" in md
+    assert (
+        "Newcombe" in md
+        and "randomisation" in md
+        and "| Newcombe hybrid score / randomisation (pooled t) |" in md
+    )
     assert roi_markdown(compute_roi(engine, settings, AS_OF, SCHEME)) == md.replace(md, roi_markdown(
         compute_roi(engine, settings, AS_OF, SCHEME)))  # fmt: skip
 
@@ -186,3 +214,33 @@ def test_no_campaign_raises(engine, settings):
     build(engine)
     with pytest.raises(NotFoundError, match="no campaign for as_of 2019-01-01"):
         compute_roi(engine, settings, datetime(2019, 1, 1).date(), SCHEME)
+
+
+def test_randomisation_interval_is_the_pooled_t_interval_of_scipy():
+    rng = np.random.default_rng(5)
+    a = np.where(rng.random(900) < 0.06, rng.lognormal(3.5, 1.3, 900), 0.0)
+    b = np.where(rng.random(100) < 0.06, rng.lognormal(3.5, 1.3, 100), 0.0)
+    d, lo, hi = randomisation_diff_interval(
+        MeanStats(len(a), float(a.sum()), float((a * a).sum())),
+        MeanStats(len(b), float(b.sum()), float((b * b).sum())),
+    )
+    ref = st.ttest_ind(a, b, equal_var=True).confidence_interval(0.95)
+    assert d == pytest.approx(a.mean() - b.mean())
+    assert lo == pytest.approx(ref.low, rel=1e-9) and hi == pytest.approx(ref.high, rel=1e-9)
+    # an all-zero holdout does not collapse the interval to the treated group's spread
+    zero = MeanStats(100, 0.0, 0.0)
+    _, wl, wh = welch_diff_interval(MeanStats(len(a), float(a.sum()), float((a * a).sum())), zero)
+    _, rl, rh = randomisation_diff_interval(MeanStats(len(a), float(a.sum()), float((a * a).sum())), zero)
+    assert rh - rl > wh - wl
+    assert all(math.isnan(v) for v in randomisation_diff_interval(MeanStats(0, 0, 0), zero))
+
+
+def test_status_names_why_a_row_is_inconclusive(settings):
+    assert row_status(settings, 900, 100, 60, 7) == "ok"
+    assert row_status(settings, 900, 100, 60, 0) == "inconclusive (no buyer in the holdout group)"
+    assert row_status(settings, 900, 100, 0, 60) == "inconclusive (no buyer in the treated group)"
+    few = row_status(settings, 900, 100, 20, 2)
+    assert few == f"inconclusive (2.2 buyers expected in the smaller group < {MIN_BUYERS})"
+    assert row_status(settings, 90, 10, 50, 5) == "inconclusive (group < 100)"
+    assert row_status(settings, 0, 0, 0, 0) == "n/a (no members)"
+    assert row_status(settings, 10, 0, 1, 0) == "n/a (no holdout)"
