@@ -11,6 +11,7 @@ from rich.console import Console
 
 from activation import interrupt
 from activation.errors import ActivationError
+from activation.install import check_installation
 
 
 def _flags_take_no_value() -> None:
@@ -96,7 +97,17 @@ def init(
     )
 
 
+_setup_error: ActivationError | None = None
+"""An installation that cannot work (see :mod:`activation.install`), reported by :func:`main`."""
+
+
 def _register() -> None:
+    global _setup_error
+    try:
+        check_installation()
+    except ActivationError as exc:
+        _setup_error = exc
+        return
     from campaigns.cli import register as register_campaigns
     from connectors.cli import register as register_connectors
     from flows.cli import register as register_flows
@@ -114,6 +125,8 @@ _register()
 def main() -> None:
     interrupt.reset()
     try:
+        if _setup_error is not None:
+            raise _setup_error
         rc = app(standalone_mode=False)
         # with standalone_mode=False click returns the code of `raise typer.Exit(n)` instead of exiting
         # (typer turns Ctrl-C into the code 130)

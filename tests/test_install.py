@@ -280,3 +280,48 @@ def test_every_third_party_import_of_the_packages_is_a_declared_dependency() -> 
                 if not provided & declared:
                     undeclared[top] = str(path.relative_to(ROOT))
     assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
+
+
+def _clash_env(tmp_path: Path, name: str) -> dict[str, str]:
+    """An environment where pip has also installed PyPI's distribution ``name`` (its dist-info on the path)."""
+    site = tmp_path / "site"
+    info = site / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "top_level.txt").write_text(f"{name}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVATION_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(site)])
+    return env
+
+
+@pytest.mark.parametrize("name", ["segments", "flows"])
+def test_a_pypi_distribution_with_one_of_our_package_names_fails_loudly(tmp_path: Path, name: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from activation.cli import main; main()", "--version"],
+        cwd=tmp_path,
+        env=_clash_env(tmp_path, name),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"'{name}' 1.0 is installed" in result.stderr and "own virtual environment" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_package_shadowing_ours_on_the_path_fails_loudly(tmp_path: Path) -> None:
+    shadow = tmp_path / "shadow" / "campaigns"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACTIVATION_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "shadow"), str(ROOT)])
+    result = subprocess.run(
+        [sys.executable, "-c", "from activation.cli import main; main()", "--version"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "'campaigns' is imported from" in result.stderr and "Traceback" not in result.stderr
