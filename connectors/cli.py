@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         from activation.interrupt import on_interrupt
         from activation.settings import get_settings
         from activation.warehouse import get_engine
-        from connectors.registry import NAMES
+        from connectors.registry import NAMES, check_destination
         from connectors.sync import sync_audience
 
         if destination not in NAMES:
@@ -76,6 +76,7 @@ def register(app: typer.Typer) -> None:
 
             raise ConfigError(f"unknown destination {destination!r}", fix=f"use one of: {', '.join(NAMES)}")
         settings = get_settings()
+        check_destination(destination, settings)
         engine = get_engine(settings, create=False)
         progress = Progress(
             TextColumn(f"syncing to {destination}"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from activation.errors import ConfigError
+from activation.files import output_dir
 from activation.settings import Settings
 from connectors.base import Destination
 
@@ -37,8 +38,11 @@ def check_destination(name: str, settings: Settings) -> None:
 
     Raises:
         ConfigError: unknown name, or the setting to set.
+        InputError: the outbox folder is a file or cannot be written.
     """
     if name == "outbox":
+        # a file where the outbox folder goes would stop the sync half-way (InputError, exit 2, before any write)
+        output_dir(settings.resolved_outbox_dir, flag="the outbox folder (ACTIVATION_OUTBOX_DIR)")
         return
     if name == "mailchimp":
         from connectors.mailchimp import MailchimpApi

@@ -25,6 +25,7 @@ from activation.defaults import describe_templates_dir
 from activation.errors import ActivationError, ConfigError
 from activation.settings import Settings
 from activation.warehouse import duckdb_file, get_engine, redact
+from connectors.registry import check_destination
 from flows.dates import last_quarter_end, resolve_as_of
 
 BACKTEST_GAP_DAYS = 150
@@ -164,6 +165,7 @@ def _run_demo(
     timings: dict[str, float] = {}
     scheme = scheme or settings.default_scheme
     check_templates_first(settings, scheme)
+    check_destination("outbox", settings)
     progress.step = "starting the Prefect API"
     api, timings["prefect_startup"] = start_prefect_api()
 

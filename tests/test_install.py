@@ -325,3 +325,17 @@ def test_a_package_shadowing_ours_on_the_path_fails_loudly(tmp_path: Path) -> No
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "'campaigns' is imported from" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_demo_whose_outbox_is_a_file_stops_before_writing_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ACTIVATION_DATA_DIR", raising=False)
+    monkeypatch.setenv("ACTIVATION_OUTBOX_DIR", str(tmp_path / "a-file"))
+    result = run_cli("demo", "--customers", "200", "--orders", "1600")
+    assert result.exit_code == 2, result.output
+    assert "ACTIVATION_OUTBOX_DIR" in result.stderr and "is a file" in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -277,3 +277,18 @@ def test_json_documents_stay_valid_for_values_json_cannot_hold() -> None:
         "g": None,
         "h": 0.5,
     }
+
+
+def test_a_sync_whose_outbox_is_a_file_is_refused_before_any_write(
+    runs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = runs["root"]
+    (root / "a-file").write_text("not a folder\n")
+    monkeypatch.setenv("ACTIVATION_OUTBOX_DIR", str(root / "a-file"))
+    before = _count(root, "sync_state"), _count(root, "sync_log")
+    result = run_cli("sync", "--as-of", runs["as_of"].isoformat(), "--force", "--json")
+    assert result.exit_code == 2, result.output
+    assert "ACTIVATION_OUTBOX_DIR" in result.stderr and "is a file" in result.stderr
+    assert result.stdout == ""  # no document for a refused command
+    assert (_count(root, "sync_state"), _count(root, "sync_log")) == before
+    assert (root / "a-file").read_text() == "not a folder\n"
