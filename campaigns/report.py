@@ -32,6 +32,7 @@ from campaigns.outcomes import _split_name, current_campaigns, end_of_day, order
 from campaigns.roi import (
     CONVERSION_CI_METHOD,
     CSV_COLUMNS,
+    CUPED_METHOD,
     REVENUE_CI_METHOD,
     STATUS_EMPTY,
     STATUS_NO_HOLDOUT,
@@ -478,6 +479,11 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
                 if no_lift
                 else f"{_fmt(r['incremental_revenue_per_member'])} "
                 f"{_ci(r['incremental_revenue_per_member_ci_low'], r['incremental_revenue_per_member_ci_high'])}",
+                "cuped": str(r["status"])
+                if no_lift
+                else f"{_fmt(r['cuped_incremental_revenue_per_member'])} "
+                f"{_ci(r['cuped_incremental_revenue_per_member_ci_low'], r['cuped_incremental_revenue_per_member_ci_high'])}"
+                f", {_fmt(r['cuped_revenue_variance_reduction'], 'pct')}",
                 "redeemed": _fmt(r["coupons_redeemed"], "int"),
                 "cost": _fmt(r["offer_cost"]),
                 "profit": no_profit
@@ -613,6 +619,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         breakdown_rows=breakdown_rows,
         conversion_ci_method=CONVERSION_CI_METHOD,
         revenue_ci_method=REVENUE_CI_METHOD,
+        cuped_method=CUPED_METHOD,
         gross_margin=f"{settings.gross_margin:.0%}",
         cost_per_send=_fmt(settings.cost_per_send),
         min_group_size=settings.min_group_size,
@@ -648,11 +655,17 @@ def write_roi_report(
     """
     out = output_file(out, example=f"roi-{as_of.isoformat()}.html")
     if out.suffix.lower() == ".csv":
-        raise InputError(f"--out {out} names the CSV; the HTML report goes to --out and the CSV next to it",
-                         fix=f"give the HTML file, e.g. --out {out.with_suffix('.html')}")
+        raise InputError(
+            f"--out {out} names the CSV; the HTML report goes to --out and the CSV next to it",
+            fix=f"give the HTML file, e.g. --out {out.with_suffix('.html')}",
+        )
     csv_path = output_file(out.with_suffix(".csv"), flag=f"the CSV next to --out {out}:")
     df = compute_roi(engine, settings, as_of, scheme, window_days)
     page = render_roi_html(engine, settings, df)
     atomic_write_all([(csv_path, csv_text(df)), (out, page)])
-    return ReportPaths(html=out, csv=csv_path, warnings=tuple(df.attrs.get("warnings", ())),
-                       rows=tuple(df.reindex(columns=CSV_COLUMNS).to_dict(orient="records")))
+    return ReportPaths(
+        html=out,
+        csv=csv_path,
+        warnings=tuple(df.attrs.get("warnings", ())),
+        rows=tuple(df.reindex(columns=CSV_COLUMNS).to_dict(orient="records")),
+    )

@@ -36,7 +36,7 @@ from datetime import date, datetime
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import cast, func, select
+from sqlalchemy import case, cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from activation.settings import Settings
@@ -55,6 +55,7 @@ from campaigns.outcomes import (
 )
 from campaigns.stats import (
     MeanStats,
+    cuped_diff_intervals,
     mean_interval,
     newcombe_diff_interval,
     randomisation_diff_interval,
@@ -72,6 +73,12 @@ REVENUE_CI_METHOD = (
 )
 CONVERSION_METHOD_SHORT = "Newcombe hybrid score"
 REVENUE_METHOD_SHORT = "randomisation (pooled t)"
+CUPED_METHOD = (
+    "CUPED (Deng, Xu, Kohavi & Walker 2013): each member's pre-period recency (days), ln(1 + frequency) "
+    "and ln(1 + monetary) from the snapshot as covariates, θ fitted within groups, the randomisation "
+    "interval of the residuals"
+)
+COVARIATES = ("recency_days", "ln(1 + frequency)", "ln(1 + monetary)")
 MIN_BUYERS = 5
 """Fewer buyers than this expected in the smaller group (pooled buyers × its share): the row is
 inconclusive (too few non-zero values to say anything about a heavy-tailed mean)."""
@@ -102,6 +109,17 @@ CSV_COLUMNS = [
     "incremental_profit_ci_high",
     "conversion_ci_method",
     "revenue_ci_method",
+    "cuped_incremental_conversion",
+    "cuped_incremental_conversion_ci_low",
+    "cuped_incremental_conversion_ci_high",
+    "cuped_conversion_variance_reduction",
+    "cuped_incremental_revenue_per_member",
+    "cuped_incremental_revenue_per_member_ci_low",
+    "cuped_incremental_revenue_per_member_ci_high",
+    "cuped_revenue_variance_reduction",
+    "cuped_incremental_profit",
+    "cuped_incremental_profit_ci_low",
+    "cuped_incremental_profit_ci_high",
     "treated_revenue",
     "holdout_revenue",
     "coupons_redeemed",
@@ -126,12 +144,29 @@ STATUS_EMPTY = "n/a (no members)"
 
 
 def _group_stats(
-    conn: Connection, settings: Settings, windows: list[CampaignWindow]
+    conn: Connection, settings: Settings, windows: list[CampaignWindow], as_of: date, scheme: str
 ) -> dict[tuple[str, str], dict[str, float]]:
-    """(campaign_id, group) → members, converters, revenue sums, discounts, redemptions (one statement)."""
+    """(campaign_id, group) → members, converters, revenue sums, discounts, redemptions, and the
+    covariate sums CUPED needs (Σx, Σx·revenue, Σx·converted, Σx·xᵀ of :data:`COVARIATES`), in one
+    statement."""
     attr = materialise_attribution(conn, settings, windows)
     m = campaign_members.alias("m")
+    snap = rfm_snapshots.alias("s")
     rev = func.coalesce(cast(attr.c.revenue, Double), 0.0)
+    conv = case((attr.c.customer_id.is_not(None), 1.0), else_=0.0)
+    xs = [
+        func.coalesce(cast(snap.c.recency_days, Double), 0.0),
+        func.ln(1.0 + func.coalesce(cast(snap.c.frequency, Double), 0.0)),
+        func.ln(1.0 + func.greatest(func.coalesce(cast(snap.c.monetary, Double), 0.0), 0.0)),
+    ]
+    cov_sums = [func.coalesce(func.sum(x), 0.0).label(f"x{i}") for i, x in enumerate(xs)]
+    cov_sums += [func.coalesce(func.sum(x * rev), 0.0).label(f"xy{i}") for i, x in enumerate(xs)]
+    cov_sums += [func.coalesce(func.sum(x * conv), 0.0).label(f"xc{i}") for i, x in enumerate(xs)]
+    cov_sums += [
+        func.coalesce(func.sum(xs[i] * xs[j]), 0.0).label(f"xx{i}{j}")
+        for i in range(len(xs))
+        for j in range(i, len(xs))
+    ]
     stmt = (
         select(
             m.c.campaign_id,
@@ -143,10 +178,14 @@ def _group_stats(
             func.coalesce(func.sum(attr.c.discount), 0.0).label("discount"),
             func.count(attr.c.coupon_code).label("redeemed"),
             func.coalesce(func.sum(attr.c.unknown_coupon_orders), 0).label("unknown"),
+            *cov_sums,
         )
         .select_from(
             m.outerjoin(
                 attr, (attr.c.campaign_id == m.c.campaign_id) & (attr.c.customer_id == m.c.customer_id)
+            ).outerjoin(
+                snap,
+                (snap.c.customer_id == m.c.customer_id) & (snap.c.as_of == as_of) & (snap.c.scheme == scheme),
             )
         )
         .where(m.c.campaign_id.in_([w.campaign_id for w in windows]))
@@ -182,6 +221,54 @@ def _event_counts(conn: Connection, campaign_ids: list[str]) -> dict[tuple[str, 
 
 def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
+
+
+CUPED_COLUMNS = [
+    "cuped_incremental_conversion",
+    "cuped_incremental_conversion_ci_low",
+    "cuped_incremental_conversion_ci_high",
+    "cuped_conversion_variance_reduction",
+    "cuped_incremental_revenue_per_member",
+    "cuped_incremental_revenue_per_member_ci_low",
+    "cuped_incremental_revenue_per_member_ci_high",
+    "cuped_revenue_variance_reduction",
+    "cuped_incremental_profit",
+    "cuped_incremental_profit_ci_low",
+    "cuped_incremental_profit_ci_high",
+]
+
+
+def _covariate_sums(g: dict[str, float], y: str) -> tuple[list[float], list[float], list[list[float]]]:
+    k = len(COVARIATES)
+    sx = [g.get(f"x{i}", 0.0) for i in range(k)]
+    sxy = [g.get(f"{y}{i}", 0.0) for i in range(k)]
+    sxx = [[g.get(f"xx{min(i, j)}{max(i, j)}", 0.0) for j in range(k)] for i in range(k)]
+    return sx, sxy, sxx
+
+
+def cuped_row(t: dict[str, float], h: dict[str, float], margin: float, offer_cost: float) -> dict[str, float]:
+    """CUPED-adjusted conversion, revenue and profit lift with intervals and variance reductions."""
+    nt, nh = t.get("n", 0.0), h.get("n", 0.0)
+    out = dict.fromkeys(CUPED_COLUMNS, math.nan)
+    if nt + nh < len(COVARIATES) + 3:
+        return out
+    for name, y, ysq, key in (
+        ("conversion", "converters", "converters", "xc"),
+        ("revenue", "revenue", "revenue_sq", "xy"),
+    ):
+        d, lo, hi, red = cuped_diff_intervals(
+            nt, t.get(y, 0.0), t.get(ysq, 0.0), *_covariate_sums(t, key),
+            nh, h.get(y, 0.0), h.get(ysq, 0.0), *_covariate_sums(h, key),
+        )  # fmt: skip
+        metric = "incremental_conversion" if name == "conversion" else "incremental_revenue_per_member"
+        out[f"cuped_{metric}"], out[f"cuped_{metric}_ci_low"], out[f"cuped_{metric}_ci_high"] = (
+            float(d), float(lo), float(hi))  # fmt: skip
+        out[f"cuped_{name}_variance_reduction"] = float(red)
+    for suffix in ("", "_ci_low", "_ci_high"):
+        out[f"cuped_incremental_profit{suffix}"] = (
+            out[f"cuped_incremental_revenue_per_member{suffix}"] * nt * margin - offer_cost
+        )
+    return out
 
 
 def row_status(settings: Settings, nt: int, nh: int, xt: int, xh: int) -> str:
@@ -231,11 +318,13 @@ def roi_row(
         incremental_revenue = rd * nt
         profit = incremental_revenue * settings.gross_margin - offer_cost
         roi = profit / offer_cost if offer_cost > 0 else math.nan
+        cuped = cuped_row(t, h, settings.gross_margin, offer_cost)
         # the offer cost is observed, not estimated: the uncertainty is the counterfactual revenue
         pl = rdl * nt * settings.gross_margin - offer_cost
         ph = rdh * nt * settings.gross_margin - offer_cost
     else:
         d = dl = dh = rd = rdl = rdh = incremental_revenue = profit = roi = pl = ph = math.nan
+        cuped = dict.fromkeys(CUPED_COLUMNS, math.nan)
 
     sent = events.get("sent", 0)
     has_events = any(events.get(e, 0) for e in EMAIL_EVENTS)
@@ -280,6 +369,7 @@ def roi_row(
         "incremental_profit": profit,
         "incremental_profit_ci_low": pl,
         "incremental_profit_ci_high": ph,
+        **cuped,
         "roi": roi,
         "status": status,
         "conversion_ci_method": CONVERSION_METHOD_SHORT,
@@ -331,7 +421,7 @@ def compute_roi(
         windows = campaign_windows(conn, settings, as_of, scheme, window)
         ids = [w.campaign_id for w in windows]
         events = _event_counts(conn, ids)
-        stats = _group_stats(conn, settings, windows)
+        stats = _group_stats(conn, settings, windows, as_of, scheme)
         rows = [
             roi_row(
                 settings,

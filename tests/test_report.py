@@ -108,7 +108,7 @@ def test_csv_matches_pandas_and_html_opens_offline(engine, settings, tmp_path):
     assert {"roi", "breakdown"} <= set(page.tables)
     text = " ".join(page.text)
     for needle in ("no treatment effect by construction", "baseline conversion per segment", "n/a (no holdout)",
-                   "Newcombe", "randomisation (pooled t)", "Attribution", "Migration", f"{PREV_AS_OF.isoformat()} → {AS_OF.isoformat()}",
+                   "Newcombe", "randomisation (pooled t)", "CUPED", "Deng", "Attribution", "Migration", f"{PREV_AS_OF.isoformat()} → {AS_OF.isoformat()}",
                    "Segment sizes over snapshots", "Shanghai", "inconclusive"):  # fmt: skip
         assert needle in text, needle
     assert "CI excludes 0" in text

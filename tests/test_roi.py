@@ -7,16 +7,18 @@ import math
 from datetime import datetime
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as st
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from activation.errors import NotFoundError
-from activation.tables import campaigns, destination_campaigns
+from activation.tables import campaigns, destination_campaigns, rfm_snapshots
 from campaigns.outcomes import collect_outcomes
 from campaigns.roi import CSV_COLUMNS, MIN_BUYERS, compute_roi, roi_markdown, roi_report_markdown, row_status
 from campaigns.stats import (
     MeanStats,
+    cuped_diff_intervals,
     newcombe_diff_interval,
     randomisation_diff_interval,
     welch_diff_interval,
@@ -244,3 +246,64 @@ def test_status_names_why_a_row_is_inconclusive(settings):
     assert row_status(settings, 90, 10, 50, 5) == "inconclusive (group < 100)"
     assert row_status(settings, 0, 0, 0, 0) == "n/a (no members)"
     assert row_status(settings, 10, 0, 1, 0) == "n/a (no holdout)"
+
+
+def test_cuped_interval_is_the_ancova_treatment_coefficient():
+    """CUPED with θ fitted within groups is OLS of y on (1, treated, x): same estimate, same standard
+    error, n − 2 − k degrees of freedom."""
+    rng = np.random.default_rng(11)
+    n = 1200
+    x = np.column_stack([rng.exponential(100, n), np.log1p(rng.geometric(0.4, n)), rng.normal(4, 1, n)])
+    treated = rng.random(n) < 0.8
+    y = (
+        np.where(rng.random(n) < 0.1 + 0.02 * x[:, 1], np.exp(1 + 0.5 * x[:, 2] + rng.normal(0, 1, n)), 0.0)
+        + 3 * treated
+    )
+
+    def sums(mask):
+        xm, ym = x[mask], y[mask]
+        return mask.sum(), ym.sum(), (ym * ym).sum(), xm.sum(0), (xm * ym[:, None]).sum(0), xm.T @ xm
+
+    d, lo, hi, red = cuped_diff_intervals(*sums(treated), *sums(~treated))
+    design = np.column_stack([np.ones(n), treated, x])
+    beta, rss, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = n - 2 - x.shape[1]
+    se = math.sqrt(rss[0] / dof * np.linalg.inv(design.T @ design)[1, 1])
+    q = st.t.ppf(0.975, dof)
+    assert float(d) == pytest.approx(beta[1], rel=1e-9)
+    assert float(lo) == pytest.approx(beta[1] - q * se, rel=1e-8) and float(hi) == pytest.approx(
+        beta[1] + q * se, rel=1e-8
+    )
+    within = sum(((y[m] - y[m].mean()) ** 2).sum() for m in (treated, ~treated)) / (n - 2)
+    assert float(red) == pytest.approx(1 - rss[0] / dof / within, rel=1e-9)
+    assert 0 < float(red) < 1
+
+
+def test_cuped_columns_match_ols_on_the_members_and_their_snapshot(engine, settings):
+    """The warehouse's covariate sums give the same CUPED lift as an OLS on per-member data computed in
+    pandas from the members, their orders and their snapshot row."""
+    fx = build(engine)
+    df = compute_roi(engine, settings, AS_OF, SCHEME).set_index("segment")
+    per = expected_per_member(fx.members, read_orders(engine), percent=PERCENT)
+    with engine.connect() as conn:
+        snap = pd.read_sql(select(rfm_snapshots).where(rfm_snapshots.c.as_of == AS_OF), conn)
+    per = per.merge(snap[["customer_id", "recency_days", "frequency", "monetary"]], on="customer_id")
+    seg = per[per["segment"] == "At Risk"]
+    treated = (seg["member_group"] == "treatment").to_numpy(float)
+    x = np.column_stack([seg["recency_days"], np.log1p(seg["frequency"]), np.log1p(seg["monetary"])]).astype(
+        float
+    )
+    y = seg["revenue"].fillna(0.0).to_numpy(float)
+    design = np.column_stack([np.ones(len(y)), treated, x])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    row = df.loc["At Risk"]
+    assert row["cuped_incremental_revenue_per_member"] == pytest.approx(beta[1], rel=1e-6)
+    assert (
+        row["cuped_incremental_revenue_per_member_ci_low"]
+        < beta[1]
+        < row["cuped_incremental_revenue_per_member_ci_high"]
+    )
+    assert row["cuped_incremental_profit"] == pytest.approx(
+        beta[1] * row["treated"] * settings.gross_margin - row["offer_cost"], rel=1e-6
+    )
+    assert -1 < row["cuped_revenue_variance_reduction"] < 1
