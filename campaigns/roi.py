@@ -56,9 +56,12 @@ from campaigns.outcomes import (
 from campaigns.stats import (
     MeanStats,
     cuped_diff_intervals,
+    holm_adjust,
     mean_interval,
     newcombe_diff_interval,
     randomisation_diff_interval,
+    randomisation_p_value,
+    two_proportion_p_value,
     wilson_interval,
 )
 
@@ -109,6 +112,12 @@ CSV_COLUMNS = [
     "incremental_profit_ci_high",
     "conversion_ci_method",
     "revenue_ci_method",
+    "conversion_p_value",
+    "conversion_p_holm",
+    "conversion_significant_holm",
+    "revenue_p_value",
+    "revenue_p_holm",
+    "revenue_significant_holm",
     "cuped_incremental_conversion",
     "cuped_incremental_conversion_ci_low",
     "cuped_incremental_conversion_ci_high",
@@ -271,6 +280,24 @@ def cuped_row(t: dict[str, float], h: dict[str, float], margin: float, offer_cos
     return out
 
 
+MULTIPLE_COMPARISONS_METHOD = (
+    "Holm's step-down adjustment (Holm 1979) across the segments of this report with a lift, separately "
+    "for conversion and for revenue per member: a segment is significant when its adjusted p-value is below "
+    "0.05 and its row is ok, which keeps the chance of any false claim in the report at 5 %"
+)
+
+
+def apply_holm(rows: list[dict[str, Any]]) -> None:
+    """Add ``*_p_holm`` and ``*_significant_holm`` to every row (Holm across the rows of one report)."""
+    for metric in ("conversion", "revenue"):
+        adjusted = holm_adjust([float(r[f"{metric}_p_value"]) for r in rows])
+        for r, q in zip(rows, adjusted, strict=True):
+            r[f"{metric}_p_holm"] = q
+            r[f"{metric}_significant_holm"] = bool(
+                r["status"] == STATUS_OK and not math.isnan(q) and q < 0.05
+            )
+
+
 def row_status(settings: Settings, nt: int, nh: int, xt: int, xh: int) -> str:
     """``ok``, ``n/a (…)``, or ``inconclusive (reason)`` for a segment's group sizes and buyers."""
     if nt == 0 and nh == 0:
@@ -376,6 +403,8 @@ def roi_row(
         "revenue_ci_method": REVENUE_METHOD_SHORT,
         "significant": bool(status == STATUS_OK and not math.isnan(dl) and (dl > 0 or dh < 0)),
         "revenue_significant": bool(status == STATUS_OK and not math.isnan(rdl) and (rdl > 0 or rdh < 0)),
+        "conversion_p_value": two_proportion_p_value(xt, nt, xh, nh),
+        "revenue_p_value": randomisation_p_value(t_stats, h_stats),
         "sent": sent,
         "opened": events.get("opened", 0),
         "clicked": events.get("clicked", 0),
@@ -448,6 +477,7 @@ def compute_roi(
         }
     order = segment_order(settings, scheme, [r["segment"] for r in rows])
     rows.sort(key=lambda r: (order.index(r["segment"]), r["campaign_id"]))
+    apply_holm(rows)
     df = pd.DataFrame(rows)
     warnings: list[str] = []
     notes: list[str] = []
@@ -602,6 +632,7 @@ def roi_markdown(df: pd.DataFrame) -> str:
         tail.append(f"- {n}")
     tail.append(f"- Conversion CI: {CONVERSION_CI_METHOD}.")
     tail.append(f"- Revenue CI: {REVENUE_CI_METHOD}.")
+    tail.append(f"- Significance across segments: {MULTIPLE_COMPARISONS_METHOD}.")
     return head + "\n".join(lines) + "\n" + "\n".join(tail) + "\n"
 
 

@@ -18,6 +18,8 @@
   runs them on thousands of simulated campaigns at once.
 * :func:`cuped_diff_intervals` — the same difference adjusted for pre-period covariates (CUPED, Deng et al.
   2013, with the R/F/M of the snapshot), and the variance reduction it achieved.
+* :func:`holm_adjust` — Holm's step-down adjustment of the per-segment p-values (:func:`two_proportion_p_value`,
+  :func:`randomisation_p_value`) across a report.
 * :func:`welch_diff_interval` — Welch's t, kept for comparison (the calibration test shows why it is
   not used).
 
@@ -233,3 +235,43 @@ def cuped_diff_intervals(
     with np.errstate(invalid="ignore", divide="ignore"):
         reduction = np.where(raw_var > 0, 1 - resid_var / raw_var, np.nan)
     return (d, d - half, d + half, reduction)
+
+
+def two_proportion_p_value(x1: int, n1: int, x2: int, n2: int) -> float:
+    """Two-sided p-value of "no difference" for two proportions: the pooled z test (the normal
+    approximation of the permutation test of the 2×2 table). ``nan`` when undefined."""
+    if n1 <= 0 or n2 <= 0:
+        return math.nan
+    pooled = (x1 + x2) / (n1 + n2)
+    var = pooled * (1 - pooled) * (1 / n1 + 1 / n2)
+    if var <= 0:
+        return 1.0
+    z = (x1 / n1 - x2 / n2) / math.sqrt(var)
+    return float(2 * _st.norm.sf(abs(z)))
+
+
+def randomisation_p_value(a: MeanStats, b: MeanStats) -> float:
+    """Two-sided p-value of "no difference" for two means, the test the randomisation interval inverts
+    (pooled within-group variance, t with ``n_a + n_b − 2`` degrees of freedom)."""
+    if a.n <= 0 or b.n <= 0 or a.n + b.n < 3:
+        return math.nan
+    within = max(a.total_sq - a.total**2 / a.n, 0.0) + max(b.total_sq - b.total**2 / b.n, 0.0)
+    dof = a.n + b.n - 2
+    se = math.sqrt(within / dof * (1 / a.n + 1 / b.n))
+    d = a.mean - b.mean
+    if se == 0:
+        return 1.0 if d == 0 else 0.0
+    return float(2 * _st.t.sf(abs(d) / se, dof))
+
+
+def holm_adjust(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979, *Scand. J. Statist.* 6:65–70): controls the
+    family-wise error rate over the finite p-values; ``nan`` stays ``nan`` and is not counted."""
+    idx = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out

@@ -19,8 +19,11 @@ from campaigns.roi import CSV_COLUMNS, MIN_BUYERS, compute_roi, roi_markdown, ro
 from campaigns.stats import (
     MeanStats,
     cuped_diff_intervals,
+    holm_adjust,
     newcombe_diff_interval,
     randomisation_diff_interval,
+    randomisation_p_value,
+    two_proportion_p_value,
     welch_diff_interval,
     wilson_interval,
 )
@@ -307,3 +310,35 @@ def test_cuped_columns_match_ols_on_the_members_and_their_snapshot(engine, setti
         beta[1] * row["treated"] * settings.gross_margin - row["offer_cost"], rel=1e-6
     )
     assert -1 < row["cuped_revenue_variance_reduction"] < 1
+
+
+def test_holm_adjustment_matches_the_worked_definition():
+    # Holm (1979): sorted p (0.01, 0.02, 0.03, 0.04) with m = 4 -> 0.04, 0.06, 0.06, 0.06 (running max)
+    assert holm_adjust([0.03, 0.01, math.nan, 0.04, 0.02]) == pytest.approx(
+        [0.06, 0.04, math.nan, 0.06, 0.06], nan_ok=True
+    )
+    assert holm_adjust([0.5, 0.9]) == [1.0, 1.0]
+    # the p-values are the tests the intervals invert: at the 5 % boundary they agree
+    rng = np.random.default_rng(2)
+    a = np.where(rng.random(800) < 0.1, rng.lognormal(3, 1, 800), 0.0)
+    b = np.where(rng.random(200) < 0.1, rng.lognormal(3, 1, 200), 0.0) + 0.0
+    sa = MeanStats(800, float(a.sum()), float((a * a).sum()))
+    sb = MeanStats(200, float(b.sum()), float((b * b).sum()))
+    assert randomisation_p_value(sa, sb) == pytest.approx(st.ttest_ind(a, b, equal_var=True).pvalue, rel=1e-9)
+    conv = st.chi2_contingency([[30, 70], [12, 88]], correction=False).pvalue
+    assert two_proportion_p_value(30, 100, 12, 100) == pytest.approx(conv, rel=1e-9)
+
+
+def test_report_rows_carry_holm_adjusted_significance(engine, settings):
+    build(engine)
+    df = compute_roi(engine, settings, AS_OF, SCHEME)
+    lifted = df[df["conversion_p_value"].notna()]
+    m = len(lifted)
+    assert m >= 2
+    smallest = lifted["conversion_p_value"].idxmin()
+    assert df.loc[smallest, "conversion_p_holm"] == pytest.approx(
+        min(1.0, m * df.loc[smallest, "conversion_p_value"])
+    )
+    assert (lifted["conversion_p_holm"] >= lifted["conversion_p_value"] - 1e-15).all()
+    assert not df.loc[df["status"] != "ok", "conversion_significant_holm"].any()
+    assert "Holm" in roi_markdown(df)
