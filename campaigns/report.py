@@ -470,7 +470,8 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
                 "segment": str(r["segment"]),
                 "offer": str(r["offer_type"]),
                 "treated": _fmt(r["treated"], "int"),
-                "holdout": _fmt(r["holdout"], "int"),
+                "holdout": _fmt(r["holdout"], "int")
+                + (f" (MDE {r['conversion_mde'] * 100:.1f} pp)" if _finite(r["conversion_mde"]) else ""),
                 "tconv": _fmt(r["treated_conversion_rate"], "pct"),
                 "hconv": _fmt(r["holdout_conversion_rate"], "pct"),
                 "lift": lift_text(r),

@@ -55,6 +55,7 @@ from campaigns.outcomes import (
 )
 from campaigns.stats import (
     MeanStats,
+    conversion_mde,
     cuped_diff_intervals,
     holm_adjust,
     mean_interval,
@@ -112,6 +113,7 @@ CSV_COLUMNS = [
     "incremental_profit_ci_high",
     "conversion_ci_method",
     "revenue_ci_method",
+    "conversion_mde",
     "conversion_p_value",
     "conversion_p_holm",
     "conversion_significant_holm",
@@ -298,6 +300,15 @@ def apply_holm(rows: list[dict[str, Any]]) -> None:
             )
 
 
+def mde_columns(nt: int, nh: int, buyers: int) -> dict[str, float]:
+    """The minimum detectable incremental conversion (95 %, 80 % power) of the groups this segment
+    actually has, at its pooled conversion rate (:func:`campaigns.stats.conversion_mde`)."""
+    n = nt + nh
+    if nt <= 0 or nh <= 0:
+        return {"conversion_mde": math.nan}
+    return {"conversion_mde": conversion_mde(nt, nh, buyers / n)}
+
+
 def row_status(settings: Settings, nt: int, nh: int, xt: int, xh: int) -> str:
     """``ok``, ``n/a (…)``, or ``inconclusive (reason)`` for a segment's group sizes and buyers."""
     if nt == 0 and nh == 0:
@@ -404,6 +415,7 @@ def roi_row(
         "significant": bool(status == STATUS_OK and not math.isnan(dl) and (dl > 0 or dh < 0)),
         "revenue_significant": bool(status == STATUS_OK and not math.isnan(rdl) and (rdl > 0 or rdh < 0)),
         "conversion_p_value": two_proportion_p_value(xt, nt, xh, nh),
+        **mde_columns(nt, nh, xt + xh),
         "revenue_p_value": randomisation_p_value(t_stats, h_stats),
         "sent": sent,
         "opened": events.get("opened", 0),

@@ -28,7 +28,12 @@ import pytest
 from activation.settings import Settings
 from campaigns.outcomes import CampaignWindow
 from campaigns.roi import roi_row
-from campaigns.stats import MeanStats, welch_diff_interval
+from campaigns.stats import (
+    MeanStats,
+    conversion_mde,
+    newcombe_diff_intervals,
+    welch_diff_interval,
+)
 
 SIMS = 1500
 CHUNK = 250
@@ -212,3 +217,19 @@ def test_intervals_cover_a_planted_effect_and_power_is_measured(planted_rows, sc
     assert cuped_power >= power - 0.03  # adjusting for R/F/M does not cost power
     if sc.members >= 10000:
         assert power >= 0.8  # a large holdout sees a 4 pp lift
+
+
+@pytest.mark.parametrize(
+    ("treated", "holdout", "base"), [(1800, 200, 0.06), (9000, 1000, 0.03), (400, 400, 0.2), (900, 100, 0.05)]
+)
+def test_a_lift_equal_to_the_mde_is_detected_80_percent_of_the_time(treated, holdout, base):
+    """The MDE the report prints is what the holdout can see: plant exactly that lift and the
+    report's conversion interval excludes 0 in ~80 % of 4,000 simulated campaigns (SE 0.6 pp). The
+    textbook formula would fail this on the unbalanced splits (62–73 %)."""
+    mde = conversion_mde(treated, holdout, base)
+    rng = np.random.default_rng(treated)
+    xt = rng.binomial(treated, base + mde, 4000)
+    xh = rng.binomial(holdout, base, 4000)
+    _, lo, _ = newcombe_diff_intervals(xt, treated, xh, holdout)
+    assert 0.75 <= float(np.mean(lo > 0)) <= 0.85
+    assert conversion_mde(treated * 4, holdout * 4, base) < mde  # bigger groups see smaller lifts
