@@ -87,6 +87,20 @@ MIN_BUYERS = 5
 """Fewer buyers than this expected in the smaller group (pooled buyers × its share): the row is
 inconclusive (too few non-zero values to say anything about a heavy-tailed mean)."""
 
+CUPED_COLUMNS = [
+    "cuped_incremental_conversion",
+    "cuped_incremental_conversion_ci_low",
+    "cuped_incremental_conversion_ci_high",
+    "cuped_conversion_variance_reduction",
+    "cuped_incremental_revenue_per_member",
+    "cuped_incremental_revenue_per_member_ci_low",
+    "cuped_incremental_revenue_per_member_ci_high",
+    "cuped_revenue_variance_reduction",
+    "cuped_incremental_profit",
+    "cuped_incremental_profit_ci_low",
+    "cuped_incremental_profit_ci_high",
+]
+
 CSV_COLUMNS = [
     "segment",
     "treated",
@@ -120,17 +134,7 @@ CSV_COLUMNS = [
     "revenue_p_value",
     "revenue_p_holm",
     "revenue_significant_holm",
-    "cuped_incremental_conversion",
-    "cuped_incremental_conversion_ci_low",
-    "cuped_incremental_conversion_ci_high",
-    "cuped_conversion_variance_reduction",
-    "cuped_incremental_revenue_per_member",
-    "cuped_incremental_revenue_per_member_ci_low",
-    "cuped_incremental_revenue_per_member_ci_high",
-    "cuped_revenue_variance_reduction",
-    "cuped_incremental_profit",
-    "cuped_incremental_profit_ci_low",
-    "cuped_incremental_profit_ci_high",
+    *CUPED_COLUMNS,
     "treated_revenue",
     "holdout_revenue",
     "coupons_redeemed",
@@ -232,21 +236,6 @@ def _event_counts(conn: Connection, campaign_ids: list[str]) -> dict[tuple[str, 
 
 def _div(a: float, b: float) -> float:
     return a / b if b else math.nan
-
-
-CUPED_COLUMNS = [
-    "cuped_incremental_conversion",
-    "cuped_incremental_conversion_ci_low",
-    "cuped_incremental_conversion_ci_high",
-    "cuped_conversion_variance_reduction",
-    "cuped_incremental_revenue_per_member",
-    "cuped_incremental_revenue_per_member_ci_low",
-    "cuped_incremental_revenue_per_member_ci_high",
-    "cuped_revenue_variance_reduction",
-    "cuped_incremental_profit",
-    "cuped_incremental_profit_ci_low",
-    "cuped_incremental_profit_ci_high",
-]
 
 
 def _covariate_sums(g: dict[str, float], y: str) -> tuple[list[float], list[float], list[list[float]]]:
