@@ -37,6 +37,21 @@ def _nearest_folder(path: Path) -> Path:
     return Path(".")
 
 
+def _writable_below(p: Path, folder: Path, flag: str) -> Path:
+    """``p`` when no file stands where one of its folders should be and ``folder`` (where it goes) is writable."""
+    blocking = _blocking_file(p)
+    if blocking is not None:
+        raise InputError(
+            f"{flag} {p}: {blocking} is a file, not a folder",
+            fix=f"choose a path under a folder (or remove or rename the file {blocking})",
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(
+            f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to"
+        )
+    return p
+
+
 def output_file(path: str | Path, *, flag: str = "--out", example: str = "out.csv") -> Path:
     """Check that ``path`` can be written as a file; return it as a :class:`Path`.
 
@@ -49,18 +64,7 @@ def output_file(path: str | Path, *, flag: str = "--out", example: str = "out.cs
             f"{flag} {p} is a folder, but a file is expected",
             fix=f"give a file name, e.g. {flag} {p / example}",
         )
-    blocking = _blocking_file(p)
-    if blocking is not None:
-        raise InputError(
-            f"{flag} {p}: {blocking} is a file, not a folder",
-            fix=f"choose a path under a folder (or remove or rename the file {blocking})",
-        )
-    folder = _nearest_folder(p)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(
-            f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to"
-        )
-    return p
+    return _writable_below(p, _nearest_folder(p), flag)
 
 
 def output_dir(path: str | Path, *, flag: str = "--out") -> Path:
@@ -75,18 +79,7 @@ def output_dir(path: str | Path, *, flag: str = "--out") -> Path:
             f"{flag} {p} is a file, but a folder is expected",
             fix=f"give a folder name (it is created), e.g. {flag} {p.with_suffix('')}-files, or remove the file",
         )
-    blocking = _blocking_file(p)
-    if blocking is not None:
-        raise InputError(
-            f"{flag} {p}: {blocking} is a file, not a folder",
-            fix=f"choose a path under a folder (or remove or rename the file {blocking})",
-        )
-    folder = p if p.is_dir() else _nearest_folder(p)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(
-            f"{flag} {p}: folder {folder} is not writable", fix="choose a folder you may write to"
-        )
-    return p
+    return _writable_below(p, p if p.is_dir() else _nearest_folder(p), flag)
 
 
 # --- writing whole files ---------------------------------------------------------------------------
