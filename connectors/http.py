@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 from connectors.base import MemberChange, MemberResult
-from connectors.errors import RetriableError, RetriesExhaustedError
+from connectors.errors import DestinationError, RateLimitedError, RetriableError, RetriesExhaustedError
 
 T = TypeVar("T")
 
@@ -81,6 +81,49 @@ def call_with_retry(
                 ) from exc
             sleep(policy.delay(attempt, exc.retry_after))
             attempt += 1
+
+
+def create_once(
+    create: Callable[[], T],
+    find: Callable[[], T | None],
+    already_exists: Callable[[DestinationError], bool],
+    policy: RetryPolicy,
+    *,
+    what: str,
+) -> T:
+    """A create whose outcome may be unknown, retried like :func:`call_with_retry` without making a second
+    copy: after a 5xx or a lost connection the write may have been applied and only its answer lost, so
+    ``find()`` (a lookup by title or name; ``None`` when absent) runs before the create is sent again. A 429
+    was refused before it was applied: nothing to look up. An error that ``already_exists`` means was found.
+
+    Raises:
+        RetriesExhaustedError: as :func:`call_with_retry`.
+        DestinationError: the "already exists" error itself when ``find()`` does not return the object.
+    """
+    unsure = False
+
+    def attempt() -> T:
+        nonlocal unsure
+        if unsure:
+            found = find()
+            if found is not None:
+                return found
+        try:
+            return create()
+        except RateLimitedError:
+            raise
+        except RetriableError:
+            unsure = True
+            raise
+        except DestinationError as exc:
+            if not already_exists(exc):
+                raise
+            found = find()
+            if found is None:
+                raise
+            return found
+
+    return call_with_retry(attempt, policy, what=what)
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:

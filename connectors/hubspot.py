@@ -67,12 +67,18 @@ from connectors.errors import (
     FatalDestinationError,
     RateLimitedError,
     RemoteNotFoundError,
-    RetriableError,
-    RetriesExhaustedError,
     ServerError,
     TransportError,
 )
-from connectors.http import CallPool, MemberTracker, RetryPolicy, call_with_retry, parse_retry_after, redact
+from connectors.http import (
+    CallPool,
+    MemberTracker,
+    RetryPolicy,
+    call_with_retry,
+    create_once,
+    parse_retry_after,
+    redact,
+)
 from connectors.state import load_remote_campaigns
 from connectors.sync import customer_resolver
 
@@ -610,32 +616,23 @@ class HubSpotDestination:
         """Create the segment's MANUAL list. A create whose outcome is unknown (5xx, dropped, unreadable) is
         looked up by name before it is sent again; a duplicate-name refusal means an earlier try got through."""
         body = {"name": list_name(seg), "objectTypeId": CONTACTS, "processingType": "MANUAL"}
-        policy = self.api.retry
-        for attempt in range(policy.max_retries + 1):
-            try:
-                created = self.api.call(
-                    f"create list {seg}", "POST", self.paths.lists, json=body, write=True, retry=False
-                )
-                return str(created["list"]["listId"])
-            except RetriableError as exc:
-                if attempt >= policy.max_retries:
-                    raise RetriesExhaustedError(
-                        f"HubSpot create list {seg}: still failing after {attempt + 1} attempts ({exc.message})",
-                        fix="HubSpot is overloaded or down; rerun the sync later (it resumes where it stopped)",
-                        status=exc.status,
-                    ) from exc
-                time.sleep(policy.delay(attempt, exc.retry_after))
-                if isinstance(exc, RateLimitedError):
-                    continue  # refused before it was applied: nothing to look up
-            except DuplicateListNameError:
-                pass
-            lst = self._find_list(seg)  # unknown outcome, or "already exists": was it created?
-            if lst is not None:
-                return str(lst["listId"])
-        raise BadRequestError(
-            f"HubSpot create list {seg}: HubSpot says a list named {list_name(seg)!r} exists but does not "
-            "return it by name"
-        )
+        try:
+            return create_once(
+                lambda: str(
+                    self.api.call(
+                        f"create list {seg}", "POST", self.paths.lists, json=body, write=True, retry=False
+                    )["list"]["listId"]
+                ),
+                lambda: None if (lst := self._find_list(seg)) is None else str(lst["listId"]),
+                lambda exc: isinstance(exc, DuplicateListNameError),
+                self.api.retry,
+                what=f"HubSpot create list {seg}",
+            )
+        except DuplicateListNameError as exc:
+            raise BadRequestError(
+                f"HubSpot create list {seg}: HubSpot says a list named {list_name(seg)!r} exists but does not "
+                "return it by name"
+            ) from exc
 
     # --- members ----------------------------------------------------------------------------------------
 

@@ -61,7 +61,15 @@ from connectors.errors import (
     ServerError,
     TransportError,
 )
-from connectors.http import CallPool, MemberTracker, RetryPolicy, call_with_retry, parse_retry_after, redact
+from connectors.http import (
+    CallPool,
+    MemberTracker,
+    RetryPolicy,
+    call_with_retry,
+    create_once,
+    parse_retry_after,
+    redact,
+)
 
 PAGE = 1000  # the documented maximum of ``count`` (docs/methods-parameters/#pagination)
 #: how far back the consent read-back reaches before the last sync's start: a change stamped in the same
@@ -177,28 +185,13 @@ class MailchimpApi:
         Returns:
             The created object, or what ``find()`` found.
         """
-        unsure = False
-
-        def attempt() -> Any:
-            nonlocal unsure
-            if unsure:
-                found = find()
-                if found is not None:
-                    return found
-            try:
-                return self._once(what, fn, True)
-            except (ServerError, TransportError):
-                unsure = True
-                raise
-            except BadRequestError as exc:
-                if "already exists" not in exc.message.lower():
-                    raise
-                found = find()
-                if found is None:
-                    raise
-                return found
-
-        return call_with_retry(attempt, self.retry, what=f"Mailchimp {what}")
+        return create_once(
+            lambda: self._once(what, fn, True),
+            find,
+            lambda exc: isinstance(exc, BadRequestError) and "already exists" in exc.message.lower(),
+            self.retry,
+            what=f"Mailchimp {what}",
+        )
 
     def _once(self, what: str, fn: Callable[[Any], Any], write: bool) -> Any:
         from mailchimp_marketing.api_client import ApiClientError
