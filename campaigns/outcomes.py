@@ -23,7 +23,6 @@ written in one transaction.
 
 from __future__ import annotations
 
-import hashlib
 import inspect as _inspect
 import json
 import logging
@@ -58,6 +57,7 @@ from sqlalchemy.sql import Select
 
 from activation import statuses
 from activation.dialect import CreateTempTableAs, insert_ignore, prefer_hash_joins
+from activation.emails import email_hash
 from activation.errors import ConfigError, NotFoundError, WarehouseError
 from activation.settings import Settings
 from activation.tables import (
@@ -527,11 +527,6 @@ def _read_destination(
     else:
         kwargs = {k: v for k, v in offered.items() if k in params}
     return name, reader(**kwargs)
-
-
-def email_hash(email: str) -> str:
-    """sha256 of the lower-cased, stripped email (how suppressions are keyed)."""
-    return hashlib.sha256(email.strip().lower().encode()).hexdigest()
 
 
 def _customer_emails(conn: Connection, settings: Settings, customer_ids: set[str]) -> dict[str, str]:

@@ -51,8 +51,6 @@ from connectors.base import (
     state_hash,
 )
 
-_EMAIL_RE = EMAIL_RE
-
 
 @dataclass
 class SegmentPlan:
@@ -317,7 +315,7 @@ def _read_source(
     seen_customers: set[str] = set()
     owner: dict[str, AudienceMember] = {}  # email -> the member holding it (the lowest customer id)
     duplicates: list[AudienceMember] = []
-    valid = _EMAIL_RE.match
+    valid = EMAIL_RE.match
     with engine.connect() as conn:
         result = conn.execute(q)
         for part in result.partitions(50_000):
@@ -987,7 +985,9 @@ def sync_audience(
                 "sync to " + destination + " stopped before any write: " + "; ".join(violations),
                 fix="check the plan with --dry-run; rerun with --force if the change is intended",
             )
-        if _nothing_to_do(engine, destination, camps, src.audiences, changes, send or schedule_at is not None):
+        if _nothing_to_do(
+            engine, destination, camps, src.audiences, changes, send or schedule_at is not None
+        ):
             # a rerun with nothing changed writes nothing: no call, no run, no second copy of the same skips
             result.status = "unchanged"
             for sp in result.segments.values():
@@ -1060,11 +1060,19 @@ def _nothing_to_do(
     if send:
         keys = {c.campaign_key for c in wanted}
         with engine.connect() as conn:
-            rows = conn.execute(
-                select(campaigns.c.campaign_id, campaigns.c.campaign_key).where(campaigns.c.campaign_key.in_(keys))
-            ).all() if keys else []
+            rows = (
+                conn.execute(
+                    select(campaigns.c.campaign_id, campaigns.c.campaign_key).where(
+                        campaigns.c.campaign_key.in_(keys)
+                    )
+                ).all()
+                if keys
+                else []
+            )
         sent_keys = {
-            key for cid, key in rows if (rc := remote.get(cid)) is not None and rc.status in ("sent", "scheduled")
+            key
+            for cid, key in rows
+            if (rc := remote.get(cid)) is not None and rc.status in ("sent", "scheduled")
         }
     for camp in wanted:
         rc = remote.get(camp.campaign_id)
