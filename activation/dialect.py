@@ -97,7 +97,9 @@ def id_hash(expr: Any, seed: int, bind: Engine | Connection) -> ColumnElement[in
 def sha256_hex(expr: Any, bind: Engine | Connection) -> ColumnElement[str]:
     """Lower-case hex SHA-256 of the UTF-8 bytes of a text expression."""
     if is_postgres(bind):
-        return func.encode(func.sha256(func.convert_to(expr, literal_column("'UTF8'"))), literal_column("'hex'"))
+        return func.encode(
+            func.sha256(func.convert_to(expr, literal_column("'UTF8'"))), literal_column("'hex'")
+        )
     return func.sha256(expr)
 
 
@@ -166,7 +168,9 @@ def exclusive(engine: Engine, key: str, what: str) -> Iterator[None]:
         fix="wait for it to finish and run again (a rerun continues where it stopped)",
     )
     with _local_guard:
-        local = _local_locks.setdefault((engine.url.render_as_string(hide_password=True), key), threading.Lock())
+        local = _local_locks.setdefault(
+            (engine.url.render_as_string(hide_password=True), key), threading.Lock()
+        )
     if not local.acquire(blocking=False):
         raise busy
     try:

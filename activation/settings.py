@@ -243,7 +243,7 @@ def today_in(settings: Settings) -> date:
 
     try:
         tz = ZoneInfo(settings.schedule_timezone)
-    except Exception as exc:  # noqa: BLE001 - zoneinfo raises several types
+    except Exception as exc:
         raise ConfigError(
             f"ACTIVATION_SCHEDULE_TIMEZONE={settings.schedule_timezone!r} is not a known time zone",
             fix="use an IANA name such as UTC or Europe/Berlin",

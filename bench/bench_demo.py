@@ -77,16 +77,26 @@ def main() -> None:
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-demo-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ACTIVATION_"))}
-    env.update({"PREFECT_HOME": str(work / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                "COLUMNS": "200"})
+    env.update(
+        {
+            "PREFECT_HOME": str(work / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "COLUMNS": "200",
+        }
+    )
     try:
         run([sys.executable, "-c", TRIVIAL], work, env)  # creates Prefect's database once, for both
         trivial, _ = run([sys.executable, "-c", TRIVIAL], work, env)
-        demo_args = ["demo"] + (["--customers", str(opts.customers)] if opts.customers else []) + (
-            ["--orders", str(opts.orders)] if opts.orders else [])
+        demo_args = (
+            ["demo"]
+            + (["--customers", str(opts.customers)] if opts.customers else [])
+            + (["--orders", str(opts.orders)] if opts.orders else [])
+        )
         demo_dir = work / "demo"
         demo_dir.mkdir()
-        demo, out = run([sys.executable, "-c", "from activation.cli import main; main()", *demo_args], demo_dir, env)
+        demo, out = run(
+            [sys.executable, "-c", "from activation.cli import main; main()", *demo_args], demo_dir, env
+        )
         phases = dict(re.findall(r"(\w+) ([\d.]+) s", out.split("timings", 1)[1]))
         as_of = re.search(r"backtest as of (\d{4}-\d\d-\d\d)", out).group(1)  # type: ignore[union-attr]
         copy = work / "own"
@@ -95,7 +105,9 @@ def main() -> None:
         own = {k: float(v) for k, v in re.findall(r"(\w+)=([\d.]+)", own_out.split("OWN", 1)[1])}
         own_total = sum(own.values())
         print(f"trivial two-task flow (fresh process)   {trivial:7.1f} s")
-        print(f"activation demo (fresh process)         {demo:7.1f} s   = {demo / trivial:.2f}x trivial (aim <= 1.5x)")
+        print(
+            f"activation demo (fresh process)         {demo:7.1f} s   = {demo / trivial:.2f}x trivial (aim <= 1.5x)"
+        )
         for k, v in phases.items():
             print(f"  {k:<36}  {float(v):7.1f} s")
         print(f"cycle's own work, no Prefect            {own_total:7.1f} s   (aim <= 3 s)")

@@ -30,13 +30,29 @@ from campaigns.plan import current_campaigns, plan_campaigns, read_members
 from campaigns.render import render_member, render_merge_tags
 
 AS_OF = date(2025, 12, 31)
-SEGMENTS = ["Champions", "Loyal Customers", "Potential Loyalists", "New Customers", "Promising", "Need Attention",
-            "About To Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost"]
+SEGMENTS = [
+    "Champions",
+    "Loyal Customers",
+    "Potential Loyalists",
+    "New Customers",
+    "Promising",
+    "Need Attention",
+    "About To Sleep",
+    "At Risk",
+    "Can't Lose Them",
+    "Hibernating",
+    "Lost",
+]
 
 
 def build(engine, n: int) -> None:
-    seg_case = "CASE " + " ".join(
-        f"WHEN i % 11 = {k} THEN '{s.replace(chr(39), chr(39) * 2)}'" for k, s in enumerate(SEGMENTS)) + " END"
+    seg_case = (
+        "CASE "
+        + " ".join(
+            f"WHEN i % 11 = {k} THEN '{s.replace(chr(39), chr(39) * 2)}'" for k, s in enumerate(SEGMENTS)
+        )
+        + " END"
+    )
     if dialect.is_duckdb(engine):
         src = f"FROM range({n}) t(i)"
         cid = "'c' || lpad(CAST(i AS VARCHAR), 8, '0')"
@@ -44,13 +60,19 @@ def build(engine, n: int) -> None:
         src = f"FROM generate_series(0, {n - 1}) t(i)"
         cid = "'c' || lpad(CAST(i AS VARCHAR), 8, '0')"
     with engine.begin() as conn:
-        conn.execute(text(
-            f"INSERT INTO rfm_snapshots SELECT DATE '{AS_OF}', 'rfm11', {cid}, i % 365, 1 + i % 9, 10.0 + i % 700,"
-            f" 1 + i % 5, 1 + i % 5, 1 + i % 5, {seg_case} {src}"))
-        conn.execute(text(
-            f"INSERT INTO customers (customer_id, email, first_name, unsubscribed) SELECT {cid},"
-            f" CASE WHEN i % 10 = 0 THEN NULL ELSE 'user' || CAST(i AS VARCHAR) || '@example.com' END,"
-            f" 'Name' || CAST(i AS VARCHAR), i % 40 = 1 {src}"))
+        conn.execute(
+            text(
+                f"INSERT INTO rfm_snapshots SELECT DATE '{AS_OF}', 'rfm11', {cid}, i % 365, 1 + i % 9, 10.0 + i % 700,"
+                f" 1 + i % 5, 1 + i % 5, 1 + i % 5, {seg_case} {src}"
+            )
+        )
+        conn.execute(
+            text(
+                f"INSERT INTO customers (customer_id, email, first_name, unsubscribed) SELECT {cid},"
+                f" CASE WHEN i % 10 = 0 THEN NULL ELSE 'user' || CAST(i AS VARCHAR) || '@example.com' END,"
+                f" 'Name' || CAST(i AS VARCHAR), i % 40 = 1 {src}"
+            )
+        )
     # 1 % of emails suppressed (hash computed in the warehouse with the same helper the plan uses)
     from sqlalchemy import String, column, literal, select, table
 
@@ -58,8 +80,11 @@ def build(engine, n: int) -> None:
         c = table("customers", column("customer_id", String), column("email", String))
         h = dialect.sha256_hex(c.c.email, conn)
         q = select(h, literal("cleaned"), literal("bench"), literal(AS_OF)).where(
-            c.c.email.is_not(None), c.c.customer_id.like("%37"))
-        conn.execute(text(f"INSERT INTO suppressions {q.compile(conn, compile_kwargs={'literal_binds': True})}"))
+            c.c.email.is_not(None), c.c.customer_id.like("%37")
+        )
+        conn.execute(
+            text(f"INSERT INTO suppressions {q.compile(conn, compile_kwargs={'literal_binds': True})}")
+        )
 
 
 def main() -> None:
@@ -80,10 +105,14 @@ def main() -> None:
     t0 = time.perf_counter()
     result = plan_campaigns(engine, settings, AS_OF, "rfm11")
     plan_s = time.perf_counter() - t0
-    planned = sum(s.treated + s.holdout + sum(s.excluded.values()) for s in result.segments if s.status == "created")
+    planned = sum(
+        s.treated + s.holdout + sum(s.excluded.values()) for s in result.segments if s.status == "created"
+    )
     coupons = sum(s.treated for s in result.segments if s.status == "created" and "off" in s.offer)
-    print(f"plan_campaigns: {plan_s:.2f} s for {planned:,} members of active segments "
-          f"({planned / plan_s:,.0f} members/s), {coupons:,} coupons")
+    print(
+        f"plan_campaigns: {plan_s:.2f} s for {planned:,} members of active segments "
+        f"({planned / plan_s:,.0f} members/s), {coupons:,} coupons"
+    )
 
     t0 = time.perf_counter()
     again = plan_campaigns(engine, settings, AS_OF, "rfm11")
@@ -99,15 +128,19 @@ def main() -> None:
 
     with engine.begin() as conn:
         bucket = dialect.hash_bucket(text("'k|' || customer_id"), conn)
-        sql = (f"INSERT INTO campaign_members SELECT 'floor', customer_id, CASE WHEN "
-               f"{bucket.compile(conn, compile_kwargs={'literal_binds': True})} < 429496730 THEN 'holdout' "
-               f"ELSE 'treatment' END, NULL FROM rfm_snapshots WHERE scheme = 'rfm11'")
+        sql = (
+            f"INSERT INTO campaign_members SELECT 'floor', customer_id, CASE WHEN "
+            f"{bucket.compile(conn, compile_kwargs={'literal_binds': True})} < 429496730 THEN 'holdout' "
+            f"ELSE 'treatment' END, NULL FROM rfm_snapshots WHERE scheme = 'rfm11'"
+        )
         t0 = time.perf_counter()
         conn.execute(text(sql))
         floor_s = time.perf_counter() - t0
         conn.execute(text("DELETE FROM campaign_members WHERE campaign_id = 'floor'"))
-    print(f"floor (one INSERT ... SELECT with the md5 split, all {n:,} rows, no coupons, no exclusions): "
-          f"{floor_s:.2f} s")
+    print(
+        f"floor (one INSERT ... SELECT with the md5 split, all {n:,} rows, no coupons, no exclusions): "
+        f"{floor_s:.2f} s"
+    )
 
     camps = current_campaigns(engine, AS_OF, "rfm11")
     t0 = time.perf_counter()
@@ -123,7 +156,9 @@ def main() -> None:
     for m in members:
         render_member(settings, at_risk, m)
     render_s = time.perf_counter() - t0
-    print(f"per-member mode: {len(members):,} renders in {render_s:.2f} s ({len(members) / render_s:,.0f} renders/s)")
+    print(
+        f"per-member mode: {len(members):,} renders in {render_s:.2f} s ({len(members) / render_s:,.0f} renders/s)"
+    )
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -32,14 +32,14 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydantic import SecretStr  # noqa: E402
+from pydantic import SecretStr
 
-from activation.settings import MailchimpSettings, Settings  # noqa: E402
-from activation.warehouse import get_engine  # noqa: E402
-from connectors.http import RetryPolicy  # noqa: E402
-from connectors.mailchimp import MailchimpApi, MailchimpDestination  # noqa: E402
-from connectors.sync import sync_audience  # noqa: E402
-from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent  # noqa: E402
+from activation.settings import MailchimpSettings, Settings
+from activation.warehouse import get_engine
+from connectors.http import RetryPolicy
+from connectors.mailchimp import MailchimpApi, MailchimpDestination
+from connectors.sync import sync_audience
+from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent
 
 SEGMENTS = (
     "Champions",

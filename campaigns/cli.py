@@ -17,13 +17,16 @@ def _as_of(value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise ConfigError(f"--as-of {value!r} is not a date", fix="use YYYY-MM-DD, e.g. --as-of 2025-12-31") from exc
+        raise ConfigError(
+            f"--as-of {value!r} is not a date", fix="use YYYY-MM-DD, e.g. --as-of 2025-12-31"
+        ) from exc
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
-    templates_app = typer.Typer(help="Check and preview the email templates and the offer policy.",
-                                no_args_is_help=True)
+    templates_app = typer.Typer(
+        help="Check and preview the email templates and the offer policy.", no_args_is_help=True
+    )
     campaigns_app = typer.Typer(help="Planned campaigns.", no_args_is_help=True)
     app.add_typer(templates_app, name="templates")
     app.add_typer(campaigns_app, name="campaigns")
@@ -45,8 +48,10 @@ def register(app: typer.Typer) -> None:
         if issues:
             console.print(f"{len(issues)} problem(s) found", highlight=False)
             raise typer.Exit(1)
-        console.print(f"ok: {len(template_names(settings))} templates and {settings.policy_file.name} checked",
-                      highlight=False)
+        console.print(
+            f"ok: {len(template_names(settings))} templates and {settings.policy_file.name} checked",
+            highlight=False,
+        )
 
     @templates_app.command("preview")
     def templates_preview(
@@ -61,7 +66,9 @@ def register(app: typer.Typer) -> None:
         from campaigns.preview import write_previews
 
         settings = get_settings()
-        items = write_previews(settings, out, engine=engine_if_exists(settings), scheme=scheme, segment=segment)
+        items = write_previews(
+            settings, out, engine=engine_if_exists(settings), scheme=scheme, segment=segment
+        )
         failed = [i for i in items if i.error]
         for it in items:
             status = "FAILED" if it.error else (it.file or "suppressed")
@@ -76,7 +83,9 @@ def register(app: typer.Typer) -> None:
     def plan(
         as_of: str = typer.Option(..., "--as-of", help="Snapshot date YYYY-MM-DD."),
         scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
-        as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."),
+        as_json: bool = typer.Option(
+            False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
+        ),
     ) -> None:
         """Plan one campaign per active segment: holdout split, coupons, template version."""
         from activation.cli import console
@@ -88,20 +97,37 @@ def register(app: typer.Typer) -> None:
         scheme_name = scheme or settings.default_scheme
         result = plan_campaigns(get_engine(settings, create=False), settings, _as_of(as_of), scheme_name)
         if as_json:
-            print_json(console, "plan", {"as_of": result.as_of, "scheme": result.scheme,
-                                         "segments": result.segments})
+            print_json(
+                console, "plan", {"as_of": result.as_of, "scheme": result.scheme, "segments": result.segments}
+            )
             return
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
         cells, reasons = [], []
         for sp in result.segments:
             version = sp.campaign_id.rsplit("-", 1)[-1] if sp.campaign_id else ""
             if sp.excluded:
-                reasons.append(f"{sp.segment}: " + ", ".join(f"{k.replace('_', ' ')} {v:,}"
-                                                             for k, v in sp.excluded.items()))
-            cells.append([sp.segment, f"{sp.status} {version}".strip(), f"{sp.treated:,}", f"{sp.holdout:,}",
-                          f"{sum(sp.excluded.values()):,}", sp.offer])
-        add_columns(table, ("segment", "status", "treated", "holdout", "excluded", "offer"), cells,
-                    left=(0, 1, 5), wrap=(0, 1, 5), grow=5)
+                reasons.append(
+                    f"{sp.segment}: "
+                    + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sp.excluded.items())
+                )
+            cells.append(
+                [
+                    sp.segment,
+                    f"{sp.status} {version}".strip(),
+                    f"{sp.treated:,}",
+                    f"{sp.holdout:,}",
+                    f"{sum(sp.excluded.values()):,}",
+                    sp.offer,
+                ]
+            )
+        add_columns(
+            table,
+            ("segment", "status", "treated", "holdout", "excluded", "offer"),
+            cells,
+            left=(0, 1, 5),
+            wrap=(0, 1, 5),
+            grow=5,
+        )
         for row in cells:
             table.add_row(*row)
         print_table(console, table)
@@ -109,8 +135,11 @@ def register(app: typer.Typer) -> None:
             console.print("excluded: " + "; ".join(reasons), highlight=False)
         ids = [sp.campaign_id for sp in result.segments if sp.campaign_id]
         if ids:
-            console.print(f"one campaign per segment, with ids like {ids[0]}; `activation campaigns export` "
-                          "lists their members", highlight=False)
+            console.print(
+                f"one campaign per segment, with ids like {ids[0]}; `activation campaigns export` "
+                "lists their members",
+                highlight=False,
+            )
 
     @campaigns_app.command("export")
     def campaigns_export(
@@ -126,5 +155,7 @@ def register(app: typer.Typer) -> None:
         from campaigns.plan import export_campaigns
 
         settings = get_settings()
-        n = export_campaigns(get_engine(settings, create=False), _as_of(as_of), scheme or settings.default_scheme, out)
+        n = export_campaigns(
+            get_engine(settings, create=False), _as_of(as_of), scheme or settings.default_scheme, out
+        )
         console.print(f"wrote {n:,} rows to {out}", highlight=False)

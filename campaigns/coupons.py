@@ -45,7 +45,7 @@ def _digests(key: bytes, campaign_key: str, customer_ids: Sequence[str], attempt
         i.update(str(cid).encode() + suffix)
         o = ocopy()
         o.update(i.digest())
-        out[8 * n:8 * n + 8] = o.digest()[:8]
+        out[8 * n : 8 * n + 8] = o.digest()[:8]
     return np.frombuffer(bytes(out), dtype=">u8").astype(np.uint64)
 
 
@@ -63,15 +63,21 @@ def _encode(values: np.ndarray, prefix: str) -> list[str]:
     return [f"{head}{s[:half]}-{s[half:]}" for s in (b.decode() for b in raw)]
 
 
-def coupon_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], prefix: str,
-                 attempt: int = 0) -> list[str]:
+def coupon_codes(
+    key: bytes, campaign_key: str, customer_ids: Sequence[str], prefix: str, attempt: int = 0
+) -> list[str]:
     """The code of each customer (no uniqueness handling; see :func:`unique_codes`)."""
     return _encode(_digests(key, campaign_key, customer_ids, attempt), prefix)
 
 
-def unique_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], prefix: str,
-                 taken: Callable[[list[str]], set[str]] | None = None,
-                 reserved: set[str] | None = None) -> list[str]:
+def unique_codes(
+    key: bytes,
+    campaign_key: str,
+    customer_ids: Sequence[str],
+    prefix: str,
+    taken: Callable[[list[str]], set[str]] | None = None,
+    reserved: set[str] | None = None,
+) -> list[str]:
     """One unique code per customer id, aligned with ``customer_ids`` (which must be distinct).
 
     ``taken(codes)`` returns which of ``codes`` are already used elsewhere; ``reserved`` is a set of codes
@@ -108,8 +114,10 @@ def unique_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], pre
     while pending:
         attempt += 1
         if attempt > MAX_ATTEMPTS:
-            raise ConfigError(f"could not find a free coupon code for {len(pending)} members of {campaign_key}",
-                              fix="use a different coupon prefix for this offer")
+            raise ConfigError(
+                f"could not find a free coupon code for {len(pending)} members of {campaign_key}",
+                fix="use a different coupon prefix for this offer",
+            )
         pending.sort(key=lambda i: str(customer_ids[i]))
         fresh = coupon_codes(key, campaign_key, [customer_ids[i] for i in pending], prefix, attempt)
         outside = taken(fresh) if taken is not None else set()
@@ -124,8 +132,13 @@ def unique_codes(key: bytes, campaign_key: str, customer_ids: Sequence[str], pre
     return codes
 
 
-def assign_coupons(key: bytes, campaign_key: str, customer_ids: Iterable[str], prefix: str,
-                   taken: Callable[[list[str]], set[str]] | None = None) -> dict[str, str]:
+def assign_coupons(
+    key: bytes,
+    campaign_key: str,
+    customer_ids: Iterable[str],
+    prefix: str,
+    taken: Callable[[list[str]], set[str]] | None = None,
+) -> dict[str, str]:
     """``{customer_id: code}``, unique (see :func:`unique_codes`)."""
     ids = sorted(set(map(str, customer_ids)))
     return dict(zip(ids, unique_codes(key, campaign_key, ids, prefix, taken), strict=True))

@@ -53,7 +53,11 @@ def _display(path: Path) -> str:
 def template_names(settings: Settings) -> list[str]:
     """Every renderable template (a name with both or either .html/.txt, not a ``_`` layout)."""
     root = Path(settings.templates_dir)
-    names = {p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*") if p.suffix in (".html", ".txt")}
+    names = {
+        p.relative_to(root).with_suffix("").as_posix()
+        for p in root.rglob("*")
+        if p.suffix in (".html", ".txt")
+    }
     return sorted(n for n in names if not Path(n).name.startswith("_"))
 
 
@@ -65,40 +69,79 @@ def _lint_source(settings: Settings, path: Path, name: str) -> list[Issue]:
     try:
         ast = env.parse(source, name, str(path))
     except TemplateSyntaxError as exc:
-        return [Issue(file, exc.lineno, f"syntax error: {exc.message}", "correct the Jinja syntax on that line")]
+        return [
+            Issue(file, exc.lineno, f"syntax error: {exc.message}", "correct the Jinja syntax on that line")
+        ]
     allowed = set(CONTEXT_VARIABLES) | _JINJA_NAMES | set(env.globals)
     undeclared = meta.find_undeclared_variables(ast) - allowed
     for node in ast.find_all(nodes.Name):
         if node.ctx == "load" and node.name in undeclared:
-            issues.append(Issue(file, node.lineno, f"unknown variable {node.name!r}",
-                                f"use one of: {', '.join(CONTEXT_VARIABLES)}"))
+            issues.append(
+                Issue(
+                    file,
+                    node.lineno,
+                    f"unknown variable {node.name!r}",
+                    f"use one of: {', '.join(CONTEXT_VARIABLES)}",
+                )
+            )
             undeclared.discard(node.name)
     for expr in ast.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         attr = None
         if isinstance(expr, nodes.Getattr):
             attr = expr.attr
-        elif isinstance(expr, nodes.Getitem) and isinstance(expr.arg, nodes.Const) and isinstance(expr.arg.value, str):
+        elif (
+            isinstance(expr, nodes.Getitem)
+            and isinstance(expr.arg, nodes.Const)
+            and isinstance(expr.arg.value, str)
+        ):
             attr = expr.arg.value
         elif isinstance(expr, nodes.Filter) and expr.name == "attr":
-            issues.append(Issue(file, expr.lineno, "sandbox violation: the |attr filter is not allowed",
-                                "use dotted names such as offer.percent"))
+            issues.append(
+                Issue(
+                    file,
+                    expr.lineno,
+                    "sandbox violation: the |attr filter is not allowed",
+                    "use dotted names such as offer.percent",
+                )
+            )
             continue
         if attr and (attr.startswith("_") or attr in {"mro", "func_globals", "gi_frame", "f_globals"}):
-            issues.append(Issue(file, expr.lineno, f"sandbox violation: attribute {attr!r} is not allowed",
-                                "templates may only use the documented variables (docs/templates.md)"))
+            issues.append(
+                Issue(
+                    file,
+                    expr.lineno,
+                    f"sandbox violation: attribute {attr!r} is not allowed",
+                    "templates may only use the documented variables (docs/templates.md)",
+                )
+            )
     issues.extend(_member_value_issues(file, ast))
     for lineno, line in enumerate(source.splitlines(), start=1):
         for tag in MERGE_TAG_RE.findall(line):
             if tag.upper() not in MERGE_FIELDS and tag.upper() not in SYSTEM_MERGE_TAGS:
-                issues.append(Issue(file, lineno, f"merge tag *|{tag}|* is not provided by any destination",
-                                    f"use a context variable instead, or one of: {', '.join(MERGE_FIELDS)}"))
+                issues.append(
+                    Issue(
+                        file,
+                        lineno,
+                        f"merge tag *|{tag}|* is not provided by any destination",
+                        f"use a context variable instead, or one of: {', '.join(MERGE_FIELDS)}",
+                    )
+                )
     return issues
 
 
 #: Variables a destination fills per member in merge-tag mode (the template only sees ``*|TAG|*`` then).
 _MEMBER_VARIABLES = {MERGE_FIELDS[tag]["context"]: tag for tag in ("FNAME", "COUPON")}
 #: Where a per-member variable may stand: printed as it is (alone or joined with ``~``), or tested for being set.
-_PLAIN_USE = (nodes.Output, nodes.Concat, nodes.If, nodes.CondExpr, nodes.Test, nodes.Not, nodes.And, nodes.Or)
+_PLAIN_USE = (
+    nodes.Output,
+    nodes.Concat,
+    nodes.If,
+    nodes.CondExpr,
+    nodes.Test,
+    nodes.Not,
+    nodes.And,
+    nodes.Or,
+)
 
 
 def _member_value_issues(file: str, ast: nodes.Template) -> list[Issue]:
@@ -112,13 +155,16 @@ def _member_value_issues(file: str, ast: nodes.Template) -> list[Issue]:
             if parent is not None and not isinstance(parent, _PLAIN_USE):
                 tag = _MEMBER_VARIABLES[node.name]
                 what = f"the |{parent.name} filter" if isinstance(parent, nodes.Filter) else "this expression"
-                issues.append(Issue(
-                    file, node.lineno,
-                    f"{node.name} is used in {what}: in merge-tag mode it is the merge tag *|{tag}|*, "
-                    "filled per member by the destination, so it cannot be changed or compared here",
-                    f"print it as {{{{ {node.name} }}}} (or test it with {{% if {node.name} %}}); "
-                    "store the value the way it should appear",
-                ))
+                issues.append(
+                    Issue(
+                        file,
+                        node.lineno,
+                        f"{node.name} is used in {what}: in merge-tag mode it is the merge tag *|{tag}|*, "
+                        "filled per member by the destination, so it cannot be changed or compared here",
+                        f"print it as {{{{ {node.name} }}}} (or test it with {{% if {node.name} %}}); "
+                        "store the value the way it should appear",
+                    )
+                )
         for child in node.iter_child_nodes():
             walk(child, node)
 
@@ -128,11 +174,15 @@ def _member_value_issues(file: str, ast: nodes.Template) -> list[Issue]:
 
 def _footer_issues(settings: Settings, name: str, rendered: Any, mode: str, unsub: str) -> list[Issue]:
     root = Path(settings.templates_dir)
-    return [Issue(_display(root / f"{name}.{part}"), 1, f"{message} ({mode} mode)", fix)
-            for part, message, fix in compliance_problems(settings, rendered, unsub)]
+    return [
+        Issue(_display(root / f"{name}.{part}"), 1, f"{message} ({mode} mode)", fix)
+        for part, message, fix in compliance_problems(settings, rendered, unsub)
+    ]
 
 
-def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limits: RenderLimits) -> list[Issue]:
+def _render_issues(
+    settings: Settings, name: str, campaign: dict[str, Any], limits: RenderLimits
+) -> list[Issue]:
     root = Path(settings.templates_dir)
     issues: list[Issue] = []
     for mode in ("merge-tag", "per-member"):
@@ -155,8 +205,9 @@ def _render_issues(settings: Settings, name: str, campaign: dict[str, Any], limi
     return issues
 
 
-def check_templates(settings: Settings, scheme: str | None = None,
-                    limits: RenderLimits | None = None) -> list[Issue]:
+def check_templates(
+    settings: Settings, scheme: str | None = None, limits: RenderLimits | None = None
+) -> list[Issue]:
     """Every problem of the policy and the templates, as ``file:line`` issues (empty list = all good)."""
     limits = limits or RenderLimits()
     root = Path(settings.templates_dir)
@@ -175,17 +226,23 @@ def check_templates(settings: Settings, scheme: str | None = None,
     tried: set[str] = set()
     if policy is not None:
         schemes = [scheme] if scheme else policy.schemes()
-        issues.extend(Issue(policy_file, i.line, i.message, i.fix)
-                      for i in check_segments(policy, settings, schemes))
+        issues.extend(
+            Issue(policy_file, i.line, i.message, i.fix) for i in check_segments(policy, settings, schemes)
+        )
         for template, paths in policy.templates_used().items():
             missing = [ext for ext in ("html", "txt") if not (root / f"{template}.{ext}").is_file()]
             for p in paths:
                 if p[0] == "schemes" and scheme and p[1] != scheme:
                     continue
                 if missing:
-                    issues.append(Issue(policy_file, policy.line_of(*p),
-                                        f"template {template!r} has no {' and no '.join('.' + m for m in missing)} file",
-                                        f"create {template}.html and {template}.txt, or use an existing template"))
+                    issues.append(
+                        Issue(
+                            policy_file,
+                            policy.line_of(*p),
+                            f"template {template!r} has no {' and no '.join('.' + m for m in missing)} file",
+                            f"create {template}.html and {template}.txt, or use an existing template",
+                        )
+                    )
         entries: list[tuple[str, str]] = [("", "")]
         for sch in schemes:
             entries += [(sch, seg) for seg in policy.listed_segments(sch)]
@@ -193,16 +250,28 @@ def check_templates(settings: Settings, scheme: str | None = None,
             resolved = policy.for_segment(sch or "default", seg or "default")
             if resolved.suppress:
                 continue
-            campaign = {"campaign_id": "sample", "scheme": sch or "sample", "segment": seg or "Sample",
-                        "as_of": SAMPLE_AS_OF, "template": resolved.template, "subject": resolved.subject,
-                        "offer": resolved.offer.model_dump_json()}
+            campaign = {
+                "campaign_id": "sample",
+                "scheme": sch or "sample",
+                "segment": seg or "Sample",
+                "as_of": SAMPLE_AS_OF,
+                "template": resolved.template,
+                "subject": resolved.subject,
+                "offer": resolved.offer.model_dump_json(),
+            }
             subject_path = ("schemes", sch, seg, "subject") if sch else ("default", "subject")
             try:
-                render_subject(settings, resolved.subject, build_context(settings, campaign, SAMPLE_MEMBER), limits)
+                render_subject(
+                    settings, resolved.subject, build_context(settings, campaign, SAMPLE_MEMBER), limits
+                )
             except RenderError as exc:
-                issues.append(Issue(policy_file, policy.line_of(*subject_path), f"subject: {exc.detail}", exc.fix))
+                issues.append(
+                    Issue(policy_file, policy.line_of(*subject_path), f"subject: {exc.detail}", exc.fix)
+                )
             tpl_files = {_display(root / f"{resolved.template}.{e}") for e in ("html", "txt")}
-            combo = f"{resolved.template}\0{campaign['offer']}"  # each template with each offer it is used with
+            combo = (
+                f"{resolved.template}\0{campaign['offer']}"  # each template with each offer it is used with
+            )
             if combo in tried or tpl_files & broken:
                 continue
             if all((root / f"{resolved.template}.{e}").is_file() for e in ("html", "txt")):
@@ -215,12 +284,24 @@ def check_templates(settings: Settings, scheme: str | None = None,
             continue
         missing = [ext for ext in ("html", "txt") if not (root / f"{name}.{ext}").is_file()]
         if missing:
-            issues.append(Issue(_display(root / f"{name}.{'txt' if 'html' in missing else 'html'}"), 1,
-                                f"template {name!r} has no .{missing[0]} part",
-                                f"every template needs {name}.html and {name}.txt"))
+            issues.append(
+                Issue(
+                    _display(root / f"{name}.{'txt' if 'html' in missing else 'html'}"),
+                    1,
+                    f"template {name!r} has no .{missing[0]} part",
+                    f"every template needs {name}.html and {name}.txt",
+                )
+            )
             continue
-        campaign = {"campaign_id": "sample", "scheme": "sample", "segment": "Sample", "as_of": SAMPLE_AS_OF,
-                    "template": name, "subject": "Sample", "offer": parse_offer(_SAMPLE_OFFER).model_dump_json()}
+        campaign = {
+            "campaign_id": "sample",
+            "scheme": "sample",
+            "segment": "Sample",
+            "as_of": SAMPLE_AS_OF,
+            "template": name,
+            "subject": "Sample",
+            "offer": parse_offer(_SAMPLE_OFFER).model_dump_json(),
+        }
         issues.extend(_render_issues(settings, name, campaign, limits))
     seen: set[tuple[str, int | None, str]] = set()
     unique: list[Issue] = []

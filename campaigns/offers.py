@@ -48,8 +48,15 @@ class _Offer(BaseModel):
 
     def variables(self, as_of: date) -> dict[str, Any]:
         """The ``offer`` object templates see (per-member values such as the coupon are separate)."""
-        return {"type": self.type, "description": self.describe(), "percent": None, "expiry_days": None,
-                "expires_on": "", "early_access_days": None, "early_access_until": ""}
+        return {
+            "type": self.type,
+            "description": self.describe(),
+            "percent": None,
+            "expiry_days": None,
+            "expires_on": "",
+            "early_access_days": None,
+            "early_access_until": "",
+        }
 
 
 class VipEarlyAccess(_Offer):
@@ -63,8 +70,10 @@ class VipEarlyAccess(_Offer):
 
     def variables(self, as_of: date) -> dict[str, Any]:
         v = super().variables(as_of)
-        v.update(early_access_days=self.early_access_days,
-                 early_access_until=_fmt(as_of + timedelta(days=self.early_access_days)))
+        v.update(
+            early_access_days=self.early_access_days,
+            early_access_until=_fmt(as_of + timedelta(days=self.early_access_days)),
+        )
         return v
 
 
@@ -96,8 +105,9 @@ class _CouponOffer(_Offer):
 
     def variables(self, as_of: date) -> dict[str, Any]:
         v = super().variables(as_of)
-        v.update(percent=_pct(self.percent), expiry_days=self.expiry_days,
-                 expires_on=_fmt(self.expires_on(as_of)))
+        v.update(
+            percent=_pct(self.percent), expiry_days=self.expiry_days, expires_on=_fmt(self.expires_on(as_of))
+        )
         return v
 
 
@@ -124,7 +134,9 @@ class NoOffer(_Offer):
     type: Literal["none"]
 
 
-Offer = Annotated[VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer, Field(discriminator="type")]
+Offer = Annotated[
+    VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer, Field(discriminator="type")
+]
 
 
 def _pct(p: float) -> int | float:
@@ -140,7 +152,9 @@ def _fmt(d: date) -> str:
 ANNOTATIONS = ("label", "expires_on")
 
 
-def parse_offer(data: dict[str, Any] | str) -> VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer:
+def parse_offer(
+    data: dict[str, Any] | str,
+) -> VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer:
     """An offer from its policy mapping or the JSON stored in ``campaigns.offer``."""
     raw = json.loads(data) if isinstance(data, str) else data
     if isinstance(raw, dict):

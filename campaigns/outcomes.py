@@ -141,7 +141,7 @@ def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, floa
         if cap is None or percent is None:
             return (float(model.discount_for(100.0)) / 100.0, None)
         return (float(percent) / 100.0, float(cap))
-    except Exception:  # noqa: BLE001 - an older or hand-written offer JSON: read its percent below
+    except Exception:
         pass
     for key in COUPON_OFFERS_PERCENT_KEYS:
         value = offer.get(key)

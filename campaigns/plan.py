@@ -68,7 +68,15 @@ from campaigns.render import (
 )
 
 RETIRED = "suppressed"  # offer_type of the member-less version written when a planned segment gets suppressed
-EXPORT_COLUMNS = ("campaign_id", "segment", "customer_id", "group", "offer", "coupon_code", "template_version")
+EXPORT_COLUMNS = (
+    "campaign_id",
+    "segment",
+    "customer_id",
+    "group",
+    "offer",
+    "coupon_code",
+    "template_version",
+)
 
 
 @dataclass(frozen=True)
@@ -150,6 +158,7 @@ class PlanResult:
 
 # ---------------------------------------------------------------------------------------------- helpers
 
+
 def _slug(text: str) -> str:
     text = text.lower().replace("'", "").replace("\u2019", "")
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-") or "segment"
@@ -182,7 +191,7 @@ def member_group(key: str, customer_id: str, share: float) -> str:
 
 def _customers_table(settings: Settings) -> Any:
     src = settings.customers
-    schema, name = (src.table.split(".", 1) if "." in src.table else (None, src.table))
+    schema, name = src.table.split(".", 1) if "." in src.table else (None, src.table)
     cols = [column(src.customer_id, String)]
     for c in (src.email, src.first_name, src.unsubscribed):
         if c:
@@ -190,39 +199,62 @@ def _customers_table(settings: Settings) -> Any:
     return table(name, *cols, schema=schema)
 
 
-def _validate_templates(settings: Settings, resolved: ResolvedPolicy, as_of: date,
-                        subject_line: int | None = None) -> str:
+def _validate_templates(
+    settings: Settings, resolved: ResolvedPolicy, as_of: date, subject_line: int | None = None
+) -> str:
     """Render both modes with a sample member; returns the template hash. Raises RenderError (a bad subject
     names the policy file and ``subject_line``)."""
     thash = template_hash(settings, resolved.template)
     sample = {
         "campaign_id": campaign_id_for(resolved.scheme, as_of, resolved.segment, 1),
-        "scheme": resolved.scheme, "segment": resolved.segment, "as_of": as_of,
-        "template": resolved.template, "subject": resolved.subject, "offer": resolved.offer.model_dump_json(),
+        "scheme": resolved.scheme,
+        "segment": resolved.segment,
+        "as_of": as_of,
+        "template": resolved.template,
+        "subject": resolved.subject,
+        "offer": resolved.offer.model_dump_json(),
     }
-    missing = [ext for ext in ("html", "txt") if not (Path(settings.templates_dir) / f"{resolved.template}.{ext}").is_file()]
+    missing = [
+        ext
+        for ext in ("html", "txt")
+        if not (Path(settings.templates_dir) / f"{resolved.template}.{ext}").is_file()
+    ]
     if missing:
         raise RenderError(
             f"template {resolved.template!r} (segment {resolved.segment!r} of {resolved.scheme}) has no "
             f"{' and no '.join('.' + m for m in missing)} file",
-            file=str(settings.policy_file), line=resolved.line, reason="missing",
+            file=str(settings.policy_file),
+            line=resolved.line,
+            reason="missing",
             fix=f"create {resolved.template}.html and {resolved.template}.txt in the templates folder, "
-                "or use an existing template in policy.yaml")
+            "or use an existing template in policy.yaml",
+        )
     member = SAMPLE_MEMBER
     try:
         # the law's footer (unsubscribe link, postal address) in both modes: a campaign without it is never planned
         require_compliance(settings, sample, render_merge_tags(settings, sample), "*|UNSUB|*", "merge-tag")
-        require_compliance(settings, sample, render_member(settings, sample, member),
-                           member_unsubscribe_url(settings, sample, member), "per-member")
+        require_compliance(
+            settings,
+            sample,
+            render_member(settings, sample, member),
+            member_unsubscribe_url(settings, sample, member),
+            "per-member",
+        )
     except RenderError as exc:
         if exc.file != "subject":
             raise
-        raise RenderError(f"subject of segment {resolved.segment!r} of {resolved.scheme}: {exc.detail}",
-                          file=str(settings.policy_file), line=subject_line or resolved.line, reason=exc.reason,
-                          fix=exc.fix) from None
+        raise RenderError(
+            f"subject of segment {resolved.segment!r} of {resolved.scheme}: {exc.detail}",
+            file=str(settings.policy_file),
+            line=subject_line or resolved.line,
+            reason=exc.reason,
+            fix=exc.fix,
+        ) from None
     return thash
 
+
 # ---------------------------------------------------------------------------------------------- SQL
+
 
 @dataclass
 class _Fresh:
@@ -240,8 +272,14 @@ class _Fresh:
         return holdout_threshold(self.resolved.holdout_share)
 
 
-def _stage_select(conn: Connection, settings: Settings, as_of: date, scheme: str, fresh: list[_Fresh],
-                  prev_as_of: date | None) -> Any:
+def _stage_select(
+    conn: Connection,
+    settings: Settings,
+    as_of: date,
+    scheme: str,
+    fresh: list[_Fresh],
+    prev_as_of: date | None,
+) -> Any:
     """(customer_id, segment, exclusion reason or NULL, holdout bucket) for every member of the fresh segments,
     in one pass over the snapshot, the customers and the suppression list."""
     s = rfm_snapshots.alias("s")
@@ -254,16 +292,20 @@ def _stage_select(conn: Connection, settings: Settings, as_of: date, scheme: str
         if src.unsubscribed:
             reasons.append((c.c[src.unsubscribed] == literal(True), literal("unsubscribed")))
         if src.email and conn.execute(select(suppressions.c.email_hash).limit(1)).first() is not None:
-            sup = (select(suppressions.c.email_hash, func.min(suppressions.c.reason).label("reason"))
-                   .group_by(suppressions.c.email_hash).subquery("sup"))
+            sup = (
+                select(suppressions.c.email_hash, func.min(suppressions.c.reason).label("reason"))
+                .group_by(suppressions.c.email_hash)
+                .subquery("sup")
+            )
             email_hash = dialect.sha256_hex(func.lower(func.trim(c.c[src.email])), conn)
             frm = frm.outerjoin(sup, sup.c.email_hash == email_hash)
             reasons.append((sup.c.reason.is_not(None), sup.c.reason))
     targeted = [f for f in fresh if f.resolved.targeting is not None]
     if targeted and prev_as_of is not None:
         p = rfm_snapshots.alias("p")
-        frm = frm.outerjoin(p, and_(p.c.as_of == prev_as_of, p.c.scheme == scheme,
-                                    p.c.customer_id == s.c.customer_id))
+        frm = frm.outerjoin(
+            p, and_(p.c.as_of == prev_as_of, p.c.scheme == scheme, p.c.customer_id == s.c.customer_id)
+        )
     for f in targeted:
         t = f.resolved.targeting
         assert t is not None
@@ -281,9 +323,11 @@ def _stage_select(conn: Connection, settings: Settings, as_of: date, scheme: str
     reason = case(*reasons, else_=null()) if reasons else null()
     key_prefix = literal(f"{scheme}/{as_of.isoformat()}/", String)
     bucket = dialect.hash_bucket(key_prefix.concat(s.c.segment).concat("|").concat(s.c.customer_id), conn)
-    return (select(s.c.customer_id, s.c.segment, reason.label("reason"), bucket.label("bucket"))
-            .select_from(frm)
-            .where(s.c.as_of == as_of, s.c.scheme == scheme, s.c.segment.in_([f.segment for f in fresh])))
+    return (
+        select(s.c.customer_id, s.c.segment, reason.label("reason"), bucket.label("bucket"))
+        .select_from(frm)
+        .where(s.c.as_of == as_of, s.c.scheme == scheme, s.c.segment.in_([f.segment for f in fresh]))
+    )
 
 
 def _bulk_insert(conn: Connection, campaign_id: str, customer_ids: Any, groups: Any, codes: Any) -> None:
@@ -295,26 +339,38 @@ def _bulk_insert(conn: Connection, campaign_id: str, customer_ids: Any, groups: 
     if dialect.is_duckdb(conn):
         import pyarrow as pa
 
-        tbl = pa.table({"customer_id": pa.array(customer_ids, pa.string()),
-                        "member_group": pa.array(groups, pa.string()),
-                        "coupon_code": pa.array(codes, pa.string())})
+        tbl = pa.table(
+            {
+                "customer_id": pa.array(customer_ids, pa.string()),
+                "member_group": pa.array(groups, pa.string()),
+                "coupon_code": pa.array(codes, pa.string()),
+            }
+        )
         raw.register("_plan_members", tbl)
         try:
-            raw.execute("INSERT INTO campaign_members (campaign_id, customer_id, member_group, coupon_code) "
-                        "SELECT ?, customer_id, member_group, coupon_code FROM _plan_members", [campaign_id])
+            raw.execute(
+                "INSERT INTO campaign_members (campaign_id, customer_id, member_group, coupon_code) "
+                "SELECT ?, customer_id, member_group, coupon_code FROM _plan_members",
+                [campaign_id],
+            )
         finally:
             raw.unregister("_plan_members")
     elif dialect.is_postgres(conn):
-        with raw.cursor() as cur, cur.copy(
-            "COPY campaign_members (campaign_id, customer_id, member_group, coupon_code) FROM STDIN"
-        ) as cp:
+        with (
+            raw.cursor() as cur,
+            cur.copy(
+                "COPY campaign_members (campaign_id, customer_id, member_group, coupon_code) FROM STDIN"
+            ) as cp,
+        ):
             for row in zip([campaign_id] * n, customer_ids, groups, codes, strict=True):
                 cp.write_row(row)
     else:
-        rows = [{"campaign_id": campaign_id, "customer_id": c, "member_group": g, "coupon_code": k}
-                for c, g, k in zip(customer_ids, groups, codes, strict=True)]
+        rows = [
+            {"campaign_id": campaign_id, "customer_id": c, "member_group": g, "coupon_code": k}
+            for c, g, k in zip(customer_ids, groups, codes, strict=True)
+        ]
         for i in range(0, len(rows), 10_000):
-            conn.execute(insert(campaign_members), rows[i:i + 10_000])
+            conn.execute(insert(campaign_members), rows[i : i + 10_000])
 
 
 def _fetch_columns(conn: Connection, query: Any) -> tuple[list[str], Any]:
@@ -341,9 +397,12 @@ def _taken_codes(conn: Connection, key: str) -> Any:
         found: set[str] = set()
         m, c = campaign_members, campaigns
         for i in range(0, len(codes), 5_000):
-            chunk = codes[i:i + 5_000]
-            q = (select(m.c.coupon_code).join(c, c.c.campaign_id == m.c.campaign_id)
-                 .where(m.c.coupon_code.in_(chunk), c.c.campaign_key != key))
+            chunk = codes[i : i + 5_000]
+            q = (
+                select(m.c.coupon_code)
+                .join(c, c.c.campaign_id == m.c.campaign_id)
+                .where(m.c.coupon_code.in_(chunk), c.c.campaign_key != key)
+            )
             found.update(r[0] for r in conn.execute(q))
         return found
 
@@ -355,13 +414,20 @@ def _global_clashes(conn: Connection, fresh_ids: list[str]) -> dict[str, set[str
     campaign (codes are unique within one run already; the older campaign always keeps its code)."""
     m, mc = campaign_members.alias("m"), campaigns.alias("mc")
     o, oc = campaign_members.alias("o"), campaigns.alias("oc")
-    older = select(o.c.campaign_id, o.c.coupon_code).where(
-        o.c.coupon_code.is_not(None), o.c.campaign_id.not_in(fresh_ids)).subquery("older")
-    q = (select(m.c.campaign_id, m.c.coupon_code)
-         .select_from(m.join(mc, mc.c.campaign_id == m.c.campaign_id)
-                      .join(older, older.c.coupon_code == m.c.coupon_code)
-                      .join(oc, oc.c.campaign_id == older.c.campaign_id))
-         .where(m.c.campaign_id.in_(fresh_ids), oc.c.campaign_key != mc.c.campaign_key))
+    older = (
+        select(o.c.campaign_id, o.c.coupon_code)
+        .where(o.c.coupon_code.is_not(None), o.c.campaign_id.not_in(fresh_ids))
+        .subquery("older")
+    )
+    q = (
+        select(m.c.campaign_id, m.c.coupon_code)
+        .select_from(
+            m.join(mc, mc.c.campaign_id == m.c.campaign_id)
+            .join(older, older.c.coupon_code == m.c.coupon_code)
+            .join(oc, oc.c.campaign_id == older.c.campaign_id)
+        )
+        .where(m.c.campaign_id.in_(fresh_ids), oc.c.campaign_key != mc.c.campaign_key)
+    )
     losers: dict[str, set[str]] = {}
     for cid, code in conn.execute(q):
         losers.setdefault(cid, set()).add(code)
@@ -370,9 +436,11 @@ def _global_clashes(conn: Connection, fresh_ids: list[str]) -> dict[str, set[str
 
 # ---------------------------------------------------------------------------------------------- plan
 
+
 def _latest(conn: Connection, key: str) -> CampaignRow | None:
-    row = conn.execute(select(campaigns).where(campaigns.c.campaign_key == key)
-                       .order_by(campaigns.c.version.desc()).limit(1)).first()
+    row = conn.execute(
+        select(campaigns).where(campaigns.c.campaign_key == key).order_by(campaigns.c.version.desc()).limit(1)
+    ).first()
     return CampaignRow.from_row(row) if row else None
 
 
@@ -395,18 +463,29 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
     policy = load_policy(settings)
     issues = check_segments(policy, settings, [scheme])
     if issues:
-        raise ConfigError("invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
-                          fix=issues[0].fix or "correct the policy file")
+        raise ConfigError(
+            "invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
+            fix=issues[0].fix or "correct the policy file",
+        )
     with engine.connect() as conn:
-        sizes = {seg: int(n) for seg, n in conn.execute(
-            select(rfm_snapshots.c.segment, func.count())
-            .where(rfm_snapshots.c.as_of == as_of, rfm_snapshots.c.scheme == scheme)
-            .group_by(rfm_snapshots.c.segment)).all()}
-        prev_as_of = conn.execute(select(func.max(rfm_snapshots.c.as_of)).where(
-            rfm_snapshots.c.scheme == scheme, rfm_snapshots.c.as_of < as_of)).scalar()
+        sizes = {
+            seg: int(n)
+            for seg, n in conn.execute(
+                select(rfm_snapshots.c.segment, func.count())
+                .where(rfm_snapshots.c.as_of == as_of, rfm_snapshots.c.scheme == scheme)
+                .group_by(rfm_snapshots.c.segment)
+            ).all()
+        }
+        prev_as_of = conn.execute(
+            select(func.max(rfm_snapshots.c.as_of)).where(
+                rfm_snapshots.c.scheme == scheme, rfm_snapshots.c.as_of < as_of
+            )
+        ).scalar()
     if not sizes:
-        raise NotFoundError(f"no {scheme} snapshot as of {as_of.isoformat()}",
-                            fix=f"run `activation segment --as-of {as_of.isoformat()} --scheme {scheme}` first")
+        raise NotFoundError(
+            f"no {scheme} snapshot as of {as_of.isoformat()}",
+            fix=f"run `activation segment --as-of {as_of.isoformat()} --scheme {scheme}` first",
+        )
     if isinstance(prev_as_of, datetime):
         prev_as_of = prev_as_of.date()
 
@@ -419,31 +498,50 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
         resolved = policy.for_segment(scheme, segment)
         if resolved.suppress:
             suppressed.append((segment, resolved))
-            result.segments.append(SegmentPlan(segment, "suppressed", offer="suppressed",
-                                               excluded={"suppressed_segment": sizes[segment]}))
+            result.segments.append(
+                SegmentPlan(
+                    segment, "suppressed", offer="suppressed", excluded={"suppressed_segment": sizes[segment]}
+                )
+            )
             continue
         subject_line = policy.lines.get(("schemes", scheme, segment, "subject")) if resolved.listed else None
         subject_line = subject_line or policy.lines.get(("default", "subject"))
         todo.append((segment, resolved, _validate_templates(settings, resolved, as_of, subject_line)))
 
     with engine.begin() as conn:
-        dialect.serialize(conn, f"plan:{scheme}:{as_of.isoformat()}")  # a concurrent plan finishes first; we see it
+        dialect.serialize(
+            conn, f"plan:{scheme}:{as_of.isoformat()}"
+        )  # a concurrent plan finishes first; we see it
         for segment, resolved in suppressed:
             _retire(conn, as_of, scheme, segment, resolved, sizes[segment])
         fresh: list[_Fresh] = []
         for segment, resolved, thash in todo:
             key = campaign_key(scheme, as_of, segment)
             latest = _latest(conn, key)
-            if (latest is not None and latest.template_hash == thash
-                    and latest.policy_hash == resolved.policy_hash
-                    and latest.treated + latest.holdout + sum(latest.excluded.values()) == sizes[segment]):
-                result.segments.append(SegmentPlan(segment, "unchanged", latest.campaign_id, latest.treated,
-                                                   latest.holdout, latest.excluded, resolved.offer.describe(),
-                                                   latest.holdout_share))
+            if (
+                latest is not None
+                and latest.template_hash == thash
+                and latest.policy_hash == resolved.policy_hash
+                and latest.treated + latest.holdout + sum(latest.excluded.values()) == sizes[segment]
+            ):
+                result.segments.append(
+                    SegmentPlan(
+                        segment,
+                        "unchanged",
+                        latest.campaign_id,
+                        latest.treated,
+                        latest.holdout,
+                        latest.excluded,
+                        resolved.offer.describe(),
+                        latest.holdout_share,
+                    )
+                )
                 continue
             version = (latest.version + 1) if latest else 1
             cid = campaign_id_for(scheme, as_of, segment, version)
-            other = conn.execute(select(campaigns.c.campaign_key).where(campaigns.c.campaign_id == cid)).scalar()
+            other = conn.execute(
+                select(campaigns.c.campaign_key).where(campaigns.c.campaign_id == cid)
+            ).scalar()
             if other is not None and other != key or cid in {f.campaign_id for f in fresh}:
                 cid = f"{cid}-{hashlib.sha256(key.encode()).hexdigest()[:6]}"  # two names, one slug
             fresh.append(_Fresh(segment, resolved, thash, key, version, cid))
@@ -453,7 +551,9 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
     return result
 
 
-def _retire(conn: Connection, as_of: date, scheme: str, segment: str, resolved: ResolvedPolicy, size: int) -> None:
+def _retire(
+    conn: Connection, as_of: date, scheme: str, segment: str, resolved: ResolvedPolicy, size: int
+) -> None:
     """A segment planned earlier and suppressed now gets a member-less ``suppressed`` version, so it has no
     current campaign any more (history is kept; destinations stop targeting it)."""
     key = campaign_key(scheme, as_of, segment)
@@ -461,28 +561,60 @@ def _retire(conn: Connection, as_of: date, scheme: str, segment: str, resolved: 
     if latest is None or latest.offer_type == RETIRED:
         return
     version = latest.version + 1
-    conn.execute(insert(campaigns).values(
-        campaign_id=f"{latest.campaign_id.rsplit('-v', 1)[0]}-v{version}", campaign_key=key, version=version,
-        as_of=as_of, scheme=scheme, segment=segment, template="", subject="", offer_type=RETIRED,
-        offer=json.dumps({"type": RETIRED}), holdout_share=0.0, template_hash="", policy_hash=resolved.policy_hash,
-        destinations="[]", treated=0, holdout=0, excluded=json.dumps({"suppressed_segment": size}),
-        send_time=None, created_at=datetime.now(UTC).replace(tzinfo=None)))
+    conn.execute(
+        insert(campaigns).values(
+            campaign_id=f"{latest.campaign_id.rsplit('-v', 1)[0]}-v{version}",
+            campaign_key=key,
+            version=version,
+            as_of=as_of,
+            scheme=scheme,
+            segment=segment,
+            template="",
+            subject="",
+            offer_type=RETIRED,
+            offer=json.dumps({"type": RETIRED}),
+            holdout_share=0.0,
+            template_hash="",
+            policy_hash=resolved.policy_hash,
+            destinations="[]",
+            treated=0,
+            holdout=0,
+            excluded=json.dumps({"suppressed_segment": size}),
+            send_time=None,
+            created_at=datetime.now(UTC).replace(tzinfo=None),
+        )
+    )
 
 
-def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str, fresh: list[_Fresh],
-                 prev_as_of: date | None) -> list[SegmentPlan]:
+def _write_fresh(
+    conn: Connection,
+    settings: Settings,
+    as_of: date,
+    scheme: str,
+    fresh: list[_Fresh],
+    prev_as_of: date | None,
+) -> list[SegmentPlan]:
     """Members and campaign rows of every fresh segment, set-based: one staging pass over the snapshot."""
     import numpy as np
 
     stage_name = f"_plan_stage_{uuid.uuid4().hex[:10]}"
     dialect.prefer_hash_joins(conn)
-    conn.execute(dialect.CreateTempTableAs(stage_name, _stage_select(conn, settings, as_of, scheme, fresh,
-                                                                     prev_as_of)))
-    st = table(stage_name, column("customer_id", String), column("segment", String), column("reason", String),
-               column("bucket"))
+    conn.execute(
+        dialect.CreateTempTableAs(stage_name, _stage_select(conn, settings, as_of, scheme, fresh, prev_as_of))
+    )
+    st = table(
+        stage_name,
+        column("customer_id", String),
+        column("segment", String),
+        column("reason", String),
+        column("bucket"),
+    )
     excluded: dict[str, dict[str, int]] = {f.segment: {} for f in fresh}
-    for seg, reason, n in conn.execute(select(st.c.segment, st.c.reason, func.count()).where(
-            st.c.reason.is_not(None)).group_by(st.c.segment, st.c.reason)):
+    for seg, reason, n in conn.execute(
+        select(st.c.segment, st.c.reason, func.count())
+        .where(st.c.reason.is_not(None))
+        .group_by(st.c.segment, st.c.reason)
+    ):
         excluded[seg][reason] = int(n)
 
     plain = [f for f in fresh if not f.resolved.offer.has_coupon]
@@ -491,22 +623,29 @@ def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str,
         cid_of = case(*[(st.c.segment == f.segment, literal(f.campaign_id)) for f in plain])
         thr_of = case(*[(st.c.segment == f.segment, literal(f.threshold)) for f in plain])
         group = case((st.c.bucket < thr_of, literal("holdout")), else_=literal("treatment"))
-        conn.execute(insert(campaign_members).from_select(
-            ["campaign_id", "customer_id", "member_group", "coupon_code"],
-            select(cid_of, st.c.customer_id, group, null()).where(
-                st.c.reason.is_(None), st.c.segment.in_([f.segment for f in plain]))))
+        conn.execute(
+            insert(campaign_members).from_select(
+                ["campaign_id", "customer_id", "member_group", "coupon_code"],
+                select(cid_of, st.c.customer_id, group, null()).where(
+                    st.c.reason.is_(None), st.c.segment.in_([f.segment for f in plain])
+                ),
+            )
+        )
     if coupon:
         key_bytes = settings.coupon_key()
         handed_out: set[str] = set()  # codes of this run: unique across its campaigns too
         for f in coupon:
-            ids, buckets = _fetch_columns(conn, select(st.c.customer_id, st.c.bucket).where(
-                st.c.reason.is_(None), st.c.segment == f.segment))
+            ids, buckets = _fetch_columns(
+                conn,
+                select(st.c.customer_id, st.c.bucket).where(st.c.reason.is_(None), st.c.segment == f.segment),
+            )
             treated = buckets >= f.threshold
             picked = np.flatnonzero(treated)
             treated_ids = [ids[i] for i in picked.tolist()]
             code_col = np.full(len(ids), None, dtype=object)
-            codes = unique_codes(key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or "",
-                                 reserved=handed_out)
+            codes = unique_codes(
+                key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or "", reserved=handed_out
+            )
             handed_out.update(codes)
             code_col[picked] = codes
             groups = np.where(treated, "treatment", "holdout").astype(object)
@@ -514,39 +653,82 @@ def _write_fresh(conn: Connection, settings: Settings, as_of: date, scheme: str,
 
     counts: dict[str, dict[str, int]] = {f.campaign_id: {} for f in fresh}
     m = campaign_members
-    for cid, grp, n in conn.execute(select(m.c.campaign_id, m.c.member_group, func.count()).where(
-            m.c.campaign_id.in_([f.campaign_id for f in fresh])).group_by(m.c.campaign_id, m.c.member_group)):
+    for cid, grp, n in conn.execute(
+        select(m.c.campaign_id, m.c.member_group, func.count())
+        .where(m.c.campaign_id.in_([f.campaign_id for f in fresh]))
+        .group_by(m.c.campaign_id, m.c.member_group)
+    ):
         counts[cid][grp] = int(n)
     now = datetime.now(UTC).replace(tzinfo=None)
     plans: list[SegmentPlan] = []
     for f in fresh:
         offer = f.resolved.offer
-        treated_n, holdout_n = counts[f.campaign_id].get("treatment", 0), counts[f.campaign_id].get("holdout", 0)
+        treated_n, holdout_n = (
+            counts[f.campaign_id].get("treatment", 0),
+            counts[f.campaign_id].get("holdout", 0),
+        )
         excl = dict(sorted(excluded[f.segment].items()))
-        conn.execute(insert(campaigns).values(
-            campaign_id=f.campaign_id, campaign_key=f.key, version=f.version, as_of=as_of, scheme=scheme,
-            segment=f.segment, template=f.resolved.template, subject=f.resolved.subject, offer_type=offer.type,
-            offer=offer_record(offer, as_of), holdout_share=f.resolved.holdout_share, template_hash=f.template_hash,
-            policy_hash=f.resolved.policy_hash, destinations=json.dumps(list(f.resolved.destinations)),
-            treated=treated_n, holdout=holdout_n, excluded=json.dumps(excl), send_time=None, created_at=now))
-        plans.append(SegmentPlan(f.segment, "created", f.campaign_id, treated_n, holdout_n, excl,
-                                 offer.describe(), f.resolved.holdout_share))
+        conn.execute(
+            insert(campaigns).values(
+                campaign_id=f.campaign_id,
+                campaign_key=f.key,
+                version=f.version,
+                as_of=as_of,
+                scheme=scheme,
+                segment=f.segment,
+                template=f.resolved.template,
+                subject=f.resolved.subject,
+                offer_type=offer.type,
+                offer=offer_record(offer, as_of),
+                holdout_share=f.resolved.holdout_share,
+                template_hash=f.template_hash,
+                policy_hash=f.resolved.policy_hash,
+                destinations=json.dumps(list(f.resolved.destinations)),
+                treated=treated_n,
+                holdout=holdout_n,
+                excluded=json.dumps(excl),
+                send_time=None,
+                created_at=now,
+            )
+        )
+        plans.append(
+            SegmentPlan(
+                f.segment,
+                "created",
+                f.campaign_id,
+                treated_n,
+                holdout_n,
+                excl,
+                offer.describe(),
+                f.resolved.holdout_share,
+            )
+        )
     if coupon:
         for cid, clashing in sorted(_global_clashes(conn, [f.campaign_id for f in coupon]).items()):
             f = next(x for x in coupon if x.campaign_id == cid)
-            _resolve_clashes(conn, cid, f.key, settings.coupon_key(), f.resolved.offer.coupon_prefix or "", clashing)
+            _resolve_clashes(
+                conn, cid, f.key, settings.coupon_key(), f.resolved.offer.coupon_prefix or "", clashing
+            )
     conn.execute(text(f'DROP TABLE "{stage_name}"'))
     return plans
 
 
-def _resolve_clashes(conn: Connection, cid: str, key: str, key_bytes: bytes, prefix: str,
-                     clashes: set[str]) -> None:
+def _resolve_clashes(
+    conn: Connection, cid: str, key: str, key_bytes: bytes, prefix: str, clashes: set[str]
+) -> None:
     """Re-derive the codes of members whose code another campaign already holds (older rows win)."""
     m = campaign_members
-    losers = conn.execute(select(m.c.customer_id).where(m.c.campaign_id == cid, m.c.coupon_code.in_(clashes))
-                          ).scalars().all()
-    keep = {c for c in conn.execute(select(m.c.coupon_code).where(m.c.campaign_id == cid,
-                                                                  m.c.coupon_code.is_not(None))).scalars()}
+    losers = (
+        conn.execute(select(m.c.customer_id).where(m.c.campaign_id == cid, m.c.coupon_code.in_(clashes)))
+        .scalars()
+        .all()
+    )
+    keep = {
+        c
+        for c in conn.execute(
+            select(m.c.coupon_code).where(m.c.campaign_id == cid, m.c.coupon_code.is_not(None))
+        ).scalars()
+    }
     taken_elsewhere = _taken_codes(conn, key)
     pending = sorted(losers)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -560,30 +742,44 @@ def _resolve_clashes(conn: Connection, cid: str, key: str, key_bytes: bytes, pre
                 still.append(customer)
                 continue
             keep.add(code)
-            conn.execute(update(m).where(m.c.campaign_id == cid, m.c.customer_id == customer)
-                         .values(coupon_code=code))
+            conn.execute(
+                update(m).where(m.c.campaign_id == cid, m.c.customer_id == customer).values(coupon_code=code)
+            )
         pending = still
     if pending:
-        raise ConfigError(f"could not find free coupon codes for {len(pending)} members of {key}",
-                          fix="use a different coupon prefix for this offer")
+        raise ConfigError(
+            f"could not find free coupon codes for {len(pending)} members of {key}",
+            fix="use a different coupon prefix for this offer",
+        )
 
 
 # ---------------------------------------------------------------------------------------------- reading
+
 
 def current_campaigns(engine: Engine | Connection, as_of: date, scheme: str) -> list[CampaignRow]:
     """The latest version of each segment's campaign for ``as_of`` and ``scheme`` (ordered by segment).
 
     A segment whose latest version is a ``suppressed`` marker (the policy suppressed it after it was planned)
     has no current campaign."""
-    latest = (select(campaigns.c.campaign_key, func.max(campaigns.c.version).label("version"))
-              .where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
-              .group_by(campaigns.c.campaign_key).subquery())
-    q = (select(campaigns).join(latest, and_(latest.c.campaign_key == campaigns.c.campaign_key,
-                                             latest.c.version == campaigns.c.version))
-         .order_by(campaigns.c.segment))
+    latest = (
+        select(campaigns.c.campaign_key, func.max(campaigns.c.version).label("version"))
+        .where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
+        .group_by(campaigns.c.campaign_key)
+        .subquery()
+    )
+    q = (
+        select(campaigns)
+        .join(
+            latest,
+            and_(latest.c.campaign_key == campaigns.c.campaign_key, latest.c.version == campaigns.c.version),
+        )
+        .order_by(campaigns.c.segment)
+    )
 
     def run(conn: Connection) -> list[CampaignRow]:
-        return [row for row in (CampaignRow.from_row(r) for r in conn.execute(q)) if row.offer_type != RETIRED]
+        return [
+            row for row in (CampaignRow.from_row(r) for r in conn.execute(q)) if row.offer_type != RETIRED
+        ]
 
     if isinstance(engine, Connection):
         return run(engine)
@@ -596,14 +792,17 @@ def get_campaign(engine: Engine, campaign_id: str) -> CampaignRow:
     with engine.connect() as conn:
         row = conn.execute(select(campaigns).where(campaigns.c.campaign_id == campaign_id)).first()
     if row is None:
-        raise NotFoundError(f"no campaign {campaign_id!r}", fix="run `activation plan` and use an id it prints")
+        raise NotFoundError(
+            f"no campaign {campaign_id!r}", fix="run `activation plan` and use an id it prints"
+        )
     return CampaignRow.from_row(row)
 
 
-def _members_query(engine: Engine | Connection, settings: Settings | None, campaign_id: str,
-                   group: str | None) -> Any:
+def _members_query(
+    engine: Engine | Connection, settings: Settings | None, campaign_id: str, group: str | None
+) -> Any:
     m = campaign_members
-    src = (settings.customers if settings is not None else None)
+    src = settings.customers if settings is not None else None
     cols: list[Any] = [m.c.campaign_id, m.c.customer_id, m.c.member_group, m.c.coupon_code]
     frm: Any = m
     table_name = src.table if src else "customers"
@@ -617,7 +816,9 @@ def _members_query(engine: Engine | Connection, settings: Settings | None, campa
             c = _customers_table(settings).alias("c")
             frm = frm.outerjoin(c, c.c[src.customer_id] == m.c.customer_id)  # type: ignore[union-attr]
             cols.append(c.c[src.email].label("email") if src.email else null().label("email"))  # type: ignore[union-attr]
-            cols.append(c.c[src.first_name].label("first_name") if src.first_name else null().label("first_name"))  # type: ignore[union-attr]
+            cols.append(
+                c.c[src.first_name].label("first_name") if src.first_name else null().label("first_name")
+            )  # type: ignore[union-attr]
     else:
         cols += [null().label("email"), null().label("first_name")]
     q = select(*cols).select_from(frm).where(m.c.campaign_id == campaign_id)
@@ -626,8 +827,14 @@ def _members_query(engine: Engine | Connection, settings: Settings | None, campa
     return q.order_by(m.c.customer_id)
 
 
-def iter_members(engine: Engine, campaign_id: str, *, group: str | None = None,
-                 settings: Settings | None = None, batch_size: int = 10_000) -> Iterator[CampaignMember]:
+def iter_members(
+    engine: Engine,
+    campaign_id: str,
+    *,
+    group: str | None = None,
+    settings: Settings | None = None,
+    batch_size: int = 10_000,
+) -> Iterator[CampaignMember]:
     """Members of a campaign (optionally one group) with email and first name, ordered by customer id.
 
     ``settings`` selects a mapped customers source (``Settings.customers``); without it the ``customers``
@@ -637,12 +844,14 @@ def iter_members(engine: Engine, campaign_id: str, *, group: str | None = None,
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch_size).execute(q)
         for row in result:
-            yield CampaignMember(row.campaign_id, row.customer_id, row.member_group, row.coupon_code,
-                                 row.email, row.first_name)
+            yield CampaignMember(
+                row.campaign_id, row.customer_id, row.member_group, row.coupon_code, row.email, row.first_name
+            )
 
 
-def read_members(engine: Engine, campaign_id: str, *, group: str | None = None,
-                 settings: Settings | None = None) -> list[CampaignMember]:
+def read_members(
+    engine: Engine, campaign_id: str, *, group: str | None = None, settings: Settings | None = None
+) -> list[CampaignMember]:
     """All members of a campaign as a list (see :func:`iter_members`)."""
     return list(iter_members(engine, campaign_id, group=group, settings=settings))
 
@@ -656,8 +865,10 @@ def export_campaigns(engine: Engine, as_of: date, scheme: str, out: Path) -> int
     out = output_file(out, example=f"campaigns-{as_of.isoformat()}.csv")
     rows = current_campaigns(engine, as_of, scheme)
     if not rows:
-        raise NotFoundError(f"no campaigns planned for {scheme} as of {as_of.isoformat()}",
-                            fix=f"run `activation plan --as-of {as_of.isoformat()} --scheme {scheme}` first")
+        raise NotFoundError(
+            f"no campaigns planned for {scheme} as of {as_of.isoformat()}",
+            fix=f"run `activation plan --as-of {as_of.isoformat()} --scheme {scheme}` first",
+        )
     n = 0
     m = campaign_members
     with atomic_text(out) as fh, engine.connect() as conn:
@@ -666,9 +877,20 @@ def export_campaigns(engine: Engine, as_of: date, scheme: str, out: Path) -> int
         for camp in sorted(rows, key=lambda r: r.campaign_id):
             result = conn.execution_options(stream_results=True, yield_per=50_000).execute(
                 select(m.c.customer_id, m.c.member_group, m.c.coupon_code)
-                .where(m.c.campaign_id == camp.campaign_id).order_by(m.c.customer_id))
+                .where(m.c.campaign_id == camp.campaign_id)
+                .order_by(m.c.customer_id)
+            )
             for customer_id, grp, code in result:
-                writer.writerow((camp.campaign_id, camp.segment, customer_id, grp, camp.offer_type,
-                                 code or "", camp.template_version))
+                writer.writerow(
+                    (
+                        camp.campaign_id,
+                        camp.segment,
+                        customer_id,
+                        grp,
+                        camp.offer_type,
+                        code or "",
+                        camp.template_version,
+                    )
+                )
                 n += 1
     return n

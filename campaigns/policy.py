@@ -49,8 +49,19 @@ DEFAULT_SUBJECT = "News from {{ brand.name }}"
 
 # Segment names of the shipped schemes, used only when the segmentation package is not importable.
 _FALLBACK_SEGMENTS: dict[str, tuple[str, ...]] = {
-    "rfm11": ("Champions", "Loyal Customers", "Potential Loyalists", "New Customers", "Promising",
-              "Need Attention", "About To Sleep", "At Risk", "Can't Lose Them", "Hibernating", "Lost"),
+    "rfm11": (
+        "Champions",
+        "Loyal Customers",
+        "Potential Loyalists",
+        "New Customers",
+        "Promising",
+        "Need Attention",
+        "About To Sleep",
+        "At Risk",
+        "Can't Lose Them",
+        "Hibernating",
+        "Lost",
+    ),
     "seed5": ("Champions", "Loyal", "At Risk", "New", "Others"),
     "vip_fm": ("VIP3", "VIP2", "VIP1", "VIP0"),
     "value_tier": ("High", "Mid", "Low"),
@@ -233,25 +244,40 @@ def _fix_for(err: dict[str, Any]) -> str | None:
     if last == "percent":
         return "use a percent between 0 and 100 (exclusive of 0), e.g. percent: 20"
     if last == "holdout_share":
-        return ("use a share from 0 up to (not including) 1, e.g. holdout_share: 0.1 for 10 %; a share of 1 "
-                "holds every member out and treats nobody (to send nothing, use suppress: true)")
+        return (
+            "use a share from 0 up to (not including) 1, e.g. holdout_share: 0.1 for 10 %; a share of 1 "
+            "holds every member out and treats nobody (to send nothing, use suppress: true)"
+        )
     if last == "destinations" or (len(loc) > 1 and loc[-2] == "destinations"):
         return f"destinations are any of: {', '.join(DESTINATIONS)}"
     if "targeting" in loc:
-        return ("use entered_since_previous: true, entered_from: [segments] or left: [segments] "
-                "(see docs/templates.md), or remove targeting")
+        return (
+            "use entered_since_previous: true, entered_from: [segments] or left: [segments] "
+            "(see docs/templates.md), or remove targeting"
+        )
     return _FIXES.get(err.get("type", ""))
 
 
-def _line_map(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int],
-              issues: list[PolicyIssue], file: str) -> None:
+def _line_map(
+    node: yaml.Node,
+    path: tuple[str, ...],
+    out: dict[tuple[str, ...], int],
+    issues: list[PolicyIssue],
+    file: str,
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
             key = str(key_node.value)
             if key in seen:
-                issues.append(PolicyIssue(file, key_node.start_mark.line + 1, f"duplicate key {key!r}",
-                                          "keep one entry per key; the second silently replaced the first"))
+                issues.append(
+                    PolicyIssue(
+                        file,
+                        key_node.start_mark.line + 1,
+                        f"duplicate key {key!r}",
+                        "keep one entry per key; the second silently replaced the first",
+                    )
+                )
             seen.add(key)
             out[(*path, key)] = key_node.start_mark.line + 1
             _line_map(value_node, (*path, key), out, issues, file)
@@ -277,8 +303,14 @@ def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
     """Read and validate a policy file; returns the policy (None when invalid) and every issue found."""
     file = str(path)
     if not path.exists():
-        return None, [PolicyIssue(file, None, "policy file not found",
-                                  "create templates/policy.yaml (see docs/templates.md) or set ACTIVATION_TEMPLATES_DIR")]
+        return None, [
+            PolicyIssue(
+                file,
+                None,
+                "policy file not found",
+                "create templates/policy.yaml (see docs/templates.md) or set ACTIVATION_TEMPLATES_DIR",
+            )
+        ]
     text = path.read_text(encoding="utf-8")
     issues: list[PolicyIssue] = []
     try:
@@ -288,13 +320,25 @@ def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, [PolicyIssue(file, line, f"malformed YAML: {problem}",
-                                  "check indentation and quoting (quote values containing ': ', '{' or '*')")]
+        return None, [
+            PolicyIssue(
+                file,
+                line,
+                f"malformed YAML: {problem}",
+                "check indentation and quoting (quote values containing ': ', '{' or '*')",
+            )
+        ]
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        return None, [PolicyIssue(file, 1, "the policy must be a mapping with `default:` and `schemes:`",
-                                  "see docs/templates.md for the format")]
+        return None, [
+            PolicyIssue(
+                file,
+                1,
+                "the policy must be a mapping with `default:` and `schemes:`",
+                "see docs/templates.md for the format",
+            )
+        ]
     lines: dict[tuple[str, ...], int] = {}
     if root is not None:
         lines[()] = root.start_mark.line + 1
@@ -310,7 +354,9 @@ def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
                 ctx = err.get("ctx", {})
                 msg = f"unknown offer type {ctx.get('tag')!r}"
             line_loc = (*loc, "type") if err.get("type") == "union_tag_invalid" else loc
-            issues.append(PolicyIssue(file, _loc_line(lines, line_loc), f"{where}: {msg}", _fix_for(dict(err))))
+            issues.append(
+                PolicyIssue(file, _loc_line(lines, line_loc), f"{where}: {msg}", _fix_for(dict(err)))
+            )
         return None, issues
     policy = Policy(path=path, model=model, lines=lines)
     return (None if issues else policy), issues
@@ -326,12 +372,15 @@ def load_policy(settings: Settings) -> Policy:
     if issues or policy is None:
         raise ConfigError(
             "invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
-            fix=issues[0].fix if issues and issues[0].fix else "correct the policy file (see docs/templates.md)",
+            fix=issues[0].fix
+            if issues and issues[0].fix
+            else "correct the policy file (see docs/templates.md)",
         )
     return policy
 
 
 # --------------------------------------------------------------------------------------------- segments
+
 
 def scheme_segments(scheme: str, settings: Settings) -> list[str] | None:
     """The scheme's segment names (from its definition when the segmentation package is installed);
@@ -345,11 +394,13 @@ def scheme_segments(scheme: str, settings: Settings) -> list[str] | None:
         return list(load_scheme(scheme, settings).segment_names)
     except ConfigError:
         return None
-    except Exception:  # noqa: BLE001 - a scheme that cannot load is reported as unknown, not a crash
+    except Exception:
         return None
 
 
-def check_segments(policy: Policy, settings: Settings, schemes: Iterable[str] | None = None) -> list[PolicyIssue]:
+def check_segments(
+    policy: Policy, settings: Settings, schemes: Iterable[str] | None = None
+) -> list[PolicyIssue]:
     """Segment names in the policy (entries and targeting) that the scheme does not define."""
     issues: list[PolicyIssue] = []
     file = str(policy.path)
@@ -359,21 +410,35 @@ def check_segments(policy: Policy, settings: Settings, schemes: Iterable[str] | 
             continue
         known = scheme_segments(scheme, settings)
         if known is None:
-            issues.append(PolicyIssue(file, policy.line_of("schemes", scheme), f"unknown scheme {scheme!r}",
-                                      "use a scheme defined under segments/schemes or ACTIVATION_SCHEMES_DIR"))
+            issues.append(
+                PolicyIssue(
+                    file,
+                    policy.line_of("schemes", scheme),
+                    f"unknown scheme {scheme!r}",
+                    "use a scheme defined under segments/schemes or ACTIVATION_SCHEMES_DIR",
+                )
+            )
             continue
         for seg, entry in entries.items():
             if seg not in known:
-                issues.append(PolicyIssue(
-                    file, policy.line_of("schemes", scheme, seg),
-                    f"scheme {scheme!r} has no segment {seg!r}",
-                    f"use one of: {', '.join(known)}"))
+                issues.append(
+                    PolicyIssue(
+                        file,
+                        policy.line_of("schemes", scheme, seg),
+                        f"scheme {scheme!r} has no segment {seg!r}",
+                        f"use one of: {', '.join(known)}",
+                    )
+                )
             if entry.targeting:
                 for key in ("entered_from", "left"):
                     for other in getattr(entry.targeting, key) or []:
                         if other not in known:
-                            issues.append(PolicyIssue(
-                                file, policy.line_of("schemes", scheme, seg, "targeting", key),
-                                f"{key}: scheme {scheme!r} has no segment {other!r}",
-                                f"use one of: {', '.join(known)}"))
+                            issues.append(
+                                PolicyIssue(
+                                    file,
+                                    policy.line_of("schemes", scheme, seg, "targeting", key),
+                                    f"{key}: scheme {scheme!r} has no segment {other!r}",
+                                    f"use one of: {', '.join(known)}",
+                                )
+                            )
     return issues

@@ -38,16 +38,23 @@ class PreviewItem:
     error: str | None = None
 
 
-def _sample_members(engine: Engine | None, scheme: str) -> tuple[date | None, dict[str, dict[str, str | None]]]:
+def _sample_members(
+    engine: Engine | None, scheme: str
+) -> tuple[date | None, dict[str, dict[str, str | None]]]:
     if engine is None:
         return None, {}
     with engine.connect() as conn:
-        as_of = conn.execute(select(func.max(rfm_snapshots.c.as_of)).where(rfm_snapshots.c.scheme == scheme)).scalar()
+        as_of = conn.execute(
+            select(func.max(rfm_snapshots.c.as_of)).where(rfm_snapshots.c.scheme == scheme)
+        ).scalar()
         if as_of is None:
             return None, {}
-        first = (select(rfm_snapshots.c.segment, func.min(rfm_snapshots.c.customer_id).label("customer_id"))
-                 .where(rfm_snapshots.c.as_of == as_of, rfm_snapshots.c.scheme == scheme)
-                 .group_by(rfm_snapshots.c.segment).subquery())
+        first = (
+            select(rfm_snapshots.c.segment, func.min(rfm_snapshots.c.customer_id).label("customer_id"))
+            .where(rfm_snapshots.c.as_of == as_of, rfm_snapshots.c.scheme == scheme)
+            .group_by(rfm_snapshots.c.segment)
+            .subquery()
+        )
         cols = [first.c.segment, first.c.customer_id]
         frm: Any = first
         if has_table(conn, "customers"):
@@ -57,13 +64,22 @@ def _sample_members(engine: Engine | None, scheme: str) -> tuple[date | None, di
     samples = {}
     for r in rows:
         m = r._mapping
-        samples[m["segment"]] = {"customer_id": m["customer_id"], "first_name": m.get("first_name"),
-                                 "email": m.get("email")}
+        samples[m["segment"]] = {
+            "customer_id": m["customer_id"],
+            "first_name": m.get("first_name"),
+            "email": m.get("email"),
+        }
     return (as_of if isinstance(as_of, date) else date.fromisoformat(str(as_of))), samples
 
 
-def write_previews(settings: Settings, out_dir: Path, *, engine: Engine | None = None, scheme: str | None = None,
-                   segment: str | None = None) -> list[PreviewItem]:
+def write_previews(
+    settings: Settings,
+    out_dir: Path,
+    *,
+    engine: Engine | None = None,
+    scheme: str | None = None,
+    segment: str | None = None,
+) -> list[PreviewItem]:
     """Render one preview per segment into ``out_dir`` and write ``out_dir/index.html``.
 
     A template that fails is listed in the index with its error (the other previews are still written).
@@ -80,7 +96,9 @@ def write_previews(settings: Settings, out_dir: Path, *, engine: Engine | None =
         raise ConfigError(f"unknown scheme {scheme!r}", fix="use --scheme with a scheme of segments/schemes")
     if segment is not None:
         if segment not in segments:
-            raise ConfigError(f"scheme {scheme!r} has no segment {segment!r}", fix=f"use one of: {', '.join(segments)}")
+            raise ConfigError(
+                f"scheme {scheme!r} has no segment {segment!r}", fix=f"use one of: {', '.join(segments)}"
+            )
         segments = [segment]
     as_of, samples = _sample_members(engine, scheme)
     as_of = as_of or date.today()
@@ -92,15 +110,32 @@ def write_previews(settings: Settings, out_dir: Path, *, engine: Engine | None =
         if resolved.suppress:
             items.append(PreviewItem(seg, None, None, "", "suppressed: no email is sent", ""))
             continue
-        sample = samples.get(seg) or {"customer_id": "sample-0001", "first_name": "Alex", "email": "alex@example.com"}
+        sample = samples.get(seg) or {
+            "customer_id": "sample-0001",
+            "first_name": "Alex",
+            "email": "alex@example.com",
+        }
         key = campaign_key(scheme, as_of, seg)
-        code = coupon_codes(settings.coupon_key(), key, [str(sample["customer_id"])], offer.coupon_prefix or "")[0] \
-            if offer.has_coupon else None
+        code = (
+            coupon_codes(settings.coupon_key(), key, [str(sample["customer_id"])], offer.coupon_prefix or "")[
+                0
+            ]
+            if offer.has_coupon
+            else None
+        )
         member = {**sample, "coupon_code": code}
-        campaign = {"campaign_id": campaign_id_for(scheme, as_of, seg, 1), "scheme": scheme, "segment": seg,
-                    "as_of": as_of, "template": resolved.template, "subject": resolved.subject,
-                    "offer": offer.model_dump_json()}
-        who = f"customer {sample['customer_id']}" + (f" ({sample['first_name']})" if sample.get("first_name") else "")
+        campaign = {
+            "campaign_id": campaign_id_for(scheme, as_of, seg, 1),
+            "scheme": scheme,
+            "segment": seg,
+            "as_of": as_of,
+            "template": resolved.template,
+            "subject": resolved.subject,
+            "offer": offer.model_dump_json(),
+        }
+        who = f"customer {sample['customer_id']}" + (
+            f" ({sample['first_name']})" if sample.get("first_name") else ""
+        )
         if seg not in samples:
             who = "made-up customer Alex (no snapshot yet)"
         base = f"{_slug(scheme)}-{_slug(seg)}"
@@ -126,8 +161,10 @@ def _index(scheme: str, as_of: date, items: list[PreviewItem], settings: Setting
             link = f'<a href="{e(it.file)}">HTML</a> · <a href="{e(it.text_file or "")}">text</a>'
         else:
             link = "—"
-        rows.append(f"<tr><td><strong>{e(it.segment)}</strong></td><td>{e(it.subject)}</td><td>{e(it.offer)}</td>"
-                    f"<td>{e(it.sample)}</td><td>{link}</td></tr>")
+        rows.append(
+            f"<tr><td><strong>{e(it.segment)}</strong></td><td>{e(it.subject)}</td><td>{e(it.offer)}</td>"
+            f"<td>{e(it.sample)}</td><td>{link}</td></tr>"
+        )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{e(settings.brand.name)} · {e(scheme)} email previews</title>

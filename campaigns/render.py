@@ -57,10 +57,24 @@ MERGE_FIELDS: dict[str, dict[str, str]] = {
 }
 
 #: Merge tags Mailchimp provides itself (no merge field needed).
-SYSTEM_MERGE_TAGS = frozenset({
-    "UNSUB", "EMAIL", "UPDATE_PROFILE", "ARCHIVE", "LIST:ADDRESS", "LIST:ADDRESSLINE", "LIST:COMPANY",
-    "LIST:NAME", "LIST:DESCRIPTION", "CURRENT_YEAR", "DATE:Y", "MC:SUBJECT", "MC_PREVIEW_TEXT", "REWARDS",
-})
+SYSTEM_MERGE_TAGS = frozenset(
+    {
+        "UNSUB",
+        "EMAIL",
+        "UPDATE_PROFILE",
+        "ARCHIVE",
+        "LIST:ADDRESS",
+        "LIST:ADDRESSLINE",
+        "LIST:COMPANY",
+        "LIST:NAME",
+        "LIST:DESCRIPTION",
+        "CURRENT_YEAR",
+        "DATE:Y",
+        "MC:SUBJECT",
+        "MC_PREVIEW_TEXT",
+        "REWARDS",
+    }
+)
 
 MERGE_TAG_RE = re.compile(r"\*\|([A-Za-z0-9_:]+)\|\*")
 
@@ -70,18 +84,19 @@ CONTEXT_VARIABLES: dict[str, str] = {
     "coupon_code": "the member's personal coupon code; '' for offers without a coupon (*|COUPON|*)",
     "segment": "the segment name, e.g. 'At Risk' (*|SEGMENT|*)",
     "offer": "the offer: type, description (*|OFFER|*), percent, expiry_days, expires_on (*|EXPIRES|*), "
-             "early_access_days, early_access_until",
+    "early_access_days, early_access_until",
     "brand": "sender settings: name, from_name, from_email, postal_address, website_url, currency",
     "unsubscribe_url": "the member's own one-click unsubscribe link (*|UNSUB|* in Mailchimp); every email "
-                       "must contain it",
+    "must contain it",
     "campaign_id": "the campaign id, e.g. rfm11-2025q4-champions-v1",
     "scheme": "the segmentation scheme, e.g. rfm11",
     "as_of": "the snapshot date (YYYY-MM-DD)",
 }
 
 # Names Jinja itself provides in templates (not context variables).
-_JINJA_NAMES = frozenset({"range", "dict", "cycler", "joiner", "namespace", "loop", "caller", "varargs",
-                          "kwargs", "self", "super"})
+_JINJA_NAMES = frozenset(
+    {"range", "dict", "cycler", "joiner", "namespace", "loop", "caller", "varargs", "kwargs", "self", "super"}
+)
 
 
 @dataclass(frozen=True)
@@ -107,8 +122,15 @@ DEFAULT_LIMITS = RenderLimits()
 class RenderError(TemplateError):
     """A template failed to parse, broke a sandbox rule, exceeded a limit or referenced something undefined."""
 
-    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
-                 reason: str = "error", fix: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        reason: str = "error",
+        fix: str | None = None,
+    ) -> None:
         where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
         super().__init__(f"{where}{message}", fix=fix)
         self.file = file
@@ -125,6 +147,7 @@ class _LimitExceeded(SecurityError):
 
 # ------------------------------------------------------------------------------------------ the sandbox
 
+
 @dataclass
 class _Budget:
     deadline: float
@@ -133,7 +156,9 @@ class _Budget:
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
             raise _LimitExceeded(
-                f"render took longer than {self.limits.max_seconds:g} s (endless or very long loop?)", "timeout")
+                f"render took longer than {self.limits.max_seconds:g} s (endless or very long loop?)",
+                "timeout",
+            )
 
 
 _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("render_budget", default=None)
@@ -189,18 +214,26 @@ def _check_size(value: Any, what: str) -> Any:
     limit = _limits().max_string
     if isinstance(value, _TEXT):
         if len(value) > limit:
-            raise _LimitExceeded(f"{what} builds a value of {len(value):,} items, over the {limit:,} limit", "size")
+            raise _LimitExceeded(
+                f"{what} builds a value of {len(value):,} items, over the {limit:,} limit", "size"
+            )
     elif isinstance(value, _CONTAINERS) and _weight(value, limit) > limit:
-        raise _LimitExceeded(f"{what} builds a list or mapping of more than {limit:,} characters and items "
-                             "(a big value repeated many times?)", "size")
+        raise _LimitExceeded(
+            f"{what} builds a list or mapping of more than {limit:,} characters and items "
+            "(a big value repeated many times?)",
+            "size",
+        )
     return value
 
 
 def _check_repeat(times: int, size: int, what: str) -> None:
     """Refuse an operation that writes ``size`` characters ``times`` times, before it allocates."""
     if times * size > _limits().max_string:
-        raise _LimitExceeded(f"{what} would repeat {size:,} characters {times:,} times, over the "
-                             f"{_limits().max_string:,} limit", "size")
+        raise _LimitExceeded(
+            f"{what} would repeat {size:,} characters {times:,} times, over the "
+            f"{_limits().max_string:,} limit",
+            "size",
+        )
 
 
 def _tallied(items: Any, what: str) -> Iterator[Any]:
@@ -291,13 +324,13 @@ class _CapLiterals(NodeTransformer):
     """Size-check every list, tuple and dict literal a template builds (``[ns.l, ns.l]`` in a loop would
     otherwise double a value until printing it takes forever)."""
 
-    def visit_List(self, node: nodes.Expr) -> nodes.Node:  # noqa: N802 - NodeTransformer's naming
+    def visit_List(self, node: nodes.Expr) -> nodes.Node:
         self.generic_visit(node)
         return nodes.Filter(node, "_cap", [], [], None, None, lineno=node.lineno)
 
-    visit_Dict = visit_List  # noqa: N815
+    visit_Dict = visit_List
 
-    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:  # noqa: N802
+    def visit_Tuple(self, node: nodes.Tuple) -> nodes.Node:
         if node.ctx != "load":  # an assignment target such as {% for k, v in … %}
             return self.generic_visit(node)
         return self.visit_List(node)
@@ -322,22 +355,46 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         self.filters["_cap"] = _cap
         self.filters.pop("random", None)  # renders must be reproducible
         _wrap_filter(self, "center", lambda v, width=80: _check_width(width, "|center"))
-        _wrap_filter(self, "indent", lambda v, width=4, *a, **k: _check_repeat(
-            str(v).count("\n") + 1, width if isinstance(width, int) else len(str(width)), "|indent"))
+        _wrap_filter(
+            self,
+            "indent",
+            lambda v, width=4, *a, **k: _check_repeat(
+                str(v).count("\n") + 1, width if isinstance(width, int) else len(str(width)), "|indent"
+            ),
+        )
         _wrap_filter(self, "format", lambda v, *a, **k: _check_format(v, k or a))
         _wrap_filter(self, "batch", lambda v, linecount, *a, **k: _check_width(linecount, "|batch"))
         _wrap_filter(self, "slice", lambda v, slices, *a, **k: _check_width(slices, "|slice"))
         _wrap_filter(self, "truncate", lambda *a, **k: None)
-        _wrap_filter(self, "wordwrap", lambda v, width=79, brk=True, wrapstring=None, *a, **k: _check_repeat(
-            len(str(v)) + 1, len(str(wrapstring or "\n")), "|wordwrap"))
-        _wrap_filter(self, "urlize", lambda v, trim=None, nofollow=False, target=None, rel=None, *a, **k:
-                     _check_repeat(len(str(v)) + 1, len(str(target or "")) + len(str(rel or "")), "|urlize"))
-        _wrap_filter(self, "tojson", lambda v, indent=None: _check_repeat(
-            _weight(v, _limits().max_string) + 1, indent if isinstance(indent, int) else 0, "|tojson"))
+        _wrap_filter(
+            self,
+            "wordwrap",
+            lambda v, width=79, brk=True, wrapstring=None, *a, **k: _check_repeat(
+                len(str(v)) + 1, len(str(wrapstring or "\n")), "|wordwrap"
+            ),
+        )
+        _wrap_filter(
+            self,
+            "urlize",
+            lambda v, trim=None, nofollow=False, target=None, rel=None, *a, **k: _check_repeat(
+                len(str(v)) + 1, len(str(target or "")) + len(str(rel or "")), "|urlize"
+            ),
+        )
+        _wrap_filter(
+            self,
+            "tojson",
+            lambda v, indent=None: _check_repeat(
+                _weight(v, _limits().max_string) + 1, indent if isinstance(indent, int) else 0, "|tojson"
+            ),
+        )
         _wrap_filter(self, "replace", self._check_replace)
         _wrap_filter(self, "join", self._check_join)
         for name in list(self.filters):  # every other filter: result size-checked, generators weighed
-            if not name.startswith("_") and name != "safe" and not getattr(self.filters[name], "guarded", False):
+            if (
+                not name.startswith("_")
+                and name != "safe"
+                and not getattr(self.filters[name], "guarded", False)
+            ):
                 _wrap_filter(self, name, _no_check)
 
     # -- parse-time rules ------------------------------------------------------------------------------
@@ -345,11 +402,19 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         tree = super()._parse(source, name, filename)
         for node in tree.find_all((nodes.EvalContextModifier, nodes.Filter, nodes.For, nodes.AssignBlock)):
             if isinstance(node, nodes.EvalContextModifier):
-                raise TemplateSyntaxError("{% autoescape %} blocks are not allowed: escaping is always on",
-                                          node.lineno, name, filename)
+                raise TemplateSyntaxError(
+                    "{% autoescape %} blocks are not allowed: escaping is always on",
+                    node.lineno,
+                    name,
+                    filename,
+                )
             if isinstance(node, nodes.Filter) and node.name == "safe":
-                raise TemplateSyntaxError("the |safe filter is not allowed: it would bypass HTML escaping",
-                                          node.lineno, name, filename)
+                raise TemplateSyntaxError(
+                    "the |safe filter is not allowed: it would bypass HTML escaping",
+                    node.lineno,
+                    name,
+                    filename,
+                )
             if isinstance(node, nodes.For):
                 node.iter = nodes.Filter(node.iter, "_guarded_iter", [], [], None, None, lineno=node.lineno)
             if isinstance(node, nodes.AssignBlock):
@@ -372,7 +437,9 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
         _tick()
         rng = range(*args)
         if len(rng) > _limits().max_range:
-            raise _LimitExceeded(f"range() of {len(rng):,} items is over the {_limits().max_range:,} limit", "size")
+            raise _LimitExceeded(
+                f"range() of {len(rng):,} items is over the {_limits().max_range:,} limit", "size"
+            )
         return rng
 
     @staticmethod
@@ -400,14 +467,18 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
                     size = len(seq) if isinstance(seq, _TEXT) else _weight(seq, _limits().max_string)
                     if size * n > _limits().max_string:
                         raise _LimitExceeded("repetition builds a value over the size limit", "size")
-            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > 4096:
+            if (
+                isinstance(left, int)
+                and isinstance(right, int)
+                and left.bit_length() + right.bit_length() > 4096
+            ):
                 raise _LimitExceeded("integer too large", "size")
         elif operator == "%" and isinstance(left, str):
             _check_format(left, right if isinstance(right, tuple | Mapping) else (right,))
         result = super().call_binop(context, operator, left, right)
         return _check_size(result, f"operator {operator}")
 
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _tick()
         owner = getattr(__obj, "__self__", None)
         name = getattr(__obj, "__name__", "")
@@ -416,10 +487,15 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
                 for a in (*args, *kwargs.values()):
                     _check_width(a, f"str.{name}")
             elif name == "replace" and len(args) >= 2:
-                _GuardedEnvironment._check_replace(owner, args[0], args[1], args[2] if len(args) > 2 else None)
+                _GuardedEnvironment._check_replace(
+                    owner, args[0], args[1], args[2] if len(args) > 2 else None
+                )
             elif name == "join" and args:
                 seq = args[0]
-                if isinstance(seq, (*_TEXT, list, tuple, range)) and len(seq) * len(owner) > _limits().max_string:
+                if (
+                    isinstance(seq, (*_TEXT, list, tuple, range))
+                    and len(seq) * len(owner) > _limits().max_string
+                ):
                     raise _LimitExceeded("str.join would build a string over the size limit", "size")
             elif name == "translate" and args and isinstance(args[0], Mapping):
                 biggest = max((_weight(v, _limits().max_string) for v in args[0].values()), default=0)
@@ -464,6 +540,7 @@ def environment(settings: Settings, *, html: bool) -> _GuardedEnvironment:
 
 # ------------------------------------------------------------------------------------------ errors
 
+
 def _template_location(exc: BaseException, fallback: str | None) -> tuple[str | None, int | None]:
     if isinstance(exc, TemplateSyntaxError):
         return exc.filename or exc.name or fallback, exc.lineno
@@ -477,25 +554,59 @@ def _template_location(exc: BaseException, fallback: str | None) -> tuple[str | 
 def _to_error(exc: BaseException, source: str | None) -> RenderError:
     file, line = _template_location(exc, source)
     if isinstance(exc, TemplateNotFound):
-        return RenderError(f"template {exc.name!r} not found", file=source, reason="missing",
-                           fix=f"create {exc.name} in the templates folder, or fix the name in policy.yaml")
+        return RenderError(
+            f"template {exc.name!r} not found",
+            file=source,
+            reason="missing",
+            fix=f"create {exc.name} in the templates folder, or fix the name in policy.yaml",
+        )
     if isinstance(exc, TemplateSyntaxError):
-        return RenderError(f"syntax error: {exc.message}", file=file, line=line, reason="syntax",
-                           fix="correct the Jinja syntax on that line")
+        return RenderError(
+            f"syntax error: {exc.message}",
+            file=file,
+            line=line,
+            reason="syntax",
+            fix="correct the Jinja syntax on that line",
+        )
     if isinstance(exc, _LimitExceeded):
-        return RenderError(f"render limit exceeded: {exc}", file=file, line=line, reason=exc.reason,
-                           fix="remove the loop or expression that builds so much output")
+        return RenderError(
+            f"render limit exceeded: {exc}",
+            file=file,
+            line=line,
+            reason=exc.reason,
+            fix="remove the loop or expression that builds so much output",
+        )
     if isinstance(exc, SecurityError):
-        return RenderError(f"sandbox violation: {exc}", file=file, line=line, reason="sandbox",
-                           fix="templates may only use the documented variables and filters (docs/templates.md)")
+        return RenderError(
+            f"sandbox violation: {exc}",
+            file=file,
+            line=line,
+            reason="sandbox",
+            fix="templates may only use the documented variables and filters (docs/templates.md)",
+        )
     if isinstance(exc, UndefinedError):
-        return RenderError(f"undefined variable: {exc.message}", file=file, line=line, reason="undefined",
-                           fix=f"use only the documented variables: {', '.join(CONTEXT_VARIABLES)}")
+        return RenderError(
+            f"undefined variable: {exc.message}",
+            file=file,
+            line=line,
+            reason="undefined",
+            fix=f"use only the documented variables: {', '.join(CONTEXT_VARIABLES)}",
+        )
     if isinstance(exc, RecursionError):
-        return RenderError("recursion too deep (a macro calling itself?)", file=file, line=line,
-                           reason="recursion", fix="remove the recursive macro call")
-    return RenderError(f"render failed: {type(exc).__name__}: {exc}", file=file, line=line, reason="runtime",
-                       fix="correct the expression on that line")
+        return RenderError(
+            "recursion too deep (a macro calling itself?)",
+            file=file,
+            line=line,
+            reason="recursion",
+            fix="remove the recursive macro call",
+        )
+    return RenderError(
+        f"render failed: {type(exc).__name__}: {exc}",
+        file=file,
+        line=line,
+        reason="runtime",
+        fix="correct the expression on that line",
+    )
 
 
 def _run(fn: Callable[[], str], limits: RenderLimits, source: str | None) -> str:
@@ -504,7 +615,7 @@ def _run(fn: Callable[[], str], limits: RenderLimits, source: str | None) -> str
         return fn()
     except RenderError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any failure of an untrusted template is reported, never raised raw
+    except Exception as exc:
         raise _to_error(exc, source) from None
     finally:
         _BUDGET.reset(token)
@@ -521,8 +632,14 @@ def _stream(template: Any, context: dict[str, Any], limits: RenderLimits) -> str
     return "".join(parts)
 
 
-def render_template(settings: Settings, name: str, context: dict[str, Any], *, html: bool,
-                    limits: RenderLimits = DEFAULT_LIMITS) -> str:
+def render_template(
+    settings: Settings,
+    name: str,
+    context: dict[str, Any],
+    *,
+    html: bool,
+    limits: RenderLimits = DEFAULT_LIMITS,
+) -> str:
     """Render ``templates/<name>`` with the guards above.
 
     Raises:
@@ -539,8 +656,13 @@ def render_template(settings: Settings, name: str, context: dict[str, Any], *, h
 _SUBJECTS: dict[tuple[str, str], Any] = {}
 
 
-def render_subject(settings: Settings, subject: str, context: dict[str, Any],
-                   limits: RenderLimits = DEFAULT_LIMITS, source: str = "subject") -> str:
+def render_subject(
+    settings: Settings,
+    subject: str,
+    context: dict[str, Any],
+    limits: RenderLimits = DEFAULT_LIMITS,
+    source: str = "subject",
+) -> str:
     """Render a subject line (a Jinja string from the policy; plain text, one line)."""
     env = environment(settings, html=False)
 
@@ -558,6 +680,7 @@ def render_subject(settings: Settings, subject: str, context: dict[str, Any],
 
 
 # ------------------------------------------------------------------------------------------ context
+
 
 def _field(obj: Any, name: str, default: Any = None) -> Any:
     if isinstance(obj, Mapping):
@@ -590,8 +713,15 @@ def _as_of(campaign: Any) -> date:
 
 def brand_context(settings: Settings) -> dict[str, Any]:
     b = settings.brand
-    return {"name": b.name, "from_name": b.from_name, "from_email": b.from_email, "reply_to": b.reply_to or "",
-            "postal_address": b.postal_address, "website_url": b.website_url, "currency": b.currency}
+    return {
+        "name": b.name,
+        "from_name": b.from_name,
+        "from_email": b.from_email,
+        "reply_to": b.reply_to or "",
+        "postal_address": b.postal_address,
+        "website_url": b.website_url,
+        "currency": b.currency,
+    }
 
 
 def build_context(settings: Settings, campaign: Any, member: Any | None) -> dict[str, Any]:
@@ -616,7 +746,9 @@ def build_context(settings: Settings, campaign: Any, member: Any | None) -> dict
         ctx["unsubscribe_url"] = "*|UNSUB|*"
     else:
         first = _field(member, "first_name")
-        ctx["first_name"] = str(first).strip() if first and str(first).strip() else MERGE_FIELDS["FNAME"]["default"]
+        ctx["first_name"] = (
+            str(first).strip() if first and str(first).strip() else MERGE_FIELDS["FNAME"]["default"]
+        )
         code = _field(member, "coupon_code")
         ctx["coupon_code"] = str(code) if code and offer.has_coupon else ""
         # the member's own one-click link, the one the List-Unsubscribe header carries
@@ -643,10 +775,17 @@ def merge_values(campaign: Any, member: Any) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------ compliance
 
 #: The made-up member that checks render per-member mode with (templates check, plan, a sync's pre-flight).
-SAMPLE_MEMBER = {"customer_id": "sample", "email": "alex@example.com", "first_name": "Alex",
-                 "coupon_code": "WB-ABCDE-FGHJK"}
+SAMPLE_MEMBER = {
+    "customer_id": "sample",
+    "email": "alex@example.com",
+    "first_name": "Alex",
+    "coupon_code": "WB-ABCDE-FGHJK",
+}
 
-def compliance_problems(settings: Settings, rendered: RenderedEmail, unsubscribe: str) -> list[tuple[str, str, str]]:
+
+def compliance_problems(
+    settings: Settings, rendered: RenderedEmail, unsubscribe: str
+) -> list[tuple[str, str, str]]:
     """What the law requires of every commercial email (CAN-SPAM; the EU's ePrivacy rules) and ``rendered``
     lacks: the unsubscribe link ``unsubscribe`` and the brand's postal address, in the HTML and in the text
     part. Returns ``(part, message, fix)`` for each gap (``part`` is ``html`` or ``txt``)."""
@@ -655,16 +794,27 @@ def compliance_problems(settings: Settings, rendered: RenderedEmail, unsubscribe
     for part, body in (("html", rendered.html), ("txt", rendered.text)):
         link = html_lib.escape(unsubscribe) if part == "html" else unsubscribe
         if link not in body and unsubscribe not in body:
-            out.append((part, f"no unsubscribe link in the {part} part",
-                        "extend the base layout or add {{ unsubscribe_url }}"))
+            out.append(
+                (
+                    part,
+                    f"no unsubscribe link in the {part} part",
+                    "extend the base layout or add {{ unsubscribe_url }}",
+                )
+            )
         if html_lib.escape(address) not in body and address not in body:
-            out.append((part, f"no postal address in the {part} part",
-                        "extend the base layout or add {{ brand.postal_address }}"))
+            out.append(
+                (
+                    part,
+                    f"no postal address in the {part} part",
+                    "extend the base layout or add {{ brand.postal_address }}",
+                )
+            )
     return out
 
 
-def require_compliance(settings: Settings, campaign: Any, rendered: RenderedEmail, unsubscribe: str,
-                       mode: str) -> None:
+def require_compliance(
+    settings: Settings, campaign: Any, rendered: RenderedEmail, unsubscribe: str, mode: str
+) -> None:
     """Raise :class:`RenderError` (``reason="compliance"``) when :func:`compliance_problems` finds a gap:
     such an email must not be planned, written or sent."""
     problems = compliance_problems(settings, rendered, unsubscribe)
@@ -674,14 +824,17 @@ def require_compliance(settings: Settings, campaign: Any, rendered: RenderedEmai
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise RenderError(
             f"template {template!r} ({mode} mode): {message}{more}; an email without it may not be sent",
-            file=f"{template}.{part}", reason="compliance",
-            fix=f"{fix}; `activation templates check` lists every problem")
+            file=f"{template}.{part}",
+            reason="compliance",
+            fix=f"{fix}; `activation templates check` lists every problem",
+        )
 
 
 def member_unsubscribe_url(settings: Settings, campaign: Any, member: Any) -> str:
     """The link :func:`build_context` gives ``member`` of ``campaign`` as ``unsubscribe_url``."""
-    return unsubscribe_url(settings.brand.unsubscribe_url, _field(member, "email"),
-                           str(_field(campaign, "campaign_id", "")))
+    return unsubscribe_url(
+        settings.brand.unsubscribe_url, _field(member, "email"), str(_field(campaign, "campaign_id", ""))
+    )
 
 
 # ------------------------------------------------------------------------------------------ hashing
@@ -746,6 +899,7 @@ def template_hash(settings: Settings, template: str) -> str:
 
 # ------------------------------------------------------------------------------------------ public API
 
+
 def _render(settings: Settings, campaign: Any, member: Any | None, limits: RenderLimits) -> RenderedEmail:
     template = str(_field(campaign, "template"))
     recorded = _field(campaign, "template_hash")
@@ -754,8 +908,10 @@ def _render(settings: Settings, campaign: Any, member: Any | None, limits: Rende
         if current != recorded:
             raise RenderError(
                 f"template {template!r} changed since campaign {_field(campaign, 'campaign_id')} was planned",
-                file=f"{template}.html", reason="changed",
-                fix="run `activation plan` again: it creates a new campaign version for the new template")
+                file=f"{template}.html",
+                reason="changed",
+                fix="run `activation plan` again: it creates a new campaign version for the new template",
+            )
     ctx = build_context(settings, campaign, member)
     subject = render_subject(settings, str(_field(campaign, "subject")), ctx, limits)
     html = render_template(settings, f"{template}.html", ctx, html=True, limits=limits)
@@ -763,7 +919,9 @@ def _render(settings: Settings, campaign: Any, member: Any | None, limits: Rende
     return RenderedEmail(subject=subject, html=html, text=text)
 
 
-def render_merge_tags(settings: Settings, campaign: Any, *, limits: RenderLimits = DEFAULT_LIMITS) -> RenderedEmail:
+def render_merge_tags(
+    settings: Settings, campaign: Any, *, limits: RenderLimits = DEFAULT_LIMITS
+) -> RenderedEmail:
     """One render for a whole segment, per-member values as Mailchimp merge tags (:data:`MERGE_FIELDS`).
 
     ``campaign`` is a row of ``campaigns`` (or a mapping with its columns).
@@ -774,20 +932,24 @@ def render_merge_tags(settings: Settings, campaign: Any, *, limits: RenderLimits
     """
     rendered = _render(settings, campaign, None, limits)
     for part, body in (("subject", rendered.subject), ("html", rendered.html), ("txt", rendered.text)):
-        bad = sorted({t for t in MERGE_TAG_RE.findall(body) if t not in MERGE_FIELDS and t not in SYSTEM_MERGE_TAGS})
+        bad = sorted(
+            {t for t in MERGE_TAG_RE.findall(body) if t not in MERGE_FIELDS and t not in SYSTEM_MERGE_TAGS}
+        )
         if bad:
             name = _field(campaign, "template")
             raise RenderError(
                 f"the merge-tag render of {name!r} ({part}) carries *|{bad[0]}|*, which no destination fills "
                 "(a per-member value changed by a filter?)",
-                file="subject" if part == "subject" else f"{name}.{part}", reason="merge-tag",
+                file="subject" if part == "subject" else f"{name}.{part}",
+                reason="merge-tag",
                 fix="print first_name and coupon_code as they are; `activation templates check` shows the line",
             )
     return rendered
 
 
-def render_member(settings: Settings, campaign: Any, member: Any, *,
-                  limits: RenderLimits = DEFAULT_LIMITS) -> RenderedEmail:
+def render_member(
+    settings: Settings, campaign: Any, member: Any, *, limits: RenderLimits = DEFAULT_LIMITS
+) -> RenderedEmail:
     """The email of one member (``customer_id``, ``email``, ``first_name``, ``coupon_code``) of ``campaign``.
 
     Raises:

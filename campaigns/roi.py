@@ -426,7 +426,7 @@ def segment_order(settings: Settings, scheme: str, present: list[str]) -> list[s
         from segments.schemes import load_scheme
 
         names = list(load_scheme(scheme, settings).segment_names)
-    except Exception:  # noqa: BLE001 - an unknown or custom scheme: keep the data's names sorted
+    except Exception:
         names = []
     known = [s for s in names if s in present]
     return known + sorted({s for s in present if s not in names})

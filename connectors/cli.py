@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
             False, "--send", help="Send each campaign after syncing (default: drafts)."
         ),
         schedule_at: str | None = typer.Option(
-            None, "--schedule-at",
+            None,
+            "--schedule-at",
             help="Schedule each campaign: an ISO date-time, UTC unless it has an offset (2025-07-02T09:00+02:00).",
         ),
         force: bool = typer.Option(False, "--force", help="Override the guardrails."),
@@ -151,14 +152,34 @@ def print_result(console: object, result: object) -> None:
     for s in sorted(result.segments.values(), key=lambda s: s.segment):
         if s.skips:
             reasons.append(
-                f"{s.segment}: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(s.skips.items()))
+                f"{s.segment}: "
+                + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(s.skips.items()))
             )
-        tags = " ".join(p for p in (f"+{s.tag_adds:,}" if s.tag_adds else "", f"−{s.tag_removes:,}"
-                                       if s.tag_removes else "") if p) or "-"
-        rows.append([
-            s.segment, f"{s.members:,}", f"{s.previous:,}", f"{s.holdout:,}", f"{s.adds:,}", f"{s.updates:,}",
-            f"{s.unchanged:,}", tags, f"{sum(s.skips.values()):,}", f"{s.api_calls:,}",
-        ])
+        tags = (
+            " ".join(
+                p
+                for p in (
+                    f"+{s.tag_adds:,}" if s.tag_adds else "",
+                    f"−{s.tag_removes:,}" if s.tag_removes else "",
+                )
+                if p
+            )
+            or "-"
+        )
+        rows.append(
+            [
+                s.segment,
+                f"{s.members:,}",
+                f"{s.previous:,}",
+                f"{s.holdout:,}",
+                f"{s.adds:,}",
+                f"{s.updates:,}",
+                f"{s.unchanged:,}",
+                tags,
+                f"{sum(s.skips.values()):,}",
+                f"{s.api_calls:,}",
+            ]
+        )
     if result.setup_calls:
         rows.append(["(set-up)", "", "", "", "", "", "", "", "", f"{result.setup_calls:,}"])
     add_columns(t, headers, rows, wrap=(0, 7))

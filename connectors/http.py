@@ -180,7 +180,7 @@ class CallPool:
                 self._in_callback = True
                 try:
                     cb(fut.result())
-                except BaseException as cb_exc:  # noqa: BLE001 - re-raised after in-flight calls settle
+                except BaseException as cb_exc:
                     if self._error is None:
                         self._error = cb_exc
                         self._queue.clear()

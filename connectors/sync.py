@@ -619,7 +619,7 @@ class WarehouseJournal:
                         n = sum(k for _, _, k in work)
                         if n:
                             self.on_progress(n)
-            except BaseException as exc:  # noqa: BLE001 - raised again by close()
+            except BaseException as exc:
                 self._error = exc
             finally:
                 for _ in items:

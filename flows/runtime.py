@@ -41,7 +41,7 @@ def check_prefect_api() -> str:
     try:
         with get_client(sync_client=True) as client:
             problem = client.api_healthcheck()
-    except Exception as exc:  # noqa: BLE001 - any client failure means the same thing here
+    except Exception as exc:
         problem = exc
     if problem is not None:
         reason = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__

@@ -110,7 +110,7 @@ def run_name(flow: str, *extra_parameters: str) -> Callable[[], str]:
                 as_of = resolve_as_of(
                     None, settings, today=run_today(settings, ctx.flow_run if ctx else None)
                 )
-        except Exception:  # noqa: BLE001 - a name must never fail a run; the flow body reports the error
+        except Exception:
             return flow
         parts = [flow, str(scheme), period_label(as_of)]
         parts += [str(parameters[p]) for p in extra_parameters if parameters.get(p) not in (None, "")]

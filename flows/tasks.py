@@ -59,7 +59,7 @@ def is_retriable(task: Any, task_run: Any, state: Any) -> bool:
     if exc is None:
         try:
             exc = state.result(raise_on_failure=False)
-        except Exception as raised:  # noqa: BLE001 - the stored result may itself raise
+        except Exception as raised:
             exc = raised
     return retriable_error(exc if isinstance(exc, BaseException) else None)
 

@@ -123,7 +123,9 @@ def segment_command(
         "--allow-negative-amounts",
         help="Segment even when orders have a negative amount (default: a blocking data check).",
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
+    ),
 ) -> None:
     """Compute and store a segment snapshot; print customers, share, mean R/F/M and revenue per segment."""
     from rich.table import Table
@@ -144,21 +146,30 @@ def segment_command(
     for warning in result.warnings:
         cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if as_json:
-        print_json(cli.console, "segment", {
-            "as_of": when,
-            "scheme": name,
-            "lookback_days": result.lookback_days,
-            "customers": result.customers,
-            "segments": summary.to_dict(orient="records"),
-            "cutpoints": result.cutpoints,
-            "warnings": result.warnings,
-        })
+        print_json(
+            cli.console,
+            "segment",
+            {
+                "as_of": when,
+                "scheme": name,
+                "lookback_days": result.lookback_days,
+                "customers": result.customers,
+                "segments": summary.to_dict(orient="records"),
+                "cutpoints": result.cutpoints,
+                "warnings": result.warnings,
+            },
+        )
         return
     window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
     from rich import box
 
-    table = Table(title=f"{name} as of {when} ({window}): {result.customers:,} customers", show_header=True,
-                  box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)  # fits 80 columns
+    table = Table(
+        title=f"{name} as of {when} ({window}): {result.customers:,} customers",
+        show_header=True,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+    )  # fits 80 columns
     cells = []
     for row in summary.itertuples(index=False):
         empty = row.customers == 0
@@ -173,7 +184,15 @@ def segment_command(
                 f"{row.revenue:,.2f}",
             ]
         )
-    headers = ("segment", "customers", "share", "mean recency (days)", "mean frequency", "mean monetary", "revenue")
+    headers = (
+        "segment",
+        "customers",
+        "share",
+        "mean recency (days)",
+        "mean frequency",
+        "mean monetary",
+        "revenue",
+    )
     add_columns(table, headers, cells, wrap=(0,))
     for line in cells:
         table.add_row(*line)
@@ -219,7 +238,9 @@ def migration_command(
     to_as_of: str = typer.Option(..., "--to", help="Later snapshot date YYYY-MM-DD."),
     scheme: str = typer.Option(..., "--scheme", help="Scheme name."),
     out: Path | None = typer.Option(None, "--out", help="Also write the matrix as CSV."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
+    ),
 ) -> None:
     """Customers moving between segments from one snapshot to another (incl. new and gone)."""
     from rich.table import Table
@@ -238,15 +259,19 @@ def migration_command(
     if out is not None:
         atomic_write(out, str(safe_frame(matrix).to_csv()))
     if as_json:
-        print_json(cli.console, "segments migration", {
-            "scheme": scheme,
-            "from": start,
-            "to": end,
-            "rows": [str(r) for r in matrix.index],
-            "columns": [str(c) for c in matrix.columns],
-            "counts": {str(r): {str(c): int(v) for c, v in row.items()} for r, row in matrix.iterrows()},
-            "csv": out,
-        })
+        print_json(
+            cli.console,
+            "segments migration",
+            {
+                "scheme": scheme,
+                "from": start,
+                "to": end,
+                "rows": [str(r) for r in matrix.index],
+                "columns": [str(c) for c in matrix.columns],
+                "counts": {str(r): {str(c): int(v) for c, v in row.items()} for r, row in matrix.iterrows()},
+                "csv": out,
+            },
+        )
         return
     table = Table(title=f"{scheme}: {start} (rows) -> {end} (columns)", show_header=True)
     cells = [[str(seg), *(f"{v:,}" for v in row.tolist())] for seg, row in matrix.iterrows()]

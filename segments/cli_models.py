@@ -63,7 +63,9 @@ def fit_command(
     from segments.clv import fit_clv
 
     settings = get_settings()
-    result = fit_clv(get_engine(settings, create=False), settings, _date(train_until, "--train-until"), horizon_days)
+    result = fit_clv(
+        get_engine(settings, create=False), settings, _date(train_until, "--train-until"), horizon_days
+    )
     m = result.metrics
     cli.console.print(
         f"model {result.model_id}: trained on features as of {', '.join(m['train']['features_as_of'])} "

@@ -381,7 +381,7 @@ def _read_xlsx(path: Path) -> pa.Table:
 
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # noqa: BLE001 - openpyxl raises many unrelated types for a bad file
+    except Exception as exc:
         raise _read_error(path, "xlsx", exc) from exc
     try:
         rows = wb.worksheets[0].iter_rows(values_only=True)

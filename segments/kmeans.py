@@ -217,7 +217,11 @@ def choose_k(z: np.ndarray, cfg: KMeansConfig) -> tuple[int, list[dict[str, Any]
         est = _estimator(k, len(sample), cfg).fit(sample)
         labels = est.predict(sample[sil_idx])
         # the silhouette needs 2..n-1 clusters among the scored rows; a k that isolates every row scores -1
-        score = float(silhouette_score(sample[sil_idx], labels)) if 1 < len(set(labels.tolist())) < len(labels) else -1.0
+        score = (
+            float(silhouette_score(sample[sil_idx], labels))
+            if 1 < len(set(labels.tolist())) < len(labels)
+            else -1.0
+        )
         rows.append({"k": k, "silhouette": round(score, 6), "inertia": round(float(est.inertia_), 3)})
     best = max(rows, key=lambda r: (r["silhouette"], -r["k"]))
     return int(best["k"]), rows

@@ -29,7 +29,9 @@ from sqlalchemy.engine import Engine, make_url  # noqa: E402
 from activation.settings import Settings  # noqa: E402
 from activation.warehouse import dispose_engines, get_engine  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get("ACTIVATION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres")
+PG_ADMIN_URL = os.environ.get(
+    "ACTIVATION_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:55432/postgres"
+)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 _pg_state: dict[str, object] = {}
@@ -44,8 +46,10 @@ def _pg_available() -> str | None:
                 conn.execute(text("select 1"))
             eng.dispose()
             _pg_state["reason"] = None
-        except Exception as exc:  # noqa: BLE001
-            _pg_state["reason"] = f"no PostgreSQL at {PG_ADMIN_URL} ({type(exc).__name__}); run .ci/start-postgres.sh"
+        except Exception as exc:
+            _pg_state["reason"] = (
+                f"no PostgreSQL at {PG_ADMIN_URL} ({type(exc).__name__}); run .ci/start-postgres.sh"
+            )
     return _pg_state["reason"]  # type: ignore[return-value]
 
 

@@ -24,7 +24,13 @@ SEND = datetime.combine(AS_OF, time(23, 59, 59, 999999))  # backtest send time: 
 SEGMENTS: dict[str, tuple[dict, int, int, float, float]] = {
     "At Risk": ({"type": "winback_coupon", "percent": 20, "expiry_days": 30}, 260, 240, 0.30, 0.18),
     "Champions": ({"type": "vip_early_access", "early_access_days": 2}, 180, 120, 0.55, 0.50),
-    "New Customers": ({"type": "second_purchase_discount", "percent": 10, "expiry_days": 30}, 60, 0, 0.25, 0.0),
+    "New Customers": (
+        {"type": "second_purchase_discount", "percent": 10, "expiry_days": 30},
+        60,
+        0,
+        0.25,
+        0.0,
+    ),
     "Hibernating": ({"type": "none"}, 30, 8, 0.10, 0.10),
     "Lost": ({"type": "none"}, 0, 0, 0.0, 0.0),
 }
@@ -74,7 +80,9 @@ def build(engine: Engine, seed: int = 7, window_days: int = 30) -> Fixture:
     oid = 0
     end = SEND + timedelta(days=window_days)
 
-    def order(cust: str, at: datetime, amount: float, status: str = "Completed", coupon: str | None = None) -> None:
+    def order(
+        cust: str, at: datetime, amount: float, status: str = "Completed", coupon: str | None = None
+    ) -> None:
         nonlocal oid
         oid += 1
         order_rows.append(
@@ -107,17 +115,29 @@ def build(engine: Engine, seed: int = 7, window_days: int = 30) -> Fixture:
                     {"campaign_id": cid, "customer_id": cust, "member_group": group, "coupon_code": code}
                 )
                 customer_rows.append(
-                    {"customer_id": cust, "email": f"User{n}@Example.com ", "first_name": f"U{n}", "country": "CN",
-                     "city": rng.choice(CITIES), "unsubscribed": False}
+                    {
+                        "customer_id": cust,
+                        "email": f"User{n}@Example.com ",
+                        "first_name": f"U{n}",
+                        "country": "CN",
+                        "city": rng.choice(CITIES),
+                        "unsubscribed": False,
+                    }
                 )
                 snap_rows.append(_snap(AS_OF, cust, segment))
                 snap_rows.append(_snap(PREV_AS_OF, cust, rng.choice(prev_segments)))
                 # history before the send: never counts
-                order(cust, datetime.combine(AS_OF, time(12)) - timedelta(days=rng.randint(0, 200)), rng.uniform(5, 300))
+                order(
+                    cust,
+                    datetime.combine(AS_OF, time(12)) - timedelta(days=rng.randint(0, 200)),
+                    rng.uniform(5, 300),
+                )
                 if rng.random() < p:
                     k = 1 + (rng.random() < 0.3)
                     for _j in range(k):
-                        at = SEND + timedelta(days=rng.randint(1, window_days), hours=rng.choice([0, 0, 9, 15]))
+                        at = SEND + timedelta(
+                            days=rng.randint(1, window_days), hours=rng.choice([0, 0, 9, 15])
+                        )
                         if at > end:
                             at = datetime.combine(end.date(), time())
                         coupon = code if (code and rng.random() < 0.6) else None
@@ -134,9 +154,13 @@ def build(engine: Engine, seed: int = 7, window_days: int = 30) -> Fixture:
     t1 = [m for m in risk if m["member_group"] == "treatment"][1]
     h0 = next(m for m in risk if m["member_group"] == "holdout")
     order(t0["customer_id"], datetime.combine(AS_OF, time(23, 0)), 500.0)  # the as_of day itself: no
-    order(t0["customer_id"], datetime.combine(AS_OF + timedelta(days=window_days), time()), 40.0)  # last day: yes
+    order(
+        t0["customer_id"], datetime.combine(AS_OF + timedelta(days=window_days), time()), 40.0
+    )  # last day: yes
     order(t1["customer_id"], SEND + timedelta(days=2), 80.0, coupon="BOGUS-CODE")  # unknown coupon
-    order(h0["customer_id"], SEND + timedelta(days=2), 60.0, coupon=t0["coupon_code"])  # someone else's coupon
+    order(
+        h0["customer_id"], SEND + timedelta(days=2), 60.0, coupon=t0["coupon_code"]
+    )  # someone else's coupon
     order(t1["customer_id"], SEND + timedelta(days=4), 70.0, status=None)  # no status: counts
 
     with engine.begin() as conn:
@@ -179,7 +203,11 @@ def expected_per_member(
     o = o[(o["ordered_at"] > pd.Timestamp(start)) & (o["ordered_at"] <= pd.Timestamp(end))]
     o = o[o["status"].isna() | ~o["status"].isin(excluded)]
     m = members.merge(o, on="customer_id", how="left", suffixes=("", "_order"))
-    m["own"] = (m["member_group"] == "treatment") & m["coupon_code"].notna() & (m["coupon_code_order"] == m["coupon_code"])
+    m["own"] = (
+        (m["member_group"] == "treatment")
+        & m["coupon_code"].notna()
+        & (m["coupon_code_order"] == m["coupon_code"])
+    )
     pct = m["segment"].map(percent or {}).fillna(0.0)
     m["disc"] = m["amount"].where(m["own"], 0.0).fillna(0.0) * pct / 100.0
     per = (

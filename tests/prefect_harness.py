@@ -37,7 +37,7 @@ def _stop() -> None:
     if cm is not None:
         try:
             cm.__exit__(None, None, None)
-        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+        except Exception:
             pass
 
 

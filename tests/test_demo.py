@@ -17,27 +17,41 @@ from flows.demo import backtest_as_of
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_activation(*args: str, cwd: Path, extra_env: dict[str, str] | None = None,
-                   timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_activation(
+    *args: str, cwd: Path, extra_env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """The ``activation`` command in a subprocess with a clean environment (no ACTIVATION_*, no API URL)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIVATION_", "PREFECT_"))}
-    env.update({
-        "PREFECT_HOME": str(cwd / ".prefect"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "COLUMNS": "200",
-        **(extra_env or {}),
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(cwd / ".prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "COLUMNS": "200",
+            **(extra_env or {}),
+        }
+    )
     code = "from activation.cli import main; main()"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def counts(warehouse: Path) -> dict[str, int]:
     con = duckdb.connect(str(warehouse), read_only=True)
     try:
-        return {name: con.execute(f"select count(*) from {name}").fetchone()[0]  # type: ignore[index]
-                for name in ("orders", "customers", "rfm_snapshots", "campaigns", "campaign_members",
-                             "sync_state", "destination_campaigns", "campaign_outcomes")}
+        return {
+            name: con.execute(f"select count(*) from {name}").fetchone()[0]  # type: ignore[index]
+            for name in (
+                "orders",
+                "customers",
+                "rfm_snapshots",
+                "campaigns",
+                "campaign_members",
+                "sync_state",
+                "destination_campaigns",
+                "campaign_outcomes",
+            )
+        }
     finally:
         con.close()
 

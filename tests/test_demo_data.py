@@ -39,7 +39,7 @@ def db(demo: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def one(con: duckdb.DuckDBPyConnection, sql: str):  # noqa: ANN201 - any scalar
+def one(con: duckdb.DuckDBPyConnection, sql: str):
     return con.execute(sql).fetchone()[0]
 
 

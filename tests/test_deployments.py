@@ -74,7 +74,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[s
             "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
         }
     )
-    log = open(home / "server.log", "w")  # noqa: SIM115 - closed below
+    log = open(home / "server.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         cwd=home,
@@ -407,7 +407,7 @@ def test_deployed_quarter_runs_on_a_worker_in_another_folder(
     # alerts.yaml is created the way the docs say (a webhook notification block, the documented command)
     _create_alert(url, env, tmp_path, "http://127.0.0.1:9/hook")
 
-    worker_log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - closed below
+    worker_log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "prefect", "worker", "start", "--pool", "rfm-activation"],
         cwd=site,

@@ -88,7 +88,12 @@ def test_minibatch_above_the_threshold():
     r, f, m = _blobs(n_each=500)
     model = fit_clusters(r, f, m, KMeansConfig(k=4, minibatch_threshold=1000, batch_size=512))
     assert model.algorithm == "MiniBatchKMeans"
-    assert {row["name"] for row in model.profile()} == {"Top Customers", "At-Risk", "Potential Loyal", "Inactive"}
+    assert {row["name"] for row in model.profile()} == {
+        "Top Customers",
+        "At-Risk",
+        "Potential Loyal",
+        "Inactive",
+    }
 
 
 def test_quantile_scores_tie_and_mirror_rules():
@@ -132,7 +137,9 @@ def test_bad_kmeans_params(params, match):
 def _snapshot_rows(engine, scheme="kmeans"):
     with engine.connect() as conn:
         return conn.execute(
-            select(rfm_snapshots).where(rfm_snapshots.c.scheme == scheme).order_by(rfm_snapshots.c.customer_id)
+            select(rfm_snapshots)
+            .where(rfm_snapshots.c.scheme == scheme)
+            .order_by(rfm_snapshots.c.customer_id)
         ).all()
 
 
@@ -170,7 +177,7 @@ def test_kmeans_snapshot_is_deterministic_and_records_the_model(settings, engine
 def _kmeans_scheme_dir(tmp_path, monkeypatch, settings, k):
     folder = tmp_path / "schemes"
     folder.mkdir()
-    text = (load_scheme("kmeans", settings).model_dump_json(exclude={"description"}))
+    text = load_scheme("kmeans", settings).model_dump_json(exclude={"description"})
     raw = json.loads(text)
     raw["params"] = {"k": k}
     (folder / "kmeans.yaml").write_text(json.dumps(raw))  # JSON is YAML

@@ -795,7 +795,7 @@ def test_every_sdk_call_matches_the_sdks_generated_signature(duck_engine, duck_s
         )
         read_outcomes(duck_engine, duck_settings, "mailchimp", q2, SCHEME,
                       destination_obj=MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY))  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - raised again after the contract check
+    except Exception as exc:
         failure = exc
     assert _contract_violations(sdk_calls) == []
     if failure is not None:

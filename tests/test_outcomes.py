@@ -23,7 +23,9 @@ def _ledger(engine, event: str | None = None) -> pd.DataFrame:
     if event:
         stmt = stmt.where(campaign_outcomes.c.event == event)
     with engine.connect() as conn:
-        return pd.DataFrame(conn.execute(stmt).mappings().all(), columns=[c.name for c in campaign_outcomes.c])
+        return pd.DataFrame(
+            conn.execute(stmt).mappings().all(), columns=[c.name for c in campaign_outcomes.c]
+        )
 
 
 def test_converted_rows_match_an_independent_pandas_computation(engine, settings):
@@ -238,14 +240,20 @@ def test_zero_member_campaign_and_default_as_of(engine, settings):
     assert res.as_of == AS_OF and res.scheme == settings.default_scheme == SCHEME
     with engine.connect() as conn:
         n = conn.execute(
-            select(func.count()).select_from(campaign_outcomes).where(campaign_outcomes.c.campaign_id == "cmp-lost-v1")
+            select(func.count())
+            .select_from(campaign_outcomes)
+            .where(campaign_outcomes.c.campaign_id == "cmp-lost-v1")
         ).scalar()
     assert n == 0
 
 
 def test_discount_model_reads_the_offer():
-    assert discount_model("winback_coupon", '{"type": "winback_coupon", "percent": 20, "expiry_days": 30}') == (0.2, None)
-    assert discount_model("winback_coupon", '{"type": "winback_coupon", "percent": 15, "max_discount": 25}') == (
+    assert discount_model(
+        "winback_coupon", '{"type": "winback_coupon", "percent": 20, "expiry_days": 30}'
+    ) == (0.2, None)
+    assert discount_model(
+        "winback_coupon", '{"type": "winback_coupon", "percent": 15, "max_discount": 25}'
+    ) == (
         0.15,
         25,
     )
@@ -270,7 +278,9 @@ def test_normalise_event_accepts_dicts_and_objects():
 
 def test_cli_outcomes_collect(duck_engine, duck_settings):
     build(duck_engine)
-    ok = run_cli("outcomes", "collect", "--as-of", AS_OF.isoformat(), "--scheme", SCHEME, "--window-days", "30")
+    ok = run_cli(
+        "outcomes", "collect", "--as-of", AS_OF.isoformat(), "--scheme", SCHEME, "--window-days", "30"
+    )
     assert ok.exit_code == 0, ok.output
     assert "converted: +" in ok.stdout and "5 campaigns" in ok.stdout
     again = run_cli("outcomes", "collect", "--as-of", AS_OF.isoformat(), "--scheme", SCHEME)

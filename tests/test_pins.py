@@ -26,8 +26,12 @@ def test_pyproject_declares_the_pin() -> None:
     import tomllib
     from pathlib import Path
 
-    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert any(d.replace(" ", "").startswith("fastapi") and "<0.155" in d.replace(" ", "") for d in deps), deps
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "dependencies"
+    ]
+    assert any(d.replace(" ", "").startswith("fastapi") and "<0.155" in d.replace(" ", "") for d in deps), (
+        deps
+    )
 
 
 @pytest.mark.prefect

@@ -49,7 +49,9 @@ def planned(settings, engine, tmp_path, monkeypatch):
 
 def _members(engine, campaign_id):
     with engine.connect() as conn:
-        return conn.execute(select(campaign_members).where(campaign_members.c.campaign_id == campaign_id)).all()
+        return conn.execute(
+            select(campaign_members).where(campaign_members.c.campaign_id == campaign_id)
+        ).all()
 
 
 def test_one_campaign_per_active_segment_with_readable_ids(planned):
@@ -147,7 +149,9 @@ def test_rerun_changes_nothing_and_export_is_identical(planned, tmp_path):
 def test_template_change_makes_a_new_version_keeping_groups_and_coupons(planned):
     s, engine, result = planned
     at_risk_v1 = next(r for r in current_campaigns(engine, AS_OF, "rfm11") if r.segment == "At Risk")
-    v1_members = {m.customer_id: (m.member_group, m.coupon_code) for m in _members(engine, at_risk_v1.campaign_id)}
+    v1_members = {
+        m.customer_id: (m.member_group, m.coupon_code) for m in _members(engine, at_risk_v1.campaign_id)
+    }
     tpl = Path(s.templates_dir) / "winback.html"
     tpl.write_text(tpl.read_text().replace("We miss you", "We really miss you"))
     again = plan_campaigns(engine, s, AS_OF, "rfm11")
@@ -157,11 +161,17 @@ def test_template_change_makes_a_new_version_keeping_groups_and_coupons(planned)
     assert at_risk.campaign_id == "rfm11-2025q4-at-risk-v2"
     current = {r.segment: r for r in current_campaigns(engine, AS_OF, "rfm11")}
     assert current["At Risk"].version == 2 and current["At Risk"].template_hash != at_risk_v1.template_hash
-    v2_members = {m.customer_id: (m.member_group, m.coupon_code) for m in _members(engine, at_risk.campaign_id)}
+    v2_members = {
+        m.customer_id: (m.member_group, m.coupon_code) for m in _members(engine, at_risk.campaign_id)
+    }
     assert v2_members == v1_members  # same groups, same coupons
     with engine.connect() as conn:  # history kept
-        assert conn.execute(select(campaigns.c.campaign_id).where(
-            campaigns.c.campaign_id == at_risk_v1.campaign_id)).scalar() is not None
+        assert (
+            conn.execute(
+                select(campaigns.c.campaign_id).where(campaigns.c.campaign_id == at_risk_v1.campaign_id)
+            ).scalar()
+            is not None
+        )
 
 
 def test_policy_change_makes_a_new_version(planned):
@@ -178,15 +188,24 @@ def test_policy_change_makes_a_new_version(planned):
 
 BAD_POLICIES = {
     "malformed yaml": ("schemes:\n  rfm11:\n    Champions: {template: [oops\n", "malformed YAML"),
-    "unknown offer type": ("schemes:\n  rfm11:\n    Champions:\n      offer: {type: free_money}\n",
-                           "unknown offer type 'free_money'"),
-    "percent over 100": ("schemes:\n  rfm11:\n    At Risk:\n      offer: {type: winback_coupon, percent: 150}\n",
-                         "percent"),
-    "percent negative": ("schemes:\n  rfm11:\n    At Risk:\n      offer: {type: winback_coupon, percent: -5}\n",
-                         "percent"),
+    "unknown offer type": (
+        "schemes:\n  rfm11:\n    Champions:\n      offer: {type: free_money}\n",
+        "unknown offer type 'free_money'",
+    ),
+    "percent over 100": (
+        "schemes:\n  rfm11:\n    At Risk:\n      offer: {type: winback_coupon, percent: 150}\n",
+        "percent",
+    ),
+    "percent negative": (
+        "schemes:\n  rfm11:\n    At Risk:\n      offer: {type: winback_coupon, percent: -5}\n",
+        "percent",
+    ),
     "holdout over 1": ("schemes:\n  rfm11:\n    At Risk:\n      holdout_share: 1.5\n", "holdout_share"),
     "holdout negative": ("schemes:\n  rfm11:\n    At Risk:\n      holdout_share: -0.1\n", "holdout_share"),
-    "unknown segment": ("schemes:\n  rfm11:\n    Champion:\n      template: newsletter\n", "no segment 'Champion'"),
+    "unknown segment": (
+        "schemes:\n  rfm11:\n    Champion:\n      template: newsletter\n",
+        "no segment 'Champion'",
+    ),
     "typo key": ("schemes:\n  rfm11:\n    At Risk:\n      holdout_shar: 0.2\n", "holdout_shar"),
 }
 
@@ -206,15 +225,25 @@ def test_bad_policy_writes_nothing(case, settings, engine, tmp_path, monkeypatch
 
 BAD_TEMPLATES = {
     "syntax error": ("{% extends '_base.html' %}{% block body %}{% if %}{% endblock %}", "syntax error"),
-    "sandbox escape": ("{% extends '_base.html' %}{% block body %}{{ ''.__class__.__mro__ }}{% endblock %}",
-                       "sandbox violation"),
-    "huge output": ("{% extends '_base.html' %}{% block body %}{% for i in range(9000) %}"
-                    "{% for j in range(100) %}xxxxxxxxxx{% endfor %}{% endfor %}{% endblock %}", "output larger"),
-    "endless loop": ("{% extends '_base.html' %}{% block body %}{% for i in range(10000) %}"
-                     "{% for j in range(10000) %}{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}"
-                     "{% endblock %}", "longer than"),
-    "undefined variable": ("{% extends '_base.html' %}{% block body %}{{ customer.password }}{% endblock %}",
-                           "undefined"),
+    "sandbox escape": (
+        "{% extends '_base.html' %}{% block body %}{{ ''.__class__.__mro__ }}{% endblock %}",
+        "sandbox violation",
+    ),
+    "huge output": (
+        "{% extends '_base.html' %}{% block body %}{% for i in range(9000) %}"
+        "{% for j in range(100) %}xxxxxxxxxx{% endfor %}{% endfor %}{% endblock %}",
+        "output larger",
+    ),
+    "endless loop": (
+        "{% extends '_base.html' %}{% block body %}{% for i in range(10000) %}"
+        "{% for j in range(10000) %}{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}"
+        "{% endblock %}",
+        "longer than",
+    ),
+    "undefined variable": (
+        "{% extends '_base.html' %}{% block body %}{{ customer.password }}{% endblock %}",
+        "undefined",
+    ),
 }
 
 
@@ -234,8 +263,10 @@ def test_bad_template_writes_nothing(case, duck_settings, duck_engine, tmp_path,
 def test_bad_subject_names_the_policy_line_and_writes_nothing(settings, engine, tmp_path, monkeypatch):
     s = private_templates(settings, tmp_path, monkeypatch)
     insert_snapshot(engine, 500)
-    s.policy_file.write_text("schemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
-                             "      subject: \"{{ frist_name }}, come back\"\n")
+    s.policy_file.write_text(
+        "schemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
+        '      subject: "{{ frist_name }}, come back"\n'
+    )
     with pytest.raises(TemplateError) as err:
         plan_campaigns(engine, s, AS_OF, "rfm11")
     assert f"{s.policy_file}:5: " in str(err.value), str(err.value)
@@ -253,8 +284,9 @@ def test_missing_template_writes_nothing(settings, engine, tmp_path, monkeypatch
     assert counts(engine) == (0, 0)
 
 
-def test_failure_after_members_are_written_rolls_everything_back(duck_settings, duck_engine, tmp_path,
-                                                                   monkeypatch):
+def test_failure_after_members_are_written_rolls_everything_back(
+    duck_settings, duck_engine, tmp_path, monkeypatch
+):
     s = private_templates(duck_settings, tmp_path, monkeypatch)
     insert_snapshot(duck_engine, 500)
     import campaigns.plan as plan_mod
@@ -282,7 +314,8 @@ def test_migration_targeting(settings, engine, tmp_path, monkeypatch):
     insert_snapshot(engine, 400, segment_of=lambda i: "At Risk")
     s.policy_file.write_text(
         "schemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
-        "      offer: {type: winback_coupon, percent: 20}\n      targeting: {left: [Champions]}\n")
+        "      offer: {type: winback_coupon, percent: 20}\n      targeting: {left: [Champions]}\n"
+    )
     result = plan_campaigns(engine, s, AS_OF, "rfm11")
     sp = result.segments[0]
     assert sp.excluded == {"not_targeted": 200}
@@ -292,7 +325,8 @@ def test_migration_targeting(settings, engine, tmp_path, monkeypatch):
     # entered_since_previous: only customers who were not At Risk before
     s.policy_file.write_text(
         "schemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
-        "      offer: {type: winback_coupon, percent: 20}\n      targeting: {entered_since_previous: true}\n")
+        "      offer: {type: winback_coupon, percent: 20}\n      targeting: {entered_since_previous: true}\n"
+    )
     result = plan_campaigns(engine, s, AS_OF, "rfm11")
     assert result.segments[0].campaign_id.endswith("-v2")
     assert result.segments[0].excluded == {"not_targeted": 200}
@@ -304,8 +338,12 @@ def test_coupon_collisions_resolved_deterministically(duck_settings, duck_engine
     insert_snapshot(duck_engine, 700, segment_of=lambda i: "At Risk" if i % 2 else "Hibernating")
     plan_campaigns(duck_engine, s, AS_OF, "rfm11")
     with duck_engine.connect() as conn:
-        codes = [r[0] for r in conn.execute(select(campaign_members.c.coupon_code)
-                                            .where(campaign_members.c.coupon_code.is_not(None)))]
+        codes = [
+            r[0]
+            for r in conn.execute(
+                select(campaign_members.c.coupon_code).where(campaign_members.c.coupon_code.is_not(None))
+            )
+        ]
     assert len(codes) > 550 and len(set(codes)) == len(codes)
     # same data and key elsewhere -> same codes (deterministic resolution)
     first = sorted(codes)
@@ -314,8 +352,12 @@ def test_coupon_collisions_resolved_deterministically(duck_settings, duck_engine
         conn.execute(campaigns.delete())
     plan_campaigns(duck_engine, s, AS_OF, "rfm11")
     with duck_engine.connect() as conn:
-        again = sorted(r[0] for r in conn.execute(select(campaign_members.c.coupon_code)
-                                                  .where(campaign_members.c.coupon_code.is_not(None))))
+        again = sorted(
+            r[0]
+            for r in conn.execute(
+                select(campaign_members.c.coupon_code).where(campaign_members.c.coupon_code.is_not(None))
+            )
+        )
     assert again == first
 
 
@@ -349,8 +391,11 @@ def test_suppressing_a_planned_segment_retires_its_campaign(planned):
     assert next(sp for sp in again.segments if sp.segment == "Hibernating").status == "suppressed"
     assert "Hibernating" not in {r.segment for r in current_campaigns(engine, AS_OF, "rfm11")}
     with engine.connect() as conn:  # history kept: v1 with its members, v2 the member-less marker
-        rows = conn.execute(select(campaigns.c.campaign_id, campaigns.c.offer_type)
-                            .where(campaigns.c.segment == "Hibernating").order_by(campaigns.c.version)).all()
+        rows = conn.execute(
+            select(campaigns.c.campaign_id, campaigns.c.offer_type)
+            .where(campaigns.c.segment == "Hibernating")
+            .order_by(campaigns.c.version)
+        ).all()
     assert [r[0] for r in rows] == ["rfm11-2025q4-hibernating-v1", "rfm11-2025q4-hibernating-v2"]
     assert rows[1][1] == "suppressed"
     assert plan_campaigns(engine, s, AS_OF, "rfm11") and counts(engine)[0] == 11  # rerun: nothing new
@@ -394,7 +439,7 @@ def test_concurrent_plans_and_snapshots_run_one_after_the_other(settings, engine
         try:
             barrier.wait()
             results.append(fn())
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     def twice(fn):
@@ -420,8 +465,10 @@ def test_concurrent_plans_and_snapshots_run_one_after_the_other(settings, engine
         versions = conn.execute(select(func.max(campaigns.c.version))).scalar()
         dup = conn.execute(
             select(func.count()).select_from(
-                select(campaign_members.c.customer_id).group_by(campaign_members.c.customer_id)
-                .having(func.count() > 1).subquery()
+                select(campaign_members.c.customer_id)
+                .group_by(campaign_members.c.customer_id)
+                .having(func.count() > 1)
+                .subquery()
             )
         ).scalar()
     assert versions == 1 and dup == 0

@@ -59,8 +59,12 @@ def test_a_minimal_policy_falls_back_to_built_in_defaults(tmp_path):
 
 
 def test_policy_hash_changes_with_the_policy(tmp_path):
-    a = load_policy(_policy(tmp_path, "schemes:\n  rfm11:\n    At Risk: {offer: {type: winback_coupon, percent: 20}}\n"))
-    b = load_policy(_policy(tmp_path, "schemes:\n  rfm11:\n    At Risk: {offer: {type: winback_coupon, percent: 25}}\n"))
+    a = load_policy(
+        _policy(tmp_path, "schemes:\n  rfm11:\n    At Risk: {offer: {type: winback_coupon, percent: 20}}\n")
+    )
+    b = load_policy(
+        _policy(tmp_path, "schemes:\n  rfm11:\n    At Risk: {offer: {type: winback_coupon, percent: 25}}\n")
+    )
     ha, hb = (p.for_segment("rfm11", "At Risk").policy_hash for p in (a, b))
     assert ha != hb and len(ha) == 64
 
@@ -68,18 +72,31 @@ def test_policy_hash_changes_with_the_policy(tmp_path):
 CASES = {
     "malformed yaml": ("default:\n  template: x\n  subject: [unclosed\n", 4, "malformed YAML"),
     "bad indentation": ("default:\n  template: x\n   subject: y\n", 3, "malformed YAML"),
-    "unknown offer type": ("schemes:\n  rfm11:\n    Champions:\n      template: x\n      offer:\n"
-                           "        type: free_money\n", 6, "unknown offer type 'free_money'"),
+    "unknown offer type": (
+        "schemes:\n  rfm11:\n    Champions:\n      template: x\n      offer:\n        type: free_money\n",
+        6,
+        "unknown offer type 'free_money'",
+    ),
     "missing offer type": ("schemes:\n  rfm11:\n    Champions:\n      offer: {percent: 5}\n", 4, "offer"),
-    "percent over 100": ("schemes:\n  rfm11:\n    At Risk:\n      offer:\n        type: winback_coupon\n"
-                         "        percent: 150\n", 6, "percent"),
-    "percent zero": ("schemes:\n  rfm11:\n    At Risk:\n      offer: {type: winback_coupon, percent: 0}\n", 4,
-                     "percent"),
+    "percent over 100": (
+        "schemes:\n  rfm11:\n    At Risk:\n      offer:\n        type: winback_coupon\n"
+        "        percent: 150\n",
+        6,
+        "percent",
+    ),
+    "percent zero": (
+        "schemes:\n  rfm11:\n    At Risk:\n      offer: {type: winback_coupon, percent: 0}\n",
+        4,
+        "percent",
+    ),
     "holdout over 1": ("default:\n  holdout_share: 1.5\n", 2, "holdout_share"),
     "holdout negative": ("schemes:\n  seed5:\n    New:\n      holdout_share: -0.2\n", 4, "holdout_share"),
     "unknown key": ("schemes:\n  rfm11:\n    Champions:\n      templte: x\n", 4, "templte"),
-    "duplicate segment": ("schemes:\n  rfm11:\n    Lost: {suppress: true}\n    Lost: {suppress: false}\n", 4,
-                          "duplicate key 'Lost'"),
+    "duplicate segment": (
+        "schemes:\n  rfm11:\n    Lost: {suppress: true}\n    Lost: {suppress: false}\n",
+        4,
+        "duplicate key 'Lost'",
+    ),
     "unknown destination": ("default:\n  destinations: [outbox, fax]\n", 2, "destinations"),
     "not a mapping": ("- just\n- a list\n", 1, "must be a mapping"),
     "wrong version": ("version: 7\n", 1, "version"),
@@ -101,8 +118,11 @@ def test_every_policy_error_names_file_line_and_fix(tmp_path, case):
 
 
 def test_unknown_segments_and_schemes_are_reported_with_lines(tmp_path):
-    s = _policy(tmp_path, "schemes:\n  rfm11:\n    Champion: {template: x}\n    At Risk:\n"
-                          "      targeting: {entered_from: [Loyal]}\n  nosuch:\n    A: {template: x}\n")
+    s = _policy(
+        tmp_path,
+        "schemes:\n  rfm11:\n    Champion: {template: x}\n    At Risk:\n"
+        "      targeting: {entered_from: [Loyal]}\n  nosuch:\n    A: {template: x}\n",
+    )
     policy, issues = parse_policy(s.policy_file)
     assert policy is not None and issues == []
     found = {(i.line, i.message) for i in check_segments(policy, s)}

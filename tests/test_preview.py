@@ -49,8 +49,9 @@ def test_preview_uses_a_sample_customer_from_the_latest_snapshot(settings, engin
     res = run_cli("templates", "preview", "--scheme", "seed5", "--out", str(out))
     assert res.exit_code == 0, res.output
     files = sorted(p.name for p in out.glob("*.html"))
-    assert files == sorted(["index.html", *(f"seed5-{n}.html" for n in ("champions", "loyal", "at-risk", "new",
-                                                                        "others"))])
+    assert files == sorted(
+        ["index.html", *(f"seed5-{n}.html" for n in ("champions", "loyal", "at-risk", "new", "others"))]
+    )
     champions = (out / "seed5-champions.html").read_text()
     assert "Name0" in champions  # c000000 is the first Champion and has a first name
     assert "customer c000000" in (out / "index.html").read_text()
@@ -69,7 +70,8 @@ def test_preview_one_segment_and_unknown_segment(duck_settings, duck_engine, tmp
 def test_a_broken_template_fails_alone_in_the_preview(duck_settings, duck_engine, tmp_path, monkeypatch):
     s = private_templates(duck_settings, tmp_path, monkeypatch)
     (Path(s.templates_dir) / "winback.html").write_text(
-        "{% extends '_base.html' %}{% block body %}{{ ''.__class__ }}{% endblock %}")
+        "{% extends '_base.html' %}{% block body %}{{ ''.__class__ }}{% endblock %}"
+    )
     out = tmp_path / "p"
     res = run_cli("templates", "preview", "--out", str(out))
     assert res.exit_code == 1
@@ -79,7 +81,9 @@ def test_a_broken_template_fails_alone_in_the_preview(duck_settings, duck_engine
 
 
 @pytest.mark.parametrize("scheme", ["rfm11", "seed5", "vip_fm", "value_tier"])
-def test_every_segment_of_the_shipped_schemes_renders(duck_settings, duck_engine, tmp_path, monkeypatch, scheme):
+def test_every_segment_of_the_shipped_schemes_renders(
+    duck_settings, duck_engine, tmp_path, monkeypatch, scheme
+):
     s = private_templates(duck_settings, tmp_path, monkeypatch)
     items = write_previews(s, tmp_path / scheme, engine=duck_engine, scheme=scheme)
     assert items and all(i.error is None for i in items)

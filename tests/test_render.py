@@ -24,11 +24,21 @@ from campaigns.render import (
 )
 from tests.campaign_helpers import private_templates
 
-WINBACK = {"campaign_id": "rfm11-2025q4-at-risk-v1", "scheme": "rfm11", "segment": "At Risk",
-           "as_of": date(2025, 12, 31), "template": "winback",
-           "subject": "We miss you, {{ first_name }}: {{ offer.percent }}% off",
-           "offer": '{"type": "winback_coupon", "percent": 20, "expiry_days": 30}'}
-MEMBER = {"customer_id": "c1", "email": "ann@example.com", "first_name": "Ann", "coupon_code": "WB-ABCDE-FGHJK"}
+WINBACK = {
+    "campaign_id": "rfm11-2025q4-at-risk-v1",
+    "scheme": "rfm11",
+    "segment": "At Risk",
+    "as_of": date(2025, 12, 31),
+    "template": "winback",
+    "subject": "We miss you, {{ first_name }}: {{ offer.percent }}% off",
+    "offer": '{"type": "winback_coupon", "percent": 20, "expiry_days": 30}',
+}
+MEMBER = {
+    "customer_id": "c1",
+    "email": "ann@example.com",
+    "first_name": "Ann",
+    "coupon_code": "WB-ABCDE-FGHJK",
+}
 FAST = RenderLimits(max_seconds=0.5)
 
 
@@ -53,12 +63,15 @@ def test_merge_tag_mode_renders_one_email_for_the_segment(tsettings):
     assert tsettings.brand.postal_address in email.html and tsettings.brand.postal_address in email.text
     used = set(MERGE_TAG_RE.findall(email.html + email.text + email.subject))
     assert used <= set(MERGE_FIELDS) | SYSTEM_MERGE_TAGS
-    assert 'max-width:600px' in email.html and "<script" not in email.html and "<link" not in email.html
+    assert "max-width:600px" in email.html and "<script" not in email.html and "<link" not in email.html
 
 
 def test_merge_tag_render_refuses_a_garbled_tag(tsettings):
-    camp = _write(tsettings, "shout", "{% extends '_base.html' %}{% block body %}Hi {{ first_name|lower }}"
-                  "{% endblock %}")
+    camp = _write(
+        tsettings,
+        "shout",
+        "{% extends '_base.html' %}{% block body %}Hi {{ first_name|lower }}{% endblock %}",
+    )
     with pytest.raises(RenderError, match=r"shout.html.*\*\|fname\|\*, which no destination fills") as err:
         render_merge_tags(tsettings, camp)
     assert "first_name" in (err.value.fix or "")
@@ -68,7 +81,7 @@ def test_merge_tag_render_refuses_a_garbled_tag(tsettings):
 
 
 def test_member_mode_fills_values_and_escapes_html(tsettings):
-    member = {**MEMBER, "first_name": "<b>Ann</b> & \"co\""}
+    member = {**MEMBER, "first_name": '<b>Ann</b> & "co"'}
     email = render_member(tsettings, WINBACK, member)
     assert "WB-ABCDE-FGHJK" in email.html and "WB-ABCDE-FGHJK" in email.text
     assert "&lt;b&gt;Ann&lt;/b&gt; &amp;" in email.html and "<b>Ann</b>" not in email.html
@@ -117,7 +130,9 @@ ESCAPES = {
 
 @pytest.mark.parametrize("case", sorted(ESCAPES))
 def test_sandbox_escapes_fail_clearly_and_render_nothing(tsettings, case):
-    campaign = _write(tsettings, "evil", "{% extends '_base.html' %}{% block body %}" + ESCAPES[case] + "{% endblock %}")
+    campaign = _write(
+        tsettings, "evil", "{% extends '_base.html' %}{% block body %}" + ESCAPES[case] + "{% endblock %}"
+    )
     with pytest.raises(RenderError) as err:
         render_member(tsettings, campaign, MEMBER)
     assert err.value.reason in {"sandbox", "undefined"}, str(err.value)
@@ -125,18 +140,24 @@ def test_sandbox_escapes_fail_clearly_and_render_nothing(tsettings, case):
 
 
 def test_safe_filter_and_autoescape_off_are_rejected(tsettings):
-    c = _write(tsettings, "evil", "{% extends '_base.html' %}{% block body %}{{ first_name|safe }}{% endblock %}")
+    c = _write(
+        tsettings, "evil", "{% extends '_base.html' %}{% block body %}{{ first_name|safe }}{% endblock %}"
+    )
     with pytest.raises(RenderError, match=r"\|safe filter is not allowed"):
         render_member(tsettings, c, MEMBER)
-    c = _write(tsettings, "evil2", "{% extends '_base.html' %}{% block body %}{% autoescape false %}"
-                                    "{{ first_name }}{% endautoescape %}{% endblock %}")
+    c = _write(
+        tsettings,
+        "evil2",
+        "{% extends '_base.html' %}{% block body %}{% autoescape false %}"
+        "{{ first_name }}{% endautoescape %}{% endblock %}",
+    )
     with pytest.raises(RenderError, match="autoescape"):
         render_member(tsettings, c, MEMBER)
 
 
 ENDLESS = {
     "nested ranges": "{% for i in range(10000) %}{% for j in range(10000) %}{% for k in range(10000) %}"
-                     "{% endfor %}{% endfor %}{% endfor %}",
+    "{% endfor %}{% endfor %}{% endfor %}",
     "recursive loop": "{% for x in [1, 2] recursive %}{{ loop([1, 2]) }}{% endfor %}",
     "macro doubling": "{% macro d(n) %}{% if n %}{{ d(n - 1) }}{{ d(n - 1) }}{% endif %}{% endmacro %}{{ d(60) }}",
     "list repeat loop": "{% for i in [0] * 99999 %}{% for j in [0] * 99999 %}{% endfor %}{% endfor %}",
@@ -145,7 +166,9 @@ ENDLESS = {
 
 @pytest.mark.parametrize("case", sorted(ENDLESS))
 def test_endless_loops_are_stopped(tsettings, case):
-    c = _write(tsettings, "slow", "{% extends '_base.html' %}{% block body %}" + ENDLESS[case] + "{% endblock %}")
+    c = _write(
+        tsettings, "slow", "{% extends '_base.html' %}{% block body %}" + ENDLESS[case] + "{% endblock %}"
+    )
     started = time.monotonic()
     with pytest.raises(RenderError) as err:
         render_member(tsettings, c, MEMBER, limits=FAST)
@@ -162,11 +185,11 @@ HUGE = {
     "format width": "{{ '%0999999999d'|format(1) }}",
     "str format width": "{{ '{:>999999999}'.format(1) }}",
     "doubling concat": "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}"
-                       "{% endfor %}{{ ns.s|length }}",
+    "{% endfor %}{{ ns.s|length }}",
     "doubling plus": "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set ns.s = ns.s + ns.s %}"
-                     "{% endfor %}{{ ns.s|length }}",
+    "{% endfor %}{{ ns.s|length }}",
     "block set": "{% set ns = namespace(s='ab') %}{% for i in range(60) %}{% set b %}{{ ns.s }}{{ ns.s }}"
-                 "{% endset %}{% set ns.s = b %}{% endfor %}",
+    "{% endset %}{% set ns.s = b %}{% endfor %}",
     "replace": "{{ ('x' * 1000)|replace('x', 'y' * 100000) }}",
     "join": "{{ range(10000)|join('x' * 100000) }}",
     "batch fill": "{{ [1]|batch(1000000000, 'x')|list|length }}",
@@ -178,9 +201,9 @@ HUGE = {
     "batch fill shared": "{{ ['x']|batch(1000, 'x' * 999999)|first|join }}",
     "sum of lists": "{{ ([['x' * 999999]] * 1000)|sum(start=[])|join }}",
     "nested literal doubling": "{% set ns = namespace(l=['x']) %}{% for i in range(40) %}"
-                               "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l }}",
+    "{% set ns.l = [ns.l, ns.l] %}{% endfor %}{{ ns.l }}",
     "dict literal doubling": "{% set ns = namespace(d={}) %}{% for i in range(40) %}"
-                             "{% set ns.d = {'a': ns.d, 'b': ns.d} %}{% endfor %}{{ ns.d }}",
+    "{% set ns.d = {'a': ns.d, 'b': ns.d} %}{% endfor %}{{ ns.d }}",
     # format strings that repeat a big argument or take their width from one
     "format fields": "{{ ('{0}' * 1000).format('x' * 999999) }}",
     "percent fields": "{{ ('%(a)s' * 1000) % {'a': 'x' * 999999} }}",
@@ -215,7 +238,9 @@ def test_huge_outputs_are_refused_before_allocating(tsettings, case):
 
 
 def test_undefined_variable_names_the_line(tsettings):
-    c = _write(tsettings, "typo", "{% extends '_base.html' %}\n{% block body %}\n\n{{ frist_name }}{% endblock %}")
+    c = _write(
+        tsettings, "typo", "{% extends '_base.html' %}\n{% block body %}\n\n{{ frist_name }}{% endblock %}"
+    )
     with pytest.raises(RenderError) as err:
         render_member(tsettings, c, MEMBER)
     assert err.value.reason == "undefined" and "typo.html:4" in str(err.value)
@@ -225,14 +250,19 @@ def test_a_changed_template_is_refused_for_a_planned_campaign(tsettings):
     planned = {**WINBACK, "template_hash": template_hash(tsettings, "winback")}
     render_merge_tags(tsettings, planned)
     (Path(tsettings.templates_dir) / "_base.html").write_text(
-        (Path(tsettings.templates_dir) / "_base.html").read_text().replace("Unsubscribe", "Opt out"))
+        (Path(tsettings.templates_dir) / "_base.html").read_text().replace("Unsubscribe", "Opt out")
+    )
     with pytest.raises(RenderError, match="changed since campaign"):
         render_merge_tags(tsettings, planned)
 
 
 def test_ordinary_templates_render_well_inside_the_limits(tsettings):
-    c = _write(tsettings, "ok", "{% extends '_base.html' %}{% block body %}{% for i in range(200) %}"
-                                "<p>{{ loop.index }} {{ first_name|upper }} {{ '%05.1f'|format(3.14159) }}</p>"
-                                "{% endfor %}{% endblock %}")
+    c = _write(
+        tsettings,
+        "ok",
+        "{% extends '_base.html' %}{% block body %}{% for i in range(200) %}"
+        "<p>{{ loop.index }} {{ first_name|upper }} {{ '%05.1f'|format(3.14159) }}</p>"
+        "{% endfor %}{% endblock %}",
+    )
     email = render_member(tsettings, c, MEMBER)
     assert "200 ANN 003.1" in email.html

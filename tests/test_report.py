@@ -95,10 +95,16 @@ def test_csv_matches_pandas_and_html_opens_offline(engine, settings, tmp_path):
             assert g["incremental_conversion"] == pytest.approx(
                 e["treated_conversion_rate"] - e["holdout_conversion_rate"]
             )
-            assert g["incremental_conversion_ci_low"] < g["incremental_conversion"] < g["incremental_conversion_ci_high"]
+            assert (
+                g["incremental_conversion_ci_low"]
+                < g["incremental_conversion"]
+                < g["incremental_conversion_ci_high"]
+            )
         assert g["offer_cost"] == pytest.approx(e["discount_redeemed"], abs=1e-6)
     assert got.loc["New Customers", "status"] == "n/a (no holdout)"
-    assert math.isnan(got.loc["New Customers", "incremental_conversion"]) and math.isnan(got.loc["New Customers", "roi"])
+    assert math.isnan(got.loc["New Customers", "incremental_conversion"]) and math.isnan(
+        got.loc["New Customers", "roi"]
+    )
     assert got.loc["Lost", "treated"] == 0
 
     html = out.read_text(encoding="utf-8")
@@ -167,7 +173,9 @@ def test_html_escapes_segment_names(duck_engine, duck_settings, tmp_path):
 
     build(duck_engine)
     with duck_engine.begin() as conn:
-        conn.execute(update(campaigns).where(campaigns.c.segment == "Lost").values(segment="<b>Lost & Found</b>"))
+        conn.execute(
+            update(campaigns).where(campaigns.c.segment == "Lost").values(segment="<b>Lost & Found</b>")
+        )
     html = write_roi_report(duck_engine, duck_settings, AS_OF, SCHEME, tmp_path / "r.html").html.read_text()
     assert "<b>Lost" not in html and "&lt;b&gt;Lost &amp; Found&lt;/b&gt;" in html
 
@@ -179,13 +187,26 @@ def test_cli_report_roi(duck_engine, duck_settings, tmp_path):
     assert res.exit_code == 0, res.output
     assert out.exists() and (tmp_path / "reports" / "report.csv").exists()
     assert "report.csv" in res.stdout
-    week = run_cli("report", "roi", "--as-of", AS_OF.isoformat(), "--window-days", "7", "--out", str(tmp_path / "w.html"))
+    week = run_cli(
+        "report", "roi", "--as-of", AS_OF.isoformat(), "--window-days", "7", "--out", str(tmp_path / "w.html")
+    )
     assert week.exit_code == 0, week.output
     assert "attribution window <b>7 days</b>" in (tmp_path / "w.html").read_text()
-    late = run_cli("report", "roi", "--as-of", AS_OF.isoformat(), "--window-days", "200", "--out", str(tmp_path / "l.html"))
+    late = run_cli(
+        "report",
+        "roi",
+        "--as-of",
+        AS_OF.isoformat(),
+        "--window-days",
+        "200",
+        "--out",
+        str(tmp_path / "l.html"),
+    )
     assert late.exit_code == 0 and "outcomes incomplete" in late.stderr
     other = (AS_OF + timedelta(days=1)).isoformat()
-    missing = run_cli("report", "roi", "--as-of", other, "--scheme", SCHEME, "--out", str(tmp_path / "m.html"))
+    missing = run_cli(
+        "report", "roi", "--as-of", other, "--scheme", SCHEME, "--out", str(tmp_path / "m.html")
+    )
     assert missing.exit_code == 2
     assert f"no campaign for as_of {other} and scheme 'rfm11'" in missing.stderr
     assert f"activation plan --as-of {other} --scheme rfm11" in missing.stderr
@@ -201,7 +222,9 @@ def _members_and_start(engine, as_of):
     from activation.tables import campaign_members, campaigns
 
     with engine.connect() as conn:
-        camps = pd.DataFrame(conn.execute(select(campaigns).where(campaigns.c.as_of == as_of)).mappings().all())
+        camps = pd.DataFrame(
+            conn.execute(select(campaigns).where(campaigns.c.as_of == as_of)).mappings().all()
+        )
         members = pd.DataFrame(conn.execute(select(campaign_members)).mappings().all())
     members = members.merge(camps[["campaign_id", "segment"]], on="campaign_id")
     return members, camps
@@ -209,8 +232,13 @@ def _members_and_start(engine, as_of):
 
 def _check_csv_against_pandas(engine, csv_path, as_of, start):
     members, camps = _members_and_start(engine, as_of)
-    percent = {r["segment"]: float(__import__("json").loads(r["offer"]).get("percent", 0)) for _, r in camps.iterrows()}
-    exp = expected_per_segment(expected_per_member(members, read_orders(engine), start=start, percent=percent))
+    percent = {
+        r["segment"]: float(__import__("json").loads(r["offer"]).get("percent", 0))
+        for _, r in camps.iterrows()
+    }
+    exp = expected_per_segment(
+        expected_per_member(members, read_orders(engine), start=start, percent=percent)
+    )
     got = pd.read_csv(csv_path).set_index("segment")
     assert list(got.columns[: len(REQUIRED) - 1]) == REQUIRED[1:]
     assert set(got.index) == set(exp.index)
@@ -267,7 +295,7 @@ def test_backtest_on_transaction_only_data_through_plan(settings, engine, tmp_pa
     assert "no treatment effect by construction" in html and _parse(html).svgs >= 4
     assert "1997-09-30 → 1997-12-31" in html
     # like the summary cards, the table claims no profit or ROI for a backtest (the CSV keeps the numbers)
-    table = html[html.index('<table id="roi">'):html.index("</table>", html.index('<table id="roi">'))]
+    table = html[html.index('<table id="roi">') : html.index("</table>", html.index('<table id="roi">'))]
     rows = [r for r in table.split("<tr>")[2:] if "n/a (no" not in r]
     assert rows and all(r.count("n/a (backtest)") == 2 for r in rows), rows[0]
     assert "Conversion CI excludes 0" in table
@@ -336,7 +364,9 @@ def test_mailchimp_sync_then_collect_events_and_report(settings, engine, tmp_pat
     from tests.fakes.plan_data import SimpleContent, insert_plan, make_assignment
 
     with FakeMailchimp() as mc:
-        settings.mailchimp = MailchimpSettings(api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url)
+        settings.mailchimp = MailchimpSettings(
+            api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url
+        )
         assignment = make_assignment(240)
         holdouts = {c for i, c in enumerate(sorted(assignment)) if i % 4 == 0}
         plan = insert_plan(engine, assignment, holdouts=holdouts)
@@ -379,7 +409,9 @@ def test_mailchimp_sync_then_collect_events_and_report(settings, engine, tmp_pat
         assert df["open_rate"].notna().all()
         assert int(df["coupons_redeemed"].sum()) == 15
         assert df["discount_redeemed"].sum() == pytest.approx(15 * 100.0 * 0.15)
-        assert df["treated_conversions"].sum() == len(buyers_t) and df["holdout_conversions"].sum() == len(buyers_h)
+        assert df["treated_conversions"].sum() == len(buyers_t) and df["holdout_conversions"].sum() == len(
+            buyers_h
+        )
 
         paths = write_roi_report(engine, settings, MC_AS_OF, MC_SCHEME, tmp_path / "mc.html")
         html = paths.html.read_text()

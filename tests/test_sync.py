@@ -258,7 +258,9 @@ def test_a_second_sync_to_the_same_destination_is_refused_while_one_runs(engine,
 
     results: list = []
     first = threading.Thread(
-        target=lambda: results.append(sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=Blocking()))
+        target=lambda: results.append(
+            sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=Blocking())
+        )
     )
     first.start()
     try:
@@ -288,7 +290,9 @@ def test_a_sync_held_by_another_process_on_postgresql_is_refused(engine, setting
     other = create_engine(engine.url)  # another process's session, as far as the server is concerned
     try:
         with other.connect() as conn:
-            assert conn.execute(text("SELECT pg_try_advisory_lock(hashtextextended('sync:outbox', 1))")).scalar()
+            assert conn.execute(
+                text("SELECT pg_try_advisory_lock(hashtextextended('sync:outbox', 1))")
+            ).scalar()
             with pytest.raises(ConflictError):
                 sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
             assert sync_audience(engine, settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True).dry_run
@@ -515,8 +519,9 @@ def test_sync_table_is_never_cut_on_a_narrow_terminal(duck_engine, duck_settings
 
     segments = ("Potential Loyalists", "Can't Lose Them", "About To Sleep")
     insert_plan(duck_engine, make_assignment(1200, segments), emails={"c00001": "broken@"})
-    res = sync_audience(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, content=SimpleContent(),
-                        dry_run=True)
+    res = sync_audience(
+        duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, content=SimpleContent(), dry_run=True
+    )
     out = io.StringIO()
     print_result(Console(file=out, width=80), res)
     text = out.getvalue()
@@ -531,23 +536,42 @@ def test_an_as_of_without_a_plan_is_a_clear_error_not_an_empty_audience(duck_eng
 
     insert_plan(duck_engine, make_assignment(30))
     for dry_run in (True, False):
-        with pytest.raises(NotFoundError, match=f"no campaign plan for scheme '{SCHEME}' as of 2019-12-31") as err:
-            sync_audience(duck_engine, duck_settings, "outbox", date(2019, 12, 31), SCHEME, content=SimpleContent(),
-                          dry_run=dry_run, force=True)
+        with pytest.raises(
+            NotFoundError, match=f"no campaign plan for scheme '{SCHEME}' as of 2019-12-31"
+        ) as err:
+            sync_audience(
+                duck_engine,
+                duck_settings,
+                "outbox",
+                date(2019, 12, 31),
+                SCHEME,
+                content=SimpleContent(),
+                dry_run=dry_run,
+                force=True,
+            )
         assert AS_OF.isoformat() in str(err.value)  # the plans there are
     with duck_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sync_runs)).scalar_one() == 0
 
 
-def test_schedule_at_in_the_past_is_refused_before_anything_and_its_zone_is_explained(duck_engine, duck_settings):
+def test_schedule_at_in_the_past_is_refused_before_anything_and_its_zone_is_explained(
+    duck_engine, duck_settings
+):
     from datetime import datetime
 
     from activation.errors import InputError
 
     insert_plan(duck_engine, make_assignment(12))
     with pytest.raises(InputError, match="--schedule-at 2020-01-01T09:00:00\\+00:00 is in the past"):
-        sync_audience(duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=C,
-                      schedule_at=datetime(2020, 1, 1, 9, 0))
+        sync_audience(
+            duck_engine,
+            duck_settings,
+            "outbox",
+            AS_OF,
+            SCHEME,
+            content=C,
+            schedule_at=datetime(2020, 1, 1, 9, 0),
+        )
     with duck_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sync_runs)).scalar_one() == 0
     assert not list(duck_settings.resolved_outbox_dir.rglob("*"))

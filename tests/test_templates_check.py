@@ -32,37 +32,79 @@ def _edit(settings: Settings, name: str, text: str) -> None:
 
 
 BROKEN = {
-    "syntax error": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n{% if %}\n{% endblock %}",
-                     "templates/winback.html:3: syntax error"),
-    "unclosed block": ("winback.txt", "{% extends '_base.txt' %}\n{% block body %}\nhello\n",
-                       "templates/winback.txt:"),
-    "unknown variable": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n{{ customer.email }}"
-                         "{% endblock %}", "templates/winback.html:3: unknown variable 'customer'"),
-    "no unsubscribe": ("winback.html", "<html><body>{{ first_name }} {{ brand.postal_address }}</body></html>",
-                       "templates/winback.html:1: no unsubscribe link in the html part"),
-    "no address": ("winback.txt", "Hi {{ first_name }}\nUnsubscribe: {{ unsubscribe_url }}\n",
-                   "templates/winback.txt:1: no postal address in the txt part"),
-    "unknown merge tag": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n\n*|LNAME|*"
-                          "{% endblock %}", "templates/winback.html:4: merge tag *|LNAME|* is not provided"),
-    "sandbox dunder": ("winback.html", "{% extends '_base.html' %}\n{% block body %}{{ first_name.__class__ }}"
-                       "{% endblock %}", "templates/winback.html:2: sandbox violation"),
-    "attr filter": ("winback.html", "{% extends '_base.html' %}\n{% block body %}{{ first_name|attr('upper') }}"
-                    "{% endblock %}", "templates/winback.html:2: sandbox violation: the |attr filter"),
-    "safe filter": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n{{ first_name|safe }}"
-                    "{% endblock %}", "templates/winback.html:3: syntax error: the |safe filter is not allowed"),
-    "endless loop": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n{% for i in range(10000) %}"
-                     "{% for j in range(10000) %}{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}"
-                     "{% endblock %}", "templates/winback.html:3: render limit exceeded: render took longer"),
-    "filter on a merge-tag value": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n"
-                                    "Hi {{ first_name|title }}{% endblock %}",
-                                    "templates/winback.html:3: first_name is used in the |title filter"),
-    "comparison with a merge-tag value": ("winback.txt", "{% extends '_base.txt' %}\n{% block body %}\n\n"
-                                          "{% if coupon_code == 'X' %}x{% endif %}{% endblock %}",
-                                          "templates/winback.txt:4: coupon_code is used in this expression"),
-    "runtime error": ("winback.html", "{% extends '_base.html' %}\n{% block body %}\n\n{{ 1 / 0 }}"
-                      "{% endblock %}", "templates/winback.html:4: render failed: ZeroDivisionError"),
-    "layout without unsubscribe": ("_base.txt", "{{ brand.name }}\n{% block body %}{% endblock %}\n"
-                                   "{{ brand.postal_address }}\n", "no unsubscribe link in the txt part"),
+    "syntax error": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\n{% if %}\n{% endblock %}",
+        "templates/winback.html:3: syntax error",
+    ),
+    "unclosed block": (
+        "winback.txt",
+        "{% extends '_base.txt' %}\n{% block body %}\nhello\n",
+        "templates/winback.txt:",
+    ),
+    "unknown variable": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\n{{ customer.email }}{% endblock %}",
+        "templates/winback.html:3: unknown variable 'customer'",
+    ),
+    "no unsubscribe": (
+        "winback.html",
+        "<html><body>{{ first_name }} {{ brand.postal_address }}</body></html>",
+        "templates/winback.html:1: no unsubscribe link in the html part",
+    ),
+    "no address": (
+        "winback.txt",
+        "Hi {{ first_name }}\nUnsubscribe: {{ unsubscribe_url }}\n",
+        "templates/winback.txt:1: no postal address in the txt part",
+    ),
+    "unknown merge tag": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\n\n*|LNAME|*{% endblock %}",
+        "templates/winback.html:4: merge tag *|LNAME|* is not provided",
+    ),
+    "sandbox dunder": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}{{ first_name.__class__ }}{% endblock %}",
+        "templates/winback.html:2: sandbox violation",
+    ),
+    "attr filter": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}{{ first_name|attr('upper') }}{% endblock %}",
+        "templates/winback.html:2: sandbox violation: the |attr filter",
+    ),
+    "safe filter": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\n{{ first_name|safe }}{% endblock %}",
+        "templates/winback.html:3: syntax error: the |safe filter is not allowed",
+    ),
+    "endless loop": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\n{% for i in range(10000) %}"
+        "{% for j in range(10000) %}{% for k in range(10000) %}{% endfor %}{% endfor %}{% endfor %}"
+        "{% endblock %}",
+        "templates/winback.html:3: render limit exceeded: render took longer",
+    ),
+    "filter on a merge-tag value": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\nHi {{ first_name|title }}{% endblock %}",
+        "templates/winback.html:3: first_name is used in the |title filter",
+    ),
+    "comparison with a merge-tag value": (
+        "winback.txt",
+        "{% extends '_base.txt' %}\n{% block body %}\n\n"
+        "{% if coupon_code == 'X' %}x{% endif %}{% endblock %}",
+        "templates/winback.txt:4: coupon_code is used in this expression",
+    ),
+    "runtime error": (
+        "winback.html",
+        "{% extends '_base.html' %}\n{% block body %}\n\n{{ 1 / 0 }}{% endblock %}",
+        "templates/winback.html:4: render failed: ZeroDivisionError",
+    ),
+    "layout without unsubscribe": (
+        "_base.txt",
+        "{{ brand.name }}\n{% block body %}{% endblock %}\n{{ brand.postal_address }}\n",
+        "no unsubscribe link in the txt part",
+    ),
 }
 
 
@@ -78,11 +120,15 @@ def test_each_broken_template_fails_with_file_and_line(tsettings, case):
 
 
 POLICY_BROKEN = {
-    "missing template": ("  rfm11:\n    At Risk:\n      template: winback_v2\n",
-                         "template 'winback_v2' has no .html and no .txt file"),
+    "missing template": (
+        "  rfm11:\n    At Risk:\n      template: winback_v2\n",
+        "template 'winback_v2' has no .html and no .txt file",
+    ),
     "unknown segment": ("  rfm11:\n    At Riskk:\n      template: winback\n", "has no segment 'At Riskk'"),
-    "bad subject": ("  rfm11:\n    At Risk:\n      template: winback\n      subject: \"{{ frist_name }}\"\n",
-                    "subject: undefined variable"),
+    "bad subject": (
+        '  rfm11:\n    At Risk:\n      template: winback\n      subject: "{{ frist_name }}"\n',
+        "subject: undefined variable",
+    ),
     "unknown offer": ("  rfm11:\n    At Risk:\n      offer: {type: bogo}\n", "unknown offer type 'bogo'"),
 }
 
@@ -102,8 +148,10 @@ def test_malformed_policy_yaml(tsettings):
     _edit(tsettings, "policy.yaml", "schemes:\n  rfm11:\n    At Risk: {template: winback\n")
     res = run_cli("templates", "check")
     assert res.exit_code == 1
-    assert "templates/policy.yaml:4: malformed YAML" in res.stdout or "templates/policy.yaml:3: malformed YAML" \
-        in res.stdout, res.stdout
+    assert (
+        "templates/policy.yaml:4: malformed YAML" in res.stdout
+        or "templates/policy.yaml:3: malformed YAML" in res.stdout
+    ), res.stdout
 
 
 def test_template_missing_its_text_part(tsettings):
@@ -114,10 +162,20 @@ def test_template_missing_its_text_part(tsettings):
 
 def test_each_template_is_rendered_with_each_offer_it_is_used_with(tsettings):
     # winback with a vip offer (no percent): arithmetic on offer.percent fails only for that combination
-    _edit(tsettings, "winback.txt", "{% extends '_base.txt' %}{% block body %}\n{{ offer.percent * 2 }}{% endblock %}")
-    _edit(tsettings, "policy.yaml", "version: 1\nschemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
-                                    "      offer: {type: winback_coupon, percent: 20}\n    Champions:\n"
-                                    "      template: winback\n      offer: {type: vip_early_access}\n")
+    _edit(
+        tsettings,
+        "winback.txt",
+        "{% extends '_base.txt' %}{% block body %}\n{{ offer.percent * 2 }}{% endblock %}",
+    )
+    _edit(
+        tsettings,
+        "policy.yaml",
+        "version: 1\nschemes:\n  rfm11:\n    At Risk:\n      template: winback\n"
+        "      offer: {type: winback_coupon, percent: 20}\n    Champions:\n"
+        "      template: winback\n      offer: {type: vip_early_access}\n",
+    )
     issues = check_templates(tsettings)
-    assert any(i.file.endswith("winback.txt") and i.line == 2 and "render failed: TypeError" in i.message
-               for i in issues), issues
+    assert any(
+        i.file.endswith("winback.txt") and i.line == 2 and "render failed: TypeError" in i.message
+        for i in issues
+    ), issues

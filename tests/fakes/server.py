@@ -196,7 +196,9 @@ class FakeApiServer:
                     await asyncio.sleep(0.05)
                 await self._json(send, 503, {"status": 503}, {}, status_box)
                 return
-            if hangable:  # counted here, with no await since the check: concurrent calls cannot both slip through
+            if (
+                hangable
+            ):  # counted here, with no await since the check: concurrent calls cannot both slip through
                 self._hang_writes += 1
             if f.fatal_after_writes is not None and self._writes >= f.fatal_after_writes:
                 fault = "revoked"
