@@ -26,7 +26,7 @@ def _flags_take_no_value() -> None:
             return None
         return shown(self, ctx)  # type: ignore[arg-type]
 
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
 
 
 _flags_take_no_value()

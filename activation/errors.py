@@ -16,6 +16,9 @@ Destination (API) errors live in :mod:`connectors.errors` and also derive from A
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol
+
 
 class ActivationError(Exception):
     """Base class. ``str(err)`` is the message; ``err.fix`` says what to do about it."""
@@ -39,10 +42,22 @@ class InputError(ActivationError):
     """An input file cannot be read as the requested format."""
 
 
+class FailedCheck(Protocol):
+    """What a data check's failure carries: its name and how many rows fail it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def failures(self) -> int: ...
+
+
 class DataCheckError(ActivationError):
     """Blocking data-quality failure; carries the failed checks."""
 
-    def __init__(self, message: str, *, failures: list | None = None, fix: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, failures: Sequence[FailedCheck] | None = None, fix: str | None = None
+    ) -> None:
         super().__init__(message, fix=fix)
         self.failures = failures or []
 

@@ -34,7 +34,7 @@ def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
 def _destination(name: str | None, settings: Any) -> Any:
     if not name:
         return None
-    from connectors.registry import get_destination  # type: ignore[import-not-found]
+    from connectors.registry import get_destination
 
     return get_destination(name, settings)
 

@@ -172,4 +172,4 @@ def offer_record(offer: Any, as_of: date) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-_ADAPTER: TypeAdapter[Any] = TypeAdapter(Offer)
+_ADAPTER: TypeAdapter[VipEarlyAccess | WinbackCoupon | SecondPurchaseDiscount | NoOffer] = TypeAdapter(Offer)

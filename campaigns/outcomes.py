@@ -351,7 +351,7 @@ ATTRIBUTION_COLUMNS = (
 )
 
 
-def attribution_select(settings: Settings, windows: Sequence[CampaignWindow]) -> Select:
+def attribution_select(settings: Settings, windows: Sequence[CampaignWindow]) -> Select[Any]:
     """Per converted member of the campaigns: revenue, orders, first order, coupon redeemed, discount.
 
     One row per (campaign, member) with at least one qualifying order in the campaign's

@@ -813,12 +813,13 @@ def _members_query(
             frm = frm.outerjoin(c, c.c.customer_id == m.c.customer_id)
             cols += [c.c.email.label("email"), c.c.first_name.label("first_name")]
         else:
+            src = settings.customers
             c = _customers_table(settings).alias("c")
-            frm = frm.outerjoin(c, c.c[src.customer_id] == m.c.customer_id)  # type: ignore[union-attr]
-            cols.append(c.c[src.email].label("email") if src.email else null().label("email"))  # type: ignore[union-attr]
+            frm = frm.outerjoin(c, c.c[src.customer_id] == m.c.customer_id)
+            cols.append(c.c[src.email].label("email") if src.email else null().label("email"))
             cols.append(
                 c.c[src.first_name].label("first_name") if src.first_name else null().label("first_name")
-            )  # type: ignore[union-attr]
+            )
     else:
         cols += [null().label("email"), null().label("first_name")]
     q = select(*cols).select_from(frm).where(m.c.campaign_id == campaign_id)

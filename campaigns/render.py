@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache, update_wrapper
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.exceptions import SecurityError, UndefinedError
@@ -167,6 +167,7 @@ _STR_WIDTH_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs
 _STAR_WIDTH_RE = re.compile(r"%[#0 +\-]*(\*|\d*\.\*)")
 _TEXT = (str, bytes, bytearray)
 _CONTAINERS = (list, tuple, set, frozenset, dict, range, Namespace, Cycler)
+_T = TypeVar("_T")
 
 
 def _tick() -> None:
@@ -210,7 +211,7 @@ def _weight(value: Any, limit: int) -> int:
     return total
 
 
-def _check_size(value: Any, what: str) -> Any:
+def _check_size(value: _T, what: str) -> _T:
     limit = _limits().max_string
     if isinstance(value, _TEXT):
         if len(value) > limit:

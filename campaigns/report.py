@@ -74,7 +74,7 @@ def _esc(text: Any) -> str:
 def _nice_max(value: float) -> float:
     if value <= 0 or math.isnan(value):
         return 1.0
-    exp = 10 ** math.floor(math.log10(value))
+    exp: float = 10 ** math.floor(math.log10(value))
     for m in (1, 2, 2.5, 5, 10):
         if value <= m * exp:
             return m * exp

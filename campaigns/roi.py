@@ -356,7 +356,10 @@ def roi_row(
     sent = events.get("sent", 0)
     has_events = any(events.get(e, 0) for e in EMAIL_EVENTS)
     reached = sent if sent else nt
-    rate = (lambda k: _div(events.get(k, 0), reached)) if has_events else (lambda k: math.nan)
+
+    def rate(event: str) -> float:
+        return _div(events.get(event, 0), reached) if has_events else math.nan
+
     return {
         "segment": w.segment,
         "campaign_id": w.campaign_id,

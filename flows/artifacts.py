@@ -29,8 +29,10 @@ def table_rows(frame: Any) -> list[dict[str, Any]]:
     if hasattr(frame, "to_json"):
         if getattr(frame, "index", None) is not None and frame.index.name is not None:
             frame = frame.reset_index()
-        return json.loads(frame.to_json(orient="records", date_format="iso"))
-    return json.loads(json.dumps(list(frame), default=str))
+        rows: list[dict[str, Any]] = json.loads(frame.to_json(orient="records", date_format="iso"))
+    else:
+        rows = json.loads(json.dumps(list(frame), default=str))
+    return rows
 
 
 def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from activation.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect.settings.legacy import Setting
 
 EPHEMERAL_STARTUP_TIMEOUT_S = 120
 
@@ -69,7 +73,7 @@ def local_run() -> Iterator[None]:
         temporary_settings,
     )
 
-    updates: dict = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    updates: dict[Setting, Any] = {PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
     if prefect_api_url() is None:
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
         # the first start creates and migrates Prefect's database, which takes longer than the

@@ -40,7 +40,7 @@ def retriable_error(exc: BaseException | None) -> bool:
         if getattr(exc, "retriable", False) is True:
             return True
         try:
-            from connectors.errors import RetriableError  # type: ignore[attr-defined]
+            from connectors.errors import RetriableError
 
             if isinstance(exc, RetriableError):
                 return True

@@ -120,16 +120,18 @@ def _require(conn: Connection, name: str, needed: dict[str, str], setting_prefix
     return cols
 
 
-def _count_and_examples(conn: Connection, cond: Any, src: Any, show: list[Any]) -> tuple[int, list[dict]]:
+def _count_and_examples(
+    conn: Connection, cond: Any, src: Any, show: list[Any]
+) -> tuple[int, list[dict[str, Any]]]:
     n = conn.execute(select(func.count()).select_from(src).where(cond)).scalar_one()
-    examples: list[dict] = []
+    examples: list[dict[str, Any]] = []
     if n:
         rows = conn.execute(select(*show).select_from(src).where(cond).limit(EXAMPLES)).mappings().all()
         examples = [dict(r) for r in rows]
     return int(n), examples
 
 
-def _examples(conn: Connection, src: Any, cond: Any, show: list[Any], order: Any) -> list[dict]:
+def _examples(conn: Connection, src: Any, cond: Any, show: list[Any], order: Any) -> list[dict[str, Any]]:
     rows = conn.execute(select(*show).select_from(src).where(cond).order_by(order).limit(EXAMPLES)).mappings()
     return [dict(r) for r in rows]
 
@@ -141,7 +143,7 @@ def _not_null(conn: Connection, src: Any, cols: list[tuple[str, Any]], show: lis
     ).one()
     results = []
     for (label, col), n in zip(cols, counts, strict=True):
-        examples: list[dict] = []
+        examples: list[dict[str, Any]] = []
         if n:
             rows = conn.execute(
                 select(*show).select_from(src).where(col.is_(None)).limit(EXAMPLES)
@@ -170,7 +172,7 @@ def _status_check(conn: Connection, settings: Settings, src: Any, st: Any, oid: 
         ),
         key=lambda vn: (-vn[1], vn[0]),
     )
-    examples: list[dict] = []
+    examples: list[dict[str, Any]] = []
     if unknown:
         values = [v for v, _ in unknown[:20]]
         rows = conn.execute(
@@ -308,7 +310,7 @@ def _order_checks(
         results.append(_status_check(conn, settings, src, c[o.status], oid))
 
     key = f"{o.table}.{o.order_id}"
-    examples: list[dict] = []
+    examples: list[dict[str, Any]] = []
     if fingerprint is not None and fingerprint == stored_fingerprint(conn, key):
         n_dup = 0  # the very ids verified unique before (or written so by ingest)
     else:

@@ -6,6 +6,7 @@ The ``kmeans`` and ``clv_tier`` snapshots themselves are made by ``activation se
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
 import typer
 
@@ -26,7 +27,7 @@ def _date(value: str, flag: str) -> date:
         raise InputError(f"{flag} {value!r} is not a date", fix=f"write {flag} as YYYY-MM-DD") from None
 
 
-def _metrics_table(title: str, metrics: dict) -> object:
+def _metrics_table(title: str, metrics: dict[str, Any]) -> object:
     from rich.table import Table
 
     table = Table(title=title, show_header=True)
@@ -101,7 +102,7 @@ def show_command(
     cli.console.print(_metrics_table("CLV backtest", model.metrics))
 
 
-def model_lines(model: dict) -> list[str]:
+def model_lines(model: dict[str, Any]) -> list[str]:
     """Human-readable lines for the model recorded with a snapshot (``cutpoints['model']``), printed by
     ``activation segment`` for model-based schemes."""
     kind = model.get("kind")

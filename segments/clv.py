@@ -97,7 +97,7 @@ def _day_start(d: date) -> datetime:
     return datetime(d.year, d.month, d.day)
 
 
-def feature_query(settings: Settings, as_of: date, horizon_days: int, *, with_target: bool) -> Select:
+def feature_query(settings: Settings, as_of: date, horizon_days: int, *, with_target: bool) -> Select[Any]:
     """One row per customer with an order on or before ``as_of``: the raw aggregates of :data:`FEATURES`
     (dates as timestamps; day differences are taken after), plus ``target`` = spend in
     ``(as_of, as_of + horizon]`` when ``with_target``."""

@@ -118,7 +118,7 @@ class ClusterModel:
     @property
     def segment(self) -> np.ndarray:
         """Cluster name per customer."""
-        return np.asarray(self.names, dtype=object)[self.labels]
+        return np.take(np.asarray(self.names, dtype=object), self.labels)
 
     def profile(self) -> list[dict[str, Any]]:
         """One row per cluster: id, name, size, centroid in original units and in z-units."""

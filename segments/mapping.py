@@ -82,7 +82,9 @@ class Mapping:
         return f"{self.path}:{line}" if self.path and line else str(self.path or "the mapping")
 
 
-def _line_map(node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int], dups: list) -> None:
+def _line_map(
+    node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int], dups: list[tuple[int, str]]
+) -> None:
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
