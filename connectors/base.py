@@ -22,11 +22,21 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from json.encoder import encode_basestring_ascii as _enc  # what json.dumps uses for str (ensure_ascii)
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 # re-exported: the sync, the destinations and the tests import them from here
 from activation.emails import email_hash as email_hash
 from activation.emails import normalize_email as normalize_email
+
+#: how a destination answered one member's change; also the ``status`` of every ``sync_log`` row
+MemberStatus = Literal["ok", "skipped", "failed"]
+#: a sync as ``sync_runs`` records it (``running`` until it ends; ``partial``: some members failed) and, for a
+#: run that records nothing, as its result reads (``planned``: a dry run; ``unchanged``: nothing to write)
+SyncStatus = Literal["planned", "unchanged", "running", "succeeded", "partial", "failed"]
+#: a campaign as ``destination_campaigns`` records it (``created``: made, its content not yet set)
+CampaignStatus = Literal["created", "draft", "scheduled", "sent"]
+#: what a member's change does: a new contact, a changed one, or one to untag
+ChangeKind = Literal["add", "update", "remove"]
 
 
 def merge_fields() -> dict[str, str]:
@@ -112,7 +122,7 @@ class MemberChange:
 
     customer_id: str
     email: str
-    kind: str  # add | update | remove
+    kind: ChangeKind
     member: AudienceMember | None
     upsert: bool
     tag_add: str | None
@@ -135,7 +145,7 @@ class MemberResult:
     """The outcome of one member's change: ``ok``, ``skipped`` (per-member refusal) or ``failed``."""
 
     change: MemberChange
-    status: str
+    status: MemberStatus
     operation: str
     error: str | None = None
     suppress_reason: str | None = None  # e.g. 'unsubscribed' when the destination refused for consent
@@ -147,7 +157,7 @@ class RemoteCampaign:
 
     campaign_id: str
     remote_id: str | None
-    status: str
+    status: CampaignStatus
     sent_at: datetime | None = None
 
 
@@ -228,14 +238,16 @@ class Journal(Protocol):
     def remote_campaign(self, campaign_id: str) -> RemoteCampaign | None: ...
 
     def record_campaign(
-        self, campaign_id: str, remote_id: str | None, status: str, sent_at: datetime | None
+        self, campaign_id: str, remote_id: str | None, status: CampaignStatus, sent_at: datetime | None
     ) -> None: ...
 
     def campaign_sent_before(self, campaign: CampaignSpec) -> bool:
         """True when any version of this campaign was already sent or scheduled here."""
         ...
 
-    def log(self, campaign_id: str | None, operation: str, status: str, error: str | None = None) -> None: ...
+    def log(
+        self, campaign_id: str | None, operation: str, status: MemberStatus, error: str | None = None
+    ) -> None: ...
 
 
 @runtime_checkable

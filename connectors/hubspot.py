@@ -79,8 +79,7 @@ from connectors.http import (
     parse_retry_after,
     redact,
 )
-from connectors.state import load_remote_campaigns
-from connectors.sync import customer_resolver
+from connectors.state import customer_resolver, load_remote_campaigns
 
 # an address as it appears in HubSpot's messages: RFC 5322 atext in the local part (' { } included, which
 # the project's own validator accepts), then a domain

@@ -42,6 +42,7 @@ from activation.settings import BrandSettings, MailchimpSettings
 from connectors.base import (
     CallStats,
     CampaignSpec,
+    CampaignStatus,
     Journal,
     MemberChange,
     OutcomeEvent,
@@ -70,6 +71,7 @@ from connectors.http import (
     parse_retry_after,
     redact,
 )
+from connectors.state import customer_resolver, load_remote_campaigns
 
 PAGE = 1000  # the documented maximum of ``count`` (docs/methods-parameters/#pagination)
 #: how far back the consent read-back reaches before the last sync's start: a change stamped in the same
@@ -784,7 +786,7 @@ class MailchimpDestination:
             )
             return
 
-        def remote_state() -> tuple[str, datetime | None] | None:
+        def remote_state() -> tuple[CampaignStatus, datetime | None] | None:
             remote = self.api.call(
                 "get campaign",
                 lambda c: c.campaigns.get(remote_id, fields=["id", "status", "send_time"]),
@@ -797,7 +799,7 @@ class MailchimpDestination:
                 return "scheduled", _parse_ts(remote.get("send_time")) or plan.schedule_at
             return None
 
-        def run() -> tuple[str, datetime | None, str | None]:
+        def run() -> tuple[CampaignStatus, datetime | None, str | None]:
             done_before = remote_state()
             if done_before is not None:
                 return (*done_before, None)
@@ -814,7 +816,7 @@ class MailchimpDestination:
             self.api.create("send campaign", lambda c: c.campaigns.send(remote_id), remote_state)
             return "sent", _now(), "send"
 
-        def done(res: tuple[str, datetime | None, str | None]) -> None:
+        def done(res: tuple[CampaignStatus, datetime | None, str | None]) -> None:
             status, when, op = res
             journal.record_campaign(camp.campaign_id, remote_id, status, when)
             if op:
@@ -880,9 +882,6 @@ class MailchimpDestination:
         self, engine: Any, campaign_ids: Sequence[str], since: datetime | None = None
     ) -> Iterator[OutcomeEvent]:
         """sent / opened / clicked / bounced (email activity) and unsubscribed (report) per member."""
-        from connectors.state import load_remote_campaigns
-        from connectors.sync import customer_resolver
-
         api = self.api  # no credentials: a ConfigError now, not an empty answer
         remote = load_remote_campaigns(engine, self.name)
         sent = [

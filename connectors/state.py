@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -323,3 +323,9 @@ def save_remote_campaign(bind: Engine | Connection, destination: str, rc: Remote
             conn.execute(stmt)
     else:
         bind.execute(stmt)
+
+
+def customer_resolver(engine: Engine, destination: str) -> Callable[[str], str | None]:
+    """email -> customer id, through the email hashes in ``sync_state`` (no email is stored)."""
+    by_hash = {s.email_hash: s.customer_id for s in load_state(engine, destination).values() if s.email_hash}
+    return lambda email: by_hash.get(email_hash(email))

@@ -13,24 +13,22 @@ import functools
 import gc
 import hashlib
 import json
-import queue
-import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from json.encoder import encode_basestring_ascii as _enc
 from operator import attrgetter
 from typing import Any, Concatenate, ParamSpec
 
-from sqlalchemy import and_, func, null, select, update
+from sqlalchemy import func, null, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import column, table
 
 from activation.dialect import exclusive
 from activation.emails import EMAIL_RE
-from activation.emails import is_valid_email as is_valid_email
 from activation.errors import GuardrailError, InputError, NotFoundError, TemplateError
 from activation.settings import Settings
 from activation.tables import campaign_members, campaigns
@@ -38,111 +36,18 @@ from connectors import state as st
 from connectors.base import (
     AudienceMember,
     CampaignSpec,
-    Content,
     ContentProvider,
     Destination,
     MemberChange,
-    MemberResult,
     OutcomeEvent,
-    RemoteCampaign,
     SyncPlan,
     email_hash,
     normalize_email,
     state_hash,
 )
-
-
-@dataclass
-class SegmentPlan:
-    """What a sync does (or, in a dry run, would do) to one segment."""
-
-    segment: str
-    campaign_id: str | None = None
-    members: int = 0  # reachable treated members now
-    previous: int = 0  # members at the last sync that ran to its end (the guardrails' baseline)
-    holdout: int = 0
-    adds: int = 0
-    updates: int = 0
-    unchanged: int = 0
-    tag_adds: int = 0
-    tag_removes: int = 0
-    skips: Counter[str] = field(default_factory=Counter)
-    api_calls: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        d = {
-            k: getattr(self, k)
-            for k in (
-                "segment",
-                "campaign_id",
-                "members",
-                "previous",
-                "holdout",
-                "adds",
-                "updates",
-                "unchanged",
-                "tag_adds",
-                "tag_removes",
-                "api_calls",
-            )
-        }
-        d["skips"] = dict(self.skips)
-        return d
-
-
-@dataclass
-class SyncResult:
-    """The outcome of :func:`sync_audience` (a plan when ``dry_run``)."""
-
-    sync_id: str | None
-    destination: str
-    as_of: date
-    scheme: str
-    dry_run: bool
-    segments: dict[str, SegmentPlan]
-    api_calls: int  # estimated in a dry run, counted otherwise
-    planned_calls: int = 0  # the plan's estimate (also after a real sync)
-    setup_calls: int = 0  # the part of the estimate that belongs to no segment (set-up reads and writes)
-    write_calls: int = 0
-    read_calls: int = 0
-    guardrail_violations: list[str] = field(default_factory=list)
-    blockers: list[str] = field(default_factory=list)  # dry run: content problems a real sync stops on
-    status: str = "planned"
-    ok: int = 0
-    skipped: int = 0
-    failed: int = 0
-    campaigns: dict[str, str] = field(default_factory=dict)  # campaign_id -> status
-    seconds: float = 0.0
-    apply_seconds: float = 0.0  # time spent writing to the destination (the API-bound part)
-
-    @property
-    def skips(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for s in self.segments.values():
-            total.update(s.skips)
-        return total
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "destination": self.destination,
-            "as_of": self.as_of.isoformat(),
-            "scheme": self.scheme,
-            "dry_run": self.dry_run,
-            "status": self.status,
-            "api_calls": self.api_calls,
-            "write_calls": self.write_calls,
-            "read_calls": self.read_calls,
-            "seconds": round(self.seconds, 3),
-            "apply_seconds": round(self.apply_seconds, 3),
-            "ok": self.ok,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "campaigns": self.campaigns,
-            "guardrail_violations": self.guardrail_violations,
-            "blockers": self.blockers,
-            "segments": {k: v.as_dict() for k, v in self.segments.items()},
-        }
-
+from connectors.content import RenderContent, campaign_values
+from connectors.journal import CallCount, WarehouseJournal, finish, log_skips
+from connectors.result import SegmentChange, SyncResult
 
 # --- reading the plan --------------------------------------------------------------------------------
 
@@ -243,40 +148,10 @@ def _customers_table(settings: Settings) -> tuple[Any, dict[str, Any]]:
     return t, cols
 
 
-def merge_values(campaign: CampaignSpec, first_name: str | None, coupon: str | None) -> dict[str, str]:
-    """The merge fields one member receives (see :func:`connectors.base.merge_fields`)."""
-    base, has_coupon = _campaign_values(campaign)
-    return {**base, "FNAME": (first_name or "").strip(), "COUPON": (coupon or "") if has_coupon else ""}
-
-
-def _campaign_values(campaign: CampaignSpec) -> tuple[dict[str, str], bool]:
-    """The campaign-wide merge values (segment, offer, expiry) and whether its offer has coupons, as
-    :func:`campaigns.render.merge_values` computes them (computed once per campaign, not per member)."""
-    key = campaign.campaign_id
-    cached = _VALUES_CACHE.get(key)
-    if cached is not None and cached[0] is campaign:
-        return cached[1], cached[2]
-    from campaigns.render import merge_values as render_values
-
-    row = (
-        campaign.row
-        if campaign.row is not None
-        else {**campaign.__dict__, "offer": json.dumps(campaign.offer)}
-    )
-    base = render_values(row, {"first_name": "", "coupon_code": "X"})
-    has_coupon = base.get("COUPON") == "X"
-    base = {k: str(v) for k, v in base.items()}
-    _VALUES_CACHE[key] = (campaign, base, has_coupon)
-    return base, has_coupon
-
-
-_VALUES_CACHE: dict[str, tuple[CampaignSpec, dict[str, str], bool]] = {}
-
-
 @dataclass
 class _Source:
     audiences: dict[str, list[AudienceMember]]
-    segments: dict[str, SegmentPlan]
+    segments: dict[str, SegmentChange]
     skipped: list[tuple[str, str, str]]  # (campaign_id, customer_id, reason)
     emails: dict[str, str]  # customer_id -> normalized email (every member read, for tag removals)
 
@@ -291,8 +166,8 @@ def _read_source(
     """
     cust, cc = _customers_table(settings)
     by_id = {c.campaign_id: c for c in camps}
-    segments = {c.segment: SegmentPlan(segment=c.segment, campaign_id=c.campaign_id) for c in camps}
-    values = {c.campaign_id: _campaign_values(c) for c in camps}
+    segments = {c.segment: SegmentChange(segment=c.segment, campaign_id=c.campaign_id) for c in camps}
+    values = {c.campaign_id: campaign_values(c) for c in camps}
     cols = [
         campaign_members.c.campaign_id,
         campaign_members.c.customer_id,
@@ -503,301 +378,10 @@ def diff(
     return changes, unchanged, refused
 
 
-# --- the journal: commits what destinations confirm ----------------------------------------------------
-
-
-_FLUSH = object()  # queue marker: commit what is queued now
-
-
-@dataclass
-class _Confirmed:
-    """One confirmed batch, queued for the writer (its sync log rows column-wise)."""
-
-    states: list[st.StateRow]
-    campaign_ids: list[str | None]
-    customer_ids: list[str]
-    operations: list[str]
-    statuses: list[str]
-    errors: list[str | None]
-    refusals: list[tuple[str, str]]
-
-
-class WarehouseJournal:
-    """Commits what destinations confirm: state + log + consent refusals, and campaign records.
-
-    Writes go through one background thread, so API calls never wait for the warehouse. The thread
-    gathers what is queued (lingering up to ``linger`` seconds for more, up to ``max_rows`` members) and
-    commits it in one transaction with one bulk statement per table: a sync of a million members makes a
-    few dozen statements rather than thousands of 500-row ones (each costs milliseconds in DuckDB, more as
-    ``sync_state`` grows). ``flush()`` and ``close()`` commit at once; what was confirmed but not yet
-    committed when a process dies is simply redone (every write is idempotent).
-    """
-
-    linger = 0.25
-    max_rows = 50_000
-
-    def __init__(
-        self,
-        engine: Engine,
-        destination: str,
-        sync_id: str,
-        plan: SyncPlan,
-        on_progress: Callable[[int], None] | None = None,
-    ) -> None:
-        self.engine = engine
-        self.destination = destination
-        self.sync_id = sync_id
-        self.plan = plan
-        self.on_progress = on_progress
-        self.counts: Counter[str] = Counter()
-        self._remote = st.load_remote_campaigns(engine, destination)
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._error: BaseException | None = None
-        self._writer = threading.Thread(target=self._write_loop, name="sync-journal", daemon=True)
-        self._writer.start()
-
-    # --- the writer thread --------------------------------------------------------------------------
-
-    def _gather(self) -> list[Any]:
-        """The next items to commit: everything queued, lingering briefly for more."""
-        import time
-
-        items = [self._queue.get()]
-        rows = len(items[0][0].states) if isinstance(items[0], tuple) and items[0][0] else 0
-        deadline = time.monotonic() + self.linger
-        while items[-1] is not None and items[-1] is not _FLUSH and rows < self.max_rows:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    item = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-            items.append(item)
-            if isinstance(item, tuple) and item[0] is not None:
-                rows += len(item[0].states)
-        return items
-
-    def _write_loop(self) -> None:
-        stop = False
-        while not stop:
-            items = self._gather()
-            stop = items[-1] is None
-            work = [i for i in items if isinstance(i, tuple)]
-            try:
-                if work and self._error is None:
-                    batches = [b for b, _, _ in work if b is not None]
-                    with self.engine.begin() as conn:
-                        if batches:
-                            # one row per member (the last word wins), one timestamp per commit
-                            states = {r.customer_id: r for b in batches for r in b.states}
-                            st.save_state(conn, self.destination, list(states.values()))
-                            st.write_log_columns(
-                                conn,
-                                {
-                                    "sync_id": self.sync_id,
-                                    "destination": self.destination,
-                                    "campaign_id": [x for b in batches for x in b.campaign_ids],
-                                    "customer_id": [x for b in batches for x in b.customer_ids],
-                                    "operation": [x for b in batches for x in b.operations],
-                                    "status": [x for b in batches for x in b.statuses],
-                                    "error": [x for b in batches for x in b.errors],
-                                    "logged_at": st.utcnow(),
-                                },
-                                sum(len(b.customer_ids) for b in batches),
-                            )
-                            refusals = [r for b in batches for r in b.refusals]
-                            if refusals:
-                                st.add_suppressions(conn, refusals, self.destination)
-                        for _, fn, _ in work:
-                            if fn is not None:
-                                fn(conn)
-                    if self.on_progress:
-                        n = sum(k for _, _, k in work)
-                        if n:
-                            self.on_progress(n)
-            except BaseException as exc:
-                self._error = exc
-            finally:
-                for _ in items:
-                    self._queue.task_done()
-
-    def _enqueue(
-        self, fn: Callable[[Any], None] | None, members: int = 0, batch: _Confirmed | None = None
-    ) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put((batch, fn, members))
-
-    def flush(self) -> None:
-        """Wait until everything queued is committed."""
-        self._queue.put(_FLUSH)
-        self._queue.join()
-        if self._error is not None:
-            raise self._error
-
-    def close(self) -> None:
-        if self._writer.is_alive():
-            self._queue.put(None)
-            self._writer.join()
-        if self._error is not None:
-            raise self._error
-
-    # --- Journal ------------------------------------------------------------------------------------
-
-    def confirmed(self, results: Sequence[MemberResult]) -> None:
-        if not results:
-            return
-        states: list[st.StateRow] = []
-        refusals: list[tuple[str, str]] = []
-        counts = self.counts
-        for r in results:
-            c = r.change
-            m = c.member
-            counts[r.status] += 1
-            eh = (m.email_sha256 if m is not None else None) or (email_hash(c.email) if c.email else None)
-            if r.status == "ok":
-                states.append(
-                    st.StateRow(c.customer_id, eh, m.campaign_id if m else None, c.new_tags, c.new_hash)
-                )
-            elif r.status == "skipped":
-                # a per-member refusal is final for this content: do not retry it until the member changes
-                states.append(st.StateRow(c.customer_id, eh, c.campaign_id, [], c.new_hash))
-                if r.suppress_reason and c.email:
-                    refusals.append((c.email, r.suppress_reason))
-        batch = _Confirmed(
-            states,
-            [r.change.campaign_id for r in results],
-            [r.change.customer_id for r in results],
-            [r.operation for r in results],
-            [r.status for r in results],
-            [r.error for r in results],
-            refusals,
-        )
-        self._enqueue(None, len(results), batch)
-
-    def remote_campaign(self, campaign_id: str) -> RemoteCampaign | None:
-        return self._remote.get(campaign_id)
-
-    def campaign_sent_before(self, campaign: CampaignSpec) -> bool:
-        with self.engine.connect() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    select(campaigns.c.campaign_id).where(campaigns.c.campaign_key == campaign.campaign_key)
-                )
-            ]
-        return any(
-            (rc := self._remote.get(i)) is not None and rc.status in ("sent", "scheduled") for i in ids
-        )
-
-    def record_campaign(
-        self, campaign_id: str, remote_id: str | None, status: str, sent_at: datetime | None
-    ) -> None:
-        rc = RemoteCampaign(campaign_id, remote_id, status, sent_at)
-        self._remote[campaign_id] = rc
-
-        def write(conn: Any) -> None:
-            st.save_remote_campaign(conn, self.destination, rc)
-            if sent_at is not None and status in ("sent", "scheduled"):
-                conn.execute(
-                    update(campaigns)
-                    .where(and_(campaigns.c.campaign_id == campaign_id, campaigns.c.send_time.is_(None)))
-                    .values(send_time=sent_at)
-                )
-
-        self._enqueue(write)
-        if status in ("sent", "scheduled"):
-            self.flush()  # a send must be on record before anything else happens
-
-    def log(self, campaign_id: str | None, operation: str, status: str, error: str | None = None) -> None:
-        row = {
-            "sync_id": self.sync_id,
-            "destination": self.destination,
-            "campaign_id": campaign_id,
-            "customer_id": None,
-            "operation": operation,
-            "status": status,
-            "error": error,
-            "logged_at": st.utcnow(),
-        }
-        self._enqueue(lambda conn: st.write_log(conn, [row]))
-
-
-# --- content -------------------------------------------------------------------------------------------
-
-
-class RenderContent:
-    """Default content provider: :mod:`campaigns.render` (imported lazily).
-
-    Per-member mode checks that the campaign's template is still the one it was planned with on the first
-    member of each campaign, not on every member (that check reads the template files' stamps).
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._checked: dict[str, Any] = {}  # campaign id -> its row, template already checked
-
-    def for_campaign(self, campaign: CampaignSpec) -> Content:
-        from campaigns import render
-
-        r = render.render_merge_tags(self.settings, campaign.row)
-        return Content(r.subject, r.html, r.text)
-
-    def preflight(self, campaign: CampaignSpec) -> None:
-        """Render the campaign in both modes, per member for a sample member (the template must be the one
-        it was planned with) and require the unsubscribe link and postal address in each; raises
-        ``RenderError``."""
-        from campaigns import render
-
-        row = campaign.row
-        render.require_compliance(
-            self.settings, row, render.render_merge_tags(self.settings, row), "*|UNSUB|*", "merge-tag"
-        )
-        render.require_compliance(
-            self.settings,
-            row,
-            render.render_member(self.settings, row, render.SAMPLE_MEMBER),
-            render.member_unsubscribe_url(self.settings, row, render.SAMPLE_MEMBER),
-            "per-member",
-        )
-
-    def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
-        from campaigns import render
-
-        row = self._checked.get(campaign.campaign_id)
-        if row is None:
-            r = render.render_member(self.settings, campaign.row, _member_view(member))
-            self._checked[campaign.campaign_id] = {**_row_dict(campaign.row), "template_hash": None}
-        else:
-            r = render.render_member(self.settings, row, _member_view(member))
-        return Content(r.subject, r.html, r.text)
-
-
-def _row_dict(row: Any) -> dict[str, Any]:
-    if hasattr(row, "_mapping"):
-        return dict(row._mapping)
-    return dict(row)
-
-
-def _member_view(member: AudienceMember) -> dict[str, Any]:
-    return {
-        "customer_id": member.customer_id,
-        "email": member.email,
-        "first_name": member.first_name,
-        "coupon_code": member.coupon_code,
-        "segment": member.segment,
-        "campaign_id": member.campaign_id,
-    }
-
-
 # --- the sync ----------------------------------------------------------------------------------------
 
 
-def guardrails(segments: dict[str, SegmentPlan], max_share: float, first_sync: bool) -> list[str]:
+def guardrails(segments: dict[str, SegmentChange], max_share: float, first_sync: bool) -> list[str]:
     """Reasons to stop a sync before it writes anything (empty source, a segment swinging too much).
 
     A segment's swing is measured against ``previous``: its members at the last sync of this destination
@@ -881,8 +465,6 @@ def sync_audience(
         FatalDestinationError: wrong credentials / list (before any write) or the destination failed mid-way.
         ConflictError: another sync to ``destination`` is running (nothing done; a dry run does not wait).
     """
-    import time
-
     t0 = time.perf_counter()
     check_schedule_at(schedule_at)
     scheme = scheme or settings.default_scheme
@@ -916,7 +498,7 @@ def sync_audience(
     check = getattr(dest, "check_schedule", None)  # a destination's own scheduling rules, before any call
     if check is not None:
         check(schedule_at)
-    reads0, writes0 = dest.stats.reads, dest.stats.writes
+    calls = CallCount.start(dest.stats)
     gc_was_enabled, froze = gc.isenabled(), False
     try:
         if not dry_run:
@@ -933,7 +515,7 @@ def sync_audience(
         state = st.load_state(engine, destination)
         baseline = st.last_completed_members(engine, destination, scheme)
         for seg, n in (baseline or {}).items():
-            src.segments.setdefault(seg, SegmentPlan(segment=seg)).previous = n
+            src.segments.setdefault(seg, SegmentChange(segment=seg)).previous = n
         need_email = [cid for cid, s in state.items() if cid not in src.emails and s.tags]
         src.emails.update(_missing_emails(engine, settings, need_email))
         changes, unchanged, refused = diff(
@@ -951,7 +533,7 @@ def sync_audience(
                 sp.updates += c.kind == "update"
                 sp.tag_adds += c.tag_add is not None
             if c.tag_remove is not None:
-                src.segments.setdefault(c.tag_remove, SegmentPlan(segment=c.tag_remove)).tag_removes += 1
+                src.segments.setdefault(c.tag_remove, SegmentChange(segment=c.tag_remove)).tag_removes += 1
         plan = SyncPlan(as_of, scheme, camps, src.audiences, changes, provider, send, schedule_at)
         gc.freeze()
         froze = True
@@ -960,7 +542,7 @@ def sync_audience(
         estimate = dest.plan(plan)
         for seg, n in estimate.items():
             if seg:
-                src.segments.setdefault(seg, SegmentPlan(segment=seg)).api_calls = n
+                src.segments.setdefault(seg, SegmentChange(segment=seg)).api_calls = n
         violations = guardrails(
             src.segments, settings.guardrail_max_change_share, first_sync=baseline is None
         )
@@ -993,7 +575,7 @@ def sync_audience(
             for sp in result.segments.values():
                 sp.api_calls = 0  # the estimate assumed campaigns to publish; none is
             result.planned_calls = result.setup_calls = 0
-            result.read_calls = dest.stats.reads - reads0  # the suppressions read back
+            result.read_calls = calls.reads()  # the suppressions read back
             result.api_calls = result.read_calls
             result.skipped = sum(result.skips.values())
             result.seconds = time.perf_counter() - t0
@@ -1013,25 +595,17 @@ def sync_audience(
                 journal.close()
         except BaseException as exc:
             result.status = "failed"
-            if src.skipped and dest.stats.writes > writes0:
+            if src.skipped and calls.writes() > 0:
                 # skips belong to a sync that wrote something; one stopped before any write (wrong
                 # credentials, missing list) leaves only its failed run behind
-                _log_skips(engine, destination, sync_id, src.skipped)
-            _finish(
-                engine,
-                result,
-                journal,
-                dest,
-                reads0,
-                writes0,
-                t0,
-                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            )
+                log_skips(engine, destination, sync_id, src.skipped)
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            finish(engine, result, journal, calls, t0, error=error)
             raise
         if src.skipped:
-            _log_skips(engine, destination, sync_id, src.skipped)
+            log_skips(engine, destination, sync_id, src.skipped)
         result.status = "succeeded" if journal.counts["failed"] == 0 else "partial"
-        _finish(engine, result, journal, dest, reads0, writes0, t0)
+        finish(engine, result, journal, calls, t0)
         return result
     finally:
         if froze:
@@ -1084,56 +658,6 @@ def _nothing_to_do(
     return True
 
 
-def _log_skips(engine: Engine, destination: str, sync_id: str, skipped: list[tuple[str, str, str]]) -> None:
-    now = st.utcnow()
-    rows = [
-        {
-            "sync_id": sync_id,
-            "destination": destination,
-            "campaign_id": camp,
-            "customer_id": cid,
-            "operation": "skip",
-            "status": "skipped",
-            "error": reason,
-            "logged_at": now,
-        }
-        for camp, cid, reason in skipped
-    ]
-    with engine.begin() as conn:
-        for i in range(0, len(rows), 50_000):
-            st.write_log(conn, rows[i : i + 50_000])
-
-
-def _finish(
-    engine: Engine,
-    result: SyncResult,
-    journal: WarehouseJournal,
-    dest: Destination,
-    reads0: int,
-    writes0: int,
-    t0: float,
-    error: str | None = None,
-) -> None:
-    import time
-
-    result.write_calls = dest.stats.writes - writes0
-    result.read_calls = dest.stats.reads - reads0
-    result.api_calls = result.write_calls + result.read_calls
-    result.ok = journal.counts["ok"]
-    result.skipped = journal.counts["skipped"] + sum(result.skips.values())
-    result.failed = journal.counts["failed"]
-    result.campaigns = {
-        cid: rc.status
-        for cid, rc in journal._remote.items()
-        if any(c.campaign_id == cid for c in journal.plan.campaigns)
-    }
-    result.seconds = time.perf_counter() - t0
-    summary = result.summary()
-    if error:
-        summary["error"] = error
-    st.finish_run(engine, result.sync_id or "", result.status, summary)
-
-
 def read_outcomes(
     engine: Engine,
     settings: Settings,
@@ -1168,11 +692,3 @@ def read_outcomes(
     finally:
         if destination_obj is None:
             dest.close()
-
-
-def customer_resolver(engine: Engine, destination: str) -> Callable[[str], str | None]:
-    """email -> customer id, through the email hashes in ``sync_state`` (no email is stored)."""
-    by_hash = {
-        s.email_hash: s.customer_id for s in st.load_state(engine, destination).values() if s.email_hash
-    }
-    return lambda email: by_hash.get(email_hash(email))

@@ -1,0 +1,91 @@
+"""What members receive: the default content provider (:mod:`campaigns.render`) and the campaign-wide merge
+values every member's fields start from."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from activation.settings import Settings
+from campaigns import render
+from connectors.base import AudienceMember, CampaignSpec, Content
+
+
+class RenderContent:
+    """Default content provider: :mod:`campaigns.render`.
+
+    Per-member mode checks that the campaign's template is still the one it was planned with on the first
+    member of each campaign, not on every member (that check reads the template files' stamps).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._checked: dict[str, Any] = {}  # campaign id -> its row, template already checked
+
+    def for_campaign(self, campaign: CampaignSpec) -> Content:
+        r = render.render_merge_tags(self.settings, campaign.row)
+        return Content(r.subject, r.html, r.text)
+
+    def preflight(self, campaign: CampaignSpec) -> None:
+        """Render the campaign in both modes, per member for a sample member (the template must be the one
+        it was planned with) and require the unsubscribe link and postal address in each; raises
+        ``RenderError``."""
+        row = campaign.row
+        render.require_compliance(
+            self.settings, row, render.render_merge_tags(self.settings, row), "*|UNSUB|*", "merge-tag"
+        )
+        render.require_compliance(
+            self.settings,
+            row,
+            render.render_member(self.settings, row, render.SAMPLE_MEMBER),
+            render.member_unsubscribe_url(self.settings, row, render.SAMPLE_MEMBER),
+            "per-member",
+        )
+
+    def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
+        row = self._checked.get(campaign.campaign_id)
+        if row is None:
+            r = render.render_member(self.settings, campaign.row, _member_view(member))
+            self._checked[campaign.campaign_id] = {**_row_dict(campaign.row), "template_hash": None}
+        else:
+            r = render.render_member(self.settings, row, _member_view(member))
+        return Content(r.subject, r.html, r.text)
+
+
+def _row_dict(row: Any) -> dict[str, Any]:
+    if hasattr(row, "_mapping"):
+        return dict(row._mapping)
+    return dict(row)
+
+
+def _member_view(member: AudienceMember) -> dict[str, Any]:
+    return {
+        "customer_id": member.customer_id,
+        "email": member.email,
+        "first_name": member.first_name,
+        "coupon_code": member.coupon_code,
+        "segment": member.segment,
+        "campaign_id": member.campaign_id,
+    }
+
+
+def campaign_values(campaign: CampaignSpec) -> tuple[dict[str, str], bool]:
+    """The campaign-wide merge values (segment, offer, expiry) and whether its offer has coupons, as
+    :func:`campaigns.render.merge_values` computes them (computed once per campaign, not per member)."""
+    key = campaign.campaign_id
+    cached = _VALUES_CACHE.get(key)
+    if cached is not None and cached[0] is campaign:
+        return cached[1], cached[2]
+    row: Any = (
+        campaign.row
+        if campaign.row is not None
+        else {**campaign.__dict__, "offer": json.dumps(campaign.offer)}
+    )
+    values = render.merge_values(row, {"first_name": "", "coupon_code": "X"})
+    has_coupon = values.get("COUPON") == "X"
+    base = {k: str(v) for k, v in values.items()}
+    _VALUES_CACHE[key] = (campaign, base, has_coupon)
+    return base, has_coupon
+
+
+_VALUES_CACHE: dict[str, tuple[CampaignSpec, dict[str, str], bool]] = {}
