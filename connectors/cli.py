@@ -136,7 +136,7 @@ def print_result(console: object, result: object) -> None:
     from rich.table import Table
 
     from activation.display import add_columns, print_table
-    from connectors.sync import SyncResult
+    from connectors.result import SyncResult
 
     assert isinstance(result, SyncResult)
     title = "dry run (nothing written)" if result.dry_run else f"sync {result.status}"
