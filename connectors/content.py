@@ -4,11 +4,13 @@ values every member's fields start from."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from activation.errors import TemplateError
 from activation.settings import Settings
 from campaigns import render
-from connectors.base import AudienceMember, CampaignSpec, Content
+from connectors.base import AudienceMember, CampaignSpec, Content, ContentProvider
 
 
 class RenderContent:
@@ -89,3 +91,19 @@ def campaign_values(campaign: CampaignSpec) -> tuple[dict[str, str], bool]:
 
 
 _VALUES_CACHE: dict[str, tuple[CampaignSpec, dict[str, str], bool]] = {}
+
+
+def preflight(content: ContentProvider, camps: Sequence[CampaignSpec], *, dry_run: bool) -> list[str]:
+    """Check everything a sync will render before its first request and first write, for every destination:
+    a template edited after planning, or one without the unsubscribe link or the postal address, stops the
+    sync here (``TemplateError``); a dry run returns what would stop it instead."""
+    blockers: list[str] = []
+    for camp in camps:
+        try:
+            content.preflight(camp)
+        except TemplateError as exc:
+            if dry_run:
+                blockers.append(str(exc).splitlines()[0])
+            else:
+                raise
+    return blockers

@@ -380,8 +380,8 @@ def test_end_to_end_real_plan_to_outbox_and_mailchimp(engine, settings, tmp_path
 def test_compiled_member_hash_is_state_hash():
     """The per-campaign compiled hash (the sync's hot loop) gives exactly ``state_hash``, whatever the
     values: unicode, quotes, percent signs, control characters, a missing or extra field, a non-string."""
+    from connectors.audience import member_hasher
     from connectors.base import AudienceMember, state_hash
-    from connectors.sync import _member_hasher
 
     base = {"SEGMENT": "Loyal 100%", "OFFER": '15% "off"', "EXPIRES": "2024-04-30"}
 
@@ -397,7 +397,7 @@ def test_compiled_member_hash_is_state_hash():
         member("c5", "e@example.com", "Eve", "C-5", FNAME=None),  # type: ignore[arg-type]
     ]
     for extra in ("", "camp-1", "100% camp"):
-        hasher = _member_hasher(members[0], extra)
+        hasher = member_hasher(members[0], extra)
         for m in members:
             assert hasher(m) == state_hash(m.email, [m.segment], m.fields, extra)
 
