@@ -111,10 +111,12 @@ def _register() -> None:
     from campaigns.cli import register as register_campaigns
     from connectors.cli import register as register_connectors
     from flows.cli import register as register_flows
+    from outcomes.cli import register as register_outcomes
     from segments.cli import register as register_segments
 
     register_segments(app)
     register_campaigns(app)
+    register_outcomes(app)  # outcomes collect, report roi
     register_connectors(app)
     register_flows(app)
 

@@ -38,9 +38,9 @@ from pathlib import Path
 from sqlalchemy import text
 from activation.settings import get_settings
 from activation.warehouse import get_engine
-from campaigns.outcomes import collect_outcomes
+from outcomes.ledger import collect_outcomes
 from campaigns.plan import plan_campaigns
-from campaigns.report import write_roi_report
+from outcomes.report import write_roi_report
 from connectors.sync import sync_audience
 from segments.snapshots import compute_snapshot
 as_of = date.fromisoformat("{as_of}")

@@ -37,10 +37,10 @@ def main() -> None:
     from activation.settings import Settings
     from activation.tables import campaign_members, campaigns
     from activation.warehouse import dispose_engines, get_engine
-    from campaigns.outcomes import campaign_windows, collect_outcomes
     from campaigns.plan import plan_campaigns
-    from campaigns.report import write_roi_report
-    from campaigns.roi import compute_roi
+    from outcomes.ledger import campaign_windows, collect_outcomes
+    from outcomes.report import write_roi_report
+    from outcomes.roi import compute_roi
     from segments.demo_data import generate
     from segments.ingest import ingest_file
     from segments.snapshots import compute_snapshot, last_quarter_end

@@ -30,7 +30,6 @@ def register(app: typer.Typer) -> None:
     campaigns_app = typer.Typer(help="Planned campaigns.", no_args_is_help=True)
     app.add_typer(templates_app, name="templates")
     app.add_typer(campaigns_app, name="campaigns")
-    __import__("campaigns.cli_outcomes", fromlist=["register"]).register(app)  # outcomes collect, report roi
 
     @templates_app.command("check")
     def templates_check(

@@ -289,7 +289,7 @@ def collect_outcomes_task(
     as_of: date, scheme: str, window_days: int | None, destination: str | None
 ) -> dict[str, Any]:
     """Record sends, opens, clicks and conversions of the campaigns of ``as_of`` (idempotent)."""
-    from campaigns.outcomes import collect_outcomes
+    from outcomes.ledger import collect_outcomes
 
     settings = _settings()
     source = None
@@ -308,8 +308,8 @@ def collect_outcomes_task(
 @task(name="roi-report", timeout_seconds=3600, **TASK_DEFAULTS)
 def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int | None) -> dict[str, Any]:
     """Write the HTML + CSV ROI report; return its paths and the per-segment ROI rows."""
-    from campaigns.report import write_roi_report
     from flows.artifacts import table_rows
+    from outcomes.report import write_roi_report
 
     settings = _settings()
     target = out or str(settings.data_dir / "reports" / f"roi-{scheme}-{as_of.isoformat()}.html")

@@ -3,7 +3,7 @@
 Each simulated campaign draws fresh customers with a pre-period history (recency, frequency,
 monetary) and a zero-inflated, lognormal revenue in the attribution window that depends on that
 history, splits them at random into treatment and holdout, gives treated buyers a coupon (half
-redeem it, 15 % off), and hands the group aggregates to :func:`campaigns.roi.roi_row` — the function
+redeem it, 15 % off), and hands the group aggregates to :func:`outcomes.roi.roi_row` — the function
 the report itself uses — so status gates and interval methods are exactly the report's.
 
 Null campaigns (the offer changes nothing): the true incremental conversion and revenue per member
@@ -26,9 +26,9 @@ import numpy as np
 import pytest
 
 from activation.settings import Settings
-from campaigns.outcomes import CampaignWindow
-from campaigns.roi import roi_row
-from campaigns.stats import (
+from outcomes.ledger import CampaignWindow
+from outcomes.roi import roi_row
+from outcomes.stats import (
     MeanStats,
     conversion_mde,
     newcombe_diff_intervals,

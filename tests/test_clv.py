@@ -208,11 +208,11 @@ def test_cli_clv_fit_and_errors(duck_settings, duck_engine):
 def test_kmeans_and_clv_tier_flow_through_plan_sync_and_roi(duck_settings, duck_engine, tmp_path):
     """Demo data → kmeans and clv_tier snapshots → plan (shipped policy) → outbox sync → outcomes → ROI,
     with no code of the cycle knowing the schemes are model-based."""
-    from campaigns.outcomes import collect_outcomes
     from campaigns.plan import current_campaigns, plan_campaigns
-    from campaigns.roi import compute_roi
     from connectors.registry import get_destination
     from connectors.sync import sync_audience
+    from outcomes.ledger import collect_outcomes
+    from outcomes.roi import compute_roi
     from segments.demo_data import generate
     from segments.ingest import ingest_file
 

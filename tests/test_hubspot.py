@@ -27,12 +27,12 @@ from activation.tables import (
     sync_state,
 )
 from activation.warehouse import dispose_engines, get_engine
-from campaigns.outcomes import collect_outcomes
 from connectors.base import email_hash
 from connectors.errors import AuthError, BadRequestError, FatalDestinationError
 from connectors.http import RetryPolicy
 from connectors.hubspot import HubSpotApi, HubSpotDestination, RejectedInputsError, list_name
 from connectors.sync import sync_audience
+from outcomes.ledger import collect_outcomes
 from tests.fakes.destinations import FAST_RETRY
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.plan_data import AS_OF, SCHEME, SEGMENTS, SimpleContent, insert_plan, make_assignment

@@ -260,7 +260,7 @@ def test_every_third_party_import_of_the_packages_is_a_declared_dependency() -> 
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
-    ours = {"activation", "segments", "campaigns", "connectors", "flows"}
+    ours = {"activation", "segments", "campaigns", "connectors", "outcomes", "flows"}
     dists = packages_distributions()
     undeclared: dict[str, str] = {}
     for path in sorted(p for pkg in ours for p in (ROOT / pkg).rglob("*.py")):

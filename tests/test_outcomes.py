@@ -12,8 +12,8 @@ from sqlalchemy import func, select, update
 
 from activation.errors import NotFoundError
 from activation.tables import campaign_outcomes, campaigns, orders, suppressions
-from campaigns import outcomes as outcomes_mod
-from campaigns.outcomes import collect_outcomes, discount_model, end_of_day, normalise_event
+from outcomes import ledger as outcomes_mod
+from outcomes.ledger import collect_outcomes, discount_model, end_of_day, normalise_event
 from tests.cli_helpers import run_cli
 from tests.outcomes_fixtures import AS_OF, PERCENT, SCHEME, SEND, build, expected_per_member, read_orders
 

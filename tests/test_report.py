@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import delete
 
 from activation.tables import campaign_members, rfm_snapshots
-from campaigns.report import write_roi_report
+from outcomes.report import write_roi_report
 from tests.cli_helpers import run_cli
 from tests.outcomes_fixtures import (
     AS_OF,
@@ -125,7 +125,7 @@ def test_breakdown_falls_back_to_the_customers_table(engine, settings):
     from sqlalchemy import select, update
 
     from activation.tables import campaigns, customers, orders
-    from campaigns.report import breakdowns
+    from outcomes.report import breakdowns
 
     build(engine)
     with engine.begin() as conn:
@@ -275,8 +275,8 @@ def test_backtest_on_transaction_only_data_through_plan(settings, engine, tmp_pa
     counts as reached and the CSV matches pandas on the warehouse tables."""
     from datetime import date
 
-    from campaigns.outcomes import collect_outcomes
     from campaigns.plan import plan_campaigns
+    from outcomes.ledger import collect_outcomes
     from segments.ingest import ingest_file
     from segments.snapshots import compute_snapshot
 
@@ -315,10 +315,10 @@ def test_demo_data_plan_outbox_sync_collect_report(duck_settings, duck_engine, t
     events) → report; still a backtest, and the window starts at the outbox's send time."""
     from datetime import timedelta as td
 
-    from campaigns.outcomes import collect_outcomes
     from campaigns.plan import plan_campaigns
     from connectors.registry import get_destination
     from connectors.sync import sync_audience
+    from outcomes.ledger import collect_outcomes
     from segments.demo_data import generate
     from segments.ingest import ingest_file
     from segments.snapshots import compute_snapshot, last_quarter_end
@@ -353,10 +353,10 @@ def test_mailchimp_sync_then_collect_events_and_report(settings, engine, tmp_pat
 
     from activation.settings import MailchimpSettings
     from activation.tables import campaigns, orders, suppressions
-    from campaigns.outcomes import collect_outcomes, email_hash
-    from campaigns.roi import compute_roi
     from connectors.mailchimp import MailchimpDestination
     from connectors.sync import sync_audience
+    from outcomes.ledger import collect_outcomes, email_hash
+    from outcomes.roi import compute_roi
     from tests.fakes.destinations import FAST_RETRY
     from tests.fakes.mailchimp import FakeMailchimp
     from tests.fakes.plan_data import AS_OF as MC_AS_OF

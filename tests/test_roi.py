@@ -14,9 +14,9 @@ from sqlalchemy import select, update
 
 from activation.errors import NotFoundError
 from activation.tables import campaigns, destination_campaigns, rfm_snapshots
-from campaigns.outcomes import collect_outcomes
-from campaigns.roi import CSV_COLUMNS, MIN_BUYERS, compute_roi, roi_markdown, roi_report_markdown, row_status
-from campaigns.stats import (
+from outcomes.ledger import collect_outcomes
+from outcomes.roi import CSV_COLUMNS, MIN_BUYERS, compute_roi, roi_markdown, roi_report_markdown, row_status
+from outcomes.stats import (
     MeanStats,
     cuped_diff_intervals,
     holm_adjust,

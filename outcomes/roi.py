@@ -2,7 +2,7 @@
 offer cost, incremental profit and ROI.
 
 Conversions and revenue are aggregated in the warehouse with the attribution rule of
-:mod:`campaigns.outcomes` (the same SQL the ledger is filled with, so the report honours
+:mod:`outcomes.ledger` (the same SQL the ledger is filled with, so the report honours
 ``--window-days`` and is always current); email events (sent, opened, …) come from the ledger.
 
 Definitions (one row per campaign = per segment of the as_of + scheme):
@@ -14,7 +14,7 @@ Definitions (one row per campaign = per segment of the as_of + scheme):
 * ``incremental_conversion`` = treated rate − holdout rate, 95 % CI by Newcombe's hybrid score
   method (from the two Wilson intervals).
 * ``incremental_revenue_per_member`` = treated − holdout revenue per member, 95 % CI by the
-  randomisation interval (:func:`campaigns.stats.randomisation_diff_interval`) on per-member revenue
+  randomisation interval (:func:`outcomes.stats.randomisation_diff_interval`) on per-member revenue
   incl. zeros; its level is checked by simulated null campaigns (``tests/test_calibration.py``).
 * ``offer_cost`` = discounts actually redeemed by treated members (coupon orders) +
   ``cost_per_send`` × treated.
@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from activation.settings import Settings
 from activation.tables import Double, campaign_members, campaign_outcomes, rfm_snapshots
-from campaigns.outcomes import (
+from outcomes.ledger import (
     EMAIL_EVENTS,
     CampaignWindow,
     campaign_windows,
@@ -53,7 +53,7 @@ from campaigns.outcomes import (
     orders_end,
     resolve_window,
 )
-from campaigns.stats import (
+from outcomes.stats import (
     MeanStats,
     conversion_mde,
     cuped_diff_intervals,
@@ -291,7 +291,7 @@ def apply_holm(rows: list[dict[str, Any]]) -> None:
 
 def mde_columns(nt: int, nh: int, buyers: int) -> dict[str, float]:
     """The minimum detectable incremental conversion (95 %, 80 % power) of the groups this segment
-    actually has, at its pooled conversion rate (:func:`campaigns.stats.conversion_mde`)."""
+    actually has, at its pooled conversion rate (:func:`outcomes.stats.conversion_mde`)."""
     n = nt + nh
     if nt <= 0 or nh <= 0:
         return {"conversion_mde": math.nan}

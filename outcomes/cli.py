@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         from activation import cli
         from activation.settings import get_settings
         from activation.warehouse import get_engine
-        from campaigns.outcomes import collect_outcomes
+        from outcomes.ledger import collect_outcomes
 
         settings = get_settings()
         engine = get_engine(settings, create=False)
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
         from activation import cli
         from activation.settings import get_settings
         from activation.warehouse import get_engine
-        from campaigns.report import write_roi_report
+        from outcomes.report import write_roi_report
 
         settings = get_settings()
         engine = get_engine(settings, create=False)

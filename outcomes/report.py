@@ -28,8 +28,8 @@ from activation.errors import InputError, NotFoundError
 from activation.files import atomic_write, atomic_write_all, output_file, safe_frame
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
-from campaigns.outcomes import _split_name, current_campaigns, end_of_day, orders_source, valid_status
-from campaigns.roi import (
+from outcomes.ledger import _split_name, current_campaigns, end_of_day, orders_source, valid_status
+from outcomes.roi import (
     CONVERSION_CI_METHOD,
     CSV_COLUMNS,
     CUPED_METHOD,
@@ -507,7 +507,7 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
 
 
 def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str:
-    """The HTML report for a table from :func:`campaigns.roi.compute_roi`."""
+    """The HTML report for a table from :func:`outcomes.roi.compute_roi`."""
     attrs = df.attrs
     as_of: date = attrs["as_of"]
     scheme: str = attrs["scheme"]
@@ -633,7 +633,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
 
 
 def csv_text(df: pd.DataFrame) -> str:
-    """The report CSV: one row per segment, the columns of :data:`campaigns.roi.CSV_COLUMNS` (text cells
+    """The report CSV: one row per segment, the columns of :data:`outcomes.roi.CSV_COLUMNS` (text cells
     neutralised for spreadsheets, :func:`activation.files.csv_cell`)."""
     out = safe_frame(df.reindex(columns=CSV_COLUMNS))
     return str(out.to_csv(index=False, lineterminator="\n", float_format="%.12g"))
