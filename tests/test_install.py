@@ -37,6 +37,7 @@ SHIPPED = [
     "segments",
     "campaigns",
     "connectors",
+    "outcomes",
     "flows",
 ]
 
