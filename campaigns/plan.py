@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import (
     String,
@@ -133,10 +133,14 @@ class CampaignMember:
     first_name: str | None
 
 
+#: what planning did with a segment: a new campaign, the current one kept, or the segment suppressed
+PlanStatus = Literal["created", "unchanged", "suppressed"]
+
+
 @dataclass
 class SegmentPlan:
     segment: str
-    status: str  # created | unchanged | suppressed
+    status: PlanStatus
     campaign_id: str | None = None
     treated: int = 0
     holdout: int = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import and_, column, delete, exists, func, insert, not_, select, table
 from sqlalchemy.engine import Connection, Engine
@@ -37,6 +37,9 @@ from segments.rfm import source_table
 
 EXAMPLES = 5
 
+#: ``error`` blocks segmentation (:class:`DataCheckError`); ``warn`` is reported and segmentation goes on
+Severity = Literal["error", "warn"]
+
 
 @dataclass
 class CheckResult:
@@ -44,7 +47,7 @@ class CheckResult:
 
     name: str
     description: str
-    severity: str  # error | warn
+    severity: Severity
     failures: int
     examples: list[dict[str, Any]] = field(default_factory=list)
 
