@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from activation.display import print_json
+
+if TYPE_CHECKING:
+    from activation.settings import Settings
+    from connectors.base import Destination
 
 
 def _parse_date(value: str | None, flag: str) -> date | None:
@@ -31,7 +35,7 @@ def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
     return group
 
 
-def _destination(name: str | None, settings: Any) -> Any:
+def _destination(name: str | None, settings: Settings) -> Destination | None:
     if not name:
         return None
     from connectors.registry import get_destination

@@ -23,12 +23,11 @@ written in one transaction.
 
 from __future__ import annotations
 
-import inspect as _inspect
 import json
 import logging
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -69,22 +68,12 @@ from activation.tables import (
     suppressions,
 )
 from activation.warehouse import has_table, transaction
+from connectors.base import Destination, OutcomeEvent
 
 log = logging.getLogger(__name__)
 
 EMAIL_EVENTS = ("sent", "opened", "clicked", "unsubscribed", "bounced")
 EVENTS = (*EMAIL_EVENTS, "converted")
-_EVENT_ALIASES = {
-    "send": "sent",
-    "open": "opened",
-    "click": "clicked",
-    "unsubscribe": "unsubscribed",
-    "unsub": "unsubscribed",
-    "bounce": "bounced",
-    "hard_bounce": "bounced",
-    "soft_bounce": "bounced",
-    "cleaned": "bounced",
-}
 _SUPPRESS_REASON = {"unsubscribed": "unsubscribed", "bounced": "bounced"}
 COUPON_OFFERS_PERCENT_KEYS = ("percent", "percent_off", "discount_percent")
 
@@ -437,96 +426,27 @@ def drop_attribution(conn: Connection, attr: Any) -> None:
 # --------------------------------------------------------------------------- destination events
 
 
-@dataclass(frozen=True)
-class OutcomeEvent:
-    """One email event, normalised from whatever a destination yields."""
-
-    campaign_id: str
-    event: str
-    customer_id: str | None = None
-    email: str | None = None
-    occurred_at: datetime | None = None
-
-
-def _get(obj: Any, *names: str) -> Any:
-    for n in names:
-        if isinstance(obj, Mapping):
-            if n in obj and obj[n] is not None:
-                return obj[n]
-        else:
-            v = getattr(obj, n, None)
-            if v is not None:
-                return v
-    return None
-
-
-def normalise_event(raw: Any) -> OutcomeEvent | None:
-    """An :class:`OutcomeEvent` from a dict or object with ``campaign_id``, ``event`` (or ``type`` /
-    ``action``), ``customer_id`` or ``email`` and ``occurred_at`` (or ``timestamp``); None if unusable."""
-    if isinstance(raw, OutcomeEvent):
-        return raw
-    campaign_id = _get(raw, "campaign_id")
-    event = _get(raw, "event", "type", "action", "kind")
-    if campaign_id is None or event is None:
+def usable_event(event: OutcomeEvent) -> OutcomeEvent | None:
+    """``event`` with its time in naive UTC (what the warehouse stores), or None when it is not an email
+    event of the ledger or names nobody to attribute it to."""
+    if event.event not in EMAIL_EVENTS or (event.customer_id is None and event.email is None):
         return None
-    event = str(getattr(event, "value", event)).strip().lower()
-    event = _EVENT_ALIASES.get(event, event)
-    if event not in EMAIL_EVENTS:
-        return None
-    when = _get(raw, "occurred_at", "timestamp", "at", "time")
-    if isinstance(when, str):
-        try:
-            when = datetime.fromisoformat(when.replace("Z", "+00:00"))
-        except ValueError:
-            when = None
-    if isinstance(when, datetime) and when.tzinfo is not None:
-        when = when.astimezone(UTC).replace(tzinfo=None)  # the warehouse stores naive UTC
-    customer = _get(raw, "customer_id")
-    email = _get(raw, "email", "email_address")
-    if customer is None and email is None:
-        return None
-    return OutcomeEvent(
-        campaign_id=str(campaign_id),
-        event=event,
-        customer_id=None if customer is None else str(customer),
-        email=None if email is None else str(email),
-        occurred_at=when if isinstance(when, datetime) else None,
-    )
+    when = event.occurred_at
+    if when is not None and when.tzinfo is not None:
+        return replace(event, occurred_at=when.astimezone(UTC).replace(tzinfo=None))
+    return event
 
 
 def _read_destination(
-    destination: Any,
-    engine: Engine,
-    settings: Settings,
-    as_of: date,
-    scheme: str,
-    windows: list[CampaignWindow],
-) -> tuple[str, Iterable[Any]]:
-    """(source name, raw events) from a destination object or a plain iterable of events."""
+    destination: Destination | Iterable[OutcomeEvent] | None, engine: Engine, windows: list[CampaignWindow]
+) -> tuple[str, Iterable[OutcomeEvent]]:
+    """(source name, events) from a destination or from events already read."""
     if destination is None:
         return "none", ()
-    name = str(getattr(destination, "name", None) or type(destination).__name__).lower()
-    reader = getattr(destination, "read_outcomes", None)
-    if reader is None:
-        return ("destination" if isinstance(destination, list | tuple) else name), destination
-    offered: dict[str, Any] = {
-        "engine": engine,
-        "settings": settings,
-        "as_of": as_of,
-        "scheme": scheme,
-        "campaign_ids": [w.campaign_id for w in windows],
-        "campaigns": [w.campaign_id for w in windows],
-        "since": min(w.start for w in windows),
-    }
-    try:
-        params: Mapping[str, _inspect.Parameter] = _inspect.signature(reader).parameters
-    except (TypeError, ValueError):
-        params = {}
-    if any(p.kind is _inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        kwargs = offered
-    else:
-        kwargs = {k: v for k, v in offered.items() if k in params}
-    return name, reader(**kwargs)
+    if isinstance(destination, Iterable):
+        return "destination", destination
+    since = min(w.start for w in windows)
+    return destination.name, destination.read_outcomes(engine, [w.campaign_id for w in windows], since)
 
 
 def _customer_emails(conn: Connection, settings: Settings, customer_ids: set[str]) -> dict[str, str]:
@@ -598,7 +518,7 @@ class CollectResult:
             f"  email events added: {events}; suppressions added: {self.suppressions_added}",
         ]
         if self.events_skipped:
-            lines.append(f"  events skipped (unknown campaign or member): {self.events_skipped}")
+            lines.append(f"  events skipped (unknown campaign, member or event): {self.events_skipped}")
         if self.unknown_coupon_orders:
             lines.append(
                 f"  orders with coupon codes that are not the member's own (ignored for redemption): "
@@ -637,7 +557,7 @@ def collect_outcomes(
     as_of: date | None,
     scheme: str | None,
     window_days: int | None = None,
-    destination: Any = None,
+    destination: Destination | Iterable[OutcomeEvent] | None = None,
 ) -> CollectResult:
     """Record email events and conversions of the current campaigns of ``as_of`` + ``scheme``.
 
@@ -647,9 +567,10 @@ def collect_outcomes(
         as_of: the campaigns' as_of; None = the latest as_of with campaigns for the scheme.
         scheme: segmentation scheme; None = ``settings.default_scheme``.
         window_days: attribution window; None = ``settings.attribution_window_days``.
-        destination: an object with ``read_outcomes(...)`` or an iterable of events (dicts/objects
-            with ``campaign_id``, ``event``, ``customer_id`` or ``email``, ``occurred_at``); None for
-            warehouse-only collection (backtest, local outbox).
+        destination: the destination whose ``read_outcomes`` reports the email events, or events
+            already read from one; None for warehouse-only collection (backtest, local outbox). Events
+            that are not email events of the ledger, or name no customer and no email, are skipped and
+            counted.
 
     Returns:
         A :class:`CollectResult` with counts of what was added, updated and removed.
@@ -669,8 +590,9 @@ def collect_outcomes(
             )
     check_orders_source(engine, settings)
     windows = campaign_windows(engine, settings, as_of, scheme, window)
-    source, raw_events = _read_destination(destination, engine, settings, as_of, scheme, windows)
-    events = [e for e in (normalise_event(r) for r in raw_events) if e is not None]
+    source, raw_events = _read_destination(destination, engine, windows)
+    read = list(raw_events)
+    events = [e for e in (usable_event(r) for r in read) if e is not None]
     ids = [w.campaign_id for w in windows]
     data_end = orders_end(engine, settings)
 
@@ -692,6 +614,7 @@ def collect_outcomes(
             backtest=False,
             data_end=data_end,
             events_added={e: 0 for e in EMAIL_EVENTS},
+            events_skipped=len(read) - len(events),
         )
         if events:
             _record_events(conn, settings, events, ids, source, result)

@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import String, column, func, literal, select, table, text, tuple_
+from sqlalchemy import String, column, func, select, table, text, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from activation.dialect import prefer_hash_joins
-from activation.errors import InputError, NotFoundError
+from activation.errors import InputError
 from activation.files import atomic_write, atomic_write_all, output_file, safe_frame
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots
@@ -42,6 +42,7 @@ from outcomes.roi import (
     roi_totals,
     segment_order,
 )
+from segments.snapshots import latest_snapshot_as_of, migration_matrix
 
 TEMPLATES_DIR = Path(__file__).parent / "report_templates"
 TREATED_COLOR = "#2563eb"
@@ -296,49 +297,14 @@ def segment_sizes(engine: Engine, scheme: str) -> pd.DataFrame:
     ).sort_index()
 
 
-def previous_snapshot(engine: Engine, scheme: str, as_of: date) -> date | None:
-    s = rfm_snapshots.c
-    with engine.connect() as conn:
-        return conn.execute(select(func.max(s.as_of)).where(s.scheme == scheme, s.as_of < as_of)).scalar()
-
-
-def migration(engine: Engine, scheme: str, from_as_of: date, to_as_of: date) -> pd.DataFrame:
+def migration(
+    engine: Engine, settings: Settings, scheme: str, from_as_of: date, to_as_of: date
+) -> pd.DataFrame:
     """Customers moving from each segment of one snapshot to each of the next (``(new)`` / ``(gone)``
-    for customers present in only one), computed in the warehouse.
-
-    Uses :func:`segments.snapshots.migration_matrix` when both snapshot runs are recorded; the same full
-    join here otherwise (snapshot rows written without a run record)."""
-    try:
-        from segments.snapshots import migration_matrix
-
-        mat = migration_matrix(engine, from_as_of, to_as_of, scheme)
-        return mat.rename(index={"new": "(new)"}, columns={"gone": "(gone)"})
-    except (ImportError, NotFoundError):
-        pass
-    s = rfm_snapshots
-    prev = (
-        select(s.c.customer_id, s.c.segment)
-        .where(s.c.scheme == scheme, s.c.as_of == from_as_of)
-        .subquery("prev")
-    )
-    cur = (
-        select(s.c.customer_id, s.c.segment)
-        .where(s.c.scheme == scheme, s.c.as_of == to_as_of)
-        .subquery("cur")
-    )
-    frm = func.coalesce(prev.c.segment, literal("(new)", String)).label("from_segment")
-    to = func.coalesce(cur.c.segment, literal("(gone)", String)).label("to_segment")
-    stmt = (
-        select(frm, to, func.count().label("n"))
-        .select_from(prev.outerjoin(cur, prev.c.customer_id == cur.c.customer_id, full=True))
-        .group_by(frm, to)
-    )
-    with engine.connect() as conn:
-        rows = conn.execute(stmt).all()
-    if not rows:
-        return pd.DataFrame()
-    df = pd.DataFrame(rows, columns=["from_segment", "to_segment", "n"])
-    return df.pivot_table(index="from_segment", columns="to_segment", values="n", aggfunc="sum", fill_value=0)
+    for customers present in only one): :func:`segments.snapshots.migration_matrix`, labelled for the
+    report."""
+    mat = migration_matrix(engine, from_as_of, to_as_of, scheme, settings=settings)
+    return mat.rename(index={"new": "(new)"}, columns={"gone": "(gone)"})
 
 
 def _order_axis(labels: list[str], order: list[str], last: str) -> list[str]:
@@ -545,11 +511,11 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
     size_order = segment_order(settings, scheme, [str(c) for c in sizes.columns]) if not sizes.empty else []
     sizes_chart = stacked_bar_chart(f"Segment sizes over snapshots ({scheme})", sizes, size_order)
 
-    prev = previous_snapshot(engine, scheme, as_of)
-    has_current = not sizes.empty and as_of.isoformat() in sizes.index
+    prev = latest_snapshot_as_of(engine, scheme, before=as_of)
+    has_current = latest_snapshot_as_of(engine, scheme, before=as_of + timedelta(days=1)) == as_of
     mig_chart, mig_note = "", ""
     if prev is not None and has_current:
-        mat = migration(engine, scheme, prev, as_of)
+        mat = migration(engine, settings, scheme, prev, as_of)
         if not mat.empty:
             mat = mat.loc[(mat.sum(axis=1) > 0), (mat.sum(axis=0) > 0)]
             seg_names = segment_order(

@@ -13,7 +13,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from activation.tables import campaign_members, campaigns, customers, orders, rfm_snapshots
+from activation.tables import campaign_members, campaigns, customers, orders, rfm_snapshots, snapshot_runs
 
 AS_OF = date(2024, 3, 31)
 PREV_AS_OF = date(2023, 12, 31)
@@ -170,6 +170,15 @@ def build(engine: Engine, seed: int = 7, window_days: int = 30) -> Fixture:
         conn.execute(customers.insert(), customer_rows)
         conn.execute(orders.insert(), order_rows)
         conn.execute(rfm_snapshots.insert(), snap_rows)
+        conn.execute(
+            snapshot_runs.insert(),
+            [
+                {"as_of": day, "scheme": SCHEME, "scheme_hash": "fixture", "lookback_days": None,
+                 "customers": sum(r["as_of"] == day for r in snap_rows), "cutpoints": "{}",
+                 "warnings": "[]", "created_at": datetime(2024, 4, 1)}
+                for day in sorted({r["as_of"] for r in snap_rows})
+            ],
+        )  # fmt: skip
     seg_of = {r["campaign_id"]: r["segment"] for r in camp_rows}
     members = pd.DataFrame(member_rows, columns=["campaign_id", "customer_id", "member_group", "coupon_code"])
     members["segment"] = members["campaign_id"].map(seg_of)

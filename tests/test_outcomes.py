@@ -4,7 +4,7 @@ suppressions, windows and bad input — on DuckDB and PostgreSQL."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, time, timedelta
+from datetime import datetime, time, timedelta, timezone
 
 import pandas as pd
 import pytest
@@ -12,8 +12,9 @@ from sqlalchemy import func, select, update
 
 from activation.errors import NotFoundError
 from activation.tables import campaign_outcomes, campaigns, orders, suppressions
+from connectors.base import OutcomeEvent
 from outcomes import ledger as outcomes_mod
-from outcomes.ledger import collect_outcomes, discount_model, end_of_day, normalise_event
+from outcomes.ledger import collect_outcomes, discount_model, end_of_day, usable_event
 from tests.cli_helpers import run_cli
 from tests.outcomes_fixtures import AS_OF, PERCENT, SCHEME, SEND, build, expected_per_member, read_orders
 
@@ -135,7 +136,7 @@ class _FakeDestination:
         self.events = events
         self.asked: dict = {}
 
-    def read_outcomes(self, campaign_ids, since=None):
+    def read_outcomes(self, engine, campaign_ids, since=None):
         self.asked = {"campaign_ids": list(campaign_ids), "since": since}
         return iter(self.events)
 
@@ -148,22 +149,23 @@ def test_destination_events_are_recorded_once_and_feed_suppressions(engine, sett
     cid = fx.campaign_ids["At Risk"]
     at = SEND + timedelta(hours=3)
     events = [
-        {"campaign_id": cid, "customer_id": a, "event": "sent", "occurred_at": at},
-        {"campaign_id": cid, "customer_id": a, "event": "open", "occurred_at": at + timedelta(hours=1)},
-        {"campaign_id": cid, "customer_id": a, "event": "opened", "occurred_at": at + timedelta(hours=2)},
-        {"campaign_id": cid, "customer_id": a, "event": "clicked", "occurred_at": "2024-04-01T05:00:00Z"},
-        {"campaign_id": cid, "email": f"user{n_b}@example.com", "type": "unsubscribe", "timestamp": at},
-        {"campaign_id": cid, "customer_id": c, "event": "bounced", "occurred_at": at},
-        {"campaign_id": "some-other-campaign", "customer_id": a, "event": "opened", "occurred_at": at},
-        {"campaign_id": cid, "customer_id": "not-a-member", "event": "opened", "occurred_at": at},
-        {"campaign_id": cid, "customer_id": a, "event": "forwarded", "occurred_at": at},
+        OutcomeEvent(cid, a, "sent", at),
+        OutcomeEvent(cid, a, "opened", at + timedelta(hours=2)),
+        OutcomeEvent(cid, a, "opened", at + timedelta(hours=1)),
+        OutcomeEvent(cid, a, "clicked", datetime(2024, 4, 1, 7, tzinfo=timezone(timedelta(hours=2)))),
+        OutcomeEvent(cid, None, "unsubscribed", at, f"user{n_b}@example.com"),
+        OutcomeEvent(cid, c, "bounced", at),
+        OutcomeEvent("some-other-campaign", a, "opened", at),
+        OutcomeEvent(cid, "not-a-member", "opened", at),
+        OutcomeEvent(cid, a, "forwarded", at),
+        OutcomeEvent(cid, None, "opened", at),  # nobody to attribute it to
     ]
     dest = _FakeDestination(events)
     res = collect_outcomes(engine, settings, AS_OF, SCHEME, destination=dest)
     assert dest.asked["campaign_ids"] == sorted(dest.asked["campaign_ids"]) or dest.asked["campaign_ids"]
     assert cid in dest.asked["campaign_ids"]
     assert res.events_added == {"sent": 1, "opened": 1, "clicked": 1, "unsubscribed": 1, "bounced": 1}
-    assert res.events_skipped == 2
+    assert res.events_skipped == 4  # other campaign, not a member, not an email event, nobody
     assert res.suppressions_added == 2
     assert res.backtest is False  # a destination reported sends
     led = _ledger(engine)
@@ -230,7 +232,7 @@ def test_a_failure_half_way_writes_nothing(engine, settings, monkeypatch):
     monkeypatch.setattr(outcomes_mod, "is_backtest", boom)
     with pytest.raises(RuntimeError):
         collect_outcomes(engine, settings, AS_OF, SCHEME, destination=[
-            {"campaign_id": "cmp-at-risk-v1", "customer_id": "c00001", "event": "sent"}])  # fmt: skip
+            OutcomeEvent("cmp-at-risk-v1", "c00001", "sent", None)])  # fmt: skip
     assert _ledger(engine).empty
 
 
@@ -262,17 +264,13 @@ def test_discount_model_reads_the_offer():
     assert discount_model("none", "not json") == (0.0, None)
 
 
-def test_normalise_event_accepts_dicts_and_objects():
-    class Ev:
-        campaign_id = "c"
-        customer_id = "x"
-        type = "click"
-        timestamp = datetime(2024, 4, 2, 10)
-
-    e = normalise_event(Ev())
+def test_usable_event_is_an_email_event_in_naive_utc_naming_someone():
+    aware = datetime(2024, 4, 2, 12, tzinfo=timezone(timedelta(hours=2)))
+    e = usable_event(OutcomeEvent("c", "x", "clicked", aware))
     assert e is not None and e.event == "clicked" and e.occurred_at == datetime(2024, 4, 2, 10)
-    assert normalise_event({"campaign_id": "c", "event": "opened"}) is None  # nobody to attribute it to
-    assert normalise_event({"customer_id": "x", "event": "opened"}) is None
+    assert usable_event(OutcomeEvent("c", None, "opened", None)) is None  # nobody to attribute it to
+    assert usable_event(OutcomeEvent("c", "x", "forwarded", None)) is None  # not an event of the ledger
+    assert usable_event(OutcomeEvent("c", None, "opened", None, "a@example.com")) is not None
     assert end_of_day(AS_OF) == datetime.combine(AS_OF, time(23, 59, 59, 999999))
 
 

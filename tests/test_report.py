@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import delete
 
-from activation.tables import campaign_members, rfm_snapshots
+from activation.tables import campaign_members, rfm_snapshots, snapshot_runs
 from outcomes.report import write_roi_report
 from tests.cli_helpers import run_cli
 from tests.outcomes_fixtures import (
@@ -160,6 +160,7 @@ def test_first_snapshot_has_no_migration_matrix(duck_engine, duck_settings, tmp_
     build(duck_engine)
     with duck_engine.begin() as conn:
         conn.execute(delete(rfm_snapshots).where(rfm_snapshots.c.as_of == PREV_AS_OF))
+        conn.execute(delete(snapshot_runs).where(snapshot_runs.c.as_of == PREV_AS_OF))
     paths = write_roi_report(duck_engine, duck_settings, AS_OF, SCHEME, tmp_path / "r.html")
     page = _parse(paths.html.read_text())
     assert page.svgs == 3
