@@ -1,15 +1,18 @@
-"""The ``activation`` command line. Each package registers its own commands (``<package>/cli.py``);
-this module only builds the app and turns :class:`ActivationError` into a clear message and exit code 2."""
+"""The ``activation`` command line: the root app, assembled from each package's commands
+(``<package>/cli*.py``, each with a ``register(app)``), and :func:`main`, which turns an
+:class:`ActivationError` into its message and fix and exit code 2. Nothing imports this module back: the
+commands print through :mod:`activation.console`."""
 
 from __future__ import annotations
 
 import sys
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import typer
-from rich.console import Console
+from typer.core import TyperOption
 
-from activation import interrupt
+from activation import console, interrupt
 from activation.errors import ActivationError
 from activation.install import check_installation
 
@@ -17,8 +20,6 @@ from activation.install import check_installation
 def _flags_take_no_value() -> None:
     """``--dry-run <bool>`` in the help reads as if the flag took a value: show no type for on/off flags
     (typer's help prints the parameter's type for every option, flags included)."""
-    from typer.core import TyperOption
-
     shown = TyperOption.display_type_rich
 
     def display_type_rich(self: TyperOption, ctx: object) -> str | None:
@@ -38,24 +39,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _interrupted() -> None:
-    err_console.print(interrupt.note(), highlight=False, soft_wrap=True, markup=False)
-    sys.exit(interrupt.EXIT_STATUS)
 
 
 def _installed_version() -> str:
-    from importlib.metadata import version as _version
-
-    return _version("rfm-activation")
+    return installed_version("rfm-activation")
 
 
 def _print_version(value: bool) -> None:
     if value:
-        console.print(_installed_version(), highlight=False)
+        console.out.print(_installed_version(), highlight=False)
         raise typer.Exit()
 
 
@@ -75,7 +67,7 @@ def _root(
 @app.command()
 def version() -> None:
     """Print the installed version."""
-    console.print(_installed_version(), highlight=False)
+    console.out.print(_installed_version(), highlight=False)
 
 
 @app.command()
@@ -86,11 +78,11 @@ def init(
     ),
 ) -> None:
     """Make a project folder: templates/ and policy.yaml to edit, prefect.yaml, .env.example, README.md."""
-    from activation.project import init_project
+    from activation.project import init_project  # pydantic: imported by the command, not by --help
 
     written = init_project(folder, force=force)
-    console.print(f"wrote {len(written)} files to {folder}", highlight=False)
-    console.print(
+    console.out.print(f"wrote {len(written)} files to {folder}", highlight=False)
+    console.out.print(
         f"next: cd {folder} && cp .env.example .env && activation templates check",
         highlight=False,
         markup=False,
@@ -101,27 +93,32 @@ _setup_error: ActivationError | None = None
 """An installation that cannot work (see :mod:`activation.install`), reported by :func:`main`."""
 
 
-def _register() -> None:
+def _assemble(root: typer.Typer) -> None:
+    """Add every package's commands to ``root``, in the order ``activation --help`` lists them."""
     global _setup_error
     try:
         check_installation()
     except ActivationError as exc:
         _setup_error = exc
         return
-    from campaigns.cli import register as register_campaigns
-    from connectors.cli import register as register_connectors
-    from flows.cli import register as register_flows
-    from outcomes.cli import register as register_outcomes
-    from segments.cli import register as register_segments
+    # imported only once the check passed: a package of the same name from another distribution would fail
+    # somewhere inside these imports, far from the cause the check names
+    from campaigns import cli as campaigns_cli
+    from connectors import cli as connectors_cli
+    from flows import cli as flows_cli
+    from outcomes import cli as outcomes_cli
+    from segments import cli as segments_cli
+    from segments import cli_models
 
-    register_segments(app)
-    register_campaigns(app)
-    register_outcomes(app)  # outcomes collect, report roi
-    register_connectors(app)
-    register_flows(app)
+    segments_cli.register(root)
+    cli_models.register(root)
+    campaigns_cli.register(root)
+    outcomes_cli.register(root)  # outcomes collect, report roi
+    connectors_cli.register(root)
+    flows_cli.register(root)
 
 
-_register()
+_assemble(app)
 
 
 def main() -> None:
@@ -132,31 +129,29 @@ def main() -> None:
         rc = app(standalone_mode=False)
         # with standalone_mode=False click returns the code of `raise typer.Exit(n)` instead of exiting
         # (typer turns Ctrl-C into the code 130)
-        if rc == interrupt.EXIT_STATUS:
-            _interrupted()
+        if rc == console.EXIT_INTERRUPTED:
+            console.exit_interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except KeyboardInterrupt:
-        _interrupted()
+        console.exit_interrupted()
     except ActivationError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
-        if exc.fix:
-            err_console.print(f"[bold]fix:[/] {exc.fix}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        console.print_error(exc)
+        sys.exit(console.EXIT_BAD_INPUT)
     except typer.Exit as exc:
-        if exc.exit_code == interrupt.EXIT_STATUS:
-            _interrupted()
+        if exc.exit_code == console.EXIT_INTERRUPTED:
+            console.exit_interrupted()
         sys.exit(exc.exit_code)
     except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(1)
+        console.err.print("aborted")
+        sys.exit(console.EXIT_PROBLEMS)
     except Exception as exc:
         # click (vendored by typer) usage errors: show them like click would, with their exit code
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
         if interrupt.is_interrupt(exc):
-            _interrupted()
+            console.exit_interrupted()
         raise
 
 

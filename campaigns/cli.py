@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from activation.display import add_columns, print_json, print_table
+from activation import console
+from activation.display import add_columns
 from activation.errors import ConfigError
 
 
@@ -36,18 +37,17 @@ def register(app: typer.Typer) -> None:
         scheme: str | None = typer.Option(None, "--scheme", help="Only check this scheme's policy entries."),
     ) -> None:
         """Lint every template and the policy; print file:line: message; exit 1 on any error."""
-        from activation.cli import console
         from activation.settings import get_settings
         from campaigns.lint import check_templates, template_names
 
         settings = get_settings()
         issues = check_templates(settings, scheme=scheme)
         for issue in issues:
-            console.print(str(issue), highlight=False, soft_wrap=True, markup=False)
+            console.out.print(str(issue), highlight=False, soft_wrap=True, markup=False)
         if issues:
-            console.print(f"{len(issues)} problem(s) found", highlight=False)
-            raise typer.Exit(1)
-        console.print(
+            console.out.print(f"{len(issues)} problem(s) found", highlight=False)
+            raise typer.Exit(console.EXIT_PROBLEMS)
+        console.out.print(
             f"ok: {len(template_names(settings))} templates and {settings.policy_file.name} checked",
             highlight=False,
         )
@@ -59,7 +59,6 @@ def register(app: typer.Typer) -> None:
         segment: str | None = typer.Option(None, "--segment", help="Only this segment."),
     ) -> None:
         """Render one email per segment for a sample customer, plus OUT/index.html linking them."""
-        from activation.cli import console, err_console
         from activation.settings import get_settings
         from activation.warehouse import engine_if_exists
         from campaigns.preview import write_previews
@@ -71,23 +70,20 @@ def register(app: typer.Typer) -> None:
         failed = [i for i in items if i.error]
         for it in items:
             status = "FAILED" if it.error else (it.file or "suppressed")
-            console.print(f"{it.segment}: {status}  {it.subject}", highlight=False, markup=False)
+            console.out.print(f"{it.segment}: {status}  {it.subject}", highlight=False, markup=False)
         for it in failed:
-            err_console.print(f"{it.segment}: {it.error}", highlight=False, markup=False)
-        console.print(f"index: {out / 'index.html'}", highlight=False)
+            console.err.print(f"{it.segment}: {it.error}", highlight=False, markup=False)
+        console.out.print(f"index: {out / 'index.html'}", highlight=False)
         if failed:
-            raise typer.Exit(1)
+            raise typer.Exit(console.EXIT_PROBLEMS)
 
     @app.command("plan")
     def plan(
         as_of: str = typer.Option(..., "--as-of", help="Snapshot date YYYY-MM-DD."),
         scheme: str | None = typer.Option(None, "--scheme", help="Scheme (default: the default scheme)."),
-        as_json: bool = typer.Option(
-            False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
-        ),
+        as_json: bool = console.JSON_OPTION,
     ) -> None:
         """Plan one campaign per active segment: holdout split, coupons, template version."""
-        from activation.cli import console
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from campaigns.plan import plan_campaigns
@@ -96,8 +92,8 @@ def register(app: typer.Typer) -> None:
         scheme_name = scheme or settings.default_scheme
         result = plan_campaigns(get_engine(settings, create=False), settings, _as_of(as_of), scheme_name)
         if as_json:
-            print_json(
-                console, "plan", {"as_of": result.as_of, "scheme": result.scheme, "segments": result.segments}
+            console.print_json(
+                "plan", {"as_of": result.as_of, "scheme": result.scheme, "segments": result.segments}
             )
             return
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
@@ -129,12 +125,12 @@ def register(app: typer.Typer) -> None:
         )
         for row in cells:
             table.add_row(*row)
-        print_table(console, table)
+        console.print_table(table)
         if reasons:
-            console.print("excluded: " + "; ".join(reasons), highlight=False)
+            console.out.print("excluded: " + "; ".join(reasons), highlight=False)
         ids = [sp.campaign_id for sp in result.segments if sp.campaign_id]
         if ids:
-            console.print(
+            console.out.print(
                 f"one campaign per segment, with ids like {ids[0]}; `activation campaigns export` "
                 "lists their members",
                 highlight=False,
@@ -148,7 +144,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write the current campaigns' members as CSV
         (campaign_id, segment, customer_id, group, offer, coupon_code, template_version)."""
-        from activation.cli import console
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from campaigns.plan import export_campaigns
@@ -157,4 +152,4 @@ def register(app: typer.Typer) -> None:
         n = export_campaigns(
             get_engine(settings, create=False), _as_of(as_of), scheme or settings.default_scheme, out
         )
-        console.print(f"wrote {n:,} rows to {out}", highlight=False)
+        console.out.print(f"wrote {n:,} rows to {out}", highlight=False)

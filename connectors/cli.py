@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
-from activation.display import print_json
+from activation import console
+from activation.display import add_columns, print_table
+from activation.errors import ConfigError
+from activation.interrupt import on_interrupt
+
+if TYPE_CHECKING:  # the sync engine (SQLAlchemy) is imported by the command, not by --help
+    from connectors.result import SyncResult
 
 
 def _parse_date(value: str | None, flag: str) -> date | None:
-    from activation.errors import ConfigError
-
     if value is None:
         return None
     try:
@@ -23,8 +31,6 @@ def _parse_date(value: str | None, flag: str) -> date | None:
 
 
 def _parse_datetime(value: str | None) -> datetime | None:
-    from activation.errors import ConfigError
-
     if value is None:
         return None
     try:
@@ -65,16 +71,12 @@ def register(app: typer.Typer) -> None:
         """Sync audiences (tags, merge fields, lists) and campaigns to a destination, incrementally."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        import activation.cli as cli
-        from activation.interrupt import on_interrupt
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from connectors.registry import NAMES, check_destination
         from connectors.sync import sync_audience
 
         if destination not in NAMES:
-            from activation.errors import ConfigError
-
             raise ConfigError(f"unknown destination {destination!r}", fix=f"use one of: {', '.join(NAMES)}")
         settings = get_settings()
         check_destination(destination, settings)
@@ -84,7 +86,7 @@ def register(app: typer.Typer) -> None:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            console=cli.err_console if as_json else cli.console,
+            console=console.err if as_json else console.out,
             transient=True,
         )
         task = progress.add_task("sync", total=None)
@@ -119,12 +121,12 @@ def register(app: typer.Typer) -> None:
                 on_progress=advance,
             )
         if as_json:
-            print_json(cli.console, "sync", result.summary())
+            console.print_json("sync", result.summary())
         else:
-            print_result(cli.console, result)
+            print_result(console.out, result)
 
 
-def print_result(console: object, result: object) -> None:
+def print_result(out: Console, result: SyncResult) -> None:
     """A per-segment table of the plan (dry run) or of what was done, then totals.
 
     Readable at 80 columns: no vertical rules, short headers (``before``: members at the last completed
@@ -132,13 +134,6 @@ def print_result(console: object, result: object) -> None:
     the reasons are listed under the table), no number or name ever cut. The ``calls`` column is the plan's estimate, with the destination's set-up calls on a
     row of their own, so it adds up to the total printed under it.
     """
-    from rich import box
-    from rich.table import Table
-
-    from activation.display import add_columns, print_table
-    from connectors.result import SyncResult
-
-    assert isinstance(result, SyncResult)
     title = "dry run (nothing written)" if result.dry_run else f"sync {result.status}"
     t = Table(
         title=f"{result.destination} · {result.scheme} · {result.as_of} — {title}",
@@ -185,13 +180,13 @@ def print_result(console: object, result: object) -> None:
     add_columns(t, headers, rows, wrap=(0, 7))
     for row in rows:
         t.add_row(*row)
-    print_table(console, t)
+    print_table(out, t)
     if reasons:
-        console.print("skipped: " + "; ".join(reasons), highlight=False)  # type: ignore[attr-defined]
+        out.print("skipped: " + "; ".join(reasons), highlight=False)
     if result.dry_run:
-        console.print(f"API calls (estimated): {result.planned_calls:,}")  # type: ignore[attr-defined]
+        out.print(f"API calls (estimated): {result.planned_calls:,}")
     elif result.status == "unchanged":
-        console.print(  # type: ignore[attr-defined]
+        out.print(
             f"nothing changed since the last sync to {result.destination}: no write, no run recorded "
             f"(calls {result.api_calls:,}: the suppressions read back)"
             if result.api_calls
@@ -199,15 +194,15 @@ def print_result(console: object, result: object) -> None:
             highlight=False,
         )
     else:
-        console.print(  # type: ignore[attr-defined]
+        out.print(
             f"members ok {result.ok:,} · skipped {result.skipped:,} · failed {result.failed:,} · "
             f"calls {result.api_calls:,} ({result.write_calls:,} writes; {result.planned_calls:,} estimated) · "
             f"{result.seconds:.1f}s",
             highlight=False,
         )
         for cid, status in sorted(result.campaigns.items()):
-            console.print(f"campaign {cid}: {status}", highlight=False)  # type: ignore[attr-defined]
+            out.print(f"campaign {cid}: {status}", highlight=False)
     for v in result.guardrail_violations:
-        console.print(f"[yellow]guardrail:[/] {v}")  # type: ignore[attr-defined]
+        out.print(f"[yellow]guardrail:[/] {v}")
     for b in result.blockers:
-        console.print(f"[red]a sync would stop here:[/] {b}", highlight=False, soft_wrap=True)  # type: ignore[attr-defined]
+        out.print(f"[red]a sync would stop here:[/] {b}", highlight=False, soft_wrap=True)

@@ -11,6 +11,9 @@ from typing import Any
 
 import typer
 
+from activation import console
+from activation.errors import ConfigError
+
 run_app = typer.Typer(
     help="Run one flow once, now (the deployments in prefect.yaml run them on a schedule).",
     no_args_is_help=True,
@@ -26,12 +29,6 @@ WINDOW_DAYS = typer.Option(
 )
 
 
-def _console() -> Any:
-    from activation.cli import console
-
-    return console
-
-
 def _prepare(as_of: str | None, destination: str | None = None) -> Any:
     """Validate the date, the destination and the Prefect API before any flow starts (clear errors, no half runs)."""
     from activation.settings import get_settings
@@ -43,12 +40,12 @@ def _prepare(as_of: str | None, destination: str | None = None) -> Any:
     resolved = resolve_as_of(as_of, settings)
     if destination is not None:
         check_destination(destination, settings)
-    _console().print(f"running on {check_prefect_api()}", highlight=False)
+    console.out.print(f"running on {check_prefect_api()}", highlight=False)
     return resolved
 
 
 def _show(result: dict[str, Any]) -> None:
-    _console().print_json(json.dumps(result, default=str))
+    console.out.print_json(json.dumps(result, default=str))
 
 
 @run_app.command("quarterly")
@@ -158,7 +155,7 @@ def demo(
     from flows.demo import print_demo, run_demo
 
     print_demo(
-        _console(), run_demo(get_settings(), customers=customers, orders=orders, seed=seed, scheme=scheme)
+        console.out, run_demo(get_settings(), customers=customers, orders=orders, seed=seed, scheme=scheme)
     )
 
 
@@ -174,13 +171,11 @@ def serve(
     settings = get_settings()
     check_destination(destination, settings)
     if prefect_api_url() is None:
-        from activation.errors import ConfigError
-
         raise ConfigError(
             "activation serve needs a Prefect server that outlives it (PREFECT_API_URL is not set)",
             fix="start one with `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
         )
-    _console().print(f"serving the scheduled flows on {check_prefect_api()}; Ctrl-C stops", highlight=False)
+    console.out.print(f"serving the scheduled flows on {check_prefect_api()}; Ctrl-C stops", highlight=False)
     from flows.serve import serve as serve_flows
 
     serve_flows(settings, scheme or settings.default_scheme, destination)

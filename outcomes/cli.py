@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from activation.display import print_json
+from activation import console
 
 if TYPE_CHECKING:
     from activation.settings import Settings
@@ -67,12 +67,9 @@ def register(app: typer.Typer) -> None:
             "--destination",
             help="Also read email events (opens, clicks, unsubscribes) from this destination.",
         ),
-        as_json: bool = typer.Option(
-            False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
-        ),
+        as_json: bool = console.JSON_OPTION,
     ) -> None:
         """Record conversions from warehouse orders (and email events from a destination) in the outcome ledger."""
-        from activation import cli
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from outcomes.ledger import collect_outcomes
@@ -88,11 +85,11 @@ def register(app: typer.Typer) -> None:
             destination=_destination(destination, settings),
         )
         for w in result.warnings:
-            cli.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            console.warn(w)
         if as_json:
-            print_json(cli.console, "outcomes collect", dataclasses.asdict(result))
+            console.print_json("outcomes collect", dataclasses.asdict(result))
         else:
-            cli.console.print(result.summary(), highlight=False, soft_wrap=True)
+            console.out.print(result.summary(), highlight=False, soft_wrap=True)
 
     @report_app.command("roi")
     def roi(
@@ -109,12 +106,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(
             Path("report.html"), "--out", help="HTML file; the CSV is written next to it."
         ),
-        as_json: bool = typer.Option(
-            False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
-        ),
+        as_json: bool = console.JSON_OPTION,
     ) -> None:
         """Write the segment ROI report: HTML with charts and a CSV with one row per segment."""
-        from activation import cli
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from outcomes.report import write_roi_report
@@ -125,10 +119,9 @@ def register(app: typer.Typer) -> None:
         assert day is not None
         paths = write_roi_report(engine, settings, day, scheme or settings.default_scheme, out, window_days)
         for w in paths.warnings:
-            cli.err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            console.warn(w)
         if as_json:
-            print_json(
-                cli.console,
+            console.print_json(
                 "report roi",
                 {
                     "as_of": day,
@@ -140,4 +133,4 @@ def register(app: typer.Typer) -> None:
                 },
             )
         else:
-            cli.console.print(f"wrote {paths.html} and {paths.csv}", highlight=False, soft_wrap=True)
+            console.out.print(f"wrote {paths.html} and {paths.csv}", highlight=False, soft_wrap=True)

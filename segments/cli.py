@@ -1,4 +1,8 @@
-"""Commands of this package, registered on the ``activation`` app."""
+"""Commands of this package: ``ingest``, ``demo-data``, ``segment`` and ``segments export|migration``.
+
+Settings, the warehouse and the segment logic (pydantic, SQLAlchemy, pandas) are imported inside each
+command, so ``activation --help`` does not load them.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,20 @@ from datetime import date, datetime
 from pathlib import Path
 
 import typer
+from rich import box
+from rich.table import Table
 
-from activation.display import add_columns, print_json, print_table
+from activation import console
+from activation.display import add_columns
+from activation.errors import InputError
+from activation.files import atomic_write, output_file, safe_frame
+from segments.cli_models import model_lines
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
     register_ingest(app)
     register_segmentation(app)
-    from segments.cli_models import register as register_models  # clv fit / clv show
-
-    register_models(app)
 
 
 def register_ingest(app: typer.Typer) -> None:
@@ -31,9 +38,6 @@ def ingest_command(
     mapping: Path | None = typer.Option(None, "--mapping", help="Column mapping YAML (csv and parquet)."),
 ) -> None:
     """Load transactions (and customers when present) into the warehouse; print a quality report."""
-    from rich.table import Table
-
-    from activation import cli
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.ingest import ingest_file
@@ -45,7 +49,7 @@ def ingest_command(
     table.add_column("value", justify="right")
     for label, value in report.lines():
         table.add_row(label, value)
-    cli.console.print(table)
+    console.out.print(table)
 
 
 def demo_data_command(
@@ -57,9 +61,6 @@ def demo_data_command(
     seed: int = typer.Option(7, "--seed", help="Random seed; the same seed writes byte-identical files."),
 ) -> None:
     """Write a deterministic synthetic data set (orders, customers, support tickets) and its mappings."""
-    from rich.table import Table
-
-    from activation import cli
     from segments.demo_data import generate
 
     files = generate(out, customers=customers, orders=orders, seed=seed)
@@ -68,12 +69,12 @@ def demo_data_command(
     table.add_column("what")
     for path, what in files.describe():
         table.add_row(str(path), what)
-    cli.console.print(table)
-    cli.console.print(
+    console.out.print(table)
+    console.out.print(
         f"load it with: activation ingest {files.orders} --format parquet --mapping {files.mapping}",
         soft_wrap=True,
     )
-    cli.console.print(
+    console.out.print(
         f"support tickets: activation ingest {files.tickets} --format csv --mapping {files.tickets_mapping}",
         soft_wrap=True,
     )
@@ -93,8 +94,6 @@ def register_segmentation(app: typer.Typer) -> None:
 
 
 def _parse_date(value: str, flag: str) -> date:
-    from activation.errors import InputError
-
     try:
         return datetime.strptime(value, "%Y-%m-%d").date()
     except ValueError:
@@ -123,14 +122,9 @@ def segment_command(
         "--allow-negative-amounts",
         help="Segment even when orders have a negative amount (default: a blocking data check).",
     ),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
-    ),
+    as_json: bool = console.JSON_OPTION,
 ) -> None:
     """Compute and store a segment snapshot; print customers, share, mean R/F/M and revenue per segment."""
-    from rich.table import Table
-
-    from activation import cli
     from activation.settings import get_settings, today_in
     from activation.warehouse import get_engine
     from segments.snapshots import compute_snapshot, last_quarter_end, segment_summary
@@ -144,10 +138,9 @@ def segment_command(
     result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)
     summary = segment_summary(engine, when, name, settings)
     for warning in result.warnings:
-        cli.err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.warn(warning)
     if as_json:
-        print_json(
-            cli.console,
+        console.print_json(
             "segment",
             {
                 "as_of": when,
@@ -161,7 +154,6 @@ def segment_command(
         )
         return
     window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
-    from rich import box
 
     table = Table(
         title=f"{name} as of {when} ({window}): {result.customers:,} customers",
@@ -196,20 +188,18 @@ def segment_command(
     add_columns(table, headers, cells, wrap=(0,))
     for line in cells:
         table.add_row(*line)
-    print_table(cli.console, table)
+    console.print_table(table)
     for m, rec in sorted(result.cutpoints.items()):
         if m == "model":
             continue
-        cli.console.print(
+        console.out.print(
             f"{rec['metric']}: {rec['method']} {rec['bins']} bins, thresholds {_fmt_list(rec['thresholds'])}",
             highlight=False,
         )
     model = result.cutpoints.get("model")
     if model:
-        from segments.cli_models import model_lines
-
         for text in model_lines(model):
-            cli.console.print(text, highlight=False)
+            console.out.print(text, highlight=False)
 
 
 def _fmt_list(values: list[float]) -> str:
@@ -223,14 +213,13 @@ def export_command(
 ) -> None:
     """Write one CSV row per customer: customer_id, recency_days, frequency, monetary, r_score, f_score,
     m_score, segment."""
-    from activation import cli
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.snapshots import export_snapshot
 
     settings = get_settings()
     n = export_snapshot(get_engine(settings, create=False), _parse_date(as_of, "--as-of"), scheme, out)
-    cli.console.print(f"wrote {n:,} customers to {out}", highlight=False)
+    console.out.print(f"wrote {n:,} customers to {out}", highlight=False)
 
 
 def migration_command(
@@ -238,15 +227,9 @@ def migration_command(
     to_as_of: str = typer.Option(..., "--to", help="Later snapshot date YYYY-MM-DD."),
     scheme: str = typer.Option(..., "--scheme", help="Scheme name."),
     out: Path | None = typer.Option(None, "--out", help="Also write the matrix as CSV."),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print one JSON document (docs/json.md); logs go to stderr."
-    ),
+    as_json: bool = console.JSON_OPTION,
 ) -> None:
     """Customers moving between segments from one snapshot to another (incl. new and gone)."""
-    from rich.table import Table
-
-    from activation import cli
-    from activation.files import atomic_write, output_file, safe_frame
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.snapshots import migration_matrix
@@ -259,8 +242,7 @@ def migration_command(
     if out is not None:
         atomic_write(out, str(safe_frame(matrix).to_csv()))
     if as_json:
-        print_json(
-            cli.console,
+        console.print_json(
             "segments migration",
             {
                 "scheme": scheme,
@@ -278,6 +260,6 @@ def migration_command(
     add_columns(table, ["from \\ to", *(str(col) for col in matrix.columns)], cells)
     for line in cells:
         table.add_row(*line)
-    print_table(cli.console, table)
+    console.print_table(table)
     if out is not None:
-        cli.console.print(f"wrote {out}", highlight=False)
+        console.out.print(f"wrote {out}", highlight=False)

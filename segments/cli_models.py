@@ -9,7 +9,9 @@ from datetime import date, datetime
 from typing import Any
 
 import typer
+from rich.table import Table
 
+from activation import console
 from activation.errors import InputError
 
 clv_app = typer.Typer(help="Predicted customer value: fit and inspect models.", no_args_is_help=True)
@@ -27,9 +29,7 @@ def _date(value: str, flag: str) -> date:
         raise InputError(f"{flag} {value!r} is not a date", fix=f"write {flag} as YYYY-MM-DD") from None
 
 
-def _metrics_table(title: str, metrics: dict[str, Any]) -> object:
-    from rich.table import Table
-
+def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=True)
     table.add_column("predictor")
     for col in ("MAE", "RMSE", "Spearman", "top-decile capture"):
@@ -58,7 +58,6 @@ def fit_command(
     horizon_days: int = typer.Option(90, "--horizon-days", help="Predict spend over the next N days."),
 ) -> None:
     """Fit the CLV model on data up to T, backtest it on (T, T+N], store it for the clv_tier scheme."""
-    from activation import cli
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.clv import fit_clv
@@ -68,13 +67,13 @@ def fit_command(
         get_engine(settings, create=False), settings, _date(train_until, "--train-until"), horizon_days
     )
     m = result.metrics
-    cli.console.print(
+    console.out.print(
         f"model {result.model_id}: trained on features as of {', '.join(m['train']['features_as_of'])} "
         f"({m['train']['rows']} rows), backtest on {m['test_customers']} customers, "
         f"spend in ({m['backtest']['period'][0]}, {m['backtest']['period'][1]}]"
     )
-    cli.console.print(_metrics_table("CLV backtest", m))
-    cli.console.print(
+    console.out.print(_metrics_table("CLV backtest", m))
+    console.out.print(
         f"actual spend {m['actual_total']:,.2f}, expected {m['expected_total']:,.2f}; "
         f"beats both baselines on every metric: {'yes' if result.beats_baselines else 'no'} "
         f"({result.seconds:.1f} s)"
@@ -86,20 +85,19 @@ def show_command(
     as_of: str | None = typer.Option(None, "--as-of", help="Latest model trained on or before this date."),
 ) -> None:
     """Print the latest stored CLV model and its backtest."""
-    from activation import cli
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.clv import latest_model
 
     settings = get_settings()
     model = latest_model(get_engine(settings, create=False), _date(as_of, "--as-of") if as_of else None)
-    cli.console.print(
+    console.out.print(
         f"model {model.model_id}: train_until {model.train_until}, horizon {model.horizon_days} days, "
         f"{len(model.params['spend']['trees'])} + {len(model.params['purchase']['trees'])} trees "
         f"(expected spend + purchase probability, cut at {model.params['threshold']}) "
         f"on {', '.join(model.params['features'])}"
     )
-    cli.console.print(_metrics_table("CLV backtest", model.metrics))
+    console.out.print(_metrics_table("CLV backtest", model.metrics))
 
 
 def model_lines(model: dict[str, Any]) -> list[str]:

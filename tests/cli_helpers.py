@@ -24,13 +24,14 @@ def run_cli(*args: str) -> CliResult:
     from rich.console import Console
 
     import activation.cli as cli
+    from activation import console
 
     out, err = io.StringIO(), io.StringIO()
     old_argv = sys.argv
     sys.argv = ["activation", *args]
-    old_console, old_err = cli.console, cli.err_console
-    cli.console = Console(file=out, width=200, force_terminal=False)
-    cli.err_console = Console(file=err, width=200, force_terminal=False)
+    old_console, old_err = console.out, console.err
+    console.out = Console(file=out, width=200, force_terminal=False)
+    console.err = Console(file=err, width=200, force_terminal=False)
     code = 0
     try:
         with redirect_stdout(out), redirect_stderr(err):
@@ -40,5 +41,5 @@ def run_cli(*args: str) -> CliResult:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
         sys.argv = old_argv
-        cli.console, cli.err_console = old_console, old_err
+        console.out, console.err = old_console, old_err
     return CliResult(code, out.getvalue(), err.getvalue())

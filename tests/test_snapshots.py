@@ -247,12 +247,12 @@ def test_cli_tables_never_cut_numbers_on_a_narrow_terminal(
 
     from rich.console import Console
 
-    import activation.cli as cli
+    from activation import console
     from segments.cli import migration_command, segment_command
 
     add_orders(engine, [(f"c{i}", at(AS_OF - timedelta(days=6 * i)), 123456.78) for i in range(30)])
     out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(file=out, width=80))
+    monkeypatch.setattr(console, "out", Console(file=out, width=80))
     # called as functions, every option is passed (a typer default is an OptionInfo, which is truthy)
     flags = {"lookback_days": None, "allow_negative_amounts": False, "as_json": False}
     segment_command(as_of="2024-03-31", scheme="rfm11", **flags)
