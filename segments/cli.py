@@ -1,7 +1,7 @@
 """Commands of this package: ``ingest``, ``demo-data``, ``segment`` and ``segments export|migration``.
 
-Settings, the warehouse and the segment logic (pydantic, SQLAlchemy, pandas) are imported inside each
-command, so ``activation --help`` does not load them.
+Settings, the warehouse, files and the segment logic (pydantic, SQLAlchemy, pandas) are imported inside
+each command, so ``activation --help`` does not load them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from rich.table import Table
 from activation import console
 from activation.display import add_columns
 from activation.errors import InputError
-from activation.files import atomic_write, output_file, safe_frame
 from segments.cli_models import model_lines
 
 
@@ -230,6 +229,7 @@ def migration_command(
     as_json: bool = console.JSON_OPTION,
 ) -> None:
     """Customers moving between segments from one snapshot to another (incl. new and gone)."""
+    from activation.files import atomic_write, output_file, safe_frame
     from activation.settings import get_settings
     from activation.warehouse import get_engine
     from segments.snapshots import migration_matrix
