@@ -79,7 +79,6 @@ def test_each_module_imports_first_without_a_circle() -> None:
     assert result.returncode == 0, f"modules that fail when imported first:\n{result.stdout}{result.stderr}"
 
 
-@pytest.mark.xfail(strict=True, reason="upward imports and circles are being removed (issue 14, item 2)")
 def test_import_contracts() -> None:
     """``lint-imports``: the layers, the core below them, nothing importing the root CLI, no circle
     between the modules of a package (contracts in ``[tool.importlinter]``)."""
