@@ -28,7 +28,10 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    column,
+    table,
 )
+from sqlalchemy.sql.expression import TableClause
 
 metadata = MetaData()
 
@@ -238,3 +241,17 @@ Index("ix_rfm_snapshots_key", rfm_snapshots.c.as_of, rfm_snapshots.c.scheme, rfm
     dialect="postgresql"
 )
 Index("ix_sync_log_sync", sync_log.c.sync_id)
+
+
+def split_table_name(name: str) -> tuple[str | None, str]:
+    """``(schema, table)`` of a possibly schema-qualified name: ``analytics.fct_orders`` -> ``("analytics",
+    "fct_orders")``, ``orders`` -> ``(None, "orders")``. The table is what follows the last dot."""
+    schema, _, tname = name.rpartition(".")
+    return schema or None, tname
+
+
+def source_table(name: str, *columns: str) -> TableClause:
+    """A lightweight table for a possibly schema-qualified name (``analytics.fct_orders``) with ``columns``
+    (empty names are skipped: optional columns the settings leave unset)."""
+    schema, tname = split_table_name(name)
+    return table(tname, *(column(c) for c in columns if c), schema=schema)

@@ -15,7 +15,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from activation.errors import ConfigError, WarehouseError
 from activation.settings import Settings
-from activation.tables import metadata
+from activation.tables import metadata, split_table_name
 
 _ENGINES: dict[str, Engine] = {}
 
@@ -177,9 +177,7 @@ def ensure_schema(engine: Engine) -> None:
 
 
 def has_table(bind: Engine | Connection, name: str) -> bool:
-    schema = None
-    if "." in name:
-        schema, name = name.split(".", 1)
+    schema, name = split_table_name(name)
     return inspect(bind).has_table(name, schema=schema)
 
 

@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,10 +49,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 
 from activation import dialect
+from activation.chunks import chunked
+from activation.clock import utcnow
 from activation.errors import ConfigError, NotFoundError
 from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
-from activation.tables import campaign_members, campaigns, rfm_snapshots, suppressions
+from activation.tables import campaign_members, campaigns, rfm_snapshots, split_table_name, suppressions
 from activation.warehouse import has_table
 from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
 from campaigns.offers import offer_record, parse_offer
@@ -195,7 +197,7 @@ def member_group(key: str, customer_id: str, share: float) -> str:
 
 def _customers_table(settings: Settings) -> Any:
     src = settings.customers
-    schema, name = src.table.split(".", 1) if "." in src.table else (None, src.table)
+    schema, name = split_table_name(src.table)
     cols = [column(src.customer_id, String)]
     for c in (src.email, src.first_name, src.unsubscribed):
         if c:
@@ -373,8 +375,8 @@ def _bulk_insert(conn: Connection, campaign_id: str, customer_ids: Any, groups: 
             {"campaign_id": campaign_id, "customer_id": c, "member_group": g, "coupon_code": k}
             for c, g, k in zip(customer_ids, groups, codes, strict=True)
         ]
-        for i in range(0, len(rows), 10_000):
-            conn.execute(insert(campaign_members), rows[i : i + 10_000])
+        for part in chunked(rows, 10_000):
+            conn.execute(insert(campaign_members), part)
 
 
 def _fetch_columns(conn: Connection, query: Any) -> tuple[list[str], Any]:
@@ -400,8 +402,7 @@ def _taken_codes(conn: Connection, key: str) -> Any:
     def taken(codes: list[str]) -> set[str]:
         found: set[str] = set()
         m, c = campaign_members, campaigns
-        for i in range(0, len(codes), 5_000):
-            chunk = codes[i : i + 5_000]
+        for chunk in chunked(codes, 5_000):
             q = (
                 select(m.c.coupon_code)
                 .join(c, c.c.campaign_id == m.c.campaign_id)
@@ -585,7 +586,7 @@ def _retire(
             holdout=0,
             excluded=json.dumps({"suppressed_segment": size}),
             send_time=None,
-            created_at=datetime.now(UTC).replace(tzinfo=None),
+            created_at=utcnow(),
         )
     )
 
@@ -663,7 +664,7 @@ def _write_fresh(
         .group_by(m.c.campaign_id, m.c.member_group)
     ):
         counts[cid][grp] = int(n)
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = utcnow()
     plans: list[SegmentPlan] = []
     for f in fresh:
         offer = f.resolved.offer

@@ -18,10 +18,11 @@ from sqlalchemy import Select, func, null, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import column, table
 
+from activation.chunks import chunked
 from activation.emails import EMAIL_RE
 from activation.errors import NotFoundError
 from activation.settings import Settings
-from activation.tables import campaign_members, campaigns
+from activation.tables import campaign_members, campaigns, split_table_name
 from connectors import state as st
 from connectors.base import (
     AudienceMember,
@@ -126,14 +127,14 @@ def _json(value: Any, default: Any) -> Any:
 
 def _customers_table(settings: Settings) -> tuple[Any, dict[str, Any]]:
     src = settings.customers
-    schema, _, name = src.table.rpartition(".")
+    schema, name = split_table_name(src.table)
     names = {
         "customer_id": src.customer_id,
         "email": src.email,
         "first_name": src.first_name,
         "unsubscribed": src.unsubscribed,
     }
-    t = table(name, *[column(c) for c in names.values() if c], schema=schema or None)
+    t = table(name, *[column(c) for c in names.values() if c], schema=schema)
     cols = {k: (t.c[v] if v else None) for k, v in names.items()}
     return t, cols
 
@@ -275,8 +276,8 @@ def missing_emails(engine: Engine, settings: Settings, customer_ids: Sequence[st
         return {}
     out: dict[str, str] = {}
     with engine.connect() as conn:
-        for i in range(0, len(customer_ids), 5000):
-            chunk = list(customer_ids[i : i + 5000])
+        for part in chunked(customer_ids, 5000):
+            chunk = list(part)
             for cid, email in conn.execute(
                 select(cc["customer_id"], cc["email"]).where(cc["customer_id"].in_(chunk))
             ):

@@ -47,6 +47,7 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy import select
 
+from activation.chunks import chunked
 from activation.errors import ConfigError, NotFoundError
 from activation.settings import HubSpotSettings
 from activation.tables import campaign_members
@@ -163,10 +164,6 @@ def _named_inputs(body: dict[str, Any]) -> dict[str, str]:
 
 def _ceil(n: int, d: int) -> int:
     return -(-n // d)
-
-
-def _chunks(items: Sequence[Any], n: int) -> list[Sequence[Any]]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 def list_name(segment: str) -> str:
@@ -466,7 +463,7 @@ class HubSpotDestination:
             elif c.tag_remove and c.email:
                 leavers[c.tag_remove] += 1
         for seg, changes in by_seg.items():
-            for chunk in _chunks(changes, self.batch_size):
+            for chunk in chunked(changes, self.batch_size):
                 out[seg] += (
                     1
                     + (1 if any(c.tag_add for c in chunk) else 0)
@@ -689,10 +686,10 @@ class HubSpotDestination:
             pool.submit(run, done)
 
         for seg, changes in by_seg.items():
-            for chunk in _chunks(changes, self.batch_size):
+            for chunk in chunked(changes, self.batch_size):
                 self._submit_upsert(pool, tracker, seg, chunk, list_ids, membership, flush)
         for seg, changes in leavers.items():
-            for chunk in _chunks(changes, self.batch_size):
+            for chunk in chunked(changes, self.batch_size):
                 self._submit_leave(pool, tracker, seg, chunk, list_ids, flush)
         try:
             pool.run()
@@ -764,7 +761,7 @@ class HubSpotDestination:
     def _opted_out(self, ids: list[str]) -> set[str]:
         """Record ids of these contacts that unsubscribed from all email (``hs_email_optout``)."""
         out: set[str] = set()
-        for chunk in _chunks(ids, self.batch_size):
+        for chunk in chunked(ids, self.batch_size):
             found = self.api.call(
                 "consent read",
                 "POST",
@@ -941,11 +938,11 @@ class HubSpotDestination:
         found: list[OutcomeEvent] = []
         with engine.connect() as conn:
             ids = sorted(who)
-            for i in range(0, len(ids), 500):
+            for part in chunked(ids, 500):
                 rows = conn.execute(
                     select(campaign_members.c.campaign_id, campaign_members.c.customer_id).where(
                         campaign_members.c.campaign_id.in_(synced),
-                        campaign_members.c.customer_id.in_(ids[i : i + 500]),
+                        campaign_members.c.customer_id.in_(part),
                     )
                 )
                 found += [OutcomeEvent(cid, cust, "unsubscribed", None, who[cust]) for cid, cust in rows]

@@ -15,6 +15,8 @@ from typing import Any
 from sqlalchemy import and_, select, update
 from sqlalchemy.engine import Engine
 
+from activation.chunks import chunked
+from activation.clock import utcnow
 from activation.tables import campaigns
 from connectors import state as st
 from connectors.base import (
@@ -146,7 +148,7 @@ class WarehouseJournal:
                                     "operation": [x for b in batches for x in b.operations],
                                     "status": [x for b in batches for x in b.statuses],
                                     "error": [x for b in batches for x in b.errors],
-                                    "logged_at": st.utcnow(),
+                                    "logged_at": utcnow(),
                                 },
                                 sum(len(b.customer_ids) for b in batches),
                             )
@@ -265,7 +267,7 @@ class WarehouseJournal:
             "operation": operation,
             "status": status,
             "error": error,
-            "logged_at": st.utcnow(),
+            "logged_at": utcnow(),
         }
         self._enqueue(lambda conn: st.write_log(conn, [row]))
 
@@ -277,7 +279,7 @@ class WarehouseJournal:
 
 def log_skips(engine: Engine, destination: str, sync_id: str, skipped: list[tuple[str, str, str]]) -> None:
     """One ``skip`` row in ``sync_log`` per member the sync left out, with the reason (``no_email`` …)."""
-    now = st.utcnow()
+    now = utcnow()
     rows = [
         {
             "sync_id": sync_id,
@@ -292,8 +294,8 @@ def log_skips(engine: Engine, destination: str, sync_id: str, skipped: list[tupl
         for camp, cid, reason in skipped
     ]
     with engine.begin() as conn:
-        for i in range(0, len(rows), 50_000):
-            st.write_log(conn, rows[i : i + 50_000])
+        for part in chunked(rows, 50_000):
+            st.write_log(conn, part)
 
 
 def finish(

@@ -37,6 +37,8 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
+from activation.chunks import chunked
+from activation.clock import utcnow
 from activation.errors import ConfigError, InputError, NotFoundError
 from activation.settings import BrandSettings, MailchimpSettings
 from connectors.base import (
@@ -85,10 +87,6 @@ BASE_URL_FIX = (
 
 def _ceil(n: int, d: int) -> int:
     return -(-n // d)
-
-
-def _chunks(items: Sequence[Any], n: int) -> list[Sequence[Any]]:
-    return [items[i : i + n] for i in range(0, len(items), n)]
 
 
 class MailchimpApi:
@@ -613,15 +611,15 @@ class MailchimpDestination:
             pool.submit(run, done)
 
         for seg, changes in upserts.items():
-            chunks = _chunks(changes, B)
+            chunks = chunked(changes, B)
             rem = removes.pop(seg, [])
             for i, chunk in enumerate(chunks):
                 riders = rem[i * B : (i + 1) * B]
                 self._submit_upsert(pool, tracker, seg, chunk, riders, segment_call, flush)
-            for rest in _chunks(rem[len(chunks) * B :], B):
+            for rest in chunked(rem[len(chunks) * B :], B):
                 segment_call(seg, [], rest)
         for seg, rem in removes.items():
-            for chunk in _chunks(rem, B):
+            for chunk in chunked(rem, B):
                 segment_call(seg, [], chunk)
 
     def _submit_upsert(
@@ -794,7 +792,7 @@ class MailchimpDestination:
             )
             status = self.api.need(remote, "status", "get campaign")
             if status in ("sent", "sending"):
-                return "sent", _parse_ts(remote.get("send_time")) or _now()
+                return "sent", _parse_ts(remote.get("send_time")) or utcnow()
             if status == "schedule":
                 return "scheduled", _parse_ts(remote.get("send_time")) or plan.schedule_at
             return None
@@ -814,7 +812,7 @@ class MailchimpDestination:
                 )
                 return "scheduled", when.replace(tzinfo=None), "schedule"
             self.api.create("send campaign", lambda c: c.campaigns.send(remote_id), remote_state)
-            return "sent", _now(), "send"
+            return "sent", utcnow(), "send"
 
         def done(res: tuple[CampaignStatus, datetime | None, str | None]) -> None:
             status, when, op = res
@@ -936,10 +934,6 @@ class MailchimpDestination:
             offset += len(rows)
             if not rows or offset >= total:
                 return
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def _utc(when: datetime) -> datetime:

@@ -18,12 +18,13 @@ import io
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, time
+from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr
 from pathlib import Path
 from typing import Any
 
+from activation.clock import end_of_day
 from activation.emails import unsubscribe_url
 from activation.errors import ConfigError
 from activation.files import atomic_write, csv_writer
@@ -46,10 +47,6 @@ BATCH = 500
 
 def _safe(name: str) -> str:
     return _SAFE.sub("_", name)[:120] or "_"
-
-
-def end_of_day(d: object) -> datetime:
-    return datetime.combine(d, time(23, 59, 59))  # type: ignore[arg-type]
 
 
 class OutboxDestination:

@@ -12,7 +12,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -20,16 +20,12 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 
+from activation.clock import utcnow
 from activation.dialect import is_duckdb
 from activation.tables import destination_campaigns, suppressions, sync_log, sync_runs, sync_state
 from connectors.base import RemoteCampaign, email_hash
 
 _tmp_names = itertools.count()
-
-
-def utcnow() -> datetime:
-    """Naive UTC timestamp (the warehouse columns are timezone-less)."""
-    return datetime.now(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True)

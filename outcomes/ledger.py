@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -55,6 +55,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql import Select
 
 from activation import statuses
+from activation.chunks import chunked
+from activation.clock import end_of_day, utcnow
 from activation.dialect import CreateTempTableAs, insert_ignore, prefer_hash_joins
 from activation.emails import email_hash
 from activation.errors import ConfigError, NotFoundError, WarehouseError
@@ -65,9 +67,11 @@ from activation.tables import (
     campaign_outcomes,
     campaigns,
     destination_campaigns,
+    split_table_name,
     suppressions,
 )
 from activation.warehouse import has_table, transaction
+from campaigns.plan import current_campaigns
 from connectors.base import Destination, OutcomeEvent
 
 log = logging.getLogger(__name__)
@@ -99,11 +103,6 @@ class CampaignWindow:
     @property
     def is_backtest_send(self) -> bool:
         return self.send_time is None
-
-
-def end_of_day(day: date) -> datetime:
-    """The last instant of ``day``: the send time of a backtest."""
-    return datetime.combine(day, time(23, 59, 59, 999999))
 
 
 def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, float | None]:
@@ -144,22 +143,6 @@ def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, floa
     return (0.0, None)
 
 
-def current_campaigns(bind: Engine | Connection, as_of: date, scheme: str) -> list[Mapping[str, Any]]:
-    """Latest version of each campaign of ``as_of`` + ``scheme`` (rows of ``campaigns``), by segment."""
-    stmt = select(campaigns).where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
-    if isinstance(bind, Connection):
-        rows: list[Mapping[str, Any]] = [dict(r) for r in bind.execute(stmt).mappings()]
-    else:
-        with bind.connect() as conn:
-            rows = [dict(r) for r in conn.execute(stmt).mappings()]
-    latest: dict[str, Mapping[str, Any]] = {}
-    for row in rows:
-        key = row["campaign_key"]
-        if key not in latest or row["version"] > latest[key]["version"]:
-            latest[key] = row
-    return sorted(latest.values(), key=lambda r: (r["segment"], r["campaign_key"]))
-
-
 def latest_campaign_as_of(bind: Engine | Connection, scheme: str) -> date | None:
     """The most recent as_of that has campaigns for ``scheme``."""
     stmt = select(func.max(campaigns.c.as_of)).where(campaigns.c.scheme == scheme)
@@ -192,16 +175,16 @@ def campaign_windows(
         )
     out = []
     for row in rows:
-        send = row["send_time"]
-        rate, cap = discount_model(row["offer_type"], row["offer"])
+        send = row.send_time
+        rate, cap = discount_model(row.offer_type, row.offer)
         start = send if send is not None else end_of_day(as_of)
         out.append(
             CampaignWindow(
-                campaign_id=row["campaign_id"],
-                campaign_key=row["campaign_key"],
-                version=row["version"],
-                segment=row["segment"],
-                offer_type=row["offer_type"],
+                campaign_id=row.campaign_id,
+                campaign_key=row.campaign_key,
+                version=row.version,
+                segment=row.segment,
+                offer_type=row.offer_type,
                 discount_rate=rate,
                 discount_cap=cap,
                 send_time=send,
@@ -225,13 +208,6 @@ def resolve_window(settings: Settings, window_days: int | None) -> int:
 # --------------------------------------------------------------------------- the orders source
 
 
-def _split_name(name: str) -> tuple[str | None, str]:
-    if "." in name:
-        schema, tbl = name.split(".", 1)
-        return schema, tbl
-    return None, name
-
-
 def orders_source(settings: Settings, extra_columns: Iterable[str] = ()) -> Any:
     """The configured orders table or view, with the project's column names (a subquery).
 
@@ -239,7 +215,7 @@ def orders_source(settings: Settings, extra_columns: Iterable[str] = ()) -> Any:
     (taken by their own names, e.g. ``country``).
     """
     src = settings.orders
-    schema, name = _split_name(src.table)
+    schema, name = split_table_name(src.table)
     mapped = {
         "order_id": src.order_id,
         "customer_id": src.customer_id,
@@ -453,12 +429,11 @@ def _customer_emails(conn: Connection, settings: Settings, customer_ids: set[str
     src = settings.customers
     if not src.email or not customer_ids or not has_table(conn, src.table):
         return {}
-    schema, name = _split_name(src.table)
+    schema, name = split_table_name(src.table)
     tbl = table(name, column(src.customer_id), column(src.email), schema=schema)
     ids = sorted(customer_ids)
     out: dict[str, str] = {}
-    for i in range(0, len(ids), 5000):
-        chunk = ids[i : i + 5000]
+    for chunk in chunked(ids, 5000):
         stmt = select(tbl.c[src.customer_id].cast(String), tbl.c[src.email]).where(
             tbl.c[src.customer_id].cast(String).in_(chunk)
         )
@@ -470,12 +445,11 @@ def _customers_by_email(conn: Connection, settings: Settings, emails: set[str]) 
     src = settings.customers
     if not src.email or not emails or not has_table(conn, src.table):
         return {}
-    schema, name = _split_name(src.table)
+    schema, name = split_table_name(src.table)
     tbl = table(name, column(src.customer_id), column(src.email), schema=schema)
     wanted = sorted({e.strip().lower() for e in emails})
     out: dict[str, str] = {}
-    for i in range(0, len(wanted), 5000):
-        chunk = wanted[i : i + 5000]
+    for chunk in chunked(wanted, 5000):
         stmt = select(func.lower(func.trim(tbl.c[src.email])), tbl.c[src.customer_id].cast(String)).where(
             func.lower(func.trim(tbl.c[src.email])).in_(chunk)
         )
@@ -744,12 +718,12 @@ def _record_events(
         conn, settings, {e.email for e in events if e.customer_id is None and e.email}
     )
     members: set[tuple[str, str]] = set()
-    for i in range(0, len(campaign_ids), 500):
+    for part in chunked(campaign_ids, 500):
         members.update(
             (c, m)
             for c, m in conn.execute(
                 select(campaign_members.c.campaign_id, campaign_members.c.customer_id).where(
-                    campaign_members.c.campaign_id.in_(campaign_ids[i : i + 500])
+                    campaign_members.c.campaign_id.in_(part)
                 )
             )
         )
@@ -795,7 +769,7 @@ def _record_events(
             result.events_added[r["event"]] = result.events_added.get(r["event"], 0) + 1
     if suppress:
         emails = _customer_emails(conn, settings, {c for c, _ in suppress if suppress[(c, _)] is None})
-        now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
+        now = utcnow().replace(microsecond=0)
         hashes: dict[tuple[str, str], dict[str, Any]] = {}
         for (customer, reason), email in suppress.items():
             address = email or emails.get(customer)

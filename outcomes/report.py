@@ -23,12 +23,14 @@ from sqlalchemy import String, column, func, select, table, text, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from activation.clock import end_of_day
 from activation.dialect import prefer_hash_joins
 from activation.errors import InputError
 from activation.files import atomic_write, atomic_write_all, output_file, safe_frame
 from activation.settings import Settings
-from activation.tables import campaign_members, rfm_snapshots
-from outcomes.ledger import _split_name, current_campaigns, end_of_day, orders_source, valid_status
+from activation.tables import campaign_members, rfm_snapshots, split_table_name
+from campaigns.plan import current_campaigns
+from outcomes.ledger import orders_source, valid_status
 from outcomes.roi import (
     CONVERSION_CI_METHOD,
     CSV_COLUMNS,
@@ -315,7 +317,7 @@ def _order_axis(labels: list[str], order: list[str], last: str) -> list[str]:
 
 def _source_columns(engine: Engine, name: str) -> list[str]:
     """Column names of a table or view (``SELECT * … LIMIT 0``: works where reflection does not)."""
-    schema, tbl = _split_name(name)
+    schema, tbl = split_table_name(name)
     try:
         with engine.connect() as conn:
             return list(
@@ -347,7 +349,7 @@ def breakdowns(
     if not camps:
         return {}
     o = orders_source(settings, extra_columns=[ocols[d] for d in wanted if d in ocols])
-    schema, cname = _split_name(settings.customers.table)
+    schema, cname = split_table_name(settings.customers.table)
     cu = table(cname, *[column(ccols[d]) for d in wanted if d in ccols], column(cust_key), schema=schema)
     dim_cols: list[Any] = []
     for d in wanted:
@@ -357,7 +359,7 @@ def breakdowns(
             dim_cols.append(o.c[ocols[d]])
         else:
             dim_cols.append(cu.c[ccols[d]].cast(String))
-    seg_of = {c["campaign_id"]: c["segment"] for c in camps}
+    seg_of = {c.campaign_id: c.segment for c in camps}
     m = campaign_members.c
     cond = [
         m.campaign_id.in_(list(seg_of)),

@@ -21,7 +21,7 @@ instead of a second pass over the orders.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import and_, column, delete, exists, func, insert, not_, select, table
@@ -29,11 +29,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from activation import dialect, statuses
+from activation.clock import utcnow
 from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import Settings
-from activation.tables import verified_sources
+from activation.tables import source_table, split_table_name, verified_sources
 from activation.warehouse import has_table
-from segments.rfm import source_table
 
 EXAMPLES = 5
 
@@ -88,7 +88,7 @@ NUMERIC_TYPES = ("int", "double", "real", "float", "decimal", "numeric", "money"
 
 def _columns(conn: Connection, name: str) -> dict[str, str]:
     """Column name -> declared type, from ``information_schema`` (the same on DuckDB and PostgreSQL)."""
-    schema, _, tname = name.rpartition(".")
+    schema, tname = split_table_name(name)
     cols = table(
         "columns",
         column("table_schema"),
@@ -158,7 +158,7 @@ def _not_null(conn: Connection, src: Any, cols: list[tuple[str, Any]], show: lis
 
 def future_limit(settings: Settings) -> datetime:
     """Orders dated after this (UTC, naive like the warehouse's timestamps) block segmentation."""
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = utcnow()
     return now + timedelta(hours=settings.future_tolerance_hours)
 
 
@@ -229,9 +229,7 @@ def store_fingerprint(conn: Connection, key: str, fingerprint: str) -> None:
     if not has_table(conn, verified_sources.name):
         return
     conn.execute(delete(verified_sources).where(verified_sources.c.source == key))
-    conn.execute(
-        insert(verified_sources).values(source=key, fingerprint=fingerprint, verified_at=datetime.now())
-    )
+    conn.execute(insert(verified_sources).values(source=key, fingerprint=fingerprint, verified_at=utcnow()))
 
 
 def _order_checks(

@@ -31,17 +31,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, case, column, func, literal_column, select, table
+from sqlalchemy import and_, case, func, literal_column, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
 
 from activation import statuses
 from activation import tables as t
+from activation.clock import utcnow
 from activation.errors import ConfigError, InputError, NotFoundError
 from activation.settings import Settings
 from activation.warehouse import transaction
@@ -89,8 +90,7 @@ TIERS: tuple[str, ...] = ("Low", "Mid", "High")
 def _orders(settings: Settings) -> Any:
     src = settings.orders
     cols = [src.order_id, src.customer_id, src.ordered_at, src.amount] + ([src.status] if src.status else [])
-    schema, _, name = src.table.rpartition(".")
-    return table(name, *(column(c) for c in cols), schema=schema or None)
+    return t.source_table(src.table, *cols)
 
 
 def _day_start(d: date) -> datetime:
@@ -453,7 +453,7 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
         "kind": MODEL_KIND,
         "params": json.dumps(params, separators=(",", ":")),
         "metrics": json.dumps(metrics, sort_keys=True),
-        "created_at": datetime.now(UTC).replace(tzinfo=None),
+        "created_at": utcnow(),
     }
     with transaction(engine) as conn:
         conn.execute(t.clv_models.delete().where(t.clv_models.c.model_id == model_id))

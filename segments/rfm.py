@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Date, Integer, String, and_, case, cast, column, func, literal, select, table
+from sqlalchemy import Date, Integer, String, and_, case, cast, func, literal, select
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from activation import statuses
 from activation.dialect import days_between, percentiles_disc
 from activation.settings import Settings
-from activation.tables import Double
+from activation.tables import Double, source_table
 from segments.schemes import LOWER_IS_BETTER, Bins, Scheme
 
 METRIC_COLUMNS = {"r": "recency_days", "f": "frequency", "m": "monetary"}
@@ -50,12 +50,6 @@ class Window:
         end = datetime.combine(as_of + timedelta(days=1), time.min)
         start = end - timedelta(days=lookback_days) if lookback_days else None
         return cls(as_of, start, end)
-
-
-def source_table(name: str, *columns: str) -> Any:
-    """A lightweight table for a possibly schema-qualified name (``analytics.fct_orders``)."""
-    schema, _, tname = name.rpartition(".")
-    return table(tname, *(column(c) for c in columns if c), schema=schema or None)
 
 
 def _source_rows(settings: Settings, scheme: Scheme, window: Window) -> Any:

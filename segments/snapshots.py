@@ -22,11 +22,13 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from activation import dialect
+from activation.chunks import chunked
+from activation.clock import utcnow
 from activation.dialect import CreateTempTableAs, serialize
 from activation.errors import ActivationError, ConfigError, NotFoundError, WarehouseError
 from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
-from activation.tables import rfm_snapshots, snapshot_runs
+from activation.tables import rfm_snapshots, snapshot_runs, source_table
 from activation.warehouse import has_table
 from segments import checks, rfm
 from segments.schemes import (
@@ -80,10 +82,10 @@ def _resolve_scheme(scheme: str | Scheme, settings: Settings) -> Scheme:
 
 def _first_last(conn: Connection, settings: Settings, scheme: Scheme) -> tuple[Any, Any]:
     if scheme.source == "contact_events":
-        src = rfm.source_table("contact_events", "occurred_at")
+        src = source_table("contact_events", "occurred_at")
         at = src.c.occurred_at
     else:
-        src = rfm.source_table(settings.orders.table, settings.orders.ordered_at)
+        src = source_table(settings.orders.table, settings.orders.ordered_at)
         at = src.c[settings.orders.ordered_at]
     return conn.execute(select(func.min(at), func.max(at)).select_from(src)).one()
 
@@ -278,7 +280,7 @@ def _compute_in(
             customers=int(stats["customers"]),
             cutpoints=json.dumps(record, sort_keys=True),
             warnings=json.dumps(warnings),
-            created_at=datetime.now(),
+            created_at=utcnow(),
         )
     )
     return SnapshotResult(
@@ -356,8 +358,8 @@ def _bulk_insert_snapshot(conn: Connection, frame: pd.DataFrame) -> None:
                 cp.write_row(row)
     else:
         records = frame.to_dict("records")
-        for start in range(0, len(records), 50_000):
-            conn.execute(insert(rfm_snapshots), records[start : start + 50_000])
+        for part in chunked(records, 50_000):
+            conn.execute(insert(rfm_snapshots), part)
 
 
 # --- reading snapshots ---------------------------------------------------------------------------

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select, update
 
+from activation.clock import end_of_day
 from activation.errors import NotFoundError
 from activation.tables import campaign_outcomes, campaigns, orders, suppressions
 from connectors.base import OutcomeEvent
 from outcomes import ledger as outcomes_mod
-from outcomes.ledger import collect_outcomes, discount_model, end_of_day, usable_event
+from outcomes.ledger import collect_outcomes, discount_model, usable_event
 from tests.cli_helpers import run_cli
 from tests.outcomes_fixtures import AS_OF, PERCENT, SCHEME, SEND, build, expected_per_member, read_orders
 

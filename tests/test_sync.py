@@ -5,15 +5,24 @@ from __future__ import annotations
 import email
 import json
 from collections import Counter
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from email import policy
 from email.errors import HeaderParseError
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 
 from activation.errors import GuardrailError
-from activation.tables import campaigns, customers, suppressions, sync_log, sync_runs, sync_state
+from activation.tables import (
+    campaign_outcomes,
+    campaigns,
+    customers,
+    orders,
+    suppressions,
+    sync_log,
+    sync_runs,
+    sync_state,
+)
 from connectors.base import email_hash
 from connectors.errors import FatalDestinationError
 from connectors.state import add_suppressions
@@ -64,6 +73,41 @@ def test_outbox_writes_messages_and_audiences(engine, settings):
     # nothing changed: no file written, nothing sent twice
     again = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
     assert again.write_calls == 0 and again.ok == 0
+
+
+def test_an_outbox_send_attributes_the_whole_last_day_of_the_window_and_nothing_of_the_as_of_day(
+    engine, settings
+):
+    """The outbox's send time is the last instant of the as_of day, the same end of day a backtest uses:
+    an order half a second before midnight on the window's last day counts, one half a second before
+    midnight on the as_of day does not (a send time of 23:59:59 would get both wrong)."""
+    from campaigns.outcomes import collect_outcomes
+
+    plan = insert_plan(engine, make_assignment(8))
+    sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
+    window = settings.attribution_window_days
+    last_day, as_of_day = (
+        datetime.combine(d, time(23, 59, 59, 500_000)) for d in (AS_OF + timedelta(days=window), AS_OF)
+    )
+    seg = sorted(plan.treated)[0]
+    late_buyer, early_buyer = plan.treated[seg][0], plan.treated[seg][-1]
+    assert late_buyer != early_buyer
+    with engine.begin() as conn:
+        conn.execute(
+            insert(orders),
+            [
+                {"order_id": "o-last", "customer_id": late_buyer, "ordered_at": last_day, "amount": 10.0},
+                {"order_id": "o-asof", "customer_id": early_buyer, "ordered_at": as_of_day, "amount": 10.0},
+            ],
+        )
+    collect_outcomes(engine, settings, AS_OF, SCHEME)
+    with engine.connect() as conn:
+        converted = set(
+            conn.execute(
+                select(campaign_outcomes.c.customer_id).where(campaign_outcomes.c.event == "converted")
+            ).scalars()
+        )
+    assert converted == {late_buyer}
 
 
 def test_dry_run_writes_nothing(engine, settings):
@@ -411,7 +455,8 @@ def _eml_reference(settings, camp, member, content) -> bytes:
     from email.utils import format_datetime, formataddr
     from urllib.parse import urlencode
 
-    from connectors.outbox import _safe, end_of_day
+    from activation.clock import end_of_day
+    from connectors.outbox import _safe
 
     brand = settings.brand
     msg = MIMEMultipart("alternative")
