@@ -81,7 +81,7 @@ def test_an_outbox_send_attributes_the_whole_last_day_of_the_window_and_nothing_
     """The outbox's send time is the last instant of the as_of day, the same end of day a backtest uses:
     an order half a second before midnight on the window's last day counts, one half a second before
     midnight on the as_of day does not (a send time of 23:59:59 would get both wrong)."""
-    from campaigns.outcomes import collect_outcomes
+    from outcomes.ledger import collect_outcomes
 
     plan = insert_plan(engine, make_assignment(8))
     sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
