@@ -3,24 +3,14 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from activation import console
+from activation.dates import parse_date
 from activation.display import add_columns
-from activation.errors import ConfigError
-
-
-def _as_of(value: str) -> date:
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(
-            f"--as-of {value!r} is not a date", fix="use YYYY-MM-DD, e.g. --as-of 2025-12-31"
-        ) from exc
 
 
 def register(app: typer.Typer) -> None:
@@ -88,9 +78,10 @@ def register(app: typer.Typer) -> None:
         from activation.warehouse import get_engine
         from campaigns.plan import plan_campaigns
 
+        day = parse_date(as_of, "--as-of")
         settings = get_settings()
         scheme_name = scheme or settings.default_scheme
-        result = plan_campaigns(get_engine(settings, create=False), settings, _as_of(as_of), scheme_name)
+        result = plan_campaigns(get_engine(settings, create=False), settings, day, scheme_name)
         if as_json:
             console.print_json(
                 "plan", {"as_of": result.as_of, "scheme": result.scheme, "segments": result.segments}
@@ -148,8 +139,7 @@ def register(app: typer.Typer) -> None:
         from activation.warehouse import get_engine
         from campaigns.plan import export_campaigns
 
+        day = parse_date(as_of, "--as-of")
         settings = get_settings()
-        n = export_campaigns(
-            get_engine(settings, create=False), _as_of(as_of), scheme or settings.default_scheme, out
-        )
+        n = export_campaigns(get_engine(settings, create=False), day, scheme or settings.default_scheme, out)
         console.out.print(f"wrote {n:,} rows to {out}", highlight=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 import typer
@@ -11,35 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from activation import console
+from activation.dates import parse_date, parse_datetime
 from activation.display import add_columns, print_table
 from activation.errors import ConfigError
 from activation.interrupt import on_interrupt
 
 if TYPE_CHECKING:  # the sync engine (SQLAlchemy) is imported by the command, not by --help
     from connectors.result import SyncResult
-
-
-def _parse_date(value: str | None, flag: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(
-            f"{flag} must be a date YYYY-MM-DD, got {value!r}", fix=f"write it as e.g. {flag} 2025-06-30"
-        ) from exc
-
-
-def _parse_datetime(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(
-            f"--schedule-at must be an ISO date-time (2024-04-02T09:00), got {value!r}",
-            fix="write e.g. --schedule-at 2025-07-02T09:00 (UTC) or 2025-07-02T09:00+02:00",
-        ) from exc
 
 
 def register(app: typer.Typer) -> None:
@@ -76,6 +53,7 @@ def register(app: typer.Typer) -> None:
         from connectors.registry import NAMES, check_destination
         from connectors.sync import sync_audience
 
+        day, when = parse_date(as_of, "--as-of"), parse_datetime(schedule_at, "--schedule-at")
         if destination not in NAMES:
             raise ConfigError(f"unknown destination {destination!r}", fix=f"use one of: {', '.join(NAMES)}")
         settings = get_settings()
@@ -111,11 +89,11 @@ def register(app: typer.Typer) -> None:
                 engine,
                 settings,
                 destination,
-                _parse_date(as_of, "--as-of"),
+                day,
                 scheme,
                 dry_run=dry_run,
                 send=send,
-                schedule_at=_parse_datetime(schedule_at),
+                schedule_at=when,
                 force=force,
                 on_total=lambda n: progress.update(task, total=n),
                 on_progress=advance,

@@ -11,7 +11,7 @@ import re
 from datetime import date
 from typing import Any
 
-from flows.dates import period_label
+from campaigns.plan import period_label
 
 _KEY_CHARS = re.compile(r"[^a-z0-9]+")
 

@@ -6,12 +6,12 @@ Prefect is imported inside the command functions only, so ``activation --help`` 
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 import typer
 
 from activation import console
+from activation.dates import parse_datetime
 from activation.errors import ConfigError
 
 run_app = typer.Typer(
@@ -85,12 +85,13 @@ def run_activate(
     scheme: str | None = SCHEME,
     destination: str = DESTINATION,
     send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
-    schedule_at: datetime | None = typer.Option(
+    schedule_at: str | None = typer.Option(
         None, "--schedule-at", help="Schedule the send: an ISO date-time, UTC unless it has an offset."
     ),
     force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
 ) -> None:
     """Plan campaigns, check the sync plan, sync the audiences, create/send the campaigns."""
+    when = parse_datetime(schedule_at, "--schedule-at")
     resolved = _prepare(as_of, destination)
     from flows.activate import activate
 
@@ -100,7 +101,7 @@ def run_activate(
             scheme=scheme,
             destination=destination,
             send=send,
-            schedule_at=schedule_at,
+            schedule_at=when,
             force=force,
         )
     )

@@ -26,7 +26,8 @@ from activation.errors import ActivationError, ConfigError
 from activation.settings import Settings
 from activation.warehouse import duckdb_file, get_engine, redact
 from connectors.registry import check_destination
-from flows.dates import last_quarter_end, resolve_as_of
+from flows.dates import resolve_as_of
+from segments.snapshots import last_quarter_end
 
 BACKTEST_GAP_DAYS = 150
 """``as_of`` is the last quarter end at least this long before the last demo order."""

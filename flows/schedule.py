@@ -23,15 +23,15 @@ from zoneinfo import ZoneInfo
 from prefect.context import FlowRunContext
 from pydantic import Field
 
+from activation.dates import DATE_PATTERN, parse_date
 from activation.errors import ConfigError, ConflictError
 from activation.settings import Settings, get_settings, today_in
+from campaigns.plan import period_label
 from connectors.registry import NAMES
-from flows.dates import parse_as_of, period_label, resolve_as_of
+from flows.dates import resolve_as_of
 from flows.tasks import _log
 
-AsOf = Annotated[
-    date | None, Field(json_schema_extra={"pattern": r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"})
-]
+AsOf = Annotated[date | None, Field(json_schema_extra={"pattern": DATE_PATTERN})]
 """An ``as_of`` parameter: a YYYY-MM-DD date, checked when a deployment run is created (Prefect does not check
 the schema's ``format: date``), so "last quarter" or month 13 is refused there and not when the run starts."""
 
@@ -105,7 +105,7 @@ def run_name(flow: str, *extra_parameters: str) -> Callable[[], str]:
         try:
             settings = get_settings()
             scheme = parameters.get("scheme") or settings.default_scheme
-            as_of = parse_as_of(parameters.get("as_of"))
+            as_of = parse_date(parameters.get("as_of"), "as_of")
             if as_of is None:
                 as_of = resolve_as_of(
                     None, settings, today=run_today(settings, ctx.flow_run if ctx else None)

@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 
 from activation import console
+from activation.dates import parse_date
 
 if TYPE_CHECKING:
     from activation.settings import Settings
     from connectors.base import Destination
-
-
-def _parse_date(value: str | None, flag: str) -> date | None:
-    if value is None:
-        return None
-    try:
-        return date.fromisoformat(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{value!r} is not a date; use YYYY-MM-DD", param_hint=flag) from exc
 
 
 def _group(app: typer.Typer, name: str, help_text: str) -> typer.Typer:
@@ -74,12 +65,13 @@ def register(app: typer.Typer) -> None:
         from activation.warehouse import get_engine
         from outcomes.ledger import collect_outcomes
 
+        day = parse_date(as_of, "--as-of")
         settings = get_settings()
         engine = get_engine(settings, create=False)
         result = collect_outcomes(
             engine,
             settings,
-            _parse_date(as_of, "--as-of"),
+            day,
             scheme or settings.default_scheme,
             window_days,
             destination=_destination(destination, settings),
@@ -113,10 +105,9 @@ def register(app: typer.Typer) -> None:
         from activation.warehouse import get_engine
         from outcomes.report import write_roi_report
 
+        day = parse_date(as_of, "--as-of")
         settings = get_settings()
         engine = get_engine(settings, create=False)
-        day = _parse_date(as_of, "--as-of")
-        assert day is not None
         paths = write_roi_report(engine, settings, day, scheme or settings.default_scheme, out, window_days)
         for w in paths.warnings:
             console.warn(w)

@@ -6,7 +6,6 @@ each command, so ``activation --help`` does not load them.
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from pathlib import Path
 
 import typer
@@ -14,8 +13,8 @@ from rich import box
 from rich.table import Table
 
 from activation import console
+from activation.dates import parse_date
 from activation.display import add_columns
-from activation.errors import InputError
 from segments.cli_models import model_lines
 
 
@@ -92,15 +91,6 @@ def register_segmentation(app: typer.Typer) -> None:
     app.add_typer(segments_app, name="segments")
 
 
-def _parse_date(value: str, flag: str) -> date:
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise InputError(
-            f"{flag} {value!r} is not a date", fix=f"write {flag} as YYYY-MM-DD, e.g. 2024-12-31"
-        ) from None
-
-
 def segment_command(
     as_of: str | None = typer.Option(
         None,
@@ -128,10 +118,11 @@ def segment_command(
     from activation.warehouse import get_engine
     from segments.snapshots import compute_snapshot, last_quarter_end, segment_summary
 
+    day = parse_date(as_of or None, "--as-of")
     settings = get_settings()
     if allow_negative_amounts:
         settings = settings.model_copy(update={"allow_negative_amounts": True})
-    when = _parse_date(as_of, "--as-of") if as_of else last_quarter_end(today_in(settings))
+    when = day or last_quarter_end(today_in(settings))
     name = scheme or settings.default_scheme
     engine = get_engine(settings, create=False)
     result = compute_snapshot(engine, settings, when, name, lookback_days=lookback_days)
@@ -216,8 +207,9 @@ def export_command(
     from activation.warehouse import get_engine
     from segments.snapshots import export_snapshot
 
+    day = parse_date(as_of, "--as-of")
     settings = get_settings()
-    n = export_snapshot(get_engine(settings, create=False), _parse_date(as_of, "--as-of"), scheme, out)
+    n = export_snapshot(get_engine(settings, create=False), day, scheme, out)
     console.out.print(f"wrote {n:,} customers to {out}", highlight=False)
 
 
@@ -234,8 +226,8 @@ def migration_command(
     from activation.warehouse import get_engine
     from segments.snapshots import migration_matrix
 
+    start, end = parse_date(from_as_of, "--from"), parse_date(to_as_of, "--to")
     settings = get_settings()
-    start, end = _parse_date(from_as_of, "--from"), _parse_date(to_as_of, "--to")
     if out is not None:
         out = output_file(out, example="migration.csv")
     matrix = migration_matrix(get_engine(settings, create=False), start, end, scheme, settings)

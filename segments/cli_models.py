@@ -5,14 +5,13 @@ The ``kmeans`` and ``clv_tier`` snapshots themselves are made by ``activation se
 
 from __future__ import annotations
 
-from datetime import date, datetime
 from typing import Any
 
 import typer
 from rich.table import Table
 
 from activation import console
-from activation.errors import InputError
+from activation.dates import parse_date
 
 clv_app = typer.Typer(help="Predicted customer value: fit and inspect models.", no_args_is_help=True)
 
@@ -20,13 +19,6 @@ clv_app = typer.Typer(help="Predicted customer value: fit and inspect models.", 
 def register(app: typer.Typer) -> None:
     """Add the ``clv`` command group to ``app``."""
     app.add_typer(clv_app, name="clv")
-
-
-def _date(value: str, flag: str) -> date:
-    try:
-        return datetime.strptime(value, "%Y-%m-%d").date()
-    except ValueError:
-        raise InputError(f"{flag} {value!r} is not a date", fix=f"write {flag} as YYYY-MM-DD") from None
 
 
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
@@ -62,10 +54,9 @@ def fit_command(
     from activation.warehouse import get_engine
     from segments.clv import fit_clv
 
+    until = parse_date(train_until, "--train-until")
     settings = get_settings()
-    result = fit_clv(
-        get_engine(settings, create=False), settings, _date(train_until, "--train-until"), horizon_days
-    )
+    result = fit_clv(get_engine(settings, create=False), settings, until, horizon_days)
     m = result.metrics
     console.out.print(
         f"model {result.model_id}: trained on features as of {', '.join(m['train']['features_as_of'])} "
@@ -89,8 +80,9 @@ def show_command(
     from activation.warehouse import get_engine
     from segments.clv import latest_model
 
+    day = parse_date(as_of, "--as-of")
     settings = get_settings()
-    model = latest_model(get_engine(settings, create=False), _date(as_of, "--as-of") if as_of else None)
+    model = latest_model(get_engine(settings, create=False), day)
     console.out.print(
         f"model {model.model_id}: train_until {model.train_until}, horizon {model.horizon_days} days, "
         f"{len(model.params['spend']['trees'])} + {len(model.params['purchase']['trees'])} trees "

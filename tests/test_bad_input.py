@@ -284,7 +284,7 @@ CASES = [
         "no campaign plan for scheme 'rfm11' as of 2019-12-31",
         f"planned: {AS_OF}",
     ),
-    case("sync-as-of-garbage", "sync --as-of yesterday", "--as-of must be a date YYYY-MM-DD"),
+    case("sync-as-of-garbage", "sync --as-of yesterday", "--as-of 'yesterday' is not a date", "YYYY-MM-DD"),
     case(
         "sync-schedule-past",
         f"sync --as-of {AS_OF} --destination mailchimp --schedule-at 2020-01-01T09:00",
@@ -294,7 +294,8 @@ CASES = [
     case(
         "sync-schedule-garbage",
         f"sync --as-of {AS_OF} --schedule-at tomorrow",
-        "--schedule-at must be an ISO",
+        "--schedule-at 'tomorrow' is not a date-time",
+        "ISO 8601",
     ),
     case("sync-scheme", "sync --scheme nosuch", "no campaign plan for scheme 'nosuch'", "activation plan"),
     case("sync-no-warehouse", "sync", *NO_WAREHOUSE, env=TYPO_WAREHOUSE),

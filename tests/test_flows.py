@@ -19,9 +19,11 @@ from activation import tables as t
 from activation.errors import ConfigError, GuardrailError, InputError
 from activation.settings import Settings
 from activation.warehouse import get_engine
+from campaigns.plan import period_label
 from connectors.errors import RetriesExhaustedError, ServerError
 from flows.artifacts import artifact_key
-from flows.dates import last_quarter_end, period_label, resolve_as_of
+from flows.dates import resolve_as_of
+from segments.snapshots import last_quarter_end
 
 DEMO_AS_OF = date(2025, 6, 30)
 EMAIL = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[a-z]{2,}")
@@ -221,7 +223,7 @@ def test_a_flow_waits_for_a_held_duckdb_warehouse(tmp_path: Path) -> None:
 
 def test_artifact_keys_use_only_what_prefect_allows() -> None:
     assert artifact_key("segments", "rfm11", date(2025, 12, 31)) == "segments-rfm11-2025q4"
-    assert period_label(date(2025, 11, 14)) == "2025-11-14"
+    assert period_label(date(2025, 11, 14)) == "20251114"  # as in the campaign ids
     key = artifact_key("sync-plan", "Vip_FM", date(2025, 11, 14), "mailchimp")
     assert re.fullmatch(r"[a-z0-9-]+", key) and "--" not in key, key
     assert artifact_key("segments", "vip- -fm", date(2025, 12, 31)) == "segments-vip-fm-2025q4"
