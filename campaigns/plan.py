@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -57,6 +58,15 @@ from activation.settings import Settings
 from activation.tables import campaign_members, campaigns, rfm_snapshots, split_table_name, suppressions
 from activation.warehouse import has_table
 from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
+from campaigns.holdout import (
+    DEFAULT_BASE_RATE,
+    HoldoutSizing,
+    Metric,
+    SegmentHistory,
+    mde_for,
+    segment_history,
+    size_holdout,
+)
 from campaigns.offers import offer_record, parse_offer
 from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
 from campaigns.render import (
@@ -149,6 +159,11 @@ class SegmentPlan:
     excluded: dict[str, int] = field(default_factory=dict)
     offer: str = ""
     holdout_share: float = 0.0
+    #: the smallest lift the holdout it actually has detects (80 % power, or the target's), and how
+    #: that was computed (campaigns.holdout); empty for a suppressed segment or an empty group
+    mde_metric: str = ""
+    holdout_mde: float | None = None
+    holdout_method: str = ""
 
 
 @dataclass
@@ -273,9 +288,16 @@ class _Fresh:
     version: int
     campaign_id: str
 
+    share: float | None = None  # the share sized from the policy's power target, when it has one
+    sizing: HoldoutSizing | None = None
+
+    @property
+    def holdout_share(self) -> float:
+        return self.resolved.holdout_share if self.share is None else self.share
+
     @property
     def threshold(self) -> int:
-        return holdout_threshold(self.resolved.holdout_share)
+        return holdout_threshold(self.holdout_share)
 
 
 def _stage_select(
@@ -529,18 +551,18 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
                 and latest.policy_hash == resolved.policy_hash
                 and latest.treated + latest.holdout + sum(latest.excluded.values()) == sizes[segment]
             ):
-                result.segments.append(
-                    SegmentPlan(
-                        segment,
-                        "unchanged",
-                        latest.campaign_id,
-                        latest.treated,
-                        latest.holdout,
-                        latest.excluded,
-                        resolved.offer.describe(),
-                        latest.holdout_share,
-                    )
+                kept = SegmentPlan(
+                    segment,
+                    "unchanged",
+                    latest.campaign_id,
+                    latest.treated,
+                    latest.holdout,
+                    latest.excluded,
+                    resolved.offer.describe(),
+                    latest.holdout_share,
                 )
+                _state_mde(kept, resolved, segment_history(conn, scheme, segment, as_of))
+                result.segments.append(kept)
                 continue
             version = (latest.version + 1) if latest else 1
             cid = campaign_id_for(scheme, as_of, segment, version)
@@ -615,12 +637,22 @@ def _write_fresh(
         column("bucket"),
     )
     excluded: dict[str, dict[str, int]] = {f.segment: {} for f in fresh}
+    eligible: dict[str, int] = {f.segment: 0 for f in fresh}
     for seg, reason, n in conn.execute(
-        select(st.c.segment, st.c.reason, func.count())
-        .where(st.c.reason.is_not(None))
-        .group_by(st.c.segment, st.c.reason)
+        select(st.c.segment, st.c.reason, func.count()).group_by(st.c.segment, st.c.reason)
     ):
-        excluded[seg][reason] = int(n)
+        if reason is None:
+            eligible[seg] = int(n)
+        else:
+            excluded[seg][reason] = int(n)
+    histories = {f.segment: segment_history(conn, scheme, f.segment, as_of) for f in fresh}
+    for f in fresh:
+        target = f.resolved.holdout_target
+        if target is not None:
+            f.sizing = size_holdout(
+                eligible[f.segment], target, histories[f.segment], f.resolved.holdout_share
+            )
+            f.share = f.sizing.share
 
     plain = [f for f in fresh if not f.resolved.offer.has_coupon]
     coupon = [f for f in fresh if f.resolved.offer.has_coupon]
@@ -685,7 +717,7 @@ def _write_fresh(
                 subject=f.resolved.subject,
                 offer_type=offer.type,
                 offer=offer_record(offer, as_of),
-                holdout_share=f.resolved.holdout_share,
+                holdout_share=f.holdout_share,
                 template_hash=f.template_hash,
                 policy_hash=f.resolved.policy_hash,
                 destinations=json.dumps(list(f.resolved.destinations)),
@@ -696,18 +728,11 @@ def _write_fresh(
                 created_at=now,
             )
         )
-        plans.append(
-            SegmentPlan(
-                f.segment,
-                "created",
-                f.campaign_id,
-                treated_n,
-                holdout_n,
-                excl,
-                offer.describe(),
-                f.resolved.holdout_share,
-            )
+        created = SegmentPlan(
+            f.segment, "created", f.campaign_id, treated_n, holdout_n, excl, offer.describe(), f.holdout_share
         )
+        _state_mde(created, f.resolved, histories[f.segment], f.sizing)
+        plans.append(created)
     if coupon:
         for cid, clashing in sorted(_global_clashes(conn, [f.campaign_id for f in coupon]).items()):
             f = next(x for x in coupon if x.campaign_id == cid)
@@ -716,6 +741,40 @@ def _write_fresh(
             )
     conn.execute(text(f'DROP TABLE "{stage_name}"'))
     return plans
+
+
+def _state_mde(
+    plan: SegmentPlan,
+    resolved: ResolvedPolicy,
+    history: SegmentHistory | None,
+    sizing: HoldoutSizing | None = None,
+) -> None:
+    """Fill in the MDE of the holdout ``plan`` has (the target's metric and power, else conversion at
+    80 %) and how it was computed; a capped target says what it asked for."""
+    target = resolved.holdout_target
+    metric: Metric = "revenue" if target is not None and target.mde is None else "conversion"
+    mde, method = mde_for(
+        metric,
+        plan.treated,
+        plan.holdout,
+        history,
+        power=target.power if target else 0.8,
+        base_rate=target.base_rate if target else DEFAULT_BASE_RATE,
+        revenue_sd=target.revenue_sd if target else None,
+    )
+    if sizing is not None:
+        method = sizing.method
+        if sizing.capped:
+            method += f"; target {sizing.target:g} not reachable, share capped at {sizing.share:g}"
+        else:
+            method += f"; sized for {sizing.target:g}"
+    elif target is not None:
+        method += f"; sized for {target.mde if target.mde is not None else target.revenue_mde:g}"
+    else:
+        method += "; fixed share"
+    plan.mde_metric = metric
+    plan.holdout_mde = None if math.isnan(mde) else mde
+    plan.holdout_method = method
 
 
 def _resolve_clashes(

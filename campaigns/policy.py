@@ -7,7 +7,7 @@ Format (see ``docs/templates.md``)::
       template: newsletter
       subject: "News from {{ brand.name }}"
       offer: {type: none}
-      holdout_share: 0.1
+      holdout_share: 0.1          # or a power target: holdout: {mde: 0.02, power: 0.8}
       destinations: [outbox, mailchimp, hubspot]
     schemes:
       rfm11:
@@ -98,6 +98,36 @@ class Targeting(BaseModel):
         return sorted(set(self.entered_from or []) | set(self.left or []))
 
 
+#: the largest holdout share a power target may ask for: at 0.5 the difference of two means has its smallest
+#: variance for a given segment, so a larger holdout costs reach and buys no power
+MAX_TARGET_SHARE = 0.5
+
+
+class HoldoutTarget(BaseModel):
+    """A holdout sized by power: the smallest lift the segment's holdout must detect (``docs/roi.md``).
+
+    ``mde`` is an absolute conversion lift (0.02 = 2 percentage points); ``revenue_mde`` a lift of
+    revenue per member in the orders' currency. ``base_rate`` is the conversion rate assumed when no
+    earlier outcome of the segment is recorded; ``revenue_sd`` the standard deviation of revenue per
+    member assumed then (without it, a revenue target falls back to the default share until outcomes
+    exist). ``max_share`` caps the share (at most :data:`MAX_TARGET_SHARE`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mde: float | None = Field(default=None, gt=0, lt=1)
+    revenue_mde: float | None = Field(default=None, gt=0)
+    power: float = Field(default=0.8, gt=0.5, lt=1)
+    base_rate: float = Field(default=0.05, gt=0, lt=1)
+    revenue_sd: float | None = Field(default=None, gt=0)
+    max_share: float = Field(default=0.3, gt=0, le=MAX_TARGET_SHARE)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> HoldoutTarget:
+        if (self.mde is None) == (self.revenue_mde is None):
+            raise ValueError("holdout needs exactly one of mde (conversion, absolute) or revenue_mde")
+        return self
+
+
 class SegmentPolicy(BaseModel):
     """One segment's entry; every field left out comes from ``default``."""
 
@@ -107,9 +137,18 @@ class SegmentPolicy(BaseModel):
     subject: str | None = Field(default=None, min_length=1, max_length=300)
     offer: Offer | None = None
     holdout_share: float | None = Field(default=None, ge=0, lt=1)  # 1 would treat nobody
+    holdout: HoldoutTarget | None = None  # a share sized by power instead of a fixed one
     suppress: bool | None = None
     destinations: list[Literal["outbox", "mailchimp", "hubspot"]] | None = None
     targeting: Targeting | None = None
+
+    @model_validator(mode="after")
+    def _one_holdout(self) -> SegmentPolicy:
+        if self.holdout_share is not None and self.holdout is not None:
+            raise ValueError(
+                "give either holdout_share (a fixed share) or holdout (a power target), not both"
+            )
+        return self
 
 
 class PolicyFile(BaseModel):
@@ -135,6 +174,7 @@ class ResolvedPolicy:
     targeting: Targeting | None
     listed: bool  # False: the segment fell back to ``default``
     line: int | None = None
+    holdout_target: HoldoutTarget | None = None  # when set, plan sizes the share and holdout_share is unused
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +182,7 @@ class ResolvedPolicy:
             "subject": self.subject,
             "offer": self.offer.model_dump(mode="json"),
             "holdout_share": self.holdout_share,
+            **({"holdout": self.holdout_target.model_dump(mode="json")} if self.holdout_target else {}),
             "suppress": self.suppress,
             "destinations": list(self.destinations),
             "targeting": self.targeting.model_dump(mode="json") if self.targeting else None,
@@ -201,13 +242,18 @@ class Policy:
                 value = getattr(d, name)
             return fallback if value is None else value
 
+        # a segment's own holdout (fixed or target) replaces the default's, whichever kind that is
+        holdout_from = e if (e.holdout_share is not None or e.holdout is not None) else d
         return ResolvedPolicy(
             scheme=scheme,
             segment=segment,
             template=pick("template", DEFAULT_TEMPLATE),
             subject=pick("subject", DEFAULT_SUBJECT),
             offer=pick("offer", NoOffer(type="none")),
-            holdout_share=float(pick("holdout_share", DEFAULT_HOLDOUT_SHARE)),
+            holdout_share=float(
+                DEFAULT_HOLDOUT_SHARE if holdout_from.holdout_share is None else holdout_from.holdout_share
+            ),
+            holdout_target=holdout_from.holdout,
             suppress=bool(pick("suppress", False)),
             destinations=tuple(pick("destinations", list(DESTINATIONS))),
             targeting=e.targeting,  # never inherited: targeting is about one segment
@@ -243,6 +289,11 @@ def _fix_for(err: dict[str, Any]) -> str | None:
     last = loc[-1] if loc else ""
     if last == "percent":
         return "use a percent between 0 and 100 (exclusive of 0), e.g. percent: 20"
+    if "holdout" in loc:
+        return (
+            "use holdout: {mde: 0.02, power: 0.8} (conversion lift, absolute) or {revenue_mde: 5, power: 0.8}; "
+            "power between 0.5 and 1, max_share at most 0.5 (docs/roi.md)"
+        )
     if last == "holdout_share":
         return (
             "use a share from 0 up to (not including) 1, e.g. holdout_share: 0.1 for 10 %; a share of 1 "

@@ -41,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from activation.settings import Settings
 from activation.tables import Double, campaign_members, campaign_outcomes, rfm_snapshots
+from campaigns.holdout import conversion_mde
 from outcomes.ledger import (
     EMAIL_EVENTS,
     CampaignWindow,
@@ -55,7 +56,6 @@ from outcomes.ledger import (
 )
 from outcomes.stats import (
     MeanStats,
-    conversion_mde,
     cuped_diff_intervals,
     holm_adjust,
     mean_interval,
@@ -291,7 +291,7 @@ def apply_holm(rows: list[dict[str, Any]]) -> None:
 
 def mde_columns(nt: int, nh: int, buyers: int) -> dict[str, float]:
     """The minimum detectable incremental conversion (95 %, 80 % power) of the groups this segment
-    actually has, at its pooled conversion rate (:func:`outcomes.stats.conversion_mde`)."""
+    actually has, at its pooled conversion rate (:func:`campaigns.holdout.conversion_mde`)."""
     n = nt + nh
     if nt <= 0 or nh <= 0:
         return {"conversion_mde": math.nan}

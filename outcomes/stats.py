@@ -20,7 +20,8 @@
   2013, with the R/F/M of the snapshot), and the variance reduction it achieved.
 * :func:`holm_adjust` — Holm's step-down adjustment of the per-segment p-values (:func:`two_proportion_p_value`,
   :func:`randomisation_p_value`) across a report.
-* :func:`conversion_mde` — the conversion lift a segment's groups detect with 80 % power.
+* the conversion lift a segment's groups detect with 80 % power is :func:`campaigns.holdout.conversion_mde`
+  (plan sizes holdouts with it); :func:`wilson_intervals` lives there too.
 * :func:`welch_diff_interval` — Welch's t, kept for comparison (the calibration test shows why it is
   not used).
 
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats as _st
+
+from campaigns.holdout import wilson_intervals
 
 Floats = NDArray[np.float64]
 
@@ -66,17 +69,6 @@ def newcombe_diff_interval(
         return (math.nan, math.nan, math.nan)
     d, low, high = newcombe_diff_intervals(x1, n1, x2, n2, confidence)
     return (float(d), float(low), float(high))
-
-
-def wilson_intervals(x: ArrayLike, n: ArrayLike, confidence: float = 0.95) -> tuple[Floats, Floats]:
-    """:func:`wilson_interval` on arrays (``n`` > 0)."""
-    x, n = np.asarray(x, float), np.asarray(n, float)
-    z = _z(confidence)
-    p = x / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (np.maximum(0.0, centre - half), np.minimum(1.0, centre + half))
 
 
 def newcombe_diff_intervals(
@@ -276,33 +268,3 @@ def holm_adjust(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         out[i] = running
     return out
-
-
-def conversion_mde(n1: int, n2: int, rate: float, confidence: float = 0.95, power: float = 0.8) -> float:
-    """The smallest true lift ``d`` of the treated conversion (group 1) over a baseline ``rate``
-    (group 2) that the report's Newcombe interval excludes 0 for with ``power``: ``d`` = the Newcombe
-    lower half-width at the expected counts + z_power × the standard deviation of the observed
-    difference under that lift (fixed point). It accounts for the Wilson intervals' asymmetry, which
-    the textbook ``(z₁₋α/₂ + z_power)·√(p(1−p)(1/n₁+1/n₂))`` ignores (that one overstates the power of
-    a small holdout with few buyers: 62–73 % instead of 80 %, ``tests/test_calibration.py``).
-    ``nan`` for an empty group or a rate of 0 or 1."""
-    if n1 <= 0 or n2 <= 0 or not 0 < rate < 1:
-        return math.nan
-    zb = float(_st.norm.ppf(power))
-    _l2, u2 = _wilson_at(rate, n2, confidence)
-    d = 0.0
-    for _ in range(100):
-        p1 = min(rate + d, 1.0)
-        l1, _u1 = _wilson_at(p1, n1, confidence)
-        nxt = math.sqrt((p1 - l1) ** 2 + (u2 - rate) ** 2) + zb * math.sqrt(
-            rate * (1 - rate) / n2 + p1 * (1 - p1) / n1
-        )
-        if abs(nxt - d) < 1e-10:
-            break
-        d = nxt
-    return d if rate + d <= 1 else math.nan
-
-
-def _wilson_at(rate: float, n: int, confidence: float) -> tuple[float, float]:
-    low, high = wilson_intervals(rate * n, n, confidence)
-    return float(low), float(high)

@@ -26,11 +26,11 @@ import numpy as np
 import pytest
 
 from activation.settings import Settings
+from campaigns.holdout import conversion_mde
 from outcomes.ledger import CampaignWindow
 from outcomes.roi import roi_row
 from outcomes.stats import (
     MeanStats,
-    conversion_mde,
     newcombe_diff_intervals,
     welch_diff_interval,
 )

@@ -118,7 +118,10 @@ SYNC_SEGMENT = {
     "api_calls",
     "skips",
 }
-PLAN_ROW = {"segment", "status", "campaign_id", "treated", "holdout", "excluded", "offer", "holdout_share"}
+PLAN_ROW = {
+    "segment", "status", "campaign_id", "treated", "holdout", "excluded", "offer", "holdout_share",
+    "mde_metric", "holdout_mde", "holdout_method",
+}  # fmt: skip
 
 
 def parse(result: CliResult, command: str) -> dict[str, Any]:
