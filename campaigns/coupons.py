@@ -12,6 +12,7 @@ counter (``"<campaign_key>|<customer_id>|<n>"``).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
 from collections.abc import Callable, Iterable, Sequence
 
@@ -28,24 +29,16 @@ _ALPHA = np.frombuffer(ALPHABET.encode(), dtype=np.uint8)
 def _digests(key: bytes, campaign_key: str, customer_ids: Sequence[str], attempt: int) -> np.ndarray:
     """First 8 bytes of HMAC-SHA256(key, "<campaign_key>|<customer_id>[|<attempt>]") per customer, as uint64.
 
-    The HMAC's inner and outer hash states are computed once and copied per member (RFC 2104), which is
-    about twice as fast as ``hmac.digest`` per call and gives the same bytes.
+    The HMAC of the common prefix is computed once and copied per member (the same bytes as one
+    ``hmac.digest`` per member, about twice as fast).
     """
-    block = 64
-    k = hashlib.sha256(key).digest() if len(key) > block else key
-    k = k.ljust(block, b"\0")
-    inner = hashlib.sha256(bytes(b ^ 0x36 for b in k))
-    outer = hashlib.sha256(bytes(b ^ 0x5C for b in k))
-    inner.update(f"{campaign_key}|".encode())
+    base = hmac.new(key, f"{campaign_key}|".encode(), hashlib.sha256)
     suffix = f"|{attempt}".encode() if attempt else b""
-    icopy, ocopy = inner.copy, outer.copy
     out = bytearray(8 * len(customer_ids))
     for n, cid in enumerate(customer_ids):
-        i = icopy()
-        i.update(str(cid).encode() + suffix)
-        o = ocopy()
-        o.update(i.digest())
-        out[8 * n : 8 * n + 8] = o.digest()[:8]
+        h = base.copy()
+        h.update(str(cid).encode() + suffix)
+        out[8 * n : 8 * n + 8] = h.digest()[:8]
     return np.frombuffer(bytes(out), dtype=">u8").astype(np.uint64)
 
 
