@@ -35,38 +35,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import ErrorDetails
 
 from activation.errors import ConfigError
 from activation.settings import Settings
+from activation.yamlfile import (
+    YamlIssue,
+    YamlSyntaxError,
+    error_message,
+    error_path,
+    read_yaml,
+    validation_issues,
+)
 from campaigns.offers import OFFER_TYPES, NoOffer, Offer
+from segments.schemes import list_schemes, load_scheme
 
 DESTINATIONS = ("outbox", "mailchimp", "hubspot")
 DEFAULT_HOLDOUT_SHARE = 0.1
 DEFAULT_TEMPLATE = "newsletter"
 DEFAULT_SUBJECT = "News from {{ brand.name }}"
-
-# Segment names of the shipped schemes, used only when the segmentation package is not importable.
-_FALLBACK_SEGMENTS: dict[str, tuple[str, ...]] = {
-    "rfm11": (
-        "Champions",
-        "Loyal Customers",
-        "Potential Loyalists",
-        "New Customers",
-        "Promising",
-        "Need Attention",
-        "About To Sleep",
-        "At Risk",
-        "Can't Lose Them",
-        "Hibernating",
-        "Lost",
-    ),
-    "seed5": ("Champions", "Loyal", "At Risk", "New", "Others"),
-    "vip_fm": ("VIP3", "VIP2", "VIP1", "VIP0"),
-    "value_tier": ("High", "Mid", "Low"),
-    "contact_bands": ("1", "2-3", "4+"),
-}
 
 
 class Targeting(BaseModel):
@@ -195,17 +183,7 @@ class ResolvedPolicy:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class PolicyIssue:
-    file: str
-    line: int | None
-    message: str
-    fix: str | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        text = f"{where}: {self.message}"
-        return f"{text} (fix: {self.fix})" if self.fix else text
+PolicyIssue = YamlIssue  # one problem of the policy file, ``file:line: message (fix: ...)``
 
 
 @dataclass
@@ -284,7 +262,7 @@ _FIXES = {
 }
 
 
-def _fix_for(err: dict[str, Any]) -> str | None:
+def _fix_for(err: ErrorDetails) -> str | None:
     loc = [str(p) for p in err.get("loc", ())]
     last = loc[-1] if loc else ""
     if last == "percent":
@@ -309,45 +287,16 @@ def _fix_for(err: dict[str, Any]) -> str | None:
     return _FIXES.get(err.get("type", ""))
 
 
-def _line_map(
-    node: yaml.Node,
-    path: tuple[str, ...],
-    out: dict[tuple[str, ...], int],
-    issues: list[PolicyIssue],
-    file: str,
-) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                issues.append(
-                    PolicyIssue(
-                        file,
-                        key_node.start_mark.line + 1,
-                        f"duplicate key {key!r}",
-                        "keep one entry per key; the second silently replaced the first",
-                    )
-                )
-            seen.add(key)
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _line_map(value_node, (*path, key), out, issues, file)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*path, str(i))] = item.start_mark.line + 1
-            _line_map(item, (*path, str(i)), out, issues, file)
+def _message(err: ErrorDetails) -> str:
+    """``key.path: problem`` (offer types left out of the path; an unknown offer type said so)."""
+    if err["type"] == "union_tag_invalid":
+        tag = err.get("ctx", {}).get("tag")
+        return f"{error_path(err, skip=_offer_tag)}: unknown offer type {tag!r}"
+    return error_message(err, skip=_offer_tag)
 
 
-def _loc_line(lines: dict[tuple[str, ...], int], loc: Iterable[Any]) -> int | None:
-    """Line of a pydantic error location, skipping parts that are not YAML keys (union tags)."""
-    path: tuple[str, ...] = ()
-    best: int | None = lines.get(()) if lines else None
-    for part in loc:
-        candidate = (*path, str(part))
-        if candidate in lines:
-            path = candidate
-            best = lines[candidate]
-    return best
+def _offer_tag(part: str) -> bool:
+    return part in OFFER_TYPES
 
 
 def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
@@ -362,25 +311,11 @@ def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
                 "create templates/policy.yaml (see docs/templates.md) or set ACTIVATION_TEMPLATES_DIR",
             )
         ]
-    text = path.read_text(encoding="utf-8")
-    issues: list[PolicyIssue] = []
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return None, [
-            PolicyIssue(
-                file,
-                line,
-                f"malformed YAML: {problem}",
-                "check indentation and quoting (quote values containing ': ', '{' or '*')",
-            )
-        ]
-    if data is None:
-        data = {}
+        doc = read_yaml(path, what="offer policy")
+    except YamlSyntaxError as exc:
+        return None, [exc.issue]
+    data = {} if doc.data is None else doc.data
     if not isinstance(data, dict):
         return None, [
             PolicyIssue(
@@ -390,25 +325,12 @@ def parse_policy(path: Path) -> tuple[Policy | None, list[PolicyIssue]]:
                 "see docs/templates.md for the format",
             )
         ]
-    lines: dict[tuple[str, ...], int] = {}
-    if root is not None:
-        lines[()] = root.start_mark.line + 1
-        _line_map(root, (), lines, issues, file)
+    issues = list(doc.duplicates)
+    lines = doc.lines
     try:
         model = PolicyFile.model_validate(data)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = err.get("loc", ())
-            where = ".".join(str(p) for p in loc if str(p) not in OFFER_TYPES) or "policy"
-            msg = err.get("msg", "invalid")
-            if err.get("type") == "union_tag_invalid":
-                ctx = err.get("ctx", {})
-                msg = f"unknown offer type {ctx.get('tag')!r}"
-            line_loc = (*loc, "type") if err.get("type") == "union_tag_invalid" else loc
-            issues.append(
-                PolicyIssue(file, _loc_line(lines, line_loc), f"{where}: {msg}", _fix_for(dict(err)))
-            )
-        return None, issues
+        return None, issues + validation_issues(doc, exc, fix_for=_fix_for, message=_message)
     policy = Policy(path=path, model=model, lines=lines)
     return (None if issues else policy), issues
 
@@ -434,19 +356,15 @@ def load_policy(settings: Settings) -> Policy:
 
 
 def scheme_segments(scheme: str, settings: Settings) -> list[str] | None:
-    """The scheme's segment names (from its definition when the segmentation package is installed);
-    None when the scheme is unknown."""
-    try:
-        from segments.schemes import load_scheme
-    except ImportError:
-        names = _FALLBACK_SEGMENTS.get(scheme)
-        return list(names) if names else None
-    try:
-        return list(load_scheme(scheme, settings).segment_names)
-    except ConfigError:
+    """The scheme's segment names, from its definition (``segments/schemes/*.yaml`` or the user's
+    ``schemes_dir``); None when there is no such scheme.
+
+    Raises:
+        ConfigError: the scheme's file is invalid (``file:line`` and the fix).
+    """
+    if scheme not in list_schemes(settings):
         return None
-    except Exception:
-        return None
+    return list(load_scheme(scheme, settings).segment_names)
 
 
 def check_segments(

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from activation.errors import ConfigError
+from activation.yamlfile import read_yaml
 
 DOC = "docs/mapping.md"
 KINDS = ("orders", "events", "customers")
@@ -82,20 +81,6 @@ class Mapping:
         return f"{self.path}:{line}" if self.path and line else str(self.path or "the mapping")
 
 
-def _line_map(
-    node: yaml.Node, path: tuple[str, ...], out: dict[tuple[str, ...], int], dups: list[tuple[int, str]]
-) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                dups.append((key_node.start_mark.line + 1, ".".join((*path, key))))
-            seen.add(key)
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _line_map(value_node, (*path, key), out, dups)
-
-
 class _Issues:
     def __init__(self, file: str, lines: dict[tuple[str, ...], int]) -> None:
         self.file, self.lines, self.items = file, lines, []  # type: ignore[var-annotated]
@@ -131,36 +116,26 @@ def load_mapping(path: Path | str) -> Mapping:
             fix=f"pass --mapping with the path of a YAML mapping file (see {DOC})",
         )
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        doc = read_yaml(
+            path,
+            what="mapping file",
+            fix="fix the YAML syntax at that line: indentation, and quotes around values containing ': ', '#' "
+            f"or '%' (see the examples in {DOC})",
+            encoding="utf-8-sig",
+        )
     except UnicodeDecodeError:
         raise ConfigError(
             f"mapping file {path} is not UTF-8 text", fix=f"save it as a UTF-8 YAML file (see {DOC})"
         ) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{file}:{mark.line + 1}" if mark is not None else file
-        raise ConfigError(
-            f"mapping file {path} is not valid YAML at line {mark.line + 1 if mark else '?'} ({where}): "
-            f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}",
-            fix=f"fix the YAML syntax: indentation, and quotes around values containing ': ', '#' or '%' "
-            f"(see the examples in {DOC})",
-        ) from exc
-    lines: dict[tuple[str, ...], int] = {}
-    dups: list[tuple[int, str]] = []
-    if root is not None:
-        lines[()] = root.start_mark.line + 1
-        _line_map(root, (), lines, dups)
+    data, lines = doc.data, doc.lines
     issues = _Issues(file, lines)
     if not isinstance(data, dict):
         issues.add((), "the mapping must be a YAML mapping with a 'columns:' section",
                    "write e.g. 'columns: {order_id: OrderID, customer_id: CustomerID, ordered_at: Date, amount: Total}'")  # fmt: skip
         issues.raise_if_any()
     assert isinstance(data, dict)
-    for line, key in dups:
-        issues.items.append((f"{file}:{line}", f"duplicate key {key!r}", "keep one entry per key"))
+    for dup in doc.duplicates:
+        issues.items.append((dup.where, dup.message, dup.fix))
     for key in sorted(set(map(str, data)) - set(KEYS)):
         close = [k for k in KEYS if k.startswith(key[:3])]
         issues.add((key,), f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),

@@ -32,11 +32,11 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from activation.errors import ConfigError
 from activation.settings import Settings
+from activation.yamlfile import read_yaml, validate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -301,22 +301,10 @@ def list_schemes(settings: Settings | None = None) -> list[str]:
     return sorted(_scheme_files(settings))
 
 
-def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """The 1-based line of the YAML node at a pydantic error location (best effort)."""
-    line = node.start_mark.line + 1 if node is not None else None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == str(key)), None)
-            if nxt is None:
-                key_node = next((k for k, _ in node.value if k.value == str(key)), None)
-                return key_node.start_mark.line + 1 if key_node is not None else line
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-        else:
-            break
-        line = node.start_mark.line + 1
-    return line
+SCHEME_FIX = (
+    "see docs/segmentation.md for the scheme format (keys: name, kind, source, scores, rules, "
+    "default, exhaustive_grid, segments, params)"
+)
 
 
 def parse_scheme(path: Path) -> Scheme:
@@ -325,17 +313,10 @@ def parse_scheme(path: Path) -> Scheme:
     Raises:
         ConfigError: the file is not valid YAML or not a valid scheme (names the file, line and fix).
     """
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(
-            f"scheme file {where} is not valid YAML: {getattr(exc, 'problem', exc)}",
-            fix="fix the YAML syntax (indentation, colons, quotes) at that line",
-        ) from exc
+    doc = read_yaml(
+        path, what="scheme file", fix="fix the YAML syntax (indentation, colons, quotes) at that line"
+    )
+    raw = doc.data
     if not isinstance(raw, dict):
         raise ConfigError(
             f"scheme file {path} must be a YAML mapping", fix="start with `name: ...`, `scores: ...`"
@@ -346,22 +327,7 @@ def parse_scheme(path: Path) -> Scheme:
             f"scheme file {path} declares name {raw['name']!r}",
             fix=f"rename the file or set name: {path.stem}",
         )
-    try:
-        scheme = Scheme.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and x.startswith("function-after")))
-        line = _line_of(node, loc)
-        where = f"{path}:{line}" if line else str(path)
-        field_name = ".".join(str(x) for x in loc) or "(scheme)"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key {loc[-1]!r}"
-        raise ConfigError(
-            f"scheme file {where}: {field_name}: {msg}",
-            fix="see docs/segmentation.md for the scheme format (keys: name, kind, source, scores, rules, "
-            "default, exhaustive_grid, segments, params)",
-        ) from exc
+    scheme = validate(doc, Scheme, what="scheme file", fix=SCHEME_FIX)
     if not scheme.is_rules:
         get_assigner(scheme.kind)
     return scheme

@@ -183,7 +183,7 @@ CASES: dict[str, tuple[Row, list[str]]] = {
     ),
     "mapping: malformed yaml": (
         with_mapping("columns: {order_id: o\n  customer_id: [c\n"),
-        ["not valid YAML at line", "m.csv.yaml:", "docs/mapping.md"],
+        ["not valid YAML", "m.csv.yaml:2", "docs/mapping.md"],
     ),
     "mapping: required column missing": (
         with_mapping("columns:\n  order_id: o\n  customer_id: c\n  amount: a\n"),

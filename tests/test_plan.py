@@ -187,7 +187,7 @@ def test_policy_change_makes_a_new_version(planned):
 
 
 BAD_POLICIES = {
-    "malformed yaml": ("schemes:\n  rfm11:\n    Champions: {template: [oops\n", "malformed YAML"),
+    "malformed yaml": ("schemes:\n  rfm11:\n    Champions: {template: [oops\n", "not valid YAML"),
     "unknown offer type": (
         "schemes:\n  rfm11:\n    Champions:\n      offer: {type: free_money}\n",
         "unknown offer type 'free_money'",

@@ -70,8 +70,8 @@ def test_policy_hash_changes_with_the_policy(tmp_path):
 
 
 CASES = {
-    "malformed yaml": ("default:\n  template: x\n  subject: [unclosed\n", 4, "malformed YAML"),
-    "bad indentation": ("default:\n  template: x\n   subject: y\n", 3, "malformed YAML"),
+    "malformed yaml": ("default:\n  template: x\n  subject: [unclosed\n", 4, "not valid YAML"),
+    "bad indentation": ("default:\n  template: x\n   subject: y\n", 3, "not valid YAML"),
     "unknown offer type": (
         "schemes:\n  rfm11:\n    Champions:\n      template: x\n      offer:\n        type: free_money\n",
         6,

@@ -149,8 +149,8 @@ def test_malformed_policy_yaml(tsettings):
     res = run_cli("templates", "check")
     assert res.exit_code == 1
     assert (
-        "templates/policy.yaml:4: malformed YAML" in res.stdout
-        or "templates/policy.yaml:3: malformed YAML" in res.stdout
+        "templates/policy.yaml:4: not valid YAML" in res.stdout
+        or "templates/policy.yaml:3: not valid YAML" in res.stdout
     ), res.stdout
 
 
