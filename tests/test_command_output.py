@@ -92,7 +92,8 @@ def test_exports_neutralise_formula_values(duck_engine, duck_settings, tmp_path)
         )
     out = tmp_path / "segments.csv"
     export_snapshot(duck_engine, date(2025, 12, 31), "rfm11", out)
-    ids = [row["customer_id"] for row in csv.DictReader(out.open(newline=""))]
+    with out.open(newline="") as f:
+        ids = [row["customer_id"] for row in csv.DictReader(f)]
     assert '\'=HYPERLINK("http://evil.example")' in ids
     assert not [i for i in ids if i[:1] in ("=", "+", "-", "@")]
     plan_campaigns(
@@ -103,7 +104,8 @@ def test_exports_neutralise_formula_values(duck_engine, duck_settings, tmp_path)
     )
     res = run_cli("campaigns", "export", "--as-of", "2025-12-31", "--out", str(tmp_path / "c.csv"))
     assert res.exit_code == 0, res.output
-    ids = [row["customer_id"] for row in csv.DictReader((tmp_path / "c.csv").open(newline=""))]
+    with (tmp_path / "c.csv").open(newline="") as f:
+        ids = [row["customer_id"] for row in csv.DictReader(f)]
     assert '\'=HYPERLINK("http://evil.example")' in ids
 
 

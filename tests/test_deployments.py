@@ -53,6 +53,7 @@ def _stop(process: subprocess.Popen[Any]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        process.wait(timeout=20)
 
 
 @pytest.fixture(scope="session")

@@ -170,6 +170,8 @@ class HeldWarehouse:
         assert self.process.stdin is not None
         self.process.stdin.close()
         self.process.wait(timeout=30)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
 
 
 def test_a_held_duckdb_warehouse_names_the_process_and_what_to_do(

@@ -42,7 +42,7 @@ def test_converted_rows_match_an_independent_pandas_computation(engine, settings
     assert result.backtest is True
     assert result.converted_added == len(expected) == len(got)
     assert set(got.index) == set(expected.index)
-    joined = got.join(expected, rsuffix="_exp")
+    joined = got.merge(expected, how="left", left_index=True, right_index=True, suffixes=("", "_exp"))
     assert (joined["revenue"] - joined["revenue_exp"]).abs().max() < 1e-6
     assert (joined["orders"] == joined["orders_exp"]).all()
     assert (joined["discount"] - joined["discount_exp"]).abs().max() < 1e-6
