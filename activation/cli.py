@@ -109,6 +109,7 @@ def _assemble(root: typer.Typer) -> None:
     from outcomes import cli as outcomes_cli
     from segments import cli as segments_cli
     from segments import cli_models
+    from studio import cli as studio_cli
 
     segments_cli.register(root)
     cli_models.register(root)
@@ -116,6 +117,7 @@ def _assemble(root: typer.Typer) -> None:
     outcomes_cli.register(root)  # outcomes collect, report roi
     connectors_cli.register(root)
     flows_cli.register(root)
+    studio_cli.register(root)  # studio
 
 
 _assemble(app)

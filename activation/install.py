@@ -1,7 +1,7 @@
-"""The installation's own check: the six top-level packages are rfm-activation's.
+"""The installation's own check: the seven top-level packages are rfm-activation's.
 
 The packages keep the plain names of the design (``activation``, ``segments``, ``campaigns``, ``connectors``,
-``outcomes``, ``flows``); PyPI has unrelated distributions with some of them (``segments`` is a popular one).
+``outcomes``, ``studio``, ``flows``); PyPI has unrelated distributions with some of them (``segments`` is a popular one).
 Installed into the same environment, pip writes both into the same folder and one overwrites the other's
 files, or one shadows the other on ``sys.path``; either way imports would fail far from the cause. The command line checks
 this first and stops with the name of the clashing distribution and the fix.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from activation.errors import ConfigError
 
-PACKAGES = ("activation", "segments", "campaigns", "connectors", "outcomes", "flows")
+PACKAGES = ("activation", "segments", "campaigns", "connectors", "outcomes", "studio", "flows")
 DISTRIBUTION = "rfm-activation"
 
 

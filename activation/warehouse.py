@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 
 from activation.errors import ConfigError, WarehouseError
 from activation.settings import Settings
@@ -68,12 +69,17 @@ def duckdb_file(url: str) -> Path | None:
     return None
 
 
-def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0, create: bool = True) -> Engine:
+def make_engine(
+    url: str, *, check: bool = True, lock_wait_s: float = 0, create: bool = True, read_only: bool = False
+) -> Engine:
     """Create an engine for ``url``; for a DuckDB file, create its folder first (``create``).
 
     ``lock_wait_s``: when another process holds the DuckDB file, keep trying this long before giving up.
     ``create=False``: a DuckDB file that does not exist is an error, not a new empty warehouse (a
     mistyped path would otherwise make folders and an empty warehouse, then report "no orders").
+    ``read_only``: the warehouse refuses writes where the dialect can say so (a DuckDB file opened read-only,
+    each connection on its own so the file is not held between uses; PostgreSQL read-only transactions);
+    implies ``create=False``.
 
     Raises:
         ConfigError: the URL is malformed or names a driver that is not installed.
@@ -88,6 +94,7 @@ def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0, create:
             fix="use e.g. duckdb:///data/warehouse.duckdb or postgresql+psycopg://user:pass@host:5432/db",
         ) from exc
     file = duckdb_file(url)
+    create = create and not read_only
     if file is not None:
         if not create and not file.is_file():
             raise WarehouseError(
@@ -102,6 +109,8 @@ def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0, create:
     if parsed.get_backend_name() == "postgresql":
         kwargs["connect_args"] = {"connect_timeout": 10}
         kwargs["pool_pre_ping"] = True
+    if read_only:
+        kwargs.update(_read_only_options(parsed.get_backend_name(), kwargs.get("connect_args", {})))
     try:
         engine = create_engine(parsed, **kwargs)
     except (NoSuchModuleError, ImportError) as exc:
@@ -128,6 +137,15 @@ def make_engine(url: str, *, check: bool = True, lock_wait_s: float = 0, create:
                     raise _lock_error(url, *holder, waited) from None
                 time.sleep(min(LOCK_POLL_S, lock_wait_s - waited))
     return engine
+
+
+def _read_only_options(backend: str, connect_args: dict[str, Any]) -> dict[str, Any]:
+    """Engine options that make the warehouse refuse writes (other dialects: the caller never writes)."""
+    if backend == "duckdb":
+        return {"connect_args": {**connect_args, "read_only": True}, "poolclass": NullPool}
+    if backend == "postgresql":
+        return {"connect_args": {**connect_args, "options": "-c default_transaction_read_only=on"}}
+    return {}
 
 
 def _unreachable(url: str, exc: SQLAlchemyError) -> WarehouseError:

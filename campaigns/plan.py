@@ -220,13 +220,10 @@ def _customers_table(settings: Settings) -> Any:
     return table(name, *cols, schema=schema)
 
 
-def _validate_templates(
-    settings: Settings, resolved: ResolvedPolicy, as_of: date, subject_line: int | None = None
-) -> str:
-    """Render both modes with a sample member; returns the template hash. Raises RenderError (a bad subject
-    names the policy file and ``subject_line``)."""
-    thash = template_hash(settings, resolved.template)
-    sample = {
+def sample_campaign(resolved: ResolvedPolicy, as_of: date) -> dict[str, Any]:
+    """The campaign (its first version) the policy entry ``resolved`` makes at ``as_of``, as the renderer
+    reads it."""
+    return {
         "campaign_id": campaign_id_for(resolved.scheme, as_of, resolved.segment, 1),
         "scheme": resolved.scheme,
         "segment": resolved.segment,
@@ -235,6 +232,15 @@ def _validate_templates(
         "subject": resolved.subject,
         "offer": resolved.offer.model_dump_json(),
     }
+
+
+def _validate_templates(
+    settings: Settings, resolved: ResolvedPolicy, as_of: date, subject_line: int | None = None
+) -> str:
+    """Render both modes with a sample member; returns the template hash. Raises RenderError (a bad subject
+    names the policy file and ``subject_line``)."""
+    thash = template_hash(settings, resolved.template)
+    sample = sample_campaign(resolved, as_of)
     missing = [
         ext
         for ext in ("html", "txt")

@@ -8,6 +8,7 @@ Files are self-contained (inline CSS, no scripts, no network).
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -22,9 +23,16 @@ from activation.settings import Settings
 from activation.tables import customers, rfm_snapshots
 from activation.warehouse import has_table
 from campaigns.coupons import coupon_codes
-from campaigns.plan import _slug, campaign_id_for, campaign_key
+from campaigns.plan import _slug, campaign_key, sample_campaign
 from campaigns.policy import load_policy, scheme_segments
 from campaigns.render import RenderError, render_member
+
+#: The member a segment's preview is rendered for while the scheme has no snapshot.
+MADE_UP_MEMBER: dict[str, str | None] = {
+    "customer_id": "sample-0001",
+    "first_name": "Alex",
+    "email": "alex@example.com",
+}
 
 
 @dataclass
@@ -72,6 +80,19 @@ def _sample_members(
     return (as_of if isinstance(as_of, date) else date.fromisoformat(str(as_of))), samples
 
 
+def sample_coupon(
+    settings: Settings, scheme: str, as_of: date, segment: str, offer: Any, member: Mapping[str, Any]
+) -> str | None:
+    """The coupon code ``member`` would get in the segment's campaign (None for an offer without one):
+    codes derive from the campaign key and the customer id, so the plan gives the same one."""
+    if not offer.has_coupon:
+        return None
+    key = campaign_key(scheme, as_of, segment)
+    return coupon_codes(settings.coupon_key(), key, [str(member["customer_id"])], offer.coupon_prefix or "")[
+        0
+    ]
+
+
 def write_previews(
     settings: Settings,
     out_dir: Path,
@@ -110,29 +131,9 @@ def write_previews(
         if resolved.suppress:
             items.append(PreviewItem(seg, None, None, "", "suppressed: no email is sent", ""))
             continue
-        sample = samples.get(seg) or {
-            "customer_id": "sample-0001",
-            "first_name": "Alex",
-            "email": "alex@example.com",
-        }
-        key = campaign_key(scheme, as_of, seg)
-        code = (
-            coupon_codes(settings.coupon_key(), key, [str(sample["customer_id"])], offer.coupon_prefix or "")[
-                0
-            ]
-            if offer.has_coupon
-            else None
-        )
-        member = {**sample, "coupon_code": code}
-        campaign = {
-            "campaign_id": campaign_id_for(scheme, as_of, seg, 1),
-            "scheme": scheme,
-            "segment": seg,
-            "as_of": as_of,
-            "template": resolved.template,
-            "subject": resolved.subject,
-            "offer": offer.model_dump_json(),
-        }
+        sample = samples.get(seg) or MADE_UP_MEMBER
+        member = {**sample, "coupon_code": sample_coupon(settings, scheme, as_of, seg, offer, sample)}
+        campaign = sample_campaign(resolved, as_of)
         who = f"customer {sample['customer_id']}" + (
             f" ({sample['first_name']})" if sample.get("first_name") else ""
         )

@@ -164,6 +164,13 @@ class OutboxDestination:
 
     # --- files ------------------------------------------------------------------------------------
 
+    def write_message(self, camp: CampaignSpec, member: AudienceMember, content: Any) -> Path:
+        """Write one member's message where and as :meth:`apply` would (``content`` has subject, html and
+        text); returns its path. A test send writes one message alone this way."""
+        path = self.campaign_dir(camp) / f"{_safe(member.customer_id)}.eml"
+        atomic_write(path, self._eml(camp, member, content))
+        return path
+
     @staticmethod
     def _audience_csv(members: Sequence[AudienceMember]) -> bytes:
         buf = io.StringIO()

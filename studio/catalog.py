@@ -1,0 +1,121 @@
+"""What the studio shows around the emails: every scheme with its latest snapshot and segment sizes, and
+sample members of each segment — read from the warehouse, which the studio never writes to.
+
+The warehouse is opened read-only (:func:`activation.warehouse.make_engine` with ``read_only=True``): a
+DuckDB file is opened per query and let go after it, so `activation segment` or a flow can still write it
+while the studio runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.engine import Engine
+
+from activation.settings import Settings
+from activation.tables import customers, rfm_snapshots
+from activation.warehouse import duckdb_file, has_table, make_engine
+from campaigns.policy import scheme_segments
+from campaigns.preview import MADE_UP_MEMBER
+from segments.schemes import list_schemes
+from segments.snapshots import latest_snapshot_as_of, segment_summary
+
+#: Members offered per segment (the first ones by customer id), besides one without a first name.
+SAMPLES = 5
+
+
+@dataclass(frozen=True)
+class Member:
+    """A member the studio renders a segment's email for."""
+
+    customer_id: str
+    first_name: str | None
+    email: str | None
+    note: str = ""  # why this member is offered ("no first name", "made-up")
+
+    @property
+    def label(self) -> str:
+        name = self.first_name or "no first name"
+        return f"{self.customer_id} ({name}){' — ' + self.note if self.note else ''}"
+
+    def as_row(self) -> dict[str, Any]:
+        return {"customer_id": self.customer_id, "first_name": self.first_name, "email": self.email}
+
+
+@dataclass
+class SchemeInfo:
+    """A scheme, its latest snapshot and each segment's size in it (0 without a snapshot)."""
+
+    name: str
+    as_of: date | None
+    segments: list[str]
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def customers(self) -> int:
+        return sum(self.sizes.values())
+
+
+def read_only_engine(settings: Settings) -> Engine | None:
+    """The warehouse opened read-only, or None when it is a DuckDB file that does not exist yet."""
+    url = settings.resolved_warehouse_url
+    file = duckdb_file(url)
+    if file is not None and not file.is_file():
+        return None
+    return make_engine(url, read_only=True)
+
+
+def load_schemes(engine: Engine | None, settings: Settings) -> list[SchemeInfo]:
+    """Every scheme (the default first), with its latest snapshot's segment sizes."""
+    names = sorted(list_schemes(settings), key=lambda n: (n != settings.default_scheme, n))
+    has_runs = engine is not None and has_table(engine, "snapshot_runs")
+    out = []
+    for name in names:
+        segments = scheme_segments(name, settings) or []
+        as_of = latest_snapshot_as_of(engine, name) if engine is not None and has_runs else None
+        info = SchemeInfo(name, as_of, segments, dict.fromkeys(segments, 0))
+        if engine is not None and as_of is not None:
+            summary = segment_summary(engine, as_of, name, settings)
+            info.sizes.update({str(r.segment): int(r.customers) for r in summary.itertuples()})
+        out.append(info)
+    return out
+
+
+def _member_query(settings: Settings, engine: Engine, scheme: str, as_of: date, segment: str) -> Any:
+    s = rfm_snapshots.c
+    where = (s.as_of == as_of) & (s.scheme == scheme) & (s.segment == segment)
+    if not has_table(engine, "customers"):
+        return select(s.customer_id).where(where).order_by(s.customer_id)
+    joined = rfm_snapshots.outerjoin(customers, customers.c.customer_id == s.customer_id)
+    return (
+        select(s.customer_id, customers.c.first_name, customers.c.email)
+        .select_from(joined)
+        .where(where)
+        .order_by(s.customer_id)
+    )
+
+
+def sample_members(
+    settings: Settings, engine: Engine | None, scheme: SchemeInfo, segment: str
+) -> list[Member]:
+    """The first members of ``segment`` (by customer id) and one without a first name: a real one when
+    the segment has one, else the first member again as if their first name were unknown."""
+    if engine is None or scheme.as_of is None or not scheme.sizes.get(segment):
+        made_up = Member(**MADE_UP_MEMBER, note="made-up, no snapshot yet")  # type: ignore[arg-type]
+        return [made_up, Member(made_up.customer_id, None, made_up.email, "made-up, no first name")]
+    query = _member_query(settings, engine, scheme.name, scheme.as_of, segment)
+    with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(query.limit(SAMPLES))]
+        members = [Member(str(r["customer_id"]), r.get("first_name"), r.get("email")) for r in rows]
+        if all(m.first_name and m.first_name.strip() for m in members) and has_table(conn, "customers"):
+            blank = or_(customers.c.first_name.is_(None), func.trim(customers.c.first_name) == "")
+            row = conn.execute(query.where(blank).limit(1)).first()
+            if row is not None:
+                members.append(Member(str(row.customer_id), None, row.email, "no first name"))
+    if all(m.first_name for m in members):
+        first = members[0]
+        members.append(Member(first.customer_id, None, first.email, "as if without a first name"))
+    return members
