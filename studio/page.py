@@ -25,6 +25,7 @@ section{padding:16px 20px;min-width:0}
   background:#fff;border:1px solid #e4e4e7;border-radius:8px;padding:12px 14px}
 .facts dt{font-size:12px;color:#71717a}.facts dd{margin:0;overflow-wrap:anywhere}
 .bar{display:flex;flex-wrap:wrap;gap:10px;align-items:center;margin:12px 0}
+select{max-width:100%}
 select,button.act{font:inherit;padding:6px 10px;border:1px solid #d4d4d8;border-radius:6px;background:#fff}
 button.act{background:#18181b;color:#fff;border-color:#18181b;cursor:pointer}
 #problems{background:#fef2f2;border:1px solid #fecaca;border-radius:8px;padding:10px 14px;margin:12px 0}
@@ -41,9 +42,10 @@ button.act{background:#18181b;color:#fff;border-color:#18181b;cursor:pointer}
 #mobile{width:375px;height:700px;border:0}
 .textpart{background:#fff;border:1px solid #e4e4e7;border-radius:8px;padding:8px 12px;margin-top:16px}
 #text{white-space:pre-wrap;font:13px/1.5 ui-monospace,Menlo,Consolas,monospace;margin:0}
-@media (max-width:700px){main{grid-template-columns:1fr}nav{max-height:40vh;border-right:0;
-  border-bottom:1px solid #e4e4e7}.desktop-box{height:300px}.desktop-box #desktop{transform:scale(.26)}
-  #mobile{width:100%}}
+@media (max-width:700px){body{overflow-x:hidden}.bar label{display:flex;gap:6px;width:100%}
+  .bar select{flex:1;min-width:0}main{grid-template-columns:minmax(0,1fr)}nav{max-height:30vh;border-right:0;
+  border-bottom:1px solid #e4e4e7}section{padding:12px}.facts{grid-template-columns:1fr 1fr}
+  .frame.desk{display:none}.frame{padding:4px}#mobile{width:100%}}
 """
 
 _SCRIPT = r"""
@@ -180,7 +182,7 @@ _BODY = """<header><h1>Email studio</h1><span id="live">connecting</span></heade
 <div class="bar"><label>Member <select id="member"></select></label>
 <button class="act" id="send" type="button">Send a test to the outbox</button><span id="sent"></span></div>
 <div class="frames">
-<div class="frame"><h3>Desktop · 1280 px</h3><div class="desktop-box">
+<div class="frame desk"><h3>Desktop · 1280 px</h3><div class="desktop-box">
 <iframe id="desktop" title="Desktop preview" sandbox=""></iframe></div></div>
 <div class="frame"><h3>Mobile · 375 px</h3><iframe id="mobile" title="Mobile preview" sandbox=""></iframe></div>
 </div>

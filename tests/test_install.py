@@ -38,6 +38,7 @@ SHIPPED = [
     "campaigns",
     "connectors",
     "outcomes",
+    "studio",
     "flows",
 ]
 
@@ -261,7 +262,7 @@ def test_every_third_party_import_of_the_packages_is_a_declared_dependency() -> 
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
-    ours = {"activation", "segments", "campaigns", "connectors", "outcomes", "flows"}
+    ours = {"activation", "segments", "campaigns", "connectors", "outcomes", "studio", "flows"}
     dists = packages_distributions()
     undeclared: dict[str, str] = {}
     for path in sorted(p for pkg in ours for p in (ROOT / pkg).rglob("*.py")):

@@ -199,6 +199,8 @@ def test_every_segment_with_its_size_and_an_email_for_a_real_member(browser: Any
 def _screenshots(driver: Any, folder: Path) -> None:
     for width, height in ((1280, 1000), (375, 812)):
         driver.set_window_size(width, height)
+        if width < 700:  # the phone layout: the list above, then the email
+            driver.execute_script("document.querySelector('.bar').scrollIntoView()")
         time.sleep(0.5)
         driver.save_screenshot(str(folder / f"studio-{width}.png"))
     driver.set_window_size(1280, 900)
