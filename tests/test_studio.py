@@ -9,6 +9,7 @@ the ``templates check`` error with ``file:line``, fix it, send a test into the o
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import os
@@ -22,9 +23,9 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import insert, text
-from starlette.testclient import TestClient
 
 from activation.settings import REPO_ROOT, Settings
 from activation.tables import rfm_snapshots
@@ -282,8 +283,29 @@ def _payload(part: Message) -> str:
 # ---------------------------------------------------------------------------------------------- guards
 
 
+class Client:
+    """Requests straight into an ASGI app (no server, no lifespan: the app is built with ``watch=False``)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                return await client.request(method, path, **kwargs)
+
+        return asyncio.run(go())
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", path, **kwargs)
+
+
 def test_the_page_allows_only_its_own_script_and_loads_nothing_from_elsewhere(served: Served) -> None:
-    client = TestClient(create_app(served.studio, hosts={"testserver"}, watch=False))
+    client = Client(create_app(served.studio, hosts={"testserver"}, watch=False))
     page = client.get("/")
     csp = page.headers["content-security-policy"]
     nonce = csp.split("'nonce-")[1].split("'")[0]
@@ -294,7 +316,7 @@ def test_the_page_allows_only_its_own_script_and_loads_nothing_from_elsewhere(se
 
 
 def test_a_host_name_other_than_loopback_is_refused(served: Served) -> None:
-    client = TestClient(create_app(served.studio, hosts={"127.0.0.1"}, watch=False))
+    client = Client(create_app(served.studio, hosts={"127.0.0.1"}, watch=False))
     assert client.get("/api/catalog", headers={"host": "attacker.example"}).status_code == 403
     assert client.get("/api/catalog", headers={"host": "127.0.0.1:8765"}).status_code == 200
 
@@ -306,7 +328,7 @@ def test_beyond_loopback_a_token_is_required() -> None:
 
 
 def test_the_token_is_checked(served: Served) -> None:
-    client = TestClient(create_app(served.studio, token="s3cret", watch=False))
+    client = Client(create_app(served.studio, token="s3cret", watch=False))
     assert client.get("/api/catalog").status_code == 401
     assert client.get("/api/catalog", headers={TOKEN_HEADER: "wrong"}).status_code == 401
     assert client.get("/api/catalog", headers={TOKEN_HEADER: "s3cret"}).status_code == 200
@@ -320,7 +342,7 @@ def test_binding_beyond_loopback_without_the_flag_is_refused(duck_settings: Sett
 
 
 def test_a_send_is_refused_without_json_and_for_a_failing_template(served: Served) -> None:
-    client = TestClient(create_app(served.studio, hosts={"testserver"}, watch=False))
+    client = Client(create_app(served.studio, hosts={"testserver"}, watch=False))
     form = client.post("/api/send-test", data={"scheme": "rfm11", "segment": "At Risk"})
     assert form.status_code == 415
     html = served.settings.templates_dir / "nurture.html"
