@@ -146,17 +146,32 @@ def run_roi_report(
 
 
 def demo(
-    customers: int | None = typer.Option(None, "--customers", help="Demo customers (default: 5000)."),
-    orders: int | None = typer.Option(None, "--orders", help="Demo orders (default: 40000)."),
+    customers: int | None = typer.Option(None, "--customers", help="Demo customers (default: 20000)."),
+    orders: int | None = typer.Option(None, "--orders", help="Demo orders (default: 160000)."),
     seed: int = typer.Option(7, "--seed", help="Random seed of the demo data (fixed: reruns are identical)."),
     scheme: str | None = SCHEME,
+    plant: bool = typer.Option(
+        True,
+        "--plant/--no-plant",
+        help="Plant a known conversion lift for the treated (At Risk +10 pp, Hibernating +8 pp, Champions "
+        "+0 pp) in the orders after the as_of, so the report shows what it recovers (docs/roi.md).",
+    ),
 ) -> None:
     """Run the whole quarterly cycle on demo data: embedded warehouse, local outbox, ROI backtest."""
     from activation.settings import get_settings
     from flows.demo import print_demo, run_demo
+    from segments.demo_data import DEFAULT_PLANTED
 
     print_demo(
-        console.out, run_demo(get_settings(), customers=customers, orders=orders, seed=seed, scheme=scheme)
+        console.out,
+        run_demo(
+            get_settings(),
+            customers=customers,
+            orders=orders,
+            seed=seed,
+            scheme=scheme,
+            plant=DEFAULT_PLANTED if plant else None,
+        ),
     )
 
 

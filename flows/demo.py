@@ -15,6 +15,7 @@ stopped half-way (an error, Ctrl-C) says what it wrote so far: rerunning it fini
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from activation.settings import Settings
 from activation.warehouse import duckdb_file, get_engine, redact
 from connectors.registry import check_destination
 from flows.dates import resolve_as_of
+from segments.demo_data import DEFAULT_PLANTED, PlantedEffect
 from segments.snapshots import last_quarter_end
 
 BACKTEST_GAP_DAYS = 150
@@ -47,6 +49,7 @@ class DemoResult:
     templates: str
     cycle: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    planted: list[PlantedEffect] = field(default_factory=list)
 
 
 def backtest_as_of(last_order: date) -> date:
@@ -54,23 +57,58 @@ def backtest_as_of(last_order: date) -> date:
     return last_quarter_end(last_order - timedelta(days=BACKTEST_GAP_DAYS))
 
 
+#: the demo's shop: big enough that the planted win-back lifts are detectable with the policy's holdouts
+DEMO_CUSTOMERS = 20_000
+DEMO_ORDERS = 160_000
+
+
 def prepare_demo_data(
     settings: Settings, *, customers: int | None, orders_n: int | None, seed: int
 ) -> tuple[Path, date]:
     """Generate and ingest the demo data set; return its folder and the date of its last order."""
-    from segments.demo_data import DEFAULT_CUSTOMERS, DEFAULT_ORDERS, generate
+    from segments.demo_data import generate
     from segments.ingest import ingest_file
 
     files = generate(
         settings.data_dir / "demo",
-        customers=customers if customers is not None else DEFAULT_CUSTOMERS,
-        orders=orders_n if orders_n is not None else DEFAULT_ORDERS,
+        customers=customers if customers is not None else DEMO_CUSTOMERS,
+        orders=orders_n if orders_n is not None else DEMO_ORDERS,
         seed=seed,
     )
     engine = get_engine(settings)
     ingest_file(engine, settings, files.orders, "parquet", mapping_path=files.mapping)
     ingest_file(engine, settings, files.tickets, "csv", mapping_path=files.tickets_mapping)
     return files.out_dir, files.last_date
+
+
+def plant_effects(
+    settings: Settings, as_of: date, scheme: str, uplift: dict[str, float], seed: int
+) -> list[PlantedEffect]:
+    """Segment the quarter before ``as_of`` and ``as_of`` itself (so the report has a migration matrix), then
+    plant ``uplift`` into the orders after ``as_of`` for the members the campaigns will treat (the plan's hash
+    split at the policy's fixed share; a segment with a power-sized holdout is left without an effect)."""
+    from campaigns.plan import campaign_key, member_group
+    from campaigns.policy import load_policy
+    from segments.demo_data import plant_uplift
+    from segments.snapshots import compute_snapshot
+
+    engine = get_engine(settings)
+    compute_snapshot(engine, settings, last_quarter_end(as_of - timedelta(days=1)), scheme)
+    compute_snapshot(engine, settings, as_of, scheme)
+    policy = load_policy(settings)
+    fixed = {
+        seg: policy.for_segment(scheme, seg).holdout_share
+        for seg in uplift
+        if policy.for_segment(scheme, seg).holdout_target is None
+    }
+
+    def treated(segment: str, customer_id: str) -> bool:
+        key = campaign_key(scheme, as_of, segment)
+        return member_group(key, customer_id, fixed[segment]) == "treatment"
+
+    return plant_uplift(
+        engine, settings, as_of, scheme, {k: v for k, v in uplift.items() if k in fixed}, treated, seed=seed
+    )
 
 
 def start_prefect_api() -> tuple[str, float]:
@@ -139,6 +177,7 @@ def run_demo(
     orders: int | None = None,
     seed: int = 7,
     scheme: str | None = None,
+    plant: Mapping[str, float] | None = DEFAULT_PLANTED,
 ) -> DemoResult:
     """Run the demo end to end (see the module docstring) and say where everything is."""
     from flows.runtime import local_run
@@ -147,7 +186,9 @@ def run_demo(
     interrupt.on_interrupt(lambda: f"interrupted; {progress.remains()}")
     try:
         with local_run():
-            return _run_demo(settings, progress, customers=customers, orders=orders, seed=seed, scheme=scheme)
+            return _run_demo(
+                settings, progress, customers=customers, orders=orders, seed=seed, scheme=scheme, plant=plant
+            )
     except ActivationError as exc:
         if progress.wrote:
             exc.fix = f"{exc.fix}; {progress.remains()}" if exc.fix else progress.remains()
@@ -162,6 +203,7 @@ def _run_demo(
     orders: int | None,
     seed: int,
     scheme: str | None,
+    plant: Mapping[str, float] | None,
 ) -> DemoResult:
     timings: dict[str, float] = {}
     scheme = scheme or settings.default_scheme
@@ -178,6 +220,12 @@ def _run_demo(
     timings["demo_data"] = time.perf_counter() - started
 
     as_of = resolve_as_of(backtest_as_of(last_order), settings)
+    planted: list[PlantedEffect] = []
+    if plant:
+        started = time.perf_counter()
+        progress.step = "planting the known effect"
+        planted = plant_effects(settings, as_of, scheme, dict(plant), seed)
+        timings["plant"] = time.perf_counter() - started
     from flows.quarterly_cycle import quarterly_cycle
 
     started = time.perf_counter()
@@ -205,6 +253,7 @@ def _run_demo(
         templates=describe_templates_dir(settings.templates_dir),
         cycle=cycle,
         timings=timings,
+        planted=planted,
     )
 
 
@@ -248,6 +297,12 @@ def print_demo(console: Any, result: DemoResult) -> None:
         line("ROI report", result.report_html)
     if result.report_csv is not None:
         line("ROI table (csv)", result.report_csv)
+    if result.planted:
+        line(
+            "planted effect",
+            ", ".join(f"{p.segment} {p.uplift * 100:+.0f} pp" for p in result.planted)
+            + " conversion for the treated (the report should find them)",
+        )
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
     line("timings", timing)
     console.print(

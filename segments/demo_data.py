@@ -22,18 +22,26 @@ in fixed-size blocks and streamed to Parquet, so 70M order rows never sit in mem
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from sqlalchemy import delete, func, insert, select, true
+from sqlalchemy.engine import Engine
 
 from activation.errors import ConfigError
 from activation.files import output_dir
+from activation.settings import Settings
+from activation.tables import orders as orders_table
+from activation.tables import rfm_snapshots
 
 END_DATE = date(2025, 12, 31)
 SPAN_DAYS = 3 * 365 + 1  # 2023-01-01 .. 2025-12-31
@@ -432,3 +440,138 @@ def _tickets(rng: np.random.Generator, block: pa.Table, end: date, offset: int) 
             "channel": channel,
         }
     )
+
+
+# --------------------------------------------------------------------------- a planted effect, to recover
+
+#: the ``source`` of the orders a planted effect adds (replaced, not added again, when planted again)
+PLANTED_SOURCE = "demo planted uplift"
+#: the demo's planted conversion lifts (absolute) per rfm11 segment: the win-back offers work, the VIP
+#: early access does nothing; segments not listed get no effect
+DEFAULT_PLANTED: dict[str, float] = {"At Risk": 0.10, "Hibernating": 0.08, "Champions": 0.0}
+
+
+@dataclass(frozen=True)
+class PlantedEffect:
+    """What :func:`plant_uplift` added for one segment."""
+
+    segment: str
+    uplift: float  # the planted absolute conversion lift of the treated members
+    treated: int
+    base_rate: float  # the segment's conversion in the window without the effect
+    orders: int  # orders added
+    mean_amount: (
+        float  # the added orders' mean amount (their expected revenue per treated member: uplift × this)
+    )
+
+
+def plant_uplift(
+    engine: Engine,
+    settings: Settings,
+    as_of: date,
+    scheme: str,
+    uplift: Mapping[str, float],
+    treated: Callable[[str, str], bool],
+    *,
+    window_days: int | None = None,
+    seed: int = 7,
+) -> list[PlantedEffect]:
+    """Plant a known conversion lift into the orders that follow ``as_of``: in each segment of the ``as_of``
+    snapshot named in ``uplift``, a treated member (``treated(segment, customer_id)``, the campaign's split)
+    who placed no qualifying order in the attribution window ``(end of as_of, + window]`` gets one with
+    probability ``lift / (1 − base rate)``, so the treated conversion rises by ``lift`` in expectation and
+    the holdout is untouched. The order copies the place and category of the member's last order; its amount
+    is drawn like the member's own orders (gamma around their mean order value), no coupon.
+
+    Planting again replaces the earlier planted orders (same seed, same orders).
+
+    Raises:
+        ConfigError: a lift outside [0, 1), or a segment the snapshot does not have.
+    """
+    window = window_days or settings.attribution_window_days
+    start = datetime.combine(as_of, datetime.max.time())
+    end = start + timedelta(days=window)
+    excluded = list(settings.excluded_statuses)
+    s, o = rfm_snapshots.c, orders_table.c
+    with engine.begin() as conn:
+        conn.execute(delete(orders_table).where(o.source == PLANTED_SOURCE))
+        snap = pd.DataFrame(
+            conn.execute(
+                select(s.customer_id, s.segment).where(
+                    s.as_of == as_of, s.scheme == scheme, s.segment.in_(sorted(uplift))
+                )
+            ).all(),
+            columns=["customer_id", "segment"],
+        )
+        missing = sorted(set(uplift) - set(snap["segment"]))
+        bad = sorted(k for k, v in uplift.items() if not 0 <= v < 1)
+        if missing or bad:
+            raise ConfigError(
+                f"cannot plant an uplift in {', '.join(missing + bad)} of the {scheme} snapshot of {as_of}",
+                fix="name segments of the snapshot, with lifts from 0 up to (not including) 1",
+            )
+        qualifying = (o.status.is_(None)) | (o.status.not_in(excluded)) if excluded else true()
+        bought = {
+            str(c)
+            for (c,) in conn.execute(
+                select(o.customer_id)
+                .where(o.ordered_at > start, o.ordered_at <= end, qualifying)
+                .group_by(o.customer_id)
+            )
+        }
+        last = pd.DataFrame(
+            conn.execute(
+                select(
+                    o.customer_id,
+                    func.max(o.ordered_at),
+                    func.avg(o.amount),
+                    func.max(o.country),
+                    func.max(o.city),
+                    func.max(o.category),
+                )
+                .where(o.ordered_at <= start)
+                .group_by(o.customer_id)
+            ).all(),
+            columns=["customer_id", "last", "mean_amount", "country", "city", "category"],
+        ).set_index("customer_id")
+        effects: list[PlantedEffect] = []
+        rows: list[dict[str, Any]] = []
+        for segment in sorted(uplift):
+            lift = float(uplift[segment])
+            members = snap[snap["segment"] == segment]["customer_id"].astype(str).sort_values().tolist()
+            base = sum(m in bought for m in members) / len(members)
+            rng = np.random.default_rng([seed, *segment.encode()])
+            chance = lift / (1 - base) if base < 1 else 0.0
+            mine = [m for m in members if treated(segment, m)]
+            draws = rng.random(len(mine))
+            when = rng.random(len(mine))
+            amounts: list[float] = []
+            for m, u, t in zip(mine, draws, when, strict=True):
+                if m in bought or u >= chance:
+                    continue
+                info = last.loc[m] if m in last.index else None
+                mean = float(info["mean_amount"]) if info is not None else 50.0
+                amount = max(1.0, round(float(rng.gamma(4.0, mean / 4.0)), 2))
+                amounts.append(amount)
+                rows.append(
+                    {
+                        "order_id": f"P{len(rows) + 1:08d}",
+                        "customer_id": m,
+                        "ordered_at": start + timedelta(seconds=1 + t * (window * 86_400 - 2)),
+                        "amount": amount,
+                        "status": "Completed",
+                        "coupon_code": None,
+                        "country": None if info is None else info["country"],
+                        "city": None if info is None else info["city"],
+                        "category": None if info is None else info["category"],
+                        "source": PLANTED_SOURCE,
+                    }
+                )
+            effects.append(
+                PlantedEffect(
+                    segment, lift, len(mine), base, len(amounts), float(np.mean(amounts)) if amounts else 0.0
+                )
+            )
+        if rows:
+            conn.execute(insert(orders_table), rows)
+    return effects

@@ -304,7 +304,7 @@ def test_run_and_demo_help_say_what_each_option_does() -> None:
     report = _help("run", "roi-report")
     assert "report.csv" not in report and "same name" in report and "roi-<scheme>-<as-of>.html" in report
     demo = _help("demo")
-    assert "small" not in demo and "5000" in demo and "40000" in demo
+    assert "small" not in demo and "20000" in demo and "160000" in demo and "--no-plant" in demo
 
 
 # --- end to end on a real Prefect API --------------------------------------------------------------
