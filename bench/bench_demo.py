@@ -41,7 +41,8 @@ from activation.warehouse import get_engine
 from outcomes.ledger import collect_outcomes
 from campaigns.plan import plan_campaigns
 from outcomes.report import write_roi_report
-from connectors.sync import sync_audience
+from connectors.outbox import OutboxDestination
+from connectors.sync import SyncOptions, sync_audience
 from segments.snapshots import compute_snapshot
 as_of = date.fromisoformat("{as_of}")
 s = get_settings(); e = get_engine(s)
@@ -52,7 +53,7 @@ steps = {{}}
 t = time.perf_counter(); compute_snapshot(e, s, as_of, "rfm11"); steps["snapshot"] = time.perf_counter() - t
 t = time.perf_counter(); plan_campaigns(e, s, as_of, "rfm11"); steps["plan"] = time.perf_counter() - t
 t = time.perf_counter()
-sync_audience(e, s, "outbox", as_of, "rfm11", dry_run=False, send=True, schedule_at=None, force=True)
+sync_audience(e, s, OutboxDestination(s), SyncOptions.publish(as_of, "rfm11", force=True))
 steps["sync_outbox"] = time.perf_counter() - t
 t = time.perf_counter(); collect_outcomes(e, s, as_of, "rfm11"); steps["outcomes"] = time.perf_counter() - t
 t = time.perf_counter(); write_roi_report(e, s, as_of, "rfm11", Path("data/bench-report.html"))

@@ -38,7 +38,7 @@ from activation.settings import MailchimpSettings, Settings
 from activation.warehouse import get_engine
 from connectors.http import RetryPolicy
 from connectors.mailchimp import MailchimpApi, MailchimpDestination
-from connectors.sync import sync_audience
+from connectors.sync import SyncOptions, sync_audience
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent
 
 SEGMENTS = (
@@ -156,14 +156,7 @@ def run(engine, settings, fake: RemoteFake, latency: float, conns: int, label: s
     cpu0, server0 = os.times(), fake.cpu()
     t0 = time.perf_counter()
     res = sync_audience(
-        engine,
-        settings,
-        "mailchimp",
-        AS_OF,
-        SCHEME,
-        content=SimpleContent(),
-        destination_obj=dest,
-        force=True,
+        engine, settings, dest, SyncOptions(AS_OF, SCHEME, force=True, content=SimpleContent())
     )
     wall = time.perf_counter() - t0
     cpu1, server1 = os.times(), fake.cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import closing
 from typing import TYPE_CHECKING
 
 import typer
@@ -50,8 +51,8 @@ def register(app: typer.Typer) -> None:
 
         from activation.settings import get_settings
         from activation.warehouse import get_engine
-        from connectors.registry import NAMES, check_destination
-        from connectors.sync import sync_audience
+        from connectors.registry import NAMES, check_destination, get_destination
+        from connectors.sync import SyncOptions, sync_audience
 
         day, when = parse_date(as_of, "--as-of"), parse_datetime(schedule_at, "--schedule-at")
         if destination not in NAMES:
@@ -84,20 +85,18 @@ def register(app: typer.Typer) -> None:
 
         if not dry_run:
             on_interrupt(interrupted)
-        with progress:
-            result = sync_audience(
-                engine,
-                settings,
-                destination,
-                day,
-                scheme,
-                dry_run=dry_run,
-                send=send,
-                schedule_at=when,
-                force=force,
-                on_total=lambda n: progress.update(task, total=n),
-                on_progress=advance,
-            )
+        options = SyncOptions(
+            day,
+            scheme,
+            dry_run=dry_run,
+            send=send,
+            schedule_at=when,
+            force=force,
+            on_total=lambda n: progress.update(task, total=n),
+            on_progress=advance,
+        )
+        with progress, closing(get_destination(destination, settings)) as dest:
+            result = sync_audience(engine, settings, dest, options)
         if as_json:
             console.print_json("sync", result.summary())
         else:

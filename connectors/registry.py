@@ -6,6 +6,9 @@ from activation.errors import ConfigError
 from activation.files import output_dir
 from activation.settings import Settings
 from connectors.base import Destination
+from connectors.hubspot import HubSpotApi, HubSpotDestination
+from connectors.mailchimp import MailchimpApi, MailchimpDestination
+from connectors.outbox import OutboxDestination
 
 NAMES = ("outbox", "mailchimp", "hubspot")
 
@@ -17,16 +20,10 @@ def get_destination(name: str, settings: Settings) -> Destination:
         ConfigError: unknown name or missing credentials.
     """
     if name == "outbox":
-        from connectors.outbox import OutboxDestination
-
         return OutboxDestination(settings)
     if name == "mailchimp":
-        from connectors.mailchimp import MailchimpDestination
-
         return MailchimpDestination(settings.mailchimp, settings.brand)
     if name == "hubspot":
-        from connectors.hubspot import HubSpotDestination
-
         return HubSpotDestination(settings.hubspot)
     raise ConfigError(f"unknown destination {name!r}", fix=f"use one of: {', '.join(NAMES)}")
 
@@ -45,13 +42,9 @@ def check_destination(name: str, settings: Settings) -> None:
         output_dir(settings.resolved_outbox_dir, flag="the outbox folder (ACTIVATION_OUTBOX_DIR)")
         return
     if name == "mailchimp":
-        from connectors.mailchimp import MailchimpApi
-
         MailchimpApi(settings.mailchimp).close()
         return
     if name == "hubspot":
-        from connectors.hubspot import HubSpotApi
-
         HubSpotApi(settings.hubspot).close()
         return
     get_destination(name, settings)

@@ -12,18 +12,17 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from activation.dialect import exclusive
 from activation.errors import InputError
 from activation.settings import Settings
-from activation.tables import campaigns
 from connectors import state as st
 from connectors.audience import Audience, load_campaigns, planned_as_of, read_audience, read_suppressions
-from connectors.base import ContentProvider, Destination, OutcomeEvent, SyncPlan
+from connectors.base import ContentProvider, Destination, SyncPlan
 from connectors.content import RenderContent, preflight
 from connectors.diff import diff_audience, guardrails, nothing_to_do, stop_on_guardrails
 from connectors.journal import CallCount, WarehouseJournal, finish, log_skips
@@ -43,37 +42,56 @@ def check_schedule_at(schedule_at: datetime | None) -> None:
         )
 
 
+@dataclass(frozen=True)
+class SyncOptions:
+    """How one sync runs; the defaults make drafts of the latest plan of the default scheme."""
+
+    as_of: date | None = None  # the plan's date (default: the latest planned for the scheme)
+    scheme: str | None = None  # default: ``settings.default_scheme``
+    dry_run: bool = False  # compute and return the plan: no request to the destination, no warehouse write
+    send: bool = False  # send each campaign once its audience is synced (default: drafts)
+    schedule_at: datetime | None = None  # schedule each campaign for then instead
+    force: bool = False  # override the guardrails
+    content: ContentProvider | None = None  # message content; default :mod:`campaigns.render`
+    on_progress: Callable[[int], None] | None = None  # called with each number of members confirmed
+    on_total: Callable[[int], None] | None = None  # called once with the number of members to change
+
+    @classmethod
+    def preview(
+        cls, as_of: date | None = None, scheme: str | None = None, *, content: ContentProvider | None = None
+    ) -> SyncOptions:
+        """A dry run: what the sync would do per segment and which guardrails it trips."""
+        return cls(as_of, scheme, dry_run=True, content=content)
+
+    @classmethod
+    def publish(
+        cls,
+        as_of: date | None = None,
+        scheme: str | None = None,
+        *,
+        schedule_at: datetime | None = None,
+        force: bool = False,
+        content: ContentProvider | None = None,
+    ) -> SyncOptions:
+        """Sync, then send each campaign (or schedule it for ``schedule_at``)."""
+        return cls(
+            as_of, scheme, send=schedule_at is None, schedule_at=schedule_at, force=force, content=content
+        )
+
+
 def sync_audience(
-    engine: Engine,
-    settings: Settings,
-    destination: str,
-    as_of: date | None = None,
-    scheme: str | None = None,
-    *,
-    dry_run: bool = False,
-    send: bool = False,
-    schedule_at: datetime | None = None,
-    force: bool = False,
-    destination_obj: Destination | None = None,
-    content: ContentProvider | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    on_total: Callable[[int], None] | None = None,
+    engine: Engine, settings: Settings, destination: Destination, options: SyncOptions = SyncOptions()
 ) -> SyncResult:
-    """Bring ``destination`` in line with the campaign plan of ``as_of``/``scheme``; write only changes.
+    """Bring ``destination`` in line with the campaign plan of ``options.as_of``/``options.scheme``; write
+    only changes.
 
     Args:
-        destination: ``outbox``, ``mailchimp`` or ``hubspot`` (the name in ``sync_state``).
-        as_of: the plan's date (default: the latest planned for the scheme).
-        scheme: default ``settings.default_scheme``.
-        dry_run: compute and return the plan; no request to the destination, no warehouse write.
-        send / schedule_at: send (or schedule) each campaign after its audience is synced; default: drafts.
-        force: override the guardrails.
-        destination_obj: an already built destination (tests, flows); default from the registry.
-        content: message content provider; default :mod:`campaigns.render`.
-        on_progress / on_total: progress callbacks (members confirmed / members to change).
+        destination: a built destination (:func:`connectors.registry.get_destination`); the caller closes it.
+            Its ``name`` is the one in ``sync_state``.
+        options: what to sync and how (:class:`SyncOptions`).
 
     Returns:
-        The per-segment plan and, unless ``dry_run``, what was done.
+        The per-segment plan and, unless ``options.dry_run``, what was done.
 
     Raises:
         NotFoundError: no plan for ``as_of``/``scheme``.
@@ -81,83 +99,33 @@ def sync_audience(
         FatalDestinationError: wrong credentials / list (before any write) or the destination failed mid-way.
         ConflictError: another sync to ``destination`` is running (nothing done; a dry run does not wait).
     """
-    if destination_obj is not None:
-        return _sync(
-            engine,
-            settings,
-            destination_obj,
-            as_of,
-            scheme,
-            dry_run,
-            send,
-            schedule_at,
-            force,
-            content,
-            on_progress,
-            on_total,
-        )
-    from connectors.registry import get_destination
-
-    dest = get_destination(destination, settings)
-    try:
-        return _sync(
-            engine,
-            settings,
-            dest,
-            as_of,
-            scheme,
-            dry_run,
-            send,
-            schedule_at,
-            force,
-            content,
-            on_progress,
-            on_total,
-        )
-    finally:
-        dest.close()
-
-
-def _sync(
-    engine: Engine,
-    settings: Settings,
-    destination: Destination,
-    as_of: date | None,
-    scheme: str | None,
-    dry_run: bool,
-    send: bool,
-    schedule_at: datetime | None,
-    force: bool,
-    content: ContentProvider | None,
-    on_progress: Callable[[int], None] | None,
-    on_total: Callable[[int], None] | None,
-) -> SyncResult:
-    with _one_sync_at_a_time(engine, destination.name, dry_run=dry_run):
+    o = options
+    with _one_sync_at_a_time(engine, destination.name, dry_run=o.dry_run):
         t0 = time.perf_counter()
-        check_schedule_at(schedule_at)
-        scheme = scheme or settings.default_scheme
-        day = planned_as_of(engine, scheme, as_of)
-        camps = load_campaigns(engine, day, scheme, destination.name)
-        provider = content or RenderContent(settings)
-        blockers = preflight(provider, camps, dry_run=dry_run)
+        check_schedule_at(o.schedule_at)
+        scheme = o.scheme or settings.default_scheme
+        as_of = planned_as_of(engine, scheme, o.as_of)
+        camps = load_campaigns(engine, as_of, scheme, destination.name)
+        content = o.content or RenderContent(settings)
+        blockers = preflight(content, camps, dry_run=o.dry_run)
         check = getattr(destination, "check_schedule", None)  # the destination's own rules, before any call
         if check is not None:
-            check(schedule_at)
+            check(o.schedule_at)
         calls = CallCount.start(destination.stats)
-        suppressed = read_suppressions(engine, destination, read_back=not dry_run)
+        suppressed = read_suppressions(engine, destination, read_back=not o.dry_run)
         with _collector_paused() as freeze:
             audience = read_audience(engine, settings, camps, suppressed)
             changes, first_sync = diff_audience(engine, settings, destination, scheme, audience)
-            plan = SyncPlan(day, scheme, camps, audience.audiences, changes, provider, send, schedule_at)
+            plan = SyncPlan(as_of, scheme, camps, audience.audiences, changes, content, o.send, o.schedule_at)
             freeze()
-            result = _planned(settings, destination, plan, audience, first_sync, blockers, dry_run)
-            if dry_run:
+            result = _planned(settings, destination, plan, audience, first_sync, blockers, o.dry_run)
+            if o.dry_run:
                 result.seconds = time.perf_counter() - t0
                 return result
-            stop_on_guardrails(result, force=force)
+            stop_on_guardrails(result, force=o.force)
             if nothing_to_do(engine, destination.name, plan):
                 return _unchanged(result, calls, t0)
-            return _apply(engine, destination, plan, audience, result, calls, t0, on_progress, on_total)
+            return _apply(engine, destination, plan, audience, result, calls, t0, o)
 
 
 def _one_sync_at_a_time(engine: Engine, destination: str, *, dry_run: bool) -> AbstractContextManager[object]:
@@ -246,16 +214,15 @@ def _apply(
     result: SyncResult,
     calls: CallCount,
     t0: float,
-    on_progress: Callable[[int], None] | None,
-    on_total: Callable[[int], None] | None,
+    options: SyncOptions,
 ) -> SyncResult:
     """Record a run, hand the plan to the destination with a journal, log the skips and end the run."""
     name = result.destination
     result.sync_id = sync_id = uuid.uuid4().hex
     st.start_run(engine, sync_id, name, plan.as_of, plan.scheme)
-    journal = WarehouseJournal(engine, name, sync_id, plan, on_progress)
-    if on_total:
-        on_total(len(plan.changes))
+    journal = WarehouseJournal(engine, name, sync_id, plan, options.on_progress)
+    if options.on_total:
+        options.on_total(len(plan.changes))
     t_apply = time.perf_counter()
     try:
         try:
@@ -277,39 +244,3 @@ def _apply(
     result.status = "succeeded" if journal.counts["failed"] == 0 else "partial"
     finish(engine, result, journal, calls, t0)
     return result
-
-
-def read_outcomes(
-    engine: Engine,
-    settings: Settings,
-    destination: str,
-    as_of: date,
-    scheme: str | None = None,
-    *,
-    since: datetime | None = None,
-    destination_obj: Destination | None = None,
-) -> list[OutcomeEvent]:
-    """Per-member events (sent, opened, clicked, unsubscribed, bounced) of every campaign of the plan.
-
-    The local outbox returns no events.
-    """
-    scheme = scheme or settings.default_scheme
-    with engine.connect() as conn:
-        ids = [
-            r[0]
-            for r in conn.execute(
-                select(campaigns.c.campaign_id).where(
-                    campaigns.c.as_of == as_of, campaigns.c.scheme == scheme
-                )
-            )
-        ]
-    dest = destination_obj
-    if dest is None:
-        from connectors.registry import get_destination
-
-        dest = get_destination(destination, settings)
-    try:
-        return list(dest.read_outcomes(engine, ids, since))
-    finally:
-        if destination_obj is None:
-            dest.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from contextlib import closing
 from datetime import date, datetime
 from typing import Any
 
@@ -240,20 +241,13 @@ def sync_summary(result: Any) -> dict[str, Any]:
 @task(name="sync-plan", timeout_seconds=3600, **TASK_DEFAULTS)
 def sync_plan_task(as_of: date, scheme: str, destination: str) -> dict[str, Any]:
     """Dry run of the audience sync: what would change and which guardrails it trips; writes nothing."""
-    from connectors.sync import sync_audience
+    from connectors.registry import get_destination
+    from connectors.sync import SyncOptions, sync_audience
 
     settings = _settings()
-    result = sync_audience(
-        _engine(settings),
-        settings,
-        destination,
-        as_of,
-        scheme,
-        dry_run=True,
-        send=False,
-        schedule_at=None,
-        force=False,
-    )
+    engine = _engine(settings)
+    with closing(get_destination(destination, settings)) as dest:
+        result = sync_audience(engine, settings, dest, SyncOptions.preview(as_of, scheme))
     return sync_summary(result)
 
 
@@ -262,20 +256,14 @@ def sync_task(
     as_of: date, scheme: str, destination: str, send: bool, schedule_at: datetime | None, force: bool
 ) -> dict[str, Any]:
     """Sync the planned audiences to ``destination`` (only changes) and create/send the campaigns."""
-    from connectors.sync import sync_audience
+    from connectors.registry import get_destination
+    from connectors.sync import SyncOptions, sync_audience
 
     settings = _settings()
-    result = sync_audience(
-        _engine(settings),
-        settings,
-        destination,
-        as_of,
-        scheme,
-        dry_run=False,
-        send=send,
-        schedule_at=schedule_at,
-        force=force,
-    )
+    engine = _engine(settings)
+    options = SyncOptions(as_of, scheme, send=send, schedule_at=schedule_at, force=force)
+    with closing(get_destination(destination, settings)) as dest:
+        result = sync_audience(engine, settings, dest, options)
     summary = sync_summary(result)
     _log().info("synced %s %s to %s: %s", scheme, as_of, destination, summary["totals"])
     return summary

@@ -210,11 +210,11 @@ def test_kmeans_and_clv_tier_flow_through_plan_sync_and_roi(duck_settings, duck_
     with no code of the cycle knowing the schemes are model-based."""
     from campaigns.plan import current_campaigns, plan_campaigns
     from connectors.registry import get_destination
-    from connectors.sync import sync_audience
     from outcomes.ledger import collect_outcomes
     from outcomes.roi import compute_roi
     from segments.demo_data import generate
     from segments.ingest import ingest_file
+    from tests.fakes.destinations import sync_named
 
     s, engine = duck_settings, duck_engine
     files = generate(tmp_path / "demo", customers=1500, orders=12000, seed=3)
@@ -234,7 +234,7 @@ def test_kmeans_and_clv_tier_flow_through_plan_sync_and_roi(duck_settings, duck_
         else:
             assert "Top Customers" not in templates or templates["Top Customers"] == "vip_early_access"
         # one outbox audience: switching it from kmeans to clv_tier trips the shrink guardrail, by design
-        sync_audience(engine, s, "outbox", as_of, scheme, send=True, force=scheme == "clv_tier")
+        sync_named(engine, s, "outbox", as_of, scheme, send=True, force=scheme == "clv_tier")
         collect_outcomes(engine, s, as_of, scheme, destination=get_destination("outbox", s))
         roi = compute_roi(engine, s, as_of, scheme)
         assert set(roi["segment"]) >= planned

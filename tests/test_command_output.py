@@ -20,8 +20,8 @@ from activation.files import csv_cell
 from activation.settings import REPO_ROOT
 from activation.tables import customers, sync_log, sync_runs
 from connectors.cli import print_result
-from connectors.sync import sync_audience
 from tests.cli_helpers import run_cli
+from tests.fakes.destinations import sync_named
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_outbox_audience_csv_neutralises_formula_first_names(duck_engine, duck_s
     with duck_engine.begin() as conn:
         for cid, name in zip(ids, FORMULAS, strict=False):
             conn.execute(update(customers).where(customers.c.customer_id == cid).values(first_name=name))
-    sync_audience(duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=SimpleContent())
+    sync_named(duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=SimpleContent())
     names = []
     for path in duck_settings.resolved_outbox_dir.rglob("audience.csv"):
         names += [row["first_name"] for row in csv.DictReader(io.StringIO(path.read_text(), newline=""))]
@@ -120,7 +120,7 @@ def test_the_body_unsubscribe_link_is_the_members_own_like_the_header(
     insert_snapshot(engine, 60)
     insert_customers(engine, 60)
     plan_campaigns(engine, s, PLAN_AS_OF, "rfm11")
-    sync_audience(engine, s, "outbox", PLAN_AS_OF, "rfm11")
+    sync_named(engine, s, "outbox", PLAN_AS_OF, "rfm11")
     links = set()
     for path in s.resolved_outbox_dir.rglob("*.eml"):
         msg = email.message_from_bytes(path.read_bytes(), policy=policy.default)
@@ -134,12 +134,12 @@ def test_the_body_unsubscribe_link_is_the_members_own_like_the_header(
 
 def test_a_rerun_that_changes_nothing_says_so_and_records_nothing(duck_engine, duck_settings):
     insert_plan(duck_engine, make_assignment(20), emails={"c00003": "not-an-email", "c00007": None})
-    first = sync_audience(
+    first = sync_named(
         duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=SimpleContent(), send=True
     )
     assert first.status == "succeeded"
     runs, log = _count(duck_engine, sync_runs), _count(duck_engine, sync_log)
-    again = sync_audience(
+    again = sync_named(
         duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=SimpleContent(), send=True
     )
     assert again.status == "unchanged" and again.write_calls == 0
@@ -152,7 +152,7 @@ def test_a_rerun_that_changes_nothing_says_so_and_records_nothing(duck_engine, d
         conn.execute(
             update(customers).where(customers.c.customer_id == "c00001").values(first_name="Changed")
         )
-    third = sync_audience(
+    third = sync_named(
         duck_engine, duck_settings, "outbox", AS_OF, SCHEME, content=SimpleContent(), send=True
     )
     assert third.status == "succeeded" and _count(duck_engine, sync_runs) == runs + 1
@@ -161,7 +161,7 @@ def test_a_rerun_that_changes_nothing_says_so_and_records_nothing(duck_engine, d
 def test_sync_table_fits_80_columns_and_its_calls_add_up(duck_engine, duck_settings):
     segments = ("Potential Loyalists", "Can't Lose Them", "About To Sleep")
     insert_plan(duck_engine, make_assignment(1200, segments), emails={"c00001": "broken@"})
-    res = sync_audience(
+    res = sync_named(
         duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, content=SimpleContent(), dry_run=True
     )
     out = io.StringIO()

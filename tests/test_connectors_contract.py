@@ -14,7 +14,7 @@ from activation.tables import sync_log, sync_state
 from connectors.base import AudienceMember, CampaignSpec, Content
 from connectors.errors import FatalDestinationError
 from connectors.state import add_suppressions
-from connectors.sync import sync_audience
+from connectors.sync import SyncOptions, sync_audience
 from tests.fakes.destinations import DestinationUnderTest, configure
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
 
@@ -33,14 +33,7 @@ def dut(request: pytest.FixtureRequest, duck_settings) -> Iterator[DestinationUn
 def _sync(engine, dut: DestinationUnderTest, as_of: date = AS_OF, **kw):
     dest = dut._dest or dut.make()
     return sync_audience(
-        engine,
-        dut.settings,
-        dut.name,
-        as_of,
-        SCHEME,
-        content=kw.pop("content", C),
-        destination_obj=dest,
-        **kw,
+        engine, dut.settings, dest, SyncOptions(as_of, SCHEME, content=kw.pop("content", C), **kw)
     )
 
 
@@ -116,9 +109,7 @@ def test_moving_customers_lose_their_old_tag(duck_engine, dut):
 def test_dry_run_sends_no_request_and_writes_no_row(duck_engine, dut):
     insert_plan(duck_engine, make_assignment(30), emails={"c00001": "broken@", "c00002": None})
     dest = dut.make()
-    res = sync_audience(
-        duck_engine, dut.settings, dut.name, AS_OF, SCHEME, content=C, destination_obj=dest, dry_run=True
-    )
+    res = sync_audience(duck_engine, dut.settings, dest, SyncOptions.preview(AS_OF, SCHEME, content=C))
     assert dut.requests() == 0
     with duck_engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(sync_state)).scalar_one() == 0

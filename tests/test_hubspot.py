@@ -31,9 +31,9 @@ from connectors.base import email_hash
 from connectors.errors import AuthError, BadRequestError, FatalDestinationError
 from connectors.http import RetryPolicy
 from connectors.hubspot import HubSpotApi, HubSpotDestination, RejectedInputsError, list_name
-from connectors.sync import sync_audience
+from connectors.sync import SyncOptions, sync_audience
 from outcomes.ledger import collect_outcomes
-from tests.fakes.destinations import FAST_RETRY
+from tests.fakes.destinations import FAST_RETRY, sync_named
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.plan_data import AS_OF, SCHEME, SEGMENTS, SimpleContent, insert_plan, make_assignment
 from tests.fakes.processes import count as _count
@@ -66,9 +66,7 @@ def _configure(settings, hs: FakeHubSpot, **kw) -> HubSpotSettings:
 def _sync(engine, settings, *, retry: RetryPolicy = FAST_RETRY, **kw):
     dest = HubSpotDestination(settings.hubspot, retry=retry)
     try:
-        return sync_audience(
-            engine, settings, "hubspot", AS_OF, SCHEME, content=C, destination_obj=dest, **kw
-        )
+        return sync_audience(engine, settings, dest, SyncOptions(AS_OF, SCHEME, content=C, **kw))
     finally:
         dest.close()
 
@@ -232,7 +230,7 @@ def test_missing_token_names_the_setting(duck_engine, duck_settings, hs):
     assert hs.calls == 0 and _count(duck_engine, sync_state) == 0 and _count(duck_engine, sync_log) == 0
     assert _count(duck_engine, sync_runs) == 0  # a settings error stops before the sync records a run
     # a dry run needs no credentials
-    dry = sync_audience(duck_engine, duck_settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True)
+    dry = sync_named(duck_engine, duck_settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True)
     assert dry.api_calls > 0 and hs.calls == 0
     with pytest.raises(ValidationError):
         HubSpotSettings(batch_size=101)
@@ -379,11 +377,11 @@ from activation.settings import get_settings
 from activation.warehouse import get_engine
 from connectors.http import RetryPolicy
 from connectors.hubspot import HubSpotDestination
-from connectors.sync import sync_audience
+from connectors.sync import SyncOptions, sync_audience
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent
 s = get_settings()
 d = HubSpotDestination(s.hubspot, retry=RetryPolicy(base_delay=0.01))
-sync_audience(get_engine(s), s, "hubspot", AS_OF, SCHEME, content=SimpleContent(), destination_obj=d)
+sync_audience(get_engine(s), s, d, SyncOptions(AS_OF, SCHEME, content=SimpleContent()))
 """
 
 

@@ -29,7 +29,8 @@ from connectors.errors import (
 )
 from connectors.http import RetryPolicy
 from connectors.mailchimp import MailchimpApi, MailchimpDestination
-from connectors.sync import read_outcomes, sync_audience
+from connectors.outcomes import read_outcomes
+from connectors.sync import SyncOptions, sync_audience
 from tests.fakes.destinations import FAST_RETRY
 from tests.fakes.mailchimp import FakeMailchimp
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
@@ -55,7 +56,7 @@ def _configure(settings, mc: FakeMailchimp, **kw) -> MailchimpSettings:
 def _sync(engine, settings, **kw):
     dest = kw.pop("dest", None) or MailchimpDestination(settings.mailchimp, settings.brand, retry=FAST_RETRY)
     return sync_audience(
-        engine, settings, "mailchimp", AS_OF, SCHEME, content=kw.pop("content", C), destination_obj=dest, **kw
+        engine, settings, dest, SyncOptions(AS_OF, SCHEME, content=kw.pop("content", C), **kw)
     )
 
 
@@ -295,7 +296,7 @@ def test_read_outcomes_per_member(duck_engine, duck_settings, mc):
     _sync(duck_engine, duck_settings, send=True)
     mc.unsubscribe("c00002@example.com")
     dest = MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY)
-    events = read_outcomes(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, destination_obj=dest)
+    events = read_outcomes(duck_engine, duck_settings, dest, AS_OF, SCHEME)
     sent = {e.customer_id for e in events if e.event == "sent"}
     assert len(sent) == 39 and "c00001" not in sent
     assert {e.event for e in events} >= {"sent", "opened", "clicked", "unsubscribed"}
@@ -375,11 +376,11 @@ from activation.settings import get_settings
 from activation.warehouse import get_engine
 from connectors.http import RetryPolicy
 from connectors.mailchimp import MailchimpDestination
-from connectors.sync import sync_audience
+from connectors.sync import SyncOptions, sync_audience
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent
 s = get_settings()
 d = MailchimpDestination(s.mailchimp, s.brand, retry=RetryPolicy(base_delay=0.01))
-sync_audience(get_engine(s), s, "mailchimp", AS_OF, SCHEME, content=SimpleContent(), destination_obj=d, send=True)
+sync_audience(get_engine(s), s, d, SyncOptions(AS_OF, SCHEME, content=SimpleContent(), send=True))
 """
 
 
@@ -640,11 +641,11 @@ def test_outcomes_without_credentials_or_campaigns_are_not_silent(duck_engine, d
     insert_plan(duck_engine, make_assignment(6))
     no_key = MailchimpDestination(MailchimpSettings(list_id=mc.list_id, base_url=mc.base_url))
     with pytest.raises(ConfigError, match="ACTIVATION_MAILCHIMP__API_KEY"):
-        read_outcomes(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, destination_obj=no_key)
+        read_outcomes(duck_engine, duck_settings, no_key, AS_OF, SCHEME)
     _configure(duck_settings, mc)
     dest = MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY)
     with pytest.raises(NotFoundError, match="activation sync --destination mailchimp"):
-        read_outcomes(duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, destination_obj=dest)
+        read_outcomes(duck_engine, duck_settings, dest, AS_OF, SCHEME)
 
 
 # --- the request contract: every SDK call against the SDK's own generated signatures ---------------------
@@ -783,18 +784,10 @@ def test_every_sdk_call_matches_the_sdks_generated_signature(duck_engine, duck_s
         insert_plan(duck_engine, moved, as_of=q2, replace_customers=False)
         dest = MailchimpDestination(duck_settings.mailchimp, duck_settings.brand, retry=FAST_RETRY)
         sync_audience(
-            duck_engine,
-            duck_settings,
-            "mailchimp",
-            q2,
-            SCHEME,
-            content=C,
-            destination_obj=dest,
-            send=True,
-            force=True,
+            duck_engine, duck_settings, dest, SyncOptions(q2, SCHEME, content=C, send=True, force=True)
         )
-        read_outcomes(duck_engine, duck_settings, "mailchimp", q2, SCHEME,
-                      destination_obj=MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY))  # fmt: skip
+        read_outcomes(duck_engine, duck_settings, MailchimpDestination(duck_settings.mailchimp, retry=FAST_RETRY),
+                      q2, SCHEME)  # fmt: skip
     except Exception as exc:
         failure = exc
     assert _contract_violations(sdk_calls) == []

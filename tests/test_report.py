@@ -318,11 +318,11 @@ def test_demo_data_plan_outbox_sync_collect_report(duck_settings, duck_engine, t
 
     from campaigns.plan import plan_campaigns
     from connectors.registry import get_destination
-    from connectors.sync import sync_audience
     from outcomes.ledger import collect_outcomes
     from segments.demo_data import generate
     from segments.ingest import ingest_file
     from segments.snapshots import compute_snapshot, last_quarter_end
+    from tests.fakes.destinations import sync_named
 
     s, engine = duck_settings, duck_engine
     files = generate(tmp_path / "demo", customers=800, orders=6000, seed=3)
@@ -331,7 +331,7 @@ def test_demo_data_plan_outbox_sync_collect_report(duck_settings, duck_engine, t
     for day in (last_quarter_end(as_of), as_of):
         compute_snapshot(engine, s, day, "rfm11")
     plan_campaigns(engine, s, as_of, "rfm11")
-    sync_audience(engine, s, "outbox", as_of, "rfm11", send=True)
+    sync_named(engine, s, "outbox", as_of, "rfm11", send=True)
     _, camps = _members_and_start(engine, as_of)
     sends = set(camps["send_time"].dropna())
     assert len(sends) == 1
@@ -355,7 +355,7 @@ def test_mailchimp_sync_then_collect_events_and_report(settings, engine, tmp_pat
     from activation.settings import MailchimpSettings
     from activation.tables import campaigns, orders, suppressions
     from connectors.mailchimp import MailchimpDestination
-    from connectors.sync import sync_audience
+    from connectors.sync import SyncOptions, sync_audience
     from outcomes.ledger import collect_outcomes, email_hash
     from outcomes.roi import compute_roi
     from tests.fakes.destinations import FAST_RETRY
@@ -372,8 +372,8 @@ def test_mailchimp_sync_then_collect_events_and_report(settings, engine, tmp_pat
         holdouts = {c for i, c in enumerate(sorted(assignment)) if i % 4 == 0}
         plan = insert_plan(engine, assignment, holdouts=holdouts)
         dest = MailchimpDestination(settings.mailchimp, settings.brand, retry=FAST_RETRY)
-        sync_audience(engine, settings, "mailchimp", MC_AS_OF, MC_SCHEME, content=SimpleContent(),
-                      destination_obj=dest, send=True)  # fmt: skip
+        sync_audience(engine, settings, dest,
+                      SyncOptions(MC_AS_OF, MC_SCHEME, content=SimpleContent(), send=True))  # fmt: skip
         with engine.connect() as conn:
             sends = {r.send_time for r in conn.execute(select(campaigns.c.send_time))}
         assert None not in sends and len(sends) == 3  # one per campaign, set by the destination

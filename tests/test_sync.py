@@ -26,8 +26,9 @@ from activation.tables import (
 from connectors.base import email_hash
 from connectors.errors import FatalDestinationError
 from connectors.state import add_suppressions
-from connectors.sync import sync_audience
+from connectors.sync import SyncOptions, sync_audience
 from tests.cli_helpers import run_cli
+from tests.fakes.destinations import sync_named
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
 
 C = SimpleContent()
@@ -44,7 +45,7 @@ def _all_counts(engine) -> dict[str, int]:
 
 def test_outbox_writes_messages_and_audiences(engine, settings):
     plan = insert_plan(engine, make_assignment(12), holdouts={"c00000", "c00004"})
-    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
+    res = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
     assert res.status == "succeeded" and res.ok == 10 and res.failed == 0
     root = settings.resolved_outbox_dir / AS_OF.isoformat() / SCHEME
     for seg, cid in plan.campaign_ids.items():
@@ -71,7 +72,7 @@ def test_outbox_writes_messages_and_audiences(engine, settings):
         times = conn.execute(select(campaigns.c.send_time)).scalars().all()
     assert all(t is not None and t.date() == AS_OF and t.hour == 23 for t in times)
     # nothing changed: no file written, nothing sent twice
-    again = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
+    again = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
     assert again.write_calls == 0 and again.ok == 0
 
 
@@ -115,7 +116,7 @@ def test_dry_run_writes_nothing(engine, settings):
         engine, make_assignment(9), holdouts={"c00002"}, emails={"c00003": "not-an-email", "c00004": None}
     )
     before = _all_counts(engine)
-    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True)
+    res = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True)
     assert _all_counts(engine) == before
     assert not settings.resolved_outbox_dir.exists()
     assert res.skips == {"invalid_email": 1, "no_email": 1}
@@ -131,13 +132,13 @@ def test_suppression_and_unsubscribed_override_every_segment(engine, settings):
     with engine.connect() as conn:
         stored = conn.execute(select(suppressions.c.email_hash)).scalars().all()
     assert stored == [email_hash("c00001@example.com")]  # only a hash is kept
-    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    res = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     assert res.skips == {"erasure": 1, "unsubscribed": 1}
     files = {p.stem for p in settings.resolved_outbox_dir.rglob("*.eml")}
     assert "c00001" not in files and "c00002" not in files and len(files) == 7
     # suppressing someone already synced removes them on the next sync
     add_suppressions(engine, [("c00003@example.com", "unsubscribed")], "manual")
-    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    res = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     assert "c00003" not in {p.stem for p in settings.resolved_outbox_dir.rglob("*.eml")}
     with engine.connect() as conn:
         tags = conn.execute(
@@ -152,10 +153,10 @@ def test_guardrails_stop_before_any_write(engine, settings):
     with engine.begin() as conn:
         conn.execute(update(customers).values(unsubscribed=True))
     with pytest.raises(GuardrailError, match="empty"):
-        sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+        sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     with engine.begin() as conn:
         conn.execute(update(customers).values(unsubscribed=False))
-    sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     # a new plan version where "Loyal" shrinks from 10 to 2 members
     small = {cid: seg for cid, seg in make_assignment(30).items() if seg != "Loyal" or cid < "c00006"}
     with engine.begin() as conn:
@@ -166,11 +167,11 @@ def test_guardrails_stop_before_any_write(engine, settings):
     insert_plan(engine, small, version=2, replace_customers=False)
     before = _all_counts(engine)
     with pytest.raises(GuardrailError, match="'Loyal' shrinks from 10 to 2"):
-        sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+        sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     assert _all_counts(engine) == before
-    dry = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True)
+    dry = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True)
     assert dry.guardrail_violations and dry.segments["Loyal"].tag_removes == 8
-    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, force=True)
+    res = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, force=True)
     assert res.status == "succeeded"
 
 
@@ -198,7 +199,7 @@ def test_guardrail_baseline_is_the_last_completed_sync_not_a_half_way_state(engi
     settings.guardrail_max_change_share = 0.3
     q1 = make_assignment(1000)  # 334 Champions, 333 Loyal, 333 At Risk
     insert_plan(engine, q1)
-    assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C).status == "succeeded"
+    assert sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C).status == "succeeded"
     # next quarter every customer moves one segment on: the sizes stay the same, so the guardrail passes…
     segs = ("Champions", "Loyal", "At Risk")
     q2_as_of = date(2024, 6, 30)
@@ -210,21 +211,21 @@ def test_guardrail_baseline_is_the_last_completed_sync_not_a_half_way_state(engi
     )
     # …but the sync dies after its first confirmed batch of 500 messages
     with pytest.raises(FatalDestinationError):
-        sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=_DiesAfter(700))
+        sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=_DiesAfter(700))
     with engine.connect() as conn:
         statuses = sorted(conn.execute(select(sync_runs.c.status)).scalars())
     assert statuses == ["failed", "succeeded"]
     half_way = _tags(engine)
     assert half_way == {"At Risk": 499, "Champions": 501}  # Loyal's members all moved on, At Risk half-way
     # the rerun of the same plan: the baseline is Q1's completed sync (334/333/333), not 499/501/0
-    dry = sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C, dry_run=True)
+    dry = sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=C, dry_run=True)
     assert dry.guardrail_violations == []
     assert {s: p.previous for s, p in dry.segments.items()} == {
         "Champions": 334,
         "Loyal": 333,
         "At Risk": 333,
     }
-    res = sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
+    res = sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
     assert res.status == "succeeded" and res.failed == 0
     assert _tags(engine) == {"Champions": 333, "Loyal": 334, "At Risk": 333}
 
@@ -232,7 +233,7 @@ def test_guardrail_baseline_is_the_last_completed_sync_not_a_half_way_state(engi
 def test_guardrail_still_stops_a_real_shrink_after_a_completed_sync(engine, settings):
     q1 = make_assignment(1000)
     insert_plan(engine, q1)
-    sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     # next quarter 60 % of Loyal (200 of 333) drop out of the plan
     loyal = sorted(c for c, s in q1.items() if s == "Loyal")
     q2 = {c: s for c, s in q1.items() if c not in set(loyal[:200])}
@@ -240,15 +241,15 @@ def test_guardrail_still_stops_a_real_shrink_after_a_completed_sync(engine, sett
     insert_plan(engine, q2, as_of=q2_as_of, replace_customers=False)
     before = _all_counts(engine)
     with pytest.raises(GuardrailError, match=r"'Loyal' shrinks from 333 to 133 members \(60% > 50%\)"):
-        sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
+        sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
     assert _all_counts(engine) == before
     # a failed attempt does not become the baseline either: the same stop on the next try
     with pytest.raises(GuardrailError, match="'Loyal' shrinks from 333 to 133"):
-        sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
-    res = sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C, force=True)
+        sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=C)
+    res = sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=C, force=True)
     assert res.status == "succeeded" and _tags(engine)["Loyal"] == 133
     # after the forced sync completed, it is the baseline: an unchanged rerun passes
-    assert sync_audience(engine, settings, "outbox", q2_as_of, SCHEME, content=C).write_calls == 0
+    assert sync_named(engine, settings, "outbox", q2_as_of, SCHEME, content=C).write_calls == 0
 
 
 def test_guardrail_switching_a_destination_to_another_scheme_is_a_swing(duck_engine, duck_settings):
@@ -256,22 +257,22 @@ def test_guardrail_switching_a_destination_to_another_scheme_is_a_swing(duck_eng
     scheme: replacing its whole audience with another scheme's segments stops until forced."""
     engine, settings = duck_engine, duck_settings
     insert_plan(engine, make_assignment(300))
-    assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C).status == "succeeded"
+    assert sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C).status == "succeeded"
     q2 = date(2024, 6, 30)
     insert_plan(engine, make_assignment(300, ("High", "Mid", "Low")), as_of=q2, replace_customers=False)
     with engine.begin() as conn:
         conn.execute(update(campaigns).where(campaigns.c.as_of == q2).values(scheme="tiers"))
     with pytest.raises(GuardrailError, match="'Champions' shrinks from 100 to 0 members"):
-        sync_audience(engine, settings, "outbox", q2, "tiers", content=C)
-    res = sync_audience(engine, settings, "outbox", q2, "tiers", content=C, force=True)
+        sync_named(engine, settings, "outbox", q2, "tiers", content=C)
+    res = sync_named(engine, settings, "outbox", q2, "tiers", content=C, force=True)
     assert res.status == "succeeded" and _tags(engine) == {"High": 100, "Mid": 100, "Low": 100}
     # from now on "tiers" is compared with its own last sync
-    assert sync_audience(engine, settings, "outbox", q2, "tiers", content=C).guardrail_violations == []
+    assert sync_named(engine, settings, "outbox", q2, "tiers", content=C).guardrail_violations == []
 
 
 def test_sync_log_and_runs(engine, settings):
     insert_plan(engine, make_assignment(6), emails={"c00005": None})
-    res = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+    res = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
     with engine.connect() as conn:
         ops = conn.execute(
             select(sync_log.c.customer_id, sync_log.c.operation, sync_log.c.status, sync_log.c.error).where(
@@ -303,23 +304,23 @@ def test_a_second_sync_to_the_same_destination_is_refused_while_one_runs(engine,
     results: list = []
     first = threading.Thread(
         target=lambda: results.append(
-            sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=Blocking())
+            sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=Blocking())
         )
     )
     first.start()
     try:
         assert started.wait(30)
         with pytest.raises(ConflictError, match="another sync to outbox is already running") as err:
-            sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+            sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
         assert "wait for it to finish" in (err.value.fix or "")
-        assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True).dry_run
+        assert sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, dry_run=True).dry_run
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(sync_runs)).scalar() == 1  # only the first
     finally:
         release.set()
         first.join(60)
     assert results and results[0].failed == 0
-    again = sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)  # free again: nothing to do
+    again = sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)  # free again: nothing to do
     assert again.write_calls == 0
 
 
@@ -338,12 +339,12 @@ def test_a_sync_held_by_another_process_on_postgresql_is_refused(engine, setting
                 text("SELECT pg_try_advisory_lock(hashtextextended('sync:outbox', 1))")
             ).scalar()
             with pytest.raises(ConflictError):
-                sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C)
-            assert sync_audience(engine, settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True).dry_run
+                sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C)
+            assert sync_named(engine, settings, "hubspot", AS_OF, SCHEME, content=C, dry_run=True).dry_run
         other.dispose()  # the other process ends: the server releases its lock
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(sync_runs)).scalar() == 0
-        assert sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C).failed == 0
+        assert sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C).failed == 0
     finally:
         other.dispose()
 
@@ -405,15 +406,8 @@ def test_end_to_end_real_plan_to_outbox_and_mailchimp(engine, settings, tmp_path
         s.mailchimp = MailchimpSettings(
             api_key=SecretStr(mc.api_key), list_id=mc.list_id, base_url=mc.base_url
         )
-        res = sync_audience(
-            engine,
-            s,
-            "mailchimp",
-            PLAN_AS_OF,
-            "rfm11",
-            send=True,
-            destination_obj=MailchimpDestination(s.mailchimp, s.brand, retry=FAST_RETRY),
-        )
+        dest = MailchimpDestination(s.mailchimp, s.brand, retry=FAST_RETRY)
+        res = sync_audience(engine, s, dest, SyncOptions(PLAN_AS_OF, "rfm11", send=True))
         assert res.failed == 0
         sent = set().union(*mc.sent_to().values())
         assert sent == treated and not sent & held
@@ -564,7 +558,7 @@ def test_sync_table_is_never_cut_on_a_narrow_terminal(duck_engine, duck_settings
 
     segments = ("Potential Loyalists", "Can't Lose Them", "About To Sleep")
     insert_plan(duck_engine, make_assignment(1200, segments), emails={"c00001": "broken@"})
-    res = sync_audience(
+    res = sync_named(
         duck_engine, duck_settings, "mailchimp", AS_OF, SCHEME, content=SimpleContent(), dry_run=True
     )
     out = io.StringIO()
@@ -584,7 +578,7 @@ def test_an_as_of_without_a_plan_is_a_clear_error_not_an_empty_audience(duck_eng
         with pytest.raises(
             NotFoundError, match=f"no campaign plan for scheme '{SCHEME}' as of 2019-12-31"
         ) as err:
-            sync_audience(
+            sync_named(
                 duck_engine,
                 duck_settings,
                 "outbox",
@@ -608,7 +602,7 @@ def test_schedule_at_in_the_past_is_refused_before_anything_and_its_zone_is_expl
 
     insert_plan(duck_engine, make_assignment(12))
     with pytest.raises(InputError, match="--schedule-at 2020-01-01T09:00:00\\+00:00 is in the past"):
-        sync_audience(
+        sync_named(
             duck_engine,
             duck_settings,
             "outbox",

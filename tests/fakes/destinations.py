@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import email
 import re
+from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import date
 from email import policy
 from pathlib import Path
 from typing import Any
 
 from pydantic import SecretStr
+from sqlalchemy.engine import Engine
 
 from activation.settings import HubSpotSettings, MailchimpSettings, Settings
 from connectors.base import Destination
@@ -18,10 +21,26 @@ from connectors.http import RetryPolicy
 from connectors.hubspot import HubSpotDestination, list_name
 from connectors.mailchimp import MailchimpDestination
 from connectors.outbox import OutboxDestination
+from connectors.registry import get_destination
+from connectors.result import SyncResult
+from connectors.sync import SyncOptions, sync_audience
 from tests.fakes.hubspot import FakeHubSpot
 from tests.fakes.mailchimp import FakeMailchimp
 
 FAST_RETRY = RetryPolicy(max_retries=8, base_delay=0.01, max_delay=0.2)
+
+
+def sync_named(
+    engine: Engine,
+    settings: Settings,
+    name: str,
+    as_of: date | None = None,
+    scheme: str | None = None,
+    **options: Any,
+) -> SyncResult:
+    """A sync to the destination ``name`` as ``activation sync`` builds it from ``settings`` (closed after)."""
+    with closing(get_destination(name, settings)) as dest:
+        return sync_audience(engine, settings, dest, SyncOptions(as_of, scheme, **options))
 
 
 @dataclass
