@@ -85,7 +85,7 @@ def test_an_outbox_send_attributes_the_whole_last_day_of_the_window_and_nothing_
     from outcomes.ledger import collect_outcomes
 
     plan = insert_plan(engine, make_assignment(8))
-    sync_audience(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
+    sync_named(engine, settings, "outbox", AS_OF, SCHEME, content=C, send=True)
     window = settings.attribution_window_days
     last_day, as_of_day = (
         datetime.combine(d, time(23, 59, 59, 500_000)) for d in (AS_OF + timedelta(days=window), AS_OF)
