@@ -1,11 +1,11 @@
-"""Commands for the model-based schemes: ``activation clv fit`` (and ``clv show``).
+"""Commands for the model-based schemes: ``activation clv fit``, ``clv show`` and ``clv export``.
 
 The ``kmeans`` and ``clv_tier`` snapshots themselves are made by ``activation segment --scheme …``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -13,7 +13,12 @@ from rich.table import Table
 from activation import console
 from activation.dates import parse_date
 
-clv_app = typer.Typer(help="Predicted customer value: fit and inspect models.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from activation.settings import Settings
+
+clv_app = typer.Typer(help="Predicted customer value: fit, inspect and export models.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -21,25 +26,71 @@ def register(app: typer.Typer) -> None:
     app.add_typer(clv_app, name="clv")
 
 
+def _context() -> tuple[Settings, Engine]:
+    """The settings and warehouse of a command (imported here, as the models are in each command: the
+    ``activation --help`` of every other command does not load them)."""
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+
+    settings = get_settings()
+    return settings, get_engine(settings, create=False)
+
+
+PREDICTORS: tuple[tuple[str, str], ...] = (
+    ("model", "project model"),
+    ("btyd", "BG/NBD + Gamma-Gamma"),
+    ("last_period_spend", "baseline: last period's spend"),
+    ("rfm11_segment_mean", "baseline: rfm11 segment mean"),
+    ("all_zero", "baseline: 0 for everyone"),
+)
+
+
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=True)
     table.add_column("predictor")
-    for col in ("MAE", "RMSE", "Spearman", "top-decile capture"):
+    for col in ("MAE", "RMSE", "Spearman", "top-decile capture", "predicted / actual"):
         table.add_column(col, justify="right")
-    for key, label in (
-        ("model", "model (gradient boosting)"),
-        ("last_period_spend", "baseline: last period's spend"),
-        ("rfm11_segment_mean", "baseline: rfm11 segment mean"),
-    ):
-        m = metrics[key]
+    for key, label in PREDICTORS:
+        s = metrics[key]
         table.add_row(
             label,
-            f"{m['mae']:.2f}",
-            f"{m['rmse']:.2f}",
-            f"{m['spearman']:.3f}",
-            f"{m['top_decile_capture']:.1%}",
+            f"{s['mae']:.2f}",
+            f"{s['rmse']:.2f}",
+            f"{s['spearman']:.3f}",
+            f"{s['top_decile_capture']:.1%}",
+            f"{s['total_ratio']:.3f}",
         )
     return table
+
+
+def _calibration_tables(cal: dict[str, list[dict[str, Any]]]) -> list[Table]:
+    spend = Table(title="calibration by decile of predicted spend (means per customer)", show_header=True)
+    for col in (
+        "decile",
+        "customers",
+        "predicted spend",
+        "actual spend",
+        "predicted orders",
+        "actual orders",
+    ):
+        spend.add_column(col, justify="right")
+    for row in cal["by_spend_decile"]:
+        spend.add_row(
+            str(row["decile"]),
+            f"{row['customers']:,}",
+            f"{row['predicted_spend']:,.2f}",
+            f"{row['actual_spend']:,.2f}",
+            f"{row['predicted_orders']:.3f}",
+            f"{row['actual_orders']:.3f}",
+        )
+    buy = Table(title="P(buying in the period) = P(alive) x P(the purchase process fires)", show_header=True)
+    for col in ("decile", "customers", "predicted", "share who bought"):
+        buy.add_column(col, justify="right")
+    for row in cal["p_buy"]:
+        buy.add_row(
+            str(row["decile"]), f"{row['customers']:,}", f"{row['predicted']:.3f}", f"{row['actual']:.3f}"
+        )
+    return [spend, buy]
 
 
 @clv_app.command("fit")
@@ -50,24 +101,29 @@ def fit_command(
     horizon_days: int = typer.Option(90, "--horizon-days", help="Predict spend over the next N days."),
 ) -> None:
     """Fit the CLV model on data up to T, backtest it on (T, T+N], store it for the clv_tier scheme."""
-    from activation.settings import get_settings
-    from activation.warehouse import get_engine
     from segments.clv import fit_clv
 
     until = parse_date(train_until, "--train-until")
-    settings = get_settings()
-    result = fit_clv(get_engine(settings, create=False), settings, until, horizon_days)
+    settings, engine = _context()
+    result = fit_clv(engine, settings, until, horizon_days)
     m = result.metrics
+    tr = m["train"]
     console.out.print(
-        f"model {result.model_id}: trained on features as of {', '.join(m['train']['features_as_of'])} "
-        f"({m['train']['rows']} rows), backtest on {m['test_customers']} customers, "
+        f"model {result.model_id} ({m['choice']}): trained on {tr['window_days']}-day windows as of "
+        f"{', '.join(tr['features_as_of'])} ({tr['rows']} rows), backtest on {m['test_customers']} customers, "
         f"spend in ({m['backtest']['period'][0]}, {m['backtest']['period'][1]}]"
     )
+    cv = m["cross_validation"]
+    if cv:
+        scores = ", ".join(f"{k} {v['rmse']:.2f}" for k, v in cv["scores"].items())
+        console.out.print(f"chosen by RMSE on the window as of {cv['validation_as_of']}: {scores}")
     console.out.print(_metrics_table("CLV backtest", m))
+    for table in _calibration_tables(m["calibration"]):
+        console.out.print(table)
     console.out.print(
         f"actual spend {m['actual_total']:,.2f}, expected {m['expected_total']:,.2f}; "
-        f"beats both baselines on every metric: {'yes' if result.beats_baselines else 'no'} "
-        f"({result.seconds:.1f} s)"
+        f"beats BG/NBD + Gamma-Gamma and both baselines on RMSE, Spearman and top-decile capture: "
+        f"{'yes' if result.beats_baselines else 'no'} ({result.seconds:.1f} s)"
     )
 
 
@@ -76,20 +132,40 @@ def show_command(
     as_of: str | None = typer.Option(None, "--as-of", help="Latest model trained on or before this date."),
 ) -> None:
     """Print the latest stored CLV model and its backtest."""
-    from activation.settings import get_settings
-    from activation.warehouse import get_engine
     from segments.clv import latest_model
 
     day = parse_date(as_of, "--as-of")
-    settings = get_settings()
-    model = latest_model(get_engine(settings, create=False), day)
+    _, engine = _context()
+    model = latest_model(engine, day)
+    model.load()  # refuses a model this release cannot use, with the fix
+    bg = model.params["btyd"]["bgnbd"]["params"]
+    gg = model.params["btyd"]["gamma_gamma"]["params"]
     console.out.print(
-        f"model {model.model_id}: train_until {model.train_until}, horizon {model.horizon_days} days, "
-        f"{len(model.params['spend']['trees'])} + {len(model.params['purchase']['trees'])} trees "
-        f"(expected spend + purchase probability, cut at {model.params['threshold']}) "
-        f"on {', '.join(model.params['features'])}"
+        f"model {model.model_id} ({model.params['choice']}): train_until {model.train_until}, horizon "
+        f"{model.horizon_days} days, {model.params['window_days']}-day feature windows; "
+        f"BG/NBD {', '.join(f'{k}={v:.4g}' for k, v in bg.items())}; "
+        f"Gamma-Gamma {', '.join(f'{k}={v:.4g}' for k, v in gg.items())}"
     )
     console.out.print(_metrics_table("CLV backtest", model.metrics))
+
+
+@clv_app.command("export")
+def export_command(
+    as_of: str = typer.Option(..., "--as-of", help="Predict for the customers known on this date."),
+    out: str = typer.Option(
+        ..., "--out", help="FILE.csv or FILE.parquet (a FILE.<ext>.json names the model)."
+    ),
+) -> None:
+    """Write predicted orders, spend and P(alive) per customer from the latest model trained by --as-of."""
+    from segments.clv import export_predictions
+
+    day = parse_date(as_of, "--as-of")
+    settings, engine = _context()
+    res = export_predictions(engine, settings, day, out)
+    console.out.print(
+        f"{res.customers:,} customers -> {res.path} (model {res.model_id}, next {res.horizon_days} days; "
+        f"described in {res.sidecar})"
+    )
 
 
 def model_lines(model: dict[str, Any]) -> list[str]:
@@ -116,7 +192,7 @@ def model_lines(model: dict[str, Any]) -> list[str]:
     if kind == "clv_tier":
         means = ", ".join(f"{k} {v:,.2f}" for k, v in model["expected_mean"].items() if v is not None)
         return [
-            f"clv_tier: model {model['model_id']} (train_until {model['train_until']}, horizon "
+            f"clv_tier: model {model['model_id']} ({model.get('choice', '')}, train_until {model['train_until']}, horizon "
             f"{model['horizon_days']} days); tier cut-points {model['tier_cutpoints']} on expected spend",
             f"  mean expected spend per tier: {means}",
         ]

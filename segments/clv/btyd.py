@@ -1,0 +1,270 @@
+"""BG/NBD purchase counts and P(alive), Gamma-Gamma spend per order: the published likelihoods on
+:func:`scipy.optimize.minimize`.
+
+* BG/NBD — Fader, Hardie & Lee (2005), "Counting your customers the easy way: an alternative to the
+  Pareto/NBD model", Marketing Science 24(2). While alive a customer buys at a Poisson rate λ ~ Gamma(r, α);
+  after every repeat purchase they leave with probability p ~ Beta(a, b). Per customer: ``x`` repeat
+  purchases, ``t_x`` the time of the last one and ``T`` the age, both counted from the first purchase.
+* Gamma-Gamma — Fader & Hardie (2013), "The Gamma-Gamma model of monetary value". Order values of a
+  customer are Gamma(p, ν) with ν ~ Gamma(q, γ) across customers (independent of the purchase process),
+  fitted on the customers with at least one repeat purchase, ``x`` orders of mean value ``m`` each.
+
+Both fits maximise the log-likelihood with analytic gradients in log-parameters (L-BFGS-B), on the distinct
+input rows weighted by their count, so a million customers with day-resolution dates cost a fraction of a
+second per evaluation. Standard errors come from the inverse of the observed information (the Hessian of
+the negative log-likelihood at the optimum, by central differences of the analytic gradient).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+from scipy.special import betaln, digamma, gammaln, hyp2f1, roots_jacobi
+
+Array = NDArray[np.float64]
+#: A negative log-likelihood and its gradient, both in the natural parameters.
+Objective = Callable[[Array], tuple[float, Array]]
+
+BGNBD_PARAMS: tuple[str, ...] = ("r", "alpha", "a", "b")
+GAMMA_GAMMA_PARAMS: tuple[str, ...] = ("p", "q", "v")
+#: Gauss-Jacobi nodes for :func:`_expected_by_quadrature` (its integrand is smooth: 48 give ~1e-12).
+QUADRATURE_NODES = 48
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Fitted parameters (by name), their standard errors, the log-likelihood and the customers used."""
+
+    params: dict[str, float]
+    standard_errors: dict[str, float]
+    log_likelihood: float
+    customers: int
+    converged: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "params": self.params,
+            "standard_errors": self.standard_errors,
+            "log_likelihood": self.log_likelihood,
+            "customers": self.customers,
+            "converged": self.converged,
+        }
+
+
+def _distinct(*columns: Array) -> tuple[list[Array], Array]:
+    """The distinct rows of the columns and how often each occurs."""
+    stacked = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
+    rows, counts = np.unique(stacked, axis=0, return_counts=True)
+    return [rows[:, j] for j in range(rows.shape[1])], counts.astype(np.float64)
+
+
+def _maximise(objective: Objective, start: Array, names: tuple[str, ...], customers: int) -> Fit:
+    """Minimise ``objective`` over positive parameters (in log space); standard errors from its Hessian."""
+
+    def in_logs(theta: Array) -> tuple[float, Array]:
+        params = np.exp(theta)
+        value, grad = objective(params)
+        return value, grad * params
+
+    res = minimize(in_logs, np.log(start), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+    best = np.exp(res.x)
+    hessian = np.empty((len(best), len(best)))
+    for j in range(len(best)):
+        step = 1e-5 * best[j]
+        up, down = best.copy(), best.copy()
+        up[j] += step
+        down[j] -= step
+        hessian[:, j] = (objective(up)[1] - objective(down)[1]) / (2 * step)
+    hessian = (hessian + hessian.T) / 2
+    try:
+        errors = np.sqrt(np.clip(np.diag(np.linalg.inv(hessian)), 0.0, None))
+    except np.linalg.LinAlgError:
+        errors = np.full(len(best), np.nan)
+    return Fit(
+        params={n: float(v) for n, v in zip(names, best, strict=True)},
+        standard_errors={n: float(v) for n, v in zip(names, errors, strict=True)},
+        log_likelihood=-float(res.fun),
+        customers=customers,
+        converged=bool(res.success),
+    )
+
+
+# --- BG/NBD --------------------------------------------------------------------------------------
+
+
+def _bgnbd_objective(x: Array, t_x: Array, big_t: Array, weight: Array) -> Objective:
+    has = (x > 0).astype(np.float64)
+    b_shift = np.where(x > 0, x - 1.0, 0.0)  # b + x - 1, only used where x > 0
+
+    def objective(params: Array) -> tuple[float, Array]:
+        r, alpha, a, b = (float(v) for v in params)
+        a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
+        a2 = betaln(a, b + x) - betaln(a, b)
+        a3 = -(r + x) * np.log(alpha + big_t)
+        a4 = np.where(x > 0, np.log(a) - np.log(b + b_shift) - (r + x) * np.log(alpha + t_x), -np.inf)
+        tail = np.logaddexp(a3, a4)
+        w3, w4 = np.exp(a3 - tail), has * np.exp(a4 - tail)
+        ll = a1 + a2 + tail
+        d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * np.log(alpha + big_t)
+        d_r -= w4 * np.log(alpha + t_x)
+        d_alpha = r / alpha - w3 * (r + x) / (alpha + big_t) - w4 * (r + x) / (alpha + t_x)
+        d_ab = digamma(a + b) - digamma(a + b + x)
+        d_a = d_ab + w4 / a
+        d_b = d_ab + digamma(b + x) - digamma(b) - w4 / (b + b_shift)
+        grad = np.array([-(weight * d).sum() for d in (d_r, d_alpha, d_a, d_b)])
+        return -float((weight * ll).sum()), grad
+
+    return objective
+
+
+def fit_bgnbd(x: Array, t_x: Array, big_t: Array) -> Fit:
+    """Maximum-likelihood BG/NBD parameters ``r, alpha, a, b`` for repeat purchases ``x``, time of the last
+    purchase ``t_x`` and age ``T`` (same time unit; ``0 <= t_x <= T``)."""
+    (ux, ut, uT), weight = _distinct(x, t_x, big_t)
+    start = np.array([1.0, max(float(np.mean(big_t)), 1e-3), 1.0, 1.0])
+    return _maximise(_bgnbd_objective(ux, ut, uT, weight), start, BGNBD_PARAMS, len(np.asarray(x)))
+
+
+def _bgnbd_args(fit: dict[str, float]) -> tuple[float, float, float, float]:
+    return fit["r"], fit["alpha"], fit["a"], fit["b"]
+
+
+def p_alive(params: dict[str, float], x: Array, t_x: Array, big_t: Array) -> Array:
+    """P(still a customer at ``T``) given the history (BG/NBD): 1 for a customer with no repeat purchase."""
+    r, alpha, a, b = _bgnbd_args(params)
+    x = np.asarray(x, dtype=np.float64)
+    shift = np.where(x > 0, x - 1.0, 0.0)
+    ratio = np.exp((r + x) * (np.log(alpha + big_t) - np.log(alpha + t_x)))
+    return np.asarray(1.0 / (1.0 + np.where(x > 0, a / (b + shift) * ratio, 0.0)), dtype=np.float64)
+
+
+def _expected_by_quadrature(params: dict[str, float], t: float, x: Array, big_t: Array) -> Array:
+    """E[purchases in t | alive] as the integral over the posterior of the dropout probability p,
+    E_p[(1 − (1 + p·t / (α + T))^−(r + x)) / p] with p ~ Beta(a, b + x), by Gauss-Jacobi quadrature: what
+    the closed form sums as a hypergeometric series, for the rows where that series does not converge
+    (a + b + x ≤ 1) or overflows."""
+    r, alpha, a, b = _bgnbd_args(params)
+    out = np.empty(len(x))
+    for xv in np.unique(x):
+        rows = x == xv
+        u, w = roots_jacobi(QUADRATURE_NODES, b + xv - 1.0, a - 1.0)  # weight (1 - u)^(b+x-1) (1 + u)^(a-1)
+        p = (1.0 + u) / 2.0
+        k = t / (alpha + big_t[rows])
+        f = -np.expm1(-(r + xv) * np.log1p(np.outer(k, p))) / p
+        out[rows] = (f @ w) / w.sum()
+    return out
+
+
+def expected_purchases(params: dict[str, float], t: float, x: Array, t_x: Array, big_t: Array) -> Array:
+    """E[purchases in (T, T + t] | x, t_x, T] (Fader, Hardie & Lee 2005, eq. 10)."""
+    r, alpha, a, b = _bgnbd_args(params)
+    x = np.asarray(x, dtype=np.float64)
+    big_t = np.asarray(big_t, dtype=np.float64)
+    z = t / (alpha + big_t + t)
+    c = a + b + x - 1.0
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        hyp = np.log(hyp2f1(r + x, b + x, c, z))
+        # the Euler transformation where the series does not settle (large x)
+        alt = np.log(hyp2f1(c - r - x, c - b - x, c, z)) + (c - r - x - b - x) * np.log1p(-z)
+        hyp = np.where(np.isfinite(hyp), hyp, alt)
+        first = c / (a - 1.0)
+        second = 1.0 - np.exp(hyp + (r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + t)))
+        if_alive = first * second
+    bad = ~np.isfinite(if_alive) | (c <= 0) | (if_alive < 0)
+    if bad.any():
+        if_alive[bad] = _expected_by_quadrature(params, t, x[bad], big_t[bad])
+    return np.asarray(if_alive * p_alive(params, x, t_x, big_t), dtype=np.float64)
+
+
+def p_purchase(params: dict[str, float], t: float, x: Array, t_x: Array, big_t: Array) -> Array:
+    """P(at least one purchase in (T, T + t]): alive, and the Poisson process fires (posterior of λ)."""
+    r, alpha, _, _ = _bgnbd_args(params)
+    x = np.asarray(x, dtype=np.float64)
+    big_t = np.asarray(big_t, dtype=np.float64)
+    none_if_alive = np.exp((r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + t)))
+    return np.asarray(p_alive(params, x, t_x, big_t) * (1.0 - none_if_alive), dtype=np.float64)
+
+
+# --- Gamma-Gamma ---------------------------------------------------------------------------------
+
+
+def _gamma_gamma_objective(x: Array, m: Array, weight: Array) -> Objective:
+    log_m, log_x = np.log(m), np.log(x)
+
+    def objective(params: Array) -> tuple[float, Array]:
+        p, q, v = (float(t) for t in params)
+        px = p * x
+        log_total = np.log(x * m + v)
+        ll = (
+            gammaln(px + q)
+            - gammaln(px)
+            - gammaln(q)
+            + q * np.log(v)
+            + (px - 1) * log_m
+            + px * log_x
+            - (px + q) * log_total
+        )
+        d_p = x * (digamma(px + q) - digamma(px) + log_m + log_x - log_total)
+        d_q = digamma(px + q) - digamma(q) + np.log(v) - log_total
+        d_v = q / v - (px + q) / (x * m + v)
+        grad = np.array([-(weight * d).sum() for d in (d_p, d_q, d_v)])
+        return -float((weight * ll).sum()), grad
+
+    return objective
+
+
+def fit_gamma_gamma(x: Array, m: Array) -> Fit:
+    """Maximum-likelihood Gamma-Gamma parameters ``p, q, v`` from customers with ``x > 0`` orders of mean
+    value ``m > 0`` (rows with ``x == 0`` or ``m <= 0`` are left out)."""
+    x = np.asarray(x, dtype=np.float64)
+    m = np.asarray(m, dtype=np.float64)
+    keep = (x > 0) & (m > 0)
+    (ux, um), weight = _distinct(x[keep], m[keep])
+    start = np.array([1.0, 2.0, max(float(np.mean(m[keep])) if keep.any() else 1.0, 1e-3)])
+    return _maximise(_gamma_gamma_objective(ux, um, weight), start, GAMMA_GAMMA_PARAMS, int(keep.sum()))
+
+
+def expected_order_value(params: dict[str, float], x: Array, m: Array) -> Array:
+    """E[value of an order | x orders of mean m] (Fader & Hardie 2013, eq. 5); the population mean
+    ``p·v / (q − 1)`` for a customer without one."""
+    p, q, v = params["p"], params["q"], params["v"]
+    x = np.asarray(x, dtype=np.float64)
+    m = np.where(x > 0, np.asarray(m, dtype=np.float64), 0.0)
+    return np.asarray((p * (v + x * m)) / (p * x + q - 1.0), dtype=np.float64)
+
+
+# --- simulation (for tests and the benchmark) ----------------------------------------------------
+
+
+def simulate(
+    bgnbd: dict[str, float], gamma_gamma: dict[str, float], ages: Array, seed: int
+) -> tuple[list[Array], Array]:
+    """Purchase times after the first purchase (within each age) and the order value scale per customer,
+    drawn from BG/NBD with ``bgnbd`` and Gamma-Gamma with ``gamma_gamma``.
+
+    Returns ``(times, nu)``: ``times[i]`` the repeat purchase times of customer ``i`` (first purchase at 0),
+    ``nu[i]`` their Gamma rate of order values (an order is Gamma(p, nu[i])).
+    """
+    rng = np.random.default_rng(seed)
+    r, alpha, a, b = _bgnbd_args(bgnbd)
+    n = len(ages)
+    lam = rng.gamma(r, 1.0 / alpha, n)
+    drop = rng.beta(a, b, n)
+    nu = rng.gamma(gamma_gamma["q"], 1.0 / gamma_gamma["v"], n)
+    times: list[Array] = []
+    for i in range(n):
+        out: list[float] = []
+        now = 0.0
+        while True:
+            now += rng.exponential(1.0 / lam[i])
+            if now > ages[i]:
+                break
+            out.append(now)
+            if rng.random() < drop[i]:
+                break
+        times.append(np.asarray(out, dtype=np.float64))
+    return times, np.asarray(nu, dtype=np.float64)

@@ -1,0 +1,260 @@
+"""``clv fit``: training windows before the cut-off, the model chosen by time-based cross-validation, a
+backtest on the period after the cut-off next to the baselines, and the stored model.
+
+For a cut-off ``T`` and horizon ``h`` the training windows are ``L = min(h, (T − first order) / 2)`` days
+long, so any horizon up to the data's remaining span works: features as of ``T − L`` → spend in
+``(T − L, T]``, stacked with ``T − 2L``, ``T − 3L``, ``T − 4L`` as far as the data reaches. BG/NBD +
+Gamma-Gamma is fitted afresh as of each window's date (it never sees the window's target). The choice
+between ``btyd``, ``gbm`` and ``blend`` (see :mod:`segments.clv.model`) is the lowest RMSE on the latest
+window, trained on the older ones; the regressor is then refitted on every window. Nothing after ``T`` is seen.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import date, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sqlalchemy.engine import Engine
+
+from activation import tables as t
+from activation.clock import utcnow
+from activation.errors import InputError
+from activation.settings import Settings
+from activation.warehouse import transaction
+from segments.clv import model as m
+from segments.clv.features import FEATURES, data_range, load_features
+from segments.clv.metrics import beats, calibration, evaluate, rfm11_segments
+
+MIN_TRAIN_CUSTOMERS = 50
+#: Training windows stacked (features as of T−L, T−2L, …), as far as the data reaches.
+TRAIN_WINDOWS = 4
+#: The baselines the model must beat (on RMSE, Spearman and top-decile capture) for ``beats_baselines``.
+BASELINES: tuple[str, ...] = ("btyd", "last_period_spend", "rfm11_segment_mean")
+
+
+@dataclass
+class Window:
+    """Features as of ``as_of`` with the spend after it, and BG/NBD + Gamma-Gamma fitted as of then."""
+
+    as_of: date
+    features: pd.DataFrame
+    btyd_params: dict[str, Any]
+    expectations: pd.DataFrame
+
+    @property
+    def x(self) -> np.ndarray:
+        return m.design(self.features, self.expectations)
+
+    @property
+    def target(self) -> np.ndarray:
+        return np.asarray(self.features["target"].to_numpy(dtype=np.float64))
+
+    @property
+    def offset(self) -> np.ndarray:
+        return np.asarray(self.expectations["btyd_spend"].to_numpy(dtype=np.float64))
+
+
+@dataclass
+class ClvFitResult:
+    model_id: str
+    train_until: date
+    horizon_days: int
+    train_customers: int
+    test_customers: int
+    metrics: dict[str, Any]
+    seconds: float
+
+    @property
+    def beats_baselines(self) -> bool:
+        return bool(self.metrics["beats_baselines"])
+
+
+def model_id_for(train_until: date, horizon_days: int) -> str:
+    return f"clv_{train_until:%Y%m%d}_{horizon_days}d"
+
+
+def plan_windows(
+    span: tuple[date, date] | None, train_until: date, horizon_days: int
+) -> tuple[int, list[date]]:
+    """The training windows' length and their feature dates (latest first).
+
+    Raises:
+        InputError: no orders, a horizon below 1 day, ``T + h`` past the last order, or no history before T.
+    """
+    if horizon_days < 1:
+        raise InputError(
+            f"--horizon-days must be at least 1 (got {horizon_days})", fix="e.g. --horizon-days 90"
+        )
+    if span is None:
+        raise InputError(
+            "clv fit: the warehouse has no orders",
+            fix="load orders first: activation ingest … or activation demo-data",
+        )
+    first, last = span
+    test_end = train_until + timedelta(days=horizon_days)
+    if test_end > last:
+        raise InputError(
+            f"clv fit: --train-until {train_until} + {horizon_days} days = {test_end} is past the last order "
+            f"({last}); the backtest period would be incomplete",
+            fix=f"use --train-until {last - timedelta(days=horizon_days)} or earlier, or a shorter --horizon-days",
+        )
+    window = min(horizon_days, (train_until - first).days // 2)
+    if window < 1:
+        raise InputError(
+            f"clv fit: --train-until {train_until} leaves no order history to learn from (first order {first})",
+            fix=f"use a --train-until after {first + timedelta(days=2)}",
+        )
+    dates = [train_until - timedelta(days=window * j) for j in range(1, TRAIN_WINDOWS + 1)]
+    return window, [d for j, d in enumerate(dates) if j == 0 or d >= first + timedelta(days=window)]
+
+
+def load_window(engine: Engine, settings: Settings, as_of: date, window: int, target_days: int) -> Window:
+    features = load_features(engine, settings, as_of, window, target_days)
+    params = m.fit_btyd(features)
+    return Window(as_of, features, params, m.btyd_expectations(params, features, window))
+
+
+def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
+    return np.vstack([w.x for w in windows]), np.concatenate([w.target for w in windows])
+
+
+def choose(windows: list[Window]) -> tuple[str, dict[str, Any] | None, HistGradientBoostingRegressor]:
+    """The predictor with the lowest RMSE on the latest window when trained on the older ones (``blend``
+    when there is only one window), its validation scores, and the regressor refitted on every window."""
+    final = m.fit_gbm(*_stacked(windows))
+    if len(windows) < 2:
+        return "blend", None, final
+    est = m.fit_gbm(*_stacked(windows[1:]))
+    valid = windows[0]
+    scores = {
+        choice: evaluate(valid.target, m.predict_spend(choice, est, valid.x, valid.offset, valid.offset))
+        for choice in m.CHOICES
+    }
+    best = min(m.CHOICES, key=lambda c: (scores[c]["rmse"], m.CHOICES.index(c)))
+    return best, {"validation_as_of": valid.as_of.isoformat(), "scores": scores, "chosen": best}, final
+
+
+def _baselines(settings: Settings, train: Window, test: pd.DataFrame, scale: float) -> dict[str, np.ndarray]:
+    """Last period's spend and the rfm11 segment mean, scaled from the window's length to the horizon."""
+    seg_mean = train.features.groupby(rfm11_segments(settings, train.features))["target"].mean()
+    fallback = float(train.target.mean())
+    segment = rfm11_segments(settings, test).map(seg_mean).fillna(fallback).to_numpy(dtype=np.float64)
+    return {
+        "last_period_spend": test["spend_last"].to_numpy(dtype=np.float64) * scale,
+        "rfm11_segment_mean": segment * scale,
+        "all_zero": np.zeros(len(test)),
+    }
+
+
+def backtest(
+    settings: Settings, fitted: m.ProjectModel, train: Window, test: pd.DataFrame, horizon_days: int
+) -> dict[str, Any]:
+    """The model, BTYD alone and the naive baselines on the period after the cut-off, and calibration."""
+    pred = fitted.predict(test, horizon_days)
+    actual = test["target"].to_numpy(dtype=np.float64)
+    spend = pred["predicted_spend"].to_numpy()
+    predictions = {"model": spend, "btyd": pred["btyd_spend"].to_numpy()}
+    predictions |= _baselines(settings, train, test, horizon_days / fitted.window_days)
+    scores = {name: evaluate(actual, p) for name, p in predictions.items()}
+    return {
+        **scores,
+        "actual_total": round(float(actual.sum()), 2),
+        "expected_total": round(float(spend.sum()), 2),
+        "beats_baselines": all(beats(scores["model"], scores[b]) for b in BASELINES),
+        "calibration": calibration(
+            spend,
+            actual,
+            pred["predicted_orders"].to_numpy(),
+            test["target_orders"].to_numpy(dtype=np.float64),
+            pred["p_buy"].to_numpy(),
+        ),
+    }
+
+
+def _store(
+    engine: Engine,
+    model_id: str,
+    train_until: date,
+    horizon_days: int,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
+    row = {
+        "model_id": model_id,
+        "train_until": train_until,
+        "horizon_days": horizon_days,
+        "kind": m.MODEL_KIND,
+        "params": json.dumps(params, separators=(",", ":")),
+        "metrics": json.dumps(metrics, sort_keys=True),
+        "created_at": utcnow(),
+    }
+    with transaction(engine) as conn:
+        conn.execute(t.clv_models.delete().where(t.clv_models.c.model_id == model_id))
+        conn.execute(t.clv_models.insert().values(**row))
+
+
+def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days: int) -> ClvFitResult:
+    """Fit on the windows before ``T``, backtest on ``(T, T + h]``, store in ``clv_models`` (replacing a
+    model with the same cut-off and horizon).
+
+    Raises:
+        InputError: see :func:`plan_windows`; or the first training window has too few customers.
+            Nothing is written.
+    """
+    started = time.perf_counter()
+    window, dates = plan_windows(data_range(engine, settings), train_until, horizon_days)
+    windows = [load_window(engine, settings, d, window, window) for d in dates]
+    if len(windows[0].features) < MIN_TRAIN_CUSTOMERS:
+        raise InputError(
+            f"clv fit: only {len(windows[0].features)} customers have orders on or before {dates[0]}; at "
+            f"least {MIN_TRAIN_CUSTOMERS} are needed to fit",
+            fix="use a later --train-until or a shorter --horizon-days",
+        )
+    choice, cv, regressor = choose(windows)
+    gbm = None if choice == "btyd" else regressor
+    test = load_features(engine, settings, train_until, window, horizon_days)
+    fitted = m.ProjectModel(choice, m.fit_btyd(test), gbm, window)
+    scores = backtest(settings, fitted, windows[0], test, horizon_days)
+    metrics: dict[str, Any] = {
+        "backtest": {
+            "features_as_of": train_until.isoformat(),
+            "period": [train_until.isoformat(), (train_until + timedelta(days=horizon_days)).isoformat()],
+        },
+        "train": {
+            "features_as_of": [d.isoformat() for d in dates],
+            "window_days": window,
+            "rows": sum(len(w.features) for w in windows),
+            "customers": len(windows[0].features),
+        },
+        "choice": choice,
+        "cross_validation": cv,
+        "test_customers": len(test),
+        **scores,
+    }
+    params = {
+        "format": m.FORMAT,
+        "kind": m.MODEL_KIND,
+        "choice": choice,
+        "window_days": window,
+        "features": [*FEATURES, *m.BTYD_FEATURES],
+        "hyperparameters": m.HYPERPARAMETERS,
+        "btyd": fitted.btyd_params,
+        "gbm": None if gbm is None else m.dump_gbm(gbm),
+    }
+    model_id = model_id_for(train_until, horizon_days)
+    _store(engine, model_id, train_until, horizon_days, params, metrics)
+    return ClvFitResult(
+        model_id,
+        train_until,
+        horizon_days,
+        len(windows[0].features),
+        len(test),
+        metrics,
+        round(time.perf_counter() - started, 3),
+    )

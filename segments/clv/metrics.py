@@ -1,0 +1,129 @@
+"""How a CLV prediction is scored on a backtest: MAE, RMSE, Spearman, top-decile capture and the total,
+calibration by decile, and the ``rfm11`` segment of each customer (for the segment-mean baseline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import NDArray
+from scipy.stats import spearmanr
+
+from activation.errors import ConfigError
+from activation.settings import Settings
+from segments.kmeans import quantile_scores
+from segments.schemes import load_scheme
+
+Array = NDArray[np.float64]
+#: The metrics that decide whether a model beats a baseline (lower RMSE, higher Spearman and capture).
+#: MAE is reported but not compared: an expected value is not a median, and on a period where most
+#: customers buy nothing "0 for everyone" wins on MAE by construction.
+DECIDING = ("rmse", "spearman", "top_decile_capture")
+
+
+def evaluate(actual: Array, predicted: Array) -> dict[str, float]:
+    """MAE, RMSE, Spearman rank correlation, top-decile capture (share of the actual total made by the
+    10 % ranked highest) and total predicted / actual of a prediction."""
+    actual = np.asarray(actual, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    err = predicted - actual
+    n_top = max(1, int(np.ceil(len(actual) / 10)))
+    order = np.argsort(-predicted, kind="stable")
+    total = float(actual.sum())
+    if np.ptp(predicted) == 0 or np.ptp(actual) == 0:
+        rho = 0.0
+    else:
+        rho = float(spearmanr(predicted, actual).statistic)
+    return {
+        "mae": round(float(np.abs(err).mean()), 4),
+        "rmse": round(float(np.sqrt((err**2).mean())), 4),
+        "spearman": round(rho, 4),
+        "top_decile_capture": round(float(actual[order[:n_top]].sum()) / total if total > 0 else 0.0, 4),
+        "total_ratio": round(float(predicted.sum()) / total if total > 0 else 0.0, 4),
+    }
+
+
+def beats(model: dict[str, float], baseline: dict[str, float]) -> bool:
+    """The model is at least as good on every metric of :data:`DECIDING`."""
+    return (
+        model["rmse"] <= baseline["rmse"]
+        and model["spearman"] >= baseline["spearman"]
+        and model["top_decile_capture"] >= baseline["top_decile_capture"]
+    )
+
+
+def _deciles(score: Array) -> NDArray[np.int64]:
+    """Decile 1..10 of each value (10 = highest); equal values share a decile."""
+    scores, _ = quantile_scores(np.round(np.asarray(score, dtype=np.float64), 9), 10)
+    return np.asarray(scores, dtype=np.int64)
+
+
+def calibration(
+    predicted_spend: Array,
+    actual_spend: Array,
+    predicted_orders: Array,
+    actual_orders: Array,
+    p_buy: Array,
+) -> dict[str, list[dict[str, float]]]:
+    """Calibration tables on a backtest.
+
+    ``by_spend_decile``: per decile of predicted spend, the mean predicted and actual spend and orders.
+    ``p_buy``: per decile of the BG/NBD probability of buying at all in the period (P(alive) × P(the
+    purchase process fires)), its mean next to the share who did buy — the observable side of P(alive).
+    """
+    frame = pd.DataFrame(
+        {
+            "ps": predicted_spend,
+            "as": actual_spend,
+            "po": predicted_orders,
+            "ao": actual_orders,
+            "pb": p_buy,
+            "bought": (np.asarray(actual_orders) > 0).astype(np.float64),
+        }
+    )
+    spend = frame.groupby(_deciles(frame["ps"].to_numpy()))
+    buy = frame.groupby(_deciles(frame["pb"].to_numpy()))
+    return {
+        "by_spend_decile": [
+            {
+                "decile": int(k),
+                "customers": len(g),
+                "predicted_spend": round(float(g["ps"].mean()), 4),
+                "actual_spend": round(float(g["as"].mean()), 4),
+                "predicted_orders": round(float(g["po"].mean()), 4),
+                "actual_orders": round(float(g["ao"].mean()), 4),
+            }
+            for k, g in spend
+        ],
+        "p_buy": [
+            {
+                "decile": int(k),
+                "customers": len(g),
+                "predicted": round(float(g["pb"].mean()), 4),
+                "actual": round(float(g["bought"].mean()), 4),
+            }
+            for k, g in buy
+        ],
+    }
+
+
+def rfm11_segments(settings: Settings, features: pd.DataFrame) -> pd.Series:
+    """The ``rfm11`` segment of each customer from quintile R and F scores of the features (for the
+    segment-mean baseline; the rules come from the shipped scheme file)."""
+    scheme = load_scheme("rfm11", settings)
+    scores: dict[str, Any] = {}
+    source = {"r": "recency_days", "f": "frequency", "m": "monetary"}
+    for metric, bins in scheme.scores.items():
+        if bins.method != "quantile":
+            raise ConfigError(f"rfm11 scheme: the CLV baseline expects quantile scores for {metric}")
+        scores[metric], _ = quantile_scores(
+            features[source[metric]].to_numpy(), bins.n, higher_is_better=metric != "r"
+        )
+    combos = pd.DataFrame(scores)
+    keys = combos.drop_duplicates()
+    names = {
+        tuple(row): scheme.assign(dict(zip(keys.columns, map(int, row), strict=True)))
+        for row in keys.to_numpy()
+    }
+    return pd.Series([names[tuple(row)] for row in combos.to_numpy()], index=features.index)

@@ -1,0 +1,97 @@
+"""Stored CLV models: the latest one for a date, and its predictions for every customer known then."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from activation import tables as t
+from activation.errors import NotFoundError
+from activation.settings import Settings
+from segments.clv import model as m
+from segments.clv.features import load_features
+from segments.kmeans import quantile_scores
+
+TIERS: tuple[str, ...] = ("Low", "Mid", "High")
+#: The columns of a prediction, in the order ``clv export`` writes them.
+PREDICTION_COLUMNS: tuple[str, ...] = ("customer_id", "predicted_orders", "predicted_spend", "p_alive")
+
+
+@dataclass
+class StoredModel:
+    model_id: str
+    train_until: date
+    horizon_days: int
+    kind: str
+    params: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def refit_command(self) -> str:
+        return f"activation clv fit --train-until {self.train_until} --horizon-days {self.horizon_days}"
+
+    def load(self) -> m.ProjectModel:
+        """The model ready to predict.
+
+        Raises:
+            NotFoundError: it was stored by an earlier release or another scikit-learn (fix: refit).
+        """
+        m.check_format(self.params, self.kind, self.model_id, self.refit_command)
+        stored = self.params["gbm"]
+        gbm = None if stored is None else m.load_gbm(stored, self.model_id, self.refit_command)
+        return m.ProjectModel(
+            self.params["choice"], self.params["btyd"], gbm, int(self.params["window_days"])
+        )
+
+
+def latest_model(engine: Engine, as_of: date | None = None) -> StoredModel:
+    """The most recent model trained on or before ``as_of`` (latest cut-off, then latest fit).
+
+    Raises:
+        NotFoundError: there is none — run ``activation clv fit`` first.
+    """
+    c = t.clv_models.c
+    q = select(t.clv_models)
+    if as_of is not None:
+        q = q.where(c.train_until <= as_of)
+    q = q.order_by(c.train_until.desc(), c.created_at.desc(), c.model_id.desc()).limit(1)
+    with engine.connect() as conn:
+        row = conn.execute(q).mappings().first()
+    if row is None:
+        when = f" trained on or before {as_of}" if as_of is not None else ""
+        raise NotFoundError(
+            f"no CLV model{when} in the warehouse; the clv_tier scheme and clv export need one",
+            fix="fit one first: activation clv fit --train-until YYYY-MM-DD --horizon-days N "
+            "(with the cut-off on or before the --as-of)",
+        )
+    return StoredModel(
+        model_id=row["model_id"],
+        train_until=pd.Timestamp(row["train_until"]).date(),
+        horizon_days=int(row["horizon_days"]),
+        kind=str(row["kind"]),
+        params=json.loads(row["params"]),
+        metrics=json.loads(row["metrics"]),
+    )
+
+
+def predict_customers(engine: Engine, settings: Settings, model: StoredModel, as_of: date) -> pd.DataFrame:
+    """:data:`PREDICTION_COLUMNS` and ``p_buy`` over ``(as_of, as_of + horizon]`` for every customer with an
+    order on or before ``as_of`` (sorted by customer_id)."""
+    fitted = model.load()
+    feats = load_features(engine, settings, as_of, fitted.window_days)
+    pred = fitted.predict(feats, model.horizon_days)
+    pred.insert(0, "customer_id", feats["customer_id"])
+    return pred[[*PREDICTION_COLUMNS, "p_buy"]].reset_index(drop=True)
+
+
+def tiers(predicted: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """Low / Mid / High at the tertiles of the predicted value; equal predictions share a tier."""
+    scores, cuts = quantile_scores(np.round(np.asarray(predicted, dtype=np.float64), 6), 3)
+    return np.asarray(TIERS, dtype=object)[scores - 1], cuts
