@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from activation.errors import InputError, NotFoundError
 from activation.tables import clv_models, rfm_snapshots, snapshot_runs
+from activation.tables import orders as orders_table
 from segments.clv import FEATURES, btyd, evaluate, fit_clv, latest_model, load_features, tiers
 from segments.clv import model as clv_model
 from segments.snapshots import compute_snapshot
@@ -273,18 +274,27 @@ def test_a_model_trained_after_as_of_is_not_used(duck_settings, duck_engine):
         compute_snapshot(duck_engine, duck_settings, date(2023, 6, 30), "clv_tier")
 
 
-def test_cli_clv_fit_and_errors(duck_settings, duck_engine):
+def test_cli_clv_fit_show_export_and_errors(duck_settings, duck_engine, tmp_path):
     load_orders(duck_engine, latent_orders(800, seed=4))
     res = run_cli("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier")
     assert res.exit_code == 2 and "no CLV model" in res.stderr and "activation clv fit" in res.stderr
     res = run_cli("clv", "show")
     assert res.exit_code == 2 and "activation clv fit" in res.stderr
+    out = tmp_path / "exports" / "clv.csv"
+    res = run_cli("clv", "export", "--as-of", "2023-12-31", "--out", str(out))
+    assert res.exit_code == 2 and "activation clv fit" in res.stderr and not out.parent.exists()
     res = run_cli("clv", "fit", "--train-until", "2023-09-30", "--horizon-days", "60")
     assert res.exit_code == 0, res.output
-    assert "baseline: last period's spend" in res.output and "top-decile capture" in res.output
-    assert "clv_20230930_60d" in res.output
+    for text in (
+        "baseline: last period's spend",
+        "BG/NBD + Gamma-Gamma",
+        "top-decile capture",
+        "calibration",
+    ):
+        assert text in res.output, res.output
+    assert "clv_20230930_60d" in res.output and "P(alive)" in res.output
     res = run_cli("clv", "show")
-    assert res.exit_code == 0 and "clv_20230930_60d" in res.output
+    assert res.exit_code == 0 and "clv_20230930_60d" in res.output and "alpha=" in res.output
     res = run_cli("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier")
     assert res.exit_code == 0, res.output
     assert "clv_tier: model clv_20230930_60d" in res.output and "High" in res.output
@@ -294,6 +304,91 @@ def test_cli_clv_fit_and_errors(duck_settings, duck_engine):
     assert res.exit_code == 2 and "YYYY-MM-DD" in res.stderr
     res = run_cli("clv", "fit", "--train-until", "2023-09-30", "--horizon-days", "0")
     assert res.exit_code == 2 and "--horizon-days" in res.stderr
+
+    # export: the numbers clv_tier ranked on, one row per customer known at the date, both formats
+    res = run_cli("clv", "export", "--as-of", "2023-12-31", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    csv = pd.read_csv(out, dtype={"customer_id": str})
+    assert list(csv.columns) == ["customer_id", "predicted_orders", "predicted_spend", "p_alive"]
+    about = json.loads((tmp_path / "exports" / "clv.csv.json").read_text())
+    assert about["model_id"] == "clv_20230930_60d" and about["horizon_days"] == 60
+    with duck_engine.connect() as conn:
+        known = conn.execute(select(func.count(func.distinct(orders_table.c.customer_id)))).scalar_one()
+        snap = pd.read_sql(
+            select(rfm_snapshots.c.customer_id, rfm_snapshots.c.segment).where(
+                rfm_snapshots.c.scheme == "clv_tier"
+            ),
+            conn,
+        )
+    assert len(csv) == about["customers"] == known and csv["customer_id"].is_unique
+    assert csv["p_alive"].between(0, 1).all() and (csv["predicted_spend"] >= 0).all()
+    ranked = snap.merge(csv, on="customer_id", how="left")
+    assert ranked["predicted_spend"].notna().all()
+    assert tiers(ranked["predicted_spend"].to_numpy())[0].tolist() == ranked["segment"].tolist()
+    parquet = tmp_path / "clv.parquet"
+    assert run_cli("clv", "export", "--as-of", "2023-12-31", "--out", str(parquet)).exit_code == 0
+    pq = pd.read_parquet(parquet)
+    assert pq["customer_id"].tolist() == csv["customer_id"].tolist()
+    assert np.allclose(pq["predicted_spend"], csv["predicted_spend"])
+    for bad, message in ((tmp_path / "clv.xlsx", ".csv or .parquet"), (tmp_path, "is a folder")):
+        res = run_cli("clv", "export", "--as-of", "2023-12-31", "--out", str(bad))
+        assert res.exit_code == 2 and message in res.stderr, res.stderr
+    assert not (tmp_path / "clv.xlsx").exists() and not (tmp_path / "clv.xlsx.json").exists()
+    res = run_cli("clv", "export", "--as-of", "2023-06-30", "--out", str(tmp_path / "early.csv"))
+    assert res.exit_code == 2 and "on or before 2023-06-30" in res.stderr
+    assert not (tmp_path / "early.csv").exists()
+
+
+def test_the_regressor_is_stored_with_skops_and_untrusted_contents_are_refused():
+    """No private attributes and no pickle: the stored regressor predicts exactly as the fitted one; one
+    written by another scikit-learn minor version, or holding a type outside the allowed list, is refused
+    with the refit command."""
+    import base64
+    import zipfile
+    from fractions import Fraction
+
+    import skops.io as sio
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2, 10, size=(2000, 4))
+    x[rng.random(2000) < 0.2, 2] = np.nan  # missing values take the learned side
+    y = rng.poisson(np.exp(0.02 * x[:, 0] - 0.01 * np.nan_to_num(x[:, 2])))
+    est = clv_model.fit_gbm(x, y.astype(float))
+    stored = json.loads(json.dumps(clv_model.dump_gbm(est)))
+    loaded = clv_model.load_gbm(stored, "clv_x", "activation clv fit …")
+    assert np.array_equal(loaded.predict(x), est.predict(x))
+    with pytest.raises(NotFoundError, match="scikit-learn 1.3.2") as err:
+        clv_model.load_gbm({**stored, "scikit_learn": "1.3.2"}, "clv_x", "activation clv fit …")
+    assert "activation clv fit" in err.value.fix
+    evil = base64.b64encode(sio.dumps(Fraction(1, 3), compression=zipfile.ZIP_DEFLATED)).decode()
+    with pytest.raises(NotFoundError, match="fractions.Fraction"):
+        clv_model.load_gbm({**stored, "skops": evil}, "clv_x", "activation clv fit …")
+
+
+def test_a_model_from_an_earlier_release_is_refused_with_the_refit_command(duck_settings, duck_engine):
+    load_orders(duck_engine, latent_orders(400, seed=8))
+    old = {"kind": "hgb_two_part", "features": list(FEATURES), "threshold": 0.3, "spend": {}, "purchase": {}}
+    with duck_engine.begin() as conn:
+        conn.execute(
+            clv_models.insert().values(
+                model_id="clv_20230930_90d",
+                train_until=TRAIN_UNTIL,
+                horizon_days=90,
+                kind="hgb_two_part",
+                params=json.dumps(old),
+                metrics="{}",
+                created_at=datetime(2024, 1, 1),
+            )
+        )
+    refit = "activation clv fit --train-until 2023-09-30 --horizon-days 90"
+    for args in (
+        ("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier"),
+        ("clv", "show"),
+        ("clv", "export", "--as-of", "2023-12-31", "--out", str(duck_settings.data_dir / "clv.csv")),
+    ):
+        res = run_cli(*args)
+        assert res.exit_code == 2 and "earlier release" in res.stderr and refit in res.stderr, res.stderr
+    assert _count(duck_engine, rfm_snapshots) == 0 and not (duck_settings.data_dir / "clv.csv").exists()
 
 
 # --- both model schemes through the whole cycle --------------------------------------------------
