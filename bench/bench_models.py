@@ -7,12 +7,16 @@ Two parts, each in its own process so each reports its own peak RSS:
   fixed-seed samples, then the final fit on every customer: Lloyd below 50M customers, MiniBatch above).
   Baseline in the same run: the other algorithm's final fit alone, with the chosen k on the same data
   (skip it with ``--no-baseline``).
-* ``clv``: the demo data set (default 5,000 customers / 40,000 orders; ``--customers/--orders`` to scale)
-  ingested into DuckDB → ``fit_clv`` (fit on the windows before T, backtest on (T, T+h]) at two cut-offs,
-  the model next to both naive baselines; then a ``clv_tier`` snapshot.
+* ``clv``: two data sets, (a) the demo generator (default 5,000 customers / 40,000 orders) and (b) orders
+  drawn from a BG/NBD + Gamma-Gamma process with known parameters (default 20,000 customers), each
+  ingested into DuckDB; time splits with the cut-off 90 and 273 days before the last order (3- and 9-month
+  horizons). Side by side on the same backtest customers: the project's model (``clv fit``), its
+  BG/NBD + Gamma-Gamma alone, lifetimes 0.11.3's BG/NBD + Gamma-Gamma on the same summary, last period's
+  spend and 0 for everyone. On (b) the fitted parameters next to the truth; then the BTYD fit alone on
+  ``--scale-customers`` (default 1,000,000) simulated customers.
 
     python bench/bench_models.py kmeans [--customers 13000000] [--no-baseline]
-    python bench/bench_models.py clv [--customers 5000 --orders 40000] [--horizon-days 90]
+    python bench/bench_models.py clv [--customers 5000 --orders 40000] [--sim-customers 20000]
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ import argparse
 import resource
 import tempfile
 import time
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 
 
 def peak_rss_gb() -> float:
@@ -99,44 +105,186 @@ def bench_kmeans(n: int, baseline: bool) -> None:
         )
 
 
-def bench_clv(customers: int, orders: int, horizon: int) -> None:
+#: The BG/NBD + Gamma-Gamma process of data set (b), in days.
+TRUE_BGNBD = {"r": 0.6, "alpha": 40.0, "a": 0.8, "b": 2.5}
+TRUE_GAMMA_GAMMA = {"p": 4.0, "q": 3.5, "v": 60.0}
+SIM_DAYS = 3 * 365
+SIM_START = datetime(2023, 1, 1)
+SIM_MAPPING = "kind: orders\ncolumns:\n" + "".join(
+    f"  {c}: {c}\n" for c in ("order_id", "customer_id", "ordered_at", "amount", "status")
+)
+PREDICTORS = ("model", "btyd", "lifetimes", "last_period_spend", "all_zero")
+
+
+def simulated_orders(customers: int, seed: int = 5) -> pd.DataFrame:
+    """Orders from a BG/NBD + Gamma-Gamma process with known parameters: customers join uniformly over
+    three years (first order on joining), then repeat per :data:`TRUE_BGNBD`, values per
+    :data:`TRUE_GAMMA_GAMMA`."""
+    from segments.clv import btyd
+
+    rng = np.random.default_rng(seed)
+    joined = rng.uniform(0, SIM_DAYS, customers)
+    customer, when, nu = btyd.simulate(TRUE_BGNBD, TRUE_GAMMA_GAMMA, SIM_DAYS - joined, seed + 1)
+    who = np.concatenate([np.arange(customers), customer])
+    day = np.concatenate([joined, joined[customer] + when])
+    amount = rng.gamma(TRUE_GAMMA_GAMMA["p"], 1.0, len(who)) / nu[who]
+    return pd.DataFrame(
+        {
+            "order_id": [f"s{i:09d}" for i in range(len(who))],
+            "customer_id": [f"c{c:08d}" for c in who],
+            "ordered_at": pd.Timestamp(SIM_START) + pd.to_timedelta(day, unit="D"),
+            "amount": np.round(amount, 2),
+            "status": "Completed",
+        }
+    )
+
+
+def _warehouse(name: str) -> tuple[Any, Any, Path]:
     from activation.settings import Settings
     from activation.warehouse import get_engine
-    from segments.clv import fit_clv
+
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    settings = Settings(data_dir=tmp, warehouse_url=f"duckdb:///{tmp / 'warehouse.duckdb'}")
+    return settings, get_engine(settings), tmp
+
+
+def load_demo(customers: int, orders: int) -> tuple[Any, Any, str]:
     from segments.demo_data import generate
     from segments.ingest import ingest_file
-    from segments.snapshots import compute_snapshot
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-models-"))
-    settings = Settings(data_dir=tmp, warehouse_url=f"duckdb:///{tmp / 'warehouse.duckdb'}")
-    engine = get_engine(settings)
-    t0 = time.perf_counter()
+    settings, engine, tmp = _warehouse("demo")
     files = generate(tmp / "demo", customers=customers, orders=orders, seed=7)
     ingest_file(engine, settings, files.orders, "parquet", mapping_path=files.mapping)
-    print(
-        f"demo data {customers:,} customers / {orders:,} orders ({files.first_date} .. {files.last_date}) "
-        f"generated + ingested in {time.perf_counter() - t0:.1f} s"
+    return settings, engine, f"(a) demo generator, {customers:,} customers / {orders:,} orders"
+
+
+def load_simulated(customers: int) -> tuple[Any, Any, str]:
+    from segments.ingest import ingest_file
+
+    settings, engine, tmp = _warehouse("sim")
+    orders = simulated_orders(customers)
+    orders.to_parquet(tmp / "orders.parquet", index=False)
+    (tmp / "mapping.yaml").write_text(SIM_MAPPING)
+    ingest_file(engine, settings, tmp / "orders.parquet", "parquet", mapping_path=tmp / "mapping.yaml")
+    return (
+        settings,
+        engine,
+        f"(b) BG/NBD + Gamma-Gamma simulation, {customers:,} customers / {len(orders):,} orders",
     )
-    header = f"{'predictor':<30} {'MAE':>9} {'RMSE':>9} {'Spearman':>9} {'top-10% capture':>16}"
-    for back in (horizon, 2 * horizon):
-        train_until = files.last_date - timedelta(days=back)
-        result = fit_clv(engine, settings, train_until, horizon)
-        mt = result.metrics
-        print(
-            f"\nclv fit --train-until {train_until} --horizon-days {horizon}: {result.seconds:.1f} s "
-            f"({mt['train']['rows']:,} training rows, {mt['test_customers']:,} backtest customers), "
-            f"peak RSS {peak_rss_gb():.2f} GB; beats both baselines: {result.beats_baselines}"
-        )
-        print(header)
-        for key in ("model", "last_period_spend", "rfm11_segment_mean"):
-            s = mt[key]
-            print(
-                f"{key:<30} {s['mae']:>9.2f} {s['rmse']:>9.2f} {s['spearman']:>9.4f} "
-                f"{s['top_decile_capture']:>16.1%}"
-            )
+
+
+def lifetimes_peer(features: pd.DataFrame, horizon: int) -> tuple[np.ndarray, float, dict[str, float]]:
+    """lifetimes 0.11.3's BG/NBD + Gamma-Gamma on the same per-customer summary as of the cut-off (days):
+    expected spend over the horizon, fit seconds, fitted BG/NBD parameters."""
+    from lifetimes import BetaGeoFitter, GammaGammaFitter
+
+    from segments.clv.features import btyd_inputs
+
+    x, t_x, big_t, m = btyd_inputs(features)
     t0 = time.perf_counter()
-    snap = compute_snapshot(engine, settings, files.last_date, "clv_tier")
-    print(f"\nclv_tier snapshot as of {files.last_date}: {snap.segments} in {time.perf_counter() - t0:.1f} s")
+    bg = BetaGeoFitter().fit(x, t_x, big_t)
+    gg = GammaGammaFitter().fit(x + 1, m)  # every customer's x + 1 orders of mean m, as the project fits it
+    took = time.perf_counter() - t0
+    orders = bg.conditional_expected_number_of_purchases_up_to_time(horizon, x, t_x, big_t)
+    value = gg.conditional_expected_average_profit(x + 1, m)
+    return np.asarray(orders * value, dtype=np.float64), took, {k: float(v) for k, v in bg.params_.items()}
+
+
+def bench_split(settings: Any, engine: Any, last: date, horizon: int) -> dict[str, Any]:
+    """One time split: ``clv fit`` with the cut-off ``horizon`` days before the last order, and lifetimes
+    on the same customers; every predictor scored on the same backtest."""
+    from segments.clv import fit_clv
+    from segments.clv.features import load_features
+    from segments.clv.metrics import evaluate
+
+    train_until = last - timedelta(days=horizon)
+    result = fit_clv(engine, settings, train_until, horizon)
+    mt = dict(result.metrics)
+    test = load_features(engine, settings, train_until, mt["train"]["window_days"], horizon)
+    peer, peer_seconds, peer_params = lifetimes_peer(test, horizon)
+    mt["lifetimes"] = evaluate(test["target"].to_numpy(dtype=np.float64), peer)
+    return {
+        "train_until": train_until,
+        "result": result,
+        "metrics": mt,
+        "peer_seconds": peer_seconds,
+        "peer_params": peer_params,
+    }
+
+
+def print_split(split: dict[str, Any], horizon: int) -> None:
+    mt, result = split["metrics"], split["result"]
+    print(
+        f"\n  T = {split['train_until']}, h = {horizon} days: clv fit {result.seconds:.1f} s "
+        f"({mt['train']['rows']:,} training rows in {mt['train']['window_days']}-day windows, chose "
+        f"{mt['choice']!r}; {mt['test_customers']:,} backtest customers); lifetimes fit {split['peer_seconds']:.2f} s; "
+        f"peak RSS {peak_rss_gb():.2f} GB"
+    )
+    print(f"  {'predictor':<20} {'MAE':>9} {'RMSE':>9} {'Spearman':>9} {'top-10%':>8} {'pred/actual':>12}")
+    for key in PREDICTORS:
+        s = mt[key]
+        print(
+            f"  {key:<20} {s['mae']:>9.2f} {s['rmse']:>9.2f} {s['spearman']:>9.4f} "
+            f"{s['top_decile_capture']:>8.1%} {s['total_ratio']:>12.3f}"
+        )
+
+
+def recovery(settings: Any, engine: Any, last: date) -> None:
+    """The project's BG/NBD + Gamma-Gamma fitted on every customer as of the last order vs the truth."""
+    from segments.clv.features import load_features
+    from segments.clv.model import fit_btyd
+
+    feats = load_features(engine, settings, last, 90)
+    t0 = time.perf_counter()
+    fitted = fit_btyd(feats)
+    took = time.perf_counter() - t0
+    print(f"\n  parameter recovery as of {last} ({len(feats):,} customers, fit {took:.2f} s):")
+    for part, truth in (("bgnbd", TRUE_BGNBD), ("gamma_gamma", TRUE_GAMMA_GAMMA)):
+        fit = fitted[part]
+        for name, true in truth.items():
+            est, se = fit["params"][name], fit["standard_errors"][name]
+            print(
+                f"    {name:<6} true {true:>8.3f}  fitted {est:>8.3f} ± {se:.3f}  ({(est - true) / se:+.2f} SE)"
+            )
+
+
+def bench_btyd_scale(customers: int) -> None:
+    """BG/NBD + Gamma-Gamma fit time alone on ``customers`` simulated summaries (days)."""
+    from segments.clv import btyd
+
+    rng = np.random.default_rng(9)
+    ages = np.floor(rng.uniform(1, SIM_DAYS, customers))
+    customer, when, _ = btyd.simulate(TRUE_BGNBD, TRUE_GAMMA_GAMMA, ages, 10)
+    x = np.bincount(customer, minlength=customers).astype(np.float64)
+    t_x = np.zeros(customers)
+    np.maximum.at(t_x, customer, np.floor(when))  # day resolution, as the warehouse's dates
+    m = rng.gamma(4.0, 15.0, customers)
+    t0 = time.perf_counter()
+    fit = btyd.fit_bgnbd(x, t_x, ages)
+    t1 = time.perf_counter()
+    btyd.fit_gamma_gamma(x + 1, np.round(m, 2))
+    t2 = time.perf_counter()
+    print(
+        f"\nBTYD fit alone on {customers:,} customers: BG/NBD {t1 - t0:.2f} s "
+        f"({'converged' if fit.converged else 'NOT converged'}), Gamma-Gamma {t2 - t1:.2f} s; "
+        f"peak RSS {peak_rss_gb():.2f} GB"
+    )
+
+
+def bench_clv(customers: int, orders: int, sim_customers: int, scale_customers: int) -> None:
+    for loader, args in ((load_demo, (customers, orders)), (load_simulated, (sim_customers,))):
+        t0 = time.perf_counter()
+        settings, engine, title = loader(*args)
+        from segments.clv.features import data_range
+
+        span = data_range(engine, settings)
+        assert span is not None
+        print(f"\n{title} ({span[0]} .. {span[1]}), loaded in {time.perf_counter() - t0:.1f} s")
+        for horizon in (90, 273):
+            print_split(bench_split(settings, engine, span[1], horizon), horizon)
+        if loader is load_simulated:
+            recovery(settings, engine, span[1])
+    bench_btyd_scale(scale_customers)
 
 
 def main() -> None:
@@ -150,12 +298,13 @@ def main() -> None:
     cl = sub.add_parser("clv")
     cl.add_argument("--customers", type=int, default=5_000)
     cl.add_argument("--orders", type=int, default=40_000)
-    cl.add_argument("--horizon-days", type=int, default=90)
+    cl.add_argument("--sim-customers", type=int, default=20_000)
+    cl.add_argument("--scale-customers", type=int, default=1_000_000)
     args = parser.parse_args()
     if args.part == "kmeans":
         bench_kmeans(args.customers, not args.no_baseline)
     else:
-        bench_clv(args.customers, args.orders, args.horizon_days)
+        bench_clv(args.customers, args.orders, args.sim_customers, args.scale_customers)
 
 
 if __name__ == "__main__":

@@ -104,9 +104,10 @@ def test_fit_recovers_the_parameters_of_simulated_customers_within_their_standar
     truth_gg = {"p": 4.0, "q": 3.5, "v": 60.0}
     rng = np.random.default_rng(3)
     ages = rng.uniform(60, 730, 4000)
-    times, nu = btyd.simulate(truth_bg, truth_gg, ages, seed=4)
-    x = np.array([len(ti) for ti in times], dtype=float)
-    t_x = np.array([ti[-1] if len(ti) else 0.0 for ti in times])
+    customer, when, nu = btyd.simulate(truth_bg, truth_gg, ages, seed=4)
+    x = np.bincount(customer, minlength=len(ages)).astype(float)
+    t_x = np.zeros(len(ages))
+    np.maximum.at(t_x, customer, when)
     fit = btyd.fit_bgnbd(x, t_x, ages)
     for name, true in truth_bg.items():
         se = fit.standard_errors[name]

@@ -242,29 +242,31 @@ def expected_order_value(params: dict[str, float], x: Array, m: Array) -> Array:
 
 def simulate(
     bgnbd: dict[str, float], gamma_gamma: dict[str, float], ages: Array, seed: int
-) -> tuple[list[Array], Array]:
-    """Purchase times after the first purchase (within each age) and the order value scale per customer,
-    drawn from BG/NBD with ``bgnbd`` and Gamma-Gamma with ``gamma_gamma``.
+) -> tuple[NDArray[np.int64], Array, Array]:
+    """Repeat purchases drawn from BG/NBD with ``bgnbd`` (first purchase at time 0, each customer observed
+    for their age) and each customer's order-value rate from Gamma-Gamma with ``gamma_gamma``.
 
-    Returns ``(times, nu)``: ``times[i]`` the repeat purchase times of customer ``i`` (first purchase at 0),
-    ``nu[i]`` their Gamma rate of order values (an order is Gamma(p, nu[i])).
+    Returns ``(customer, time, nu)``: customer index and time of every repeat purchase (ordered by
+    customer, then time), and per customer the Gamma rate of their order values (an order is Gamma(p, nu)).
     """
     rng = np.random.default_rng(seed)
     r, alpha, a, b = _bgnbd_args(bgnbd)
+    ages = np.asarray(ages, dtype=np.float64)
     n = len(ages)
     lam = rng.gamma(r, 1.0 / alpha, n)
     drop = rng.beta(a, b, n)
     nu = rng.gamma(gamma_gamma["q"], 1.0 / gamma_gamma["v"], n)
-    times: list[Array] = []
-    for i in range(n):
-        out: list[float] = []
-        now = 0.0
-        while True:
-            now += rng.exponential(1.0 / lam[i])
-            if now > ages[i]:
-                break
-            out.append(now)
-            if rng.random() < drop[i]:
-                break
-        times.append(np.asarray(out, dtype=np.float64))
-    return times, np.asarray(nu, dtype=np.float64)
+    who: list[NDArray[np.int64]] = []
+    when: list[Array] = []
+    active = np.arange(n)
+    now = np.zeros(n)
+    while len(active):  # one purchase per still-active customer per pass
+        now[active] += rng.exponential(1.0, len(active)) / lam[active]
+        active = active[now[active] <= ages[active]]
+        who.append(active)
+        when.append(now[active].copy())
+        active = active[rng.random(len(active)) >= drop[active]]
+    customer = np.concatenate(who) if who else np.zeros(0, dtype=np.int64)
+    time = np.concatenate(when) if when else np.zeros(0)
+    order = np.lexsort((time, customer))
+    return customer[order], time[order], np.asarray(nu, dtype=np.float64)

@@ -57,11 +57,12 @@ MIN_OFFSET = 1e-3
 
 
 def fit_btyd(features: pd.DataFrame) -> dict[str, Any]:
-    """BG/NBD on the purchase histories and Gamma-Gamma on the repeat customers' order values."""
+    """BG/NBD on the purchase histories and Gamma-Gamma on every customer's orders (their count and mean
+    value: the first order is counted too, since the warehouse's mean is over all of them)."""
     x, t_x, big_t, m = btyd_inputs(features)
     return {
         "bgnbd": btyd.fit_bgnbd(x, t_x, big_t).to_json(),
-        "gamma_gamma": btyd.fit_gamma_gamma(x, m).to_json(),
+        "gamma_gamma": btyd.fit_gamma_gamma(x + 1.0, m).to_json(),  # m is the mean of all x + 1 orders
     }
 
 
@@ -73,7 +74,7 @@ def btyd_expectations(params: dict[str, Any], features: pd.DataFrame, days: int)
     return pd.DataFrame(
         {
             "btyd_orders": orders,
-            "btyd_spend": orders * btyd.expected_order_value(gg, x, m),
+            "btyd_spend": orders * btyd.expected_order_value(gg, x + 1.0, m),
             "p_alive": btyd.p_alive(bg, x, t_x, big_t),
             "p_buy": btyd.p_purchase(bg, float(days), x, t_x, big_t),
         },
