@@ -22,6 +22,7 @@ Two parts, each in its own process so each reports its own peak RSS:
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -259,15 +260,16 @@ def bench_btyd_scale(customers: int) -> None:
     t_x = np.zeros(customers)
     np.maximum.at(t_x, customer, np.floor(when))  # day resolution, as the warehouse's dates
     m = rng.gamma(4.0, 15.0, customers)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fit = btyd.fit_bgnbd(x, t_x, ages)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     btyd.fit_gamma_gamma(x + 1, np.round(m, 2))
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     print(
-        f"\nBTYD fit alone on {customers:,} customers: BG/NBD {t1 - t0:.2f} s "
-        f"({'converged' if fit.converged else 'NOT converged'}), Gamma-Gamma {t2 - t1:.2f} s; "
-        f"peak RSS {peak_rss_gb():.2f} GB"
+        f"\nBTYD fit alone on {customers:,} customers: BG/NBD {t1 - t0:.2f} s wall / {c1 - c0:.2f} s CPU "
+        f"({'converged' if fit.converged else 'NOT converged'}), Gamma-Gamma {t2 - t1:.2f} s wall / "
+        f"{c2 - c1:.2f} s CPU; peak RSS {peak_rss_gb():.2f} GB; load average {os.getloadavg()[0]:.1f} "
+        f"on {os.cpu_count()} cores"
     )
 
 

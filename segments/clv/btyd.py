@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 from scipy.optimize import minimize
-from scipy.special import betaln, digamma, gammaln, hyp2f1, roots_jacobi
+from scipy.special import betaln, digamma, expit, gammaln, hyp2f1, roots_jacobi
 
 Array = NDArray[np.float64]
 #: A negative log-likelihood and its gradient, both in the natural parameters.
@@ -56,10 +56,16 @@ class Fit:
 
 
 def _distinct(*columns: Array) -> tuple[list[Array], Array]:
-    """The distinct rows of the columns and how often each occurs."""
-    stacked = np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
-    rows, counts = np.unique(stacked, axis=0, return_counts=True)
-    return [rows[:, j] for j in range(rows.shape[1])], counts.astype(np.float64)
+    """The distinct rows of the columns and how often each occurs (codes per column combined into one
+    integer key: a 1-d sort, far faster than ``np.unique(axis=0)`` on a million rows)."""
+    key = np.zeros(len(columns[0]), dtype=np.int64)
+    levels = []
+    for col in columns:
+        values, codes = np.unique(np.asarray(col, dtype=np.float64), return_inverse=True)
+        key = key * len(values) + codes
+        levels.append((values, codes))
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    return [values[codes[first]] for values, codes in levels], counts.astype(np.float64)
 
 
 def _maximise(objective: Objective, start: Array, names: tuple[str, ...], customers: int) -> Fit:
@@ -96,27 +102,56 @@ def _maximise(objective: Objective, start: Array, names: tuple[str, ...], custom
 # --- BG/NBD --------------------------------------------------------------------------------------
 
 
+def _by_level(column: Array, weight: Array) -> tuple[Array, NDArray[np.intp], Array]:
+    """The distinct values of ``column``, each row's index into them, and the total weight per value: a
+    term that depends on this column alone is computed once per value, and its sum is a dot product."""
+    values, index = np.unique(column, return_inverse=True)
+    totals = np.bincount(index, weights=weight, minlength=len(values)).astype(np.float64)
+    return values, index, totals
+
+
 def _bgnbd_objective(x: Array, t_x: Array, big_t: Array, weight: Array) -> Objective:
-    has = (x > 0).astype(np.float64)
-    b_shift = np.where(x > 0, x - 1.0, 0.0)  # b + x - 1, only used where x > 0
+    """Customers without a repeat purchase contribute −r·log(α + T) (their age alone): summed per distinct
+    age. The others have two ways to have produced their history (alive at T, or left after the last
+    purchase), combined per row with a logistic weight."""
+    zero = x == 0
+    uT0, _, w0 = _by_level(big_t[zero], weight[zero])
+    x, t_x, big_t, weight = x[~zero], t_x[~zero], big_t[~zero], weight[~zero]
+    ux, ix, wx = _by_level(x, weight)
+    ut, it, _ = _by_level(t_x, weight)
+    uT, iT, _ = _by_level(big_t, weight)
+    all_x = np.concatenate([[0.0], ux])
+    all_w = np.concatenate([[w0.sum()], wx])
+    row_x = ux[ix]
 
     def objective(params: Array) -> tuple[float, Array]:
         r, alpha, a, b = (float(v) for v in params)
-        a1 = gammaln(r + x) - gammaln(r) + r * np.log(alpha)
-        a2 = betaln(a, b + x) - betaln(a, b)
-        a3 = -(r + x) * np.log(alpha + big_t)
-        a4 = np.where(x > 0, np.log(a) - np.log(b + b_shift) - (r + x) * np.log(alpha + t_x), -np.inf)
-        tail = np.logaddexp(a3, a4)
-        w3, w4 = np.exp(a3 - tail), has * np.exp(a4 - tail)
-        ll = a1 + a2 + tail
-        d_r = digamma(r + x) - digamma(r) + np.log(alpha) - w3 * np.log(alpha + big_t)
-        d_r -= w4 * np.log(alpha + t_x)
-        d_alpha = r / alpha - w3 * (r + x) / (alpha + big_t) - w4 * (r + x) / (alpha + t_x)
-        d_ab = digamma(a + b) - digamma(a + b + x)
-        d_a = d_ab + w4 / a
-        d_b = d_ab + digamma(b + x) - digamma(b) - w4 / (b + b_shift)
-        grad = np.array([-(weight * d).sum() for d in (d_r, d_alpha, d_a, d_b)])
-        return -float((weight * ll).sum()), grad
+        # the terms of x alone, once per distinct x (x = 0 first)
+        per_x = gammaln(r + all_x) - gammaln(r) + r * np.log(alpha) + betaln(a, b + all_x) - betaln(a, b)
+        d_ab = digamma(a + b) - digamma(a + b + all_x)
+        d_b = d_ab + digamma(b + all_x) - digamma(b)
+        d_r = digamma(r + all_x) - digamma(r) + np.log(alpha)
+        # x = 0: the age alone
+        log_T0 = np.log(alpha + uT0)
+        # x > 0: alive (a3) or gone after the last purchase (a4), per row
+        log_T, log_t = np.log(alpha + uT)[iT], np.log(alpha + ut)[it]
+        rx = r + row_x
+        gap = (np.log(a) - np.log(b + ux - 1.0))[ix] - rx * (log_t - log_T)  # a4 - a3
+        gone = expit(gap) * weight
+        alive = weight - gone
+        ll = per_x @ all_w - r * (w0 @ log_T0) - (rx * weight) @ log_T + weight @ np.logaddexp(0.0, gap)
+        grad = np.array(
+            [
+                d_r @ all_w - w0 @ log_T0 - alive @ log_T - gone @ log_t,
+                r / alpha * all_w.sum()
+                - r * (w0 @ (1.0 / (alpha + uT0)))
+                - (alive * rx) @ (1.0 / (alpha + uT))[iT]
+                - (gone * rx) @ (1.0 / (alpha + ut))[it],
+                d_ab @ all_w + gone.sum() / a,
+                d_b @ all_w - gone @ (1.0 / (b + ux - 1.0))[ix],
+            ]
+        )
+        return -float(ll), -grad
 
     return objective
 
@@ -193,26 +228,29 @@ def p_purchase(params: dict[str, float], t: float, x: Array, t_x: Array, big_t: 
 
 
 def _gamma_gamma_objective(x: Array, m: Array, weight: Array) -> Objective:
-    log_m, log_x = np.log(m), np.log(x)
+    ux, ix, wx = _by_level(x, weight)
+    log_ux = np.log(ux)
+    row_x, xm, log_m = ux[ix], x * m, np.log(m)
+    wlog_m = weight @ (row_x * log_m)
 
     def objective(params: Array) -> tuple[float, Array]:
         p, q, v = (float(t) for t in params)
-        px = p * x
-        log_total = np.log(x * m + v)
-        ll = (
-            gammaln(px + q)
-            - gammaln(px)
-            - gammaln(q)
-            + q * np.log(v)
-            + (px - 1) * log_m
-            + px * log_x
-            - (px + q) * log_total
+        px = p * ux
+        # the terms of x alone, once per distinct x
+        per_x = gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(v) + px * log_ux
+        psi = digamma(px + q)
+        # the terms of each row
+        log_total = np.log(xm + v)
+        shape = (p * row_x + q) * weight
+        ll = per_x @ wx + p * wlog_m - weight @ log_m - shape @ log_total
+        grad = np.array(
+            [
+                (ux * (psi - digamma(px) + log_ux)) @ wx + wlog_m - (weight * row_x) @ log_total,
+                (psi - digamma(q) + np.log(v)) @ wx - weight @ log_total,
+                q / v * wx.sum() - shape @ (1.0 / (xm + v)),
+            ]
         )
-        d_p = x * (digamma(px + q) - digamma(px) + log_m + log_x - log_total)
-        d_q = digamma(px + q) - digamma(q) + np.log(v) - log_total
-        d_v = q / v - (px + q) / (x * m + v)
-        grad = np.array([-(weight * d).sum() for d in (d_p, d_q, d_v)])
-        return -float((weight * ll).sum()), grad
+        return -float(ll), -grad
 
     return objective
 
