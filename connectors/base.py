@@ -27,6 +27,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 # re-exported: the sync, the destinations and the tests import them from here
 from activation.emails import email_hash as email_hash
 from activation.emails import normalize_email as normalize_email
+from campaigns.render import MERGE_FIELDS
 
 #: how a destination answered one member's change; also the ``status`` of every ``sync_log`` row
 MemberStatus = Literal["ok", "skipped", "failed"]
@@ -42,17 +43,13 @@ ChangeKind = Literal["add", "update", "remove"]
 def merge_fields() -> dict[str, str]:
     """Per-member merge fields every destination receives (tag -> label), as :mod:`campaigns.render`
     defines them: Mailchimp merge fields, HubSpot contact properties."""
-    from campaigns.render import MERGE_FIELDS as fields
-
-    return {tag: str(spec.get("name", tag)) for tag, spec in fields.items()}
+    return {tag: str(spec.get("name", tag)) for tag, spec in MERGE_FIELDS.items()}
 
 
 def merge_field_defaults() -> dict[str, str]:
     """What a merge tag reads when a member has no value (tag -> default, e.g. FNAME -> 'there'), as
     :mod:`campaigns.render` uses it for the same member, so mail from a destination reads like the outbox."""
-    from campaigns.render import MERGE_FIELDS as fields
-
-    return {tag: str(spec.get("default") or "") for tag, spec in fields.items()}
+    return {tag: str(spec.get("default") or "") for tag, spec in MERGE_FIELDS.items()}
 
 
 def state_hash(email: str, tags: Sequence[str], fields: Mapping[str, str], extra: str = "") -> str:

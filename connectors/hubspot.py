@@ -176,31 +176,16 @@ class HubSpotPaths:
 
     def __init__(self, version: str) -> None:
         self.version = version
+        self.upsert = self._crm("objects", "/contacts/batch/upsert")
+        self.batch_read = self._crm("objects", "/contacts/batch/read")
+        self.search = self._crm("objects", "/contacts/search")
+        self.properties = self._crm("properties", "/contacts")
+        self.lists = self._crm("lists", "")
 
     def _crm(self, api: str, rest: str) -> str:
         if self.version == "v3":
             return f"/crm/v3/{api}{rest}"
         return f"/crm/{api}/{self.version}{rest}"
-
-    @property
-    def upsert(self) -> str:
-        return self._crm("objects", "/contacts/batch/upsert")
-
-    @property
-    def batch_read(self) -> str:
-        return self._crm("objects", "/contacts/batch/read")
-
-    @property
-    def search(self) -> str:
-        return self._crm("objects", "/contacts/search")
-
-    @property
-    def properties(self) -> str:
-        return self._crm("properties", "/contacts")
-
-    @property
-    def lists(self) -> str:
-        return self._crm("lists", "")
 
     def list_by_name(self, name: str) -> str:
         return self._crm("lists", f"/object-type-id/{CONTACTS}/name/{quote(name, safe='')}")
