@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
-from sqlalchemy import String, column, func, select, table, text, tuple_
+from sqlalchemy import String, column, extract, func, select, table, text, tuple_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,7 +30,7 @@ from activation.files import atomic_write, atomic_write_all, output_file, safe_f
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots, split_table_name
 from campaigns.plan import current_campaigns
-from outcomes.ledger import orders_source, valid_status
+from outcomes.ledger import campaign_windows, orders_source, valid_status, windows_values
 from outcomes.roi import (
     CONVERSION_CI_METHOD,
     CSV_COLUMNS,
@@ -44,6 +44,7 @@ from outcomes.roi import (
     roi_totals,
     segment_order,
 )
+from segments.demo_data import PLANTED_SOURCE
 from segments.snapshots import latest_snapshot_as_of, migration_matrix
 
 TEMPLATES_DIR = Path(__file__).parent / "report_templates"
@@ -327,6 +328,76 @@ def _source_columns(engine: Engine, name: str) -> list[str]:
         return []
 
 
+def planted_orders(engine: Engine, settings: Settings, as_of: date, window_days: int) -> int:
+    """Orders the demo planted (``source`` = :data:`segments.demo_data.PLANTED_SOURCE`) in the window after
+    ``as_of``; 0 when the orders source has no ``source`` column."""
+    if "source" not in {c.lower() for c in _source_columns(engine, settings.orders.table)}:
+        return 0
+    o = orders_source(settings, extra_columns=["source"])
+    start = end_of_day(as_of)
+    with engine.connect() as conn:
+        n = conn.execute(
+            select(func.count())
+            .select_from(o)
+            .where(
+                o.c.source == PLANTED_SOURCE,
+                o.c.ordered_at > start,
+                o.c.ordered_at <= start + timedelta(days=window_days),
+            )
+        ).scalar()
+    return int(n or 0)
+
+
+WEEKDAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")  # extract(dow): 0 = Sunday on both dialects
+
+
+def timing_breakdowns(
+    engine: Engine, settings: Settings, as_of: date, scheme: str, window_days: int
+) -> tuple[dict[str, dict[str, list[tuple[str, float, int]]]], dict[str, int]]:
+    """When the attributed orders came: ``({"hour": {segment: [(hour, share, orders)]}, "weekday": …},
+    {segment: orders})``, top three per segment by orders, from the qualifying orders of treated members inside their campaign's
+    attribution window (the report's own windows), computed in the warehouse (one grouped pass)."""
+    windows = campaign_windows(engine, settings, as_of, scheme, window_days)
+    if not windows:
+        return {}, {}
+    seg_of = {w.campaign_id: w.segment for w in windows}
+    w = windows_values(windows)
+    o = orders_source(settings)
+    m = campaign_members.c
+    hour = extract("hour", o.c.ordered_at)
+    dow = extract("dow", o.c.ordered_at)
+    stmt = (
+        select(m.campaign_id, hour.label("hour"), dow.label("dow"), func.count().label("n"))
+        .select_from(
+            campaign_members.join(w, w.c.campaign_id == m.campaign_id).join(
+                o, (o.c.customer_id == m.customer_id) & (o.c.ordered_at > w.c.start_at)
+            )
+        )
+        .where(
+            m.member_group == "treatment", o.c.ordered_at <= w.c.end_at, valid_status(settings, o.c.status)
+        )
+        .group_by(m.campaign_id, hour, dow)
+    )
+    with engine.connect() as conn:
+        prefer_hash_joins(conn)
+        rows = pd.DataFrame(conn.execute(stmt).all(), columns=["campaign_id", "hour", "dow", "n"])
+    if rows.empty:
+        return {}, {}
+    rows["segment"] = rows["campaign_id"].map(seg_of)
+    rows["weekday"] = rows["dow"].astype(int).map(lambda d: WEEKDAYS[d % 7])
+    rows["hour"] = rows["hour"].astype(int).map(lambda h: f"{h:02d}:00")
+    out: dict[str, dict[str, list[tuple[str, float, int]]]] = {}
+    for dim in ("hour", "weekday"):
+        per: dict[str, list[tuple[str, float, int]]] = {}
+        for seg, grp in rows.groupby("segment", sort=False):
+            top = grp.groupby(dim, as_index=False)["n"].sum().sort_values(["n", dim], ascending=[False, True])
+            total = int(top["n"].sum())
+            per[str(seg)] = [(str(v), int(n) / total, int(n)) for v, n in top.head(3).itertuples(index=False)]
+        out[dim] = per
+    totals = {str(k): int(v) for k, v in rows.groupby("segment")["n"].sum().items()}
+    return out, totals
+
+
 def breakdowns(
     engine: Engine, settings: Settings, as_of: date, scheme: str
 ) -> dict[str, dict[str, list[tuple[str, float, int]]]]:
@@ -427,6 +498,11 @@ def _ci(lo: Any, hi: Any, kind: str = "num") -> str:
     return f"[{lo:,.2f}, {hi:,.2f}]"
 
 
+def _share(r: Any) -> str:
+    n = r["treated"] + r["holdout"]
+    return f"{r['holdout'] / n:.0%}" if _finite(n) and n > 0 else "n/a"
+
+
 def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]]:
     rows = []
     for _, r in df.iterrows():
@@ -436,10 +512,11 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
         rows.append(
             {
                 "segment": str(r["segment"]),
-                "offer": str(r["offer_type"]),
+                "offer": str(r["offer_type"]).replace("_", " "),
                 "treated": _fmt(r["treated"], "int"),
                 "holdout": _fmt(r["holdout"], "int")
-                + (f" (MDE {r['conversion_mde'] * 100:.1f} pp)" if _finite(r["conversion_mde"]) else ""),
+                + f" ({_share(r)}"
+                + (f"; MDE {r['conversion_mde'] * 100:.1f} pp)" if _finite(r["conversion_mde"]) else ")"),
                 "tconv": _fmt(r["treated_conversion_rate"], "pct"),
                 "hconv": _fmt(r["holdout_conversion_rate"], "pct"),
                 "lift": lift_text(r),
@@ -545,6 +622,22 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         if cells:
             breakdown_rows.append({"segment": seg, **cells})
 
+    timing, timing_n = (
+        timing_breakdowns(engine, settings, as_of, scheme, int(attrs["window_days"])) if len(df) else ({}, {})
+    )
+    timing_rows = [
+        {
+            "segment": seg,
+            **{
+                dim: ", ".join(f"{v} ({share:.0%})" for v, share, _ in per.get(seg, [])) or "–"
+                for dim, per in timing.items()
+            },
+            "orders": f"{timing_n[seg]:,}",
+        }
+        for seg in order
+        if seg in timing_n
+    ]
+
     totals = roi_totals(df, settings) if len(df) else {}
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES_DIR)),
@@ -559,6 +652,10 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         scheme=scheme,
         window_days=attrs["window_days"],
         backtest=attrs.get("backtest", False),
+        planted_orders=planted_orders(engine, settings, as_of, int(attrs["window_days"]))
+        if attrs.get("backtest", False)
+        else 0,
+        planted_source=PLANTED_SOURCE,
         data_end=attrs["data_end"].date().isoformat() if attrs.get("data_end") else "no orders",
         generated_at=str(attrs.get("generated_at", "")),
         send_times=sorted({str(t) for t in df["send_time"]}) if len(df) else [],
@@ -588,6 +685,7 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         migration_note=mig_note,
         breakdown_dims=list(bd),
         breakdown_rows=breakdown_rows,
+        timing_rows=timing_rows,
         conversion_ci_method=CONVERSION_CI_METHOD,
         revenue_ci_method=REVENUE_CI_METHOD,
         cuped_method=CUPED_METHOD,

@@ -464,3 +464,54 @@ def test_the_demo_recovers_its_planted_effect(duck_settings, duck_engine, tmp_pa
             assert low > 0 and bool(row["conversion_significant_holm"]), segment
         else:
             assert not row["conversion_significant_holm"]
+
+    paths = write_roi_report(engine, s, as_of, "rfm11", tmp_path / "demo.html")
+    html = paths.html.read_text()
+    page = _parse(html)
+    assert {"roi", "timing", "breakdown"} <= set(page.tables)
+    assert f"{planted_rows} orders in the window were added for treated members only" in html
+    assert "no treatment effect by construction" not in html.split("With a planted effect")[0]
+    assert "Migration 2025-03-31 → 2025-06-30" in html  # the demo segments the quarter before too
+    timing = html[
+        html.index('<table id="timing">') : html.index("</table>", html.index('<table id="timing">'))
+    ]
+    assert re.search(r"\d\d:00 \(\d+%\)", timing) and re.search(
+        r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun) \(\d+%\)", timing
+    )
+
+
+_MEASURE = """<script>
+const out = [];
+document.querySelectorAll('table').forEach(t => out.push(t.id + ':' + t.scrollWidth + ':' + t.parentElement.clientWidth));
+document.body.setAttribute('data-widths', out.join(','));
+</script></body>"""
+
+
+def test_every_column_is_visible_at_1280_px(engine, settings, tmp_path):
+    """The ROI table's columns (ROI, status, CI flags, method) fit a 1280 px window without a horizontal
+    scrollbar: measured in headless Chromium when it is installed, else the layout rules are checked."""
+    import shutil
+    import subprocess
+
+    build(engine)
+    html = write_roi_report(engine, settings, AS_OF, SCHEME, tmp_path / "r.html").html.read_text()
+    assert "main { max-width: 1400px" in html and "table#roi { font-size: .76rem; }" in html
+    header = html[html.index('<table id="roi">') : html.index("</thead>")]
+    assert len(re.findall(r"<th[ >]", header)) == 14 and "ROI</th>" in header and "Status</th>" in header
+    assert "after Holm" in header and "CI method" in header and "share; conversion MDE" in header
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        return
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", _MEASURE))
+    out = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,1000", "--dump-dom",
+         probe.as_uri()],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    found = re.search(r'data-widths="([^"]*)"', out.stdout)
+    assert found, out.stderr[-2000:]
+    widths = {t: (int(w), int(c)) for t, w, c in (x.split(":") for x in found.group(1).split(","))}
+    assert "roi" in widths
+    for table_id, (width, room) in widths.items():
+        assert width <= room, f"table {table_id} is {width} px wide in {room} px at 1280 px"
