@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
 
 from activation.errors import ConfigError, WarehouseError
 from activation.settings import Settings
@@ -77,9 +76,9 @@ def make_engine(
     ``lock_wait_s``: when another process holds the DuckDB file, keep trying this long before giving up.
     ``create=False``: a DuckDB file that does not exist is an error, not a new empty warehouse (a
     mistyped path would otherwise make folders and an empty warehouse, then report "no orders").
-    ``read_only``: the warehouse refuses writes where the dialect can say so (a DuckDB file opened read-only,
-    each connection on its own so the file is not held between uses; PostgreSQL read-only transactions);
-    implies ``create=False``.
+    ``read_only``: the warehouse refuses writes where the dialect can say so (a DuckDB file opened read-only;
+    PostgreSQL read-only transactions); implies ``create=False``. A read-only DuckDB file still keeps
+    writers out while the engine has a connection open: dispose of it after reading.
 
     Raises:
         ConfigError: the URL is malformed or names a driver that is not installed.
@@ -142,7 +141,7 @@ def make_engine(
 def _read_only_options(backend: str, connect_args: dict[str, Any]) -> dict[str, Any]:
     """Engine options that make the warehouse refuse writes (other dialects: the caller never writes)."""
     if backend == "duckdb":
-        return {"connect_args": {**connect_args, "read_only": True}, "poolclass": NullPool}
+        return {"connect_args": {**connect_args, "read_only": True}}
     if backend == "postgresql":
         return {"connect_args": {**connect_args, "options": "-c default_transaction_read_only=on"}}
     return {}

@@ -25,7 +25,7 @@ from starlette.routing import Route
 from activation.errors import ActivationError, NotFoundError
 from campaigns.render import RenderError
 from studio.page import page
-from studio.state import Problem, Studio
+from studio.state import Studio, problem
 from studio.watch import Watcher
 
 Scope = MutableMapping[str, Any]
@@ -99,7 +99,7 @@ def _error(exc: ActivationError) -> JSONResponse:
     status = 404 if isinstance(exc, NotFoundError) else 422
     body: dict[str, Any] = {"error": exc.message, "fix": exc.fix}
     if isinstance(exc, RenderError):
-        body["problem"] = Problem.of(exc).as_dict()
+        body["problem"] = problem(exc)
     return JSONResponse(body, status_code=status)
 
 
@@ -170,7 +170,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        watcher = Watcher([studio.settings.templates_dir], studio.refresh)
+        watcher = Watcher([studio.settings.templates_dir], studio.saved)
         if watch:
             watcher.start()
         try:

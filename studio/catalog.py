@@ -1,9 +1,9 @@
 """What the studio shows around the emails: every scheme with its latest snapshot and segment sizes, and
 sample members of each segment — read from the warehouse, which the studio never writes to.
 
-The warehouse is opened read-only (:func:`activation.warehouse.make_engine` with ``read_only=True``): a
-DuckDB file is opened per query and let go after it, so `activation segment` or a flow can still write it
-while the studio runs.
+The warehouse is opened read-only (:func:`activation.warehouse.make_engine` with ``read_only=True``) and
+read once, when the studio starts (:func:`load_catalog`); the engine is disposed of then, so a DuckDB file is
+let go and `activation segment` or a flow can write it while the studio runs.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from segments.snapshots import latest_snapshot_as_of, segment_summary
 
 #: Members offered per segment (the first ones by customer id), besides one without a first name.
 SAMPLES = 5
+#: How far down the segment a member without a first name is looked for.
+NAMELESS_AMONG = 1000
 
 
 @dataclass(frozen=True)
@@ -84,17 +86,35 @@ def load_schemes(engine: Engine | None, settings: Settings) -> list[SchemeInfo]:
     return out
 
 
-def _member_query(settings: Settings, engine: Engine, scheme: str, as_of: date, segment: str) -> Any:
+def load_catalog(
+    engine: Engine | None, settings: Settings
+) -> tuple[list[SchemeInfo], dict[tuple[str, str], list[Member]]]:
+    """Every scheme with its segment sizes and every segment's sample members, read in one go; the engine
+    is disposed of afterwards (a DuckDB file is not held)."""
+    try:
+        schemes = load_schemes(engine, settings)
+        members = {
+            (s.name, seg): sample_members(settings, engine, s, seg) for s in schemes for seg in s.segments
+        }
+    finally:
+        if engine is not None:
+            engine.dispose()
+    return schemes, members
+
+
+def _first_members(engine: Engine, scheme: str, as_of: date, segment: str, limit: int) -> Any:
+    """The first ``limit`` members of the segment by customer id, with first name and email when the
+    warehouse has customers (the top of the snapshot is taken before the join: no scan of all customers)."""
     s = rfm_snapshots.c
     where = (s.as_of == as_of) & (s.scheme == scheme) & (s.segment == segment)
+    first = select(s.customer_id).where(where).order_by(s.customer_id).limit(limit).subquery()
     if not has_table(engine, "customers"):
-        return select(s.customer_id).where(where).order_by(s.customer_id)
-    joined = rfm_snapshots.outerjoin(customers, customers.c.customer_id == s.customer_id)
+        return select(first.c.customer_id).order_by(first.c.customer_id)
+    joined = first.outerjoin(customers, customers.c.customer_id == first.c.customer_id)
     return (
-        select(s.customer_id, customers.c.first_name, customers.c.email)
+        select(first.c.customer_id, customers.c.first_name, customers.c.email)
         .select_from(joined)
-        .where(where)
-        .order_by(s.customer_id)
+        .order_by(first.c.customer_id)
     )
 
 
@@ -102,17 +122,19 @@ def sample_members(
     settings: Settings, engine: Engine | None, scheme: SchemeInfo, segment: str
 ) -> list[Member]:
     """The first members of ``segment`` (by customer id) and one without a first name: a real one when
-    the segment has one, else the first member again as if their first name were unknown."""
+    one of its first :data:`NAMELESS_AMONG` members has none, else the first member again as if their first
+    name were unknown."""
     if engine is None or scheme.as_of is None or not scheme.sizes.get(segment):
         made_up = Member(**MADE_UP_MEMBER, note="made-up, no snapshot yet")  # type: ignore[arg-type]
         return [made_up, Member(made_up.customer_id, None, made_up.email, "made-up, no first name")]
-    query = _member_query(settings, engine, scheme.name, scheme.as_of, segment)
+    first = _first_members(engine, scheme.name, scheme.as_of, segment, SAMPLES)
     with engine.connect() as conn:
-        rows = [dict(r._mapping) for r in conn.execute(query.limit(SAMPLES))]
+        rows = [dict(r._mapping) for r in conn.execute(first)]
         members = [Member(str(r["customer_id"]), r.get("first_name"), r.get("email")) for r in rows]
         if all(m.first_name and m.first_name.strip() for m in members) and has_table(conn, "customers"):
             blank = or_(customers.c.first_name.is_(None), func.trim(customers.c.first_name) == "")
-            row = conn.execute(query.where(blank).limit(1)).first()
+            among = _first_members(engine, scheme.name, scheme.as_of, segment, NAMELESS_AMONG)
+            row = conn.execute(among.where(blank).limit(1)).first()
             if row is not None:
                 members.append(Member(str(row.customer_id), None, row.email, "no first name"))
     if all(m.first_name for m in members):

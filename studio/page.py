@@ -93,7 +93,7 @@ function drawFacts(p) {
   const e = p.email || {};
   const facts = [["Segment", state.segment], ["Customers", seg ? seg.size.toLocaleString() : ""],
     ["Snapshot", s && s.as_of ? s.as_of : "none yet"], ["Template", p.template],
-    ["Offer", seg ? seg.offer : ""], ["Holdout", seg ? Math.round(seg.holdout * 100) + " %" : ""],
+    ["Offer", seg ? seg.offer : ""], ["Holdout", seg ? seg.holdout : ""],
     ["Destinations", seg ? (seg.destinations || []).join(", ") : ""], ["Subject", e.subject || ""],
     ["Preheader", e.preheader || ""], ["Coupon", e.coupon_code || "none"],
     ["Expires", e.expires_on || "—"]];

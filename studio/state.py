@@ -8,7 +8,6 @@ a render that would then mix the old and the new file.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -22,31 +21,31 @@ from campaigns.policy import Policy, PolicyIssue, ResolvedPolicy, parse_policy
 from campaigns.render import RenderError
 from connectors.base import AudienceMember, CampaignSpec
 from connectors.outbox import OutboxDestination
-from studio.catalog import Member, SchemeInfo, load_schemes, sample_members
+from studio.catalog import Member, SchemeInfo, load_catalog
 from studio.render import Preview, campaign_and_member, render_preview
 
 #: The outbox folder test sends go to, apart from the campaigns a sync writes.
 TEST_FOLDER = "studio-tests"
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A `templates check` problem or a failed render: where, what, and the fix."""
+def problem(issue: PolicyIssue | RenderError) -> dict[str, Any]:
+    """A `templates check` problem or a failed render as the page shows it: where, what, and the fix."""
+    if isinstance(issue, RenderError):
+        issue = PolicyIssue(issue.file or "", issue.line, issue.detail, issue.fix)
+    return {"where": issue.where, "message": issue.message, "fix": issue.fix or ""}
 
-    file: str
-    line: int | None
-    message: str
-    fix: str
 
-    @classmethod
-    def of(cls, issue: PolicyIssue | RenderError) -> Problem:
-        if isinstance(issue, RenderError):
-            return cls(issue.file or "", issue.line, issue.detail, issue.fix or "")
-        return cls(issue.file, issue.line, issue.message, issue.fix or "")
-
-    def as_dict(self) -> dict[str, Any]:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return {"where": where, "message": self.message, "fix": self.fix}
+def holdout_label(resolved: ResolvedPolicy) -> str:
+    """The holdout as the policy states it: a share, or the power target `plan` sizes the share from."""
+    target = resolved.holdout_target
+    if target is None:
+        return f"{resolved.holdout_share * 100:g} %"
+    lift = (
+        f"a {target.mde * 100:g}-point conversion lift"
+        if target.mde is not None
+        else f"{target.revenue_mde:g} more revenue per member"
+    )
+    return f"sized by plan to detect {lift} at {target.power * 100:g} % power (at most {target.max_share * 100:g} %)"
 
 
 class Studio:
@@ -56,24 +55,53 @@ class Studio:
         self.settings = settings
         self.engine = engine
         self.version = 0
-        self.closing = threading.Event()  # set when the server stops: the event streams end
+        self.closing = threading.Event()  # set when the server stops: the event streams and checks end
+        self._check_wanted = threading.Event()
+        self._checker = threading.Thread(target=self._check_when_asked, name="studio-check", daemon=True)
         self._lock = threading.RLock()
-        self._schemes = {s.name: s for s in load_schemes(engine, settings)}
-        self._members: dict[tuple[str, str], list[Member]] = {}
+        schemes, self._members = load_catalog(engine, settings)
+        self._schemes = {s.name: s for s in schemes}
         self._good: dict[tuple[str, str, int], Preview] = {}
         self._policy: Policy | None = None
-        self.problems: list[Problem] = []
+        self.problems: list[dict[str, Any]] = []
         self.refresh()
 
     # -- reading ---------------------------------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Read the policy and run `templates check` again (after a save); the pages re-render."""
+        """After a save: read the policy (the pages re-render at once), then run `templates check` again
+        (the pages update its problems when it is done)."""
+        self.reread_policy()
+        self.recheck()
+
+    def saved(self) -> None:
+        """A file was saved: read the policy now (the pages re-render at once) and ask for a `templates
+        check` in the background, so neither the watcher nor a page's render waits for it (saves that
+        come while one runs make one more check)."""
+        self.reread_policy()
+        self._check_wanted.set()
+        if not self._checker.is_alive():
+            self._checker.start()
+
+    def _check_when_asked(self) -> None:
+        while not self.closing.is_set():
+            if self._check_wanted.wait(0.2):
+                self._check_wanted.clear()
+                self.recheck()
+
+    def reread_policy(self) -> None:
+        """Read the policy again (an invalid one leaves the last valid one in force); the pages re-render."""
         with self._lock:
             policy, _ = parse_policy(self.settings.policy_file)
             if policy is not None:
                 self._policy = policy
-            self.problems = [Problem.of(i) for i in check_templates(self.settings)]
+            self.version += 1
+
+    def recheck(self) -> None:
+        """Run `templates check` again; the pages show its problems."""
+        problems = [problem(i) for i in check_templates(self.settings)]
+        with self._lock:
+            self.problems = problems
             self.version += 1
 
     def scheme(self, name: str) -> SchemeInfo:
@@ -83,21 +111,20 @@ class Studio:
         return found
 
     def resolved(self, scheme: str, segment: str) -> ResolvedPolicy:
-        info = self.scheme(scheme)
-        if segment not in info.segments:
-            raise NotFoundError(
-                f"scheme {scheme!r} has no segment {segment!r}", fix=f"use one of: {', '.join(info.segments)}"
-            )
+        self.members(scheme, segment)  # the scheme and segment exist
         if self._policy is None:
             raise NotFoundError("the policy has never been valid", fix="correct the problems listed")
         return self._policy.for_segment(scheme, segment)
 
     def members(self, scheme: str, segment: str) -> list[Member]:
-        with self._lock:
-            key = (scheme, segment)
-            if key not in self._members:
-                self._members[key] = sample_members(self.settings, self.engine, self.scheme(scheme), segment)
-            return self._members[key]
+        """The segment's sample members (read when the studio started)."""
+        found = self._members.get((scheme, segment))
+        if found is None:
+            segments = ", ".join(self.scheme(scheme).segments)
+            raise NotFoundError(
+                f"scheme {scheme!r} has no segment {segment!r}", fix=f"use one of: {segments}"
+            )
+        return found
 
     def catalog(self) -> dict[str, Any]:
         """Every scheme and segment: size at the latest snapshot, template, offer, holdout, destinations."""
@@ -112,7 +139,7 @@ class Studio:
                         entry.update(
                             template=r.template,
                             offer=r.offer.describe(),
-                            holdout=r.holdout_share,
+                            holdout=holdout_label(r),
                             destinations=list(r.destinations),
                             suppressed=r.suppress,
                         )
@@ -121,10 +148,7 @@ class Studio:
                 schemes.append(
                     {"name": info.name, "as_of": as_of, "customers": info.customers, "segments": segments}
                 )
-            return {"version": self.version, "schemes": schemes, "problems": self._problems()}
-
-    def _problems(self) -> list[dict[str, Any]]:
-        return [p.as_dict() for p in self.problems]
+            return {"version": self.version, "schemes": schemes, "problems": self.problems}
 
     def _as_of(self, scheme: str) -> date:
         return self.scheme(scheme).as_of or date.today()
@@ -142,7 +166,7 @@ class Studio:
                 "member": members.index(chosen),
                 "suppressed": resolved.suppress,
                 "template": resolved.template,
-                "problems": self._problems(),
+                "problems": self.problems,
                 "error": None,
                 "stale": False,
             }
@@ -151,7 +175,7 @@ class Studio:
                 preview, _ = render_preview(self.settings, resolved, self._as_of(scheme), chosen)
                 self._good[key] = preview
             except RenderError as exc:
-                out["error"] = Problem.of(exc).as_dict()
+                out["error"] = problem(exc)
                 out["stale"] = key in self._good
             good = self._good.get(key)
             out["email"] = good.as_dict() if good is not None else None

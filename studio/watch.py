@@ -29,7 +29,7 @@ class Watcher:
     """Calls ``on_change`` (from its own thread) after any file under ``paths`` is added, changed or
     removed; ``interval`` seconds between looks."""
 
-    def __init__(self, paths: list[Path], on_change: Callable[[], None], interval: float = 0.1) -> None:
+    def __init__(self, paths: list[Path], on_change: Callable[[], None], interval: float = 0.05) -> None:
         self.paths = paths
         self.on_change = on_change
         self.interval = interval

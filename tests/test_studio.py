@@ -30,6 +30,7 @@ from sqlalchemy import insert, text
 from activation.settings import REPO_ROOT, Settings
 from activation.tables import rfm_snapshots
 from activation.warehouse import dispose_engines, get_engine
+from campaigns.policy import parse_policy
 from segments.demo_data import generate
 from segments.ingest import ingest_file
 from segments.snapshots import compute_snapshot
@@ -37,7 +38,7 @@ from studio.app import TOKEN_HEADER, create_app
 from studio.catalog import read_only_engine
 from studio.cli import access
 from studio.serve import StudioServer
-from studio.state import TEST_FOLDER, Studio
+from studio.state import TEST_FOLDER, Studio, holdout_label
 from tests.cli_helpers import run_cli
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -302,6 +303,20 @@ class Client:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", path, **kwargs)
+
+
+def test_a_holdout_sized_by_power_is_shown_as_the_target(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        "version: 1\nschemes:\n  rfm11:\n    Champions:\n      holdout: {mde: 0.02, power: 0.8}\n",
+        encoding="utf-8",
+    )
+    parsed, issues = parse_policy(policy)
+    assert parsed is not None and not issues
+    assert holdout_label(parsed.for_segment("rfm11", "Champions")) == (
+        "sized by plan to detect a 2-point conversion lift at 80 % power (at most 30 %)"
+    )
+    assert holdout_label(parsed.for_segment("rfm11", "Lost")) == "10 %"
 
 
 def test_the_page_allows_only_its_own_script_and_loads_nothing_from_elsewhere(served: Served) -> None:
