@@ -154,8 +154,8 @@ def _text(driver: Any, element_id: str) -> str:
 def _open_segment(driver: Any, served: Served, segment: str) -> None:
     driver.get(served.url)
     button = f'nav button[data-scheme="rfm11"][data-segment="{segment}"]'
-    _wait(driver, "the segment list", lambda: driver.find_elements("css selector", button))
-    driver.find_element("css selector", button).click()
+    # the list is redrawn on every change event: find and click again if it was replaced in between
+    _wait(driver, "the segment list", lambda: driver.find_element("css selector", button).click() or True)
     _wait(driver, f"{segment} selected", lambda: _text(driver, "fact-segment") == segment)
 
 
@@ -172,10 +172,17 @@ def test_every_segment_with_its_size_and_an_email_for_a_real_member(browser: Any
     _open_segment(browser, served, "At Risk")
     catalog = served.studio.catalog()
     rfm11 = next(s for s in catalog["schemes"] if s["name"] == "rfm11")
-    buttons = browser.find_elements("css selector", 'nav button[data-scheme="rfm11"]')
-    assert [b.get_attribute("data-segment") for b in buttons] == [s["name"] for s in rfm11["segments"]]
+    listed = _wait(  # (segment, text) of each button, read again if the list is redrawn meanwhile
+        browser,
+        "the rfm11 segments",
+        lambda: [
+            (b.get_attribute("data-segment"), b.text)
+            for b in browser.find_elements("css selector", 'nav button[data-scheme="rfm11"]')
+        ],
+    )
+    assert [name for name, _ in listed] == [s["name"] for s in rfm11["segments"]]
     at_risk = next(s for s in rfm11["segments"] if s["name"] == "At Risk")
-    assert at_risk["size"] > 0 and f"{at_risk['size']:,} customers" in buttons[7].text
+    assert at_risk["size"] > 0 and f"{at_risk['size']:,} customers" in dict(listed)["At Risk"]
     first = served.studio.members("rfm11", "At Risk")[0]
     assert first.first_name
     subject = _wait(browser, "the subject", lambda: _text(browser, "fact-subject"))
