@@ -276,9 +276,24 @@ def test_clv_tier_without_a_model_names_the_command_and_writes_nothing(settings,
     assert _count(engine, rfm_snapshots) == 0 and _count(engine, snapshot_runs) == 0
 
 
+def _store_model_row(engine, kind, params, train_until=TRAIN_UNTIL, horizon_days=90):
+    with engine.begin() as conn:
+        conn.execute(
+            clv_models.insert().values(
+                model_id=f"clv_{train_until:%Y%m%d}_{horizon_days}d",
+                train_until=train_until,
+                horizon_days=horizon_days,
+                kind=kind,
+                params=json.dumps(params),
+                metrics="{}",
+                created_at=datetime(2024, 1, 1),
+            )
+        )
+
+
 def test_a_model_trained_after_as_of_is_not_used(duck_settings, duck_engine):
-    load_orders(duck_engine, latent_orders(600, seed=5))
-    fit_clv(duck_engine, duck_settings, TRAIN_UNTIL, 60)
+    load_orders(duck_engine, latent_orders(300, seed=5))
+    _store_model_row(duck_engine, clv_model.MODEL_KIND, {"format": clv_model.FORMAT})
     with pytest.raises(NotFoundError, match="on or before 2023-06-30"):
         compute_snapshot(duck_engine, duck_settings, date(2023, 6, 30), "clv_tier")
 
@@ -359,8 +374,8 @@ def test_the_regressor_is_stored_with_skops_and_untrusted_contents_are_refused()
     import skops.io as sio
 
     rng = np.random.default_rng(0)
-    x = rng.gamma(2, 10, size=(2000, 4))
-    x[rng.random(2000) < 0.2, 2] = np.nan  # missing values take the learned side
+    x = rng.gamma(2, 10, size=(800, 4))
+    x[rng.random(800) < 0.2, 2] = np.nan  # missing values take the learned side
     y = rng.poisson(np.exp(0.02 * x[:, 0] - 0.01 * np.nan_to_num(x[:, 2])))
     est = clv_model.fit_gbm(x, y.astype(float))
     stored = json.loads(json.dumps(clv_model.dump_gbm(est)))
@@ -377,18 +392,7 @@ def test_the_regressor_is_stored_with_skops_and_untrusted_contents_are_refused()
 def test_a_model_from_an_earlier_release_is_refused_with_the_refit_command(duck_settings, duck_engine):
     load_orders(duck_engine, latent_orders(400, seed=8))
     old = {"kind": "hgb_two_part", "features": list(FEATURES), "threshold": 0.3, "spend": {}, "purchase": {}}
-    with duck_engine.begin() as conn:
-        conn.execute(
-            clv_models.insert().values(
-                model_id="clv_20230930_90d",
-                train_until=TRAIN_UNTIL,
-                horizon_days=90,
-                kind="hgb_two_part",
-                params=json.dumps(old),
-                metrics="{}",
-                created_at=datetime(2024, 1, 1),
-            )
-        )
+    _store_model_row(duck_engine, "hgb_two_part", old)
     refit = "activation clv fit --train-until 2023-09-30 --horizon-days 90"
     for args in (
         ("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier"),
