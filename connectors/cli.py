@@ -17,6 +17,8 @@ from activation.errors import ConfigError
 from activation.interrupt import on_interrupt
 
 if TYPE_CHECKING:  # the sync engine (SQLAlchemy) is imported by the command, not by --help
+    from rich.progress import Progress
+
     from connectors.result import SyncResult
 
 
@@ -47,8 +49,6 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Sync audiences (tags, merge fields, lists) and campaigns to a destination, incrementally."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         from activation.settings import get_settings
         from activation.warehouse import get_engine
         from connectors.registry import NAMES, check_destination, get_destination
@@ -60,14 +60,7 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         check_destination(destination, settings)
         engine = get_engine(settings, create=False)
-        progress = Progress(
-            TextColumn(f"syncing to {destination}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console.err if as_json else console.out,
-            transient=True,
-        )
+        progress = _progress(destination, as_json)
         task = progress.add_task("sync", total=None)
         confirmed = [0]
 
@@ -101,6 +94,20 @@ def register(app: typer.Typer) -> None:
             console.print_json("sync", result.summary())
         else:
             print_result(console.out, result)
+
+
+def _progress(destination: str, as_json: bool) -> Progress:
+    """The bar of members confirmed (on stderr with ``--json``); it disappears when the sync ends."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn(f"syncing to {destination}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console.err if as_json else console.out,
+        transient=True,
+    )
 
 
 def print_result(out: Console, result: SyncResult) -> None:
