@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import socket
 
 import typer
 
@@ -39,6 +40,24 @@ def access(host: str, allow_remote: bool) -> tuple[str | None, set[str] | None]:
     return secrets.token_urlsafe(24), None
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise before any work when ``host:port`` cannot be listened on (another program has it).
+
+    Raises:
+        ConfigError: the port is taken or not allowed.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                fix=f"use another port (--port {port + 1}) or stop the program that has it",
+            ) from None
+
+
 def studio(
     port: int = typer.Option(8765, "--port", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
@@ -53,6 +72,7 @@ def studio(
     from studio.state import Studio
 
     token, hosts = access(host, allow_remote)
+    check_port(host, port)
     settings = get_settings()
     server = StudioServer(Studio(settings, read_only_engine(settings)), host, port, token=token, hosts=hosts)
     shown = f"[{host}]" if ":" in host else host

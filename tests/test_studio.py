@@ -363,6 +363,16 @@ def test_binding_beyond_loopback_without_the_flag_is_refused(duck_settings: Sett
     assert "--host 0.0.0.0" in result.stderr and "--allow-remote" in result.stderr
 
 
+def test_a_port_in_use_is_named_before_anything_starts(duck_settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_cli("studio", "--port", str(port))
+    assert result.exit_code == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr and f"--port {port + 1}" in result.stderr
+
+
 def test_a_send_is_refused_without_json_and_for_a_failing_template(served: Served) -> None:
     client = Client(create_app(served.studio, hosts={"testserver"}, watch=False))
     form = client.post("/api/send-test", data={"scheme": "rfm11", "segment": "At Risk"})
