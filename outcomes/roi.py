@@ -317,6 +317,18 @@ def row_status(settings: Settings, nt: int, nh: int, xt: int, xh: int) -> str:
     return f"inconclusive ({'; '.join(reasons)})" if reasons else STATUS_OK
 
 
+def _group_sizes(nt: int, nh: int, xt: int, xh: int) -> dict[str, Any]:
+    """Members and converters of the treated and the holdout group, and their conversion rates."""
+    return {
+        "treated": nt,
+        "holdout": nh,
+        "treated_conversions": xt,
+        "holdout_conversions": xh,
+        "treated_conversion_rate": _div(xt, nt),
+        "holdout_conversion_rate": _div(xh, nh),
+    }
+
+
 def roi_row(
     settings: Settings,
     w: CampaignWindow,
@@ -366,12 +378,7 @@ def roi_row(
         "campaign_version": w.version,
         "offer_type": w.offer_type,
         "send_time": w.start,
-        "treated": nt,
-        "holdout": nh,
-        "treated_conversions": xt,
-        "holdout_conversions": xh,
-        "treated_conversion_rate": _div(xt, nt),
-        "holdout_conversion_rate": _div(xh, nh),
+        **_group_sizes(nt, nh, xt, xh),
         "treated_conversion_ci_low": tl,
         "treated_conversion_ci_high": th,
         "holdout_conversion_ci_low": hl,
@@ -540,12 +547,7 @@ def roi_totals(df: pd.DataFrame, settings: Settings) -> dict[str, Any]:
     cost = float(df["offer_cost"].sum())
     out: dict[str, Any] = {
         "segment": "All segments",
-        "treated": nt,
-        "holdout": nh,
-        "treated_conversions": xt,
-        "holdout_conversions": xh,
-        "treated_conversion_rate": _div(xt, nt),
-        "holdout_conversion_rate": _div(xh, nh),
+        **_group_sizes(nt, nh, xt, xh),
         "treated_revenue_per_member": _div(float(df["treated_revenue"].sum()), nt),
         "holdout_revenue_per_member": _div(float(df["holdout_revenue"].sum()), nh),
         "offer_cost": cost,

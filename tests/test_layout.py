@@ -174,7 +174,6 @@ def _repeats_within(path: Path, root: Path) -> list[str]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="repeated blocks are being folded (issue 14, items 1 and 4)")
 def test_no_block_of_six_lines_is_repeated_within_a_file() -> None:
     found = [repeat for path in _package_files() for repeat in _repeats_within(path, ROOT)]
     print("\n".join(found))
