@@ -525,6 +525,12 @@ def is_backtest(bind: Connection, campaign_ids: list[str]) -> bool:
     return not sent
 
 
+def _member_count(conn: Connection, campaign_ids: list[str]) -> int:
+    """Members (treated and holdout) of the campaigns."""
+    query = select(func.count()).select_from(campaign_members)
+    return int(conn.execute(query.where(campaign_members.c.campaign_id.in_(campaign_ids))).scalar() or 0)
+
+
 def collect_outcomes(
     engine: Engine,
     settings: Settings,
@@ -571,20 +577,12 @@ def collect_outcomes(
     data_end = orders_end(engine, settings)
 
     with transaction(engine) as conn:
-        members_total = (
-            conn.execute(
-                select(func.count())
-                .select_from(campaign_members)
-                .where(campaign_members.c.campaign_id.in_(ids))
-            ).scalar()
-            or 0
-        )
         result = CollectResult(
             as_of=as_of,
             scheme=scheme,
             window_days=window,
             campaigns=len(windows),
-            members=int(members_total),
+            members=_member_count(conn, ids),
             backtest=False,
             data_end=data_end,
             events_added={e: 0 for e in EMAIL_EVENTS},
