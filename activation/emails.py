@@ -4,12 +4,14 @@ apply it inside the warehouse.
 
 Also how the service refers to a person without storing their address (:func:`email_hash`), and the
 per-recipient unsubscribe link: the destinations (suppressions, sync state, the ``List-Unsubscribe`` header)
-and the templates (the body's link) use the same functions, so the header and the body carry the same link."""
+and the templates (the body's link) use the same functions, so the header and the body carry the same link.
+:class:`RenderedEmail` is what the templates render and the destinations send."""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 EMAIL_PATTERN = (
@@ -44,3 +46,12 @@ def unsubscribe_url(base_url: str, email: str | None, campaign_id: str) -> str:
     campaign (``c``); no login is needed, the link itself says who leaves which campaign's list."""
     sep = "&" if "?" in base_url else "?"
     return f"{base_url}{sep}{urlencode({'u': unsubscribe_token(email), 'c': campaign_id})}"
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    """One rendered email."""
+
+    subject: str
+    html: str
+    text: str

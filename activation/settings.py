@@ -16,17 +16,12 @@ from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from activation import statuses
 from activation.defaults import REPO_ROOT as REPO_ROOT  # the clone's root (tests and benches)
 from activation.defaults import default_templates_dir
 from activation.errors import ConfigError
-
-try:  # pydantic-settings >= 2.7: list values from the environment reach the validator undecoded
-    from pydantic_settings import NoDecode
-except ImportError:  # older versions: such values must be JSON
-    NoDecode = None  # type: ignore[assignment,misc]
 
 
 class OrdersSource(BaseModel):
@@ -239,11 +234,11 @@ def today_in(settings: Settings) -> date:
     Raises:
         ConfigError: the setting is not a known IANA time zone.
     """
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:
         tz = ZoneInfo(settings.schedule_timezone)
-    except Exception as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # unknown, malformed, or a folder of zones
         raise ConfigError(
             f"ACTIVATION_SCHEDULE_TIMEZONE={settings.schedule_timezone!r} is not a known time zone",
             fix="use an IANA name such as UTC or Europe/Berlin",

@@ -147,8 +147,14 @@ def _read_only_options(backend: str, connect_args: dict[str, Any]) -> dict[str, 
     return {}
 
 
+def db_reason(exc: BaseException) -> str:
+    """The first line of what the database said (the driver's error under SQLAlchemy's), for messages."""
+    text = str(getattr(exc, "orig", exc)).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _unreachable(url: str, exc: SQLAlchemyError) -> WarehouseError:
-    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc) else type(exc).__name__
+    reason = db_reason(exc)
     return WarehouseError(
         f"cannot reach the warehouse at {redact(url)}: {reason}",
         fix="check ACTIVATION_WAREHOUSE_URL (host, port, database, credentials) and that the server is up",

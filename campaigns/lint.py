@@ -19,7 +19,7 @@ from jinja2 import TemplateSyntaxError, meta, nodes
 
 from activation.settings import Settings
 from campaigns.offers import parse_offer
-from campaigns.policy import PolicyIssue, check_segments, parse_policy
+from campaigns.policy import Policy, PolicyIssue, check_segments, parse_policy
 from campaigns.render import (
     _JINJA_NAMES,
     CONTEXT_VARIABLES,
@@ -212,102 +212,127 @@ def check_templates(
     limits = limits or RenderLimits()
     root = Path(settings.templates_dir)
     policy_file = _display(settings.policy_file)
-    issues: list[Issue] = []
     policy, policy_issues = parse_policy(settings.policy_file)
-    issues.extend(Issue(policy_file, i.line, i.message, i.fix) for i in policy_issues)
-
-    linted: set[Path] = set()
+    issues = [Issue(policy_file, i.line, i.message, i.fix) for i in policy_issues]
     for path in sorted(p for p in root.rglob("*") if p.suffix in (".html", ".txt")):
-        linted.add(path)
         issues.extend(_lint_source(settings, path, path.relative_to(root).as_posix()))
     broken = {i.file for i in issues}
-
     rendered: set[str] = set()
-    tried: set[str] = set()
     if policy is not None:
         schemes = [scheme] if scheme else policy.schemes()
         issues.extend(
             Issue(policy_file, i.line, i.message, i.fix) for i in check_segments(policy, settings, schemes)
         )
-        for template, paths in policy.templates_used().items():
-            missing = [ext for ext in ("html", "txt") if not (root / f"{template}.{ext}").is_file()]
-            for p in paths:
-                if p[0] == "schemes" and scheme and p[1] != scheme:
-                    continue
-                if missing:
-                    issues.append(
-                        Issue(
-                            policy_file,
-                            policy.line_of(*p),
-                            f"template {template!r} has no {' and no '.join('.' + m for m in missing)} file",
-                            f"create {template}.html and {template}.txt, or use an existing template",
-                        )
-                    )
-        entries: list[tuple[str, str]] = [("", "")]
-        for sch in schemes:
-            entries += [(sch, seg) for seg in policy.listed_segments(sch)]
-        for sch, seg in entries:
-            resolved = policy.for_segment(sch or "default", seg or "default")
-            if resolved.suppress:
-                continue
-            campaign = {
-                "campaign_id": "sample",
-                "scheme": sch or "sample",
-                "segment": seg or "Sample",
-                "as_of": SAMPLE_AS_OF,
-                "template": resolved.template,
-                "subject": resolved.subject,
-                "offer": resolved.offer.model_dump_json(),
-            }
-            subject_path = ("schemes", sch, seg, "subject") if sch else ("default", "subject")
-            try:
-                render_subject(
-                    settings, resolved.subject, build_context(settings, campaign, SAMPLE_MEMBER), limits
-                )
-            except RenderError as exc:
-                issues.append(
-                    Issue(policy_file, policy.line_of(*subject_path), f"subject: {exc.detail}", exc.fix)
-                )
-            tpl_files = {_display(root / f"{resolved.template}.{e}") for e in ("html", "txt")}
-            combo = (
-                f"{resolved.template}\0{campaign['offer']}"  # each template with each offer it is used with
-            )
-            if combo in tried or tpl_files & broken:
-                continue
-            if all((root / f"{resolved.template}.{e}").is_file() for e in ("html", "txt")):
-                tried.add(combo)
-                rendered.add(resolved.template)
-                issues.extend(_render_issues(settings, resolved.template, campaign, limits))
+        issues.extend(_missing_templates(policy, policy_file, root, scheme))
+        issues.extend(_policy_renders(settings, policy, schemes, broken, rendered, limits))
     for name in template_names(settings):
-        tpl_files = {_display(root / f"{name}.{e}") for e in ("html", "txt")}
-        if name in rendered or tpl_files & broken:
+        if name not in rendered and not _files_of(root, name) & broken:
+            issues.extend(_lone_template_issues(settings, root, name, limits))
+    unique: dict[tuple[str, int | None, str], Issue] = {}
+    for i in issues:
+        unique.setdefault((i.file, i.line, i.message), i)  # the first of each
+    return list(unique.values())
+
+
+def _files_of(root: Path, template: str) -> set[str]:
+    return {_display(root / f"{template}.{e}") for e in ("html", "txt")}
+
+
+def _missing_templates(policy: Policy, policy_file: str, root: Path, scheme: str | None) -> list[Issue]:
+    """A template the policy names without its .html or .txt file, at each line that names it."""
+    issues = []
+    for template, paths in policy.templates_used().items():
+        missing = [ext for ext in ("html", "txt") if not (root / f"{template}.{ext}").is_file()]
+        if not missing:
             continue
-        missing = [ext for ext in ("html", "txt") if not (root / f"{name}.{ext}").is_file()]
-        if missing:
+        for p in paths:
+            if p[0] == "schemes" and scheme and p[1] != scheme:
+                continue
             issues.append(
                 Issue(
-                    _display(root / f"{name}.{'txt' if 'html' in missing else 'html'}"),
-                    1,
-                    f"template {name!r} has no .{missing[0]} part",
-                    f"every template needs {name}.html and {name}.txt",
+                    policy_file,
+                    policy.line_of(*p),
+                    f"template {template!r} has no {' and no '.join('.' + m for m in missing)} file",
+                    f"create {template}.html and {template}.txt, or use an existing template",
                 )
             )
+    return issues
+
+
+def _sample_campaign(
+    scheme: str, segment: str, template: str, subject: str, offer_json: str
+) -> dict[str, Any]:
+    return {
+        "campaign_id": "sample",
+        "scheme": scheme,
+        "segment": segment,
+        "as_of": SAMPLE_AS_OF,
+        "template": template,
+        "subject": subject,
+        "offer": offer_json,
+    }
+
+
+def _policy_renders(
+    settings: Settings,
+    policy: Policy,
+    schemes: list[str],
+    broken: set[str],
+    rendered: set[str],
+    limits: RenderLimits,
+) -> list[Issue]:
+    """Each entry's subject rendered, and each template rendered once with each offer it is used with
+    (templates already broken are not rendered again); ``rendered`` gets the templates rendered."""
+    root = Path(settings.templates_dir)
+    policy_file = _display(settings.policy_file)
+    issues: list[Issue] = []
+    tried: set[str] = set()
+    entries: list[tuple[str, str]] = [("", "")]
+    for sch in schemes:
+        entries += [(sch, seg) for seg in policy.listed_segments(sch)]
+    for sch, seg in entries:
+        resolved = policy.for_segment(sch or "default", seg or "default")
+        if resolved.suppress:
             continue
-        campaign = {
-            "campaign_id": "sample",
-            "scheme": "sample",
-            "segment": "Sample",
-            "as_of": SAMPLE_AS_OF,
-            "template": name,
-            "subject": "Sample",
-            "offer": parse_offer(_SAMPLE_OFFER).model_dump_json(),
-        }
-        issues.extend(_render_issues(settings, name, campaign, limits))
-    seen: set[tuple[str, int | None, str]] = set()
-    unique: list[Issue] = []
-    for i in issues:
-        k = (i.file, i.line, i.message)
-        if k not in seen:
-            seen.add(k)
-            unique.append(i)
-    return unique
+        campaign = _sample_campaign(
+            sch or "sample",
+            seg or "Sample",
+            resolved.template,
+            resolved.subject,
+            resolved.offer.model_dump_json(),
+        )
+        subject_path = ("schemes", sch, seg, "subject") if sch else ("default", "subject")
+        try:
+            render_subject(
+                settings, resolved.subject, build_context(settings, campaign, SAMPLE_MEMBER), limits
+            )
+        except RenderError as exc:
+            issues.append(
+                Issue(policy_file, policy.line_of(*subject_path), f"subject: {exc.detail}", exc.fix)
+            )
+        combo = f"{resolved.template}\0{campaign['offer']}"  # each template with each offer it is used with
+        if combo in tried or _files_of(root, resolved.template) & broken:
+            continue
+        if all((root / f"{resolved.template}.{e}").is_file() for e in ("html", "txt")):
+            tried.add(combo)
+            rendered.add(resolved.template)
+            issues.extend(_render_issues(settings, resolved.template, campaign, limits))
+    return issues
+
+
+def _lone_template_issues(settings: Settings, root: Path, name: str, limits: RenderLimits) -> list[Issue]:
+    """A template no policy entry rendered: its missing part, or its render with a sample offer."""
+    missing = [ext for ext in ("html", "txt") if not (root / f"{name}.{ext}").is_file()]
+    if missing:
+        return [
+            Issue(
+                _display(root / f"{name}.{'txt' if 'html' in missing else 'html'}"),
+                1,
+                f"template {name!r} has no .{missing[0]} part",
+                f"every template needs {name}.html and {name}.txt",
+            )
+        ]
+    campaign = _sample_campaign(
+        "sample", "Sample", name, "Sample", parse_offer(_SAMPLE_OFFER).model_dump_json()
+    )
+    return _render_issues(settings, name, campaign, limits)

@@ -482,24 +482,12 @@ def _segment_order(settings: Settings, scheme: str, present: Sequence[str]) -> l
     return [s for s in known if s in present] + sorted(s for s in present if s not in known)
 
 
-def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str) -> PlanResult:
-    """Plan one campaign per active segment of the ``as_of`` snapshot of ``scheme`` (see module docstring).
-
-    Returns:
-        PlanResult with one :class:`SegmentPlan` per segment of the snapshot (created, unchanged or suppressed).
+def _snapshot_sizes(engine: Engine, as_of: date, scheme: str) -> tuple[dict[str, int], date | None]:
+    """Members per segment of the ``as_of`` snapshot, and the as_of of the snapshot before it.
 
     Raises:
-        ConfigError: the policy is invalid or names segments the scheme does not have.
-        TemplateError: a template is missing, does not parse, breaks the sandbox or a limit.
         NotFoundError: there is no snapshot for ``as_of`` and ``scheme``.
     """
-    policy = load_policy(settings)
-    issues = check_segments(policy, settings, [scheme])
-    if issues:
-        raise ConfigError(
-            "invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
-            fix=issues[0].fix or "correct the policy file",
-        )
     with engine.connect() as conn:
         sizes = {
             seg: int(n)
@@ -522,6 +510,28 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
     if isinstance(prev_as_of, datetime):
         prev_as_of = prev_as_of.date()
 
+    return sizes, prev_as_of
+
+
+def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str) -> PlanResult:
+    """Plan one campaign per active segment of the ``as_of`` snapshot of ``scheme`` (see module docstring).
+
+    Returns:
+        PlanResult with one :class:`SegmentPlan` per segment of the snapshot (created, unchanged or suppressed).
+
+    Raises:
+        ConfigError: the policy is invalid or names segments the scheme does not have.
+        TemplateError: a template is missing, does not parse, breaks the sandbox or a limit.
+        NotFoundError: there is no snapshot for ``as_of`` and ``scheme``.
+    """
+    policy = load_policy(settings)
+    issues = check_segments(policy, settings, [scheme])
+    if issues:
+        raise ConfigError(
+            "invalid offer policy:\n" + "\n".join(f"  {i}" for i in issues),
+            fix=issues[0].fix or "correct the policy file",
+        )
+    sizes, prev_as_of = _snapshot_sizes(engine, as_of, scheme)
     # Everything that can fail on bad input is checked before the write transaction starts.
     order = _segment_order(settings, scheme, list(sizes))
     result = PlanResult(as_of=as_of, scheme=scheme, segments=[])
@@ -619,89 +629,68 @@ def _retire(
     )
 
 
-def _write_fresh(
-    conn: Connection,
-    settings: Settings,
-    as_of: date,
-    scheme: str,
-    fresh: list[_Fresh],
-    prev_as_of: date | None,
-) -> list[SegmentPlan]:
-    """Members and campaign rows of every fresh segment, set-based: one staging pass over the snapshot."""
+def _insert_plain_members(conn: Connection, st: Any, plain: list[_Fresh]) -> None:
+    """Members of offers without coupons, straight from the staging table (the split in SQL)."""
+    cid_of = case(*[(st.c.segment == f.segment, literal(f.campaign_id)) for f in plain])
+    thr_of = case(*[(st.c.segment == f.segment, literal(f.threshold)) for f in plain])
+    group = case((st.c.bucket < thr_of, literal("holdout")), else_=literal("treatment"))
+    conn.execute(
+        insert(campaign_members).from_select(
+            ["campaign_id", "customer_id", "member_group", "coupon_code"],
+            select(cid_of, st.c.customer_id, group, null()).where(
+                st.c.reason.is_(None), st.c.segment.in_([f.segment for f in plain])
+            ),
+        )
+    )
+
+
+def _insert_coupon_members(conn: Connection, settings: Settings, st: Any, coupon: list[_Fresh]) -> None:
+    """Members of coupon offers: the split read back, a unique code for each treated member."""
     import numpy as np
 
-    stage_name = f"_plan_stage_{uuid.uuid4().hex[:10]}"
-    dialect.prefer_hash_joins(conn)
-    conn.execute(
-        dialect.CreateTempTableAs(stage_name, _stage_select(conn, settings, as_of, scheme, fresh, prev_as_of))
-    )
-    st = table(
-        stage_name,
-        column("customer_id", String),
-        column("segment", String),
-        column("reason", String),
-        column("bucket"),
-    )
-    excluded: dict[str, dict[str, int]] = {f.segment: {} for f in fresh}
-    eligible: dict[str, int] = {f.segment: 0 for f in fresh}
-    for seg, reason, n in conn.execute(
-        select(st.c.segment, st.c.reason, func.count()).group_by(st.c.segment, st.c.reason)
-    ):
-        if reason is None:
-            eligible[seg] = int(n)
-        else:
-            excluded[seg][reason] = int(n)
-    histories = {f.segment: segment_history(conn, scheme, f.segment, as_of) for f in fresh}
-    for f in fresh:
-        target = f.resolved.holdout_target
-        if target is not None:
-            f.sizing = size_holdout(
-                eligible[f.segment], target, histories[f.segment], f.resolved.holdout_share
-            )
-            f.share = f.sizing.share
-
-    plain = [f for f in fresh if not f.resolved.offer.has_coupon]
-    coupon = [f for f in fresh if f.resolved.offer.has_coupon]
-    if plain:
-        cid_of = case(*[(st.c.segment == f.segment, literal(f.campaign_id)) for f in plain])
-        thr_of = case(*[(st.c.segment == f.segment, literal(f.threshold)) for f in plain])
-        group = case((st.c.bucket < thr_of, literal("holdout")), else_=literal("treatment"))
-        conn.execute(
-            insert(campaign_members).from_select(
-                ["campaign_id", "customer_id", "member_group", "coupon_code"],
-                select(cid_of, st.c.customer_id, group, null()).where(
-                    st.c.reason.is_(None), st.c.segment.in_([f.segment for f in plain])
-                ),
-            )
+    key_bytes = settings.coupon_key()
+    handed_out: set[str] = set()  # codes of this run: unique across its campaigns too
+    for f in coupon:
+        ids, buckets = _fetch_columns(
+            conn,
+            select(st.c.customer_id, st.c.bucket).where(st.c.reason.is_(None), st.c.segment == f.segment),
         )
-    if coupon:
-        key_bytes = settings.coupon_key()
-        handed_out: set[str] = set()  # codes of this run: unique across its campaigns too
-        for f in coupon:
-            ids, buckets = _fetch_columns(
-                conn,
-                select(st.c.customer_id, st.c.bucket).where(st.c.reason.is_(None), st.c.segment == f.segment),
-            )
-            treated = buckets >= f.threshold
-            picked = np.flatnonzero(treated)
-            treated_ids = [ids[i] for i in picked.tolist()]
-            code_col = np.full(len(ids), None, dtype=object)
-            codes = unique_codes(
-                key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or "", reserved=handed_out
-            )
-            handed_out.update(codes)
-            code_col[picked] = codes
-            groups = np.where(treated, "treatment", "holdout").astype(object)
-            _bulk_insert(conn, f.campaign_id, ids, groups, code_col)
+        treated = buckets >= f.threshold
+        picked = np.flatnonzero(treated)
+        treated_ids = [ids[i] for i in picked.tolist()]
+        code_col = np.full(len(ids), None, dtype=object)
+        codes = unique_codes(
+            key_bytes, f.key, treated_ids, f.resolved.offer.coupon_prefix or "", reserved=handed_out
+        )
+        handed_out.update(codes)
+        code_col[picked] = codes
+        groups = np.where(treated, "treatment", "holdout").astype(object)
+        _bulk_insert(conn, f.campaign_id, ids, groups, code_col)
 
-    counts: dict[str, dict[str, int]] = {f.campaign_id: {} for f in fresh}
+
+def _member_counts(conn: Connection, campaign_ids: list[str]) -> dict[str, dict[str, int]]:
+    """campaign id -> member group -> members."""
+    counts: dict[str, dict[str, int]] = {cid: {} for cid in campaign_ids}
     m = campaign_members
     for cid, grp, n in conn.execute(
         select(m.c.campaign_id, m.c.member_group, func.count())
-        .where(m.c.campaign_id.in_([f.campaign_id for f in fresh]))
+        .where(m.c.campaign_id.in_(campaign_ids))
         .group_by(m.c.campaign_id, m.c.member_group)
     ):
         counts[cid][grp] = int(n)
+    return counts
+
+
+def _insert_campaign_rows(
+    conn: Connection,
+    as_of: date,
+    scheme: str,
+    fresh: list[_Fresh],
+    counts: dict[str, dict[str, int]],
+    excluded: dict[str, dict[str, int]],
+    histories: dict[str, SegmentHistory | None],
+) -> list[SegmentPlan]:
+    """The ``campaigns`` row of every fresh segment (members already written), and its plan line."""
     now = utcnow()
     plans: list[SegmentPlan] = []
     for f in fresh:
@@ -739,6 +728,56 @@ def _write_fresh(
         )
         _state_mde(created, f.resolved, histories[f.segment], f.sizing)
         plans.append(created)
+    return plans
+
+
+def _write_fresh(
+    conn: Connection,
+    settings: Settings,
+    as_of: date,
+    scheme: str,
+    fresh: list[_Fresh],
+    prev_as_of: date | None,
+) -> list[SegmentPlan]:
+    """Members and campaign rows of every fresh segment, set-based: one staging pass over the snapshot."""
+    stage_name = f"_plan_stage_{uuid.uuid4().hex[:10]}"
+    dialect.prefer_hash_joins(conn)
+    conn.execute(
+        dialect.CreateTempTableAs(stage_name, _stage_select(conn, settings, as_of, scheme, fresh, prev_as_of))
+    )
+    st = table(
+        stage_name,
+        column("customer_id", String),
+        column("segment", String),
+        column("reason", String),
+        column("bucket"),
+    )
+    excluded: dict[str, dict[str, int]] = {f.segment: {} for f in fresh}
+    eligible: dict[str, int] = {f.segment: 0 for f in fresh}
+    for seg, reason, n in conn.execute(
+        select(st.c.segment, st.c.reason, func.count()).group_by(st.c.segment, st.c.reason)
+    ):
+        if reason is None:
+            eligible[seg] = int(n)
+        else:
+            excluded[seg][reason] = int(n)
+    histories = {f.segment: segment_history(conn, scheme, f.segment, as_of) for f in fresh}
+    for f in fresh:
+        target = f.resolved.holdout_target
+        if target is not None:
+            f.sizing = size_holdout(
+                eligible[f.segment], target, histories[f.segment], f.resolved.holdout_share
+            )
+            f.share = f.sizing.share
+
+    plain = [f for f in fresh if not f.resolved.offer.has_coupon]
+    coupon = [f for f in fresh if f.resolved.offer.has_coupon]
+    if plain:
+        _insert_plain_members(conn, st, plain)
+    if coupon:
+        _insert_coupon_members(conn, settings, st, coupon)
+    counts = _member_counts(conn, [f.campaign_id for f in fresh])
+    plans = _insert_campaign_rows(conn, as_of, scheme, fresh, counts, excluded, histories)
     if coupon:
         for cid, clashing in sorted(_global_clashes(conn, [f.campaign_id for f in coupon]).items()):
             f = next(x for x in coupon if x.campaign_id == cid)

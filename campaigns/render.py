@@ -39,7 +39,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Cycler, Namespace
 from jinja2.visitor import NodeTransformer
 
-from activation.emails import unsubscribe_url
+from activation.emails import RenderedEmail, unsubscribe_url
 from activation.errors import TemplateError
 from activation.settings import Settings
 from campaigns.offers import parse_offer
@@ -97,13 +97,6 @@ CONTEXT_VARIABLES: dict[str, str] = {
 _JINJA_NAMES = frozenset(
     {"range", "dict", "cycler", "joiner", "namespace", "loop", "caller", "varargs", "kwargs", "self", "super"}
 )
-
-
-@dataclass(frozen=True)
-class RenderedEmail:
-    subject: str
-    html: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -553,7 +546,6 @@ def _template_location(exc: BaseException, fallback: str | None) -> tuple[str | 
 
 
 def _to_error(exc: BaseException, source: str | None) -> RenderError:
-    file, line = _template_location(exc, source)
     if isinstance(exc, TemplateNotFound):
         return RenderError(
             f"template {exc.name!r} not found",
@@ -561,53 +553,45 @@ def _to_error(exc: BaseException, source: str | None) -> RenderError:
             reason="missing",
             fix=f"create {exc.name} in the templates folder, or fix the name in policy.yaml",
         )
-    if isinstance(exc, TemplateSyntaxError):
-        return RenderError(
-            f"syntax error: {exc.message}",
-            file=file,
-            line=line,
-            reason="syntax",
-            fix="correct the Jinja syntax on that line",
-        )
+    file, line = _template_location(exc, source)
     if isinstance(exc, _LimitExceeded):
-        return RenderError(
-            f"render limit exceeded: {exc}",
-            file=file,
-            line=line,
-            reason=exc.reason,
-            fix="remove the loop or expression that builds so much output",
-        )
-    if isinstance(exc, SecurityError):
-        return RenderError(
-            f"sandbox violation: {exc}",
-            file=file,
-            line=line,
-            reason="sandbox",
-            fix="templates may only use the documented variables and filters (docs/templates.md)",
-        )
-    if isinstance(exc, UndefinedError):
-        return RenderError(
-            f"undefined variable: {exc.message}",
-            file=file,
-            line=line,
-            reason="undefined",
-            fix=f"use only the documented variables: {', '.join(CONTEXT_VARIABLES)}",
-        )
-    if isinstance(exc, RecursionError):
-        return RenderError(
-            "recursion too deep (a macro calling itself?)",
-            file=file,
-            line=line,
-            reason="recursion",
-            fix="remove the recursive macro call",
-        )
-    return RenderError(
-        f"render failed: {type(exc).__name__}: {exc}",
-        file=file,
-        line=line,
-        reason="runtime",
-        fix="correct the expression on that line",
-    )
+        message, reason, fix = f"render limit exceeded: {exc}", exc.reason, _LIMIT_FIX
+    else:
+        kind = next((k for t, k in _ERROR_KINDS.items() if isinstance(exc, t)), _runtime_error)
+        message, reason, fix = kind(exc)
+    return RenderError(message, file=file, line=line, reason=reason, fix=fix)
+
+
+_LIMIT_FIX = "remove the loop or expression that builds so much output"
+
+
+def _runtime_error(exc: BaseException) -> tuple[str, str, str]:
+    return f"render failed: {type(exc).__name__}: {exc}", "runtime", "correct the expression on that line"
+
+
+# exception type -> (message, reason, fix) of the RenderError it becomes
+_ERROR_KINDS: dict[type[BaseException], Callable[[Any], tuple[str, str, str]]] = {
+    TemplateSyntaxError: lambda e: (
+        f"syntax error: {e.message}",
+        "syntax",
+        "correct the Jinja syntax on that line",
+    ),
+    SecurityError: lambda e: (
+        f"sandbox violation: {e}",
+        "sandbox",
+        "templates may only use the documented variables and filters (docs/templates.md)",
+    ),
+    UndefinedError: lambda e: (
+        f"undefined variable: {e.message}",
+        "undefined",
+        f"use only the documented variables: {', '.join(CONTEXT_VARIABLES)}",
+    ),
+    RecursionError: lambda e: (
+        "recursion too deep (a macro calling itself?)",
+        "recursion",
+        "remove the recursive macro call",
+    ),
+}
 
 
 def _run(fn: Callable[[], str], limits: RenderLimits, source: str | None) -> str:

@@ -24,6 +24,8 @@ from datetime import date, datetime
 from json.encoder import encode_basestring_ascii as _enc  # what json.dumps uses for str (ensure_ascii)
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from activation.emails import RenderedEmail
+
 # re-exported: the sync, the destinations and the tests import them from here
 from activation.emails import email_hash as email_hash
 from activation.emails import normalize_email as normalize_email
@@ -70,13 +72,7 @@ def state_hash(email: str, tags: Sequence[str], fields: Mapping[str, str], extra
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class Content:
-    """One rendered email."""
-
-    subject: str
-    html: str
-    text: str
+Content = RenderedEmail  # one rendered email, as the content provider hands it to a destination
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,7 @@ class RenderContent:
         self._checked: dict[str, Any] = {}  # campaign id -> its row, template already checked
 
     def for_campaign(self, campaign: CampaignSpec) -> Content:
-        r = render.render_merge_tags(self.settings, campaign.row)
-        return Content(r.subject, r.html, r.text)
+        return render.render_merge_tags(self.settings, campaign.row)
 
     def preflight(self, campaign: CampaignSpec) -> None:
         """Render the campaign in both modes, per member for a sample member (the template must be the one
@@ -51,7 +50,7 @@ class RenderContent:
             self._checked[campaign.campaign_id] = {**_row_dict(campaign.row), "template_hash": None}
         else:
             r = render.render_member(self.settings, row, _member_view(member))
-        return Content(r.subject, r.html, r.text)
+        return r
 
 
 def _row_dict(row: Any) -> dict[str, Any]:

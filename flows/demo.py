@@ -265,12 +265,10 @@ def checkpoint_duckdb(settings: Settings) -> None:
         conn.exec_driver_sql("CHECKPOINT")
 
 
-def _write_preview(settings: Settings, as_of: date, scheme: str) -> Path | None:
-    """The template preview of the demo's segments (index.html), when the campaigns package offers one."""
-    try:
-        from campaigns.preview import write_previews
-    except ImportError:
-        return None
+def _write_preview(settings: Settings, as_of: date, scheme: str) -> Path:
+    """The template preview of the demo's segments (index.html)."""
+    from campaigns.preview import write_previews  # Jinja and the templates load only when a demo runs
+
     out = settings.data_dir / "preview"
     write_previews(settings, out, engine=get_engine(settings), scheme=scheme)
     return out / "index.html"

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from activation.errors import NotFoundError
 from activation.settings import Settings, get_settings
 from activation.warehouse import dispose_engines, get_engine
+from connectors.errors import RetriableError
 
 RETRY_DELAYS = [5.0, 30.0, 120.0]
 """Seconds between attempts; each is jittered by up to ±50 % so parallel runs do not retry in step."""
@@ -40,13 +41,8 @@ def retriable_error(exc: BaseException | None) -> bool:
     while exc is not None and seen < 5:
         if getattr(exc, "retriable", False) is True:
             return True
-        try:
-            from connectors.errors import RetriableError
-
-            if isinstance(exc, RetriableError):
-                return True
-        except ImportError:
-            pass
+        if isinstance(exc, RetriableError):
+            return True
         if isinstance(exc, OperationalError | DisconnectionError):
             return True
         exc = exc.__cause__

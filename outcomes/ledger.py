@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
     DateTime,
     String,
@@ -71,6 +72,7 @@ from activation.tables import (
     suppressions,
 )
 from activation.warehouse import has_table, transaction
+from campaigns.offers import parse_offer
 from campaigns.plan import current_campaigns
 from connectors.base import Destination, OutcomeEvent
 
@@ -119,18 +121,17 @@ def discount_model(offer_type: str, offer_json: str | None) -> tuple[float, floa
     if not isinstance(offer, dict):
         offer = {}
     try:
-        from campaigns.offers import parse_offer
-
         model = parse_offer(offer if offer else {"type": offer_type})
-        if not getattr(model, "has_coupon", False):
+    except ValidationError:  # not one of the policy's offer types (e.g. a custom one): read its percent below
+        pass
+    else:
+        if not model.has_coupon:
             return (0.0, None)
         cap = getattr(model, "max_discount", None)
         percent = getattr(model, "percent", None)
         if cap is None or percent is None:
             return (float(model.discount_for(100.0)) / 100.0, None)
         return (float(percent) / 100.0, float(cap))
-    except Exception:
-        pass
     for key in COUPON_OFFERS_PERCENT_KEYS:
         value = offer.get(key)
         if value is not None:

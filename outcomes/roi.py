@@ -39,6 +39,7 @@ import pandas as pd
 from sqlalchemy import case, cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
+from activation.errors import ConfigError
 from activation.settings import Settings
 from activation.tables import Double, campaign_members, campaign_outcomes, rfm_snapshots
 from campaigns.holdout import conversion_mde
@@ -65,6 +66,7 @@ from outcomes.stats import (
     two_proportion_p_value,
     wilson_interval,
 )
+from segments.schemes import load_scheme
 
 CONVERSION_CI_METHOD = (
     "95 % interval for the difference of two proportions: Newcombe's hybrid score interval "
@@ -433,10 +435,8 @@ def roi_row(
 def segment_order(settings: Settings, scheme: str, present: list[str]) -> list[str]:
     """``present`` segments in the scheme's order (unknown ones last, alphabetically)."""
     try:
-        from segments.schemes import load_scheme
-
         names = list(load_scheme(scheme, settings).segment_names)
-    except Exception:
+    except ConfigError:  # a scheme no longer defined: the segments as stored, alphabetically
         names = []
     known = [s for s in names if s in present]
     return known + sorted({s for s in present if s not in names})

@@ -33,7 +33,7 @@ from activation.clock import utcnow
 from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import Settings
 from activation.tables import source_table, split_table_name, verified_sources
-from activation.warehouse import has_table
+from activation.warehouse import db_reason, has_table
 
 EXAMPLES = 5
 
@@ -275,27 +275,7 @@ def _order_checks(
         ex = _examples(conn, src, cond, show, oid) if n else []
         results.append(CheckResult(f"not_null({label})", f"{col.name} is null", "error", n, ex))
 
-    if not numeric:
-        results.append(
-            CheckResult(
-                "numeric(amount)",
-                f"column {o.amount} has type {amount_type}, not a number; cast it in a view",
-                "error",
-                total,
-                [],
-            )
-        )
-    else:
-        n = n_of["negative"]
-        results.append(
-            CheckResult(
-                "non_negative(amount)",
-                f"{o.amount} is negative (an order whose returns exceed its purchases)",
-                "warn" if settings.allow_negative_amounts else "error",
-                n,
-                _examples(conn, src, amt < 0, show, amt) if n else [],
-            )
-        )
+    results.append(_amount_check(conn, settings, src, show, amount_type, total, n_of.get("negative", 0)))
     n = n_of["future"]
     results.append(
         CheckResult(
@@ -310,21 +290,7 @@ def _order_checks(
     if o.status:
         results.append(_status_check(conn, settings, src, c[o.status], oid))
 
-    key = f"{o.table}.{o.order_id}"
-    examples: list[dict[str, Any]] = []
-    if fingerprint is not None and fingerprint == stored_fingerprint(conn, key):
-        n_dup = 0  # the very ids verified unique before (or written so by ingest)
-    else:
-        dup = select(oid.label("order_id"), func.count().label("rows")).group_by(oid).having(func.count() > 1)
-        dup_sq = dup.subquery("duplicates")
-        n_dup = int(conn.execute(select(func.count()).select_from(dup_sq)).scalar_one())
-        if n_dup:
-            examples = [dict(r) for r in conn.execute(dup.order_by(oid).limit(EXAMPLES)).mappings()]
-        elif fingerprint is not None:
-            verified.append((key, fingerprint))
-    results.append(
-        CheckResult("unique(order_id)", "order id appears on more than one row", "error", n_dup, examples)
-    )
+    results.append(_unique_check(conn, f"{o.table}.{o.order_id}", oid, fingerprint, verified))
     if relationships:
         rel = relationships_check(
             conn, settings, select(cid.label("customer_id")).select_from(src).distinct()
@@ -332,6 +298,54 @@ def _order_checks(
         if rel is not None:
             results.append(rel)
     return CheckReport(o.table, results)
+
+
+def _amount_check(
+    conn: Connection,
+    settings: Settings,
+    src: Any,
+    show: list[Any],
+    amount_type: str | None,
+    total: int,
+    n: int,
+) -> CheckResult:
+    """The amount is a number (else every row fails: cast it in a view) and not negative (a warning only
+    when negative amounts are allowed)."""
+    o = settings.orders
+    if amount_type is not None and not any(t in amount_type.lower() for t in NUMERIC_TYPES):
+        return CheckResult(
+            "numeric(amount)",
+            f"column {o.amount} has type {amount_type}, not a number; cast it in a view",
+            "error",
+            total,
+            [],
+        )
+    amt = src.c[o.amount]
+    return CheckResult(
+        "non_negative(amount)",
+        f"{o.amount} is negative (an order whose returns exceed its purchases)",
+        "warn" if settings.allow_negative_amounts else "error",
+        n,
+        _examples(conn, src, amt < 0, show, amt) if n else [],
+    )
+
+
+def _unique_check(
+    conn: Connection, key: str, oid: Any, fingerprint: str | None, verified: list[tuple[str, str]]
+) -> CheckResult:
+    """Order ids on more than one row: skipped while the ids are the ones verified unique before (or
+    written so by ingest); ids found unique are added to ``verified``."""
+    examples: list[dict[str, Any]] = []
+    if fingerprint is not None and fingerprint == stored_fingerprint(conn, key):
+        n_dup = 0
+    else:
+        dup = select(oid.label("order_id"), func.count().label("rows")).group_by(oid).having(func.count() > 1)
+        n_dup = int(conn.execute(select(func.count()).select_from(dup.subquery("duplicates"))).scalar_one())
+        if n_dup:
+            examples = [dict(r) for r in conn.execute(dup.order_by(oid).limit(EXAMPLES)).mappings()]
+        elif fingerprint is not None:
+            verified.append((key, fingerprint))
+    return CheckResult("unique(order_id)", "order id appears on more than one row", "error", n_dup, examples)
 
 
 def relationships_check(conn: Connection, settings: Settings, customers_of: Any) -> CheckResult | None:
@@ -386,7 +400,7 @@ def run_checks(
             with engine.begin() as conn:
                 store_fingerprint(conn, *verified[0])
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        reason = db_reason(exc)
         raise WarehouseError(
             f"data checks on {settings.orders.table if source == 'orders' else source} failed to run: {reason}",
             fix="check the table and the ACTIVATION_ORDERS__* column settings",

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from xml.etree.ElementTree import ParseError
+from zipfile import BadZipFile
 
 import duckdb
 import pyarrow as pa
@@ -53,10 +55,10 @@ from activation.emails import EMAIL_PATTERN
 from activation.errors import ConfigError, InputError
 from activation.settings import Settings
 from segments.checks import future_limit, ids_fingerprint, store_fingerprint, stored_fingerprint
-from segments.mapping import KINDS, OPTIONAL, REQUIRED, Mapping, load_mapping
+from segments.mapping import KINDS, OPTIONAL, REQUIRED, ColumnMapping, load_mapping
 from segments.sniff import count_lines, has_multiline_fields, sniff, transcode_to_utf8
 
-__all__ = ["FORMATS", "KINDS", "OPTIONAL", "IngestReport", "Mapping", "ingest_file", "load_mapping"]
+__all__ = ["FORMATS", "KINDS", "OPTIONAL", "IngestReport", "ColumnMapping", "ingest_file", "load_mapping"]
 
 FORMATS = ("online-retail", "cdnow", "csv", "parquet")
 
@@ -204,7 +206,7 @@ def ingest_file(
             fix=f"drop --mapping, the {fmt} columns are fixed",
         )
     else:
-        mapping = Mapping(kind="orders", columns={})
+        mapping = ColumnMapping(kind="orders", columns={})
     report = IngestReport(path=path, fmt=fmt, kind=mapping.kind)
     source = mapping.source or fmt
     if is_duckdb(engine):
@@ -255,7 +257,7 @@ def _read_error(path: Path, fmt: str, exc: Exception) -> InputError:
     )
 
 
-def _load_raw(con: Any, path: Path, fmt: str, mapping: Mapping) -> dict[str, str]:
+def _load_raw(con: Any, path: Path, fmt: str, mapping: ColumnMapping) -> dict[str, str]:
     """Create ``_ingest_raw`` (columns of the file + ``_line``) and return its column types."""
     p = _lit(str(path))
     try:
@@ -296,7 +298,7 @@ _NOT_CSV_FIX = {
 }
 
 
-def _read_csv(con: Any, path: Path, fmt: str, mapping: Mapping) -> None:
+def _read_csv(con: Any, path: Path, fmt: str, mapping: ColumnMapping) -> None:
     """``_ingest_raw`` from a CSV: encoding from the mapping or detected (byte-order marks, UTF-8, else
     Latin-1); quoted fields may hold newlines; a file that is not CSV text says what it looks like."""
     sniffed = sniff(path)
@@ -378,10 +380,12 @@ def _read_cdnow(path: Path) -> pa.Table:
 
 def _read_xlsx(path: Path) -> pa.Table:
     import openpyxl
+    from openpyxl.utils.exceptions import InvalidFileException
 
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:
+    except (BadZipFile, KeyError, ValueError, OSError, ParseError, InvalidFileException) as exc:
+        # not a zip, a zip without a workbook, broken XML inside, or a name openpyxl refuses
         raise _read_error(path, "xlsx", exc) from exc
     try:
         rows = wb.worksheets[0].iter_rows(values_only=True)
@@ -418,7 +422,9 @@ def _cell_text(v: Any) -> str | None:
 # --- staging ---------------------------------------------------------------------------------------------
 
 
-def _resolve_columns(path: Path, fmt: str, mapping: Mapping, available: dict[str, str]) -> dict[str, str]:
+def _resolve_columns(
+    path: Path, fmt: str, mapping: ColumnMapping, available: dict[str, str]
+) -> dict[str, str]:
     """target -> column of the file; raises when a named column is not in the file."""
     names = [c for c in available if c != "_line"]
     if fmt == "online-retail":
@@ -541,7 +547,7 @@ def _bool_expr(col: str, ctype: str) -> str:
     )
 
 
-def _typed_expr(target: str, col: str, ctype: str, mapping: Mapping, fmt: str) -> str:
+def _typed_expr(target: str, col: str, ctype: str, mapping: ColumnMapping, fmt: str) -> str:
     if target in ("order_id", "customer_id", "event_id"):
         if fmt == "cdnow" and target == "customer_id":
             s = _text(col)
@@ -562,7 +568,7 @@ def _check_values(
     cols: dict[str, str],
     exprs: dict[str, str],
     types: dict[str, str],
-    mapping: Mapping,
+    mapping: ColumnMapping,
     future: datetime,
 ) -> None:
     """Unparseable dates, amounts, flags and empty required values → one InputError with example lines."""
@@ -629,7 +635,7 @@ def _check_values(
         raise InputError(f"{path}: " + " | ".join(problems), fix=fix + " (see docs/mapping.md)")
 
 
-def _status_expr(expr: str, mapping: Mapping) -> str:
+def _status_expr(expr: str, mapping: ColumnMapping) -> str:
     """The file's status, trimmed, with the mapping's ``statuses:`` applied (matched case-insensitively)."""
     if not mapping.statuses:
         return expr
@@ -639,7 +645,9 @@ def _status_expr(expr: str, mapping: Mapping) -> str:
     return f"CASE lower({expr}) {whens} ELSE {expr} END"
 
 
-def _check_statuses(con: Any, path: Path, col: str, expr: str, mapping: Mapping, settings: Settings) -> None:
+def _check_statuses(
+    con: Any, path: Path, col: str, expr: str, mapping: ColumnMapping, settings: Settings
+) -> None:
     """Every status must be in the vocabulary (counted or excluded), after the mapping's ``statuses:``."""
     vocabulary = statuses.normalized([*settings.counted_statuses, *settings.excluded_statuses])
     wrong = [
@@ -688,7 +696,13 @@ def _drop_rules(fmt: str, exprs: dict[str, str], cols: dict[str, str]) -> list[t
 
 
 def _stage(
-    con: Any, path: Path, fmt: str, mapping: Mapping, source: str, report: IngestReport, settings: Settings
+    con: Any,
+    path: Path,
+    fmt: str,
+    mapping: ColumnMapping,
+    source: str,
+    report: IngestReport,
+    settings: Settings,
 ) -> None:
     """Read, check and clean the file into ``_stage_orders`` / ``_stage_customers`` / ``_stage_events``."""
     types = _load_raw(con, path, fmt, mapping)
@@ -765,7 +779,7 @@ def _last(col: str, present: set[str]) -> str:
 
 
 def _stage_orders(
-    con: Any, path: Path, present: set[str], source: str, mapping: Mapping, report: IngestReport
+    con: Any, path: Path, present: set[str], source: str, mapping: ColumnMapping, report: IngestReport
 ) -> None:
     """One row per order id. ``grain: lines`` (the default) sums the lines of an order, a negative line being
     a return netted within its order; ``grain: orders`` takes a repeated id as the same order and refuses
@@ -834,7 +848,7 @@ def _stage_orders(
         con.execute(f"ALTER TABLE _stage_orders DROP COLUMN {col}")
 
 
-def _refuse_negative(con: Any, path: Path, mapping: Mapping, orders_sql: str) -> None:
+def _refuse_negative(con: Any, path: Path, mapping: ColumnMapping, orders_sql: str) -> None:
     rows = con.execute(
         f"SELECT order_id, amount, lines, count(*) OVER () FROM ({orders_sql}) WHERE amount < 0 "
         f"ORDER BY lines[1] LIMIT {_EXAMPLES}"

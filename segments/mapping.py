@@ -58,7 +58,7 @@ KEYS: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class Mapping:
+class ColumnMapping:
     """How a file's columns map to warehouse columns, and how to read the file (see docs/mapping.md)."""
 
     kind: str
@@ -100,7 +100,7 @@ class _Issues:
         )
 
 
-def load_mapping(path: Path | str) -> Mapping:
+def load_mapping(path: Path | str) -> ColumnMapping:
     """Parse and validate a mapping YAML file.
 
     Raises:
@@ -136,6 +136,21 @@ def load_mapping(path: Path | str) -> Mapping:
     assert isinstance(data, dict)
     for dup in doc.duplicates:
         issues.items.append((dup.where, dup.message, dup.fix))
+    kind = _check_keys(data, issues)
+    columns = _check_columns(data, kind, issues)
+    options = _read_options(data, issues)
+    issues.raise_if_any()
+    return ColumnMapping(
+        kind=kind,
+        columns={str(k): str(v) for k, v in columns.items()},
+        **options,
+        path=file,
+        lines=lines,
+    )
+
+
+def _check_keys(data: dict[Any, Any], issues: _Issues) -> str:
+    """Unknown keys, the kind, and keys that do not apply to it; returns the kind (orders when invalid)."""
     for key in sorted(set(map(str, data)) - set(KEYS)):
         close = [k for k in KEYS if k.startswith(key[:3])]
         issues.add((key,), f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""),
@@ -154,6 +169,11 @@ def load_mapping(path: Path | str) -> Mapping:
             issues.add((str(key),), f"{key!r} does not apply to kind {kind}",
                        f"remove it, or set the kind it is for ({', '.join(KEYS[str(key)])})")  # fmt: skip
 
+    return str(kind)
+
+
+def _check_columns(data: dict[Any, Any], kind: str, issues: _Issues) -> dict[Any, Any]:
+    """The ``columns:`` section: known keys, names of the file's columns, every required one mapped."""
     columns = data.get("columns")
     if not isinstance(columns, dict):
         issues.add(("columns",), "the mapping needs a 'columns:' section mapping warehouse columns to your file's",
@@ -178,22 +198,26 @@ def load_mapping(path: Path | str) -> Mapping:
         issues.add(("columns",), f"required columns for kind {kind} are not mapped: {', '.join(missing)}",
                    "add them under 'columns:' as '<warehouse column>: <column in your file>'")  # fmt: skip
 
-    def text_value(key: str) -> str | None:
-        value = data.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str | int | float) or isinstance(value, bool) or not str(value).strip():
-            issues.add(
-                (key,), f"{key} must be a text value, got {value!r}", f"write e.g. {key}: {_EXAMPLE[key]}"
-            )
-            return None
-        return str(value)
+    return columns
 
-    grain = text_value("grain") or "lines"
+
+def _text_value(data: dict[Any, Any], issues: _Issues, key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool) or not str(value).strip():
+        issues.add((key,), f"{key} must be a text value, got {value!r}", f"write e.g. {key}: {_EXAMPLE[key]}")
+        return None
+    return str(value)
+
+
+def _read_options(data: dict[Any, Any], issues: _Issues) -> dict[str, Any]:
+    """How to read the file (grain, formats, encoding, statuses …), each checked."""
+    grain = _text_value(data, issues, "grain") or "lines"
     if grain not in GRAINS:
         issues.add(("grain",), f"grain {grain!r} is not one of {', '.join(GRAINS)}",
                    "grain: lines (several rows of one order are summed) or grain: orders (one row per order)")  # fmt: skip
-    date_format = text_value("date_format")
+    date_format = _text_value(data, issues, "date_format")
     if date_format is not None and "%" not in date_format:
         issues.add(("date_format",), f"date_format {date_format!r} has no % directive",
                    "write a strptime format in quotes, e.g. date_format: '%d/%m/%Y %H:%M'")  # fmt: skip
@@ -211,7 +235,7 @@ def load_mapping(path: Path | str) -> Mapping:
     if decimal == "," and delimiter == ",":
         issues.add(("decimal",), "decimal ',' with delimiter ',' cannot be told apart",
                    "files with decimal commas are separated by ';': set delimiter: ';'")  # fmt: skip
-    encoding = text_value("encoding")
+    encoding = _text_value(data, issues, "encoding")
     if encoding is not None:
         if encoding.strip().lower() not in ENCODINGS:
             issues.add(("encoding",), f"encoding {encoding!r} is not supported",
@@ -231,22 +255,17 @@ def load_mapping(path: Path | str) -> Mapping:
         issues.add(("allow_negative_orders",), f"allow_negative_orders must be true or false, got {allow_negative!r}",
                    "write allow_negative_orders: true")  # fmt: skip
         allow_negative = False
-    issues.raise_if_any()
-    return Mapping(
-        kind=kind,
-        columns={str(k): str(v) for k, v in columns.items()},
-        grain=grain,
-        date_format=date_format,
-        delimiter=delimiter,
-        decimal=decimal,
-        encoding=encoding,
-        source=text_value("source"),
-        event_type=text_value("event_type"),
-        statuses={str(k).strip(): str(v).strip() for k, v in statuses.items()},
-        allow_negative_orders=allow_negative,
-        path=file,
-        lines=lines,
-    )
+    return {
+        "grain": grain,
+        "date_format": date_format,
+        "delimiter": delimiter,
+        "decimal": decimal,
+        "encoding": encoding,
+        "source": _text_value(data, issues, "source"),
+        "event_type": _text_value(data, issues, "event_type"),
+        "statuses": {str(k).strip(): str(v).strip() for k, v in statuses.items()},
+        "allow_negative_orders": allow_negative,
+    }
 
 
 _EXAMPLE: dict[str, Any] = {

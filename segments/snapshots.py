@@ -29,7 +29,7 @@ from activation.errors import ActivationError, ConfigError, NotFoundError, Wareh
 from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
 from activation.tables import rfm_snapshots, snapshot_runs, source_table
-from activation.warehouse import has_table
+from activation.warehouse import db_reason, has_table
 from segments import checks, rfm
 from segments.schemes import (
     METRIC_NAMES,
@@ -206,7 +206,7 @@ def compute_snapshot(
     except ActivationError:
         raise
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        reason = db_reason(exc)
         raise WarehouseError(
             f"computing snapshot {scheme.name} as of {as_of} failed in the warehouse: {reason}",
             fix="check the orders source settings (ACTIVATION_ORDERS__*) and the warehouse; nothing was written",
