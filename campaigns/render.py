@@ -39,7 +39,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Cycler, Namespace
 from jinja2.visitor import NodeTransformer
 
-from activation.emails import RenderedEmail, unsubscribe_url
+from activation.emails import RenderedEmail as RenderedEmail  # re-exported: what a render returns
+from activation.emails import unsubscribe_url
 from activation.errors import TemplateError
 from activation.settings import Settings
 from campaigns.offers import parse_offer
