@@ -86,7 +86,8 @@ def plant_effects(
 ) -> list[PlantedEffect]:
     """Segment the quarter before ``as_of`` and ``as_of`` itself (so the report has a migration matrix), then
     plant ``uplift`` into the orders after ``as_of`` for the members the campaigns will treat (the plan's hash
-    split at the policy's fixed share; a segment with a power-sized holdout is left without an effect)."""
+    split at the policy's fixed share; a segment with a power-sized holdout is left without an effect; an
+    empty ``uplift`` removes earlier planted orders), then segment the quarter after (the migration lift)."""
     from campaigns.plan import campaign_key, member_group
     from campaigns.policy import load_policy
     from segments.demo_data import plant_uplift
@@ -106,9 +107,12 @@ def plant_effects(
         key = campaign_key(scheme, as_of, segment)
         return member_group(key, customer_id, fixed[segment]) == "treatment"
 
-    return plant_uplift(
+    planted = plant_uplift(
         engine, settings, as_of, scheme, {k: v for k, v in uplift.items() if k in fixed}, treated, seed=seed
     )
+    # the next quarter too, after the planted orders: the report's migration lift compares the groups there
+    compute_snapshot(engine, settings, last_quarter_end(as_of + timedelta(days=95)), scheme)
+    return planted
 
 
 def start_prefect_api() -> tuple[str, float]:
@@ -220,12 +224,10 @@ def _run_demo(
     timings["demo_data"] = time.perf_counter() - started
 
     as_of = resolve_as_of(backtest_as_of(last_order), settings)
-    planted: list[PlantedEffect] = []
-    if plant:
-        started = time.perf_counter()
-        progress.step = "planting the known effect"
-        planted = plant_effects(settings, as_of, scheme, dict(plant), seed)
-        timings["plant"] = time.perf_counter() - started
+    started = time.perf_counter()
+    progress.step = "segmenting the quarters around the as_of and planting the known effect"
+    planted = plant_effects(settings, as_of, scheme, dict(plant or {}), seed)
+    timings["plant"] = time.perf_counter() - started
     from flows.quarterly_cycle import quarterly_cycle
 
     started = time.perf_counter()

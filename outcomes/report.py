@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from activation.clock import end_of_day
 from activation.dialect import prefer_hash_joins
-from activation.errors import InputError
+from activation.errors import ActivationError, InputError
 from activation.files import atomic_write, atomic_write_all, output_file, safe_frame
 from activation.settings import Settings
-from activation.tables import campaign_members, rfm_snapshots, split_table_name
+from activation.tables import campaign_members, rfm_snapshots, snapshot_runs, split_table_name
 from campaigns.plan import current_campaigns
 from outcomes.ledger import campaign_windows, orders_source, valid_status, windows_values
 from outcomes.roi import (
@@ -44,7 +44,9 @@ from outcomes.roi import (
     roi_totals,
     segment_order,
 )
+from outcomes.stats import newcombe_diff_interval
 from segments.demo_data import PLANTED_SOURCE
+from segments.schemes import load_scheme
 from segments.snapshots import latest_snapshot_as_of, migration_matrix
 
 TEMPLATES_DIR = Path(__file__).parent / "report_templates"
@@ -348,6 +350,72 @@ def planted_orders(engine: Engine, settings: Settings, as_of: date, window_days:
     return int(n or 0)
 
 
+def next_snapshot(engine: Engine, scheme: str, as_of: date) -> date | None:
+    """The first ``scheme`` snapshot run after ``as_of``, or None."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            select(func.min(snapshot_runs.c.as_of)).where(
+                snapshot_runs.c.scheme == scheme, snapshot_runs.c.as_of > as_of
+            )
+        ).scalar()
+    return value.date() if isinstance(value, datetime) else value
+
+
+def migration_lift(
+    engine: Engine, settings: Settings, as_of: date, scheme: str
+) -> tuple[date | None, pd.DataFrame]:
+    """Did treated members move to a better segment by the next snapshot more often than their holdout?
+
+    "Better" = earlier in the scheme's segment order (rfm11: Champions first, Lost last); a member absent
+    from the next snapshot did not move up. Per segment: members and movers of each group, the difference of
+    the two shares and its Newcombe interval (the conversion interval's method). Returns the next snapshot's
+    as_of (None when there is none yet: the frame is empty) and one row per segment with a holdout."""
+    nxt = next_snapshot(engine, scheme, as_of)
+    camps = current_campaigns(engine, as_of, scheme)
+    if nxt is None or not camps:
+        return nxt, pd.DataFrame()
+    try:
+        order = load_scheme(scheme, settings).segment_names
+    except ActivationError:
+        order = []
+    rank = {seg: i for i, seg in enumerate(order)}
+    seg_of = {c.campaign_id: c.segment for c in camps}
+    m, sn = campaign_members.c, rfm_snapshots.c
+    stmt = (
+        select(m.campaign_id, m.member_group, sn.segment, func.count())
+        .select_from(
+            campaign_members.outerjoin(
+                rfm_snapshots, (sn.customer_id == m.customer_id) & (sn.as_of == nxt) & (sn.scheme == scheme)
+            )
+        )
+        .where(m.campaign_id.in_(list(seg_of)))
+        .group_by(m.campaign_id, m.member_group, sn.segment)
+    )
+    with engine.connect() as conn:
+        counts = pd.DataFrame(conn.execute(stmt).all(), columns=["campaign_id", "group", "next", "n"])
+    rows = []
+    for cid, grp in counts.groupby("campaign_id", sort=False):
+        seg = seg_of[str(cid)]
+        here = rank.get(seg, -1)
+        up = grp["next"].map(lambda s, here=here: s in rank and rank[s] < here)
+        stats = {g: (int(grp.loc[up & (grp["group"] == g), "n"].sum()), int(grp.loc[grp["group"] == g, "n"].sum()))
+                 for g in ("treatment", "holdout")}  # fmt: skip
+        (xt, nt), (xh, nh) = stats["treatment"], stats["holdout"]
+        if nt == 0 or nh == 0:
+            continue
+        d, low, high = newcombe_diff_interval(xt, nt, xh, nh)
+        rows.append({"segment": seg, "treated": nt, "treated_up": xt, "holdout": nh, "holdout_up": xh,
+                     "lift": d, "ci_low": low, "ci_high": high})  # fmt: skip
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = (
+            frame.set_index("segment")
+            .reindex([s for s in segment_order(settings, scheme, list(frame["segment"]))])
+            .reset_index()
+        )
+    return nxt, frame
+
+
 WEEKDAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")  # extract(dow): 0 = Sunday on both dialects
 
 
@@ -638,6 +706,18 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         if seg in timing_n
     ]
 
+    lift_as_of, lift = migration_lift(engine, settings, as_of, scheme)
+    migration_lift_rows = [
+        {
+            "segment": str(r["segment"]),
+            "treated": f"{_fmt(r['treated_up'] / r['treated'], 'pct')} of {_fmt(r['treated'], 'int')}",
+            "holdout": f"{_fmt(r['holdout_up'] / r['holdout'], 'pct')} of {_fmt(r['holdout'], 'int')}",
+            "lift": f"{r['lift'] * 100:+.2f} pp [{r['ci_low'] * 100:+.2f}, {r['ci_high'] * 100:+.2f}]",
+            "significant": "yes" if r["ci_low"] > 0 or r["ci_high"] < 0 else "no",
+        }
+        for _, r in lift.iterrows()
+    ]
+
     totals = roi_totals(df, settings) if len(df) else {}
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES_DIR)),
@@ -686,6 +766,8 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         breakdown_dims=list(bd),
         breakdown_rows=breakdown_rows,
         timing_rows=timing_rows,
+        migration_lift_as_of=lift_as_of.isoformat() if lift_as_of else "",
+        migration_lift_rows=migration_lift_rows,
         conversion_ci_method=CONVERSION_CI_METHOD,
         revenue_ci_method=REVENUE_CI_METHOD,
         cuped_method=CUPED_METHOD,

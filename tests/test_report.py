@@ -472,6 +472,10 @@ def test_the_demo_recovers_its_planted_effect(duck_settings, duck_engine, tmp_pa
     assert f"{planted_rows} orders in the window were added for treated members only" in html
     assert "no treatment effect by construction" not in html.split("With a planted effect")[0]
     assert "Migration 2025-03-31 → 2025-06-30" in html  # the demo segments the quarter before too
+    start = html.index('<table id="migration-lift">')
+    lift = html[start : html.index("</table>", start)]
+    assert "2025-09-30" in html and all(seg in lift for seg in effects)
+    assert re.search(r"[+-]\d+\.\d\d pp \[[+-]\d+\.\d\d, [+-]\d+\.\d\d\]", lift)
     timing = html[
         html.index('<table id="timing">') : html.index("</table>", html.index('<table id="timing">'))
     ]
