@@ -16,7 +16,7 @@ from activation.display import add_columns
 def _mde_text(metric: str, mde: float | None) -> str:
     if mde is None:
         return "n/a"
-    return f"{mde * 100:.1f} pp" if metric == "conversion" else f"{mde:,.2f} /member"
+    return f"{mde * 100:.1f}pp" if metric == "conversion" else f"{mde:,.2f}/member"
 
 
 def register(app: typer.Typer) -> None:
@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
             )
             return
         table = Table(title=f"{scheme_name} campaigns as of {as_of}")
-        cells, reasons, methods = [], [], []
+        cells, reasons = [], []
+        methods: dict[str, list[str]] = {}
         for sp in result.segments:
             version = sp.campaign_id.rsplit("-", 1)[-1] if sp.campaign_id else ""
             if sp.excluded:
@@ -107,22 +108,22 @@ def register(app: typer.Typer) -> None:
                     sp.segment,
                     f"{sp.status} {version}".strip(),
                     f"{sp.treated:,}",
-                    f"{sp.holdout:,}",
-                    f"{sp.holdout_share:.1%}" if sp.status != "suppressed" else "",
-                    _mde_text(sp.mde_metric, sp.holdout_mde) if sp.status != "suppressed" else "",
+                    f"{sp.holdout:,}" + (f" ({sp.holdout_share:.0%})" if sp.status != "suppressed" else ""),
                     f"{sum(sp.excluded.values()):,}",
                     sp.offer,
                 ]
             )
             if sp.holdout_method:
-                methods.append(f"{sp.segment}: {sp.holdout_method}")
+                methods.setdefault(sp.holdout_method, []).append(
+                    f"{sp.segment} {_mde_text(sp.mde_metric, sp.holdout_mde)}"
+                )
         add_columns(
             table,
-            ("segment", "status", "treated", "holdout", "share", "MDE", "excluded", "offer"),
+            ("segment", "status", "treated", "holdout", "excluded", "offer"),
             cells,
-            left=(0, 1, 7),
-            wrap=(0, 1, 7),
-            grow=7,
+            left=(0, 1, 5),
+            wrap=(0, 1, 5),
+            grow=5,
         )
         for row in cells:
             table.add_row(*row)
@@ -131,8 +132,9 @@ def register(app: typer.Typer) -> None:
             console.out.print("excluded: " + "; ".join(reasons), highlight=False)
         if methods:
             console.out.print(
-                "MDE: the smallest lift the holdout detects at 95 % (80 % power unless the policy's target "
-                "says otherwise); " + "; ".join(methods),
+                "MDE, the smallest lift each holdout (share) detects at 95 % with 80 % power unless the "
+                "policy's target says otherwise: "
+                + "; ".join(f"{', '.join(segs)} ({how})" for how, segs in methods.items()),
                 highlight=False,
             )
         ids = [sp.campaign_id for sp in result.segments if sp.campaign_id]

@@ -143,7 +143,12 @@ def test_plan_sizes_holdouts_from_the_target_and_states_every_mde(settings, engi
 
     out = run_cli("plan", "--as-of", AS_OF.isoformat())
     assert out.exit_code == 0, out.output
-    assert "MDE" in out.output and "sized for 0.05" in out.output and "pp" in out.output
+    assert (
+        "MDE" in out.output
+        and "sized for 0.05" in out.output
+        and "pp" in out.output
+        and "(10%)" in out.output
+    )
 
 
 def test_the_next_quarter_uses_the_cuped_variance_of_the_previous_outcomes(
