@@ -5,23 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from prefect import flow
-
 from activation.errors import GuardrailError
-from activation.settings import get_settings
-from connectors.registry import check_destination
 from connectors.sync import check_schedule_at
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.schedule import AsOf, Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import AsOf, Destination, earlier_run_with_this_name, period_flow, run_parameters, skipped
 from flows.tasks import plan_campaigns_task, sync_plan_task, sync_task, wait_for_snapshot_task
 
 
-@flow(
-    name="activate",
-    flow_run_name=run_name("activate", "destination"),
-    persist_result=False,
-    timeout_seconds=8 * 3600,
-)
+@period_flow("activate", "destination", hours=8)
 def activate(
     as_of: AsOf = None,
     scheme: str | None = None,
@@ -49,10 +40,7 @@ def activate(
         GuardrailError: the sync plan looks wrong; nothing was written to the destination and the
             reason is published as the ``guardrail-…`` artifact.
     """
-    settings = get_settings()
-    as_of = run_as_of(as_of, settings)
-    scheme = scheme or settings.default_scheme
-    check_destination(destination, settings)
+    as_of, scheme = run_parameters(as_of, scheme, destination)
     check_schedule_at(schedule_at)
     if (other := earlier_run_with_this_name()) is not None:
         return skipped("activate", other)

@@ -11,6 +11,8 @@ import re
 from datetime import date
 from typing import Any
 
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
 from campaigns.plan import period_label
 
 _KEY_CHARS = re.compile(r"[^a-z0-9]+")
@@ -37,13 +39,9 @@ def table_rows(frame: Any) -> list[dict[str, Any]]:
 
 def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
     """Create a table artifact (inside a flow or task run)."""
-    from prefect.artifacts import create_table_artifact
-
     create_table_artifact(table=rows or [{"note": "no rows"}], key=key, description=description)
 
 
 def publish_markdown(key: str, markdown: str, description: str) -> None:
     """Create a markdown artifact (inside a flow or task run)."""
-    from prefect.artifacts import create_markdown_artifact
-
     create_markdown_artifact(markdown=markdown, key=key, description=description)

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
-from activation.settings import get_settings
-from connectors.registry import check_destination
-from flows.schedule import AsOf, OptionalDestination, run_as_of, run_name
+from flows.schedule import AsOf, OptionalDestination, period_flow, run_parameters
 from flows.tasks import collect_outcomes_task
 
 
-@flow(
-    name="collect-outcomes",
-    flow_run_name=run_name("collect-outcomes"),
-    persist_result=False,
-    timeout_seconds=2 * 3600,
-)
+@period_flow("collect-outcomes", hours=2)
 def collect_outcomes(
     as_of: AsOf = None,
     scheme: str | None = None,
@@ -37,10 +28,6 @@ def collect_outcomes(
         destination: also read opens, clicks and unsubscribes from this destination (outbox, mailchimp or
             hubspot); empty: conversions from the warehouse only.
     """
-    settings = get_settings()
-    as_of = run_as_of(as_of, settings)
-    scheme = scheme or settings.default_scheme
-    if destination:
-        check_destination(destination, settings)
+    as_of, scheme = run_parameters(as_of, scheme, destination)
     collected = collect_outcomes_task(as_of, scheme, window_days, destination)
     return {"as_of": as_of.isoformat(), "scheme": scheme, **collected}

@@ -26,9 +26,13 @@ from activation.defaults import describe_templates_dir
 from activation.errors import ActivationError, ConfigError
 from activation.settings import Settings
 from activation.warehouse import duckdb_file, get_engine, redact
+from campaigns.lint import check_templates
+from campaigns.preview import write_previews
 from connectors.registry import check_destination
 from flows.dates import resolve_as_of
-from segments.demo_data import DEFAULT_PLANTED, PlantedEffect
+from flows.runtime import check_prefect_api, local_run
+from segments.demo_data import DEFAULT_PLANTED, PlantedEffect, generate
+from segments.ingest import ingest_file
 from segments.snapshots import last_quarter_end
 
 BACKTEST_GAP_DAYS = 150
@@ -66,9 +70,6 @@ def prepare_demo_data(
     settings: Settings, *, customers: int | None, orders_n: int | None, seed: int
 ) -> tuple[Path, date]:
     """Generate and ingest the demo data set; return its folder and the date of its last order."""
-    from segments.demo_data import generate
-    from segments.ingest import ingest_file
-
     files = generate(
         settings.data_dir / "demo",
         customers=customers if customers is not None else DEMO_CUSTOMERS,
@@ -117,10 +118,7 @@ def plant_effects(
 
 def start_prefect_api() -> tuple[str, float]:
     """Make sure the Prefect API is up (starting the temporary one if needed); return its name and seconds."""
-    from prefect.client.orchestration import get_client
-
-    from activation.errors import ConfigError
-    from flows.runtime import check_prefect_api
+    from prefect.client.orchestration import get_client  # Prefect: once the templates passed (see run_demo)
 
     started = time.perf_counter()
     described = check_prefect_api()
@@ -145,8 +143,6 @@ def check_templates_first(settings: Settings, scheme: str) -> None:
     Raises:
         ConfigError: a problem in the policy or a template (every ``file:line`` of them).
     """
-    from campaigns.lint import check_templates
-
     issues = check_templates(settings, scheme=scheme)
     if issues:
         raise ConfigError(
@@ -183,9 +179,10 @@ def run_demo(
     scheme: str | None = None,
     plant: Mapping[str, float] | None = DEFAULT_PLANTED,
 ) -> DemoResult:
-    """Run the demo end to end (see the module docstring) and say where everything is."""
-    from flows.runtime import local_run
+    """Run the demo end to end (see the module docstring) and say where everything is.
 
+    Prefect (seconds to import) is imported only after the templates and the policy passed their check, so
+    a mistake there is reported at once."""
     progress = DemoProgress(settings)
     interrupt.on_interrupt(lambda: f"interrupted; {progress.remains()}")
     try:
@@ -228,7 +225,7 @@ def _run_demo(
     progress.step = "segmenting the quarters around the as_of and planting the known effect"
     planted = plant_effects(settings, as_of, scheme, dict(plant or {}), seed)
     timings["plant"] = time.perf_counter() - started
-    from flows.quarterly_cycle import quarterly_cycle
+    from flows.quarterly_cycle import quarterly_cycle  # Prefect: see run_demo
 
     started = time.perf_counter()
     progress.step = "running the quarterly cycle (snapshot, campaigns, outbox, outcomes, report)"
@@ -269,8 +266,6 @@ def checkpoint_duckdb(settings: Settings) -> None:
 
 def _write_preview(settings: Settings, as_of: date, scheme: str) -> Path:
     """The template preview of the demo's segments (index.html)."""
-    from campaigns.preview import write_previews  # Jinja and the templates load only when a demo runs
-
     out = settings.data_dir / "preview"
     write_previews(settings, out, engine=get_engine(settings), scheme=scheme)
     return out / "index.html"

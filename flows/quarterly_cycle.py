@@ -4,23 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
-from activation.settings import get_settings
-from connectors.registry import check_destination
 from flows.activate import activate
 from flows.collect_outcomes import collect_outcomes
 from flows.resegment import resegment
 from flows.roi_report import roi_report
-from flows.schedule import AsOf, Destination, earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import AsOf, Destination, earlier_run_with_this_name, period_flow, run_parameters, skipped
 
 
-@flow(
-    name="quarterly-cycle",
-    flow_run_name=run_name("quarterly-cycle"),
-    persist_result=False,
-    timeout_seconds=12 * 3600,
-)
+@period_flow("quarterly-cycle", hours=12)
 def quarterly_cycle(
     as_of: AsOf = None,
     scheme: str | None = None,
@@ -49,10 +40,7 @@ def quarterly_cycle(
         window_days: attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS).
         report_out: HTML file of the ROI report (default: under the data folder).
     """
-    settings = get_settings()
-    as_of = run_as_of(as_of, settings)
-    scheme = scheme or settings.default_scheme
-    check_destination(destination, settings)
+    as_of, scheme = run_parameters(as_of, scheme, destination)
     if (other := earlier_run_with_this_name()) is not None:
         return skipped("quarterly-cycle", other)
     result: dict[str, Any] = {"as_of": as_of.isoformat(), "scheme": scheme}

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
-from activation.settings import get_settings
 from flows.artifacts import artifact_key, publish_table
-from flows.schedule import AsOf, earlier_run_with_this_name, run_as_of, run_name, skipped
+from flows.schedule import AsOf, earlier_run_with_this_name, period_flow, run_parameters, skipped
 from flows.tasks import compute_snapshot_task, migration_task, segment_summary_task
 
 
-@flow(name="resegment", flow_run_name=run_name("resegment"), persist_result=False, timeout_seconds=4 * 3600)
+@period_flow("resegment", hours=4)
 def resegment(as_of: AsOf = None, scheme: str | None = None) -> dict[str, Any]:
     """Compute and store the snapshot of ``scheme`` as of ``as_of`` (default: end of the last full quarter).
 
@@ -25,11 +22,9 @@ def resegment(as_of: AsOf = None, scheme: str | None = None) -> dict[str, Any]:
             scheduled start, in ACTIVATION_SCHEDULE_TIMEZONE).
         scheme: segmentation scheme, e.g. rfm11 (default: the ``default_scheme`` setting).
     """
-    settings = get_settings()
-    as_of = run_as_of(as_of, settings)
+    as_of, scheme = run_parameters(as_of, scheme)
     if (other := earlier_run_with_this_name()) is not None:
         return skipped("resegment", other)
-    scheme = scheme or settings.default_scheme
     snapshot = compute_snapshot_task(as_of, scheme)
     publish_table(
         artifact_key("segments", scheme, as_of),

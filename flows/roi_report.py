@@ -4,15 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
-from activation.settings import get_settings
 from flows.artifacts import artifact_key, publish_markdown, publish_table
-from flows.schedule import AsOf, run_as_of, run_name
+from flows.schedule import AsOf, period_flow, run_parameters
 from flows.tasks import roi_report_task
 
 
-@flow(name="roi-report", flow_run_name=run_name("roi-report"), persist_result=False, timeout_seconds=3600)
+@period_flow("roi-report", hours=1)
 def roi_report(
     as_of: AsOf = None,
     scheme: str | None = None,
@@ -28,9 +25,7 @@ def roi_report(
         window_days: attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS).
         out: HTML file to write (default: under the data folder); the CSV is written beside it.
     """
-    settings = get_settings()
-    as_of = run_as_of(as_of, settings)
-    scheme = scheme or settings.default_scheme
+    as_of, scheme = run_parameters(as_of, scheme)
     report = roi_report_task(as_of, scheme, out, window_days)
     publish_table(
         artifact_key("roi", scheme, as_of),

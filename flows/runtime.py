@@ -3,10 +3,14 @@
 With ``PREFECT_API_URL`` unset, Prefect starts a temporary local API for the process (its "ephemeral"
 mode): nothing to start by hand, which is what ``activation demo`` relies on. With it set, the API
 must answer — checked up front so a wrong URL is one clear message instead of a stack of retries.
+
+Prefect's settings and client are imported inside the functions: importing them takes seconds, and
+``activation run …`` checks its own arguments before it pays for that.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -65,8 +69,6 @@ def local_run() -> Iterator[None]:
     they only cost a thread join per flow run (~1 s each), so they are off here. A temporary API also
     gets no telemetry (it usually runs offline) unless the user set that explicitly.
     """
-    import os
-
     from prefect.settings import (
         PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,

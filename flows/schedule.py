@@ -17,9 +17,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
+from prefect import Flow, flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterName,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import StateType
 from prefect.context import FlowRunContext
 from pydantic import Field
 
@@ -27,7 +36,7 @@ from activation.dates import DATE_PATTERN, parse_date
 from activation.errors import ConfigError, ConflictError
 from activation.settings import Settings, get_settings, today_in
 from campaigns.plan import period_label
-from connectors.registry import NAMES
+from connectors.registry import NAMES, check_destination
 from flows.dates import resolve_as_of
 from flows.tasks import _log
 
@@ -58,8 +67,6 @@ def schedule_timezone_of(flow_run: Any) -> str | None:
     """
     if not getattr(flow_run, "auto_scheduled", False) or flow_run.deployment_id is None:
         return None
-    from prefect.client.orchestration import get_client
-
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment(flow_run.deployment_id)
     parts = (flow_run.idempotency_key or "").split()
@@ -96,7 +103,39 @@ def run_as_of(value: date | str | None, settings: Settings) -> date:
     return resolve_as_of(value, settings, today=run_today(settings))
 
 
-def run_name(flow: str, *extra_parameters: str) -> Callable[[], str]:
+def run_parameters(
+    as_of: date | str | None, scheme: str | None, destination: str | None = None
+) -> tuple[date, str]:
+    """A run's ``as_of`` (:func:`run_as_of`) and scheme (default: the ``default_scheme`` setting), and its
+    destination checked, before anything runs.
+
+    Raises:
+        InputError: ``as_of`` is not a date or lies in the future.
+        ConfigError: an unknown destination, or its credentials are not set.
+    """
+    settings = get_settings()
+    day = run_as_of(as_of, settings)
+    if destination:
+        check_destination(destination, settings)
+    return day, scheme or settings.default_scheme
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def period_flow(name: str, *name_parameters: str, hours: float) -> Callable[[Callable[P, R]], Flow[P, R]]:
+    """``@flow`` as every flow of a period is declared: its runs named by :func:`run_name` (``name`` and
+    the values of ``name_parameters``), no persisted result, a timeout of ``hours``."""
+    return flow(
+        name=name,
+        flow_run_name=run_name(name, *name_parameters),
+        persist_result=False,
+        timeout_seconds=hours * 3600,
+    )
+
+
+def run_name(flow_name: str, *extra_parameters: str) -> Callable[[], str]:
     """A ``flow_run_name`` callable: ``<flow>-<scheme>-<period>[-<extra parameter values>]``."""
 
     def name() -> str:
@@ -111,8 +150,8 @@ def run_name(flow: str, *extra_parameters: str) -> Callable[[], str]:
                     None, settings, today=run_today(settings, ctx.flow_run if ctx else None)
                 )
         except Exception:
-            return flow
-        parts = [flow, str(scheme), period_label(as_of)]
+            return flow_name
+        parts = [flow_name, str(scheme), period_label(as_of)]
         parts += [str(parameters[p]) for p in extra_parameters if parameters.get(p) not in (None, "")]
         return "-".join(parts).lower()
 
@@ -130,15 +169,6 @@ def earlier_run_with_this_name() -> Any | None:
     flow_run = _flow_run()
     if flow_run is None or flow_run.deployment_id is None or flow_run.parent_task_run_id is not None:
         return None
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterName,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-    )
-    from prefect.client.schemas.objects import StateType
-
     with get_client(sync_client=True) as client:
         me = client.read_flow_run(flow_run.id)
         others = client.read_flow_runs(

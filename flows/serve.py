@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import Flow
+from prefect import serve as prefect_serve
 from prefect.schedules import Cron
 
 from activation.settings import Settings
@@ -48,6 +49,4 @@ def scheduled_deployments(settings: Settings, scheme: str, destination: str) -> 
 
 def serve(settings: Settings, scheme: str, destination: str) -> None:
     """Register the scheduled deployments and run them until interrupted."""
-    from prefect import serve as prefect_serve
-
     prefect_serve(*scheduled_deployments(settings, scheme, destination))

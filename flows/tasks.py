@@ -19,15 +19,24 @@ from contextlib import closing
 from datetime import date, datetime
 from typing import Any
 
+import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError, OperationalError
 
 from activation.errors import NotFoundError
 from activation.settings import Settings, get_settings
 from activation.warehouse import dispose_engines, get_engine
+from campaigns.plan import plan_campaigns
 from connectors.errors import RetriableError
+from connectors.registry import get_destination
+from connectors.sync import SyncOptions, sync_audience
+from flows.artifacts import table_rows
+from outcomes.ledger import collect_outcomes
+from outcomes.report import write_roi_report
+from segments.snapshots import compute_snapshot, latest_snapshot_as_of, migration_matrix, segment_summary
 
 RETRY_DELAYS = [5.0, 30.0, 120.0]
 """Seconds between attempts; each is jittered by up to ±50 % so parallel runs do not retry in step."""
@@ -35,15 +44,9 @@ RETRY_DELAYS = [5.0, 30.0, 120.0]
 
 def retriable_error(exc: BaseException | None) -> bool:
     """True for errors a retry can cure: a destination's retriable error, a dropped warehouse connection."""
-    from sqlalchemy.exc import DisconnectionError, OperationalError
-
     seen = 0
     while exc is not None and seen < 5:
-        if getattr(exc, "retriable", False) is True:
-            return True
-        if isinstance(exc, RetriableError):
-            return True
-        if isinstance(exc, OperationalError | DisconnectionError):
+        if isinstance(exc, RetriableError | OperationalError | DisconnectionError):
             return True
         exc = exc.__cause__
         seen += 1
@@ -131,8 +134,6 @@ def summarize(obj: Any) -> dict[str, Any]:
 @task(name="compute-snapshot", timeout_seconds=3600, **TASK_DEFAULTS)
 def compute_snapshot_task(as_of: date, scheme: str) -> dict[str, Any]:
     """Compute and store the RFM snapshot of ``scheme`` as of ``as_of``."""
-    from segments.snapshots import compute_snapshot
-
     settings = _settings()
     result = compute_snapshot(_engine(settings), settings, as_of, scheme)
     summary = summarize(result)
@@ -143,9 +144,6 @@ def compute_snapshot_task(as_of: date, scheme: str) -> dict[str, Any]:
 @task(name="segment-summary", timeout_seconds=600, **TASK_DEFAULTS)
 def segment_summary_task(as_of: date, scheme: str) -> list[dict[str, Any]]:
     """Per-segment aggregates of a snapshot (customers, share, mean R/F/M, revenue)."""
-    from flows.artifacts import table_rows
-    from segments.snapshots import segment_summary
-
     settings = _settings()
     return table_rows(segment_summary(_engine(settings), as_of, scheme, settings))
 
@@ -153,9 +151,6 @@ def segment_summary_task(as_of: date, scheme: str) -> list[dict[str, Any]]:
 @task(name="migration-matrix", timeout_seconds=600, **TASK_DEFAULTS)
 def migration_task(as_of: date, scheme: str) -> tuple[str | None, list[dict[str, Any]]]:
     """Segment-to-segment counts from the previous snapshot of ``scheme`` to this one."""
-    from flows.artifacts import table_rows
-    from segments.snapshots import latest_snapshot_as_of, migration_matrix
-
     engine = _engine(_settings())
     previous = latest_snapshot_as_of(engine, scheme, before=as_of)
     if previous is None:
@@ -166,8 +161,6 @@ def migration_task(as_of: date, scheme: str) -> tuple[str | None, list[dict[str,
 @task(name="wait-for-snapshot", timeout_seconds=6 * 3600, persist_result=False, cache_policy=NO_CACHE)
 def wait_for_snapshot_task(as_of: date, scheme: str, wait_minutes: float) -> None:
     """Wait (up to ``wait_minutes``) until ``resegment`` has stored the snapshot ``activate`` needs."""
-    from segments.snapshots import latest_snapshot_as_of
-
     deadline = time.monotonic() + wait_minutes * 60
     while True:
         found = latest_snapshot_as_of(
@@ -191,8 +184,6 @@ def wait_for_snapshot_task(as_of: date, scheme: str, wait_minutes: float) -> Non
 @task(name="plan-campaigns", timeout_seconds=3600, **TASK_DEFAULTS)
 def plan_campaigns_task(as_of: date, scheme: str) -> dict[str, Any]:
     """Plan one campaign per active segment (holdouts, coupons); idempotent."""
-    from campaigns.plan import plan_campaigns
-
     settings = _settings()
     result = plan_campaigns(_engine(settings), settings, as_of, scheme)
     summary = plan_summary(result)
@@ -234,17 +225,19 @@ def sync_summary(result: Any) -> dict[str, Any]:
     return {"totals": totals, "segments": rows}
 
 
-@task(name="sync-plan", timeout_seconds=3600, **TASK_DEFAULTS)
-def sync_plan_task(as_of: date, scheme: str, destination: str) -> dict[str, Any]:
-    """Dry run of the audience sync: what would change and which guardrails it trips; writes nothing."""
-    from connectors.registry import get_destination
-    from connectors.sync import SyncOptions, sync_audience
-
+def _sync(destination: str, options: SyncOptions) -> dict[str, Any]:
+    """One audience sync (or its dry run: ``SyncOptions.preview``) on the flows' engine, as its summary."""
     settings = _settings()
     engine = _engine(settings)
     with closing(get_destination(destination, settings)) as dest:
-        result = sync_audience(engine, settings, dest, SyncOptions.preview(as_of, scheme))
+        result = sync_audience(engine, settings, dest, options)
     return sync_summary(result)
+
+
+@task(name="sync-plan", timeout_seconds=3600, **TASK_DEFAULTS)
+def sync_plan_task(as_of: date, scheme: str, destination: str) -> dict[str, Any]:
+    """Dry run of the audience sync: what would change and which guardrails it trips; writes nothing."""
+    return _sync(destination, SyncOptions.preview(as_of, scheme))
 
 
 @task(name="sync-audience", timeout_seconds=4 * 3600, **TASK_DEFAULTS)
@@ -252,15 +245,7 @@ def sync_task(
     as_of: date, scheme: str, destination: str, send: bool, schedule_at: datetime | None, force: bool
 ) -> dict[str, Any]:
     """Sync the planned audiences to ``destination`` (only changes) and create/send the campaigns."""
-    from connectors.registry import get_destination
-    from connectors.sync import SyncOptions, sync_audience
-
-    settings = _settings()
-    engine = _engine(settings)
-    options = SyncOptions(as_of, scheme, send=send, schedule_at=schedule_at, force=force)
-    with closing(get_destination(destination, settings)) as dest:
-        result = sync_audience(engine, settings, dest, options)
-    summary = sync_summary(result)
+    summary = _sync(destination, SyncOptions(as_of, scheme, send=send, schedule_at=schedule_at, force=force))
     _log().info("synced %s %s to %s: %s", scheme, as_of, destination, summary["totals"])
     return summary
 
@@ -273,14 +258,8 @@ def collect_outcomes_task(
     as_of: date, scheme: str, window_days: int | None, destination: str | None
 ) -> dict[str, Any]:
     """Record sends, opens, clicks and conversions of the campaigns of ``as_of`` (idempotent)."""
-    from outcomes.ledger import collect_outcomes
-
     settings = _settings()
-    source = None
-    if destination:
-        from connectors.registry import get_destination
-
-        source = get_destination(destination, settings)
+    source = get_destination(destination, settings) if destination else None
     result = collect_outcomes(
         _engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
     )
@@ -292,9 +271,6 @@ def collect_outcomes_task(
 @task(name="roi-report", timeout_seconds=3600, **TASK_DEFAULTS)
 def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int | None) -> dict[str, Any]:
     """Write the HTML + CSV ROI report; return its paths and the per-segment ROI rows."""
-    from flows.artifacts import table_rows
-    from outcomes.report import write_roi_report
-
     settings = _settings()
     target = out or str(settings.data_dir / "reports" / f"roi-{scheme}-{as_of.isoformat()}.html")
     paths = write_roi_report(_engine(settings), settings, as_of, scheme, target, window_days=window_days)
@@ -302,7 +278,5 @@ def roi_report_task(as_of: date, scheme: str, out: str | None, window_days: int 
     rows: list[dict[str, Any]] = []
     csv_path = summary.get("csv")
     if csv_path:
-        import pandas as pd
-
         rows = table_rows(pd.read_csv(csv_path))
     return {"paths": summary, "rows": rows}
