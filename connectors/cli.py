@@ -1,4 +1,8 @@
-"""``activation sync``: push the campaign plan to a destination (or print what it would do)."""
+"""``activation sync``: push the campaign plan to a destination (or print what it would do).
+
+Settings, the warehouse, the sync and rich's progress bar are imported by the command, so
+``activation --help`` does not load them.
+"""
 
 from __future__ import annotations
 
@@ -17,97 +21,95 @@ from activation.errors import ConfigError
 from activation.interrupt import on_interrupt
 
 if TYPE_CHECKING:  # the sync engine (SQLAlchemy) is imported by the command, not by --help
-    from rich.progress import Progress
-
     from connectors.result import SyncResult
 
 
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
-
-    @app.command("sync")
-    def sync_cmd(
-        destination: str = typer.Option("outbox", "--destination", "-d", help="outbox | mailchimp | hubspot"),
-        as_of: str | None = typer.Option(
-            None, "--as-of", help="Plan date YYYY-MM-DD (default: latest planned)."
-        ),
-        scheme: str | None = typer.Option(
-            None, "--scheme", help="Segmentation scheme (default from settings)."
-        ),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan per segment; write nothing."),
-        send: bool = typer.Option(
-            False, "--send", help="Send each campaign after syncing (default: drafts)."
-        ),
-        schedule_at: str | None = typer.Option(
-            None,
-            "--schedule-at",
-            help="Schedule each campaign: an ISO date-time, UTC unless it has an offset (2025-07-02T09:00+02:00).",
-        ),
-        force: bool = typer.Option(False, "--force", help="Override the guardrails."),
-        as_json: bool = typer.Option(
-            False, "--json", help="Print one JSON document (docs/json.md); progress and logs go to stderr."
-        ),
-    ) -> None:
-        """Sync audiences (tags, merge fields, lists) and campaigns to a destination, incrementally."""
-        from activation.settings import get_settings
-        from activation.warehouse import get_engine
-        from connectors.registry import NAMES, check_destination, get_destination
-        from connectors.sync import SyncOptions, sync_audience
-
-        day, when = parse_date(as_of, "--as-of"), parse_datetime(schedule_at, "--schedule-at")
-        if destination not in NAMES:
-            raise ConfigError(f"unknown destination {destination!r}", fix=f"use one of: {', '.join(NAMES)}")
-        settings = get_settings()
-        check_destination(destination, settings)
-        engine = get_engine(settings, create=False)
-        progress = _progress(destination, as_json)
-        task = progress.add_task("sync", total=None)
-        confirmed = [0]
-
-        def advance(n: int) -> None:
-            confirmed[0] += n
-            progress.advance(task, n)
-
-        def interrupted() -> str:
-            if not confirmed[0]:
-                return f"interrupted; nothing was synced to {destination}; run the same command again"
-            return (
-                f"interrupted; {confirmed[0]:,} member(s) were synced to {destination} and are recorded; "
-                "run the same command again to finish: it writes only what is left"
-            )
-
-        if not dry_run:
-            on_interrupt(interrupted)
-        options = SyncOptions(
-            day,
-            scheme,
-            dry_run=dry_run,
-            send=send,
-            schedule_at=when,
-            force=force,
-            on_total=lambda n: progress.update(task, total=n),
-            on_progress=advance,
-        )
-        with progress, closing(get_destination(destination, settings)) as dest:
-            result = sync_audience(engine, settings, dest, options)
-        if as_json:
-            console.print_json("sync", result.summary())
-        else:
-            print_result(console.out, result)
+    app.command("sync")(sync_command)
 
 
-def _progress(destination: str, as_json: bool) -> Progress:
-    """The bar of members confirmed (on stderr with ``--json``); it disappears when the sync ends."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def sync_command(
+    destination: str = typer.Option("outbox", "--destination", "-d", help="outbox | mailchimp | hubspot"),
+    as_of: str | None = typer.Option(None, "--as-of", help="Plan date YYYY-MM-DD (default: latest planned)."),
+    scheme: str | None = typer.Option(None, "--scheme", help="Segmentation scheme (default from settings)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan per segment; write nothing."),
+    send: bool = typer.Option(False, "--send", help="Send each campaign after syncing (default: drafts)."),
+    schedule_at: str | None = typer.Option(
+        None,
+        "--schedule-at",
+        help="Schedule each campaign: an ISO date-time, UTC unless it has an offset (2025-07-02T09:00+02:00).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Override the guardrails."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print one JSON document (docs/json.md); progress and logs go to stderr."
+    ),
+) -> None:
+    """Sync audiences (tags, merge fields, lists) and campaigns to a destination, incrementally."""
+    from activation.settings import get_settings
+    from activation.warehouse import get_engine
+    from connectors.registry import NAMES, check_destination, get_destination
+    from connectors.sync import SyncOptions, sync_audience
 
-    return Progress(
-        TextColumn(f"syncing to {destination}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console.err if as_json else console.out,
-        transient=True,
+    day, when = parse_date(as_of, "--as-of"), parse_datetime(schedule_at, "--schedule-at")
+    if destination not in NAMES:
+        raise ConfigError(f"unknown destination {destination!r}", fix=f"use one of: {', '.join(NAMES)}")
+    settings = get_settings()
+    check_destination(destination, settings)
+    engine = get_engine(settings, create=False)
+    progress = _SyncProgress(destination, console.err if as_json else console.out)
+    if not dry_run:
+        on_interrupt(progress.interrupted)
+    options = SyncOptions(
+        day,
+        scheme,
+        dry_run=dry_run,
+        send=send,
+        schedule_at=when,
+        force=force,
+        on_total=progress.total,
+        on_progress=progress.advance,
     )
+    with progress.bar, closing(get_destination(destination, settings)) as dest:
+        result = sync_audience(engine, settings, dest, options)
+    if as_json:
+        console.print_json("sync", result.summary())
+    else:
+        print_result(console.out, result)
+
+
+class _SyncProgress:
+    """The progress bar of a sync and what Ctrl-C leaves behind: the members confirmed so far."""
+
+    def __init__(self, destination: str, out: Console) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.destination = destination
+        self.confirmed = 0
+        self.bar = Progress(
+            TextColumn(f"syncing to {destination}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+            transient=True,
+        )
+        self.task = self.bar.add_task("sync", total=None)
+
+    def total(self, n: int) -> None:
+        self.bar.update(self.task, total=n)
+
+    def advance(self, n: int) -> None:
+        self.confirmed += n
+        self.bar.advance(self.task, n)
+
+    def interrupted(self) -> str:
+        if not self.confirmed:
+            return f"interrupted; nothing was synced to {self.destination}; run the same command again"
+        return (
+            f"interrupted; {self.confirmed:,} member(s) were synced to {self.destination} and are recorded; "
+            "run the same command again to finish: it writes only what is left"
+        )
 
 
 def print_result(out: Console, result: SyncResult) -> None:

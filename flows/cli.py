@@ -27,6 +27,20 @@ WINDOW_DAYS = typer.Option(
     "--window-days",
     help="Attribution window in days (default: ACTIVATION_ATTRIBUTION_WINDOW_DAYS, 30).",
 )
+SEND = typer.Option(False, "--send", help="Send the campaigns (default: drafts).")
+FORCE = typer.Option(False, "--force", help="Override the sync guardrails.")
+EVENTS_FROM = typer.Option(
+    None,
+    "--destination",
+    help="Also read opens, clicks and unsubscribes from this destination (default: conversions from the "
+    "warehouse only).",
+)
+REPORT_OUT = typer.Option(
+    None,
+    "--out",
+    help="HTML file to write (default: <data_dir>/reports/roi-<scheme>-<as-of>.html); the CSV is written "
+    "beside it with the same name.",
+)
 
 
 def _prepare(as_of: str | None, destination: str | None = None) -> Any:
@@ -53,8 +67,8 @@ def run_quarterly(
     as_of: str | None = AS_OF,
     scheme: str | None = SCHEME,
     destination: str = DESTINATION,
-    send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
-    force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
+    send: bool = SEND,
+    force: bool = FORCE,
     report: bool = typer.Option(
         True, "--report/--no-report", help="Also collect outcomes and write the ROI report."
     ),
@@ -84,11 +98,11 @@ def run_activate(
     as_of: str | None = AS_OF,
     scheme: str | None = SCHEME,
     destination: str = DESTINATION,
-    send: bool = typer.Option(False, "--send", help="Send the campaigns (default: drafts)."),
+    send: bool = SEND,
     schedule_at: str | None = typer.Option(
         None, "--schedule-at", help="Schedule the send: an ISO date-time, UTC unless it has an offset."
     ),
-    force: bool = typer.Option(False, "--force", help="Override the sync guardrails."),
+    force: bool = FORCE,
 ) -> None:
     """Plan campaigns, check the sync plan, sync the audiences, create/send the campaigns."""
     when = parse_datetime(schedule_at, "--schedule-at")
@@ -112,12 +126,7 @@ def run_collect_outcomes(
     as_of: str | None = AS_OF,
     scheme: str | None = SCHEME,
     window_days: int | None = WINDOW_DAYS,
-    destination: str | None = typer.Option(
-        None,
-        "--destination",
-        help="Also read opens, clicks and unsubscribes from this destination (default: conversions from the "
-        "warehouse only).",
-    ),
+    destination: str | None = EVENTS_FROM,
 ) -> None:
     """Record opens, clicks, unsubscribes and conversions of the campaigns planned as of --as-of."""
     resolved = _prepare(as_of, destination)
@@ -131,12 +140,7 @@ def run_roi_report(
     as_of: str | None = AS_OF,
     scheme: str | None = SCHEME,
     window_days: int | None = WINDOW_DAYS,
-    out: str | None = typer.Option(
-        None,
-        "--out",
-        help="HTML file to write (default: <data_dir>/reports/roi-<scheme>-<as-of>.html); the CSV is written "
-        "beside it with the same name.",
-    ),
+    out: str | None = REPORT_OUT,
 ) -> None:
     """Write the segment ROI report (HTML + CSV)."""
     resolved = _prepare(as_of)

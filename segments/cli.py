@@ -6,7 +6,9 @@ each command, so ``activation --help`` does not load them.
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich import box
@@ -16,6 +18,11 @@ from activation import console
 from activation.dates import parse_date
 from activation.display import add_columns
 from segments.cli_models import model_lines
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from segments.snapshots import SnapshotResult
 
 
 def register(app: typer.Typer) -> None:
@@ -143,8 +150,12 @@ def segment_command(
             },
         )
         return
-    window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
+    _print_snapshot(name, when, result, summary)
 
+
+def _print_snapshot(name: str, when: date, result: SnapshotResult, summary: pd.DataFrame) -> None:
+    """The per-segment table of a snapshot (fits 80 columns), its cut-points and the model it used."""
+    window = f"last {result.lookback_days} days" if result.lookback_days else "all history"
     table = Table(
         title=f"{name} as of {when} ({window}): {result.customers:,} customers",
         show_header=True,
