@@ -551,8 +551,8 @@ def test_destination_failing_mid_way_retries_then_fails_and_a_rerun_converges(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import connectors.outbox
-    import connectors.registry
     import flows.activate
+    import flows.tasks
     from flows.activate import activate
     from flows.resegment import resegment
     from flows.tasks import sync_task
@@ -569,7 +569,7 @@ def test_destination_failing_mid_way_retries_then_fails_and_a_rerun_converges(
     with monkeypatch.context() as mp:
         mp.setattr(connectors.outbox, "BATCH", 20)
         mp.setattr(flows.activate, "sync_task", sync_task.with_options(retry_delay_seconds=[0, 0, 0]))
-        mp.setattr(connectors.registry, "get_destination", flaky)
+        mp.setattr(flows.tasks, "get_destination", flaky)
         state = activate(as_of=DEMO_AS_OF, scheme="rfm11", destination="outbox", send=True, return_state=True)
     assert state.is_failed()
     with pytest.raises(ServerError, match="503"):
