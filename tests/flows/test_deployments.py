@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUARTERLY = "0 6 1 1,4,7,10 *"
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 

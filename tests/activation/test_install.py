@@ -24,7 +24,7 @@ from activation.settings import Settings
 from tests.cli_helpers import run_cli
 from tests.prefect_harness import prefect_api  # noqa: F401 - fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = [
     "pyproject.toml",
     "setup.py",

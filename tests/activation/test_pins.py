@@ -8,7 +8,8 @@ from importlib.metadata import version
 
 import pytest
 from packaging.version import Version
-from prefect_harness import prefect_api  # noqa: F401  (session fixture)
+
+from tests.prefect_harness import prefect_api  # noqa: F401  (session fixture)
 
 
 def test_fastapi_is_below_the_version_that_breaks_prefects_server() -> None:
@@ -26,7 +27,7 @@ def test_pyproject_declares_the_pin() -> None:
     import tomllib
     from pathlib import Path
 
-    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"][
         "dependencies"
     ]
     assert any(d.replace(" ", "").startswith("fastapi") and "<0.155" in d.replace(" ", "") for d in deps), (

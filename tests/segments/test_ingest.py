@@ -749,4 +749,4 @@ def test_mapping_errors_name_file_and_line_of_every_problem(tmp_path: Path) -> N
     assert f"{bad}:7: unknown key 'delimter' (did you mean 'delimiter'?)" in message
     assert f"{bad}:8: decimal must be '.' or ','" in message
     assert "docs/mapping.md" in (err.value.fix or "")
-    assert (Path(__file__).parent.parent / "docs" / "mapping.md").is_file()
+    assert (Path(__file__).parents[2] / "docs" / "mapping.md").is_file()

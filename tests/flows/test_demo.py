@@ -14,7 +14,7 @@ import pytest
 
 from flows.demo import backtest_as_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_activation(

@@ -19,7 +19,7 @@ from activation.settings import REPO_ROOT, Settings
 from activation.warehouse import dispose_engines, get_engine
 from tests.fakes.mailchimp import FakeMailchimp
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AS_OF = date(2025, 6, 30)
 
 

@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import run_cli
-from prefect_harness import prefect_api  # noqa: F401  (session fixture)
 from sqlalchemy import func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -24,6 +22,8 @@ from connectors.errors import RetriesExhaustedError, ServerError
 from flows.artifacts import artifact_key
 from flows.dates import resolve_as_of
 from segments.snapshots import last_quarter_end
+from tests.cli_helpers import run_cli
+from tests.prefect_harness import prefect_api  # noqa: F401  (session fixture)
 
 DEMO_AS_OF = date(2025, 6, 30)
 EMAIL = re.compile(rb"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[a-z]{2,}")
