@@ -619,69 +619,79 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
     return rows
 
 
-def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str:
-    """The HTML report for a table from :func:`outcomes.roi.compute_roi`."""
-    attrs = df.attrs
-    as_of: date = attrs["as_of"]
-    scheme: str = attrs["scheme"]
-    order = segment_order(settings, scheme, [str(s) for s in df["segment"]])
-    df = df.set_index("segment", drop=False).loc[order] if len(df) else df
-    df.attrs.update(attrs)
-    cats = [str(s) for s in df["segment"]]
+def _group_series(df: pd.DataFrame, value: str, ci: str) -> list[dict[str, Any]]:
+    """The treated and the holdout bars of a chart: column ``<group>_<value>`` with the interval
+    ``<group>_<ci>_ci_low`` / ``_ci_high``."""
+    return [
+        {
+            "name": name,
+            "color": color,
+            "values": list(df[f"{group}_{value}"]),
+            "lows": list(df[f"{group}_{ci}_ci_low"]),
+            "highs": list(df[f"{group}_{ci}_ci_high"]),
+        }
+        for name, group, color in (
+            ("treated", "treated", TREATED_COLOR),
+            ("holdout", "holdout", HOLDOUT_COLOR),
+        )
+    ]
 
+
+def _lift_charts(df: pd.DataFrame) -> tuple[str, str]:
+    """The conversion and the revenue-per-member charts, treated vs holdout (empty without rows)."""
+    if not len(df):
+        return "", ""
+    cats = [str(s) for s in df["segment"]]
     conv_chart = grouped_bar_chart(
         "Conversion rate in the attribution window (95 % Wilson CI)",
         cats,
-        [
-            {"name": "treated", "color": TREATED_COLOR, "values": list(df["treated_conversion_rate"]),
-             "lows": list(df["treated_conversion_ci_low"]), "highs": list(df["treated_conversion_ci_high"])},
-            {"name": "holdout", "color": HOLDOUT_COLOR, "values": list(df["holdout_conversion_rate"]),
-             "lows": list(df["holdout_conversion_ci_low"]), "highs": list(df["holdout_conversion_ci_high"])},
-        ],
+        _group_series(df, "conversion_rate", "conversion"),
         "{:.1%}",
-    ) if len(df) else ""  # fmt: skip
+    )
     rev_chart = grouped_bar_chart(
         "Revenue per member (95 % t CI; non-buyers count as 0)",
         cats,
-        [
-            {"name": "treated", "color": TREATED_COLOR, "values": list(df["treated_revenue_per_member"]),
-             "lows": list(df["treated_revenue_per_member_ci_low"]),
-             "highs": list(df["treated_revenue_per_member_ci_high"])},
-            {"name": "holdout", "color": HOLDOUT_COLOR, "values": list(df["holdout_revenue_per_member"]),
-             "lows": list(df["holdout_revenue_per_member_ci_low"]),
-             "highs": list(df["holdout_revenue_per_member_ci_high"])},
-        ],
+        _group_series(df, "revenue_per_member", "revenue_per_member"),
         "{:,.2f}",
-    ) if len(df) else ""  # fmt: skip
+    )
+    return conv_chart, rev_chart
 
+
+def _sizes_chart(engine: Engine, settings: Settings, scheme: str) -> str:
+    """Segment sizes over every snapshot of the scheme, stacked in the scheme's segment order."""
     sizes = segment_sizes(engine, scheme)
     size_order = segment_order(settings, scheme, [str(c) for c in sizes.columns]) if not sizes.empty else []
-    sizes_chart = stacked_bar_chart(f"Segment sizes over snapshots ({scheme})", sizes, size_order)
+    return stacked_bar_chart(f"Segment sizes over snapshots ({scheme})", sizes, size_order)
 
+
+def _migration_section(engine: Engine, settings: Settings, scheme: str, as_of: date) -> tuple[str, str]:
+    """The migration heatmap from the previous snapshot to ``as_of``, or a note why there is none:
+    ``(chart, note)``."""
     prev = latest_snapshot_as_of(engine, scheme, before=as_of)
     has_current = latest_snapshot_as_of(engine, scheme, before=as_of + timedelta(days=1)) == as_of
-    mig_chart, mig_note = "", ""
-    if prev is not None and has_current:
-        mat = migration(engine, settings, scheme, prev, as_of)
-        if not mat.empty:
-            mat = mat.loc[(mat.sum(axis=1) > 0), (mat.sum(axis=0) > 0)]
-            seg_names = segment_order(
-                settings, scheme, list({*map(str, mat.index), *map(str, mat.columns)} - {"(new)", "(gone)"})
-            )
-            mat = mat.reindex(
-                index=_order_axis([str(i) for i in mat.index], seg_names, "(new)"),
-                columns=_order_axis([str(c) for c in mat.columns], seg_names, "(gone)"),
-                fill_value=0,
-            )
-            mig_chart = heatmap(
-                f"Migration {prev.isoformat()} → {as_of.isoformat()} (shade = share of row)", mat
-            )
-    elif not has_current:
-        mig_note = f"no {scheme} snapshot stored for {as_of.isoformat()}: no migration matrix"
-    else:
-        mig_note = f"{as_of.isoformat()} is the first {scheme} snapshot: no previous snapshot to compare with"
+    if not has_current:
+        return "", f"no {scheme} snapshot stored for {as_of.isoformat()}: no migration matrix"
+    if prev is None:
+        return "", f"{as_of.isoformat()} is the first {scheme} snapshot: no previous snapshot to compare with"
+    mat = migration(engine, settings, scheme, prev, as_of)
+    if mat.empty:
+        return "", ""
+    mat = mat.loc[(mat.sum(axis=1) > 0), (mat.sum(axis=0) > 0)]
+    seg_names = segment_order(
+        settings, scheme, list({*map(str, mat.index), *map(str, mat.columns)} - {"(new)", "(gone)"})
+    )
+    mat = mat.reindex(
+        index=_order_axis([str(i) for i in mat.index], seg_names, "(new)"),
+        columns=_order_axis([str(c) for c in mat.columns], seg_names, "(gone)"),
+        fill_value=0,
+    )
+    return heatmap(f"Migration {prev.isoformat()} → {as_of.isoformat()} (shade = share of row)", mat), ""
 
-    bd = breakdowns(engine, settings, as_of, scheme)
+
+def _breakdown_rows(
+    bd: dict[str, dict[str, list[tuple[str, float, int]]]], order: list[str]
+) -> list[dict[str, str]]:
+    """Per segment: the top values of each dimension with their revenue."""
     breakdown_rows = []
     for seg in order:
         cells = {}
@@ -689,11 +699,14 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
             cells[dim] = ", ".join(f"{v} ({rev:,.0f})" for v, rev, _ in per.get(seg, [])) or "–"
         if cells:
             breakdown_rows.append({"segment": seg, **cells})
+    return breakdown_rows
 
-    timing, timing_n = (
-        timing_breakdowns(engine, settings, as_of, scheme, int(attrs["window_days"])) if len(df) else ({}, {})
-    )
-    timing_rows = [
+
+def _timing_rows(
+    timing: dict[str, dict[str, list[tuple[str, float, int]]]], timing_n: dict[str, int], order: list[str]
+) -> list[dict[str, str]]:
+    """Per segment with orders: the top values of each timing dimension with their share of orders."""
+    return [
         {
             "segment": seg,
             **{
@@ -706,8 +719,10 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         if seg in timing_n
     ]
 
-    lift_as_of, lift = migration_lift(engine, settings, as_of, scheme)
-    migration_lift_rows = [
+
+def _migration_lift_rows(lift: pd.DataFrame) -> list[dict[str, str]]:
+    """Per segment: the share moving up a segment, treated vs holdout, and the lift with its interval."""
+    return [
         {
             "segment": str(r["segment"]),
             "treated": f"{_fmt(r['treated_up'] / r['treated'], 'pct')} of {_fmt(r['treated'], 'int')}",
@@ -718,7 +733,79 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         for _, r in lift.iterrows()
     ]
 
+
+def _totals_cells(df: pd.DataFrame, settings: Settings) -> dict[str, str] | None:
+    """The formatted totals across segments (:func:`outcomes.roi.roi_totals`), None without rows."""
     totals = roi_totals(df, settings) if len(df) else {}
+    if not totals:
+        return None
+    return {
+        "treated": _fmt(totals.get("treated"), "int"),
+        "holdout": _fmt(totals.get("holdout"), "int"),
+        "tconv": _fmt(totals.get("treated_conversion_rate"), "pct"),
+        "hconv": _fmt(totals.get("holdout_conversion_rate"), "pct"),
+        "trev": _fmt(totals.get("treated_revenue_per_member")),
+        "hrev": _fmt(totals.get("holdout_revenue_per_member")),
+        "cost": _fmt(totals.get("offer_cost")),
+        "profit": _fmt(totals.get("incremental_profit")),
+        "roi": _fmt(totals.get("roi"), "ratio"),
+    }
+
+
+def _header_context(engine: Engine, settings: Settings, df: pd.DataFrame) -> dict[str, Any]:
+    """The report's title, period, backtest facts, warnings and notes (from ``df.attrs``)."""
+    attrs = df.attrs
+    as_of: date = attrs["as_of"]
+    backtest = attrs.get("backtest", False)
+    return {
+        "title": f"Segment ROI — {attrs['scheme']}, as_of {as_of.isoformat()}",
+        "as_of": as_of.isoformat(),
+        "scheme": attrs["scheme"],
+        "window_days": attrs["window_days"],
+        "backtest": backtest,
+        "planted_orders": planted_orders(engine, settings, as_of, int(attrs["window_days"]))
+        if backtest
+        else 0,
+        "planted_source": PLANTED_SOURCE,
+        "data_end": attrs["data_end"].date().isoformat() if attrs.get("data_end") else "no orders",
+        "generated_at": str(attrs.get("generated_at", "")),
+        "send_times": sorted({str(t) for t in df["send_time"]}) if len(df) else [],
+        "warnings": attrs.get("warnings", []),
+        "notes": attrs.get("notes", []),
+    }
+
+
+def _method_context(settings: Settings) -> dict[str, Any]:
+    """The methods and settings the report's footnotes state."""
+    return {
+        "conversion_ci_method": CONVERSION_CI_METHOD,
+        "revenue_ci_method": REVENUE_CI_METHOD,
+        "cuped_method": CUPED_METHOD,
+        "multiple_comparisons_method": MULTIPLE_COMPARISONS_METHOD,
+        "gross_margin": f"{settings.gross_margin:.0%}",
+        "cost_per_send": _fmt(settings.cost_per_send),
+        "min_group_size": settings.min_group_size,
+        "excluded_statuses": ", ".join(settings.excluded_statuses) or "none",
+        "currency": settings.brand.currency,
+    }
+
+
+def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str:
+    """The HTML report for a table from :func:`outcomes.roi.compute_roi`."""
+    attrs = df.attrs
+    as_of: date = attrs["as_of"]
+    scheme: str = attrs["scheme"]
+    order = segment_order(settings, scheme, [str(s) for s in df["segment"]])
+    df = df.set_index("segment", drop=False).loc[order] if len(df) else df
+    df.attrs.update(attrs)
+
+    conv_chart, rev_chart = _lift_charts(df)
+    mig_chart, mig_note = _migration_section(engine, settings, scheme, as_of)
+    bd = breakdowns(engine, settings, as_of, scheme)
+    timing, timing_n = (
+        timing_breakdowns(engine, settings, as_of, scheme, int(attrs["window_days"])) if len(df) else ({}, {})
+    )
+    lift_as_of, lift = migration_lift(engine, settings, as_of, scheme)
     env = Environment(
         loader=FileSystemLoader(str(TEMPLATES_DIR)),
         autoescape=select_autoescape(["html", "j2"]),
@@ -727,56 +814,23 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
     )
     tpl = env.get_template("roi_report.html.j2")
     return tpl.render(
-        title=f"Segment ROI — {scheme}, as_of {as_of.isoformat()}",
-        as_of=as_of.isoformat(),
-        scheme=scheme,
-        window_days=attrs["window_days"],
-        backtest=attrs.get("backtest", False),
-        planted_orders=planted_orders(engine, settings, as_of, int(attrs["window_days"]))
-        if attrs.get("backtest", False)
-        else 0,
-        planted_source=PLANTED_SOURCE,
-        data_end=attrs["data_end"].date().isoformat() if attrs.get("data_end") else "no orders",
-        generated_at=str(attrs.get("generated_at", "")),
-        send_times=sorted({str(t) for t in df["send_time"]}) if len(df) else [],
-        warnings=attrs.get("warnings", []),
-        notes=attrs.get("notes", []),
+        **_header_context(engine, settings, df),
         rows=_table_rows(df, bool(attrs.get("backtest", False))),
         has_events=bool(
             len(df) and (df[["sent", "opened", "clicked", "unsubscribed", "bounced"]].to_numpy().sum() > 0)
         ),
-        totals={
-            "treated": _fmt(totals.get("treated"), "int"),
-            "holdout": _fmt(totals.get("holdout"), "int"),
-            "tconv": _fmt(totals.get("treated_conversion_rate"), "pct"),
-            "hconv": _fmt(totals.get("holdout_conversion_rate"), "pct"),
-            "trev": _fmt(totals.get("treated_revenue_per_member")),
-            "hrev": _fmt(totals.get("holdout_revenue_per_member")),
-            "cost": _fmt(totals.get("offer_cost")),
-            "profit": _fmt(totals.get("incremental_profit")),
-            "roi": _fmt(totals.get("roi"), "ratio"),
-        }
-        if totals
-        else None,
+        totals=_totals_cells(df, settings),
         conv_chart=Markup(conv_chart),
         rev_chart=Markup(rev_chart),
-        sizes_chart=Markup(sizes_chart),
+        sizes_chart=Markup(_sizes_chart(engine, settings, scheme)),
         migration_chart=Markup(mig_chart),
         migration_note=mig_note,
         breakdown_dims=list(bd),
-        breakdown_rows=breakdown_rows,
-        timing_rows=timing_rows,
+        breakdown_rows=_breakdown_rows(bd, order),
+        timing_rows=_timing_rows(timing, timing_n, order),
         migration_lift_as_of=lift_as_of.isoformat() if lift_as_of else "",
-        migration_lift_rows=migration_lift_rows,
-        conversion_ci_method=CONVERSION_CI_METHOD,
-        revenue_ci_method=REVENUE_CI_METHOD,
-        cuped_method=CUPED_METHOD,
-        multiple_comparisons_method=MULTIPLE_COMPARISONS_METHOD,
-        gross_margin=f"{settings.gross_margin:.0%}",
-        cost_per_send=_fmt(settings.cost_per_send),
-        min_group_size=settings.min_group_size,
-        excluded_statuses=", ".join(settings.excluded_statuses) or "none",
-        currency=settings.brand.currency,
+        migration_lift_rows=_migration_lift_rows(lift),
+        **_method_context(settings),
     )
 
 

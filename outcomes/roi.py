@@ -331,6 +331,120 @@ def _group_sizes(nt: int, nh: int, xt: int, xh: int) -> dict[str, Any]:
     }
 
 
+Interval = tuple[float, float, float]
+NO_INTERVAL: Interval = (math.nan, math.nan, math.nan)
+
+
+def _conversion_columns(nt: int, nh: int, xt: int, xh: int, diff: Interval) -> dict[str, Any]:
+    """Group sizes and conversion rates, each group's Wilson interval and the incremental conversion."""
+    tl, th = wilson_interval(xt, nt)
+    hl, hh = wilson_interval(xh, nh)
+    return {
+        **_group_sizes(nt, nh, xt, xh),
+        "treated_conversion_ci_low": tl,
+        "treated_conversion_ci_high": th,
+        "holdout_conversion_ci_low": hl,
+        "holdout_conversion_ci_high": hh,
+        "incremental_conversion": diff[0],
+        "incremental_conversion_ci_low": diff[1],
+        "incremental_conversion_ci_high": diff[2],
+    }
+
+
+def _revenue_columns(t_stats: MeanStats, h_stats: MeanStats, diff: Interval) -> dict[str, float]:
+    """Revenue and revenue per member of each group with its t interval, and the incremental revenue
+    per member."""
+    trl, trh = mean_interval(t_stats)
+    hrl, hrh = mean_interval(h_stats)
+    return {
+        "treated_revenue": t_stats.total,
+        "holdout_revenue": h_stats.total,
+        "treated_revenue_per_member": t_stats.mean,
+        "holdout_revenue_per_member": h_stats.mean,
+        "treated_revenue_per_member_ci_low": trl,
+        "treated_revenue_per_member_ci_high": trh,
+        "holdout_revenue_per_member_ci_low": hrl,
+        "holdout_revenue_per_member_ci_high": hrh,
+        "incremental_revenue_per_member": diff[0],
+        "incremental_revenue_per_member_ci_low": diff[1],
+        "incremental_revenue_per_member_ci_high": diff[2],
+    }
+
+
+def _profit_columns(
+    settings: Settings, t: dict[str, float], h: dict[str, float], nt: int, revenue_diff: Interval, lifts: bool
+) -> dict[str, Any]:
+    """Offer cost (redeemed discounts + sends), incremental revenue, profit with its interval, the
+    CUPED columns and the ROI; the lift columns are NaN when a group is empty (``lifts`` false)."""
+    discount = float(t.get("discount", 0.0))
+    send_cost = settings.cost_per_send * nt
+    offer_cost = discount + send_cost
+    margin = settings.gross_margin
+    rd, rdl, rdh = revenue_diff
+    profit = rd * nt * margin - offer_cost
+    return {
+        "coupons_redeemed": int(t.get("redeemed", 0)),
+        "discount_redeemed": discount,
+        "send_cost": send_cost,
+        "offer_cost": offer_cost,
+        "gross_margin": margin,
+        "incremental_revenue": rd * nt,
+        "incremental_profit": profit,
+        # the offer cost is observed, not estimated: the uncertainty is the counterfactual revenue
+        "incremental_profit_ci_low": rdl * nt * margin - offer_cost,
+        "incremental_profit_ci_high": rdh * nt * margin - offer_cost,
+        **(cuped_row(t, h, margin, offer_cost) if lifts else dict.fromkeys(CUPED_COLUMNS, math.nan)),
+        "roi": profit / offer_cost if offer_cost > 0 else math.nan,
+    }
+
+
+def _significance_columns(
+    status: str,
+    counts: tuple[int, int, int, int],
+    t_stats: MeanStats,
+    h_stats: MeanStats,
+    conversion_diff: Interval,
+    revenue_diff: Interval,
+) -> dict[str, Any]:
+    """Status, interval methods, significance by interval, p-values and the MDE; ``counts`` is
+    (treated, holdout, treated buyers, holdout buyers)."""
+    nt, nh, xt, xh = counts
+    _, dl, dh = conversion_diff
+    _, rdl, rdh = revenue_diff
+    return {
+        "status": status,
+        "conversion_ci_method": CONVERSION_METHOD_SHORT,
+        "revenue_ci_method": REVENUE_METHOD_SHORT,
+        "significant": bool(status == STATUS_OK and not math.isnan(dl) and (dl > 0 or dh < 0)),
+        "revenue_significant": bool(status == STATUS_OK and not math.isnan(rdl) and (rdl > 0 or rdh < 0)),
+        "conversion_p_value": two_proportion_p_value(xt, nt, xh, nh),
+        **mde_columns(nt, nh, xt + xh),
+        "revenue_p_value": randomisation_p_value(t_stats, h_stats),
+    }
+
+
+def _event_columns(events: dict[str, int], nt: int) -> dict[str, Any]:
+    """Email event counts of the treated members and their rates per send (per treated member when
+    nothing was sent; NaN without any event)."""
+    sent = events.get("sent", 0)
+    has_events = any(events.get(e, 0) for e in EMAIL_EVENTS)
+    reached = sent if sent else nt
+
+    def rate(event: str) -> float:
+        return _div(events.get(event, 0), reached) if has_events else math.nan
+
+    return {
+        "sent": sent,
+        "opened": events.get("opened", 0),
+        "clicked": events.get("clicked", 0),
+        "unsubscribed": events.get("unsubscribed", 0),
+        "bounced": events.get("bounced", 0),
+        "open_rate": rate("opened"),
+        "click_rate": rate("clicked"),
+        "unsubscribe_rate": rate("unsubscribed"),
+    }
+
+
 def roi_row(
     settings: Settings,
     w: CampaignWindow,
@@ -344,88 +458,21 @@ def roi_row(
     xt, xh = int(t.get("converters", 0)), int(h.get("converters", 0))
     t_stats = MeanStats(nt, t.get("revenue", 0.0), t.get("revenue_sq", 0.0))
     h_stats = MeanStats(nh, h.get("revenue", 0.0), h.get("revenue_sq", 0.0))
-    tl, th = wilson_interval(xt, nt)
-    hl, hh = wilson_interval(xh, nh)
-    trl, trh = mean_interval(t_stats)
-    hrl, hrh = mean_interval(h_stats)
-    discount = float(t.get("discount", 0.0))
-    send_cost = settings.cost_per_send * nt
-    offer_cost = discount + send_cost
-
+    lifts = nt > 0 and nh > 0
+    conversion_diff = newcombe_diff_interval(xt, nt, xh, nh) if lifts else NO_INTERVAL
+    revenue_diff = randomisation_diff_interval(t_stats, h_stats) if lifts else NO_INTERVAL
     status = row_status(settings, nt, nh, xt, xh)
-    if nt > 0 and nh > 0:
-        d, dl, dh = newcombe_diff_interval(xt, nt, xh, nh)
-        rd, rdl, rdh = randomisation_diff_interval(t_stats, h_stats)
-        incremental_revenue = rd * nt
-        profit = incremental_revenue * settings.gross_margin - offer_cost
-        roi = profit / offer_cost if offer_cost > 0 else math.nan
-        cuped = cuped_row(t, h, settings.gross_margin, offer_cost)
-        # the offer cost is observed, not estimated: the uncertainty is the counterfactual revenue
-        pl = rdl * nt * settings.gross_margin - offer_cost
-        ph = rdh * nt * settings.gross_margin - offer_cost
-    else:
-        d = dl = dh = rd = rdl = rdh = incremental_revenue = profit = roi = pl = ph = math.nan
-        cuped = dict.fromkeys(CUPED_COLUMNS, math.nan)
-
-    sent = events.get("sent", 0)
-    has_events = any(events.get(e, 0) for e in EMAIL_EVENTS)
-    reached = sent if sent else nt
-
-    def rate(event: str) -> float:
-        return _div(events.get(event, 0), reached) if has_events else math.nan
-
     return {
         "segment": w.segment,
         "campaign_id": w.campaign_id,
         "campaign_version": w.version,
         "offer_type": w.offer_type,
         "send_time": w.start,
-        **_group_sizes(nt, nh, xt, xh),
-        "treated_conversion_ci_low": tl,
-        "treated_conversion_ci_high": th,
-        "holdout_conversion_ci_low": hl,
-        "holdout_conversion_ci_high": hh,
-        "incremental_conversion": d,
-        "incremental_conversion_ci_low": dl,
-        "incremental_conversion_ci_high": dh,
-        "treated_revenue": t_stats.total,
-        "holdout_revenue": h_stats.total,
-        "treated_revenue_per_member": t_stats.mean,
-        "holdout_revenue_per_member": h_stats.mean,
-        "treated_revenue_per_member_ci_low": trl,
-        "treated_revenue_per_member_ci_high": trh,
-        "holdout_revenue_per_member_ci_low": hrl,
-        "holdout_revenue_per_member_ci_high": hrh,
-        "incremental_revenue_per_member": rd,
-        "incremental_revenue_per_member_ci_low": rdl,
-        "incremental_revenue_per_member_ci_high": rdh,
-        "coupons_redeemed": int(t.get("redeemed", 0)),
-        "discount_redeemed": discount,
-        "send_cost": send_cost,
-        "offer_cost": offer_cost,
-        "gross_margin": settings.gross_margin,
-        "incremental_revenue": incremental_revenue,
-        "incremental_profit": profit,
-        "incremental_profit_ci_low": pl,
-        "incremental_profit_ci_high": ph,
-        **cuped,
-        "roi": roi,
-        "status": status,
-        "conversion_ci_method": CONVERSION_METHOD_SHORT,
-        "revenue_ci_method": REVENUE_METHOD_SHORT,
-        "significant": bool(status == STATUS_OK and not math.isnan(dl) and (dl > 0 or dh < 0)),
-        "revenue_significant": bool(status == STATUS_OK and not math.isnan(rdl) and (rdl > 0 or rdh < 0)),
-        "conversion_p_value": two_proportion_p_value(xt, nt, xh, nh),
-        **mde_columns(nt, nh, xt + xh),
-        "revenue_p_value": randomisation_p_value(t_stats, h_stats),
-        "sent": sent,
-        "opened": events.get("opened", 0),
-        "clicked": events.get("clicked", 0),
-        "unsubscribed": events.get("unsubscribed", 0),
-        "bounced": events.get("bounced", 0),
-        "open_rate": rate("opened"),
-        "click_rate": rate("clicked"),
-        "unsubscribe_rate": rate("unsubscribed"),
+        **_conversion_columns(nt, nh, xt, xh, conversion_diff),
+        **_revenue_columns(t_stats, h_stats, revenue_diff),
+        **_profit_columns(settings, t, h, nt, revenue_diff, lifts),
+        **_significance_columns(status, (nt, nh, xt, xh), t_stats, h_stats, conversion_diff, revenue_diff),
+        **_event_columns(events, nt),
         "unknown_coupon_orders": int(t.get("unknown", 0) + h.get("unknown", 0)),
         "_treated_revenue_sq": t_stats.total_sq,
         "_holdout_revenue_sq": h_stats.total_sq,
@@ -440,6 +487,78 @@ def segment_order(settings: Settings, scheme: str, present: list[str]) -> list[s
         names = []
     known = [s for s in names if s in present]
     return known + sorted({s for s in present if s not in names})
+
+
+def _segment_rows(
+    conn: Connection, settings: Settings, windows: list[CampaignWindow], as_of: date, scheme: str
+) -> list[dict[str, Any]]:
+    """One :func:`roi_row` per campaign window, from one group-aggregate and one event query."""
+    events = _event_counts(conn, [w.campaign_id for w in windows])
+    stats = _group_stats(conn, settings, windows, as_of, scheme)
+    return [
+        roi_row(
+            settings,
+            w,
+            {g: stats[(w.campaign_id, g)] for g in ("treatment", "holdout") if (w.campaign_id, g) in stats},
+            {e: events.get((w.campaign_id, e), 0) for e in EMAIL_EVENTS},
+        )
+        for w in windows
+    ]
+
+
+def _snapshot_sizes(conn: Connection, as_of: date, scheme: str) -> dict[str, int]:
+    """Segment → customers in the snapshot of ``as_of`` + ``scheme``."""
+    snap = rfm_snapshots.c
+    return {
+        str(seg): int(n)
+        for seg, n in conn.execute(
+            select(snap.segment, func.count())
+            .where(snap.as_of == as_of, snap.scheme == scheme)
+            .group_by(snap.segment)
+        )
+    }
+
+
+def _status_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """A note for every row without a claimable lift: no members, no holdout, or inconclusive."""
+    notes: list[str] = []
+    for r in rows:
+        if r["status"] == STATUS_EMPTY:
+            notes.append(f"segment {r['segment']!r} has no members: nothing to measure")
+        elif r["status"] == STATUS_NO_HOLDOUT:
+            notes.append(f"segment {r['segment']!r} has no holdout: no lift is claimed (n/a)")
+        elif r["status"].startswith("inconclusive"):
+            notes.append(
+                f"segment {r['segment']!r}: {r['treated']} treated / {r['holdout']} holdout members, "
+                f"{r['treated_conversions']} / {r['holdout_conversions']} buyers: {r['status']}"
+            )
+    return notes
+
+
+def _coverage_notes(
+    settings: Settings,
+    scheme: str,
+    rows: list[dict[str, Any]],
+    snapshot_sizes: dict[str, int],
+    df: pd.DataFrame,
+) -> list[str]:
+    """Notes on what the rows do not cover: snapshot segments without a campaign, and orders whose
+    coupon code is not the member's own."""
+    notes: list[str] = []
+    planned = {r["segment"] for r in rows}
+    unplanned = [seg for seg in segment_order(settings, scheme, list(snapshot_sizes)) if seg not in planned]
+    if unplanned:
+        notes.append(
+            "segments of the snapshot without a campaign (suppressed or inactive in the policy): "
+            + ", ".join(f"{seg} ({snapshot_sizes[seg]:,} customers)" for seg in unplanned)
+        )
+    unknown = int(df["unknown_coupon_orders"].sum()) if len(df) else 0
+    if unknown:
+        notes.append(
+            f"{unknown} orders in the attribution window carry a coupon code that is not the member's own "
+            "(unknown or someone else's): counted as revenue, ignored for redemption and offer cost"
+        )
+    return notes
 
 
 def compute_roi(
@@ -459,65 +578,15 @@ def compute_roi(
     check_orders_source(engine, settings)
     with engine.connect() as conn:
         windows = campaign_windows(conn, settings, as_of, scheme, window)
-        ids = [w.campaign_id for w in windows]
-        events = _event_counts(conn, ids)
-        stats = _group_stats(conn, settings, windows, as_of, scheme)
-        rows = [
-            roi_row(
-                settings,
-                w,
-                {
-                    g: stats[(w.campaign_id, g)]
-                    for g in ("treatment", "holdout")
-                    if (w.campaign_id, g) in stats
-                },
-                {e: events.get((w.campaign_id, e), 0) for e in EMAIL_EVENTS},
-            )
-            for w in windows
-        ]
-        backtest = is_backtest(conn, ids)
+        rows = _segment_rows(conn, settings, windows, as_of, scheme)
+        backtest = is_backtest(conn, [w.campaign_id for w in windows])
         data_end = orders_end(conn, settings)
-        snap = rfm_snapshots.c
-        snapshot_sizes = {
-            str(seg): int(n)
-            for seg, n in conn.execute(
-                select(snap.segment, func.count())
-                .where(snap.as_of == as_of, snap.scheme == scheme)
-                .group_by(snap.segment)
-            )
-        }
+        snapshot_sizes = _snapshot_sizes(conn, as_of, scheme)
     order = segment_order(settings, scheme, [r["segment"] for r in rows])
     rows.sort(key=lambda r: (order.index(r["segment"]), r["campaign_id"]))
     apply_holm(rows)
     df = pd.DataFrame(rows)
-    warnings: list[str] = []
-    notes: list[str] = []
     incomplete = incomplete_warning(windows, data_end)
-    if incomplete:
-        warnings.append(incomplete)
-    for r in rows:
-        if r["status"] == STATUS_EMPTY:
-            notes.append(f"segment {r['segment']!r} has no members: nothing to measure")
-        elif r["status"] == STATUS_NO_HOLDOUT:
-            notes.append(f"segment {r['segment']!r} has no holdout: no lift is claimed (n/a)")
-        elif r["status"].startswith("inconclusive"):
-            notes.append(
-                f"segment {r['segment']!r}: {r['treated']} treated / {r['holdout']} holdout members, "
-                f"{r['treated_conversions']} / {r['holdout_conversions']} buyers: {r['status']}"
-            )
-    planned = {r["segment"] for r in rows}
-    unplanned = [seg for seg in segment_order(settings, scheme, list(snapshot_sizes)) if seg not in planned]
-    if unplanned:
-        notes.append(
-            "segments of the snapshot without a campaign (suppressed or inactive in the policy): "
-            + ", ".join(f"{seg} ({snapshot_sizes[seg]:,} customers)" for seg in unplanned)
-        )
-    unknown = int(df["unknown_coupon_orders"].sum()) if len(df) else 0
-    if unknown:
-        notes.append(
-            f"{unknown} orders in the attribution window carry a coupon code that is not the member's own "
-            "(unknown or someone else's): counted as revenue, ignored for redemption and offer cost"
-        )
     df.attrs.update(
         {
             "as_of": as_of,
@@ -525,8 +594,8 @@ def compute_roi(
             "window_days": window,
             "backtest": backtest,
             "data_end": data_end,
-            "warnings": warnings,
-            "notes": notes,
+            "warnings": [incomplete] if incomplete else [],
+            "notes": _status_notes(rows) + _coverage_notes(settings, scheme, rows, snapshot_sizes, df),
             "gross_margin": settings.gross_margin,
             "cost_per_send": settings.cost_per_send,
             "min_group_size": settings.min_group_size,
