@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from sqlalchemy import delete, func, insert, select, true
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from activation.errors import ConfigError
 from activation.files import output_dir
@@ -166,16 +166,7 @@ def generate(
     Raises:
         ConfigError: fewer orders than customers, or non-positive sizes.
     """
-    if customers < 1 or orders < 1 or span_days < 30:
-        raise ConfigError(
-            f"demo data needs at least 1 customer, 1 order and 30 days (got {customers}, {orders}, {span_days})",
-            fix="pass positive --customers and --orders",
-        )
-    if orders < customers:
-        raise ConfigError(
-            f"--orders {orders:,} is less than --customers {customers:,}; every customer buys at least once",
-            fix=f"pass --orders {customers:,} or more (e.g. {customers * 8:,})",
-        )
+    _check_sizes(customers, orders, span_days)
     out = output_dir(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = end - timedelta(days=span_days - 1)
@@ -191,52 +182,89 @@ def generate(
         first_date=end,
         last_date=start,
     )
-    season = _daily_season(start, span_days)
-    id_width = max(6, len(str(customers)))
-    n_blocks = math.ceil(customers / BLOCK)
-    scale = 1.0
-    tmp_orders = files.orders.with_suffix(".parquet.tmp")
-    tmp_tickets = files.tickets.with_suffix(".csv.tmp")
-    writer: pq.ParquetWriter | None = None
-    ticket_writer: pacsv.CSVWriter | None = None
+    sinks = _BlockSinks(files.orders.with_suffix(".parquet.tmp"), files.tickets.with_suffix(".csv.tmp"))
     try:
-        for b in range(n_blocks):
-            first = b * BLOCK
-            n = min(BLOCK, customers - first)
-            # spread the order total over blocks exactly, proportionally to their customers
-            target = orders * (first + n) // customers - orders * first // customers
-            rng = np.random.default_rng([seed, b])
-            block, scale = _simulate_block(
-                rng, first, n, target, season, start, scale, id_width, files.orders_count
-            )
-            if writer is None:
-                writer = pq.ParquetWriter(tmp_orders, block.schema, compression="zstd")
-            writer.write_table(block, row_group_size=1_000_000)
-            files.orders_count += block.num_rows
-            lo, hi = pc.min_max(block["ordered_at"]).values()
-            files.first_date = min(files.first_date, lo.as_py().date())
-            files.last_date = max(files.last_date, hi.as_py().date())
-            tickets = _tickets(rng, block, end, files.tickets_count)
-            if ticket_writer is None:
-                ticket_writer = pacsv.CSVWriter(tmp_tickets, tickets.schema)
-            ticket_writer.write_table(tickets)
-            files.tickets_count += tickets.num_rows
+        _stream_blocks(files, sinks, orders, seed, start, end, span_days)
     except BaseException:  # interrupted or failed: no half-written temporary file stays behind
-        for w in (writer, ticket_writer):
-            if w is not None:
-                w.close()
-        tmp_orders.unlink(missing_ok=True)
-        tmp_tickets.unlink(missing_ok=True)
+        sinks.close()
+        sinks.orders_path.unlink(missing_ok=True)
+        sinks.tickets_path.unlink(missing_ok=True)
         raise
-    if writer is not None:
-        writer.close()
-    if ticket_writer is not None:
-        ticket_writer.close()
-    tmp_orders.replace(files.orders)
-    tmp_tickets.replace(files.tickets)
+    sinks.close()
+    sinks.orders_path.replace(files.orders)
+    sinks.tickets_path.replace(files.tickets)
     files.mapping.write_text(ORDERS_MAPPING)
     files.tickets_mapping.write_text(TICKETS_MAPPING)
     return files
+
+
+def _check_sizes(customers: int, orders: int, span_days: int) -> None:
+    """Raise ConfigError unless the sizes make a data set where every customer buys at least once."""
+    if customers < 1 or orders < 1 or span_days < 30:
+        raise ConfigError(
+            f"demo data needs at least 1 customer, 1 order and 30 days (got {customers}, {orders}, {span_days})",
+            fix="pass positive --customers and --orders",
+        )
+    if orders < customers:
+        raise ConfigError(
+            f"--orders {orders:,} is less than --customers {customers:,}; every customer buys at least once",
+            fix=f"pass --orders {customers:,} or more (e.g. {customers * 8:,})",
+        )
+
+
+@dataclass
+class _BlockSinks:
+    """The temporary orders (Parquet) and tickets (CSV) files, opened with the schema of the first block."""
+
+    orders_path: Path
+    tickets_path: Path
+    orders: pq.ParquetWriter | None = None
+    tickets: pacsv.CSVWriter | None = None
+
+    def write(self, block: pa.Table, tickets: pa.Table) -> None:
+        if self.orders is None:
+            self.orders = pq.ParquetWriter(self.orders_path, block.schema, compression="zstd")
+        self.orders.write_table(block, row_group_size=1_000_000)
+        if self.tickets is None:
+            self.tickets = pacsv.CSVWriter(self.tickets_path, tickets.schema)
+        self.tickets.write_table(tickets)
+
+    def close(self) -> None:
+        for writer in (self.orders, self.tickets):
+            if writer is not None:
+                writer.close()
+
+
+def _stream_blocks(
+    files: DemoDataFiles,
+    sinks: _BlockSinks,
+    orders: int,
+    seed: int,
+    start: date,
+    end: date,
+    span_days: int,
+) -> None:
+    """Simulate the customers block by block, write each block's orders and tickets and count them in ``files``."""
+    customers = files.customers_count
+    season = _daily_season(start, span_days)
+    id_width = max(6, len(str(customers)))
+    scale = 1.0
+    for b in range(math.ceil(customers / BLOCK)):
+        first = b * BLOCK
+        n = min(BLOCK, customers - first)
+        # spread the order total over blocks exactly, proportionally to their customers
+        target = orders * (first + n) // customers - orders * first // customers
+        rng = np.random.default_rng([seed, b])
+        block, scale = _simulate_block(
+            rng, first, n, target, season, start, scale, id_width, files.orders_count
+        )
+        tickets = _tickets(rng, block, end, files.tickets_count)
+        sinks.write(block, tickets)
+        files.orders_count += block.num_rows
+        lo, hi = pc.min_max(block["ordered_at"]).values()
+        files.first_date = min(files.first_date, lo.as_py().date())
+        files.last_date = max(files.last_date, hi.as_py().date())
+        files.tickets_count += tickets.num_rows
 
 
 def _daily_season(start: date, days: int) -> np.ndarray:
@@ -303,16 +331,40 @@ def _simulate_block(
     dropout = rng.beta(1.0, 1.6, n)  # chance of leaving after each purchase
     spend = rng.gamma(2.5, 24.0, n)  # mean order value per customer
     sub_seed = int(rng.integers(2**32))
-    need = target - n
-    best: tuple[np.ndarray, np.ndarray] | None = None
+    fitted = _fit_repeat_purchases(sub_seed, arrival, rate, dropout, scale, season, target - n)
+    if fitted is None:  # pragma: no cover - only reachable with absurd orders/customers ratios
+        raise ConfigError(
+            f"cannot place {target:,} orders on {n:,} customers within {days} days",
+            fix="ask for fewer orders per customer",
+        )
+    rep_cust, rep_t, scale = fitted
+    cust = np.concatenate([np.arange(n), rep_cust])
+    t = np.concatenate([arrival, rep_t])
+    is_first = np.concatenate([np.ones(n, bool), np.zeros(rep_cust.size, bool)])
+    order = np.lexsort((cust, t))
+    table = _orders_table(rng, attrs, spend, cust[order], t[order], is_first[order], start, order_offset)
+    return table, scale
+
+
+def _fit_repeat_purchases(
+    sub_seed: int,
+    arrival: np.ndarray,
+    rate: np.ndarray,
+    dropout: np.ndarray,
+    scale: float,
+    season: np.ndarray,
+    need: int,
+) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """Exactly ``need`` repeat purchases (customer index, day) and the rate scale that gave them: the scale
+    is refitted until the simulation gives enough, then the surplus is thinned uniformly; None when 30
+    attempts do not get there."""
     for attempt in range(30):
         cust, t = _repeat_purchases(
             np.random.default_rng([sub_seed, attempt]), arrival, rate, dropout, scale, season
         )
         got = cust.size
         if need == 0:
-            best = (cust[:0], t[:0])
-            break
+            return cust[:0], t[:0], scale
         # far too many: refit the scale rather than thin most purchases away (keeps the shape)
         if got > 1.5 * need and attempt < 8:
             scale *= max(0.2, need / got)
@@ -322,20 +374,23 @@ def _simulate_block(
             prio = np.random.default_rng([sub_seed, attempt, 1]).random(got)
             keep = np.zeros(got, bool)
             keep[np.argpartition(prio, need - 1)[:need]] = True
-            best = (cust[keep], t[keep])
-            break
+            return cust[keep], t[keep], scale
         scale *= min(4.0, max(1.1, 1.1 * need / max(got, 1)))
-    if best is None:  # pragma: no cover - only reachable with absurd orders/customers ratios
-        raise ConfigError(
-            f"cannot place {target:,} orders on {n:,} customers within {days} days",
-            fix="ask for fewer orders per customer",
-        )
-    rep_cust, rep_t = best
-    cust = np.concatenate([np.arange(n), rep_cust])
-    t = np.concatenate([arrival, rep_t])
-    is_first = np.concatenate([np.ones(n, bool), np.zeros(rep_cust.size, bool)])
-    order = np.lexsort((cust, t))
-    cust, t, is_first = cust[order], t[order], is_first[order]
+    return None
+
+
+def _orders_table(
+    rng: np.random.Generator,
+    attrs: Mapping[str, pa.Array],
+    spend: np.ndarray,
+    cust: np.ndarray,
+    t: np.ndarray,
+    is_first: np.ndarray,
+    start: date,
+    order_offset: int,
+) -> pa.Table:
+    """The order rows of purchases (customer index, day as float, first purchase?) sorted by time: shop
+    hours, amounts around the customer's spending level, statuses, coupons and categories."""
     m = cust.size
     day = t.astype(np.int64)
     # shop hours: most orders in the afternoon and evening
@@ -344,20 +399,12 @@ def _simulate_block(
     ordered_at = pa.array((base + seconds.astype(np.int64)) * 1_000_000, pa.timestamp("us"))
     amount = np.maximum(1.0, np.round(rng.gamma(4.0, spend[cust] / 4.0), 2))
     status = rng.choice(3, m, p=_STATUS_P)
-    dates = [start + timedelta(days=int(d)) for d in range(int(day.max()) + 1)]
-    month = np.array([d.month for d in dates])[day]
-    dom = np.array([d.day for d in dates])[day]
-    u = rng.random(m)
-    coupon = np.full(m, -1)
-    coupon[is_first & (u < 0.15)] = 0
-    coupon[~is_first & (month == 11) & (dom >= 22) & (u < 0.30)] = 1
-    coupon[~is_first & (month == 12) & (u < 0.15)] = 2
-    coupon[~is_first & (coupon < 0) & (u > 0.96)] = 3
+    coupon = _coupons(rng, day, is_first, start)
     favourite = np.asarray(attrs["favourite"])[cust]
     category = np.where(rng.random(m) < 0.65, favourite, rng.choice(len(_CATEGORY_P), m, p=_CATEGORY_P))
     seq = pa.array(np.arange(order_offset + 1, order_offset + m + 1)).cast(pa.string())
     take = pa.array(cust)
-    table = pa.table(
+    return pa.table(
         {
             "order_id": pc.binary_join_element_wise("O", pc.utf8_lpad(seq, 9, "0"), ""),
             "customer_id": attrs["customer_id"].take(take),
@@ -373,7 +420,20 @@ def _simulate_block(
             "unsubscribed": attrs["unsubscribed"].take(take),
         }
     )
-    return table, scale
+
+
+def _coupons(rng: np.random.Generator, day: np.ndarray, is_first: np.ndarray, start: date) -> np.ndarray:
+    """Index into ``_COUPONS`` per order, -1 for none: welcome on first orders, Black Friday, December."""
+    dates = [start + timedelta(days=int(d)) for d in range(int(day.max()) + 1)]
+    month = np.array([d.month for d in dates])[day]
+    dom = np.array([d.day for d in dates])[day]
+    u = rng.random(day.size)
+    coupon = np.full(day.size, -1)
+    coupon[is_first & (u < 0.15)] = 0
+    coupon[~is_first & (month == 11) & (dom >= 22) & (u < 0.30)] = 1
+    coupon[~is_first & (month == 12) & (u < 0.15)] = 2
+    coupon[~is_first & (coupon < 0) & (u > 0.96)] = 3
+    return coupon
 
 
 def _repeat_purchases(
@@ -491,87 +551,131 @@ def plant_uplift(
     window = window_days or settings.attribution_window_days
     start = datetime.combine(as_of, datetime.max.time())
     end = start + timedelta(days=window)
-    excluded = list(settings.excluded_statuses)
-    s, o = rfm_snapshots.c, orders_table.c
     with engine.begin() as conn:
-        conn.execute(delete(orders_table).where(o.source == PLANTED_SOURCE))
-        snap = pd.DataFrame(
-            conn.execute(
-                select(s.customer_id, s.segment).where(
-                    s.as_of == as_of, s.scheme == scheme, s.segment.in_(sorted(uplift))
-                )
-            ).all(),
-            columns=["customer_id", "segment"],
-        )
-        missing = sorted(set(uplift) - set(snap["segment"]))
-        bad = sorted(k for k, v in uplift.items() if not 0 <= v < 1)
-        if missing or bad:
-            raise ConfigError(
-                f"cannot plant an uplift in {', '.join(missing + bad)} of the {scheme} snapshot of {as_of}",
-                fix="name segments of the snapshot, with lifts from 0 up to (not including) 1",
-            )
-        qualifying = (o.status.is_(None)) | (o.status.not_in(excluded)) if excluded else true()
-        bought = {
-            str(c)
-            for (c,) in conn.execute(
-                select(o.customer_id)
-                .where(o.ordered_at > start, o.ordered_at <= end, qualifying)
-                .group_by(o.customer_id)
-            )
-        }
-        last = pd.DataFrame(
-            conn.execute(
-                select(
-                    o.customer_id,
-                    func.max(o.ordered_at),
-                    func.avg(o.amount),
-                    func.max(o.country),
-                    func.max(o.city),
-                    func.max(o.category),
-                )
-                .where(o.ordered_at <= start)
-                .group_by(o.customer_id)
-            ).all(),
-            columns=["customer_id", "last", "mean_amount", "country", "city", "category"],
-        ).set_index("customer_id")
+        conn.execute(delete(orders_table).where(orders_table.c.source == PLANTED_SOURCE))
+        snap = _planting_snapshot(conn, as_of, scheme, uplift)
+        bought = _window_buyers(conn, start, end, list(settings.excluded_statuses))
+        last = _orders_before(conn, start)
         effects: list[PlantedEffect] = []
         rows: list[dict[str, Any]] = []
         for segment in sorted(uplift):
-            lift = float(uplift[segment])
             members = snap[snap["segment"] == segment]["customer_id"].astype(str).sort_values().tolist()
-            base = sum(m in bought for m in members) / len(members)
-            rng = np.random.default_rng([seed, *segment.encode()])
-            chance = lift / (1 - base) if base < 1 else 0.0
-            mine = [m for m in members if treated(segment, m)]
-            draws = rng.random(len(mine))
-            when = rng.random(len(mine))
-            amounts: list[float] = []
-            for m, u, t in zip(mine, draws, when, strict=True):
-                if m in bought or u >= chance:
-                    continue
-                info = last.loc[m] if m in last.index else None
-                mean = float(info["mean_amount"]) if info is not None else 50.0
-                amount = max(1.0, round(float(rng.gamma(4.0, mean / 4.0)), 2))
-                amounts.append(amount)
-                rows.append(
-                    {
-                        "order_id": f"P{len(rows) + 1:08d}",
-                        "customer_id": m,
-                        "ordered_at": start + timedelta(seconds=1 + t * (window * 86_400 - 2)),
-                        "amount": amount,
-                        "status": "Completed",
-                        "coupon_code": None,
-                        "country": None if info is None else info["country"],
-                        "city": None if info is None else info["city"],
-                        "category": None if info is None else info["category"],
-                        "source": PLANTED_SOURCE,
-                    }
-                )
-            effects.append(
-                PlantedEffect(
-                    segment, lift, len(mine), base, len(amounts), float(np.mean(amounts)) if amounts else 0.0
-                )
-            )
+            plan = _PlantPlan(segment, float(uplift[segment]), start, window, seed)
+            effects.append(_plant_segment(plan, members, bought, last, treated, rows))
         if rows:
             conn.execute(insert(orders_table), rows)
     return effects
+
+
+def _planting_snapshot(
+    conn: Connection, as_of: date, scheme: str, uplift: Mapping[str, float]
+) -> pd.DataFrame:
+    """(customer_id, segment) of the snapshot's members in the segments named in ``uplift``.
+
+    Raises:
+        ConfigError: a lift outside [0, 1), or a segment the snapshot does not have.
+    """
+    s = rfm_snapshots.c
+    snap = pd.DataFrame(
+        conn.execute(
+            select(s.customer_id, s.segment).where(
+                s.as_of == as_of, s.scheme == scheme, s.segment.in_(sorted(uplift))
+            )
+        ).all(),
+        columns=["customer_id", "segment"],
+    )
+    missing = sorted(set(uplift) - set(snap["segment"]))
+    bad = sorted(k for k, v in uplift.items() if not 0 <= v < 1)
+    if missing or bad:
+        raise ConfigError(
+            f"cannot plant an uplift in {', '.join(missing + bad)} of the {scheme} snapshot of {as_of}",
+            fix="name segments of the snapshot, with lifts from 0 up to (not including) 1",
+        )
+    return snap
+
+
+def _window_buyers(conn: Connection, start: datetime, end: datetime, excluded: list[str]) -> set[str]:
+    """Customers with a qualifying order (status not excluded) in ``(start, end]``."""
+    o = orders_table.c
+    qualifying = (o.status.is_(None)) | (o.status.not_in(excluded)) if excluded else true()
+    return {
+        str(c)
+        for (c,) in conn.execute(
+            select(o.customer_id)
+            .where(o.ordered_at > start, o.ordered_at <= end, qualifying)
+            .group_by(o.customer_id)
+        )
+    }
+
+
+def _orders_before(conn: Connection, start: datetime) -> pd.DataFrame:
+    """Per customer (the index) with orders up to ``start``: the last order time, the mean amount and a
+    place and category."""
+    o = orders_table.c
+    return pd.DataFrame(
+        conn.execute(
+            select(
+                o.customer_id,
+                func.max(o.ordered_at),
+                func.avg(o.amount),
+                func.max(o.country),
+                func.max(o.city),
+                func.max(o.category),
+            )
+            .where(o.ordered_at <= start)
+            .group_by(o.customer_id)
+        ).all(),
+        columns=["customer_id", "last", "mean_amount", "country", "city", "category"],
+    ).set_index("customer_id")
+
+
+@dataclass(frozen=True)
+class _PlantPlan:
+    """One segment's planted lift and the attribution window its orders fall in."""
+
+    segment: str
+    lift: float
+    start: datetime  # the end of the as_of day; orders go in (start, start + window days)
+    window: int
+    seed: int
+
+
+def _plant_segment(
+    plan: _PlantPlan,
+    members: list[str],
+    bought: set[str],
+    last: pd.DataFrame,
+    treated: Callable[[str, str], bool],
+    rows: list[dict[str, Any]],
+) -> PlantedEffect:
+    """Append the segment's planted orders to ``rows`` (numbered on from what is there) and say what they are."""
+    base = sum(m in bought for m in members) / len(members)
+    rng = np.random.default_rng([plan.seed, *plan.segment.encode()])
+    chance = plan.lift / (1 - base) if base < 1 else 0.0
+    mine = [m for m in members if treated(plan.segment, m)]
+    draws = rng.random(len(mine))
+    when = rng.random(len(mine))
+    amounts: list[float] = []
+    for m, u, t in zip(mine, draws, when, strict=True):
+        if m in bought or u >= chance:
+            continue
+        info = last.loc[m] if m in last.index else None
+        mean = float(info["mean_amount"]) if info is not None else 50.0
+        amount = max(1.0, round(float(rng.gamma(4.0, mean / 4.0)), 2))
+        amounts.append(amount)
+        rows.append(
+            {
+                "order_id": f"P{len(rows) + 1:08d}",
+                "customer_id": m,
+                "ordered_at": plan.start + timedelta(seconds=1 + t * (plan.window * 86_400 - 2)),
+                "amount": amount,
+                "status": "Completed",
+                "coupon_code": None,
+                "country": None if info is None else info["country"],
+                "city": None if info is None else info["city"],
+                "category": None if info is None else info["category"],
+                "source": PLANTED_SOURCE,
+            }
+        )
+    mean_amount = float(np.mean(amounts)) if amounts else 0.0
+    return PlantedEffect(plan.segment, plan.lift, len(mine), base, len(amounts), mean_amount)
