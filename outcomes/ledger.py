@@ -612,9 +612,18 @@ def _record_conversions(
 ) -> None:
     """Upsert ``converted`` rows of every campaign and delete those whose orders no longer qualify."""
     ids = [w.campaign_id for w in windows]
-    co = campaign_outcomes.c
     # materialised once: counted, upserted and used for the clean-up below
     attr = materialise_attribution(conn, settings, windows)
+    _count_conversion_changes(conn, attr, ids, result)
+    _upsert_conversions(conn, attr)
+    result.converted_removed += _delete_lapsed_conversions(conn, attr, ids)
+    drop_attribution(conn, attr)
+
+
+def _count_conversion_changes(conn: Connection, attr: Any, ids: list[str], result: CollectResult) -> None:
+    """Count into ``result`` the conversions of ``attr`` that are new or differ from the ledger's, and the
+    orders with coupon codes that are not the member's own."""
+    co = campaign_outcomes.c
     existing = (
         select(
             co.campaign_id, co.customer_id, co.revenue, co.orders, co.coupon_code, co.discount, co.occurred_at
@@ -651,7 +660,10 @@ def _record_conversions(
     result.converted_updated += int(counts.changed or 0)
     result.unknown_coupon_orders += int(counts.unknown or 0)
 
-    src = attr
+
+def _upsert_conversions(conn: Connection, attr: Any) -> None:
+    """Insert the ``converted`` rows of ``attr``, updating the revenue, orders and coupon of those present."""
+    co = campaign_outcomes.c
     ins = postgresql.insert(campaign_outcomes).from_select(
         [
             "campaign_id",
@@ -665,14 +677,14 @@ def _record_conversions(
             "source",
         ],
         select(
-            src.c.campaign_id,
-            src.c.customer_id,
+            attr.c.campaign_id,
+            attr.c.customer_id,
             literal("converted", String),
-            src.c.first_order_at,
-            src.c.revenue,
-            src.c.orders,
-            src.c.coupon_code,
-            src.c.discount,
+            attr.c.first_order_at,
+            attr.c.revenue,
+            attr.c.orders,
+            attr.c.coupon_code,
+            attr.c.discount,
             literal("warehouse", String),
         ),
     )
@@ -688,6 +700,10 @@ def _record_conversions(
     )
     conn.execute(ins)
 
+
+def _delete_lapsed_conversions(conn: Connection, attr: Any, ids: list[str]) -> int:
+    """Delete the ``converted`` rows of the campaigns that ``attr`` no longer has; how many went."""
+    co = campaign_outcomes.c
     still = attr.alias("still")
     removed = conn.execute(
         delete(campaign_outcomes).where(
@@ -700,8 +716,7 @@ def _record_conversions(
             ),
         )
     ).rowcount
-    result.converted_removed += max(int(removed or 0), 0)
-    drop_attribution(conn, attr)
+    return max(int(removed or 0), 0)
 
 
 def _record_events(
@@ -712,20 +727,13 @@ def _record_events(
     source: str,
     result: CollectResult,
 ) -> None:
+    """Insert the email events of campaign members not in the ledger yet and suppress unsubscribes and
+    bounces; events of other campaigns or of non-members are skipped and counted."""
     wanted = set(campaign_ids)
     by_email = _customers_by_email(
         conn, settings, {e.email for e in events if e.customer_id is None and e.email}
     )
-    members: set[tuple[str, str]] = set()
-    for part in chunked(campaign_ids, 500):
-        members.update(
-            (c, m)
-            for c, m in conn.execute(
-                select(campaign_members.c.campaign_id, campaign_members.c.customer_id).where(
-                    campaign_members.c.campaign_id.in_(part)
-                )
-            )
-        )
+    members = _campaign_members(conn, campaign_ids)
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     suppress: dict[tuple[str, str], str | None] = {}
     for e in events:
@@ -748,44 +756,75 @@ def _record_events(
         if e.event in _SUPPRESS_REASON:
             suppress.setdefault((customer, _SUPPRESS_REASON[e.event]), e.email)
     if rows:
-        existing = {
-            (c, m, ev)
-            for c, m, ev in conn.execute(
-                select(
-                    campaign_outcomes.c.campaign_id,
-                    campaign_outcomes.c.customer_id,
-                    campaign_outcomes.c.event,
-                ).where(
-                    campaign_outcomes.c.campaign_id.in_(sorted({k[0] for k in rows})),
-                    campaign_outcomes.c.event.in_(EMAIL_EVENTS),
+        _insert_new_events(conn, rows, result)
+    if suppress:
+        result.suppressions_added += _add_suppressions(conn, settings, suppress)
+
+
+def _campaign_members(conn: Connection, campaign_ids: list[str]) -> set[tuple[str, str]]:
+    """(campaign_id, customer_id) of every member of the campaigns."""
+    members: set[tuple[str, str]] = set()
+    for part in chunked(campaign_ids, 500):
+        members.update(
+            (c, m)
+            for c, m in conn.execute(
+                select(campaign_members.c.campaign_id, campaign_members.c.customer_id).where(
+                    campaign_members.c.campaign_id.in_(part)
                 )
             )
-        }
-        new = [r for k, r in rows.items() if k not in existing]
-        if new:
-            conn.execute(insert_ignore(campaign_outcomes), new)
-        for r in new:
-            result.events_added[r["event"]] = result.events_added.get(r["event"], 0) + 1
-    if suppress:
-        emails = _customer_emails(conn, settings, {c for c, _ in suppress if suppress[(c, _)] is None})
-        now = utcnow().replace(microsecond=0)
-        hashes: dict[tuple[str, str], dict[str, Any]] = {}
-        for (customer, reason), email in suppress.items():
-            address = email or emails.get(customer)
-            if not address:
-                continue
-            h = email_hash(address)
-            hashes[(h, reason)] = {"email_hash": h, "reason": reason, "source": "outcomes", "created_at": now}
-        if hashes:
-            have = {
-                (h, r)
-                for h, r in conn.execute(
-                    select(suppressions.c.email_hash, suppressions.c.reason).where(
-                        suppressions.c.email_hash.in_(sorted({k[0] for k in hashes}))
-                    )
-                )
-            }
-            new_s = [v for k, v in hashes.items() if k not in have]
-            if new_s:
-                conn.execute(insert_ignore(suppressions), new_s)
-            result.suppressions_added += len(new_s)
+        )
+    return members
+
+
+def _insert_new_events(
+    conn: Connection, rows: dict[tuple[str, str, str], dict[str, Any]], result: CollectResult
+) -> None:
+    """Insert the event rows (keyed by campaign, customer, event) the ledger does not have; count them."""
+    existing = {
+        (c, m, ev)
+        for c, m, ev in conn.execute(
+            select(
+                campaign_outcomes.c.campaign_id,
+                campaign_outcomes.c.customer_id,
+                campaign_outcomes.c.event,
+            ).where(
+                campaign_outcomes.c.campaign_id.in_(sorted({k[0] for k in rows})),
+                campaign_outcomes.c.event.in_(EMAIL_EVENTS),
+            )
+        )
+    }
+    new = [r for k, r in rows.items() if k not in existing]
+    if new:
+        conn.execute(insert_ignore(campaign_outcomes), new)
+    for r in new:
+        result.events_added[r["event"]] = result.events_added.get(r["event"], 0) + 1
+
+
+def _add_suppressions(
+    conn: Connection, settings: Settings, suppress: dict[tuple[str, str], str | None]
+) -> int:
+    """Add the email hashes of (customer, reason) → the event's email (None: the customer's own address) to
+    ``suppressions`` unless already there; how many were added. Customers with no known address are left out."""
+    emails = _customer_emails(conn, settings, {c for (c, _), email in suppress.items() if email is None})
+    now = utcnow().replace(microsecond=0)
+    hashes: dict[tuple[str, str], dict[str, Any]] = {}
+    for (customer, reason), email in suppress.items():
+        address = email or emails.get(customer)
+        if not address:
+            continue
+        h = email_hash(address)
+        hashes[(h, reason)] = {"email_hash": h, "reason": reason, "source": "outcomes", "created_at": now}
+    if not hashes:
+        return 0
+    have = {
+        (h, r)
+        for h, r in conn.execute(
+            select(suppressions.c.email_hash, suppressions.c.reason).where(
+                suppressions.c.email_hash.in_(sorted({k[0] for k in hashes}))
+            )
+        )
+    }
+    new = [v for k, v in hashes.items() if k not in have]
+    if new:
+        conn.execute(insert_ignore(suppressions), new)
+    return len(new)
