@@ -104,7 +104,6 @@ def _long_functions(paths: list[Path], root: Path) -> list[str]:
     return [f"{path}:{line} {name}: {length} lines" for path, line, name, length in sorted(found)]
 
 
-@pytest.mark.xfail(strict=True, reason="long functions are being split (issue 14, items 1 and 2)")
 def test_no_function_over_80_lines() -> None:
     found = _long_functions(_package_files(), ROOT)
     print("\n".join(found))
