@@ -307,7 +307,7 @@ def test_activation_serve_runs_the_same_schedules_as_prefect_yaml() -> None:
 
 
 def test_activation_serve_needs_a_server_that_outlives_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cli_helpers import run_cli
+    from tests.cli_helpers import run_cli
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     result = run_cli("serve")
