@@ -89,7 +89,7 @@ def test_hand_computed_metrics_and_scores(engine: Engine, settings: Settings) ->
 
 
 def test_every_rfm11_cell(engine: Engine, settings: Settings) -> None:
-    from tests.test_schemes import RFM11_GRID
+    from tests.segments.test_schemes import RFM11_GRID
 
     add_orders(engine, grid_orders(AS_OF))
     compute_snapshot(engine, settings, AS_OF, "rfm11")
