@@ -307,10 +307,15 @@ def test_activation_serve_runs_the_same_schedules_as_prefect_yaml() -> None:
 
 
 def test_activation_serve_needs_a_server_that_outlives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from tests.cli_helpers import run_cli
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    result = run_cli("serve")
+    # a test API started earlier in the run (the session's harness) sets the URL in Prefect's settings
+    # context, not in the environment: without clearing it there, serve would find it and serve forever
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        result = run_cli("serve")
     assert result.exit_code == 2 and "prefect server start" in result.output, result.output
 
 
