@@ -28,28 +28,18 @@ from activation.warehouse import get_engine
 from campaigns.coupons import assign_coupons
 from campaigns.plan import current_campaigns, plan_campaigns, read_members
 from campaigns.render import render_member, render_merge_tags
+from segments.schemes import load_scheme
 
 AS_OF = date(2025, 12, 31)
-SEGMENTS = [
-    "Champions",
-    "Loyal Customers",
-    "Potential Loyalists",
-    "New Customers",
-    "Promising",
-    "Need Attention",
-    "About To Sleep",
-    "At Risk",
-    "Can't Lose Them",
-    "Hibernating",
-    "Lost",
-]
+SEGMENTS = load_scheme("rfm11").segment_names  # the shipped scheme, in its order
 
 
 def build(engine, n: int) -> None:
     seg_case = (
         "CASE "
         + " ".join(
-            f"WHEN i % 11 = {k} THEN '{s.replace(chr(39), chr(39) * 2)}'" for k, s in enumerate(SEGMENTS)
+            f"WHEN i % {len(SEGMENTS)} = {k} THEN '{s.replace(chr(39), chr(39) * 2)}'"
+            for k, s in enumerate(SEGMENTS)
         )
         + " END"
     )
