@@ -15,7 +15,6 @@ from campaigns.plan import sample_campaign
 from campaigns.policy import ResolvedPolicy
 from campaigns.preview import sample_coupon
 from campaigns.render import (
-    RenderedEmail,
     build_context,
     compliance_problems,
     member_unsubscribe_url,
@@ -62,9 +61,7 @@ def campaign_and_member(
     return sample_campaign(resolved, as_of), {**row, "coupon_code": code}
 
 
-def render_preview(
-    settings: Settings, resolved: ResolvedPolicy, as_of: date, member: Member
-) -> tuple[Preview, RenderedEmail]:
+def render_preview(settings: Settings, resolved: ResolvedPolicy, as_of: date, member: Member) -> Preview:
     """Render the segment's email for ``member``.
 
     Raises:
@@ -75,7 +72,7 @@ def render_preview(
     offer = build_context(settings, campaign, row)["offer"]
     unsubscribe = member_unsubscribe_url(settings, campaign, row)
     problems = [message for _, message, _ in compliance_problems(settings, email, unsubscribe)]
-    preview = Preview(
+    return Preview(
         subject=email.subject,
         preheader=preheader_of(email.html),
         html=email.html,
@@ -85,4 +82,3 @@ def render_preview(
         offer=resolved.offer.describe(),
         problems=problems,
     )
-    return preview, email

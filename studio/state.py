@@ -17,8 +17,9 @@ from sqlalchemy.engine import Engine
 from activation.errors import NotFoundError
 from activation.settings import Settings
 from campaigns.lint import check_templates
+from campaigns.plan import campaign_key
 from campaigns.policy import Policy, PolicyIssue, ResolvedPolicy, parse_policy
-from campaigns.render import RenderError
+from campaigns.render import RenderError, render_member
 from connectors.base import AudienceMember, CampaignSpec
 from connectors.outbox import OutboxDestination
 from studio.catalog import Member, SchemeInfo, load_catalog
@@ -150,6 +151,12 @@ class Studio:
                 )
             return {"version": self.version, "schemes": schemes, "problems": self.problems}
 
+    def _chosen(self, scheme: str, segment: str, member: int) -> tuple[ResolvedPolicy, list[Member], Member]:
+        """The segment's policy, its sample members and the ``member``-th of them (clamped to the list)."""
+        resolved = self.resolved(scheme, segment)
+        members = self.members(scheme, segment)
+        return resolved, members, members[min(max(member, 0), len(members) - 1)]
+
     def _as_of(self, scheme: str) -> date:
         return self.scheme(scheme).as_of or date.today()
 
@@ -157,9 +164,7 @@ class Studio:
         """The segment's email for its ``member``-th sample member; when the render fails, the error and
         the last good render (``stale``)."""
         with self._lock:
-            resolved = self.resolved(scheme, segment)
-            members = self.members(scheme, segment)
-            chosen = members[min(max(member, 0), len(members) - 1)]
+            resolved, members, chosen = self._chosen(scheme, segment, member)
             out: dict[str, Any] = {
                 "version": self.version,
                 "members": [m.label for m in members],
@@ -172,7 +177,7 @@ class Studio:
             }
             key = (scheme, segment, out["member"])
             try:
-                preview, _ = render_preview(self.settings, resolved, self._as_of(scheme), chosen)
+                preview = render_preview(self.settings, resolved, self._as_of(scheme), chosen)
                 self._good[key] = preview
             except RenderError as exc:
                 out["error"] = problem(exc)
@@ -190,15 +195,13 @@ class Studio:
             RenderError: the template fails now (no half-right message is written).
         """
         with self._lock:
-            resolved = self.resolved(scheme, segment)
-            members = self.members(scheme, segment)
-            chosen = members[min(max(member, 0), len(members) - 1)]
+            resolved, _, chosen = self._chosen(scheme, segment, member)
             as_of = self._as_of(scheme)
-            _, email = render_preview(self.settings, resolved, as_of, chosen)
             campaign, row = campaign_and_member(self.settings, resolved, as_of, chosen)
+            email = render_member(self.settings, campaign, row)
             spec = CampaignSpec(
                 campaign_id=campaign["campaign_id"],
-                campaign_key=campaign["campaign_id"].rsplit("-v", 1)[0],
+                campaign_key=campaign_key(scheme, as_of, segment),
                 version=1,
                 as_of=as_of,
                 scheme=scheme,
