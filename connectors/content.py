@@ -44,13 +44,13 @@ class RenderContent:
         )
 
     def for_member(self, campaign: CampaignSpec, member: AudienceMember) -> Content:
+        # the renderer reads the member's customer_id, email, first_name and coupon_code as attributes
         row = self._checked.get(campaign.campaign_id)
-        if row is None:
-            r = render.render_member(self.settings, campaign.row, _member_view(member))
-            self._checked[campaign.campaign_id] = {**_row_dict(campaign.row), "template_hash": None}
-        else:
-            r = render.render_member(self.settings, row, _member_view(member))
-        return r
+        if row is not None:
+            return render.render_member(self.settings, row, member)
+        email = render.render_member(self.settings, campaign.row, member)
+        self._checked[campaign.campaign_id] = {**_row_dict(campaign.row), "template_hash": None}
+        return email
 
 
 def _row_dict(row: Any) -> dict[str, Any]:
@@ -59,24 +59,9 @@ def _row_dict(row: Any) -> dict[str, Any]:
     return dict(row)
 
 
-def _member_view(member: AudienceMember) -> dict[str, Any]:
-    return {
-        "customer_id": member.customer_id,
-        "email": member.email,
-        "first_name": member.first_name,
-        "coupon_code": member.coupon_code,
-        "segment": member.segment,
-        "campaign_id": member.campaign_id,
-    }
-
-
 def campaign_values(campaign: CampaignSpec) -> tuple[dict[str, str], bool]:
     """The campaign-wide merge values (segment, offer, expiry) and whether its offer has coupons, as
     :func:`campaigns.render.merge_values` computes them (computed once per campaign, not per member)."""
-    key = campaign.campaign_id
-    cached = _VALUES_CACHE.get(key)
-    if cached is not None and cached[0] is campaign:
-        return cached[1], cached[2]
     row: Any = (
         campaign.row
         if campaign.row is not None
@@ -84,12 +69,7 @@ def campaign_values(campaign: CampaignSpec) -> tuple[dict[str, str], bool]:
     )
     values = render.merge_values(row, {"first_name": "", "coupon_code": "X"})
     has_coupon = values.get("COUPON") == "X"
-    base = {k: str(v) for k, v in values.items()}
-    _VALUES_CACHE[key] = (campaign, base, has_coupon)
-    return base, has_coupon
-
-
-_VALUES_CACHE: dict[str, tuple[CampaignSpec, dict[str, str], bool]] = {}
+    return {k: str(v) for k, v in values.items()}, has_coupon
 
 
 def preflight(content: ContentProvider, camps: Sequence[CampaignSpec], *, dry_run: bool) -> list[str]:
