@@ -14,15 +14,14 @@ from json.encoder import encode_basestring_ascii as _enc
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import Select, func, null, select
+from sqlalchemy import Select, null, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.sql import column, table
 
 from activation.chunks import chunked
-from activation.emails import EMAIL_RE
+from activation.emails import is_valid_email
 from activation.errors import NotFoundError
 from activation.settings import Settings
-from activation.tables import campaign_members, campaigns, split_table_name
+from activation.tables import campaign_members, campaigns, source_table
 from connectors import state as st
 from connectors.base import (
     AudienceMember,
@@ -38,16 +37,15 @@ from connectors.result import SegmentChange
 # --- the plan ----------------------------------------------------------------------------------------
 
 
-def latest_as_of(engine: Engine, scheme: str) -> date | None:
-    with engine.connect() as conn:
-        return conn.execute(select(func.max(campaigns.c.as_of)).where(campaigns.c.scheme == scheme)).scalar()
+def planned_as_of(engine: Engine, scheme: str, as_of: date | None) -> date:
+    """``as_of`` once it is known to have a plan for ``scheme``; without one, the latest planned date.
 
-
-def check_planned(engine: Engine, as_of: date, scheme: str) -> None:
-    """Refuse an ``as_of`` without any plan (a typo would otherwise read as an empty audience and remove
-    every tag under ``--force``)."""
+    Raises:
+        NotFoundError: no plan for ``as_of`` (or none at all) in ``scheme``; a typo would otherwise read as
+            an empty audience and remove every tag under ``--force``.
+    """
     with engine.connect() as conn:
-        planned = (
+        planned: list[date] = list(
             conn.execute(
                 select(campaigns.c.as_of)
                 .where(campaigns.c.scheme == scheme)
@@ -57,30 +55,20 @@ def check_planned(engine: Engine, as_of: date, scheme: str) -> None:
             .scalars()
             .all()
         )
+    if as_of is None:
+        if not planned:
+            raise NotFoundError(
+                f"no campaign plan for scheme {scheme!r}",
+                fix=f"run `activation plan --scheme {scheme}` first",
+            )
+        return planned[-1]
     if as_of not in planned:
         known = ", ".join(d.isoformat() for d in planned[-4:]) or "none"
         raise NotFoundError(
             f"no campaign plan for scheme {scheme!r} as of {as_of.isoformat()} (planned: {known})",
             fix=f"run `activation plan --as-of {as_of.isoformat()} --scheme {scheme}` first, or pick a planned date",
         )
-
-
-def planned_as_of(engine: Engine, scheme: str, as_of: date | None) -> date:
-    """``as_of`` once it is known to have a plan for ``scheme``; without one, the latest planned date.
-
-    Raises:
-        NotFoundError: no plan for ``as_of`` (or none at all) in ``scheme``.
-    """
-    if as_of is not None:
-        check_planned(engine, as_of, scheme)
-        return as_of
-    latest = latest_as_of(engine, scheme)
-    if latest is None:
-        raise NotFoundError(
-            f"no campaign plan for scheme {scheme!r}",
-            fix=f"run `activation plan --scheme {scheme}` first",
-        )
-    return latest
+    return as_of
 
 
 def load_campaigns(engine: Engine, as_of: date, scheme: str, destination: str) -> list[CampaignSpec]:
@@ -91,13 +79,13 @@ def load_campaigns(engine: Engine, as_of: date, scheme: str, destination: str) -
             .where(campaigns.c.as_of == as_of, campaigns.c.scheme == scheme)
             .order_by(campaigns.c.segment, campaigns.c.version.desc())
         ).all()
-    out: dict[str, CampaignSpec] = {}
+    out: dict[str, CampaignSpec | None] = {}
     for r in rows:
         if r.segment in out:
             continue
         dests = _json(r.destinations, [])
         if dests and destination not in dests:
-            out[r.segment] = None  # type: ignore[assignment]  # latest version excludes us: skip older ones too
+            out[r.segment] = None  # latest version excludes us: skip older ones too
             continue
         out[r.segment] = CampaignSpec(
             campaign_id=r.campaign_id,
@@ -127,14 +115,13 @@ def _json(value: Any, default: Any) -> Any:
 
 def _customers_table(settings: Settings) -> tuple[Any, dict[str, Any]]:
     src = settings.customers
-    schema, name = split_table_name(src.table)
     names = {
         "customer_id": src.customer_id,
         "email": src.email,
         "first_name": src.first_name,
         "unsubscribed": src.unsubscribed,
     }
-    t = table(name, *[column(c) for c in names.values() if c], schema=schema)
+    t = source_table(src.table, *[c for c in names.values() if c])
     cols = {k: (t.c[v] if v else None) for k, v in names.items()}
     return t, cols
 
@@ -206,13 +193,12 @@ def read_audience(
     seen_customers: set[str] = set()
     owner: dict[str, AudienceMember] = {}  # email -> the member holding it (the lowest customer id)
     duplicates: list[AudienceMember] = []
-    valid = EMAIL_RE.match
     with engine.connect() as conn:
         for part in conn.execute(_members_query(settings, list(by_id))).partitions(50_000):
             for camp_id, raw_cid, group, coupon, raw_email, first, unsub in part:
                 camp = by_id[camp_id]
                 cid = str(raw_cid)
-                email = raw_email.strip().lower() if raw_email else ""
+                email = normalize_email(raw_email)
                 if email:
                     emails[cid] = email
                 if group != "treatment":
@@ -225,7 +211,7 @@ def read_audience(
                 reason: str | None = None
                 if not email:
                     reason = "no_email"
-                elif not (3 <= len(email) <= 254 and valid(email)):
+                elif not is_valid_email(email):
                     reason = "invalid_email"
                 else:
                     eh = email_hash(email) if suppressed else None
