@@ -14,7 +14,7 @@ from activation.settings import Settings
 from activation.tables import campaigns
 from connectors import state as st
 from connectors.audience import Audience, member_hasher, missing_emails
-from connectors.base import AudienceMember, Destination, MemberChange, SyncPlan, email_hash, state_hash
+from connectors.base import AudienceMember, ChangeKind, Destination, MemberChange, SyncPlan, email_hash
 from connectors.result import SegmentChange, SyncResult, segment_of
 
 
@@ -74,11 +74,7 @@ def diff(
         hasher = member_hasher(members[0], extra)
         for m in members:
             desired.add(m.customer_id)
-            h = (
-                hasher(m)
-                if m.campaign_id == campaign_id
-                else state_hash(m.email, [m.segment], m.fields, m.campaign_id if include_campaign else "")
-            )
+            h = hasher(m)
             s = state.get(m.customer_id)
             if s is not None and s.state_hash == h:
                 if s.tags == [m.segment]:
@@ -87,36 +83,18 @@ def diff(
                 if not s.tags:
                     refused.append(m)
                     continue
-            if s is None or not s.tags:
-                changes.append(
-                    MemberChange(
-                        m.customer_id,
-                        m.email,
-                        "add",
-                        m,
-                        True,
-                        m.segment,
-                        None,
-                        h,
-                        [m.segment],
-                        s.campaign_id if s else None,
-                    )
-                )
-                continue
-            old_tag = next((t for t in s.tags if t != m.segment), None)
-            same_person = s.email_hash in (None, email_hash(m.email))
+            kind: ChangeKind = "add"
+            tag_add: str | None = m.segment
+            tag_remove: str | None = None
+            if s is not None and s.tags:
+                kind = "update"
+                tag_add = m.segment if m.segment not in s.tags else None
+                if s.email_hash in (None, email_hash(m.email)):  # the same person: the old tag goes
+                    tag_remove = next((t for t in s.tags if t != m.segment), None)
+            old_campaign = s.campaign_id if s is not None else None
             changes.append(
                 MemberChange(
-                    m.customer_id,
-                    m.email,
-                    "update",
-                    m,
-                    True,
-                    m.segment if m.segment not in s.tags else None,
-                    old_tag if same_person else None,
-                    h,
-                    [m.segment],
-                    s.campaign_id,
+                    m.customer_id, m.email, kind, m, True, tag_add, tag_remove, h, [m.segment], old_campaign
                 )
             )
     for cid, s in state.items():
