@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from activation.errors import GuardrailError
 from activation.settings import Settings
-from activation.tables import campaigns
 from connectors import state as st
 from connectors.audience import Audience, member_hasher, missing_emails
 from connectors.base import AudienceMember, ChangeKind, Destination, MemberChange, SyncPlan, email_hash
@@ -150,24 +148,7 @@ def nothing_to_do(engine: Engine, destination: str, plan: SyncPlan) -> bool:
     send = plan.send or plan.schedule_at is not None
     remote = st.load_remote_campaigns(engine, destination)
     wanted = [c for c in plan.campaigns if plan.audiences.get(c.campaign_id)]
-    sent_keys: set[str] = set()
-    if send:
-        keys = {c.campaign_key for c in wanted}
-        with engine.connect() as conn:
-            rows = (
-                conn.execute(
-                    select(campaigns.c.campaign_id, campaigns.c.campaign_key).where(
-                        campaigns.c.campaign_key.in_(keys)
-                    )
-                ).all()
-                if keys
-                else []
-            )
-        sent_keys = {
-            key
-            for cid, key in rows
-            if (rc := remote.get(cid)) is not None and rc.status in ("sent", "scheduled")
-        }
+    sent_keys = st.sent_campaign_keys(engine, remote, {c.campaign_key for c in wanted}) if send else set()
     for camp in wanted:
         rc = remote.get(camp.campaign_id)
         if send:

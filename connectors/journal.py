@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, update
 from sqlalchemy.engine import Engine
 
 from activation.chunks import chunked
@@ -226,15 +226,8 @@ class WarehouseJournal:
         return self._remote.get(campaign_id)
 
     def campaign_sent_before(self, campaign: CampaignSpec) -> bool:
-        with self.engine.connect() as conn:
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    select(campaigns.c.campaign_id).where(campaigns.c.campaign_key == campaign.campaign_key)
-                )
-            ]
-        return any(
-            (rc := self._remote.get(i)) is not None and rc.status in ("sent", "scheduled") for i in ids
+        return campaign.campaign_key in st.sent_campaign_keys(
+            self.engine, self._remote, [campaign.campaign_key]
         )
 
     def record_campaign(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from activation.clock import utcnow
 from activation.dialect import is_duckdb
-from activation.tables import destination_campaigns, suppressions, sync_log, sync_runs, sync_state
+from activation.tables import campaigns, destination_campaigns, suppressions, sync_log, sync_runs, sync_state
 from connectors.base import RemoteCampaign, email_hash
 
 _tmp_names = itertools.count()
@@ -294,6 +294,24 @@ def load_remote_campaigns(engine: Engine, destination: str) -> dict[str, RemoteC
     ).where(destination_campaigns.c.destination == destination)
     with engine.connect() as conn:
         return {r[0]: RemoteCampaign(r[0], r[1], r[2], r[3]) for r in conn.execute(q)}
+
+
+def sent_campaign_keys(
+    engine: Engine, remote: Mapping[str, RemoteCampaign], keys: Collection[str]
+) -> set[str]:
+    """The campaign ``keys`` of which some version is sent or scheduled at the destination (``remote``: its
+    ``destination_campaigns``): a campaign is sent at most once, whatever its version."""
+    if not keys:
+        return set()
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(campaigns.c.campaign_id, campaigns.c.campaign_key).where(
+                campaigns.c.campaign_key.in_(list(keys))
+            )
+        ).all()
+    return {
+        key for cid, key in rows if (rc := remote.get(cid)) is not None and rc.status in ("sent", "scheduled")
+    }
 
 
 def save_remote_campaign(bind: Engine | Connection, destination: str, rc: RemoteCampaign) -> None:
