@@ -6,7 +6,8 @@ Rules:
 * ``campaign_key`` = ``<scheme>/<as_of>/<segment>`` is stable across versions; ``campaign_id`` is readable,
   e.g. ``rfm11-2025q4-champions-v1`` (``2025q4`` when as_of is a quarter's last day, else ``20251115``).
 * Holdout: ``md5("<campaign_key>|<customer_id>")``'s first 32 bits / 2**32 < holdout share, computed in the
-  warehouse (same value on every dialect, see :func:`member_group` for the Python twin). The key excludes the
+  warehouse (same value on every dialect; ``activation.split`` holds both twins, the demo data uses the
+  Python one). The key excludes the
   version, so a member stays in the same group when the campaign gets a new version.
 * Excluded before the split, and counted per reason in ``campaigns.excluded``: ``customers.unsubscribed``
   (``unsubscribed``), any row of ``suppressions`` for the member's email hash (its reason), migration
@@ -26,7 +27,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -55,6 +56,7 @@ from activation.clock import utcnow
 from activation.errors import ConfigError, NotFoundError
 from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
+from activation.split import campaign_key, holdout_bucket_sql, holdout_threshold
 from activation.tables import campaign_members, campaigns, rfm_snapshots, split_table_name, suppressions
 from activation.warehouse import has_table
 from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
@@ -68,7 +70,7 @@ from campaigns.holdout import (
     size_holdout,
 )
 from campaigns.offers import offer_record, parse_offer
-from campaigns.policy import ResolvedPolicy, check_segments, load_policy, scheme_segments
+from campaigns.policy import ResolvedPolicy, check_segments, load_policy, segment_order
 from campaigns.render import (
     SAMPLE_MEMBER,
     RenderError,
@@ -192,22 +194,8 @@ def period_label(as_of: date) -> str:
     return as_of.strftime("%Y%m%d")
 
 
-def campaign_key(scheme: str, as_of: date, segment: str) -> str:
-    return f"{scheme}/{as_of.isoformat()}/{segment}"
-
-
 def campaign_id_for(scheme: str, as_of: date, segment: str, version: int) -> str:
     return f"{_slug(scheme)}-{period_label(as_of)}-{_slug(segment)}-v{version}"
-
-
-def holdout_threshold(share: float) -> int:
-    return int(round(share * 2**32))
-
-
-def member_group(key: str, customer_id: str, share: float) -> str:
-    """Python twin of the warehouse split (for checks and tests)."""
-    bucket = int(hashlib.md5(f"{key}|{customer_id}".encode()).hexdigest()[:8], 16)
-    return "holdout" if bucket < holdout_threshold(share) else "treatment"
 
 
 def _customers_table(settings: Settings) -> Any:
@@ -355,8 +343,7 @@ def _stage_select(
             ok = and_(ok, or_(p.c.segment.is_(None), p.c.segment != f.segment))
         reasons.append((and_(s.c.segment == f.segment, ~ok), literal("not_targeted")))
     reason = case(*reasons, else_=null()) if reasons else null()
-    key_prefix = literal(f"{scheme}/{as_of.isoformat()}/", String)
-    bucket = dialect.hash_bucket(key_prefix.concat(s.c.segment).concat("|").concat(s.c.customer_id), conn)
+    bucket = holdout_bucket_sql(scheme, as_of, s.c.segment, s.c.customer_id, conn)
     return (
         select(s.c.customer_id, s.c.segment, reason.label("reason"), bucket.label("bucket"))
         .select_from(frm)
@@ -477,11 +464,6 @@ def _latest(conn: Connection, key: str) -> CampaignRow | None:
     return CampaignRow.from_row(row) if row else None
 
 
-def _segment_order(settings: Settings, scheme: str, present: Sequence[str]) -> list[str]:
-    known = scheme_segments(scheme, settings) or []
-    return [s for s in known if s in present] + sorted(s for s in present if s not in known)
-
-
 def _snapshot_sizes(engine: Engine, as_of: date, scheme: str) -> tuple[dict[str, int], date | None]:
     """Members per segment of the ``as_of`` snapshot, and the as_of of the snapshot before it.
 
@@ -533,7 +515,7 @@ def plan_campaigns(engine: Engine, settings: Settings, as_of: date, scheme: str)
         )
     sizes, prev_as_of = _snapshot_sizes(engine, as_of, scheme)
     # Everything that can fail on bad input is checked before the write transaction starts.
-    order = _segment_order(settings, scheme, list(sizes))
+    order = segment_order(settings, scheme, list(sizes))
     result = PlanResult(as_of=as_of, scheme=scheme, segments=[])
     todo: list[tuple[str, ResolvedPolicy, str]] = []
     suppressed: list[tuple[str, ResolvedPolicy]] = []

@@ -367,6 +367,18 @@ def scheme_segments(scheme: str, settings: Settings) -> list[str] | None:
     return list(load_scheme(scheme, settings).segment_names)
 
 
+def segment_order(settings: Settings, scheme: str, present: Iterable[str]) -> list[str]:
+    """``present`` segments in the scheme's order (unknown ones last, alphabetically; all of them
+    alphabetically when the scheme is no longer defined or its file is invalid)."""
+    present = list(present)
+    try:
+        names = scheme_segments(scheme, settings) or []
+    except ConfigError:
+        names = []
+    known = [s for s in names if s in present]
+    return known + sorted({s for s in present if s not in names})
+
+
 def check_segments(
     policy: Policy, settings: Settings, schemes: Iterable[str] | None = None
 ) -> list[PolicyIssue]:

@@ -6,6 +6,7 @@ Prefect is imported inside the command functions only, so ``activation --help`` 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -201,8 +202,87 @@ def serve(
     serve_flows(settings, scheme or settings.default_scheme, destination)
 
 
+def demo_data_command(
+    out: Path = typer.Option(..., "--out", help="Folder to write the files to (created)."),
+    customers: int = typer.Option(5_000, "--customers", min=1, help="Number of customers."),
+    orders: int = typer.Option(
+        40_000, "--orders", min=1, help="Number of order rows (at least --customers)."
+    ),
+    seed: int = typer.Option(7, "--seed", help="Random seed; the same seed writes byte-identical files."),
+    plant: str | None = typer.Option(
+        None,
+        "--plant",
+        help='Plant a known conversion lift for the members the campaigns will treat, e.g. "At Risk=+0.10,'
+        'Hibernating=+0.08" (absolute, 0 <= lift < 1; "default" for the demo\'s); written to '
+        "planted_orders.parquet (docs/roi.md).",
+    ),
+    plant_as_of: str | None = typer.Option(
+        None, "--plant-as-of", help="The send date the planted lift follows (default: the demo's as_of)."
+    ),
+    scheme: str | None = SCHEME,
+) -> None:
+    """Write a deterministic synthetic data set (orders, customers, support tickets) and its mappings."""
+    from activation.dates import parse_date
+    from activation.settings import get_settings
+    from segments.demo_data import DEFAULT_PLANTED, generate, parse_plant
+
+    uplift = None if plant is None else DEFAULT_PLANTED if plant.strip() == "default" else parse_plant(plant)
+    as_of = parse_date(plant_as_of or None, "--plant-as-of")
+    if as_of is not None and uplift is None:
+        raise ConfigError(
+            "--plant-as-of needs --plant", fix='add --plant "At Risk=+0.10" (or drop --plant-as-of)'
+        )
+    settings = get_settings()
+    if uplift is not None:
+        from flows.demo import check_plant, plant_demo_files
+
+        check_plant(settings, scheme, uplift)
+    files = generate(out, customers=customers, orders=orders, seed=seed)
+    rows = files.describe()
+    effects: list[Any] = []
+    if uplift is not None:
+        as_of, effects = plant_demo_files(settings, files, uplift, as_of=as_of, scheme=scheme, seed=seed)
+        total = sum(e.orders for e in effects)
+        rows.append((files.planted, f"{total:,} planted orders after {as_of} (source: demo planted uplift)"))
+    _print_demo_files(out, rows, files, effects)
+
+
+def _print_demo_files(out: Path, rows: list[tuple[Path, str]], files: Any, effects: list[Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"demo data in {out}", show_header=True)
+    table.add_column("file")
+    table.add_column("what")
+    for path, what in rows:
+        table.add_row(str(path), what)
+    console.out.print(table)
+    for e in effects:
+        console.out.print(
+            f"planted {e.segment}: {e.uplift * 100:+.1f} pp conversion for {e.treated:,} treated "
+            f"({e.orders:,} orders, mean {e.mean_amount:.2f}; {e.redeemed:,} redeem the coupon, "
+            f"discount {e.discount:.2f})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.out.print(
+        f"load it with: activation ingest {files.orders} --format parquet --mapping {files.mapping}",
+        soft_wrap=True,
+    )
+    if effects:
+        console.out.print(
+            f"planted orders: activation ingest {files.planted} --format parquet --mapping "
+            f"{files.planted_mapping}",
+            soft_wrap=True,
+        )
+    console.out.print(
+        f"support tickets: activation ingest {files.tickets} --format csv --mapping {files.tickets_mapping}",
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this package's commands to ``app``."""
+    app.command("demo-data")(demo_data_command)
     app.command("demo")(demo)
     app.command("serve")(serve)
     app.add_typer(run_app, name="run")

@@ -14,6 +14,7 @@ stopped half-way (an error, Ctrl-C) says what it wrote so far: rerunning it fini
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,15 +26,28 @@ from activation import interrupt
 from activation.defaults import describe_templates_dir
 from activation.errors import ActivationError, ConfigError
 from activation.settings import Settings
-from activation.warehouse import duckdb_file, get_engine, redact
+from activation.split import campaign_key
+from activation.warehouse import duckdb_file, ensure_schema, get_engine, make_engine, redact
+from campaigns.coupons import coupon_codes
 from campaigns.lint import check_templates
+from campaigns.policy import load_policy, scheme_segments
 from campaigns.preview import write_previews
 from connectors.registry import check_destination
 from flows.dates import resolve_as_of
 from flows.runtime import check_prefect_api, local_run
-from segments.demo_data import DEFAULT_PLANTED, PlantedEffect, generate
+from segments.demo_data import (
+    DEFAULT_PLANTED,
+    DemoDataFiles,
+    PlantCoupon,
+    PlantedEffect,
+    PlantTarget,
+    generate,
+    plant_uplift,
+    write_planted_orders,
+)
 from segments.ingest import ingest_file
-from segments.snapshots import last_quarter_end
+from segments.schemes import list_schemes
+from segments.snapshots import compute_snapshot, last_quarter_end
 
 BACKTEST_GAP_DAYS = 150
 """``as_of`` is the last quarter end at least this long before the last demo order."""
@@ -82,38 +96,101 @@ def prepare_demo_data(
     return files.out_dir, files.last_date
 
 
+def plant_targets(
+    settings: Settings, as_of: date, scheme: str, uplift: Mapping[str, float]
+) -> dict[str, PlantTarget]:
+    """What to plant per segment, from the offer policy: the campaign's fixed holdout share (a segment with
+    a power-sized holdout is left without an effect: its share is only known at plan time) and, for a coupon
+    offer, the member's personal code (``campaigns.coupons``, the plan's derivation) and the offer's cost."""
+    policy = load_policy(settings)
+    secret = settings.coupon_key()
+    out: dict[str, PlantTarget] = {}
+    for segment, lift in uplift.items():
+        resolved = policy.for_segment(scheme, segment)
+        if resolved.holdout_target is not None:
+            continue
+        offer = resolved.offer
+        coupon = None
+        if offer.has_coupon:
+            key, prefix = campaign_key(scheme, as_of, segment), offer.coupon_prefix or ""
+
+            def codes(ids: list[str], key: str = key, prefix: str = prefix) -> dict[str, str]:
+                return dict(zip(ids, coupon_codes(secret, key, ids, prefix), strict=True))
+
+            coupon = PlantCoupon(codes, offer.discount_for)
+        out[segment] = PlantTarget(float(lift), resolved.holdout_share, coupon)
+    return out
+
+
+def check_plant(settings: Settings, scheme: str | None, uplift: Mapping[str, float]) -> None:
+    """Before anything is written: every segment named in ``uplift`` is one of the scheme's.
+
+    Raises:
+        ConfigError: a segment the scheme does not define (the option, the names it has).
+    """
+    scheme = scheme or settings.default_scheme
+    names = scheme_segments(scheme, settings)
+    if names is None:
+        raise ConfigError(
+            f"--scheme {scheme}: no such scheme", fix="use one of " + ", ".join(list_schemes(settings))
+        )
+    unknown = [s for s in uplift if s not in names]
+    if unknown:
+        raise ConfigError(
+            f"--plant names {', '.join(unknown)}, not a segment of {scheme}",
+            fix=f"use the segment names of {scheme}: {', '.join(names)}",
+        )
+
+
 def plant_effects(
-    settings: Settings, as_of: date, scheme: str, uplift: dict[str, float], seed: int
+    settings: Settings, as_of: date, scheme: str, uplift: Mapping[str, float], seed: int
 ) -> list[PlantedEffect]:
     """Segment the quarter before ``as_of`` and ``as_of`` itself (so the report has a migration matrix), then
-    plant ``uplift`` into the orders after ``as_of`` for the members the campaigns will treat (the plan's hash
-    split at the policy's fixed share; a segment with a power-sized holdout is left without an effect; an
-    empty ``uplift`` removes earlier planted orders), then segment the quarter after (the migration lift)."""
-    from campaigns.plan import campaign_key, member_group
-    from campaigns.policy import load_policy
-    from segments.demo_data import plant_uplift
-    from segments.snapshots import compute_snapshot
-
+    plant ``uplift`` into the orders after ``as_of`` for the members the campaigns will treat
+    (:func:`plant_targets`; an empty ``uplift`` removes earlier planted orders), then segment the quarter
+    after (the migration lift)."""
     engine = get_engine(settings)
     compute_snapshot(engine, settings, last_quarter_end(as_of - timedelta(days=1)), scheme)
     compute_snapshot(engine, settings, as_of, scheme)
-    policy = load_policy(settings)
-    fixed = {
-        seg: policy.for_segment(scheme, seg).holdout_share
-        for seg in uplift
-        if policy.for_segment(scheme, seg).holdout_target is None
-    }
-
-    def treated(segment: str, customer_id: str) -> bool:
-        key = campaign_key(scheme, as_of, segment)
-        return member_group(key, customer_id, fixed[segment]) == "treatment"
-
-    planted = plant_uplift(
-        engine, settings, as_of, scheme, {k: v for k, v in uplift.items() if k in fixed}, treated, seed=seed
-    )
+    targets = plant_targets(settings, as_of, scheme, uplift)
+    planted = plant_uplift(engine, settings, as_of, scheme, targets, seed=seed)
     # the next quarter too, after the planted orders: the report's migration lift compares the groups there
     compute_snapshot(engine, settings, last_quarter_end(as_of + timedelta(days=95)), scheme)
     return planted
+
+
+def plant_demo_files(
+    settings: Settings,
+    files: DemoDataFiles,
+    uplift: Mapping[str, float],
+    *,
+    as_of: date | None = None,
+    scheme: str | None = None,
+    seed: int = 7,
+) -> tuple[date, list[PlantedEffect]]:
+    """Plant ``uplift`` into a generated data set (``activation demo-data --plant``): a scratch DuckDB
+    warehouse (deleted after) ingests the orders and segments ``as_of`` (default: the demo's backtest
+    as_of) with ``settings``' scheme definitions; the planted orders go to ``planted_orders.parquet`` beside
+    the orders (mapping ``planted_mapping.yaml``, source ``demo planted uplift``), for the members the
+    campaigns of ``settings``' policy will treat. Returns the as_of and what was planted.
+
+    Raises:
+        ConfigError: a segment the snapshot does not have, or a lift outside [0, 1).
+    """
+    scheme = scheme or settings.default_scheme
+    as_of = as_of or backtest_as_of(files.last_date)
+    with tempfile.TemporaryDirectory(prefix="activation-plant-") as tmp:
+        engine = make_engine(f"duckdb:///{Path(tmp) / 'scratch.duckdb'}")
+        try:
+            ensure_schema(engine)
+            ingest_file(engine, settings, files.orders, "parquet", mapping_path=files.mapping)
+            compute_snapshot(engine, settings, as_of, scheme)
+            targets = plant_targets(settings, as_of, scheme, uplift)
+            effects = plant_uplift(engine, settings, as_of, scheme, targets, seed=seed)
+            write_planted_orders(engine, files)
+        finally:
+            engine.dispose()
+    return as_of, effects
 
 
 def start_prefect_api() -> tuple[str, float]:

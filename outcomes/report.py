@@ -30,6 +30,7 @@ from activation.files import atomic_write, atomic_write_all, output_file, safe_f
 from activation.settings import Settings
 from activation.tables import campaign_members, rfm_snapshots, snapshot_runs, split_table_name
 from campaigns.plan import current_campaigns
+from campaigns.policy import segment_order
 from outcomes.ledger import campaign_windows, orders_source, valid_status, windows_values
 from outcomes.roi import (
     CONVERSION_CI_METHOD,
@@ -42,7 +43,6 @@ from outcomes.roi import (
     compute_roi,
     lift_text,
     roi_totals,
-    segment_order,
 )
 from outcomes.stats import newcombe_diff_interval
 from segments.demo_data import PLANTED_SOURCE
@@ -604,7 +604,8 @@ def _table_rows(df: pd.DataFrame, backtest: bool = False) -> list[dict[str, str]
                 "profit": no_profit
                 or f"{_fmt(r['incremental_profit'])} "
                 f"{_ci(r['incremental_profit_ci_low'], r['incremental_profit_ci_high'])}",
-                "roi": no_profit or _fmt(r["roi"], "ratio"),
+                "roi": no_profit
+                or f"{_fmt(r['roi'], 'ratio')} {_ci(r['roi_ci_low'], r['roi_ci_high'])}".strip(),
                 "status": str(r["status"]),
                 "significant": ("yes" if r["significant"] else "no")
                 + f" (Holm: {'yes' if r['conversion_significant_holm'] else 'no'})",
@@ -813,9 +814,11 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         lstrip_blocks=True,
     )
     tpl = env.get_template("roi_report.html.j2")
+    header = _header_context(engine, settings, df)
     return tpl.render(
-        **_header_context(engine, settings, df),
-        rows=_table_rows(df, bool(attrs.get("backtest", False))),
+        **header,
+        # a backtest's profit is chance, unless a known effect was planted (the demo): then it is the point
+        rows=_table_rows(df, bool(header["backtest"]) and not header["planted_orders"]),
         has_events=bool(
             len(df) and (df[["sent", "opened", "clicked", "unsubscribed", "bounced"]].to_numpy().sum() > 0)
         ),

@@ -39,10 +39,10 @@ import pandas as pd
 from sqlalchemy import case, cast, func, select
 from sqlalchemy.engine import Connection, Engine
 
-from activation.errors import ConfigError
 from activation.settings import Settings
 from activation.tables import Double, campaign_members, campaign_outcomes, rfm_snapshots
 from campaigns.holdout import conversion_mde
+from campaigns.policy import segment_order
 from outcomes.ledger import (
     EMAIL_EVENTS,
     CampaignWindow,
@@ -66,7 +66,6 @@ from outcomes.stats import (
     two_proportion_p_value,
     wilson_interval,
 )
-from segments.schemes import load_scheme
 
 CONVERSION_CI_METHOD = (
     "95 % interval for the difference of two proportions: Newcombe's hybrid score interval "
@@ -116,6 +115,8 @@ CSV_COLUMNS = [
     "holdout_revenue_per_member",
     "offer_cost",
     "roi",
+    "roi_ci_low",
+    "roi_ci_high",
     "status",
     "campaign_id",
     "campaign_version",
@@ -395,6 +396,9 @@ def _profit_columns(
         "incremental_profit_ci_high": rdh * nt * margin - offer_cost,
         **(cuped_row(t, h, margin, offer_cost) if lifts else dict.fromkeys(CUPED_COLUMNS, math.nan)),
         "roi": profit / offer_cost if offer_cost > 0 else math.nan,
+        # the cost is observed: the ROI interval is the profit interval over it
+        "roi_ci_low": (rdl * nt * margin - offer_cost) / offer_cost if offer_cost > 0 else math.nan,
+        "roi_ci_high": (rdh * nt * margin - offer_cost) / offer_cost if offer_cost > 0 else math.nan,
     }
 
 
@@ -477,16 +481,6 @@ def roi_row(
         "_treated_revenue_sq": t_stats.total_sq,
         "_holdout_revenue_sq": h_stats.total_sq,
     }
-
-
-def segment_order(settings: Settings, scheme: str, present: list[str]) -> list[str]:
-    """``present`` segments in the scheme's order (unknown ones last, alphabetically)."""
-    try:
-        names = list(load_scheme(scheme, settings).segment_names)
-    except ConfigError:  # a scheme no longer defined: the segments as stored, alphabetically
-        names = []
-    known = [s for s in names if s in present]
-    return known + sorted({s for s in present if s not in names})
 
 
 def _segment_rows(

@@ -1,4 +1,4 @@
-"""Commands of this package: ``ingest``, ``demo-data``, ``segment`` and ``segments export|migration``.
+"""Commands of this package: ``ingest``, ``segment`` and ``segments export|migration``.
 
 Settings, the warehouse, files and the segment logic (pydantic, SQLAlchemy, pandas) are imported inside
 each command, so ``activation --help`` does not load them.
@@ -32,9 +32,8 @@ def register(app: typer.Typer) -> None:
 
 
 def register_ingest(app: typer.Typer) -> None:
-    """The ``ingest`` and ``demo-data`` commands."""
+    """The ``ingest`` command (``demo-data``, which plants by the offer policy, is in ``flows.cli``)."""
     app.command("ingest")(ingest_command)
-    app.command("demo-data")(demo_data_command)
 
 
 def ingest_command(
@@ -55,34 +54,6 @@ def ingest_command(
     for label, value in report.lines():
         table.add_row(label, value)
     console.out.print(table)
-
-
-def demo_data_command(
-    out: Path = typer.Option(..., "--out", help="Folder to write the files to (created)."),
-    customers: int = typer.Option(5_000, "--customers", min=1, help="Number of customers."),
-    orders: int = typer.Option(
-        40_000, "--orders", min=1, help="Number of order rows (at least --customers)."
-    ),
-    seed: int = typer.Option(7, "--seed", help="Random seed; the same seed writes byte-identical files."),
-) -> None:
-    """Write a deterministic synthetic data set (orders, customers, support tickets) and its mappings."""
-    from segments.demo_data import generate
-
-    files = generate(out, customers=customers, orders=orders, seed=seed)
-    table = Table(title=f"demo data in {out}", show_header=True)
-    table.add_column("file")
-    table.add_column("what")
-    for path, what in files.describe():
-        table.add_row(str(path), what)
-    console.out.print(table)
-    console.out.print(
-        f"load it with: activation ingest {files.orders} --format parquet --mapping {files.mapping}",
-        soft_wrap=True,
-    )
-    console.out.print(
-        f"support tickets: activation ingest {files.tickets} --format csv --mapping {files.tickets_mapping}",
-        soft_wrap=True,
-    )
 
 
 # --- segment, segments export, segments migration ------------------------------------------------

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from activation.errors import ConfigError
 from activation.files import output_dir
 from activation.settings import Settings
+from activation.split import campaign_key, member_group
 from activation.tables import orders as orders_table
 from activation.tables import rfm_snapshots
 
@@ -104,6 +105,23 @@ columns:
 source: demo
 """
 
+PLANTED_MAPPING = """\
+# Column mapping for: activation ingest planted_orders.parquet --format parquet --mapping planted_mapping.yaml
+# (the orders `activation demo-data --plant` added for treated members; the source marks them as planted)
+kind: orders
+columns:
+  order_id: order_id
+  customer_id: customer_id
+  ordered_at: ordered_at
+  amount: amount
+  status: status
+  coupon_code: coupon_code
+  country: country
+  city: city
+  category: category
+source: demo planted uplift
+"""
+
 TICKETS_MAPPING = """\
 # Column mapping for: activation ingest tickets.csv --format csv --mapping tickets_mapping.yaml
 kind: events
@@ -130,6 +148,15 @@ class DemoDataFiles:
     tickets_count: int
     first_date: date
     last_date: date
+
+    @property
+    def planted(self) -> Path:
+        """The planted orders of ``demo-data --plant`` (absent without it)."""
+        return self.out_dir / "planted_orders.parquet"
+
+    @property
+    def planted_mapping(self) -> Path:
+        return self.out_dir / "planted_mapping.yaml"
 
     def describe(self) -> list[tuple[Path, str]]:
         """(path, what it holds) for printing."""
@@ -509,6 +536,50 @@ PLANTED_SOURCE = "demo planted uplift"
 #: the demo's planted conversion lifts (absolute) per rfm11 segment: the win-back offers work, the VIP
 #: early access does nothing; segments not listed get no effect
 DEFAULT_PLANTED: dict[str, float] = {"At Risk": 0.10, "Hibernating": 0.08, "Champions": 0.0}
+#: the share of planted orders that redeem the member's coupon (where the segment's offer has one): the
+#: offer is what brought these orders, so most of them use it; the others forgot or paid in full
+PLANT_REDEEM_RATE = 0.7
+
+
+def parse_plant(text: str, option: str = "--plant") -> dict[str, float]:
+    """``"At Risk=+0.10,Hibernating=0.08"`` → ``{"At Risk": 0.1, "Hibernating": 0.08}``: absolute conversion
+    lifts from 0 up to (not including) 1, per segment name.
+
+    Raises:
+        ConfigError: an entry without ``=``, a lift that is not a number in [0, 1), a segment named twice.
+    """
+    out: dict[str, float] = {}
+    example = f'{option} "At Risk=+0.10,Hibernating=+0.08" (segment=absolute conversion lift, 0 <= lift < 1)'
+    for part in (p.strip() for p in text.split(",")):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        try:
+            lift = float(value.strip()) if eq and name else math.nan
+        except ValueError:
+            lift = math.nan
+        if not 0 <= lift < 1 or name in out:
+            why = f"{name} is named twice" if name in out else f"{part!r} is not segment=lift with 0 <= lift < 1"
+            raise ConfigError(f"{option} {text!r}: {why}", fix=f"write it as {example}")
+        out[name] = lift
+    return out
+
+
+@dataclass(frozen=True)
+class PlantCoupon:
+    """The coupon a segment's treated members got, as the planted orders redeem it."""
+
+    codes: Callable[[list[str]], Mapping[str, str]]  # treated customer ids -> their personal codes
+    discount: Callable[[float], float]  # the offer's cost model: order amount -> discount
+    redeem_rate: float = PLANT_REDEEM_RATE
+
+
+@dataclass(frozen=True)
+class PlantTarget:
+    """One segment's planted lift and the split that decides who is treated."""
+
+    lift: float  # absolute conversion lift of the treated members
+    holdout_share: float  # the campaign's holdout share (``activation.split.member_group``)
+    coupon: PlantCoupon | None = None  # None: the planted orders carry no coupon
 
 
 @dataclass(frozen=True)
@@ -520,9 +591,10 @@ class PlantedEffect:
     treated: int
     base_rate: float  # the segment's conversion in the window without the effect
     orders: int  # orders added
-    mean_amount: (
-        float  # the added orders' mean amount (their expected revenue per treated member: uplift × this)
-    )
+    mean_amount: float  # the added orders' mean amount (expected revenue per treated member: uplift × this)
+    redeemed: int = 0  # of the added orders, those carrying the member's coupon
+    discount: float = 0.0  # the redeemed orders' discounts (the offer's cost model)
+    redeem_rate: float = 0.0  # the chance a planted order redeems the coupon (0 without one)
 
 
 def plant_uplift(
@@ -530,18 +602,18 @@ def plant_uplift(
     settings: Settings,
     as_of: date,
     scheme: str,
-    uplift: Mapping[str, float],
-    treated: Callable[[str, str], bool],
+    targets: Mapping[str, PlantTarget],
     *,
     window_days: int | None = None,
     seed: int = 7,
 ) -> list[PlantedEffect]:
     """Plant a known conversion lift into the orders that follow ``as_of``: in each segment of the ``as_of``
-    snapshot named in ``uplift``, a treated member (``treated(segment, customer_id)``, the campaign's split)
-    who placed no qualifying order in the attribution window ``(end of as_of, + window]`` gets one with
+    snapshot named in ``targets``, a treated member (the campaign's own split, ``activation.split``) who
+    placed no qualifying order in the attribution window ``(end of as_of, + window]`` gets one with
     probability ``lift / (1 − base rate)``, so the treated conversion rises by ``lift`` in expectation and
     the holdout is untouched. The order copies the place and category of the member's last order; its amount
-    is drawn like the member's own orders (gamma around their mean order value), no coupon.
+    is drawn like the member's own orders (gamma around their mean order value); with a coupon, it carries
+    the member's code with probability ``redeem_rate``.
 
     Planting again replaces the earlier planted orders (same seed, same orders).
 
@@ -553,18 +625,44 @@ def plant_uplift(
     end = start + timedelta(days=window)
     with engine.begin() as conn:
         conn.execute(delete(orders_table).where(orders_table.c.source == PLANTED_SOURCE))
-        snap = _planting_snapshot(conn, as_of, scheme, uplift)
+        snap = _planting_snapshot(conn, as_of, scheme, {k: t.lift for k, t in targets.items()})
         bought = _window_buyers(conn, start, end, list(settings.excluded_statuses))
         last = _orders_before(conn, start)
         effects: list[PlantedEffect] = []
         rows: list[dict[str, Any]] = []
-        for segment in sorted(uplift):
+        for segment in sorted(targets):
             members = snap[snap["segment"] == segment]["customer_id"].astype(str).sort_values().tolist()
-            plan = _PlantPlan(segment, float(uplift[segment]), start, window, seed)
-            effects.append(_plant_segment(plan, members, bought, last, treated, rows))
+            key = campaign_key(scheme, as_of, segment)
+            plan = _PlantPlan(segment, targets[segment], key, start, window, seed)
+            effects.append(_plant_segment(plan, members, bought, last, rows))
         if rows:
             conn.execute(insert(orders_table), rows)
     return effects
+
+
+_PLANTED_COLUMNS = ("order_id", "customer_id", "ordered_at", "amount", "status", "coupon_code", "country",
+                    "city", "category")  # fmt: skip
+
+
+def write_planted_orders(engine: Engine, files: DemoDataFiles) -> int:
+    """Write the warehouse's planted orders to ``files.planted`` (+ its mapping); remove both when there
+    are none. Returns the number of orders written."""
+    o = orders_table.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(*(o[c] for c in _PLANTED_COLUMNS)).where(o.source == PLANTED_SOURCE).order_by(o.order_id)
+        ).all()
+    if not rows:
+        files.planted.unlink(missing_ok=True)
+        files.planted_mapping.unlink(missing_ok=True)
+        return 0
+    frame = pd.DataFrame(rows, columns=list(_PLANTED_COLUMNS))
+    frame["ordered_at"] = pd.to_datetime(frame["ordered_at"]).astype("datetime64[us]")
+    tmp = files.planted.with_suffix(".parquet.tmp")
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp, compression="zstd")
+    tmp.replace(files.planted)
+    files.planted_mapping.write_text(PLANTED_MAPPING)
+    return len(rows)
 
 
 def _planting_snapshot(
@@ -634,43 +732,44 @@ class _PlantPlan:
     """One segment's planted lift and the attribution window its orders fall in."""
 
     segment: str
-    lift: float
+    target: PlantTarget
+    key: str  # the campaign key: the split's hash key
     start: datetime  # the end of the as_of day; orders go in (start, start + window days)
     window: int
     seed: int
 
 
 def _plant_segment(
-    plan: _PlantPlan,
-    members: list[str],
-    bought: set[str],
-    last: pd.DataFrame,
-    treated: Callable[[str, str], bool],
-    rows: list[dict[str, Any]],
+    plan: _PlantPlan, members: list[str], bought: set[str], last: pd.DataFrame, rows: list[dict[str, Any]]
 ) -> PlantedEffect:
     """Append the segment's planted orders to ``rows`` (numbered on from what is there) and say what they are."""
     base = sum(m in bought for m in members) / len(members)
     rng = np.random.default_rng([plan.seed, *plan.segment.encode()])
-    chance = plan.lift / (1 - base) if base < 1 else 0.0
-    mine = [m for m in members if treated(plan.segment, m)]
-    draws = rng.random(len(mine))
-    when = rng.random(len(mine))
+    lift, coupon = plan.target.lift, plan.target.coupon
+    chance = lift / (1 - base) if base < 1 else 0.0
+    mine = [m for m in members if member_group(plan.key, m, plan.target.holdout_share) == "treatment"]
+    draws, when, redeem = rng.random(len(mine)), rng.random(len(mine)), rng.random(len(mine))
+    buyers = [i for i, m in enumerate(mine) if m not in bought and draws[i] < chance]
+    codes = coupon.codes([mine[i] for i in buyers]) if coupon is not None and buyers else {}
     amounts: list[float] = []
-    for m, u, t in zip(mine, draws, when, strict=True):
-        if m in bought or u >= chance:
-            continue
+    discount = 0.0
+    for i in buyers:
+        m = mine[i]
         info = last.loc[m] if m in last.index else None
         mean = float(info["mean_amount"]) if info is not None else 50.0
         amount = max(1.0, round(float(rng.gamma(4.0, mean / 4.0)), 2))
+        code = codes.get(m) if coupon is not None and redeem[i] < coupon.redeem_rate else None
+        if code is not None and coupon is not None:
+            discount += coupon.discount(amount)
         amounts.append(amount)
         rows.append(
             {
                 "order_id": f"P{len(rows) + 1:08d}",
                 "customer_id": m,
-                "ordered_at": plan.start + timedelta(seconds=1 + t * (plan.window * 86_400 - 2)),
+                "ordered_at": plan.start + timedelta(seconds=1 + when[i] * (plan.window * 86_400 - 2)),
                 "amount": amount,
                 "status": "Completed",
-                "coupon_code": None,
+                "coupon_code": code,
                 "country": None if info is None else info["country"],
                 "city": None if info is None else info["city"],
                 "category": None if info is None else info["category"],
@@ -678,4 +777,8 @@ def _plant_segment(
             }
         )
     mean_amount = float(np.mean(amounts)) if amounts else 0.0
-    return PlantedEffect(plan.segment, plan.lift, len(mine), base, len(amounts), mean_amount)
+    redeemed = sum(1 for r in rows[len(rows) - len(amounts) :] if r["coupon_code"] is not None)
+    rate = coupon.redeem_rate if coupon is not None else 0.0
+    return PlantedEffect(
+        plan.segment, lift, len(mine), base, len(amounts), mean_amount, redeemed, discount, rate
+    )
