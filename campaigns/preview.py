@@ -20,10 +20,11 @@ from sqlalchemy.engine import Engine
 from activation.errors import ConfigError
 from activation.files import atomic_write_all, output_dir
 from activation.settings import Settings
+from activation.split import campaign_key
 from activation.tables import customers, rfm_snapshots
 from activation.warehouse import has_table
 from campaigns.coupons import coupon_codes
-from campaigns.plan import _slug, campaign_key, sample_campaign
+from campaigns.plan import _slug, sample_campaign
 from campaigns.policy import load_policy, scheme_segments
 from campaigns.render import RenderError, render_member
 

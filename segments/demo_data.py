@@ -558,7 +558,11 @@ def parse_plant(text: str, option: str = "--plant") -> dict[str, float]:
         except ValueError:
             lift = math.nan
         if not 0 <= lift < 1 or name in out:
-            why = f"{name} is named twice" if name in out else f"{part!r} is not segment=lift with 0 <= lift < 1"
+            why = (
+                f"{name} is named twice"
+                if name in out
+                else f"{part!r} is not segment=lift with 0 <= lift < 1"
+            )
             raise ConfigError(f"{option} {text!r}: {why}", fix=f"write it as {example}")
         out[name] = lift
     return out

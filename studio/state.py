@@ -16,8 +16,8 @@ from sqlalchemy.engine import Engine
 
 from activation.errors import NotFoundError
 from activation.settings import Settings
+from activation.split import campaign_key
 from campaigns.lint import check_templates
-from campaigns.plan import campaign_key
 from campaigns.policy import Policy, PolicyIssue, ResolvedPolicy, parse_policy
 from campaigns.render import RenderError, render_member
 from connectors.base import AudienceMember, CampaignSpec

@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import select
 
 from activation.errors import ConfigError, NotFoundError, TemplateError
+from activation.split import member_group
 from activation.tables import campaign_members, campaigns
 from campaigns import coupons
 from campaigns.plan import (
     EXPORT_COLUMNS,
     current_campaigns,
     export_campaigns,
-    member_group,
     plan_campaigns,
     read_members,
 )
