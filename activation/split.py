@@ -29,6 +29,8 @@ Group = Literal["treatment", "holdout"]
 
 #: the salt of the global control split (changing it reshuffles the whole control group: don't)
 GLOBAL_CONTROL_SALT = "global-control"
+#: the exclusion reason (``campaigns.excluded``) of a member held out as the global control group
+GLOBAL_CONTROL = "global_control"
 
 
 def campaign_key(scheme: str, as_of: date, segment: str) -> str:

@@ -137,6 +137,15 @@ campaigns = Table(
     Column("created_at", DateTime, nullable=False),
 )
 
+global_control_members = Table(
+    "global_control_members",  # who the plan left out of every audience as the global control group
+    metadata,
+    Column("scheme", String, primary_key=True),
+    Column("as_of", Date, primary_key=True),
+    Column("customer_id", String, primary_key=True),
+    Column("segment", String, nullable=False),
+)
+
 campaign_members = Table(
     "campaign_members",
     metadata,

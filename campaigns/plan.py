@@ -38,6 +38,7 @@ from sqlalchemy import (
     and_,
     case,
     column,
+    delete,
     func,
     insert,
     literal,
@@ -56,8 +57,21 @@ from activation.clock import utcnow
 from activation.errors import ConfigError, NotFoundError
 from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
-from activation.split import campaign_key, holdout_bucket_sql, holdout_threshold
-from activation.tables import campaign_members, campaigns, rfm_snapshots, split_table_name, suppressions
+from activation.split import (
+    GLOBAL_CONTROL,
+    campaign_key,
+    global_control_sql,
+    holdout_bucket_sql,
+    holdout_threshold,
+)
+from activation.tables import (
+    campaign_members,
+    campaigns,
+    global_control_members,
+    rfm_snapshots,
+    split_table_name,
+    suppressions,
+)
 from activation.warehouse import has_table
 from campaigns.coupons import MAX_ATTEMPTS, coupon_codes, unique_codes
 from campaigns.holdout import (
@@ -342,6 +356,9 @@ def _stage_select(
         if t.entered_since_previous:
             ok = and_(ok, or_(p.c.segment.is_(None), p.c.segment != f.segment))
         reasons.append((and_(s.c.segment == f.segment, ~ok), literal("not_targeted")))
+    share = fresh[0].resolved.global_control_share if fresh else 0.0
+    if share > 0:  # last: a global control member passed every other exclusion, like a treated one
+        reasons.append((global_control_sql(s.c.customer_id, share, conn), literal(GLOBAL_CONTROL)))
     reason = case(*reasons, else_=null()) if reasons else null()
     bucket = holdout_bucket_sql(scheme, as_of, s.c.segment, s.c.customer_id, conn)
     return (
@@ -611,6 +628,21 @@ def _retire(
     )
 
 
+def _record_global_control(conn: Connection, st: Any, as_of: date, scheme: str, segments: list[str]) -> None:
+    """The fresh segments' global control members (excluded with reason ``global_control``), replacing what
+    an earlier version of their campaigns recorded."""
+    g = global_control_members
+    conn.execute(delete(g).where(g.c.scheme == scheme, g.c.as_of == as_of, g.c.segment.in_(segments)))
+    conn.execute(
+        insert(g).from_select(
+            ["scheme", "as_of", "customer_id", "segment"],
+            select(literal(scheme), literal(as_of), st.c.customer_id, st.c.segment).where(
+                st.c.reason == GLOBAL_CONTROL
+            ),
+        )
+    )
+
+
 def _insert_plain_members(conn: Connection, st: Any, plain: list[_Fresh]) -> None:
     """Members of offers without coupons, straight from the staging table (the split in SQL)."""
     cid_of = case(*[(st.c.segment == f.segment, literal(f.campaign_id)) for f in plain])
@@ -758,6 +790,7 @@ def _write_fresh(
         _insert_plain_members(conn, st, plain)
     if coupon:
         _insert_coupon_members(conn, settings, st, coupon)
+    _record_global_control(conn, st, as_of, scheme, [f.segment for f in fresh])
     counts = _member_counts(conn, [f.campaign_id for f in fresh])
     plans = _insert_campaign_rows(conn, as_of, scheme, fresh, counts, excluded, histories)
     if coupon:

@@ -139,10 +139,19 @@ class SegmentPolicy(BaseModel):
         return self
 
 
+class GlobalControl(BaseModel):
+    """A stable share of all customers that no campaign treats (``activation.split``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    share: float = Field(ge=0, le=0.5)
+
+
 class PolicyFile(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: Literal[1] = 1
+    global_control: GlobalControl | None = None
     default: SegmentPolicy = SegmentPolicy()
     schemes: dict[str, dict[str, SegmentPolicy]] = Field(default_factory=dict)
 
@@ -163,6 +172,7 @@ class ResolvedPolicy:
     listed: bool  # False: the segment fell back to ``default``
     line: int | None = None
     holdout_target: HoldoutTarget | None = None  # when set, plan sizes the share and holdout_share is unused
+    global_control_share: float = 0.0  # the policy's global control group, excluded from every audience
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -174,6 +184,8 @@ class ResolvedPolicy:
             "suppress": self.suppress,
             "destinations": list(self.destinations),
             "targeting": self.targeting.model_dump(mode="json") if self.targeting else None,
+            # only when on: a policy without a global control keeps the hashes it had
+            **({"global_control_share": self.global_control_share} if self.global_control_share else {}),
         }
 
     @property
@@ -237,6 +249,7 @@ class Policy:
             targeting=e.targeting,  # never inherited: targeting is about one segment
             listed=listed,
             line=self.line_of("schemes", scheme, segment) if listed else self.line_of("default"),
+            global_control_share=self.model.global_control.share if self.model.global_control else 0.0,
         )
 
     def templates_used(self) -> dict[str, list[tuple[str, ...]]]:

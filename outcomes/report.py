@@ -32,6 +32,7 @@ from activation.tables import campaign_members, rfm_snapshots, snapshot_runs, sp
 from campaigns.plan import current_campaigns
 from campaigns.policy import segment_order
 from outcomes.ledger import campaign_windows, orders_source, valid_status, windows_values
+from outcomes.programme import ProgrammeLift, programme_lift
 from outcomes.roi import (
     CONVERSION_CI_METHOD,
     CSV_COLUMNS,
@@ -735,6 +736,25 @@ def _migration_lift_rows(lift: pd.DataFrame) -> list[dict[str, str]]:
     ]
 
 
+def _programme_cells(p: ProgrammeLift | None) -> dict[str, str] | None:
+    """The programme-vs-global-control table, formatted; None without a global control."""
+    if p is None:
+        return None
+    cd, rd = p.conversion_diff, p.revenue_diff
+    return {
+        "treated": _fmt(p.treated, "int"),
+        "control": _fmt(p.control, "int"),
+        "tconv": _fmt(p.treated_conversion, "pct"),
+        "hconv": _fmt(p.control_conversion, "pct"),
+        "conv_diff": f"{_fmt(cd[0], 'pp')} {_ci(cd[1], cd[2], 'pp')}",
+        "trev": _fmt(p.treated_revenue),
+        "hrev": _fmt(p.control_revenue),
+        "rev_diff": f"{_fmt(rd[0])} {_ci(rd[1], rd[2])}",
+        "n_quarters": str(len(p.quarters)),
+        "quarters": ", ".join(q.isoformat() for q in p.quarters),
+    }
+
+
 def _totals_cells(df: pd.DataFrame, settings: Settings) -> dict[str, str] | None:
     """The formatted totals across segments (:func:`outcomes.roi.roi_totals`), None without rows."""
     totals = roi_totals(df, settings) if len(df) else {}
@@ -833,6 +853,9 @@ def render_roi_html(engine: Engine, settings: Settings, df: pd.DataFrame) -> str
         timing_rows=_timing_rows(timing, timing_n, order),
         migration_lift_as_of=lift_as_of.isoformat() if lift_as_of else "",
         migration_lift_rows=_migration_lift_rows(lift),
+        programme=_programme_cells(
+            programme_lift(engine, settings, as_of, scheme, int(attrs["window_days"]))
+        ),
         **_method_context(settings),
     )
 
