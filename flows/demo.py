@@ -118,7 +118,7 @@ def plant_targets(
                 return dict(zip(ids, coupon_codes(secret, key, ids, prefix), strict=True))
 
             coupon = PlantCoupon(codes, offer.discount_for)
-        out[segment] = PlantTarget(float(lift), resolved.holdout_share, coupon)
+        out[segment] = PlantTarget(float(lift), resolved.holdout_share, coupon, resolved.global_control_share)
     return out
 
 

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from activation.errors import ConfigError
 from activation.files import output_dir
 from activation.settings import Settings
-from activation.split import campaign_key, member_group
+from activation.split import campaign_key, in_global_control, member_group
 from activation.tables import orders as orders_table
 from activation.tables import rfm_snapshots
 
@@ -584,6 +584,7 @@ class PlantTarget:
     lift: float  # absolute conversion lift of the treated members
     holdout_share: float  # the campaign's holdout share (``activation.split.member_group``)
     coupon: PlantCoupon | None = None  # None: the planted orders carry no coupon
+    global_control_share: float = 0.0  # the policy's global control group: never treated, never planted
 
 
 @dataclass(frozen=True)
@@ -751,7 +752,12 @@ def _plant_segment(
     rng = np.random.default_rng([plan.seed, *plan.segment.encode()])
     lift, coupon = plan.target.lift, plan.target.coupon
     chance = lift / (1 - base) if base < 1 else 0.0
-    mine = [m for m in members if member_group(plan.key, m, plan.target.holdout_share) == "treatment"]
+    share, control = plan.target.holdout_share, plan.target.global_control_share
+    mine = [
+        m
+        for m in members
+        if member_group(plan.key, m, share) == "treatment" and not in_global_control(m, control)
+    ]
     draws, when, redeem = rng.random(len(mine)), rng.random(len(mine)), rng.random(len(mine))
     buyers = [i for i, m in enumerate(mine) if m not in bought and draws[i] < chance]
     codes = coupon.codes([mine[i] for i in buyers]) if coupon is not None and buyers else {}
