@@ -462,6 +462,12 @@ def test_the_demo_recovers_its_planted_effect(duck_settings, duck_engine, tmp_pa
         if effect.uplift > 0:  # the demo's holdouts are sized so each planted lift is about their MDE
             assert effect.uplift >= 0.9 * row["conversion_mde"], (segment, row["conversion_mde"])
             assert low > 0 and bool(row["conversion_significant_holm"]), segment
+            # the planted orders redeem the win-back coupon: a finite ROI whose interval covers the truth
+            # (margin × lift × mean amount − lift × redeem rate × the offer's discount) / that cost
+            cost = effect.uplift * effect.redeem_rate * effect.discount / max(effect.redeemed, 1)
+            truth = (s.gross_margin * revenue - cost) / cost
+            assert row["coupons_redeemed"] > 0 and math.isfinite(row["roi"]), segment
+            assert row["roi_ci_low"] <= truth <= row["roi_ci_high"], (segment, truth, row["roi"])
         else:
             assert not row["conversion_significant_holm"]
 
