@@ -495,6 +495,29 @@ CASES = [
         "--orders 10 or more",
     ),
     case("demo-data-zero", "demo-data --out d --customers 0", "--customers", "greater than or equal to 1"),
+    case(
+        "demo-data-plant-lift",
+        "demo-data --out d --customers 10 --orders 20 --plant Champions=1.5",
+        "--plant 'Champions=1.5'",
+        "0 <= lift < 1",
+        '--plant "At Risk=+0.10,Hibernating=+0.08"',
+    ),
+    case(
+        "demo-data-plant-no-lift",
+        "demo-data --out d --customers 10 --orders 20 --plant Champions",
+        "is not segment=lift",
+    ),
+    case(
+        "demo-data-plant-segment",
+        "demo-data --out d --customers 10 --orders 20 --plant Nope=0.1",
+        "--plant names Nope, not a segment of rfm11",
+        "Champions, Loyal Customers",
+    ),
+    case(
+        "demo-data-plant-as-of-alone",
+        "demo-data --out d --customers 10 --orders 20 --plant-as-of 2025-06-30",
+        "--plant-as-of needs --plant",
+    ),
     # --- settings ---
     case(
         "settings-url",
