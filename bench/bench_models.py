@@ -17,6 +17,7 @@ Two parts, each in its own process so each reports its own peak RSS:
 
     python bench/bench_models.py kmeans [--customers 13000000] [--no-baseline]
     python bench/bench_models.py clv [--customers 5000 --orders 40000] [--sim-customers 20000]
+    python bench/bench_models.py clv-scale [--customers 1000000] [--horizon-days 90] [--profile]
 """
 
 from __future__ import annotations
@@ -289,6 +290,40 @@ def bench_clv(customers: int, orders: int, sim_customers: int, scale_customers: 
     bench_btyd_scale(scale_customers)
 
 
+def bench_clv_scale(customers: int, horizon: int, profile: bool) -> None:
+    """The whole ``clv fit`` (SQL features, BTYD fits, regressor, backtest, storage) on ``customers``
+    simulated customers, cut-off ``horizon`` days before the last order; with ``profile``, the 15 costliest
+    functions by cumulative time (cProfile)."""
+    import cProfile
+    import pstats
+
+    from segments.clv import fit_clv
+    from segments.clv.features import data_range
+
+    t0 = time.perf_counter()
+    settings, engine, title = load_simulated(customers)
+    span = data_range(engine, settings)
+    assert span is not None
+    print(f"{title}, loaded in {time.perf_counter() - t0:.1f} s")
+    prof = cProfile.Profile() if profile else None
+    t0, c0 = time.perf_counter(), time.process_time()
+    if prof is not None:
+        prof.enable()
+    result = fit_clv(engine, settings, span[1] - timedelta(days=horizon), horizon)
+    if prof is not None:
+        prof.disable()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    mt = result.metrics
+    print(
+        f"clv fit, h = {horizon} days: {wall:.1f} s wall / {cpu:.1f} s CPU ({mt['train']['rows']:,} training "
+        f"rows, {mt['train'].get('regressor_rows', mt['train']['rows']):,} used by the regressor, chose "
+        f"{mt['choice']!r}); peak RSS {peak_rss_gb():.2f} GB; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -302,8 +337,14 @@ def main() -> None:
     cl.add_argument("--orders", type=int, default=40_000)
     cl.add_argument("--sim-customers", type=int, default=20_000)
     cl.add_argument("--scale-customers", type=int, default=1_000_000)
+    sc = sub.add_parser("clv-scale")
+    sc.add_argument("--customers", type=int, default=1_000_000)
+    sc.add_argument("--horizon-days", type=int, default=90)
+    sc.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    if args.part == "kmeans":
+    if args.part == "clv-scale":
+        bench_clv_scale(args.customers, args.horizon_days, args.profile)
+    elif args.part == "kmeans":
         bench_kmeans(args.customers, not args.no_baseline)
     else:
         bench_clv(args.customers, args.orders, args.sim_customers, args.scale_customers)

@@ -230,6 +230,7 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
             "features_as_of": [d.isoformat() for d in dates],
             "window_days": window,
             "rows": sum(len(w.features) for w in windows),
+            "regressor_rows": len(m.regressor_rows(sum(len(w.features) for w in windows))),
             "customers": len(windows[0].features),
         },
         "choice": choice,
