@@ -19,7 +19,7 @@ from sqlalchemy import and_, case, func, literal_column, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
 
-from activation import statuses
+from activation import dialect, statuses
 from activation import tables as t
 from activation.settings import Settings
 
@@ -107,8 +107,13 @@ def load_features(
 ) -> pd.DataFrame:
     """The per-customer feature frame as of ``as_of`` (sorted by customer_id), with ``target`` and
     ``target_orders`` over the ``target_days`` after it when given."""
+    query = feature_query(settings, as_of, window_days, target_days)
     with engine.connect() as conn:
-        raw = pd.read_sql(feature_query(settings, as_of, window_days, target_days), conn)
+        if dialect.is_duckdb(conn):  # one columnar fetch, not a million rows through the DB-API
+            driver: Any = conn.connection.driver_connection
+            raw = driver.execute(str(query.compile(conn, compile_kwargs={"literal_binds": True}))).df()
+        else:
+            raw = pd.read_sql(query, conn)
     return _derive(raw, as_of)
 
 

@@ -58,6 +58,8 @@ MAX_REGRESSOR_ROWS = 100_000
 #: BG/NBD and Gamma-Gamma are fitted on at most this many customers (a fixed-seed uniform sample): at
 #: 250,000 the standard errors are already a small fraction of how much the parameters move between windows.
 MAX_BTYD_CUSTOMERS = 250_000
+#: The choice between the predictors is scored on at most this many customers of the validation window.
+MAX_VALIDATION_ROWS = 200_000
 #: The only type a stored regressor may contain beyond the ones skops trusts by default.
 TRUSTED_TYPES: list[str] = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 #: The smallest BTYD expectation used as an offset (currency units): keeps the ratio finite.
@@ -69,9 +71,8 @@ def fit_btyd(features: pd.DataFrame) -> dict[str, Any]:
     value: the first order is counted too, since the warehouse's mean is over all of them), on at most
     :data:`MAX_BTYD_CUSTOMERS` customers (a fixed-seed uniform sample above that)."""
     x, t_x, big_t, m = btyd_inputs(features)
-    if len(x) > MAX_BTYD_CUSTOMERS:
-        rows = np.sort(np.random.default_rng(SEED).choice(len(x), MAX_BTYD_CUSTOMERS, replace=False))
-        x, t_x, big_t, m = x[rows], t_x[rows], big_t[rows], m[rows]
+    rows = sample_rows(len(x), MAX_BTYD_CUSTOMERS)
+    x, t_x, big_t, m = x[rows], t_x[rows], big_t[rows], m[rows]
     return {
         "bgnbd": btyd.fit_bgnbd(x, t_x, big_t).to_json(),
         "gamma_gamma": btyd.fit_gamma_gamma(x + 1.0, m).to_json(),  # m is the mean of all x + 1 orders
@@ -100,12 +101,16 @@ def design(features: pd.DataFrame, expectations: pd.DataFrame) -> Array:
     return np.asarray(pd.concat(cols, axis=1).to_numpy(dtype=np.float64))
 
 
-def regressor_rows(n: int) -> NDArray[np.intp]:
-    """The rows (of ``n`` stacked training rows) the regressor is trained on: all of them up to
-    :data:`MAX_REGRESSOR_ROWS`, else a fixed-seed uniform sample of that many, in order."""
-    if n <= MAX_REGRESSOR_ROWS:
+def sample_rows(n: int, at_most: int) -> NDArray[np.intp]:
+    """All ``n`` row numbers up to ``at_most``, else a fixed-seed uniform sample of that many, in order."""
+    if n <= at_most:
         return np.arange(n)
-    return np.sort(np.random.default_rng(SEED).choice(n, MAX_REGRESSOR_ROWS, replace=False))
+    return np.sort(np.random.default_rng(SEED).choice(n, at_most, replace=False))
+
+
+def regressor_rows(n: int) -> NDArray[np.intp]:
+    """The rows (of ``n`` stacked training rows) the regressor is trained on."""
+    return sample_rows(n, MAX_REGRESSOR_ROWS)
 
 
 def fit_gbm(x: Array, target: Array) -> HistGradientBoostingRegressor:
@@ -116,6 +121,21 @@ def fit_gbm(x: Array, target: Array) -> HistGradientBoostingRegressor:
         return HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(x[rows], target[rows])
 
 
+def gbm_spend(est: HistGradientBoostingRegressor, x: Array, btyd_horizon: Array, btyd_window: Array) -> Array:
+    """The regressor's expected spend over the horizon: its prediction over the windows' length, scaled per
+    customer by the BTYD ratio E[spend in h] / E[spend in L]."""
+    with threadpool_limits(1 if len(x) < 200_000 else None):
+        raw = np.asarray(est.predict(x), dtype=np.float64)
+    return np.asarray(raw * (btyd_horizon / np.maximum(btyd_window, MIN_OFFSET)), dtype=np.float64)
+
+
+def combine(choice: str, gbm: Array, btyd_horizon: Array) -> Array:
+    """The expected spend of ``choice`` from the regressor's (:func:`gbm_spend`) and BTYD's."""
+    if choice == "btyd":
+        return np.asarray(btyd_horizon, dtype=np.float64)
+    return gbm if choice == "gbm" else (gbm + btyd_horizon) / 2.0
+
+
 def predict_spend(
     choice: str, est: HistGradientBoostingRegressor | None, x: Array, btyd_horizon: Array, btyd_window: Array
 ) -> Array:
@@ -123,10 +143,7 @@ def predict_spend(
     expected spend over the horizon and over the training windows' length (equal when they are)."""
     if choice == "btyd" or est is None:
         return np.asarray(btyd_horizon, dtype=np.float64)
-    with threadpool_limits(1 if len(x) < 200_000 else None):
-        raw = np.asarray(est.predict(x), dtype=np.float64)
-    scaled = raw * (btyd_horizon / np.maximum(btyd_window, MIN_OFFSET))
-    return scaled if choice == "gbm" else (scaled + btyd_horizon) / 2.0
+    return combine(choice, gbm_spend(est, x, btyd_horizon, btyd_window), btyd_horizon)
 
 
 # --- storage -------------------------------------------------------------------------------------
