@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import date, timedelta
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,7 +49,7 @@ class Window:
     btyd_params: dict[str, Any]
     expectations: pd.DataFrame
 
-    @property
+    @cached_property
     def x(self) -> np.ndarray:
         return m.design(self.features, self.expectations)
 
