@@ -35,19 +35,20 @@ from datetime import date
 from pathlib import Path
 
 AS_OF = date(2024, 12, 31)
+# the least any RFM computation has to do: the segment's window (2023-01-02 <= ordered_at < 2025-01-01, a
+# 730-day lookback to AS_OF) and statuses, one GROUP BY customer
+FLOOR_SQL = (
+    "SELECT customer_id, max(ordered_at) AS last_at, count(*) AS n, sum(amount) AS total FROM orders "
+    "WHERE ordered_at < DATE '2025-01-01' AND ordered_at >= DATE '2023-01-02' "
+    "AND (status IS NULL OR status NOT IN ('Cancelled', 'Returned')) GROUP BY customer_id"
+)
 REPO = Path(__file__).resolve().parent.parent
 
 
-def generate(path: Path, rows: int, customers: int, seed: float = 0.42) -> None:
-    """Write ``rows`` orders for about ``customers`` customers into ``path`` (DuckDB)."""
-    import duckdb
-
-    con = duckdb.connect(str(path))
-    con.execute("SELECT setseed(?)", [seed])
-    # customer index ~ a skewed draw so a few customers buy often and most buy once or twice
-    con.execute(
-        f"""
-        CREATE OR REPLACE TABLE orders AS
+def orders_select(rows: int, customers: int) -> str:
+    """DuckDB SQL of ``rows`` orders for about ``customers`` customers: customer ``c<i>`` for the first
+    ``customers`` orders, then a skewed draw so a few customers buy often and most buy once or twice."""
+    return f"""
         SELECT
             'o' || i::VARCHAR AS order_id,
             'c' || (CASE WHEN i < {customers} THEN i
@@ -60,7 +61,15 @@ def generate(path: Path, rows: int, customers: int, seed: float = 0.42) -> None:
             NULL::VARCHAR AS category, 'bench' AS source
         FROM range({rows}) t(i)
         """
-    )
+
+
+def generate(path: Path, rows: int, customers: int, seed: float = 0.42) -> None:
+    """Write ``rows`` orders for about ``customers`` customers into ``path`` (DuckDB)."""
+    import duckdb
+
+    con = duckdb.connect(str(path))
+    con.execute("SELECT setseed(?)", [seed])
+    con.execute(f"CREATE OR REPLACE TABLE orders AS {orders_select(rows, customers)}")
     con.execute("CHECKPOINT")
     con.close()
 
@@ -144,14 +153,7 @@ def run_one(kind: str, db: Path, memory_limit: str | None = None) -> dict:
     if kind == "floor":
         t0 = time.perf_counter()
         with engine.begin() as conn:
-            conn.execute(
-                text(
-                    "CREATE TEMP TABLE floor AS SELECT customer_id, max(ordered_at) AS last_at, count(*) AS n, "
-                    "sum(amount) AS total FROM orders WHERE ordered_at < DATE '2025-01-01' "
-                    "AND ordered_at >= DATE '2023-01-02' AND (status IS NULL OR status NOT IN ('Cancelled', 'Returned')) "
-                    "GROUP BY customer_id"
-                )
-            )
+            conn.execute(text(f"CREATE TEMP TABLE floor AS {FLOOR_SQL}"))
             n = conn.execute(text("SELECT count(*) FROM floor")).scalar_one()
         return {"seconds": time.perf_counter() - t0, "customers": n, "rss_mb": _peak_rss_mb()}
     raise SystemExit(f"unknown contender {kind}")
@@ -171,21 +173,77 @@ def measure(kind: str, db: Path, memory_limit: str | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def _counts(text: str) -> list[int]:
+    """``"1e7,7e7"`` -> [10000000, 70000000]."""
+    try:
+        return [int(float(part)) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected counts like 1e6 or 10000000,70000000, got {text!r}"
+        ) from None
+
+
+def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=2_000_000)
-    ap.add_argument("--customers", type=int, default=400_000)
+    ap.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb")
+    ap.add_argument(
+        "--rows",
+        "--orders",
+        type=_counts,
+        default=None,
+        help="orders to generate (1e6 works); with --engine spark a comma list of sizes (default 1e7,7e7)",
+    )
+    ap.add_argument(
+        "--customers",
+        type=_counts,
+        default=None,
+        help="customers per size (default 400k with --engine duckdb; 13/70 of the orders with --engine spark)",
+    )
     ap.add_argument("--db", type=Path, default=None, help="DuckDB file to use (kept; reused when it exists)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per contender; the best time is reported")
     ap.add_argument("--skip", default="", help="comma-separated contenders to skip (e.g. pandas)")
     ap.add_argument(
         "--memory-limit", default=None, help="DuckDB memory_limit for floor, segment and checks (e.g. 2GB)"
     )
+    spark = ap.add_argument_group("--engine spark")
+    spark.add_argument(
+        "--cores", type=_counts, default=[1, 2], help="Spark local[N] core counts (default 1,2)"
+    )
+    spark.add_argument("--spark-memory", default="6g", help="spark.driver.memory of the local server")
+    spark.add_argument(
+        "--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="more server settings"
+    )
+    spark.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the generated Parquet and DuckDB files are kept and reused (default: the temp dir)",
+    )
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.engine == "spark":
+        args.rows = args.rows or [10_000_000, 70_000_000]
+        args.customers = args.customers or [round(r * 13 / 70) for r in args.rows]
+        if len(args.customers) != len(args.rows):
+            ap.error("--customers needs one count per size of --orders")
+        args.sizes = list(zip(args.rows, args.customers, strict=True))
+        return args
+    if args.rows and len(args.rows) > 1 or args.customers and len(args.customers) > 1:
+        ap.error("several sizes are for --engine spark; give one --rows and --customers")
+    args.rows = args.rows[0] if args.rows else 2_000_000
+    args.customers = args.customers[0] if args.customers else 400_000
+    return args
 
+
+def main() -> None:
+    args = _arguments()
     if args.one:
         print(json.dumps(run_one(args.one, args.db, args.memory_limit)))
+        return
+    if args.engine == "spark":
+        import spark_segment
+
+        spark_segment.run(args)
         return
 
     db = args.db or Path(tempfile.mkdtemp(prefix="bench-segment-")) / "bench.duckdb"
