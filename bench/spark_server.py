@@ -56,6 +56,9 @@ class SparkServer:
             "spark.local.dir": str(self.home / "scratch"),
             "spark.sql.session.timeZone": "UTC",
             "spark.ui.enabled": "false",
+            # let adaptive execution coalesce the shuffle partitions of cached plans too (CACHE TABLE … AS):
+            # without it a cached aggregate keeps all 200 partitions, and every later scan pays 200 tasks
+            "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
             **self.conf,
         }
 
