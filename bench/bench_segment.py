@@ -3,6 +3,8 @@
     python bench/bench_segment.py                       # ~2M order rows, 400k customers
     python bench/bench_segment.py --rows 70000000 --customers 13000000
     python bench/bench_segment.py --rows 5000000 --customers 1000000 --repeat 2 --skip pandas   # ~2 minutes
+    python bench/bench_segment.py --engine spark --orders 1e6      # DuckDB beside Spark local[1] and local[2]
+    python bench/bench_segment.py --engine spark --orders 1e7,7e7  # the full sizes (see bench/spark_segment.py)
 
 Generates the orders directly in a DuckDB file (skewed purchase counts: most customers buy once), then
 measures each contender in its own subprocess so its peak RSS is its own:
