@@ -260,9 +260,13 @@ def collect_outcomes_task(
     """Record sends, opens, clicks and conversions of the campaigns of ``as_of`` (idempotent)."""
     settings = _settings()
     source = get_destination(destination, settings) if destination else None
-    result = collect_outcomes(
-        _engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
-    )
+    try:
+        result = collect_outcomes(
+            _engine(settings), settings, as_of, scheme, window_days=window_days, destination=source
+        )
+    finally:
+        if source is not None:
+            source.close()
     summary = summarize(result)
     _log().info("collected outcomes for %s %s: %s", scheme, as_of, summary)
     return summary

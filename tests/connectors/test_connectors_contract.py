@@ -26,6 +26,7 @@ N = 240
 def dut(request: pytest.FixtureRequest, duck_settings) -> Iterator[DestinationUnderTest]:
     d = configure(request.param, duck_settings)
     yield d
+    d.close()
     if d.server is not None:
         d.server.stop()
 

@@ -61,8 +61,14 @@ class DestinationUnderTest:
             )
         else:
             d = HubSpotDestination(self.settings.hubspot.model_copy(update=overrides), retry=FAST_RETRY)
+        self.close()
         self._dest = d
         return d
+
+    def close(self) -> None:
+        """Close the destination made last (its HTTP connections), if any."""
+        if self._dest is not None:
+            self._dest.close()
 
     def writes(self) -> int:
         if self.server is not None:
