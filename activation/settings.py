@@ -95,7 +95,14 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("data")
     warehouse_url: str | None = Field(
-        default=None, description="Any SQLAlchemy URL. Default: a DuckDB file under data_dir."
+        default=None,
+        description="Where the orders live and segmentation runs: a SQLAlchemy URL, or sc://HOST:PORT for "
+        "Spark (Spark Connect, also Databricks). Default: a DuckDB file under data_dir.",
+    )
+    state_url: str | None = Field(
+        default=None,
+        description="Where everything this project writes lives (snapshots, campaigns, sync state, "
+        "outcomes): a DuckDB or PostgreSQL URL. Default: the warehouse, when it is DuckDB or PostgreSQL.",
     )
     templates_dir: Path = Field(
         default_factory=default_templates_dir,
@@ -176,6 +183,45 @@ class Settings(BaseSettings):
         return f"duckdb:///{(self.data_dir / 'warehouse.duckdb').resolve()}"
 
     @property
+    def warehouse_is_spark(self) -> bool:
+        """Whether the warehouse is a Spark Connect endpoint (``sc://``)."""
+        return self.resolved_warehouse_url.strip().lower().startswith("sc://")
+
+    @cached_property
+    def resolved_state_url(self) -> str:
+        """The state store's URL (see ``state_url``).
+
+        Raises:
+            ConfigError: no state store can be derived (a Spark or other read-only warehouse without
+                ``ACTIVATION_STATE_URL``), the state URL is not DuckDB/PostgreSQL, or it differs from a
+                DuckDB/PostgreSQL warehouse (segmentation there writes its snapshot in the same database).
+        """
+        warehouse = self.resolved_warehouse_url
+        if not self.state_url:
+            if _backend(warehouse) in STATE_BACKENDS:
+                return warehouse
+            raise ConfigError(
+                f"the warehouse {_shown(warehouse)} cannot hold the project's state (snapshots, campaigns, "
+                "sync state, outcomes) and ACTIVATION_STATE_URL is not set",
+                fix="set ACTIVATION_STATE_URL to a DuckDB or PostgreSQL URL, e.g. duckdb:///data/state.duckdb "
+                "or postgresql+psycopg://user:pass@host:5432/db",
+            )
+        state = self.state_url.strip()
+        if _backend(state) not in STATE_BACKENDS:
+            raise ConfigError(
+                f"ACTIVATION_STATE_URL must be a DuckDB or PostgreSQL URL, got {_shown(state)}",
+                fix="use e.g. duckdb:///data/state.duckdb or postgresql+psycopg://user:pass@host:5432/db",
+            )
+        if state != warehouse and not self.warehouse_is_spark:
+            raise ConfigError(
+                f"ACTIVATION_STATE_URL ({_shown(state)}) differs from the SQL warehouse {_shown(warehouse)}: "
+                "a separate state store is supported for a Spark warehouse (sc://) only",
+                fix="unset ACTIVATION_STATE_URL (the state then lives in the warehouse) or set it to "
+                "ACTIVATION_WAREHOUSE_URL",
+            )
+        return state
+
+    @property
     def resolved_outbox_dir(self) -> Path:
         return self.outbox_dir or self.data_dir / "outbox"
 
@@ -195,6 +241,24 @@ class Settings(BaseSettings):
             tmp.chmod(0o600)
             tmp.replace(path)
         return path.read_text().strip().encode()
+
+
+#: the backends a state store can be (the project's writes use their SQL: ON CONFLICT, advisory locks, COPY)
+STATE_BACKENDS = ("duckdb", "postgresql", "postgres")
+
+
+def _backend(url: str) -> str:
+    """The URL's scheme before any ``+driver`` (``postgresql+psycopg`` → ``postgresql``), lower-case."""
+    return url.strip().split(":", 1)[0].split("+", 1)[0].lower()
+
+
+def _shown(url: str) -> str:
+    """The URL's scheme and host part only, for messages (no password, token or path parameters)."""
+    if _backend(url) == "duckdb":
+        return url.strip()
+    scheme, _, rest = url.strip().partition("://")
+    host = rest.split("/", 1)[0].split(";", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}" + ("/…" if rest[len(host) :] else "")
 
 
 def get_settings(**overrides: object) -> Settings:

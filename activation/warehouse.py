@@ -1,4 +1,12 @@
-"""The warehouse: engine creation (with a clear error when unreachable) and schema set-up."""
+"""The two roles and their connections: the state store's engine (with a clear error when unreachable, and
+the project's schema) and, when the warehouse is Spark, its Spark Connect session.
+
+* :func:`get_engine` — the *state store* (``ACTIVATION_STATE_URL``, by default the warehouse itself): every
+  table this project writes and reads back. On DuckDB and PostgreSQL it is the warehouse too, and
+  segmentation runs in it.
+* :func:`spark_warehouse` — the *warehouse* when it is Spark (``ACTIVATION_WAREHOUSE_URL=sc://…``): where the
+  orders live and segmentation runs; None when the warehouse is the state store's own database.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -17,7 +25,11 @@ from activation.errors import ConfigError, WarehouseError
 from activation.settings import Settings
 from activation.tables import metadata, split_table_name
 
+if TYPE_CHECKING:
+    from activation.spark import SparkWarehouse
+
 _ENGINES: dict[str, Engine] = {}
+_SPARK: dict[str, SparkWarehouse] = {}
 
 _DUCKDB_LOCK = re.compile(
     r"Could not set lock on file .*?Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)"
@@ -162,13 +174,13 @@ def _unreachable(url: str, exc: SQLAlchemyError) -> WarehouseError:
 
 
 def get_engine(settings: Settings, *, default_lock_wait_s: float = 0, create: bool = True) -> Engine:
-    """A cached, checked engine for the settings' warehouse, with the project's tables created.
+    """A cached, checked engine for the settings' state store, with the project's tables created.
 
     A DuckDB file held by another process is waited for ``ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS``, or
     ``default_lock_wait_s`` when that is not set (commands: 0, fail at once; flows: 30 minutes).
     ``create=False`` (every command but those that load data): a DuckDB warehouse file must exist already.
     """
-    url = settings.resolved_warehouse_url
+    url = settings.resolved_state_url
     engine = _ENGINES.get(url)
     if engine is None:
         wait = settings.warehouse_lock_wait_seconds
@@ -181,17 +193,37 @@ def get_engine(settings: Settings, *, default_lock_wait_s: float = 0, create: bo
 def engine_if_exists(settings: Settings) -> Engine | None:
     """The warehouse's engine, or None when it is a DuckDB file that does not exist (commands that can
     work without one, such as ``templates preview`` with a made-up customer)."""
-    file = duckdb_file(settings.resolved_warehouse_url)
-    if file is not None and not file.is_file() and settings.resolved_warehouse_url not in _ENGINES:
+    file = duckdb_file(settings.resolved_state_url)
+    if file is not None and not file.is_file() and settings.resolved_state_url not in _ENGINES:
         return None
     return get_engine(settings, create=False)
 
 
+def spark_warehouse(settings: Settings) -> SparkWarehouse | None:
+    """The Spark Connect session of a Spark warehouse (cached), or None when the warehouse is SQL.
+
+    Raises:
+        ConfigError: pyspark is not installed.
+        WarehouseError: nothing answers at the URL.
+    """
+    if not settings.warehouse_is_spark:
+        return None
+    url = settings.resolved_warehouse_url.strip()
+    if url not in _SPARK:
+        from activation.spark import SparkWarehouse
+
+        _SPARK[url] = SparkWarehouse.open(url)
+    return _SPARK[url]
+
+
 def dispose_engines() -> None:
-    """Close every cached engine (DuckDB holds a file lock while open)."""
+    """Close every cached engine (DuckDB holds a file lock while open) and Spark session."""
     for engine in _ENGINES.values():
         engine.dispose()
     _ENGINES.clear()
+    for spark in _SPARK.values():
+        spark.close()
+    _SPARK.clear()
 
 
 def ensure_schema(engine: Engine) -> None:

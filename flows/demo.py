@@ -335,7 +335,7 @@ def _run_demo(
 
 def checkpoint_duckdb(settings: Settings) -> None:
     """Fold DuckDB's write-ahead log into the warehouse file, so the demo leaves one file behind."""
-    if duckdb_file(settings.resolved_warehouse_url) is None:
+    if duckdb_file(settings.resolved_state_url) is None:
         return
     with get_engine(settings).connect() as conn:
         conn.exec_driver_sql("CHECKPOINT")

@@ -180,6 +180,12 @@ def ingest_file(
         ConfigError: wrong format, or a missing / malformed mapping.
         InputError: the file is missing, empty, unreadable or has bad values; nothing is written.
     """
+    if settings.warehouse_is_spark:
+        raise ConfigError(
+            "ingest loads files into a DuckDB or PostgreSQL warehouse, and ACTIVATION_WAREHOUSE_URL is Spark",
+            fix="load the orders into a Spark table with Spark itself and point ACTIVATION_ORDERS__TABLE "
+            "(and ACTIVATION_ORDERS__* for its columns) at it",
+        )
     started = time.perf_counter()
     path = Path(path)
     fmt = (fmt or "").strip().lower()

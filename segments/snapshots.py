@@ -1,9 +1,15 @@
 """Snapshots: compute a scheme as of a date into ``rfm_snapshots`` (atomically), summarise, compare.
 
-One snapshot = one transaction: the metrics are materialised once in a temporary table, the cut-points
-are read from it, the previous rows of the same as_of+scheme are deleted and the new ones inserted with
-``INSERT … SELECT`` (pushed down), and the ``snapshot_runs`` row records the cut-points and warnings.
-Either all of it is written, or nothing.
+One snapshot = one transaction of the state store: the metrics are materialised once in a temporary table,
+the cut-points are read from it, the previous rows of the same as_of+scheme are deleted and the new ones
+inserted with ``INSERT … SELECT`` (pushed down), and the ``snapshot_runs`` row records the cut-points and
+warnings. Either all of it is written, or nothing.
+
+On a Spark warehouse (``ACTIVATION_WAREHOUSE_URL=sc://…``) the same statements run in Spark: the metrics are
+materialised there once (``CACHE TABLE … AS SELECT``), the cut-points read from them, and the scored rows
+(customer, R/F/M, scores, segment) come back as Arrow and are bulk-loaded into the state store (DuckDB: an
+Arrow scan; PostgreSQL: ``COPY``) inside the state store's transaction, so a failure still writes nothing.
+The data checks are not run there yet (see :data:`SPARK_CHECKS_SKIPPED`), nor model-based schemes.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 import json
 import time as _time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -28,8 +36,9 @@ from activation.dialect import CreateTempTableAs, serialize
 from activation.errors import ActivationError, ConfigError, NotFoundError, WarehouseError
 from activation.files import atomic_text, csv_writer, output_file
 from activation.settings import Settings
+from activation.spark import SparkWarehouse
 from activation.tables import rfm_snapshots, snapshot_runs, source_table
-from activation.warehouse import db_reason, has_table
+from activation.warehouse import db_reason, has_table, spark_warehouse
 from segments import checks, rfm
 from segments.schemes import (
     METRIC_NAMES,
@@ -52,6 +61,13 @@ EXPORT_COLUMNS = [
 ]
 # A snapshot whose as_of is this many days after the newest order is probably missing recent data.
 STALE_DATA_DAYS = 7
+
+#: the warning of a snapshot computed on Spark, whose orders the data checks do not read yet
+SPARK_CHECKS_SKIPPED = (
+    "data checks skipped: the warehouse is Spark, and the checks (not_null, unique order ids, non-negative "
+    "amounts, known statuses, no future orders, customers known) run on DuckDB and PostgreSQL only so far; "
+    "verify the orders table in Spark yourself"
+)
 
 
 @dataclass
@@ -80,20 +96,47 @@ def _resolve_scheme(scheme: str | Scheme, settings: Settings) -> Scheme:
     return scheme if isinstance(scheme, Scheme) else load_scheme(scheme, settings)
 
 
-def _first_last(conn: Connection, settings: Settings, scheme: Scheme) -> tuple[Any, Any]:
+@dataclass
+class _InStore:
+    """The warehouse when it is the state store itself: statements run on the transaction's connection."""
+
+    conn: Connection
+
+    @contextmanager
+    def cached(self, name: str, query: Any, what: str = "") -> Iterator[None]:
+        """``query`` materialised once as the temporary table ``name`` for the block (dropped after it;
+        after a failure the rollback drops it)."""
+        self.conn.execute(CreateTempTableAs(name, query))
+        yield
+        self.conn.exec_driver_sql(f"DROP TABLE {self.conn.dialect.identifier_preparer.quote(name)}")
+
+    def one(self, query: Any, what: str = "") -> dict[str, Any]:
+        return dict(self.conn.execute(query).mappings().one())
+
+
+#: where the segmentation statements run: the state store's own database, or a Spark warehouse
+Runner = _InStore | SparkWarehouse
+
+
+def _source_name(settings: Settings, scheme: Scheme) -> str:
+    return "contact_events" if scheme.source == "contact_events" else settings.orders.table
+
+
+def _first_last(side: Runner, settings: Settings, scheme: Scheme) -> tuple[Any, Any]:
     if scheme.source == "contact_events":
         src = source_table("contact_events", "occurred_at")
         at = src.c.occurred_at
     else:
         src = source_table(settings.orders.table, settings.orders.ordered_at)
         at = src.c[settings.orders.ordered_at]
-    return conn.execute(select(func.min(at), func.max(at)).select_from(src)).one()
+    row = side.one(select(func.min(at).label("first"), func.max(at).label("last")).select_from(src))
+    return row["first"], row["last"]
 
 
 def _no_customers_error(
-    conn: Connection, settings: Settings, scheme: Scheme, window: rfm.Window
+    side: Runner, settings: Settings, scheme: Scheme, window: rfm.Window
 ) -> NotFoundError:
-    first, last = _first_last(conn, settings, scheme)
+    first, last = _first_last(side, settings, scheme)
     what = "contact events" if scheme.source == "contact_events" else f"orders in {settings.orders.table!r}"
     if first is None:
         return NotFoundError(f"there are no {what}", fix="load data first (`activation ingest …`)")
@@ -191,7 +234,10 @@ def compute_snapshot(
         )
     window = rfm.Window.of(as_of, lookback)
     report = None
-    if run_checks:
+    spark = spark_warehouse(settings)
+    if spark is not None:
+        _check_spark_source(spark, settings, scheme)
+    elif run_checks:
         # the relationship check runs on the snapshot's own per-customer metrics (no second pass over orders)
         report = checks.run_checks(engine, settings, source=scheme.source, relationships=False)
     elif scheme.source == "orders" and not has_table(engine, settings.orders.table):
@@ -202,7 +248,8 @@ def compute_snapshot(
     try:
         with engine.begin() as conn:
             serialize(conn, f"snapshot:{scheme.name}:{as_of.isoformat()}")
-            result = _compute_in(conn, engine, settings, scheme, window, lookback, report)
+            side = spark if spark is not None else _InStore(conn)
+            result = _compute_in(conn, side, engine, settings, scheme, window, lookback, report)
     except ActivationError:
         raise
     except SQLAlchemyError as exc:
@@ -214,12 +261,34 @@ def compute_snapshot(
     result.checks = report
     if report is not None:
         result.warnings[:0] = [report.describe(r) for r in report.warnings]
+    if spark is not None and run_checks:
+        result.warnings.insert(0, SPARK_CHECKS_SKIPPED)
     result.seconds = _time.perf_counter() - started
     return result
 
 
+def _check_spark_source(spark: SparkWarehouse, settings: Settings, scheme: Scheme) -> None:
+    """What a snapshot on Spark needs before it starts: a rule-based scheme and its source table there."""
+    if not scheme.is_rules:
+        raise ConfigError(
+            f"scheme {scheme.name} is of kind {scheme.kind}, and a Spark warehouse computes rule-based "
+            "schemes only so far",
+            fix="use a rule-based scheme (e.g. --scheme rfm11), or a DuckDB/PostgreSQL warehouse for this one",
+        )
+    name = _source_name(settings, scheme)
+    if not spark.has_table(name):
+        setting = (
+            "the contact_events table" if scheme.source == "contact_events" else "ACTIVATION_ORDERS__TABLE"
+        )
+        raise WarehouseError(
+            f"table {name!r} does not exist in the Spark warehouse",
+            fix=f"create it in Spark (or check {setting}); `activation ingest` does not load into Spark",
+        )
+
+
 def _compute_in(
     conn: Connection,
+    side: Runner,
     engine: Engine,
     settings: Settings,
     scheme: Scheme,
@@ -228,42 +297,36 @@ def _compute_in(
     report: checks.CheckReport | None = None,
 ) -> SnapshotResult:
     tmp_name = f"rfm_metrics_{uuid.uuid4().hex[:12]}"
-    conn.execute(CreateTempTableAs(tmp_name, rfm.metrics_select(settings, scheme, window)))
     metrics = table(
         tmp_name, column("customer_id"), column("recency_days"), column("frequency"), column("monetary")
     )
-    cut_q = rfm.cutpoints_select(metrics, scheme).add_columns(
-        func.min(metrics.c.recency_days).label("recency_min")
-    )
-    stats = dict(conn.execute(cut_q).mappings().one())
-    if not stats["customers"]:
-        raise _no_customers_error(conn, settings, scheme, window)
-    cuts, record, warnings = _analyse_cuts(scheme, stats)
-    if report is not None and scheme.source == "orders":
-        related = checks.relationships_check(conn, settings, select(metrics.c.customer_id))
-        if related is not None:
-            report.results.append(related)
-    if stats["recency_min"] is not None and stats["recency_min"] > STALE_DATA_DAYS:
-        warnings.append(
-            f"as_of {window.as_of} is {stats['recency_min']} days after the newest counting order: every "
-            f"recency includes that gap (data not loaded up to as_of?)"
+    with side.cached(tmp_name, rfm.metrics_select(settings, scheme, window), "computing the metrics"):
+        cut_q = rfm.cutpoints_select(metrics, scheme).add_columns(
+            func.min(metrics.c.recency_days).label("recency_min")
         )
-    if window.as_of > date.today():
-        warnings.append(f"as_of {window.as_of} is in the future: later orders will change this snapshot")
-
-    key = (rfm_snapshots.c.as_of == window.as_of) & (rfm_snapshots.c.scheme == scheme.name)
-    conn.execute(delete(rfm_snapshots).where(key))
-    conn.execute(
-        delete(snapshot_runs).where(
-            (snapshot_runs.c.as_of == window.as_of) & (snapshot_runs.c.scheme == scheme.name)
+        stats = side.one(cut_q, "reading the cut-points")
+        if not stats["customers"]:
+            raise _no_customers_error(side, settings, scheme, window)
+        cuts, record, warnings = _analyse_cuts(scheme, stats)
+        if report is not None and scheme.source == "orders":
+            related = checks.relationships_check(conn, settings, select(metrics.c.customer_id))
+            if related is not None:
+                report.results.append(related)
+        warnings += _date_warnings(window, stats["recency_min"])
+        key = (rfm_snapshots.c.as_of == window.as_of) & (rfm_snapshots.c.scheme == scheme.name)
+        conn.execute(delete(rfm_snapshots).where(key))
+        conn.execute(
+            delete(snapshot_runs).where(
+                (snapshot_runs.c.as_of == window.as_of) & (snapshot_runs.c.scheme == scheme.name)
+            )
         )
-    )
-    scored = rfm.scored_select(metrics, scheme, cuts, window.as_of)
-    if scheme.is_rules:
-        conn.execute(insert(rfm_snapshots).from_select([c.name for c in scored.selected_columns], scored))
-    else:
-        _assign_with_model(conn, engine, settings, scheme, window, scored, record, warnings)
-    conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(tmp_name)}")
+        scored = rfm.scored_select(metrics, scheme, cuts, window.as_of)
+        if isinstance(side, SparkWarehouse):
+            _bulk_insert_snapshot(conn, side.arrow(scored, "scoring the customers"))
+        elif scheme.is_rules:
+            conn.execute(insert(rfm_snapshots).from_select([c.name for c in scored.selected_columns], scored))
+        else:
+            _assign_with_model(conn, engine, settings, scheme, window, scored, record, warnings)
 
     counts: dict[str, int] = dict(
         conn.execute(
@@ -295,6 +358,19 @@ def _compute_in(
     )
 
 
+def _date_warnings(window: rfm.Window, recency_min: Any) -> list[str]:
+    """A gap between the newest counting order and as_of, and an as_of in the future."""
+    warnings = []
+    if recency_min is not None and recency_min > STALE_DATA_DAYS:
+        warnings.append(
+            f"as_of {window.as_of} is {recency_min} days after the newest counting order: every "
+            f"recency includes that gap (data not loaded up to as_of?)"
+        )
+    if window.as_of > date.today():
+        warnings.append(f"as_of {window.as_of} is in the future: later orders will change this snapshot")
+    return warnings
+
+
 def _assign_with_model(
     conn: Connection,
     engine: Engine,
@@ -323,7 +399,11 @@ def _assign_with_model(
             f"the {scheme.kind} assigner produced segments {unknown} not listed in scheme {scheme.name}",
             fix=f"list them under `segments:` in {scheme.name}.yaml",
         )
-    _bulk_insert_snapshot(conn, frame[[c.name for c in rfm_snapshots.c]])
+    import pyarrow as pa
+
+    _bulk_insert_snapshot(
+        conn, pa.Table.from_pandas(frame[[c.name for c in rfm_snapshots.c]], preserve_index=False)
+    )
     warnings.extend(ctx.notes)
     if ctx.info:
         record["model"] = ctx.info
@@ -338,27 +418,26 @@ def _read_frame(conn: Connection, query: Any) -> pd.DataFrame:
     return pd.DataFrame(conn.execute(query).mappings().all())
 
 
-def _bulk_insert_snapshot(conn: Connection, frame: pd.DataFrame) -> None:
-    """Insert a model-assigned snapshot (DuckDB: Arrow scan; PostgreSQL: COPY; else executemany)."""
-    cols = list(frame.columns)
+def _bulk_insert_snapshot(conn: Connection, rows: Any) -> None:
+    """Insert snapshot rows given as a ``pyarrow.Table`` (a model's assignment, or scored rows from Spark)
+    in the caller's transaction (DuckDB: Arrow scan; PostgreSQL: COPY; else executemany)."""
+    cols = list(rows.column_names)
     raw: Any = conn.connection.driver_connection
     if dialect.is_duckdb(conn):
-        import pyarrow as pa
-
-        raw.register("_model_snapshot", pa.Table.from_pandas(frame, preserve_index=False))
+        raw.register("_snapshot_rows", rows)
         try:
             raw.execute(
-                f"INSERT INTO rfm_snapshots ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _model_snapshot"
+                f"INSERT INTO rfm_snapshots ({', '.join(cols)}) SELECT {', '.join(cols)} FROM _snapshot_rows"
             )
         finally:
-            raw.unregister("_model_snapshot")
+            raw.unregister("_snapshot_rows")
     elif dialect.is_postgres(conn):
         with raw.cursor() as cur, cur.copy(f"COPY rfm_snapshots ({', '.join(cols)}) FROM STDIN") as cp:
-            for row in frame.itertuples(index=False, name=None):
-                cp.write_row(row)
+            for batch in rows.to_batches(100_000):
+                for row in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                    cp.write_row(row)
     else:
-        records = frame.to_dict("records")
-        for part in chunked(records, 50_000):
+        for part in chunked(rows.to_pylist(), 50_000):
             conn.execute(insert(rfm_snapshots), part)
 
 

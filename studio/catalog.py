@@ -62,8 +62,8 @@ class SchemeInfo:
 
 
 def read_only_engine(settings: Settings) -> Engine | None:
-    """The warehouse opened read-only, or None when it is a DuckDB file that does not exist yet."""
-    url = settings.resolved_warehouse_url
+    """The state store opened read-only, or None when it is a DuckDB file that does not exist yet."""
+    url = settings.resolved_state_url
     file = duckdb_file(url)
     if file is not None and not file.is_file():
         return None
