@@ -131,3 +131,19 @@ def server_start_seconds() -> float | None:
     """How long the server took to answer (None before it started)."""
     value = _SERVER.get("start_s")
     return float(value) if value is not None else None
+
+
+def load_table(url: str, name: str, rows: Any) -> None:
+    """Write ``rows`` (a ``pyarrow.Table``) as the Spark table ``name`` (replacing it), through its own
+    short-lived session, as a user's pipeline would have put the data there."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pyspark warns about pandas 3 on import
+        from pyspark.sql.connect.session import SparkSession
+
+        session = SparkSession.builder.remote(url).create()
+        try:
+            session.createDataFrame(rows).write.mode("overwrite").saveAsTable(name)
+        finally:
+            session.stop()
