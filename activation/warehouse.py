@@ -178,10 +178,13 @@ def get_engine(settings: Settings, *, default_lock_wait_s: float = 0, create: bo
 
     A DuckDB file held by another process is waited for ``ACTIVATION_WAREHOUSE_LOCK_WAIT_SECONDS``, or
     ``default_lock_wait_s`` when that is not set (commands: 0, fail at once; flows: 30 minutes).
-    ``create=False`` (every command but those that load data): a DuckDB warehouse file must exist already.
+    ``create=False`` (every command but those that load data): a DuckDB warehouse file must exist already
+    (a separate state store, ``ACTIVATION_STATE_URL``, is created when missing).
     """
     url = settings.resolved_state_url
     engine = _ENGINES.get(url)
+    # a state store of its own (beside a Spark warehouse) is made on first use: nothing else creates it
+    create = create or url != settings.resolved_warehouse_url
     if engine is None:
         wait = settings.warehouse_lock_wait_seconds
         engine = make_engine(url, lock_wait_s=default_lock_wait_s if wait is None else wait, create=create)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from datetime import date, timedelta
 from pathlib import Path
@@ -28,7 +29,7 @@ from segments.snapshots import SPARK_CHECKS_SKIPPED, compute_snapshot
 from tests.cli_helpers import run_cli
 from tests.conftest import drop_postgres_database, new_postgres_database
 from tests.rfm_fixtures import add_orders, at, grid_orders
-from tests.spark_harness import load_table, spark_url  # noqa: F401  (the session's server)
+from tests.spark_harness import load_table, pyspark_installed, spark_url  # noqa: F401  (fixtures)
 
 AS_OF = date(2024, 6, 30)
 RULE_SCHEMES = [n for n in list_schemes() if load_scheme(n).is_rules]
@@ -110,7 +111,9 @@ def _copy_to_spark(url: str, duck: Settings, *, events: bool) -> str:
 
 @pytest.mark.spark
 @pytest.mark.parametrize(
-    ("data", "lookback"), [("demo", 365), ("demo", None), ("ties", 365)], ids=["demo-365d", "demo-all", "ties"]
+    ("data", "lookback"),
+    [("demo", 365), ("demo", None), ("ties", 365)],
+    ids=["demo-365d", "demo-all", "ties"],
 )
 def test_spark_snapshot_equals_duckdb(
     spark_url: str,  # noqa: F811
@@ -128,3 +131,148 @@ def test_spark_snapshot_equals_duckdb(
         result = compute_snapshot(get_engine(spark), spark, AS_OF, scheme, lookback)
         assert result.warnings[0] == SPARK_CHECKS_SKIPPED
         _assert_same(get_engine(duck_settings), get_engine(spark), scheme)
+
+
+@pytest.mark.spark
+@pytest.mark.postgres
+def test_spark_snapshot_into_a_postgresql_state_store(
+    spark_url: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    _demo_orders(duck_settings, tmp_path)
+    table = _copy_to_spark(spark_url, duck_settings, events=False)
+    state_url = new_postgres_database()
+    try:
+        spark = _spark_settings(duck_settings, spark_url, state_url, table)
+        for scheme in ("rfm11", "quartile9"):
+            compute_snapshot(get_engine(duck_settings), duck_settings, AS_OF, scheme, 365, run_checks=False)
+            compute_snapshot(get_engine(spark), spark, AS_OF, scheme, 365)
+            _assert_same(get_engine(duck_settings), get_engine(spark), scheme)
+    finally:
+        dispose_engines()
+        drop_postgres_database(state_url)
+
+
+@pytest.mark.spark
+def test_a_failing_statement_on_spark_writes_nothing(
+    spark_url: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    _tied_orders(duck_settings, tmp_path)
+    table = _copy_to_spark(spark_url, duck_settings, events=False)
+    spark = _spark_settings(duck_settings, spark_url, f"duckdb:///{tmp_path / 'state.duckdb'}", table)
+    compute_snapshot(get_engine(spark), spark, AS_OF, "rfm11", 365)
+    before = _snapshot(get_engine(spark), "rfm11")
+    broken = spark.model_copy(update={"orders": OrdersSource(table=table, amount="no_such_column")})
+    with pytest.raises(WarehouseError) as err:
+        compute_snapshot(get_engine(broken), broken, AS_OF, "rfm11", 365)
+    assert "computing the metrics failed in the Spark warehouse at sc://127.0.0.1" in str(err.value)
+    assert "no_such_column" in str(err.value)
+    assert _snapshot(get_engine(spark), "rfm11") == before
+    missing = spark.model_copy(update={"orders": OrdersSource(table="no_such_orders")})
+    with pytest.raises(WarehouseError, match="table 'no_such_orders' does not exist in the Spark warehouse"):
+        compute_snapshot(get_engine(missing), missing, AS_OF, "rfm11", 365)
+    with pytest.raises(ConfigError, match="rule-based schemes only"):
+        compute_snapshot(get_engine(spark), spark, AS_OF, "kmeans", 365)
+
+
+def test_a_spark_warehouse_needs_a_state_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACTIVATION_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ACTIVATION_WAREHOUSE_URL", "sc://127.0.0.1:15002")
+    result = run_cli("segment", "--as-of", "2024-06-30")
+    assert result.exit_code == 2, result.output
+    assert "ACTIVATION_STATE_URL is not set" in result.output
+    assert "duckdb:///" in result.output  # the fix names a URL to use
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("warehouse", "state", "message"),
+    [
+        ("sc://127.0.0.1:15002", "sc://127.0.0.1:15003", "must be a DuckDB or PostgreSQL URL"),
+        ("sc://127.0.0.1:15002", "snowflake://u:secret@acct/db", "must be a DuckDB or PostgreSQL URL"),
+        ("snowflake://u:secret@acct/db", None, "ACTIVATION_STATE_URL is not set"),
+        ("duckdb:///w.duckdb", "duckdb:///s.duckdb", "supported for a Spark warehouse (sc://) only"),
+    ],
+)
+def test_state_url_errors(warehouse: str, state: str | None, message: str, tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, warehouse_url=warehouse, state_url=state)
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        get_engine(settings)
+    assert "secret" not in str(err.value)
+    assert err.value.fix
+
+
+def test_the_state_store_defaults_to_a_duckdb_or_postgresql_warehouse(tmp_path: Path) -> None:
+    for url in (f"duckdb:///{tmp_path / 'w.duckdb'}", "postgresql+psycopg://u@h:5432/db"):
+        assert Settings(data_dir=tmp_path, warehouse_url=url).resolved_state_url == url
+        assert Settings(data_dir=tmp_path, warehouse_url=url, state_url=url).resolved_state_url == url
+    default = Settings(data_dir=tmp_path)
+    assert default.resolved_state_url == default.resolved_warehouse_url
+
+
+@pytest.mark.spark
+def test_nothing_answering_at_the_spark_url(
+    pyspark_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"sc://127.0.0.1:{port}"
+    with pytest.raises(WarehouseError, match=f"cannot reach the Spark warehouse at {url}") as err:
+        spark_warehouse(Settings(data_dir=tmp_path, warehouse_url=url, state_url="duckdb:///:memory:"))
+    assert "ACTIVATION_WAREHOUSE_URL" in (err.value.fix or "")
+    monkeypatch.setenv("ACTIVATION_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ACTIVATION_WAREHOUSE_URL", url)
+    monkeypatch.setenv("ACTIVATION_STATE_URL", f"duckdb:///{tmp_path / 'state.duckdb'}")
+    result = run_cli("segment", "--as-of", "2024-06-30")
+    assert result.exit_code == 2, result.output
+    assert f"cannot reach the Spark warehouse at {url}" in result.output
+    assert "Traceback" not in result.output and "_MultiThreadedRendezvous" not in result.output
+
+
+@pytest.mark.spark
+def test_activation_segment_on_spark_from_the_command_line(
+    spark_url: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _tied_orders(duck_settings, tmp_path)
+    table = _copy_to_spark(spark_url, duck_settings, events=False)
+    compute_snapshot(get_engine(duck_settings), duck_settings, AS_OF, "rfm11", 365, run_checks=False)
+    state = tmp_path / "state" / "state.duckdb"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "ACTIVATION_DATA_DIR": str(tmp_path / "cli-data"),
+        "ACTIVATION_WAREHOUSE_URL": spark_url,
+        "ACTIVATION_STATE_URL": f"duckdb:///{state}",
+        "ACTIVATION_ORDERS__TABLE": table,
+    }
+    args = [
+        sys.executable,
+        "-m",
+        "activation.cli",
+        "segment",
+        "--as-of",
+        str(AS_OF),
+        "--lookback-days",
+        "365",
+        "--json",
+    ]
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["customers"] == 85
+    assert SPARK_CHECKS_SKIPPED in done.stderr  # the user sees what was not checked
+    state_settings = Settings(data_dir=tmp_path / "cli-data", warehouse_url=f"duckdb:///{state}")
+    _assert_same(get_engine(duck_settings), get_engine(state_settings), "rfm11")
