@@ -215,9 +215,8 @@ def test_the_state_store_defaults_to_a_duckdb_or_postgresql_warehouse(tmp_path: 
 
 
 @pytest.mark.spark
-def test_nothing_answering_at_the_spark_url(
-    pyspark_installed: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("pyspark_installed")
+def test_nothing_answering_at_the_spark_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
