@@ -127,6 +127,16 @@ def spark_url() -> Iterator[str]:
     _stop()
 
 
+@pytest.fixture
+def pyspark_installed() -> None:
+    """For tests that need the Spark client but no server (skipped locally without it, failing in CI)."""
+    reason = _missing()
+    if reason:
+        if IN_CI:
+            pytest.fail(f"Spark is required in CI: {reason}")
+        pytest.skip(reason)
+
+
 def server_start_seconds() -> float | None:
     """How long the server took to answer (None before it started)."""
     value = _SERVER.get("start_s")
