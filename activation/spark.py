@@ -107,6 +107,7 @@ class SparkWarehouse:
         """
         spark_session, policy = _import_session()
         _spark_dialect()
+        session = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # retries warn when they give up; the error says it
@@ -116,6 +117,8 @@ class SparkWarehouse:
                 )
                 session.conf.set("spark.sql.session.timeZone", "UTC")
         except Exception as exc:  # pyspark raises its own exceptions, ValueError for a bad URL, grpc errors
+            if session is not None:
+                cls(url, session).close()
             raise WarehouseError(
                 f"cannot reach the Spark warehouse at {redact_spark(url)}: {_reason(exc)}", fix=URL_FIX
             ) from exc
