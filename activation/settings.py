@@ -198,8 +198,8 @@ class Settings(BaseSettings):
         """
         warehouse = self.resolved_warehouse_url
         if not self.state_url:
-            if _backend(warehouse) in STATE_BACKENDS:
-                return warehouse
+            if _backend(warehouse) in STATE_BACKENDS or "://" not in warehouse:
+                return warehouse  # (not a URL at all: opening it says so)
             raise ConfigError(
                 f"the warehouse {_shown(warehouse)} cannot hold the project's state (snapshots, campaigns, "
                 "sync state, outcomes) and ACTIVATION_STATE_URL is not set",
