@@ -34,15 +34,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Integer, Table, cast, func, literal, literal_column, text
+from sqlalchemy import BigInteger, Date, DateTime, Integer, Table, cast, func, literal, literal_column, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import operators
 from sqlalchemy.sql.base import Executable
-from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.sql.elements import BindParameter, ClauseElement, ColumnElement
 from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Float
 
 from activation.errors import ConflictError
@@ -64,11 +67,133 @@ def as_date(expr: Any) -> ColumnElement[Any]:
     return cast(expr, Date)
 
 
-def days_between(later: Any, earlier: Any, bind: Engine | Connection | None = None) -> ColumnElement[int]:
-    """Whole days from ``earlier`` to ``later`` (both dates)."""
-    if bind is not None and not (is_duckdb(bind) or is_postgres(bind)):
-        return cast(func.datediff("day", earlier, later), Integer)
-    return cast(as_date(later) - as_date(earlier), Integer)
+SPARK = "databricks"  # Spark SQL: the Databricks dialect's compiler (the Spark Connect path sends its text)
+# dialects whose own rendering of a datetime parameter is not what a comparison with a table column needs
+_TYPED_LITERALS = (SPARK, "bigquery", "snowflake", "trino")
+
+
+class _OneArg(ColumnElement[Any]):
+    """A construct over one bound value or expression that each dialect renders its own way (``@compiles``)."""
+
+    inherit_cache = True
+    _traverse_internals = [("arg", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, arg: ColumnElement[Any]) -> None:
+        self.arg = arg
+
+
+class _TwoArgs(ColumnElement[Any]):
+    inherit_cache = True
+    _traverse_internals = [
+        ("left", InternalTraversal.dp_clauseelement),
+        ("right", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, left: ColumnElement[Any], right: ColumnElement[Any]) -> None:
+        self.left = left
+        self.right = right
+
+
+class DateLiteral(_OneArg):
+    """A date constant. DuckDB/PostgreSQL: the bound parameter as ever; elsewhere a typed ``DATE '…'``
+    (with literal binds) or ``CAST(:p AS DATE)``, so that a selected date is a date, not a string."""
+
+    inherit_cache = True
+    type = Date()
+
+
+class TimestampBound(_OneArg):
+    """A datetime constant compared with a table column (the window bounds). DuckDB/PostgreSQL: the bound
+    parameter; Spark and Trino: ``TIMESTAMP '…'`` (Trino compares no varchar with a timestamp); BigQuery and
+    Snowflake: a plain string literal, which both coerce to the column's own type (BigQuery's ``DATETIME``
+    literal would not compare with a ``TIMESTAMP`` column)."""
+
+    inherit_cache = True
+    type = DateTime()
+
+
+def date_literal(value: date) -> DateLiteral:
+    return DateLiteral(literal(value, Date))
+
+
+def before(col: ColumnElement[Any], value: datetime) -> ColumnElement[bool]:
+    """``col < value`` with ``value`` a :class:`TimestampBound` (the parameter named after the column)."""
+    return col < TimestampBound(col._bind_param(operators.lt, value))
+
+
+def at_or_after(col: ColumnElement[Any], value: datetime) -> ColumnElement[bool]:
+    """``col >= value`` with ``value`` a :class:`TimestampBound`."""
+    return col >= TimestampBound(col._bind_param(operators.ge, value))
+
+
+@compiles(DateLiteral)
+@compiles(TimestampBound)
+def _compile_default_literal(element: _OneArg, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.arg, **kw))
+
+
+@compiles(DateLiteral, *_TYPED_LITERALS)
+def _compile_date_literal(element: DateLiteral, compiler: Any, **kw: Any) -> str:
+    if kw.get("literal_binds"):
+        return f"DATE '{_bind_value(element).isoformat()}'"
+    return f"CAST({compiler.process(element.arg, **kw)} AS DATE)"
+
+
+@compiles(TimestampBound, *_TYPED_LITERALS)
+def _compile_timestamp_bound(element: TimestampBound, compiler: Any, **kw: Any) -> str:
+    if not kw.get("literal_binds"):
+        return str(compiler.process(element.arg, **kw))
+    text_ = f"'{_bind_value(element).isoformat(sep=' ')}'"
+    return text_ if compiler.dialect.name in {"bigquery", "snowflake"} else f"TIMESTAMP {text_}"
+
+
+def _bind_value(element: _OneArg) -> Any:
+    arg = element.arg
+    assert isinstance(arg, BindParameter)
+    return arg.effective_value
+
+
+class DaysBetween(_TwoArgs):
+    """Whole days from ``right`` (earlier) to ``left`` (later), both taken as dates (see :func:`days_between`)."""
+
+    inherit_cache = True
+    type = Integer()
+
+
+def days_between(later: Any, earlier: Any) -> ColumnElement[int]:
+    """Whole days from ``earlier`` to ``later`` (dates or timestamps, compared as dates): DuckDB and
+    PostgreSQL subtract dates; Spark ``datediff(later, earlier)``; BigQuery ``DATE_DIFF(later, earlier, DAY)``;
+    Snowflake ``DATEDIFF(day, earlier, later)``; Trino ``date_diff('day', earlier, later)`` (on dates: on
+    timestamps Trino counts whole 24-hour periods, not calendar days)."""
+    return DaysBetween(literal_column_or(later), literal_column_or(earlier))
+
+
+def _as_date_once(expr: ColumnElement[Any]) -> ColumnElement[Any]:
+    return expr if isinstance(expr, DateLiteral) else as_date(expr)
+
+
+def literal_column_or(value: Any) -> ColumnElement[Any]:
+    return value if isinstance(value, ColumnElement) else literal(value)
+
+
+@compiles(DaysBetween)
+def _compile_days_default(element: DaysBetween, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(cast(as_date(element.left) - as_date(element.right), Integer), **kw))
+
+
+_DAYS_FORMS = {
+    SPARK: "datediff({later}, {earlier})",
+    "bigquery": "DATE_DIFF({later}, {earlier}, DAY)",
+    "snowflake": "DATEDIFF(day, {earlier}, {later})",
+    "trino": "date_diff('day', {earlier}, {later})",
+}
+
+
+@compiles(DaysBetween, *_DAYS_FORMS)
+def _compile_days(element: DaysBetween, compiler: Any, **kw: Any) -> str:
+    later = compiler.process(_as_date_once(element.left), **kw)
+    earlier = compiler.process(_as_date_once(element.right), **kw)
+    return _DAYS_FORMS[compiler.dialect.name].format(later=later, earlier=earlier)
 
 
 def insert_ignore(table: Table) -> Any:
@@ -76,12 +201,42 @@ def insert_ignore(table: Table) -> Any:
     return postgresql.insert(table).on_conflict_do_nothing()
 
 
-def hash_bucket(expr: Any, bind: Engine | Connection) -> ColumnElement[int]:
-    """First 32 bits of ``md5(expr)`` as a non-negative integer (same value on every dialect)."""
-    prefix = func.substr(func.md5(expr), 1, 8)
-    if is_postgres(bind):
-        return cast(cast(literal_column("'x'").concat(prefix), _Bit32()), BigInteger)
-    return cast(literal_column("'0x'").concat(prefix), BigInteger)
+class HashBucket(_OneArg):
+    """First 32 bits of ``md5(arg)`` as an integer (see :func:`hash_bucket`)."""
+
+    inherit_cache = True
+    type = BigInteger()
+
+
+def hash_bucket(expr: Any, bind: Engine | Connection | None = None) -> ColumnElement[int]:
+    """First 32 bits of ``md5(expr)`` as a non-negative integer (same value on every dialect, and as
+    ``int(md5(s)[:8], 16)`` in Python). ``bind`` is not needed: the compiler picks each dialect's form."""
+    return HashBucket(literal_column_or(expr))
+
+
+@compiles(HashBucket)
+def _compile_hash_default(element: HashBucket, compiler: Any, **kw: Any) -> str:
+    prefix = func.substr(func.md5(element.arg), 1, 8)
+    return str(compiler.process(cast(literal_column("'0x'").concat(prefix), BigInteger), **kw))
+
+
+@compiles(HashBucket, "postgresql")
+def _compile_hash_postgres(element: HashBucket, compiler: Any, **kw: Any) -> str:
+    prefix = func.substr(func.md5(element.arg), 1, 8)
+    return str(compiler.process(cast(cast(literal_column("'x'").concat(prefix), _Bit32()), BigInteger), **kw))
+
+
+_HASH_FORMS = {
+    SPARK: "CAST(conv(substr(md5({x}), 1, 8), 16, 10) AS BIGINT)",
+    "bigquery": "CAST(CONCAT('0x', SUBSTR(TO_HEX(MD5({x})), 1, 8)) AS INT64)",
+    "snowflake": "TO_NUMBER(UPPER(SUBSTR(MD5({x}), 1, 8)), 'XXXXXXXX')",
+    "trino": "from_base(substr(to_hex(md5(to_utf8({x}))), 1, 8), 16)",
+}
+
+
+@compiles(HashBucket, *_HASH_FORMS)
+def _compile_hash(element: HashBucket, compiler: Any, **kw: Any) -> str:
+    return _HASH_FORMS[compiler.dialect.name].format(x=compiler.process(element.arg, **kw))
 
 
 def id_hash(expr: Any, seed: int, bind: Engine | Connection) -> ColumnElement[int] | None:
@@ -108,11 +263,38 @@ class _Bit32(postgresql.BIT):
         super().__init__(32)
 
 
+class PercentilesDisc(ColumnElement[Any]):
+    """Several discrete quantiles in one array-valued ordered-set aggregate (see :func:`percentiles_disc`)."""
+
+    inherit_cache = True
+    _traverse_internals = [
+        ("ps", InternalTraversal.dp_clauseelement_list),
+        ("order_by", InternalTraversal.dp_clauseelement),
+    ]
+
+    def __init__(self, ps: list[ColumnElement[Any]], order_by: ColumnElement[Any]) -> None:
+        self.ps = ps
+        self.order_by = order_by
+
+
 def percentiles_disc(ps: list[float], order_by: Any) -> ColumnElement[Any]:
-    """Discrete quantiles ``ps`` of ``order_by`` as one array-valued ordered-set aggregate."""
-    return func.percentile_disc(postgresql.array([literal(p, Float(precision=53)) for p in ps])).within_group(
-        order_by
-    )
+    """Discrete quantiles ``ps`` of ``order_by`` as one array-valued ordered-set aggregate: PostgreSQL and
+    DuckDB ``percentile_disc(ARRAY[…]) WITHIN GROUP (ORDER BY …)``, Spark ``percentile_disc(array(…))
+    WITHIN GROUP (ORDER BY …)`` (exact, the same definition: the first value whose cumulative share reaches p).
+    Engines without it get another exact form from :func:`quantile_form`."""
+    return PercentilesDisc([literal(p, Float(precision=53)) for p in ps], order_by)
+
+
+@compiles(PercentilesDisc)
+def _compile_percentiles_default(element: PercentilesDisc, compiler: Any, **kw: Any) -> str:
+    agg = func.percentile_disc(postgresql.array(element.ps)).within_group(element.order_by)
+    return str(compiler.process(agg, **kw))
+
+
+@compiles(PercentilesDisc, SPARK)
+def _compile_percentiles_spark(element: PercentilesDisc, compiler: Any, **kw: Any) -> str:
+    agg = func.percentile_disc(func.array(*element.ps)).within_group(element.order_by)
+    return str(compiler.process(agg, **kw))
 
 
 class CreateTempTableAs(Executable, ClauseElement):

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Date, Integer, String, and_, case, cast, func, literal, select
+from sqlalchemy import Integer, String, and_, case, cast, func, literal, select
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from activation import statuses
-from activation.dialect import days_between, percentiles_disc
+from activation.dialect import at_or_after, before, date_literal, days_between, percentiles_disc
 from activation.settings import Settings
 from activation.tables import Double, source_table
 from segments.schemes import LOWER_IS_BETTER, Bins, Scheme
@@ -58,7 +58,7 @@ def _source_rows(settings: Settings, scheme: Scheme, window: Window) -> Any:
         ev = source_table("contact_events", "customer_id", "occurred_at")
         at = ev.c.occurred_at
         amount: ColumnElement[Any] = literal(0.0, Double)
-        conds = [at < window.end]
+        conds = [before(at, window.end)]
         src: Any = ev
         cust = ev.c.customer_id
     else:
@@ -67,11 +67,11 @@ def _source_rows(settings: Settings, scheme: Scheme, window: Window) -> Any:
         at = src.c[o.ordered_at]
         amount = src.c[o.amount]
         cust = src.c[o.customer_id]
-        conds = [at < window.end]
+        conds = [before(at, window.end)]
         if o.status and settings.excluded_statuses:
             conds.append(statuses.counts(src.c[o.status], settings.excluded_statuses))
     if window.start is not None:
-        conds.append(at >= window.start)
+        conds.append(at_or_after(at, window.start))
     return (
         select(cust.label("customer_id"), at.label("at"), amount.label("amount"))
         .select_from(src)
@@ -99,7 +99,7 @@ def metrics_select(settings: Settings, scheme: Scheme, window: Window) -> Select
     )
     final = select(
         cast(metrics.c.customer_id, String).label("customer_id"),
-        days_between(literal(window.as_of, Date), metrics.c.last_at).label("recency_days"),
+        days_between(date_literal(window.as_of), metrics.c.last_at).label("recency_days"),
         cast(metrics.c.frequency, Integer).label("frequency"),
         cast(func.coalesce(metrics.c.monetary, 0.0), Double).label("monetary"),
     ).cte("final")
@@ -210,7 +210,7 @@ def scored_select(metrics: Any, scheme: Scheme, cuts: dict[str, list[float]], as
     ).cte("scored")
     segment = segment_case(scheme, scored) if scheme.is_rules else literal("", String)
     final = select(
-        literal(as_of, Date).label("as_of"),
+        date_literal(as_of).label("as_of"),
         literal(scheme.name, String).label("scheme"),
         scored.c.customer_id,
         scored.c.recency_days,
