@@ -7,7 +7,10 @@ Spark (``CACHE TABLE name AS SELECT``, a cached temporary view), read one row, r
 drop the view. Every Spark or gRPC failure becomes a :class:`WarehouseError` naming the URL.
 
 Sessions run with ``spark.sql.session.timeZone=UTC``: the project's timestamps are UTC, and Spark turns a
-timestamp into a date (``datediff``, ``CAST(… AS DATE)``) in the session's time zone.
+timestamp into a date (``datediff``, ``CAST(… AS DATE)``) in the session's time zone. They also set
+``spark.sql.optimizer.canChangeCachedPlanOutputPartitioning=true``: without it the cached metrics keep the 200
+shuffle partitions of their aggregate, and every later read of them (cut-points, scoring) runs 200 tasks; with
+it adaptive execution coalesces them (a 1M-order segment on ``local[2]``: 45.5 s before, 31.1 s after).
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ class SparkWarehouse:
                     [policy(max_retries=CONNECT_RETRIES, initial_backoff=200, max_backoff=1000)]
                 )
                 session.conf.set("spark.sql.session.timeZone", "UTC")
+                session.conf.set("spark.sql.optimizer.canChangeCachedPlanOutputPartitioning", "true")
         except Exception as exc:  # pyspark raises its own exceptions, ValueError for a bad URL, grpc errors
             if session is not None:
                 cls(url, session).close()
