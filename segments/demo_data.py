@@ -86,41 +86,29 @@ _LAST_NAMES = (
 ).split()
 _DOMAINS = ["example.com", "example.org", "example.net"]
 
-ORDERS_MAPPING = """\
-# Column mapping for: activation ingest orders.parquet --format parquet --mapping mapping.yaml
-kind: orders
-columns:
-  order_id: order_id
-  customer_id: customer_id
-  ordered_at: ordered_at
-  amount: amount
-  status: status
-  coupon_code: coupon_code
-  country: country
-  city: city
-  category: category
-  email: email
-  first_name: first_name
-  unsubscribed: unsubscribed
-source: demo
-"""
+# the columns of a planted order (the demo orders have these and the customer's email, name, consent)
+_PLANTED_COLUMNS = ("order_id", "customer_id", "ordered_at", "amount", "status", "coupon_code", "country",
+                    "city", "category")  # fmt: skip
 
-PLANTED_MAPPING = """\
-# Column mapping for: activation ingest planted_orders.parquet --format parquet --mapping planted_mapping.yaml
-# (the orders `activation demo-data --plant` added for treated members; the source marks them as planted)
-kind: orders
-columns:
-  order_id: order_id
-  customer_id: customer_id
-  ordered_at: ordered_at
-  amount: amount
-  status: status
-  coupon_code: coupon_code
-  country: country
-  city: city
-  category: category
-source: demo planted uplift
-"""
+
+def _orders_mapping(comment: str, columns: tuple[str, ...], source: str) -> str:
+    """A column mapping of ``kind: orders`` that maps each column to itself."""
+    body = "".join(f"  {c}: {c}\n" for c in columns)
+    return f"{comment}kind: orders\ncolumns:\n{body}source: {source}\n"
+
+
+ORDERS_MAPPING = _orders_mapping(
+    "# Column mapping for: activation ingest orders.parquet --format parquet --mapping mapping.yaml\n",
+    (*_PLANTED_COLUMNS, "email", "first_name", "unsubscribed"),
+    "demo",
+)
+
+PLANTED_MAPPING = _orders_mapping(
+    "# Column mapping for: activation ingest planted_orders.parquet --format parquet --mapping planted_mapping.yaml\n"
+    "# (the orders `activation demo-data --plant` added for treated members; the source marks them as planted)\n",
+    _PLANTED_COLUMNS,
+    "demo planted uplift",
+)
 
 TICKETS_MAPPING = """\
 # Column mapping for: activation ingest tickets.csv --format csv --mapping tickets_mapping.yaml
@@ -643,10 +631,6 @@ def plant_uplift(
         if rows:
             conn.execute(insert(orders_table), rows)
     return effects
-
-
-_PLANTED_COLUMNS = ("order_id", "customer_id", "ordered_at", "amount", "status", "coupon_code", "country",
-                    "city", "category")  # fmt: skip
 
 
 def write_planted_orders(engine: Engine, files: DemoDataFiles) -> int:
