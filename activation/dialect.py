@@ -78,7 +78,7 @@ class _OneArg(ColumnElement[Any]):
     inherit_cache = True
     _traverse_internals = [("arg", InternalTraversal.dp_clauseelement)]
 
-    def __init__(self, arg: ColumnElement[Any]) -> None:
+    def __init__(self, arg: ClauseElement) -> None:
         self.arg = arg
 
 
@@ -89,7 +89,7 @@ class _TwoArgs(ColumnElement[Any]):
         ("right", InternalTraversal.dp_clauseelement),
     ]
 
-    def __init__(self, left: ColumnElement[Any], right: ColumnElement[Any]) -> None:
+    def __init__(self, left: ClauseElement, right: ClauseElement) -> None:
         self.left = left
         self.right = right
 
@@ -165,15 +165,16 @@ def days_between(later: Any, earlier: Any) -> ColumnElement[int]:
     PostgreSQL subtract dates; Spark ``datediff(later, earlier)``; BigQuery ``DATE_DIFF(later, earlier, DAY)``;
     Snowflake ``DATEDIFF(day, earlier, later)``; Trino ``date_diff('day', earlier, later)`` (on dates: on
     timestamps Trino counts whole 24-hour periods, not calendar days)."""
-    return DaysBetween(literal_column_or(later), literal_column_or(earlier))
+    return DaysBetween(_expression(later), _expression(earlier))
 
 
-def _as_date_once(expr: ColumnElement[Any]) -> ColumnElement[Any]:
+def _as_date_once(expr: ClauseElement) -> ClauseElement:
     return expr if isinstance(expr, DateLiteral) else as_date(expr)
 
 
-def literal_column_or(value: Any) -> ColumnElement[Any]:
-    return value if isinstance(value, ColumnElement) else literal(value)
+def _expression(value: Any) -> ClauseElement:
+    """An SQL expression as it is (a column, ``text()``), a Python value as a bound literal."""
+    return value if isinstance(value, ClauseElement) else literal(value)
 
 
 @compiles(DaysBetween)
@@ -211,7 +212,7 @@ class HashBucket(_OneArg):
 def hash_bucket(expr: Any, bind: Engine | Connection | None = None) -> ColumnElement[int]:
     """First 32 bits of ``md5(expr)`` as a non-negative integer (same value on every dialect, and as
     ``int(md5(s)[:8], 16)`` in Python). ``bind`` is not needed: the compiler picks each dialect's form."""
-    return HashBucket(literal_column_or(expr))
+    return HashBucket(_expression(expr))
 
 
 @compiles(HashBucket)
