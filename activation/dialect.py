@@ -298,6 +298,20 @@ def _compile_percentiles_spark(element: PercentilesDisc, compiler: Any, **kw: An
     return str(compiler.process(agg, **kw))
 
 
+# How each engine computes exact quantile cut-points (segments/rfm.py builds the statement accordingly):
+# "array": one percentile_disc over an array of probabilities (PostgreSQL, DuckDB, Spark/Databricks);
+# "each": one percentile_disc(p) per cut-point (Snowflake has no array form);
+# "ranked": ROW_NUMBER() OVER (ORDER BY x) and COUNT(x) OVER (), picking row ceil(k*N/n) (BigQuery, Trino and
+# any other engine: their percentile functions are approximate or missing). Approximate quantiles are never used.
+_QUANTILE_FORMS = {"postgresql": "array", "duckdb": "array", SPARK: "array", "snowflake": "each"}
+
+
+def quantile_form(name: str | None) -> str:
+    """``"array"``, ``"each"`` or ``"ranked"``: the exact cut-point form for dialect ``name`` (None: the
+    array form of DuckDB/PostgreSQL)."""
+    return "array" if name is None else _QUANTILE_FORMS.get(name, "ranked")
+
+
 class CreateTempTableAs(Executable, ClauseElement):
     """``CREATE TEMPORARY TABLE <name> AS <select>`` (bound parameters of the select are kept)."""
 

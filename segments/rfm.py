@@ -23,12 +23,19 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, String, and_, case, cast, func, literal, select
+from sqlalchemy import Integer, String, and_, case, cast, func, literal, select, true
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.elements import ColumnElement
 
 from activation import statuses
-from activation.dialect import at_or_after, before, date_literal, days_between, percentiles_disc
+from activation.dialect import (
+    at_or_after,
+    before,
+    date_literal,
+    days_between,
+    percentiles_disc,
+    quantile_form,
+)
 from activation.settings import Settings
 from activation.tables import Double, source_table
 from segments.schemes import LOWER_IS_BETTER, Bins, Scheme
@@ -114,15 +121,28 @@ def cutpoint_probabilities(bins: Bins) -> list[float]:
     return [k / bins.n - 1e-12 for k in range(1, bins.n)]
 
 
-def cutpoints_select(metrics: Any, scheme: Scheme) -> Select[Any]:
-    """One row: per scored metric ``<m>_cuts`` (quantile methods), ``<m>_mean``, ``<m>_min``, ``<m>_max``;
-    plus ``customers``."""
+def cutpoints_select(metrics: Any, scheme: Scheme, dialect_name: str | None = None) -> Select[Any]:
+    """One row: per scored metric the quantile cut-points (``<m>_cuts``, an array, or ``<m>_cut1`` …
+    ``<m>_cut<n-1>``, as :func:`activation.dialect.quantile_form` decides for ``dialect_name``), ``<m>_mean``,
+    ``<m>_min``, ``<m>_max``; plus ``customers``."""
+    form = quantile_form(dialect_name)
     cols: list[Any] = [func.count().label("customers")]
+    joins: list[Any] = []
     for m, bins in sorted(scheme.scores.items()):
         x = metrics.c[METRIC_COLUMNS[m]]
         if bins.method == "quantile":
             order = x.desc() if m in LOWER_IS_BETTER else x
-            cols.append(percentiles_disc(cutpoint_probabilities(bins), order).label(f"{m}_cuts"))
+            if form == "array":
+                cols.append(percentiles_disc(cutpoint_probabilities(bins), order).label(f"{m}_cuts"))
+            elif form == "each":
+                cols += [
+                    func.percentile_disc(literal(p, Double)).within_group(order).label(f"{m}_cut{k}")
+                    for k, p in enumerate(cutpoint_probabilities(bins), 1)
+                ]
+            else:
+                ranked = _ranked_cuts(metrics, m, bins)
+                joins.append(ranked)
+                cols += [func.max(c).label(c.name) for c in ranked.c]
         if bins.method == "fixed":
             edges = bins.edges or []
             for s in range(1, bins.n + 1):
@@ -133,7 +153,34 @@ def cutpoints_select(metrics: Any, scheme: Scheme) -> Select[Any]:
             func.min(x).label(f"{m}_min"),
             func.max(x).label(f"{m}_max"),
         ]
-    return select(*cols).select_from(metrics)
+    source: Any = metrics
+    for j in joins:
+        source = source.join(j, true())
+    return select(*cols).select_from(source)
+
+
+def _ranked_cuts(metrics: Any, m: str, bins: Bins) -> Any:
+    """``<m>_cuts``: one row, the exact cut-points of metric ``m`` without percentile_disc. Cut-point k is the
+    value at position ceil(k·N/n) of the order (descending for recency), i.e. the first position pos with
+    pos·n >= k·N: integer arithmetic, exact for any N (the same row percentile_disc(k/n) picks)."""
+    x = metrics.c[METRIC_COLUMNS[m]]
+    lower = m in LOWER_IS_BETTER
+    ranked = (
+        select(
+            x.label("v"),
+            func.row_number().over(order_by=x.desc() if lower else x).label("pos"),
+            func.count(x).over().label("n"),
+        )
+        .where(x.is_not(None))
+        .subquery(f"{m}_ranked")
+    )
+    pick = func.max if lower else func.min
+    return select(
+        *[
+            pick(case((ranked.c.pos * bins.n >= ranked.c.n * k, ranked.c.v))).label(f"{m}_cut{k}")
+            for k in range(1, bins.n)
+        ]
+    ).subquery(f"{m}_cuts")
 
 
 def _fixed_bin(m: str, edges: list[float], s: int, x: Any) -> ColumnElement[bool]:
@@ -159,7 +206,10 @@ def _fixed_bin(m: str, edges: list[float], s: int, x: Any) -> ColumnElement[bool
 def thresholds(m: str, bins: Bins, stats: dict[str, Any]) -> list[float]:
     """The values a metric is compared with to score it (cut-points, the mean, or fixed edges)."""
     if bins.method == "quantile":
-        return [float(c) for c in stats[f"{m}_cuts"]]
+        cuts = (
+            stats[f"{m}_cuts"] if f"{m}_cuts" in stats else [stats[f"{m}_cut{k}"] for k in range(1, bins.n)]
+        )
+        return [float(c) for c in cuts]
     if bins.method == "mean":
         return [float(stats[f"{m}_mean"])]
     return [float(e) for e in bins.edges or []]
