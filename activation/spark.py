@@ -21,9 +21,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.compiler import compiles
-
 from activation.errors import ConfigError, WarehouseError
 
 #: the scheme of a Spark Connect URL
@@ -38,13 +35,6 @@ URL_FIX = (
     "sc://127.0.0.1:15002) or, for Databricks, sc://WORKSPACE-HOST:443/;token=TOKEN;x-databricks-cluster-id=ID; "
     "and that the server is running"
 )
-
-
-@compiles(postgresql.array, "databricks")
-def _spark_array(element: Any, compiler: Any, **kw: Any) -> str:
-    """``ARRAY[a, b]`` (PostgreSQL's array constructor, used for the cut-point probabilities) as Spark's
-    ``array(a, b)``; the Databricks dialect has no rule of its own for it."""
-    return "array(" + ", ".join(compiler.process(c, **kw) for c in element.clauses) + ")"
 
 
 def is_spark_url(url: str | None) -> bool:

@@ -8,6 +8,7 @@ and runs ``activation`` there with no PYTHONPATH, from an empty folder.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import subprocess
@@ -254,34 +255,49 @@ def test_the_wheel_declares_its_licence_and_ships_the_licence_file(installed: In
     assert not any(n.startswith(("tests/", "bench/", "docs/")) for n in names)
 
 
+def _third_party_imports(tree: ast.AST) -> Iterator[tuple[str, bool]]:
+    """(top-level module, imported at module level) of every absolute import in ``tree``."""
+    deferred: set[int] = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            deferred |= {id(n) for n in ast.walk(fn) if n is not fn}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            yield name.split(".")[0], id(node) not in deferred
+
+
 def test_every_third_party_import_of_the_packages_is_a_declared_dependency() -> None:
-    import ast
+    """A module-level import needs a core dependency; an import inside a function (a warehouse or model that
+    only some users have) may come from an optional extra instead (never from ``dev``)."""
     from importlib.metadata import packages_distributions
 
     from packaging.requirements import Requirement
 
+    def names(reqs: list[str]) -> set[str]:
+        return {Requirement(r).name.lower().replace("_", "-") for r in reqs}
+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {Requirement(r).name.lower().replace("_", "-") for r in project["dependencies"]}
+    core = names(project["dependencies"])
+    extras = names([r for k, rs in project["optional-dependencies"].items() if k != "dev" for r in rs])
     ours = {"activation", "segments", "campaigns", "connectors", "outcomes", "studio", "flows"}
     dists = packages_distributions()
     undeclared: dict[str, str] = {}
     for path in sorted(p for pkg in ours for p in (ROOT / pkg).rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = (
-                [a.name for a in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module]
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level
-                else []
-            )
-            for name in names:
-                top = name.split(".")[0]
-                if top in ours or top in sys.stdlib_module_names:
-                    continue
-                provided = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
-                if not provided & declared:
-                    undeclared[top] = str(path.relative_to(ROOT))
-    assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"
+        for top, at_module_level in _third_party_imports(ast.parse(path.read_text())):
+            if top in ours or top in sys.stdlib_module_names:
+                continue
+            provided = {d.lower().replace("_", "-") for d in dists.get(top, [top])}
+            allowed = core if at_module_level else core | extras
+            if not provided & allowed:
+                where = "module level, needs a core dependency" if at_module_level else "no extra provides it"
+                undeclared[top] = f"{path.relative_to(ROOT)} ({where})"
+    assert not undeclared, f"imported but not declared in pyproject: {undeclared}"
 
 
 def _clash_env(tmp_path: Path, name: str) -> dict[str, str]:
