@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from bench_segment import AS_OF, FLOOR_SQL, measure, orders_select
-from spark_server import SparkServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.spark_server
+from tests.spark_server import SparkServer
 
 LOOKBACK_DAYS = 730
 

@@ -1,8 +1,10 @@
-"""A local Spark Connect server for the benchmarks: started on 127.0.0.1 with ``local[N]``, stopped for good.
+"""A local Spark Connect server, for the tests and the benchmarks: started on 127.0.0.1 with ``local[N]``, stopped
+for good.
 
 The server is the ``pyspark`` wheel's own ``sbin/start-connect-server.sh`` run in the foreground
 (``SPARK_NO_DAEMONIZE=1``) in a process group of its own, so stopping it kills the JVM and nothing else.
 Its warehouse directory, Derby home, logs and scratch space live in a temporary directory removed on stop.
+No side effects on import (the benchmarks import it too).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +38,13 @@ def _sbin() -> Path:
 class SparkServer:
     """``with SparkServer(cores=2, memory="4g") as server: spark = server.session()``."""
 
-    def __init__(self, cores: int, memory: str, conf: dict[str, str] | None = None) -> None:
+    def __init__(self, cores: int, memory: str = "1g", conf: dict[str, str] | None = None) -> None:
         self.cores = cores
         self.memory = memory
         self.conf = dict(conf or {})
         self.port = _free_port()
         self.url = f"sc://127.0.0.1:{self.port}"
-        self.home = Path(tempfile.mkdtemp(prefix="bench-spark-"))
+        self.home = Path(tempfile.mkdtemp(prefix="rfm-activation-spark-"))
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_s = 0.0
         self._session: Any = None
@@ -71,6 +74,7 @@ class SparkServer:
             "SPARK_NO_DAEMONIZE": "1",
             "SPARK_LOG_DIR": str(self.home / "logs"),
             "SPARK_PID_DIR": str(self.home),
+            "SPARK_LOCAL_IP": "127.0.0.1",
         }
         t0 = time.perf_counter()
         with open(self.home / "server.log", "wb") as log:
@@ -98,7 +102,9 @@ class SparkServer:
             except OSError:
                 time.sleep(0.5)
                 continue
-            self.session().sql("SELECT 1").collect()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pyspark warns about pandas 3 on first use
+                self.session().sql("SELECT 1").collect()
             return
         raise RuntimeError(
             f"the Spark Connect server did not answer on {self.url} in {START_TIMEOUT_S:.0f} s"
@@ -106,9 +112,11 @@ class SparkServer:
 
     def session(self) -> Any:
         if self._session is None:
-            from pyspark.sql import SparkSession
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pyspark warns about pandas 3 on import
+                from pyspark.sql import SparkSession
 
-            self._session = SparkSession.builder.remote(self.url).getOrCreate()
+                self._session = SparkSession.builder.remote(self.url).getOrCreate()
         return self._session
 
     def stop(self) -> None:
