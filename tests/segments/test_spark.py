@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import column as sa_column
 from sqlalchemy import select
+from sqlalchemy import table as sa_table
 from sqlalchemy.engine import Engine
 
 from activation.errors import ConfigError, WarehouseError
 from activation.settings import OrdersSource, Settings
 from activation.tables import rfm_snapshots, snapshot_runs
 from activation.warehouse import dispose_engines, get_engine, spark_warehouse
+from segments import rfm
 from segments.demo_data import generate
 from segments.ingest import ingest_file
 from segments.schemes import list_schemes, load_scheme
@@ -152,6 +155,38 @@ def test_spark_snapshot_into_a_postgresql_state_store(
     finally:
         dispose_engines()
         drop_postgres_database(state_url)
+
+
+@pytest.mark.spark
+def test_the_cut_points_and_the_scoring_read_the_cached_metrics(
+    spark_url: str,  # noqa: F811
+    duck_settings: Settings,
+) -> None:
+    """Spark reuses a cached view only where the plan matches it: a ``WITH`` clause over the view did not, and
+    the scoring recomputed the metrics from the orders (a second full aggregate, unseen in the results)."""
+    _tied_orders(duck_settings, Path())
+    table = _copy_to_spark(spark_url, duck_settings, events=False)
+    spark = _spark_settings(duck_settings, spark_url, "duckdb://", table)
+    scheme = load_scheme("rfm11", spark)
+    warehouse = spark_warehouse(spark)
+    assert warehouse is not None
+    metrics = sa_table(
+        "cached_metrics", *(sa_column(c) for c in rfm.METRIC_COLUMNS.values()), sa_column("customer_id")
+    )
+    window = rfm.Window.of(AS_OF, 365)
+
+    def plan(statement: Any) -> str:
+        return str(warehouse.one(f"EXPLAIN {warehouse.compile(statement)}")["plan"])
+
+    with warehouse.cached("cached_metrics", rfm.metrics_select(spark, scheme, window)):
+        stats = warehouse.one(rfm.cutpoints_select(metrics, scheme, "databricks"))
+        cuts = {m: rfm.thresholds(m, bins, stats) for m, bins in scheme.scores.items()}
+        for statement in (
+            rfm.cutpoints_select(metrics, scheme, "databricks"),
+            rfm.scored_select(metrics, scheme, cuts, AS_OF),
+        ):
+            text = plan(statement)
+            assert "Scan In-memory table cached_metrics" in text, text
 
 
 @pytest.mark.spark

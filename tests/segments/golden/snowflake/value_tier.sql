@@ -14,12 +14,7 @@ FROM final;
 SELECT count(*) AS customers, percentile_disc(0.33333333333233334) WITHIN GROUP (ORDER BY rfm_metrics.monetary) AS m_cut1, percentile_disc(0.6666666666656667) WITHIN GROUP (ORDER BY rfm_metrics.monetary) AS m_cut2, CAST(avg(rfm_metrics.monetary) AS FLOAT) AS m_mean, min(rfm_metrics.monetary) AS m_min, max(rfm_metrics.monetary) AS m_max 
 FROM rfm_metrics;
 
-WITH scored AS 
-(SELECT rfm_metrics.customer_id AS customer_id, rfm_metrics.recency_days AS recency_days, rfm_metrics.frequency AS frequency, rfm_metrics.monetary AS monetary, 0 AS r_score, 0 AS f_score, CAST(1 + CASE WHEN (rfm_metrics.monetary > 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1234.8678) THEN 1 ELSE 0 END AS INTEGER) AS m_score 
-FROM rfm_metrics), 
-final AS 
-(SELECT DATE '2024-06-30' AS as_of, 'value_tier' AS scheme, scored.customer_id AS customer_id, scored.recency_days AS recency_days, scored.frequency AS frequency, scored.monetary AS monetary, scored.r_score AS r_score, scored.f_score AS f_score, scored.m_score AS m_score, CASE WHEN (scored.m_score BETWEEN 3 AND 3) THEN 'High' WHEN (scored.m_score BETWEEN 2 AND 2) THEN 'Mid' WHEN (scored.m_score BETWEEN 1 AND 1) THEN 'Low' ELSE '' END AS segment 
-FROM scored)
- SELECT final.as_of, final.scheme, final.customer_id, final.recency_days, final.frequency, final.monetary, final.r_score, final.f_score, final.m_score, final.segment 
-FROM final;
+SELECT DATE '2024-06-30' AS as_of, 'value_tier' AS scheme, scored.customer_id, scored.recency_days, scored.frequency, scored.monetary, scored.r_score, scored.f_score, scored.m_score, CASE WHEN (scored.m_score BETWEEN 3 AND 3) THEN 'High' WHEN (scored.m_score BETWEEN 2 AND 2) THEN 'Mid' WHEN (scored.m_score BETWEEN 1 AND 1) THEN 'Low' ELSE '' END AS segment 
+FROM (SELECT rfm_metrics.customer_id AS customer_id, rfm_metrics.recency_days AS recency_days, rfm_metrics.frequency AS frequency, rfm_metrics.monetary AS monetary, 0 AS r_score, 0 AS f_score, CAST(1 + CASE WHEN (rfm_metrics.monetary > 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1234.8678) THEN 1 ELSE 0 END AS INTEGER) AS m_score 
+FROM rfm_metrics) AS scored;
 

@@ -23,12 +23,7 @@ FROM (SELECT rfm_metrics.recency_days AS v, row_number() OVER (ORDER BY rfm_metr
 FROM rfm_metrics 
 WHERE rfm_metrics.recency_days IS NOT NULL) AS r_ranked) AS r_cuts ON true;
 
-WITH scored AS 
-(SELECT rfm_metrics.customer_id AS customer_id, rfm_metrics.recency_days AS recency_days, rfm_metrics.frequency AS frequency, rfm_metrics.monetary AS monetary, CAST(1 + CASE WHEN (rfm_metrics.recency_days < 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.recency_days < 1234.8678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.recency_days < 1235.0678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.recency_days < 1235.2678) THEN 1 ELSE 0 END AS INTEGER) AS r_score, CAST(1 + CASE WHEN (rfm_metrics.frequency > 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.frequency > 1234.8678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.frequency > 1235.0678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.frequency > 1235.2678) THEN 1 ELSE 0 END AS INTEGER) AS f_score, CAST(1 + CASE WHEN (rfm_metrics.monetary > 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1234.8678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1235.0678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1235.2678) THEN 1 ELSE 0 END AS INTEGER) AS m_score 
-FROM rfm_metrics), 
-final AS 
-(SELECT DATE '2024-06-30' AS as_of, 'clv_tier' AS scheme, scored.customer_id AS customer_id, scored.recency_days AS recency_days, scored.frequency AS frequency, scored.monetary AS monetary, scored.r_score AS r_score, scored.f_score AS f_score, scored.m_score AS m_score, '' AS segment 
-FROM scored)
- SELECT final.as_of, final.scheme, final.customer_id, final.recency_days, final.frequency, final.monetary, final.r_score, final.f_score, final.m_score, final.segment 
-FROM final;
+SELECT DATE '2024-06-30' AS as_of, 'clv_tier' AS scheme, scored.customer_id, scored.recency_days, scored.frequency, scored.monetary, scored.r_score, scored.f_score, scored.m_score, '' AS segment 
+FROM (SELECT rfm_metrics.customer_id AS customer_id, rfm_metrics.recency_days AS recency_days, rfm_metrics.frequency AS frequency, rfm_metrics.monetary AS monetary, CAST(1 + CASE WHEN (rfm_metrics.recency_days < 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.recency_days < 1234.8678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.recency_days < 1235.0678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.recency_days < 1235.2678) THEN 1 ELSE 0 END AS INTEGER) AS r_score, CAST(1 + CASE WHEN (rfm_metrics.frequency > 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.frequency > 1234.8678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.frequency > 1235.0678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.frequency > 1235.2678) THEN 1 ELSE 0 END AS INTEGER) AS f_score, CAST(1 + CASE WHEN (rfm_metrics.monetary > 1234.6678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1234.8678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1235.0678) THEN 1 ELSE 0 END + CASE WHEN (rfm_metrics.monetary > 1235.2678) THEN 1 ELSE 0 END AS INTEGER) AS m_score 
+FROM rfm_metrics) AS scored;
 

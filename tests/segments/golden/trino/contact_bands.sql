@@ -14,12 +14,7 @@ FROM final;
 SELECT count(*) AS customers, sum(CASE WHEN (rfm_metrics.frequency < 2.0) THEN 1 ELSE 0 END) AS f_bin1, sum(CASE WHEN (rfm_metrics.frequency >= 2.0 AND rfm_metrics.frequency < 4.0) THEN 1 ELSE 0 END) AS f_bin2, sum(CASE WHEN (rfm_metrics.frequency >= 4.0) THEN 1 ELSE 0 END) AS f_bin3, CAST(avg(rfm_metrics.frequency) AS DOUBLE) AS f_mean, min(rfm_metrics.frequency) AS f_min, max(rfm_metrics.frequency) AS f_max 
 FROM rfm_metrics;
 
-WITH scored AS 
-(SELECT rfm_metrics.customer_id AS customer_id, rfm_metrics.recency_days AS recency_days, rfm_metrics.frequency AS frequency, rfm_metrics.monetary AS monetary, 0 AS r_score, CAST(1 + CASE WHEN (rfm_metrics.frequency >= 2.5) THEN 1 ELSE 0 END AS INTEGER) AS f_score, 0 AS m_score 
-FROM rfm_metrics), 
-final AS 
-(SELECT DATE '2024-06-30' AS as_of, 'contact_bands' AS scheme, scored.customer_id AS customer_id, scored.recency_days AS recency_days, scored.frequency AS frequency, scored.monetary AS monetary, scored.r_score AS r_score, scored.f_score AS f_score, scored.m_score AS m_score, CASE WHEN (scored.f_score BETWEEN 3 AND 3) THEN '4+ contacts' WHEN (scored.f_score BETWEEN 2 AND 2) THEN '2-3 contacts' WHEN (scored.f_score BETWEEN 1 AND 1) THEN '1 contact' ELSE '' END AS segment 
-FROM scored)
- SELECT final.as_of, final.scheme, final.customer_id, final.recency_days, final.frequency, final.monetary, final.r_score, final.f_score, final.m_score, final.segment 
-FROM final;
+SELECT DATE '2024-06-30' AS as_of, 'contact_bands' AS scheme, scored.customer_id, scored.recency_days, scored.frequency, scored.monetary, scored.r_score, scored.f_score, scored.m_score, CASE WHEN (scored.f_score BETWEEN 3 AND 3) THEN '4+ contacts' WHEN (scored.f_score BETWEEN 2 AND 2) THEN '2-3 contacts' WHEN (scored.f_score BETWEEN 1 AND 1) THEN '1 contact' ELSE '' END AS segment 
+FROM (SELECT rfm_metrics.customer_id AS customer_id, rfm_metrics.recency_days AS recency_days, rfm_metrics.frequency AS frequency, rfm_metrics.monetary AS monetary, 0 AS r_score, CAST(1 + CASE WHEN (rfm_metrics.frequency >= 2.5) THEN 1 ELSE 0 END AS INTEGER) AS f_score, 0 AS m_score 
+FROM rfm_metrics) AS scored;
 
