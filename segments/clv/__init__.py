@@ -2,7 +2,9 @@
 
 * :mod:`~segments.clv.features` — features as of a date, one SQL statement in the warehouse;
 * :mod:`~segments.clv.btyd` — BG/NBD + Gamma-Gamma on :mod:`scipy.optimize`;
-* :mod:`~segments.clv.model` — the predictors (BTYD, gradient boosting, the stack of both) and storage;
+* :mod:`~segments.clv.season` — the shop's seasonal index and BG/NBD inputs in seasonal time;
+* :mod:`~segments.clv.model` — the predictors (BTYD in days or seasonal time, gradient boosting correcting
+  it, the blend of both) and storage;
 * :mod:`~segments.clv.fit` — ``clv fit``: windows, time-based choice, backtest, the stored model;
 * :mod:`~segments.clv.metrics` — backtest metrics and calibration;
 * :mod:`~segments.clv.store`, :mod:`~segments.clv.export`, :mod:`~segments.clv.scheme` — using a stored

@@ -5,9 +5,11 @@ For a cut-off ``T`` and horizon ``h`` the training windows are ``L = min(h, (T �
 long, so any horizon up to the data's remaining span works: features as of ``T − L`` → spend in
 ``(T − L, T]``, stacked with ``T − 2L``, ``T − 3L``, ``T − 4L`` as far as the data reaches. BG/NBD +
 Gamma-Gamma is fitted afresh as of each window's date (it never sees the window's target). The choice
-between ``btyd``, ``gbm`` and ``blend`` (see :mod:`segments.clv.model`) is the lowest RMSE on the latest
-window (at most 200,000 of its customers), trained on the older ones; the regressor is then refitted on
-every window (at most 100,000 stacked rows). Nothing after ``T`` is seen.
+between ``btyd``, ``seasonal``, ``gbm`` and ``blend`` (see :mod:`segments.clv.model`) is made on the latest
+window (at most 200,000 of its customers), the regressor trained on the older ones and the seasonal index
+taken from the orders up to the window's date: BTYD is kept unless another predictor beats its squared
+error in at least 95 % of paired bootstrap resamples, and of those that do the lowest RMSE wins. The
+regressor is then refitted on every window (at most 100,000 stacked rows). Nothing after ``T`` is seen.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from activation.errors import InputError
 from activation.settings import Settings
 from activation.warehouse import transaction
 from segments.clv import model as m
+from segments.clv import season
 from segments.clv.features import FEATURES, data_range, load_features
 from segments.clv.metrics import beats, calibration, evaluate, rfm11_segments
 
@@ -38,6 +41,10 @@ MIN_TRAIN_CUSTOMERS = 50
 TRAIN_WINDOWS = 4
 #: The baselines the model must beat (on RMSE, Spearman and top-decile capture) for ``beats_baselines``.
 BASELINES: tuple[str, ...] = ("btyd", "last_period_spend", "rfm11_segment_mean")
+#: A predictor other than BTYD is chosen only when it beats BTYD's squared error on the validation window in
+#: at least this share of paired bootstrap resamples (a one-sided test at 5 %: a lead within noise keeps BTYD).
+CHOICE_CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 200
 
 
 @dataclass
@@ -122,24 +129,80 @@ def load_window(engine: Engine, settings: Settings, as_of: date, window: int, ta
     return Window(as_of, features, params, m.btyd_expectations(params, features, window))
 
 
-def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray]:
-    return np.vstack([w.x for w in windows]), np.concatenate([w.target for w in windows])
+def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The windows' design rows, targets and offsets; each window's offset (its BTYD expected spend) is
+    scaled to that window's actual total, so the regressor learns who spends more or less than BTYD says,
+    not how the shop's level moved between the windows (that is the base expectation's job)."""
+    offsets = [w.offset * (w.target.sum() / max(float(w.offset.sum()), m.MIN_OFFSET)) for w in windows]
+    return (
+        np.vstack([w.x for w in windows]),
+        np.concatenate([w.target for w in windows]),
+        np.concatenate(offsets),
+    )
 
 
-def choose(windows: list[Window]) -> tuple[str, dict[str, Any] | None, HistGradientBoostingRegressor]:
-    """The predictor with the lowest RMSE on the latest window when trained on the older ones (``blend``
-    when there is only one window), its validation scores, and the regressor refitted on every window."""
+def paired_confidence(target: np.ndarray, base: np.ndarray, *others: np.ndarray) -> list[float]:
+    """Per predictor in ``others``: the share of :data:`BOOTSTRAP_RESAMPLES` paired bootstrap resamples of
+    the customers (fixed seed, the same resamples for every predictor) in which it has a lower mean squared
+    error than ``base``."""
+    gain = np.column_stack([(base - target) ** 2 - (o - target) ** 2 for o in others])
+    rng = np.random.default_rng(m.SEED)
+    wins = np.zeros(len(others))
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        wins += gain[rng.integers(0, len(gain), len(gain))].mean(axis=0) > 0.0
+    return [float(w) / BOOTSTRAP_RESAMPLES for w in wins]
+
+
+def _validation_predictions(
+    windows: list[Window], daily: pd.Series, window_days: int, rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every predictor's expected spend on the latest window (its rows ``rows``): the regressor trained on
+    the older windows, the seasonal index from the orders up to the window's date (no ``seasonal`` without
+    one; ``gbm`` and ``blend`` correct the seasonal expectation when there is one, else BTYD's)."""
+    valid = windows[0]
+    preds = {"btyd": valid.offset[rows]}
+    index = season.profile(daily, valid.as_of)
+    if index is not None:
+        params = m.fit_seasonal(valid.features, valid.as_of, index, valid.btyd_params["gamma_gamma"])
+        feats = valid.features.iloc[rows]
+        preds["seasonal"] = m.seasonal_expectations(params, feats, valid.as_of, index, window_days)[
+            "btyd_spend"
+        ].to_numpy()
+    base = preds.get("seasonal", preds["btyd"])
+    gbm = m.gbm_spend(m.fit_gbm(*_stacked(windows[1:])), valid.x[rows], base)
+    return preds | {choice: m.combine(choice, gbm, base) for choice in ("gbm", "blend")}
+
+
+def choose(
+    windows: list[Window], daily: pd.Series, window_days: int
+) -> tuple[str, dict[str, Any] | None, HistGradientBoostingRegressor]:
+    """The predictor for the model, its validation scores, and the regressor refitted on every window.
+
+    Validation: trained on the older windows, scored on the latest one (at most 200,000 of its customers).
+    BTYD stays the choice unless another predictor has a lower squared error than it in at least
+    :data:`CHOICE_CONFIDENCE` of paired bootstrap resamples of the validation customers; of those that do,
+    the lowest RMSE wins. With one window there is nothing to validate on, and BTYD is kept."""
     final = m.fit_gbm(*_stacked(windows))
     if len(windows) < 2:
-        return "blend", None, final
-    est = m.fit_gbm(*_stacked(windows[1:]))
+        return "btyd", None, final
     valid = windows[0]
     rows = m.sample_rows(len(valid.features), m.MAX_VALIDATION_ROWS)
-    target, offset = valid.target[rows], valid.offset[rows]
-    gbm = m.gbm_spend(est, valid.x[rows], offset, offset)
-    scores = {choice: evaluate(target, m.combine(choice, gbm, offset)) for choice in m.CHOICES}
-    best = min(m.CHOICES, key=lambda c: (scores[c]["rmse"], m.CHOICES.index(c)))
-    return best, {"validation_as_of": valid.as_of.isoformat(), "scores": scores, "chosen": best}, final
+    target = valid.target[rows]
+    preds = _validation_predictions(windows, daily, window_days, rows)
+    scores = {choice: evaluate(target, p) for choice, p in preds.items()}
+    others = [c for c in preds if c != "btyd"]
+    shares = paired_confidence(target, preds["btyd"], *(preds[c] for c in others))
+    confidence = dict(zip(others, shares, strict=True))
+    eligible = ["btyd", *(c for c, share in confidence.items() if share >= CHOICE_CONFIDENCE)]
+    best = min(eligible, key=lambda c: (scores[c]["rmse"], m.CHOICES.index(c)))
+    cv = {
+        "validation_as_of": valid.as_of.isoformat(),
+        "seasonal_base": "seasonal" in preds,
+        "scores": scores,
+        "confidence_vs_btyd": confidence,
+        "chosen": best,
+    }
+    return best, cv, final
 
 
 def _baselines(settings: Settings, train: Window, test: pd.DataFrame, scale: float) -> dict[str, np.ndarray]:
@@ -155,10 +218,15 @@ def _baselines(settings: Settings, train: Window, test: pd.DataFrame, scale: flo
 
 
 def backtest(
-    settings: Settings, fitted: m.ProjectModel, train: Window, test: pd.DataFrame, horizon_days: int
+    settings: Settings,
+    fitted: m.ProjectModel,
+    train: Window,
+    test: pd.DataFrame,
+    horizon_days: int,
+    train_until: date,
 ) -> dict[str, Any]:
     """The model, BTYD alone and the naive baselines on the period after the cut-off, and calibration."""
-    pred = fitted.predict(test, horizon_days)
+    pred = fitted.predict(test, horizon_days, train_until)
     actual = test["target"].to_numpy(dtype=np.float64)
     spend = pred["predicted_spend"].to_numpy()
     predictions = {"model": spend, "btyd": pred["btyd_spend"].to_numpy()}
@@ -201,6 +269,26 @@ def _store(
         conn.execute(t.clv_models.insert().values(**row))
 
 
+def _final_model(
+    choice: str,
+    test: pd.DataFrame,
+    daily: pd.Series,
+    train_until: date,
+    gbm: HistGradientBoostingRegressor | None,
+    window: int,
+    seasonal: bool,
+) -> m.ProjectModel:
+    """The model as of the cut-off: BTYD fitted on every customer then, and when ``seasonal`` (the choice is
+    ``seasonal``, or a regressor validated on the seasonal base) the index and BG/NBD in seasonal time as of
+    then."""
+    params = m.fit_btyd(test)
+    index = season.profile(daily, train_until) if seasonal else None
+    if index is None:
+        return m.ProjectModel("btyd" if choice == "seasonal" else choice, params, gbm, window)
+    warped = m.fit_seasonal(test, train_until, index, params["gamma_gamma"])
+    return m.ProjectModel(choice, params, gbm, window, index, warped)
+
+
 def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days: int) -> ClvFitResult:
     """Fit on the windows before ``T``, backtest on ``(T, T + h]``, store in ``clv_models`` (replacing a
     model with the same cut-off and horizon).
@@ -212,17 +300,19 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
     started = time.perf_counter()
     window, dates = plan_windows(data_range(engine, settings), train_until, horizon_days)
     windows = [load_window(engine, settings, d, window, window) for d in dates]
+    daily = season.daily_spend(engine, settings, train_until)
     if len(windows[0].features) < MIN_TRAIN_CUSTOMERS:
         raise InputError(
             f"clv fit: only {len(windows[0].features)} customers have orders on or before {dates[0]}; at "
             f"least {MIN_TRAIN_CUSTOMERS} are needed to fit",
             fix="use a later --train-until or a shorter --horizon-days",
         )
-    choice, cv, regressor = choose(windows)
-    gbm = None if choice == "btyd" else regressor
+    choice, cv, regressor = choose(windows, daily, window)
+    gbm = regressor if choice in ("gbm", "blend") else None
     test = load_features(engine, settings, train_until, window, horizon_days)
-    fitted = m.ProjectModel(choice, m.fit_btyd(test), gbm, window)
-    scores = backtest(settings, fitted, windows[0], test, horizon_days)
+    seasonal = choice != "btyd" and cv is not None and bool(cv["seasonal_base"])
+    fitted = _final_model(choice, test, daily, train_until, gbm, window, seasonal)
+    scores = backtest(settings, fitted, windows[0], test, horizon_days, train_until)
     metrics: dict[str, Any] = {
         "backtest": {
             "features_as_of": train_until.isoformat(),
@@ -249,6 +339,9 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
         "hyperparameters": m.HYPERPARAMETERS,
         "btyd": fitted.btyd_params,
         "gbm": None if gbm is None else m.dump_gbm(gbm),
+        "season": None
+        if fitted.seasonal_params is None
+        else {"index": season.to_json(fitted.season_index), "btyd": fitted.seasonal_params},
     }
     model_id = model_id_for(train_until, horizon_days)
     _store(engine, model_id, train_until, horizon_days, params, metrics)

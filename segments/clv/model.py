@@ -1,13 +1,17 @@
-"""The CLV model: BG/NBD + Gamma-Gamma expectations, and gradient boosting that uses them.
+"""The CLV model: BG/NBD + Gamma-Gamma expectations, in days or in seasonal time, and gradient boosting
+that corrects them.
 
-Three predictors of the spend in the next ``h`` days, all from features as of the prediction date:
+Four predictors of the spend in the next ``h`` days, all from features as of the prediction date:
 
-* ``btyd``: E[orders in h days] (BG/NBD) × E[order value] (Gamma-Gamma);
+* ``btyd``: E[orders in h days] (BG/NBD) × E[order value] (Gamma-Gamma), stationary;
+* ``seasonal``: the same with BG/NBD fitted and evaluated in the shop's seasonal time
+  (:mod:`segments.clv.season`): recency, age and horizon measured in demand units instead of days;
 * ``gbm``: a Poisson ``HistGradientBoostingRegressor`` on the RFM features plus the BTYD expectations over
-  the training windows' length ``L`` (expected orders, expected spend, P(alive)), its target the spend over
-  ``L`` days; for a horizon longer than ``L`` it is scaled per customer by the BTYD ratio
-  E[spend in h] / E[spend in L], so it carries to any horizon the way BG/NBD does;
-* ``blend``: the mean of the two.
+  the training windows' length ``L`` (expected orders, expected spend, P(alive)), fitted on the spend over
+  ``L`` days relative to the BTYD expectation (an offset), so it learns a per-customer multiplicative
+  correction; it multiplies the base expectation over the horizon (the seasonal one when the model has a
+  seasonal index, else the stationary one);
+* ``blend``: the mean of ``gbm`` and its base.
 
 Storage: the BTYD parameters are plain JSON; the regressor is written with ``skops.io`` (a documented,
 non-pickle format whose loader only builds allowed types) and base64 inside the model's JSON, with the
@@ -20,6 +24,7 @@ from __future__ import annotations
 import base64
 import zipfile
 from dataclasses import dataclass
+from datetime import date
 from importlib.metadata import version
 from typing import Any
 
@@ -31,13 +36,13 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
 from activation.errors import NotFoundError
-from segments.clv import btyd
+from segments.clv import btyd, season
 from segments.clv.features import FEATURES, btyd_inputs
 
 Array = NDArray[np.float64]
 MODEL_KIND = "btyd_gbm"
-FORMAT = 2
-CHOICES: tuple[str, ...] = ("btyd", "gbm", "blend")
+FORMAT = 3
+CHOICES: tuple[str, ...] = ("btyd", "seasonal", "gbm", "blend")
 BTYD_FEATURES: tuple[str, ...] = ("btyd_orders", "btyd_spend", "p_alive")
 SEED = 20240614
 HYPERPARAMETERS: dict[str, Any] = {
@@ -82,17 +87,43 @@ def fit_btyd(features: pd.DataFrame) -> dict[str, Any]:
 def btyd_expectations(params: dict[str, Any], features: pd.DataFrame, days: int) -> pd.DataFrame:
     """Per customer: expected orders and spend in the next ``days``, P(alive), P(buying at all)."""
     x, t_x, big_t, m = btyd_inputs(features)
+    return _expectations(params, (x, t_x, big_t, m), float(days), features.index)
+
+
+def _expectations(
+    params: dict[str, Any], inputs: tuple[Array, Array, Array, Array], days: float, index: pd.Index
+) -> pd.DataFrame:
+    x, t_x, big_t, m = inputs
     bg, gg = params["bgnbd"]["params"], params["gamma_gamma"]["params"]
-    orders = btyd.expected_purchases(bg, float(days), x, t_x, big_t)
+    orders = btyd.expected_purchases(bg, days, x, t_x, big_t)
     return pd.DataFrame(
         {
             "btyd_orders": orders,
             "btyd_spend": orders * btyd.expected_order_value(gg, x + 1.0, m),
             "p_alive": btyd.p_alive(bg, x, t_x, big_t),
-            "p_buy": btyd.p_purchase(bg, float(days), x, t_x, big_t),
+            "p_buy": btyd.p_purchase(bg, days, x, t_x, big_t),
         },
-        index=features.index,
+        index=index,
     )
+
+
+def fit_seasonal(
+    features: pd.DataFrame, as_of: date, index: Array, gamma_gamma: dict[str, Any]
+) -> dict[str, Any]:
+    """BG/NBD in seasonal time (:mod:`segments.clv.season`) on the customers :func:`fit_btyd` uses, with
+    its Gamma-Gamma fit (order values do not depend on the clock)."""
+    x, t_x, big_t, _, _ = season.warped_inputs(features, as_of, index, 0)
+    rows = sample_rows(len(x), MAX_BTYD_CUSTOMERS)
+    return {"bgnbd": btyd.fit_bgnbd(x[rows], t_x[rows], big_t[rows]).to_json(), "gamma_gamma": gamma_gamma}
+
+
+def seasonal_expectations(
+    params: dict[str, Any], features: pd.DataFrame, as_of: date, index: Array, days: int
+) -> pd.DataFrame:
+    """:func:`btyd_expectations` of BG/NBD in seasonal time: the next ``days`` after ``as_of`` as long as
+    the shop's demand in them makes them."""
+    x, t_x, big_t, m, horizon = season.warped_inputs(features, as_of, index, days)
+    return _expectations(params, (x, t_x, big_t, m), horizon, features.index)
 
 
 def design(features: pd.DataFrame, expectations: pd.DataFrame) -> Array:
@@ -113,37 +144,31 @@ def regressor_rows(n: int) -> NDArray[np.intp]:
     return sample_rows(n, MAX_REGRESSOR_ROWS)
 
 
-def fit_gbm(x: Array, target: Array) -> HistGradientBoostingRegressor:
-    """The Poisson regressor of the spend over the training windows' length, on :func:`regressor_rows`
-    (single-threaded: at that size OpenMP costs more than it saves, above all on a shared machine)."""
+def fit_gbm(x: Array, target: Array, offset: Array) -> HistGradientBoostingRegressor:
+    """The Poisson regressor of the spend relative to ``offset`` (a BTYD expectation over the same days), on
+    :func:`regressor_rows`: fitted on ``target / offset`` with weight ``offset``, which is the Poisson
+    likelihood of ``target`` with mean ``offset × f(x)``, so it learns a multiplicative correction of BTYD
+    (1 where the features say nothing BTYD did not). Single-threaded: at that size OpenMP costs more than
+    it saves, above all on a shared machine."""
     rows = regressor_rows(len(x))
+    base = np.maximum(offset[rows], MIN_OFFSET)
     with threadpool_limits(1):
-        return HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(x[rows], target[rows])
+        return HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(
+            x[rows], target[rows] / base, sample_weight=base
+        )
 
 
-def gbm_spend(est: HistGradientBoostingRegressor, x: Array, btyd_horizon: Array, btyd_window: Array) -> Array:
-    """The regressor's expected spend over the horizon: its prediction over the windows' length, scaled per
-    customer by the BTYD ratio E[spend in h] / E[spend in L]."""
+def gbm_spend(est: HistGradientBoostingRegressor, x: Array, base: Array) -> Array:
+    """The regressor's expected spend over the horizon: its correction times the ``base`` expectation."""
     with threadpool_limits(1 if len(x) < 200_000 else None):
         raw = np.asarray(est.predict(x), dtype=np.float64)
-    return np.asarray(raw * (btyd_horizon / np.maximum(btyd_window, MIN_OFFSET)), dtype=np.float64)
+    return np.asarray(raw * base, dtype=np.float64)
 
 
-def combine(choice: str, gbm: Array, btyd_horizon: Array) -> Array:
-    """The expected spend of ``choice`` from the regressor's (:func:`gbm_spend`) and BTYD's."""
-    if choice == "btyd":
-        return np.asarray(btyd_horizon, dtype=np.float64)
-    return gbm if choice == "gbm" else (gbm + btyd_horizon) / 2.0
-
-
-def predict_spend(
-    choice: str, est: HistGradientBoostingRegressor | None, x: Array, btyd_horizon: Array, btyd_window: Array
-) -> Array:
-    """Expected spend of ``choice`` over the horizon; ``btyd_horizon`` and ``btyd_window`` are the BTYD
-    expected spend over the horizon and over the training windows' length (equal when they are)."""
-    if choice == "btyd" or est is None:
-        return np.asarray(btyd_horizon, dtype=np.float64)
-    return combine(choice, gbm_spend(est, x, btyd_horizon, btyd_window), btyd_horizon)
+def combine(choice: str, gbm: Array, base: Array) -> Array:
+    """The expected spend of ``choice`` (``gbm`` or ``blend``) from the regressor's (:func:`gbm_spend`) and
+    the base expectation it corrects."""
+    return gbm if choice == "gbm" else (gbm + base) / 2.0
 
 
 # --- storage -------------------------------------------------------------------------------------
@@ -206,36 +231,45 @@ def check_format(params: dict[str, Any], kind: str, model_id: str, refit: str) -
 
 @dataclass
 class ProjectModel:
-    """A fitted model ready to predict: its choice, BTYD parameters, regressor and feature window."""
+    """A fitted model ready to predict: its choice, BTYD parameters, regressor and feature window, and for
+    the ``seasonal`` choice the seasonal index and BG/NBD fitted in seasonal time."""
 
     choice: str
     btyd_params: dict[str, Any]
     gbm: HistGradientBoostingRegressor | None
     window_days: int
+    season_index: Array | None = None
+    seasonal_params: dict[str, Any] | None = None
 
-    def predict(self, features: pd.DataFrame, horizon_days: int) -> pd.DataFrame:
+    @property
+    def seasonal(self) -> bool:
+        return self.season_index is not None and self.seasonal_params is not None
+
+    def base(self, features: pd.DataFrame, horizon_days: int, as_of: date) -> pd.DataFrame:
+        """The BTYD expectations the model starts from: in seasonal time when it has a seasonal index."""
+        if self.season_index is not None and self.seasonal_params is not None:
+            return seasonal_expectations(
+                self.seasonal_params, features, as_of, self.season_index, horizon_days
+            )
+        return btyd_expectations(self.btyd_params, features, horizon_days)
+
+    def predict(self, features: pd.DataFrame, horizon_days: int, as_of: date) -> pd.DataFrame:
         """``predicted_orders``, ``predicted_spend``, ``p_alive`` and ``p_buy`` per row of ``features``
-        (built with this model's ``window_days``) over the next ``horizon_days``."""
-        at_window = btyd_expectations(self.btyd_params, features, self.window_days)
-        at_horizon = (
-            at_window
-            if horizon_days == self.window_days
-            else btyd_expectations(self.btyd_params, features, horizon_days)
-        )
-        spend = predict_spend(
-            self.choice,
-            self.gbm,
-            design(features, at_window),
-            at_horizon["btyd_spend"].to_numpy(),
-            at_window["btyd_spend"].to_numpy(),
-        )
+        (built as of ``as_of`` with this model's ``window_days``) over the next ``horizon_days``, and
+        ``btyd_spend``, the stationary BG/NBD + Gamma-Gamma expected spend."""
+        plain = btyd_expectations(self.btyd_params, features, horizon_days)
+        base = self.base(features, horizon_days, as_of) if self.seasonal else plain
+        spend = base["btyd_spend"].to_numpy()
+        if self.choice in ("gbm", "blend") and self.gbm is not None:
+            at_window = btyd_expectations(self.btyd_params, features, self.window_days)
+            spend = combine(self.choice, gbm_spend(self.gbm, design(features, at_window), spend), spend)
         return pd.DataFrame(
             {
-                "predicted_orders": at_horizon["btyd_orders"].to_numpy(),
+                "predicted_orders": base["btyd_orders"].to_numpy(),
                 "predicted_spend": spend,
-                "p_alive": at_horizon["p_alive"].to_numpy(),
-                "p_buy": at_horizon["p_buy"].to_numpy(),
-                "btyd_spend": at_horizon["btyd_spend"].to_numpy(),
+                "p_alive": base["p_alive"].to_numpy(),
+                "p_buy": base["p_buy"].to_numpy(),
+                "btyd_spend": plain["btyd_spend"].to_numpy(),
             },
             index=features.index,
         )

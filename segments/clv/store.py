@@ -16,6 +16,7 @@ from activation import tables as t
 from activation.errors import NotFoundError
 from activation.settings import Settings
 from segments.clv import model as m
+from segments.clv import season
 from segments.clv.features import load_features
 from segments.kmeans import quantile_scores
 
@@ -46,8 +47,14 @@ class StoredModel:
         m.check_format(self.params, self.kind, self.model_id, self.refit_command)
         stored = self.params["gbm"]
         gbm = None if stored is None else m.load_gbm(stored, self.model_id, self.refit_command)
+        seasonal = self.params.get("season")
         return m.ProjectModel(
-            self.params["choice"], self.params["btyd"], gbm, int(self.params["window_days"])
+            self.params["choice"],
+            self.params["btyd"],
+            gbm,
+            int(self.params["window_days"]),
+            None if seasonal is None else season.from_json(seasonal["index"]),
+            None if seasonal is None else seasonal["btyd"],
         )
 
 
@@ -86,7 +93,7 @@ def predict_customers(engine: Engine, settings: Settings, model: StoredModel, as
     order on or before ``as_of`` (sorted by customer_id)."""
     fitted = model.load()
     feats = load_features(engine, settings, as_of, fitted.window_days)
-    pred = fitted.predict(feats, model.horizon_days)
+    pred = fitted.predict(feats, model.horizon_days, as_of)
     pred.insert(0, "customer_id", feats["customer_id"])
     return pred[[*PREDICTION_COLUMNS, "p_buy"]].reset_index(drop=True)
 

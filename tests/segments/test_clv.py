@@ -13,7 +13,8 @@ from sqlalchemy import func, select
 from activation.errors import InputError, NotFoundError
 from activation.tables import clv_models, rfm_snapshots, snapshot_runs
 from activation.tables import orders as orders_table
-from segments.clv import FEATURES, btyd, evaluate, fit_clv, latest_model, load_features, tiers
+from segments.clv import FEATURES, btyd, evaluate, fit_clv, latest_model, load_features, season, tiers
+from segments.clv import fit as clv_fit
 from segments.clv import model as clv_model
 from segments.snapshots import compute_snapshot
 from tests.cli_helpers import run_cli
@@ -202,6 +203,85 @@ def test_feature_sql_by_hand(settings, engine):
     assert (b.recency_days, b.frequency, b.tenure_days, b.target) == (120, 1, 120, 0)
     assert np.isnan(b.mean_gap_days) and np.isnan(b.recency_over_gap)
     assert set(FEATURES) <= set(f.columns)
+
+
+# --- seasonality and the choice -------------------------------------------------------------------
+
+
+def _daily(days: int, seed: int, season_by_month: np.ndarray | None) -> pd.Series:
+    """Daily spend of a growing shop (+60 % over the span) with Poisson-like noise, modulated by month."""
+    index = pd.date_range("2022-01-01", periods=days, freq="D")
+    level = 20_000.0 * (1.0 + 0.6 * np.arange(days) / days)
+    if season_by_month is not None:
+        level = level * season_by_month[index.month - 1]
+    rng = np.random.default_rng(seed)
+    return pd.Series(rng.gamma(200.0, level / 200.0), index=index)
+
+
+def test_the_seasonal_index_recovers_a_planted_season_and_is_flat_without_one():
+    planted = np.array([0.8, 0.75, 0.85, 0.9, 0.95, 0.9, 0.85, 0.9, 0.95, 1.05, 1.45, 1.6])
+    planted = planted / planted.mean()
+    got = season.profile(_daily(3 * 365, 1, planted), date(2024, 12, 30))
+    assert got is not None and got.shape == (365,) and abs(got.mean() - 1) < 1e-9
+    mid_month = pd.to_datetime([f"2001-{month:02d}-15" for month in range(1, 13)])
+    assert np.allclose(got[season.day_of_year(mid_month)], planted, atol=0.08), got[
+        season.day_of_year(mid_month)
+    ]
+    flat = season.profile(_daily(3 * 365, 2, None), date(2024, 12, 30))
+    assert flat is not None and np.abs(flat - 1).max() < 0.05
+    assert season.profile(_daily(3 * 365, 1, planted), date(2023, 12, 29)) is None  # under two years
+
+
+def test_seasonal_time_is_days_when_the_index_is_flat():
+    feats = pd.DataFrame(
+        {"frequency": [1.0, 3.0], "tenure_days": [40.0, 400.0], "recency_days": [40.0, 10.0]}
+    )
+    feats["avg_order"] = [10.0, 20.0]
+    x, t_x, big_t, m, horizon = season.warped_inputs(feats, date(2024, 3, 1), np.ones(365), 90)
+    assert horizon == 90 and list(t_x) == [0.0, 390.0] and list(big_t) == [40.0, 400.0] and list(x) == [0, 2]
+    peak = np.where(np.arange(365) >= 334, 2.0, 1.0)  # December counts double
+    _, t_x, big_t, _, horizon = season.warped_inputs(feats, date(2024, 11, 30), peak, 31)
+    assert horizon == 62 and list(big_t) == [40.0, 431.0] and list(t_x) == [0.0, 421.0]
+
+
+def test_paired_confidence_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(3)
+    y = rng.gamma(0.3, 100.0, 5000)
+    base = y + rng.normal(0, 50, 5000)
+    better, same, twin = y + rng.normal(0, 30, 5000), base, base + rng.normal(0, 1, 5000)
+    shares = clv_fit.paired_confidence(y, base, better, same, twin)  # twin: within noise of base
+    assert shares[:2] == [1.0, 0.0] and 0.0 < shares[2] < clv_fit.CHOICE_CONFIDENCE, shares
+
+
+def _btyd_orders(customers: int, days: int, seed: int) -> pd.DataFrame:
+    """Orders drawn from BG/NBD + Gamma-Gamma itself: customers join uniformly over ``days``."""
+    rng = np.random.default_rng(seed)
+    joined = np.floor(rng.uniform(0, days, customers))
+    bg, gg = {"r": 0.6, "alpha": 40.0, "a": 0.8, "b": 2.5}, {"p": 4.0, "q": 3.5, "v": 60.0}
+    customer, when, nu = btyd.simulate(bg, gg, days - joined, seed + 1)
+    who = np.concatenate([np.arange(customers), customer])
+    day = np.concatenate([joined, joined[customer] + when])
+    return pd.DataFrame(
+        {
+            "order_id": [f"o{i:07d}" for i in range(len(who))],
+            "customer_id": [f"c{c:06d}" for c in who],
+            "ordered_at": [datetime(2021, 1, 1) + pd.Timedelta(days=float(d)) for d in day],
+            "amount": np.round(rng.gamma(gg["p"], 1.0, len(who)) / nu[who], 2),
+            "status": "Completed",
+        }
+    )
+
+
+def test_on_data_drawn_from_btyd_the_choice_keeps_btyd(duck_settings, duck_engine):
+    """Nothing beats the true model in expectation: the other predictors (the seasonal one included: three
+    years of orders give it an index) lead only by noise on the validation window, and BTYD is kept."""
+    load_orders(duck_engine, _btyd_orders(6000, 3 * 365, seed=4))
+    result = fit_clv(duck_engine, duck_settings, date(2023, 10, 2), 90)
+    cv = result.metrics["cross_validation"]
+    assert cv["seasonal_base"] and set(cv["confidence_vs_btyd"]) == {"seasonal", "gbm", "blend"}
+    assert result.metrics["choice"] == "btyd", cv
+    assert max(cv["confidence_vs_btyd"].values()) < clv_fit.CHOICE_CONFIDENCE, cv
+    assert result.metrics["model"] == result.metrics["btyd"]
 
 
 # --- fit, backtest, tiers ------------------------------------------------------------------------
@@ -398,7 +478,7 @@ def test_the_regressor_is_stored_with_skops_and_untrusted_contents_are_refused()
     x = rng.gamma(2, 10, size=(800, 4))
     x[rng.random(800) < 0.2, 2] = np.nan  # missing values take the learned side
     y = rng.poisson(np.exp(0.02 * x[:, 0] - 0.01 * np.nan_to_num(x[:, 2])))
-    est = clv_model.fit_gbm(x, y.astype(float))
+    est = clv_model.fit_gbm(x, y.astype(float), np.ones(len(y)))
     stored = json.loads(json.dumps(clv_model.dump_gbm(est)))
     loaded = clv_model.load_gbm(stored, "clv_x", "activation clv fit …")
     assert np.array_equal(loaded.predict(x), est.predict(x))
