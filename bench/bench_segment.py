@@ -211,9 +211,6 @@ def _arguments() -> argparse.Namespace:
     spark.add_argument(
         "--cores", type=_counts, default=[1, 2], help="Spark local[N] core counts (default 1,2)"
     )
-    spark.add_argument(
-        "--direct", action="store_true", help="run segments.rfm's SQL on Spark directly, not compute_snapshot"
-    )
     spark.add_argument("--spark-memory", default="6g", help="spark.driver.memory of the local server")
     spark.add_argument(
         "--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="more server settings"

@@ -7,10 +7,11 @@ server is started (and stopped before the next), and on it, per size:
 
 * ``floor``    — the bare ``GROUP BY customer_id`` aggregate with the segment's filters, executed in full
   and thrown away (``write.format("noop")``): the least any RFM computation on that Spark has to do;
-* ``segment``  — the project's own compute path, Spark warehouse + DuckDB state store
-  (see :func:`segment_on_spark`);
-* ``transfer`` — the scored rows, already computed and cached on Spark, fetched as Arrow and bulk-inserted
-  into ``rfm_snapshots`` of a fresh DuckDB state store: fetch and insert timed apart, rows/s.
+* ``segment``  — the project's own compute path, ``compute_snapshot`` with the Spark server as the
+  warehouse and a DuckDB file as the state store (see :func:`segment_on_spark`), with its steps' seconds
+  (metrics cached, cut-points, scored rows fetched as Arrow, their insert);
+* ``transfer`` — of those steps, the scored rows' Arrow fetch and their bulk insert into ``rfm_snapshots``
+  of the DuckDB state store (rows/s, and 13M rows at that rate).
 """
 
 from __future__ import annotations
@@ -122,50 +123,6 @@ def fresh_state(path: Path) -> str:
     return url
 
 
-def transfer(spark: Any, scored: Any, state_path: Path) -> dict[str, Any]:
-    """Fetch the (cached) scored rows as Arrow and bulk-insert them into ``rfm_snapshots`` of a fresh
-    DuckDB state store, as the Spark path does after computing them."""
-    fresh_state(state_path)
-    t0 = time.perf_counter()
-    arrow = scored.toArrow()
-    fetched = time.perf_counter() - t0
-    _insert_arrow(state_path, arrow)
-    inserted = time.perf_counter() - t0 - fetched
-    rows = arrow.num_rows
-    total = fetched + inserted
-    return {
-        "seconds": total,
-        "fetch_seconds": fetched,
-        "insert_seconds": inserted,
-        "rows": rows,
-        "arrow_mb": arrow.nbytes / 2**20,
-        "rows_per_s": rows / total if total else 0.0,
-    }
-
-
-# the rows of rfm_snapshots, made from the floor: the transfer's stand-in while no scored rows come from
-# the project's Spark path (same columns and types, one row per scored customer)
-STAND_IN_SCORED_SQL = (
-    f"SELECT DATE '{AS_OF}' AS as_of, 'rfm11' AS scheme, customer_id, "
-    f"CAST(datediff(DATE '{AS_OF}', CAST(last_at AS DATE)) AS INT) AS recency_days, "
-    "CAST(n AS INT) AS frequency, CAST(total AS DOUBLE) AS monetary, CAST(1 + n % 5 AS SMALLINT) AS r_score, "
-    "CAST(1 + n % 3 AS SMALLINT) AS f_score, CAST(1 + n % 4 AS SMALLINT) AS m_score, "
-    "CASE WHEN n > 2 THEN 'Champions' ELSE 'Hibernating' END AS segment "
-    f"FROM ({FLOOR_SQL}) f"
-)
-
-
-def project_spark_path() -> str | None:
-    """Why the project's Spark compute path cannot run here, or None when it can."""
-    try:
-        import databricks.sqlalchemy  # noqa: F401  (the dialect the Spark path compiles with)
-
-        from activation import spark  # noqa: F401
-    except ImportError as exc:
-        return f"the project's Spark path is not available ({exc})"
-    return None
-
-
 def segment_on_spark(server: SparkServer, state_path: Path) -> dict[str, Any]:
     """``compute_snapshot(..., "rfm11", run_checks=False)`` with the Spark server as the warehouse and a
     DuckDB file as the state store: metrics cached in Spark, cut-points read, scored rows fetched as Arrow
@@ -179,107 +136,32 @@ def segment_on_spark(server: SparkServer, state_path: Path) -> dict[str, Any]:
     result = compute_snapshot(engine, settings, AS_OF, "rfm11", run_checks=False)
     secs = time.perf_counter() - t0
     dispose_engines()
-    return {"seconds": secs, "customers": result.customers, "segments": result.segments}
+    steps = result.steps
+    moved = steps["fetch"] + steps["insert"]
+    return {
+        "seconds": secs,
+        "customers": result.customers,
+        "segments": result.segments,
+        "steps": steps,
+        "transfer": {
+            "seconds": moved,
+            "fetch_seconds": steps["fetch"],
+            "insert_seconds": steps["insert"],
+            "rows": result.customers,
+            "rows_per_s": result.customers / moved if moved else 0.0,
+        },
+    }
 
 
-def _settings(state_path: Path, warehouse_url: str | None = None) -> Any:
+def _settings(state_path: Path, warehouse_url: str) -> Any:
     from activation.settings import Settings
 
     return Settings(
         data_dir=state_path.parent,
         warehouse_url=warehouse_url,
-        state_url=f"duckdb:///{state_path}" if warehouse_url else None,
+        state_url=f"duckdb:///{state_path}",
         lookback_days=LOOKBACK_DAYS,
     )
-
-
-def _insert_arrow(state_path: Path, arrow: Any) -> None:
-    """The scored rows into ``rfm_snapshots`` of the DuckDB state store (an Arrow scan, one statement)."""
-    import duckdb
-
-    con = duckdb.connect(str(state_path))
-    con.execute("SET enable_progress_bar = false")
-    con.register("scored_rows", arrow)
-    cols = ", ".join(arrow.column_names)
-    con.execute(f"INSERT INTO rfm_snapshots ({cols}) SELECT {cols} FROM scored_rows")
-    con.execute("CHECKPOINT")
-    con.close()
-
-
-def segment_direct(spark: Any, state_path: Path) -> dict[str, Any]:
-    """rfm11 through the project's own segmentation SQL (``segments.rfm``), compiled with the Databricks
-    dialect, run on Spark: the metrics cached (``CACHE TABLE … AS``), the quantile cut-points in one
-    ``percentile_disc(array(…)) WITHIN GROUP`` per metric (the statement ``rfm.cutpoints_select`` builds
-    does not compile for Spark yet), the scored rows fetched as Arrow and inserted into the DuckDB state store."""
-    from databricks.sqlalchemy.base import DatabricksDialect
-    from sqlalchemy import column, table
-
-    from segments import rfm
-    from segments.schemes import LOWER_IS_BETTER, load_scheme
-
-    dialect = DatabricksDialect()
-
-    def sql(q: Any) -> str:
-        return str(q.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
-
-    settings = _settings(state_path)
-    scheme = load_scheme("rfm11", settings)
-    window = rfm.Window.of(AS_OF, LOOKBACK_DAYS)
-    metrics = table(
-        "bench_metrics", *(column(c) for c in ("customer_id", "recency_days", "frequency", "monetary"))
-    )
-    t0 = time.perf_counter()
-    spark.sql(f"CACHE TABLE bench_metrics AS {sql(rfm.metrics_select(settings, scheme, window))}")
-    t_metrics = time.perf_counter() - t0
-    cols = ["count(*) AS customers"]
-    for m, bins in sorted(scheme.scores.items()):
-        x = rfm.METRIC_COLUMNS[m]
-        ps = ", ".join(repr(p) for p in rfm.cutpoint_probabilities(bins))
-        order = f"{x} DESC" if m in LOWER_IS_BETTER else x
-        cols += [
-            f"percentile_disc(array({ps})) WITHIN GROUP (ORDER BY {order}) AS {m}_cuts",
-            f"avg({x}) AS {m}_mean",
-        ]
-    stats = spark.sql(f"SELECT {', '.join(cols)} FROM bench_metrics").collect()[0].asDict()
-    cuts = {m: rfm.thresholds(m, bins, stats) for m, bins in scheme.scores.items()}
-    t_cuts = time.perf_counter() - t0 - t_metrics
-    scored_sql = sql(rfm.scored_select(metrics, scheme, cuts, AS_OF))
-    t1 = time.perf_counter()
-    arrow = spark.sql(scored_sql).toArrow()
-    t_fetch = time.perf_counter() - t1
-    _insert_arrow(state_path, arrow)
-    secs = time.perf_counter() - t0
-    spark.sql(f"CACHE TABLE bench_scored AS {scored_sql}")  # for the transfer measured apart (not timed)
-    return {
-        "seconds": secs,
-        "customers": int(stats["customers"]),
-        "metrics_seconds": t_metrics,
-        "cutpoints_seconds": t_cuts,
-        "fetch_seconds": t_fetch,
-        "insert_seconds": secs - t_metrics - t_cuts - t_fetch,
-        "path": "direct: segments.rfm SQL compiled for Spark by the benchmark",
-    }
-
-
-def _segment(spark: Any, server: SparkServer, state_path: Path, missing: str | None) -> dict[str, Any]:
-    """The project's compute path when it is there and runs; else :func:`segment_direct`, saying why."""
-    if missing is None:
-        try:
-            return segment_on_spark(server, state_path)
-        except Exception as exc:  # the path is there but cannot run this yet: measure the SQL directly
-            missing = f"compute_snapshot on Spark failed: {str(exc).splitlines()[0][:200]}"
-        fresh_state(state_path)
-    result = segment_direct(spark, state_path)
-    result["why_direct"] = missing
-    return result
-
-
-def scored_on_spark(spark: Any) -> tuple[Any, str]:
-    """The scored rows, computed and cached on Spark (not timed): what the transfer moves."""
-    if spark.catalog.tableExists("bench_scored"):
-        return spark.table("bench_scored"), "the segment's scored rows (rfm11), cached on Spark"
-    spark.sql(f"CACHE TABLE bench_scored AS {STAND_IN_SCORED_SQL}")
-    return spark.table("bench_scored"), "stand-in rows from the floor (same columns as rfm_snapshots)"
 
 
 def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -307,7 +189,7 @@ def duckdb_side(db: Path, repeat: int, memory_limit: str | None) -> dict[str, An
 
 
 def spark_side(
-    server: SparkServer, parquet: Path, repeat: int, state_path: Path, warm_up: bool, direct: bool
+    server: SparkServer, parquet: Path, repeat: int, state_path: Path, warm_up: bool
 ) -> dict[str, Any]:
     spark = server.session()
     out: dict[str, Any] = {"first_scan_s": load_orders(spark, parquet)}
@@ -317,7 +199,6 @@ def spark_side(
             "noop"
         ).mode("overwrite").save()
         out["warm_up_s"] = time.perf_counter() - t0
-    missing = project_spark_path()
     floors, segments = [], []
     for _ in range(repeat):
         floors.append(_timed(lambda: spark_floor(spark)))
@@ -326,36 +207,14 @@ def spark_side(
             flush=True,
         )
         fresh_state(state_path)
-        for view in ("bench_scored", "bench_metrics"):
-            spark.sql(f"UNCACHE TABLE IF EXISTS {view}")
-            spark.sql(f"DROP VIEW IF EXISTS {view}")
-        segments.append(
-            _timed(lambda: _segment(spark, server, state_path, missing if not direct else "--direct"))
-        )
+        segments.append(_timed(lambda: segment_on_spark(server, state_path)))
         print(
             f"  spark[{server.cores}] segment  {segments[-1]['seconds']:8.2f} s  load {segments[-1]['load']}  "
-            + ", ".join(f"{k} {v:.2f}" for k, v in segments[-1].items() if k.endswith("_seconds")),
+            + ", ".join(f"{k} {v:.2f}" for k, v in segments[-1]["steps"].items()),
             flush=True,
         )
     out["floor"] = _best(floors)
     out["segment"] = _best(segments)
-    out["segment_path"] = segments[0].get(
-        "path", "the project's compute_snapshot (Spark warehouse, DuckDB state)"
-    )
-    if segments[0].get("why_direct"):
-        out["segment_path"] += f" ({segments[0]['why_direct']})"
-    scored, what = scored_on_spark(spark)
-    out["transfer"] = _timed(lambda: transfer(spark, scored, state_path))
-    out["transfer"]["what"] = what
-    for view in ("bench_scored", "bench_metrics"):
-        spark.sql(f"UNCACHE TABLE IF EXISTS {view}")
-        spark.sql(f"DROP VIEW IF EXISTS {view}")
-    t = out["transfer"]
-    print(
-        f"  spark[{server.cores}] transfer {t['seconds']:8.2f} s  ({t['rows']:,} rows, fetch {t['fetch_seconds']:.2f} s"
-        f" + insert {t['insert_seconds']:.2f} s, {t['rows_per_s']:,.0f} rows/s)  load {t['load']}",
-        flush=True,
-    )
     return out
 
 
@@ -402,29 +261,21 @@ def report_size(label: str, res: dict[str, Any]) -> None:
     floors: dict[int, float | None] = {}
     for cores, sp in sorted(res["spark"].items()):
         floors[cores] = _seconds(sp["floor"])
-        segs[cores] = _seconds(sp.get("segment"))
+        segs[cores] = _seconds(sp["segment"])
         name = f"spark local[{cores}]"
         print(f"{name + ' floor':28s} {floors[cores] or 0:9.2f}  runs {sp['floor']['runs']}")
-        print(f"{'':28s} segment path: {sp['segment_path']}")
-        if "metrics_seconds" in sp["segment"]:
-            g = sp["segment"]
-            print(
-                f"{'':28s} metrics cached {g['metrics_seconds']:.2f} s, cut-points {g['cutpoints_seconds']:.2f} s, "
-                f"scored rows fetched {g['fetch_seconds']:.2f} s, inserted {g['insert_seconds']:.2f} s"
-            )
-        if segs[cores] is not None:
-            print(
-                f"{name + ' segment':28s} {segs[cores]:9.2f}  {_ratio(segs[cores], floors[cores])} "
-                f"of its floor (target <= 2x); runs {sp['segment']['runs']}"
-            )
-        else:
-            print(f"{name + ' segment':28s} {'-':>9s}  ({sp.get('segment_missing')})")
-        t = sp["transfer"]
+        g = sp["segment"]
+        steps = ", ".join(f"{k} {v:.2f} s" for k, v in g["steps"].items())
+        print(
+            f"{name + ' segment':28s} {segs[cores]:9.2f}  {_ratio(segs[cores], floors[cores])} of its floor "
+            f"(target <= 2x); runs {g['runs']}; steps: {steps}"
+        )
+        t = g["transfer"]
         at_13m = 13_000_000 / t["rows_per_s"] if t["rows_per_s"] else float("nan")
         print(
-            f"{name + ' transfer':28s} {t['seconds']:9.2f}  {t['rows']:,} rows at {t['rows_per_s']:,.0f} rows/s "
-            f"(fetch {t['fetch_seconds']:.2f} s + DuckDB insert {t['insert_seconds']:.2f} s, "
-            f"Arrow {t['arrow_mb']:.0f} MB); 13M rows at that rate: {at_13m:.1f} s (target <= 60 s)"
+            f"{name + ' transfer':28s} {t['seconds']:9.2f}  {t['rows']:,} scored rows at {t['rows_per_s']:,.0f} rows/s "
+            f"(Arrow fetch {t['fetch_seconds']:.2f} s + DuckDB insert {t['insert_seconds']:.2f} s); "
+            f"13M rows at that rate: {at_13m:.1f} s (target <= 60 s)"
         )
     if 1 in floors and 2 in floors:
         print(
@@ -460,9 +311,7 @@ def run(args: Any) -> None:
                 flush=True,
             )
             for i, (label, parquet) in enumerate(files.items()):
-                results[label]["spark"][cores] = spark_side(
-                    server, parquet, args.repeat, state_path, i == 0, args.direct
-                )
+                results[label]["spark"][cores] = spark_side(server, parquet, args.repeat, state_path, i == 0)
     state_path.unlink(missing_ok=True)
     env["load_at_end"] = [round(x, 1) for x in os.getloadavg()]
     print("\n" + ", ".join(f"{k} {v}" for k, v in env.items()))

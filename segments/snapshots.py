@@ -84,6 +84,9 @@ class SnapshotResult:
     warnings: list[str] = field(default_factory=list)
     checks: Any = None
     seconds: float = 0.0
+    #: seconds per step: ``metrics`` (materialised once), ``cutpoints``, ``rows`` (scoring and writing the
+    #: rows; on Spark ``fetch``, the scored rows as Arrow, and ``insert``, their bulk load, instead)
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 def last_quarter_end(today: date) -> date:
@@ -300,11 +303,14 @@ def _compute_in(
     metrics = table(
         tmp_name, column("customer_id"), column("recency_days"), column("frequency"), column("monetary")
     )
+    steps = _Steps()
     with side.cached(tmp_name, rfm.metrics_select(settings, scheme, window), "computing the metrics"):
+        steps.done("metrics")
         cut_q = rfm.cutpoints_select(metrics, scheme).add_columns(
             func.min(metrics.c.recency_days).label("recency_min")
         )
         stats = side.one(cut_q, "reading the cut-points")
+        steps.done("cutpoints")
         if not stats["customers"]:
             raise _no_customers_error(side, settings, scheme, window)
         cuts, record, warnings = _analyse_cuts(scheme, stats)
@@ -322,11 +328,16 @@ def _compute_in(
         )
         scored = rfm.scored_select(metrics, scheme, cuts, window.as_of)
         if isinstance(side, SparkWarehouse):
-            _bulk_insert_snapshot(conn, side.arrow(scored, "scoring the customers"))
+            rows = side.arrow(scored, "scoring the customers")
+            steps.done("fetch")
+            _bulk_insert_snapshot(conn, rows)
+            steps.done("insert")
         elif scheme.is_rules:
             conn.execute(insert(rfm_snapshots).from_select([c.name for c in scored.selected_columns], scored))
+            steps.done("rows")
         else:
             _assign_with_model(conn, engine, settings, scheme, window, scored, record, warnings)
+            steps.done("rows")
 
     counts: dict[str, int] = dict(
         conn.execute(
@@ -355,7 +366,21 @@ def _compute_in(
         segments=segments,
         cutpoints=record,
         warnings=warnings,
+        steps=steps.seconds,
     )
+
+
+class _Steps:
+    """Seconds per named step, each from the end of the one before."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = _time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = _time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
 
 
 def _date_warnings(window: rfm.Window, recency_min: Any) -> list[str]:

@@ -69,6 +69,8 @@ def test_rerun_is_identical_and_replaces(engine: Engine, settings: Settings) -> 
     assert rows(engine) == before
     assert first.segments == second.segments and first.cutpoints == second.cutpoints
     assert count_runs(engine) == 1
+    assert list(first.steps) == ["metrics", "cutpoints", "rows"]
+    assert all(v >= 0 for v in first.steps.values()) and sum(first.steps.values()) <= first.seconds
     # new data, same as_of+scheme: replaced, not appended
     add_orders(engine, [("newbie", at(AS_OF), 5.0)])
     compute_snapshot(engine, settings, AS_OF, "rfm11")

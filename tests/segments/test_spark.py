@@ -133,6 +133,7 @@ def test_spark_snapshot_equals_duckdb(
         compute_snapshot(get_engine(duck_settings), duck_settings, AS_OF, scheme, lookback, run_checks=False)
         result = compute_snapshot(get_engine(spark), spark, AS_OF, scheme, lookback)
         assert result.warnings[0] == SPARK_CHECKS_SKIPPED
+        assert list(result.steps) == ["metrics", "cutpoints", "fetch", "insert"]
         _assert_same(get_engine(duck_settings), get_engine(spark), scheme)
 
 
