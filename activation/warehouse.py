@@ -81,7 +81,13 @@ def duckdb_file(url: str) -> Path | None:
 
 
 def make_engine(
-    url: str, *, check: bool = True, lock_wait_s: float = 0, create: bool = True, read_only: bool = False
+    url: str,
+    *,
+    check: bool = True,
+    lock_wait_s: float = 0,
+    create: bool = True,
+    read_only: bool = False,
+    setting: str = "ACTIVATION_WAREHOUSE_URL",
 ) -> Engine:
     """Create an engine for ``url``; for a DuckDB file, create its folder first (``create``).
 
@@ -91,6 +97,8 @@ def make_engine(
     ``read_only``: the warehouse refuses writes where the dialect can say so (a DuckDB file opened read-only;
     PostgreSQL read-only transactions); implies ``create=False``. A read-only DuckDB file still keeps
     writers out while the engine has a connection open: dispose of it after reading.
+    ``setting``: the setting the URL came from, named in the errors (``ACTIVATION_STATE_URL`` for a state
+    store of its own).
 
     Raises:
         ConfigError: the URL is malformed or names a driver that is not installed.
@@ -101,7 +109,7 @@ def make_engine(
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(
-            f"ACTIVATION_WAREHOUSE_URL is not a valid SQLAlchemy URL: {url!r}",
+            f"{setting} is not a valid SQLAlchemy URL: {url!r}",
             fix="use e.g. duckdb:///data/warehouse.duckdb or postgresql+psycopg://user:pass@host:5432/db",
         ) from exc
     file = duckdb_file(url)
@@ -140,7 +148,7 @@ def make_engine(
                 holder = duckdb_lock_holder(exc)
                 if holder is None:
                     engine.dispose()
-                    raise _unreachable(url, exc) from exc
+                    raise _unreachable(url, exc, setting) from exc
                 waited = time.monotonic() - started
                 if waited >= lock_wait_s:
                     engine.dispose()
@@ -165,11 +173,12 @@ def db_reason(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _unreachable(url: str, exc: SQLAlchemyError) -> WarehouseError:
+def _unreachable(url: str, exc: SQLAlchemyError, setting: str) -> WarehouseError:
     reason = db_reason(exc)
+    what = "the state store" if setting == "ACTIVATION_STATE_URL" else "the warehouse"
     return WarehouseError(
-        f"cannot reach the warehouse at {redact(url)}: {reason}",
-        fix="check ACTIVATION_WAREHOUSE_URL (host, port, database, credentials) and that the server is up",
+        f"cannot reach {what} at {redact(url)}: {reason}",
+        fix=f"check {setting} (host, port, database, credentials) and that the server is up",
     )
 
 
@@ -187,7 +196,13 @@ def get_engine(settings: Settings, *, default_lock_wait_s: float = 0, create: bo
     create = create or url != settings.resolved_warehouse_url
     if engine is None:
         wait = settings.warehouse_lock_wait_seconds
-        engine = make_engine(url, lock_wait_s=default_lock_wait_s if wait is None else wait, create=create)
+        own = url != settings.resolved_warehouse_url
+        engine = make_engine(
+            url,
+            lock_wait_s=default_lock_wait_s if wait is None else wait,
+            create=create,
+            setting="ACTIVATION_STATE_URL" if own else "ACTIVATION_WAREHOUSE_URL",
+        )
         ensure_schema(engine)
         _ENGINES[url] = engine
     return engine

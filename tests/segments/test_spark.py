@@ -242,6 +242,20 @@ def test_state_url_errors(warehouse: str, state: str | None, message: str, tmp_p
     assert err.value.fix
 
 
+def test_an_unreachable_state_store_names_its_own_setting(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = f"postgresql+psycopg://u:secret@127.0.0.1:{port}/state"
+    settings = Settings(data_dir=tmp_path, warehouse_url="sc://127.0.0.1:15002", state_url=state)
+    with pytest.raises(WarehouseError, match="cannot reach the state store at") as err:
+        get_engine(settings)
+    assert "check ACTIVATION_STATE_URL" in err.value.fix
+    assert "secret" not in str(err.value)
+
+
 def test_the_state_store_defaults_to_a_duckdb_or_postgresql_warehouse(tmp_path: Path) -> None:
     for url in (f"duckdb:///{tmp_path / 'w.duckdb'}", "postgresql+psycopg://u@h:5432/db"):
         assert Settings(data_dir=tmp_path, warehouse_url=url).resolved_state_url == url
