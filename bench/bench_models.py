@@ -222,6 +222,17 @@ def print_split(split: dict[str, Any], horizon: int) -> None:
         f"{mt['choice']!r}; {mt['test_customers']:,} backtest customers); lifetimes fit {split['peer_seconds']:.2f} s; "
         f"peak RSS {peak_rss_gb():.2f} GB"
     )
+    cv = mt.get("cross_validation")
+    if cv:
+        shares = cv["confidence_vs_btyd"]
+        print(
+            f"  validation window as of {cv['validation_as_of']}: "
+            + ", ".join(
+                f"{c} RMSE {s['rmse']:.2f}"
+                + (f" (beats btyd in {shares[c]:.0%} of resamples)" if c in shares else "")
+                for c, s in cv["scores"].items()
+            )
+        )
     print(f"  {'predictor':<20} {'MAE':>9} {'RMSE':>9} {'Spearman':>9} {'top-10%':>8} {'pred/actual':>12}")
     for key in PREDICTORS:
         s = mt[key]

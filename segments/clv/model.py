@@ -144,17 +144,40 @@ def regressor_rows(n: int) -> NDArray[np.intp]:
     return sample_rows(n, MAX_REGRESSOR_ROWS)
 
 
+#: The regressor's bins per feature (scikit-learn's default and maximum, 255).
+MAX_BINS = 255
+
+
+def coarsen(x: Array) -> Array:
+    """Each column with more than :data:`MAX_BINS` distinct values snapped to the median of its bin, the
+    bins cut at the column's unweighted quantiles (where scikit-learn would cut them without weights), so
+    the regressor bins on those values directly: with sample weights it would compute weighted quantiles
+    instead, one slow pass per threshold (24 of 26 seconds of a fit on 100,000 rows). Missing stays missing."""
+    out = np.array(x, dtype=np.float64, copy=True)
+    cuts = np.linspace(0, 100, MAX_BINS + 1)[1:-1]
+    for j in range(out.shape[1]):
+        col = out[:, j]
+        known = ~np.isnan(col)
+        if len(np.unique(col[known])) <= MAX_BINS:
+            continue
+        edges = np.unique(np.percentile(col[known], cuts, method="averaged_inverted_cdf"))
+        codes = np.searchsorted(edges, col[known], side="left")
+        medians = pd.Series(col[known]).groupby(codes).median()
+        col[known] = medians.reindex(codes).to_numpy()
+    return out
+
+
 def fit_gbm(x: Array, target: Array, offset: Array) -> HistGradientBoostingRegressor:
     """The Poisson regressor of the spend relative to ``offset`` (a BTYD expectation over the same days), on
     :func:`regressor_rows`: fitted on ``target / offset`` with weight ``offset``, which is the Poisson
     likelihood of ``target`` with mean ``offset × f(x)``, so it learns a multiplicative correction of BTYD
-    (1 where the features say nothing BTYD did not). Single-threaded: at that size OpenMP costs more than
-    it saves, above all on a shared machine."""
+    (1 where the features say nothing BTYD did not); the features :func:`coarsen`-ed. Single-threaded: at
+    that size OpenMP costs more than it saves, above all on a shared machine."""
     rows = regressor_rows(len(x))
     base = np.maximum(offset[rows], MIN_OFFSET)
     with threadpool_limits(1):
         return HistGradientBoostingRegressor(**HYPERPARAMETERS).fit(
-            x[rows], target[rows] / base, sample_weight=base
+            coarsen(x[rows]), target[rows] / base, sample_weight=base
         )
 
 

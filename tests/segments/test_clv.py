@@ -253,6 +253,23 @@ def test_paired_confidence_separates_a_real_gain_from_noise():
     assert shares[:2] == [1.0, 0.0] and 0.0 < shares[2] < clv_fit.CHOICE_CONFIDENCE, shares
 
 
+def test_coarsened_features_keep_their_order_and_missing_values_in_at_most_255_values():
+    rng = np.random.default_rng(5)
+    x = np.column_stack([rng.gamma(2, 10, 3000), rng.integers(0, 7, 3000).astype(float)])
+    x[rng.random(3000) < 0.1, 0] = np.nan
+    c = clv_model.coarsen(x)
+    known = ~np.isnan(x[:, 0])
+    assert np.array_equal(np.isnan(c[:, 0]), ~known) and np.array_equal(c[:, 1], x[:, 1])
+    assert len(np.unique(c[known, 0])) <= clv_model.MAX_BINS < len(np.unique(x[known, 0]))
+    order = np.argsort(x[known, 0], kind="stable")
+    assert np.all(np.diff(c[known, 0][order]) >= 0)  # monotone: the ranking the trees split on is kept
+    gap = np.abs(c[known, 0] - x[known, 0])
+    assert np.percentile(gap, 99) < 0.1 * np.nanstd(x[:, 0])  # the top bin aside, values stay close
+    # the regressor bins the coarsened values as they are: no weighted quantiles
+    est = clv_model.fit_gbm(x, rng.poisson(1.0, 3000).astype(float), rng.gamma(1.0, 1.0, 3000))
+    assert len(est._bin_mapper.bin_thresholds_[0]) == len(np.unique(c[known, 0])) - 1
+
+
 def _btyd_orders(customers: int, days: int, seed: int) -> pd.DataFrame:
     """Orders drawn from BG/NBD + Gamma-Gamma itself: customers join uniformly over ``days``."""
     rng = np.random.default_rng(seed)
