@@ -13,7 +13,17 @@ from sqlalchemy import func, select
 from activation.errors import InputError, NotFoundError
 from activation.tables import clv_models, rfm_snapshots, snapshot_runs
 from activation.tables import orders as orders_table
-from segments.clv import FEATURES, btyd, evaluate, fit_clv, latest_model, load_features, season, tiers
+from segments.clv import (
+    FEATURES,
+    btyd,
+    evaluate,
+    fit_clv,
+    latest_model,
+    load_features,
+    predict_customers,
+    season,
+    tiers,
+)
 from segments.clv import fit as clv_fit
 from segments.clv import model as clv_model
 from segments.snapshots import compute_snapshot
@@ -353,6 +363,15 @@ def test_model_beats_the_naive_baselines_on_the_demo_data(duck_settings, duck_en
         for base in ("last_period_spend", "rfm11_segment_mean"):
             assert m["model"]["rmse"] < m[base]["rmse"], (train_until, base, m)
             assert m["model"]["top_decile_capture"] > m[base]["top_decile_capture"], (train_until, base, m)
+        # three years of a seasonal shop: the seasonal predictor is validated, and a model built on it is
+        # stored with its index and predicts after loading what it predicted when fitted
+        assert m["cross_validation"]["seasonal_base"], m["cross_validation"]
+        stored = latest_model(duck_engine, train_until)
+        if m["choice"] != "btyd":
+            assert len(stored.params["season"]["index"]) == 365, stored.params["season"]
+            assert stored.load().seasonal
+        preds = predict_customers(duck_engine, duck_settings, stored, train_until)
+        assert preds["predicted_spend"].sum() == pytest.approx(m["expected_total"], rel=1e-3)
 
 
 def test_any_horizon_up_to_the_remaining_span(duck_settings, duck_engine):
