@@ -154,6 +154,12 @@ class SparkWarehouse:
         with self._failing_as(what):
             self.session.sql(sql).collect()
 
+    def columns(self, name: str) -> dict[str, str]:
+        """Column name -> Spark type (``string``, ``double``, ``decimal(10,2)``, …) of table ``name``."""
+        with self._failing_as(f"reading the columns of {name!r}"):
+            schema = self.session.table(name).schema
+        return {f.name: f.dataType.simpleString() for f in schema.fields}
+
     def quote(self, name: str) -> str:
         return str(self.dialect.identifier_preparer.quote(name))
 
@@ -185,3 +191,50 @@ class SparkWarehouse:
                 self.session.stop()
             except Exception:
                 pass
+
+
+class SparkResult:
+    """The rows of a statement run in Spark, read the way the data checks read a SQLAlchemy result."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return [tuple(r.values()) for r in self.rows]
+
+    def one(self) -> tuple[Any, ...]:
+        if len(self.rows) != 1:
+            raise WarehouseError(f"a query returned {len(self.rows)} rows instead of one", fix="report this")
+        return tuple(self.rows[0].values())
+
+    def first(self) -> tuple[Any, ...] | None:
+        return tuple(self.rows[0].values()) if self.rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar_one_or_none(self) -> Any:
+        return self.rows[0][next(iter(self.rows[0]))] if self.rows else None
+
+    def mappings(self) -> _Mappings:
+        return _Mappings(self.rows)
+
+
+class _Mappings(list[dict[str, Any]]):
+    def all(self) -> list[dict[str, Any]]:
+        return list(self)
+
+
+class SparkConnection:
+    """Selects run in a :class:`SparkWarehouse` through the calls of a SQLAlchemy connection that the data
+    checks use (``execute(select).scalar_one() / .one() / .all() / .first() / .mappings()``), so the same
+    checks read orders in Spark. ``dialect`` is the Databricks dialect (no 64-bit id hash: the unique-id check
+    always groups by order id there)."""
+
+    def __init__(self, warehouse: SparkWarehouse, what: str = "the data checks") -> None:
+        self.warehouse = warehouse
+        self.dialect = warehouse.dialect
+        self.what = what
+
+    def execute(self, statement: Any) -> SparkResult:
+        return SparkResult(self.warehouse.arrow(statement, self.what).to_pylist())

@@ -32,6 +32,7 @@ from activation import dialect, statuses
 from activation.clock import utcnow
 from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import Settings
+from activation.spark import SparkConnection, SparkWarehouse
 from activation.tables import source_table, split_table_name, verified_sources
 from activation.warehouse import db_reason, has_table
 
@@ -107,12 +108,13 @@ def _columns(conn: Connection, name: str) -> dict[str, str]:
 
 
 def _require(conn: Connection, name: str, needed: dict[str, str], setting_prefix: str) -> dict[str, Any]:
-    if not has_table(conn, name):
+    spark = conn.warehouse if isinstance(conn, SparkConnection) else None
+    if not (spark.has_table(name) if spark is not None else has_table(conn, name)):
         raise WarehouseError(
             f"table {name!r} does not exist in the warehouse",
             fix=f"load data with `activation ingest` or point ACTIVATION_{setting_prefix}__TABLE at your table/view",
         )
-    cols = _columns(conn, name)
+    cols = spark.columns(name) if spark is not None else _columns(conn, name)
     for setting, col in needed.items():
         if cols and col not in cols:
             raise ConfigError(
@@ -369,6 +371,14 @@ def relationships_check(conn: Connection, settings: Settings, customers_of: Any)
     )
 
 
+def _checks_on(
+    conn: Connection, settings: Settings, source: str, relationships: bool, verified: list[tuple[str, str]]
+) -> CheckReport:
+    if source == "contact_events":
+        return _event_checks(conn)
+    return _order_checks(conn, settings, relationships, verified)
+
+
 def _event_checks(conn: Connection) -> CheckReport:
     _require(
         conn, "contact_events", {"customer_id": "customer_id", "occurred_at": "occurred_at"}, "CONTACT_EVENTS"
@@ -379,10 +389,17 @@ def _event_checks(conn: Connection) -> CheckReport:
 
 
 def run_checks(
-    engine: Engine, settings: Settings, source: str = "orders", *, relationships: bool = True
+    engine: Engine,
+    settings: Settings,
+    source: str = "orders",
+    *,
+    relationships: bool = True,
+    spark: SparkWarehouse | None = None,
 ) -> CheckReport:
     """Run the data checks on the segmentation source (``orders`` per ``settings.orders``, or
-    ``contact_events``).
+    ``contact_events``): in the state store's database, or in ``spark`` when the warehouse is Spark (the
+    same statements, compiled for Spark; no relationships check there, since the customers table is in the
+    state store, and no stored fingerprint of verified ids, so the unique-id check groups by order id).
 
     Raises:
         DataCheckError: a blocking check failed (names the check, the count and example rows).
@@ -391,11 +408,12 @@ def run_checks(
     """
     verified: list[tuple[str, str]] = []
     try:
-        with engine.connect() as conn:
-            if source == "contact_events":
-                report = _event_checks(conn)
-            else:
-                report = _order_checks(conn, settings, relationships, verified)
+        if spark is not None:
+            on_spark: Any = SparkConnection(spark)
+            report = _checks_on(on_spark, settings, source, False, verified)
+        else:
+            with engine.connect() as conn:
+                report = _checks_on(conn, settings, source, relationships, verified)
         if verified:  # ids found unique: later runs on the same ids skip the GROUP BY order_id
             with engine.begin() as conn:
                 store_fingerprint(conn, *verified[0])

@@ -9,7 +9,8 @@ On a Spark warehouse (``ACTIVATION_WAREHOUSE_URL=sc://…``) the same statements
 materialised there once (``CACHE TABLE … AS SELECT``), the cut-points read from them, and the scored rows
 (customer, R/F/M, scores, segment) come back as Arrow and are bulk-loaded into the state store (DuckDB: an
 Arrow scan; PostgreSQL: ``COPY``) inside the state store's transaction, so a failure still writes nothing.
-The data checks are not run there yet (see :data:`SPARK_CHECKS_SKIPPED`), nor model-based schemes.
+The data checks run there too (the same statements, compiled for Spark), except the relationships check
+(see :data:`SPARK_RELATIONSHIPS_SKIPPED`); model-based schemes do not run on Spark.
 """
 
 from __future__ import annotations
@@ -63,11 +64,11 @@ EXPORT_COLUMNS = [
 # A snapshot whose as_of is this many days after the newest order is probably missing recent data.
 STALE_DATA_DAYS = 7
 
-#: the warning of a snapshot computed on Spark, whose orders the data checks do not read yet
-SPARK_CHECKS_SKIPPED = (
-    "data checks skipped: the warehouse is Spark, and the checks (not_null, unique order ids, non-negative "
-    "amounts, known statuses, no future orders, customers known) run on DuckDB and PostgreSQL only so far; "
-    "verify the orders table in Spark yourself"
+#: the warning of a snapshot computed on Spark: its customers are not checked against the customers table,
+#: which lives in the state store
+SPARK_RELATIONSHIPS_SKIPPED = (
+    "relationships check skipped: the warehouse is Spark and the customers table is in the state store, so "
+    "customers with orders are not checked against it"
 )
 
 
@@ -241,6 +242,10 @@ def compute_snapshot(
     spark = spark_warehouse(settings)
     if spark is not None:
         _check_spark_source(spark, settings, scheme)
+        if run_checks:
+            report = checks.run_checks(
+                engine, settings, source=scheme.source, relationships=False, spark=spark
+            )
     elif run_checks:
         # the relationship check runs on the snapshot's own per-customer metrics (no second pass over orders)
         report = checks.run_checks(engine, settings, source=scheme.source, relationships=False)
@@ -265,8 +270,8 @@ def compute_snapshot(
     result.checks = report
     if report is not None:
         result.warnings[:0] = [report.describe(r) for r in report.warnings]
-    if spark is not None and run_checks:
-        result.warnings.insert(0, SPARK_CHECKS_SKIPPED)
+    if spark is not None and run_checks and scheme.source == "orders":
+        result.warnings.insert(0, SPARK_RELATIONSHIPS_SKIPPED)
     result.seconds = _time.perf_counter() - started
     return result
 
@@ -315,7 +320,7 @@ def _compute_in(
         if not stats["customers"]:
             raise _no_customers_error(side, settings, scheme, window)
         cuts, record, warnings = _analyse_cuts(scheme, stats)
-        if report is not None and scheme.source == "orders":
+        if report is not None and scheme.source == "orders" and not isinstance(side, SparkWarehouse):
             related = checks.relationships_check(conn, settings, select(metrics.c.customer_id))
             if related is not None:
                 report.results.append(related)

@@ -20,15 +20,16 @@ from sqlalchemy import select
 from sqlalchemy import table as sa_table
 from sqlalchemy.engine import Engine
 
-from activation.errors import ConfigError, WarehouseError
+from activation.errors import ConfigError, DataCheckError, WarehouseError
 from activation.settings import OrdersSource, Settings
 from activation.tables import rfm_snapshots, snapshot_runs
 from activation.warehouse import dispose_engines, get_engine, spark_warehouse
 from segments import rfm
+from segments.checks import run_checks
 from segments.demo_data import generate
 from segments.ingest import ingest_file
 from segments.schemes import list_schemes, load_scheme
-from segments.snapshots import SPARK_CHECKS_SKIPPED, compute_snapshot
+from segments.snapshots import SPARK_RELATIONSHIPS_SKIPPED, compute_snapshot
 from tests.cli_helpers import run_cli
 from tests.conftest import drop_postgres_database, new_postgres_database
 from tests.rfm_fixtures import add_orders, at, grid_orders
@@ -102,6 +103,10 @@ def _assert_same(duck: Engine, state: Engine, scheme: str) -> None:
             assert other["thresholds"] == record["thresholds"], (scheme, m)
 
 
+def _found(report: Any) -> list[tuple[str, int, list[dict[str, Any]]]]:
+    return [(r.name, r.failures, r.examples) for r in report.results]
+
+
 def _copy_to_spark(url: str, duck: Settings, *, events: bool) -> str:
     """The DuckDB warehouse's orders (and contact events) as Spark tables; returns the orders table's name."""
     engine = get_engine(duck)
@@ -132,7 +137,13 @@ def test_spark_snapshot_equals_duckdb(
     for scheme in schemes:
         compute_snapshot(get_engine(duck_settings), duck_settings, AS_OF, scheme, lookback, run_checks=False)
         result = compute_snapshot(get_engine(spark), spark, AS_OF, scheme, lookback)
-        assert result.warnings[0] == SPARK_CHECKS_SKIPPED
+        source = load_scheme(scheme).source
+        if source == "orders":
+            assert result.warnings[0] == SPARK_RELATIONSHIPS_SKIPPED
+        # the data checks ran in Spark and found what they find in DuckDB (relationships aside)
+        want = run_checks(get_engine(duck_settings), duck_settings, source=source, relationships=False)
+        assert result.checks is not None
+        assert _found(result.checks) == _found(want) != []
         assert list(result.steps) == ["metrics", "cutpoints", "fetch", "insert"]
         _assert_same(get_engine(duck_settings), get_engine(spark), scheme)
 
@@ -191,6 +202,56 @@ def test_the_cut_points_and_the_scoring_read_the_cached_metrics(
 
 
 @pytest.mark.spark
+def test_bad_orders_in_spark_stop_the_snapshot_with_what_is_wrong(
+    spark_url: str,  # noqa: F811
+    duck_settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The data checks read the orders in Spark: a repeated order id, an unknown status, an order in the
+    future and one without a customer each block the snapshot (exit 2), and nothing is written."""
+    import pyarrow as pa
+
+    _tied_orders(duck_settings, tmp_path)
+    good = _duck_arrow(get_engine(duck_settings), "orders")
+    first = good.slice(0, 1).to_pylist()[0]
+    later = at(date.today() + timedelta(days=30))
+    bad_rows = [
+        {**first, "amount": 1.0},  # the same order id again
+        {**first, "order_id": "bad-status", "status": "Pending Review"},
+        {**first, "order_id": "bad-future", "ordered_at": later},
+        {**first, "order_id": "bad-customer", "customer_id": None},
+    ]
+    table = f"orders_{uuid.uuid4().hex[:8]}"
+    load_table(spark_url, table, pa.concat_tables([good, pa.Table.from_pylist(bad_rows, schema=good.schema)]))
+    state = tmp_path / "state.duckdb"
+    spark = _spark_settings(duck_settings, spark_url, f"duckdb:///{state}", table)
+    with pytest.raises(DataCheckError) as err:
+        compute_snapshot(get_engine(spark), spark, AS_OF, "rfm11", 365)
+    failed = {r.name: r.failures for r in err.value.failures}
+    assert failed == {
+        "not_null(customer_id)": 1,
+        "not_future(ordered_at)": 1,
+        "accepted_values(status)": 1,
+        "unique(order_id)": 1,
+    }, failed
+    assert "Pending Review" in str(err.value) and "nothing was written" in err.value.fix
+    with get_engine(spark).connect() as conn:
+        assert conn.execute(select(rfm_snapshots.c.customer_id)).first() is None
+        assert conn.execute(select(snapshot_runs.c.as_of)).first() is None
+    for key, value in {
+        "ACTIVATION_DATA_DIR": str(tmp_path / "cli"),
+        "ACTIVATION_WAREHOUSE_URL": spark_url,
+        "ACTIVATION_STATE_URL": f"duckdb:///{state}",
+        "ACTIVATION_ORDERS__TABLE": table,
+    }.items():
+        monkeypatch.setenv(key, value)
+    result = run_cli("segment", "--as-of", str(AS_OF), "--lookback-days", "365")
+    assert result.exit_code == 2, result.output
+    assert "unique(order_id)" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.spark
 def test_a_failing_statement_on_spark_writes_nothing(
     spark_url: str,  # noqa: F811
     duck_settings: Settings,
@@ -202,8 +263,10 @@ def test_a_failing_statement_on_spark_writes_nothing(
     compute_snapshot(get_engine(spark), spark, AS_OF, "rfm11", 365)
     before = _snapshot(get_engine(spark), "rfm11")
     broken = spark.model_copy(update={"orders": OrdersSource(table=table, amount="no_such_column")})
+    with pytest.raises(ConfigError, match="has no column 'no_such_column' \\(the amount column\\)"):
+        compute_snapshot(get_engine(broken), broken, AS_OF, "rfm11", 365)  # the checks read Spark's columns
     with pytest.raises(WarehouseError) as err:
-        compute_snapshot(get_engine(broken), broken, AS_OF, "rfm11", 365)
+        compute_snapshot(get_engine(broken), broken, AS_OF, "rfm11", 365, run_checks=False)
     assert "computing the metrics failed in the Spark warehouse at sc://127.0.0.1" in str(err.value)
     assert "no_such_column" in str(err.value)
     assert _snapshot(get_engine(spark), "rfm11") == before
@@ -322,6 +385,6 @@ def test_activation_segment_on_spark_from_the_command_line(
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["customers"] == 85
-    assert SPARK_CHECKS_SKIPPED in done.stderr  # the user sees what was not checked
+    assert SPARK_RELATIONSHIPS_SKIPPED in done.stderr  # the user sees what was not checked
     state_settings = Settings(data_dir=tmp_path / "cli-data", warehouse_url=f"duckdb:///{state}")
     _assert_same(get_engine(duck_settings), get_engine(state_settings), "rfm11")
