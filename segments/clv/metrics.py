@@ -120,10 +120,10 @@ def rfm11_segments(settings: Settings, features: pd.DataFrame) -> pd.Series:
         scores[metric], _ = quantile_scores(
             features[source[metric]].to_numpy(), bins.n, higher_is_better=metric != "r"
         )
-    combos = pd.DataFrame(scores)
-    keys = combos.drop_duplicates()
-    names = {
-        tuple(row): scheme.assign(dict(zip(keys.columns, map(int, row), strict=True)))
-        for row in keys.to_numpy()
-    }
-    return pd.Series([names[tuple(row)] for row in combos.to_numpy()], index=features.index)
+    # each distinct score combination is assigned once (at most bins^3 of them), as one integer key per row
+    key = np.zeros(len(features), dtype=np.int64)
+    for v in scores.values():
+        key = key * (max(b.n for b in scheme.scores.values()) + 1) + np.asarray(v, dtype=np.int64)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    names = np.array([scheme.assign({k: int(v[i]) for k, v in scores.items()}) for i in first], dtype=object)
+    return pd.Series(names[inverse.reshape(-1)], index=features.index)

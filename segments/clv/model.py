@@ -71,12 +71,12 @@ TRUSTED_TYPES: list[str] = ["sklearn.ensemble._hist_gradient_boosting.predictor.
 MIN_OFFSET = 1e-3
 
 
-def fit_btyd(features: pd.DataFrame) -> dict[str, Any]:
+def fit_btyd(features: pd.DataFrame, at_most: int = MAX_BTYD_CUSTOMERS) -> dict[str, Any]:
     """BG/NBD on the purchase histories and Gamma-Gamma on every customer's orders (their count and mean
     value: the first order is counted too, since the warehouse's mean is over all of them), on at most
-    :data:`MAX_BTYD_CUSTOMERS` customers (a fixed-seed uniform sample above that)."""
+    ``at_most`` customers (a fixed-seed uniform sample above that)."""
     x, t_x, big_t, m = btyd_inputs(features)
-    rows = sample_rows(len(x), MAX_BTYD_CUSTOMERS)
+    rows = sample_rows(len(x), at_most)
     x, t_x, big_t, m = x[rows], t_x[rows], big_t[rows], m[rows]
     return {
         "bgnbd": btyd.fit_bgnbd(x, t_x, big_t).to_json(),
@@ -182,8 +182,9 @@ def fit_gbm(x: Array, target: Array, offset: Array) -> HistGradientBoostingRegre
 
 
 def gbm_spend(est: HistGradientBoostingRegressor, x: Array, base: Array) -> Array:
-    """The regressor's expected spend over the horizon: its correction times the ``base`` expectation."""
-    with threadpool_limits(1 if len(x) < 200_000 else None):
+    """The regressor's expected spend over the horizon: its correction times the ``base`` expectation
+    (single-threaded up to the validation sample's size: OpenMP only pays off above it)."""
+    with threadpool_limits(1 if len(x) <= MAX_VALIDATION_ROWS else None):
         raw = np.asarray(est.predict(x), dtype=np.float64)
     return np.asarray(raw * base, dtype=np.float64)
 

@@ -16,6 +16,7 @@ from activation.tables import orders as orders_table
 from segments.clv import (
     FEATURES,
     btyd,
+    data_range,
     evaluate,
     fit_clv,
     latest_model,
@@ -24,8 +25,13 @@ from segments.clv import (
     season,
     tiers,
 )
+from segments.clv import features as clv_features
 from segments.clv import fit as clv_fit
 from segments.clv import model as clv_model
+from segments.clv.features import load_feature_sets
+from segments.clv.metrics import rfm11_segments
+from segments.kmeans import quantile_scores
+from segments.schemes import load_scheme
 from segments.snapshots import compute_snapshot
 from tests.cli_helpers import run_cli
 from tests.model_data import latent_orders, load_orders
@@ -311,6 +317,53 @@ def test_on_data_drawn_from_btyd_the_choice_keeps_btyd(duck_settings, duck_engin
     assert result.metrics["model"] == result.metrics["btyd"]
 
 
+def test_feature_sets_of_several_dates_equal_one_statement_per_date(settings, engine, monkeypatch):
+    """Four dates (with and without a target) at once give each date's frame as it is alone: the same
+    customers (those with an order on or before that date), the same values; on DuckDB, where the orders
+    are read into NumPy, the same as the SQL statement other warehouses run."""
+    orders = latent_orders(400, seed=8)
+    orders.loc[orders.index % 17 == 0, "status"] = "Cancelled"  # excluded from every date
+    load_orders(engine, orders)
+    dates = [
+        (date(2023, 9, 30), 90),
+        (date(2023, 7, 2), 60),
+        (date(2023, 1, 3), 60),
+        (date(2022, 2, 1), None),
+    ]
+    together = load_feature_sets(engine, settings, 60, dates)
+    for (as_of, target_days), frame in zip(dates, together, strict=True):
+        pd.testing.assert_frame_equal(frame, load_features(engine, settings, as_of, 60, target_days))
+    assert 0 < len(together[3]) < len(together[2]) < len(together[1]) < len(together[0]) < 400
+    assert "target" not in together[3] and together[1]["target"].sum() > 0
+    monkeypatch.setattr(clv_features.dialect, "is_duckdb", lambda conn: False)
+    for frame, by_sql in zip(together, load_feature_sets(engine, settings, 60, dates), strict=True):
+        pd.testing.assert_frame_equal(frame, by_sql)
+
+
+def test_rfm11_segments_assign_every_customer_by_its_scores(duck_settings):
+    settings = duck_settings
+    """The segment of each row is the scheme's rule for that row's quintile scores (assigned once per
+    distinct combination)."""
+    rng = np.random.default_rng(4)
+    n = 3000
+    feats = pd.DataFrame(
+        {
+            "recency_days": rng.integers(0, 400, n).astype(float),
+            "frequency": rng.geometric(0.4, n).astype(float),
+            "monetary": rng.gamma(2, 50, n),
+        },
+        index=np.arange(n) * 3,
+    )
+    got = rfm11_segments(settings, feats)
+    scheme = load_scheme("rfm11", settings)
+    r, _ = quantile_scores(feats["recency_days"].to_numpy(), 5, higher_is_better=False)
+    f, _ = quantile_scores(feats["frequency"].to_numpy(), 5)
+    m, _ = quantile_scores(feats["monetary"].to_numpy(), 5)
+    want = [scheme.assign({"r": int(a), "f": int(b), "m": int(c)}) for a, b, c in zip(r, f, m, strict=True)]
+    assert got.tolist() == want and (got.index == feats.index).all()
+    assert got.nunique() >= 5
+
+
 # --- fit, backtest, tiers ------------------------------------------------------------------------
 
 
@@ -372,6 +425,42 @@ def test_model_beats_the_naive_baselines_on_the_demo_data(duck_settings, duck_en
             assert stored.load().seasonal
         preds = predict_customers(duck_engine, duck_settings, stored, train_until)
         assert preds["predicted_spend"].sum() == pytest.approx(m["expected_total"], rel=1e-3)
+
+
+def test_a_large_backtest_is_scored_on_a_fixed_sample_and_says_so(duck_settings, duck_engine, monkeypatch):
+    """Above MAX_BACKTEST_CUSTOMERS the backtest and calibration score a fixed-seed sample of that many
+    customers (recorded with the population size); at or below it, every customer."""
+    load_orders(duck_engine, latent_orders(900, seed=4))
+    full = fit_clv(duck_engine, duck_settings, TRAIN_UNTIL, 60).metrics
+    assert full["backtest"]["customers"] == full["test_customers"] > 300 and not full["backtest"]["sampled"]
+    monkeypatch.setattr(clv_fit, "MAX_BACKTEST_CUSTOMERS", 300)
+    sampled = fit_clv(duck_engine, duck_settings, TRAIN_UNTIL, 60).metrics
+    assert sampled["backtest"]["customers"] == 300 and sampled["backtest"]["sampled"]
+    assert sampled["test_customers"] == full["test_customers"]
+    assert sum(row["customers"] for row in sampled["calibration"]["by_spend_decile"]) == 300
+    assert sampled["model"] != full["model"] and sampled["choice"] == full["choice"]
+    assert fit_clv(duck_engine, duck_settings, TRAIN_UNTIL, 60).metrics == sampled  # the same sample again
+
+
+def test_the_regressor_rows_are_built_alone_as_the_full_stack_would_give_them(
+    duck_settings, duck_engine, monkeypatch
+):
+    """Above MAX_REGRESSOR_ROWS only the sampled rows of the stacked windows are built (their BTYD
+    expectations included), and they are exactly those rows of the full stack."""
+    load_orders(duck_engine, latent_orders(600, seed=9))
+    window, dates = clv_fit.plan_windows(data_range(duck_engine, duck_settings), TRAIN_UNTIL, 90)
+    windows, _, _ = clv_fit.load_windows(duck_engine, duck_settings, TRAIN_UNTIL, 90, window, dates)
+    full_x = np.vstack([w.x for w in windows])
+    full_y = np.concatenate([w.target for w in windows])
+    scaled = [w.offset * (w.target.sum() / max(float(w.offset.sum()), clv_model.MIN_OFFSET)) for w in windows]
+    full_offset = np.concatenate(scaled)
+    monkeypatch.setattr(clv_model, "MAX_REGRESSOR_ROWS", 500)
+    rows = clv_model.regressor_rows(len(full_x))
+    x, y, offset = clv_fit._stacked(windows)
+    assert len(rows) == len(x) == 500 < len(full_x)
+    np.testing.assert_array_equal(x, full_x[rows])
+    np.testing.assert_array_equal(y, full_y[rows])
+    np.testing.assert_array_equal(offset, full_offset[rows])
 
 
 def test_any_horizon_up_to_the_remaining_span(duck_settings, duck_engine):
