@@ -244,7 +244,7 @@ def valid_status(settings: Settings, status_col: Any) -> Any:
     """Orders whose status is not excluded (a missing status counts as valid)."""
     if not settings.orders.status or not settings.excluded_statuses:
         return true()
-    return statuses.counts(status_col, settings.excluded_statuses)
+    return statuses.counts(status_col, settings.excluded_statuses, settings.counted_statuses)
 
 
 def check_orders_source(bind: Engine | Connection, settings: Settings) -> None:

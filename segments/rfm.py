@@ -77,7 +77,9 @@ def _source_rows(settings: Settings, scheme: Scheme, window: Window) -> Any:
         cust = src.c[o.customer_id]
         conds = [before(at, window.end)]
         if o.status and settings.excluded_statuses:
-            conds.append(statuses.counts(src.c[o.status], settings.excluded_statuses))
+            conds.append(
+                statuses.counts(src.c[o.status], settings.excluded_statuses, settings.counted_statuses)
+            )
     if window.start is not None:
         conds.append(at_or_after(at, window.start))
     return (

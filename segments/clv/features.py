@@ -108,7 +108,7 @@ def _aggregate_sql(kind: str, when: Any, o: Any, src: Any) -> Any:
 def _counted(settings: Settings, o: Any) -> list[Any]:
     src = settings.orders
     if src.status and settings.excluded_statuses:
-        return [statuses.counts(o.c[src.status], settings.excluded_statuses)]
+        return [statuses.counts(o.c[src.status], settings.excluded_statuses, settings.counted_statuses)]
     return []
 
 
@@ -282,7 +282,7 @@ def data_range(engine: Engine, settings: Settings) -> tuple[date, date] | None:
     ts = o.c[src.ordered_at]
     q = select(func.min(ts), func.max(ts))
     if src.status and settings.excluded_statuses:
-        q = q.where(statuses.counts(o.c[src.status], settings.excluded_statuses))
+        q = q.where(statuses.counts(o.c[src.status], settings.excluded_statuses, settings.counted_statuses))
     with engine.connect() as conn:
         lo, hi = conn.execute(q).one()
     if lo is None:

@@ -50,7 +50,7 @@ def daily_spend(engine: Engine, settings: Settings, until: date) -> pd.Series:
     end = datetime(until.year, until.month, until.day) + timedelta(days=1)
     where = [ts < end]
     if src.status and settings.excluded_statuses:
-        where.append(statuses.counts(o.c[src.status], settings.excluded_statuses))
+        where.append(statuses.counts(o.c[src.status], settings.excluded_statuses, settings.counted_statuses))
     q = select(day.label("day"), func.sum(amount).label("spend")).where(*where).group_by(day)
     with engine.connect() as conn:
         rows = conn.execute(q).all()

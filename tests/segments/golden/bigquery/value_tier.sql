@@ -1,7 +1,7 @@
 WITH `source_rows` AS 
 (SELECT `orders`.`customer_id` AS `customer_id`, `orders`.`ordered_at` AS `at`, `orders`.`amount` AS `amount` 
 FROM `orders` 
-WHERE `orders`.`ordered_at` < '2024-07-01 00:00:00' AND (`orders`.`status` IS NULL OR (lower(trim(`orders`.`status`)) NOT IN ('abandoned', 'canceled', 'cancelled', 'chargeback', 'declined', 'expired', 'failed', 'refunded', 'rejected', 'returned', 'void', 'voided'))) AND `orders`.`ordered_at` >= '2023-07-02 00:00:00'), 
+WHERE `orders`.`ordered_at` < '2024-07-01 00:00:00' AND (`orders`.`status` IS NULL OR `orders`.`status` IN ('CLOSED', 'COMPLETE', 'COMPLETED', 'Closed', 'Complete', 'Completed', 'DELIVERED', 'Delivered', 'FULFILLED', 'Fulfilled', 'INVOICED', 'Invoiced', 'PAID', 'PROCESSED', 'Paid', 'Processed', 'SHIPPED', 'SUCCEEDED', 'SUCCESS', 'Shipped', 'Succeeded', 'Success', 'closed', 'complete', 'completed', 'delivered', 'fulfilled', 'invoiced', 'paid', 'processed', 'shipped', 'succeeded', 'success') OR (lower(trim(`orders`.`status`)) NOT IN ('abandoned', 'canceled', 'cancelled', 'chargeback', 'declined', 'expired', 'failed', 'refunded', 'rejected', 'returned', 'void', 'voided'))) AND `orders`.`ordered_at` >= '2023-07-02 00:00:00'), 
 `metrics` AS 
 (SELECT `source_rows`.`customer_id` AS `customer_id`, max(`source_rows`.`at`) AS `last_at`, count(*) AS `frequency`, sum(`source_rows`.`amount`) AS `monetary` 
 FROM `source_rows` GROUP BY `source_rows`.`customer_id`), 
