@@ -21,6 +21,7 @@ import pandas as pd
 from sqlalchemy import Date, and_, case, cast, func, literal_column, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.functions import Function
 
 from activation import dialect, statuses
 from activation import tables as t
@@ -137,7 +138,11 @@ def _order_arrays(conn: Any, settings: Settings, stop: date) -> tuple[np.ndarray
     o = _orders(settings)
     cid, ts = o.c[src.customer_id], o.c[src.ordered_at]
     where = [ts < _day_start(stop), *_counted(settings, o)]
-    day = func.date_diff(literal_column("'day'"), literal_column("DATE '1970-01-01'"), cast(ts, Date))
+    # DuckDB's date_diff by name: ``func.date_diff`` is taken over by the Trino dialect's two-argument
+    # function once the [trino] extra is installed
+    day: Function[Any] = Function(
+        "date_diff", literal_column("'day'"), literal_column("DATE '1970-01-01'"), cast(ts, Date)
+    )
     rows = select(
         (func.dense_rank().over(order_by=cid) - 1).label("code"),
         day.label("day"),
