@@ -44,6 +44,12 @@ def _wait_for(check, what: str, limit_s: float = 60) -> None:
         time.sleep(0.05)
 
 
+def _sigint_as_from_a_terminal() -> None:
+    """In the child: Ctrl-C's default disposition, whatever this process inherited (a shell starts background
+    jobs with SIGINT ignored, and Python then leaves it ignored, so the signal would do nothing)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
@@ -91,6 +97,7 @@ def test_ctrl_c_during_an_ingest_is_one_line_exit_130_and_nothing_written(tmp_pa
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_sigint_as_from_a_terminal,
     )
     _wait_for(ready.exists, "the ingest query to start")
     code, out, err = _interrupt(proc)
@@ -163,7 +170,13 @@ def test_ctrl_c_during_a_sync_says_what_was_synced_and_a_rerun_finishes(tmp_path
             "2025-06-30",
         ]
         proc = subprocess.Popen(
-            cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            cmd,
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_sigint_as_from_a_terminal,
         )
         _wait_for(lambda: len(mc.members) >= 20, "the first member batches to arrive")
         code, out, err = _interrupt(proc)
