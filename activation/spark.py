@@ -207,14 +207,8 @@ class SparkResult:
             raise WarehouseError(f"a query returned {len(self.rows)} rows instead of one", fix="report this")
         return tuple(self.rows[0].values())
 
-    def first(self) -> tuple[Any, ...] | None:
-        return tuple(self.rows[0].values()) if self.rows else None
-
     def scalar_one(self) -> Any:
         return self.one()[0]
-
-    def scalar_one_or_none(self) -> Any:
-        return self.rows[0][next(iter(self.rows[0]))] if self.rows else None
 
     def mappings(self) -> _Mappings:
         return _Mappings(self.rows)
@@ -227,7 +221,8 @@ class _Mappings(list[dict[str, Any]]):
 
 class SparkConnection:
     """Selects run in a :class:`SparkWarehouse` through the calls of a SQLAlchemy connection that the data
-    checks use (``execute(select).scalar_one() / .one() / .all() / .first() / .mappings()``), so the same
+    checks use on Spark (``execute(select).scalar_one() / .one() / .all() / .mappings()``; the stored-fingerprint
+    and relationships queries, which also use ``first`` and ``scalar_one_or_none``, never run there), so the same
     checks read orders in Spark. ``dialect`` is the Databricks dialect (no 64-bit id hash: the unique-id check
     always groups by order id there)."""
 
