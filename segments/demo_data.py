@@ -46,6 +46,8 @@ from activation.tables import rfm_snapshots
 
 END_DATE = date(2025, 12, 31)
 SPAN_DAYS = 3 * 365 + 1  # 2023-01-01 .. 2025-12-31
+#: How long after arriving a customer's candidate purchases are spread (see :func:`_repeat_purchases`).
+LIFETIME_DAYS = 3 * 365
 BLOCK = 200_000  # customers per block; fixed, so the output does not depend on memory
 
 # month -> relative demand (Q4 peak)
@@ -460,16 +462,22 @@ def _repeat_purchases(
     season: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Repeat purchases (customer index, day as float), BG/NBD-like: Poisson purchases thinned by seasonality,
-    until the customer drops out (geometric number of repeats). ``scale`` raises rates and lowers dropout."""
+    until the customer drops out (geometric number of repeats). ``scale`` raises rates and lowers dropout.
+
+    A customer's candidate purchases are spread over :data:`LIFETIME_DAYS` from their arrival (at most
+    ``2·allowed + 10`` of them, so a frequent buyer who will leave soon spreads few purchases over a long
+    time); those past the end of the data are not seen. The span is the customer's, not the data's: where
+    the data ends changes only what is seen, never when a customer buys."""
     n, days, smax = arrival.size, season.size, season.max()
     lam = np.minimum(rate * scale, 0.25)
     p = np.clip(dropout / math.sqrt(max(scale, 1e-9)), 0.002, 0.99)
     allowed = rng.geometric(p) - 1
-    horizon = days - arrival
-    cand = np.minimum(rng.poisson(lam * smax * horizon), 2 * allowed + 10)
+    cand = np.minimum(rng.poisson(lam * smax * LIFETIME_DAYS), 2 * allowed + 10)
     cust = np.repeat(np.arange(n), cand)
-    t = arrival[cust] + rng.random(cust.size) * horizon[cust]
-    keep = rng.random(cust.size) < season[t.astype(np.int64)] / smax
+    t = arrival[cust] + rng.random(cust.size) * LIFETIME_DAYS
+    u = rng.random(cust.size)
+    seen = t < days
+    keep = seen & (u < season[np.where(seen, t, 0).astype(np.int64)] / smax)
     cust, t = cust[keep], t[keep]
     order = np.argsort(cust * float(days) + t, kind="stable")
     cust, t = cust[order], t[order]

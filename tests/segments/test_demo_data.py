@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -196,3 +197,25 @@ def test_cli_demo_data_then_ingest(settings: Settings, engine: Engine, tmp_path:
         assert conn.execute(text("SELECT count(*) FROM contact_events")).scalar() > 0
     bad = run_cli("demo-data", "--out", str(out), "--customers", "300", "--orders", "10")
     assert bad.exit_code == 2 and "fix:" in bad.stderr
+
+
+def test_where_the_data_ends_changes_only_what_is_seen() -> None:
+    """Customers buy on their own clock: the same customers simulated over a span one year longer make the
+    same purchases up to the shorter span's end, and more after it (a draw spread to the end of the data
+    would move every purchase when the end moves, and thin out the data's last months)."""
+    start, days = date(2023, 1, 1), 3 * 365 + 1
+    n = 3000
+    setup = np.random.default_rng(3)
+    arrival = setup.random(n) * days
+    rate = setup.gamma(0.35, 1.0, n) / 45.0
+    dropout = setup.beta(1.0, 1.6, n)
+    long_season = demo_data._daily_season(start, days + 365)
+    short = demo_data._repeat_purchases(
+        np.random.default_rng(1), arrival, rate, dropout, 1.0, long_season[:days]
+    )
+    long = demo_data._repeat_purchases(np.random.default_rng(1), arrival, rate, dropout, 1.0, long_season)
+    before = long[1] < days
+    assert short[0].size > 1000
+    np.testing.assert_array_equal(short[0], long[0][before])
+    np.testing.assert_array_equal(short[1], long[1][before])
+    assert (~before).sum() > 0.1 * short[0].size
