@@ -187,7 +187,17 @@ def lifetimes_peer(features: pd.DataFrame, horizon: int) -> tuple[np.ndarray, fl
     bg = BetaGeoFitter().fit(x, t_x, big_t)
     gg = GammaGammaFitter().fit(x + 1, m)  # every customer's x + 1 orders of mean m, as the project fits it
     took = time.perf_counter() - t0
-    orders = bg.conditional_expected_number_of_purchases_up_to_time(horizon, x, t_x, big_t)
+    orders = np.asarray(bg.conditional_expected_number_of_purchases_up_to_time(horizon, x, t_x, big_t))
+    bad = ~np.isfinite(orders)
+    if bad.any():
+        # lifetimes' closed form (scipy's hyp2f1) returns NaN for some customers when the fitted ``a`` is
+        # small; those rows get the same expectation computed by the project from lifetimes' parameters
+        from segments.clv import btyd
+
+        params = {k: float(v) for k, v in bg.params_.items()}
+        orders[bad] = btyd.expected_purchases(params, horizon, x[bad], t_x[bad], big_t[bad])
+        print(f"  lifetimes: NaN expected purchases for {int(bad.sum()):,} of {len(x):,} customers, "
+              "filled from its parameters by the project's expectation")  # fmt: skip
     value = gg.conditional_expected_average_profit(x + 1, m)
     return np.asarray(orders * value, dtype=np.float64), took, {k: float(v) for k, v in bg.params_.items()}
 

@@ -50,6 +50,8 @@ BASELINES: tuple[str, ...] = ("btyd", "last_period_spend", "rfm11_segment_mean")
 #: at least this share of paired bootstrap resamples (a one-sided test at 5 %: a lead within noise keeps BTYD).
 CHOICE_CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 200
+#: The choice is validated on up to this many of the latest windows (each predicted from the ones before it).
+VALIDATION_FOLDS = 3
 
 
 @dataclass
@@ -185,35 +187,57 @@ def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     )
 
 
-def paired_confidence(target: np.ndarray, base: np.ndarray, *others: np.ndarray) -> list[float]:
-    """Per predictor in ``others``: the share of :data:`BOOTSTRAP_RESAMPLES` paired bootstrap resamples of
-    the customers (fixed seed, the same resamples for every predictor) in which it has a lower mean squared
-    error than ``base``."""
+def paired_confidence(
+    target: np.ndarray, base: np.ndarray, *others: np.ndarray, groups: np.ndarray | None = None
+) -> list[float]:
+    """Per predictor in ``others``: the share of :data:`BOOTSTRAP_RESAMPLES` paired bootstrap resamples (fixed
+    seed, the same resamples for every predictor) in which it has a lower mean squared error than ``base``.
+    Resampled are the ``groups`` (a customer scored in several validation windows is drawn with all of
+    their rows, so rows of one customer do not count as independent evidence), or the rows without them."""
     gain = np.column_stack([(base - target) ** 2 - (o - target) ** 2 for o in others])
+    counts = np.ones(len(gain))
+    if groups is not None:
+        codes = np.unique(groups, return_inverse=True)[1]
+        counts = np.bincount(codes).astype(np.float64)
+        gain = np.column_stack([np.bincount(codes, weights=g) for g in gain.T])
     rng = np.random.default_rng(m.SEED)
     wins = np.zeros(len(others))
     for _ in range(BOOTSTRAP_RESAMPLES):
-        wins += gain[rng.integers(0, len(gain), len(gain))].mean(axis=0) > 0.0
+        pick = rng.integers(0, len(gain), len(gain))
+        wins += gain[pick].sum(axis=0) / counts[pick].sum() > 0.0
     return [float(w) / BOOTSTRAP_RESAMPLES for w in wins]
 
 
-def _validation_predictions(
-    windows: list[Window], daily: pd.Series, window_days: int, rows: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Every predictor's expected spend on the latest window (its rows ``rows``): the regressor trained on
-    the older windows, the seasonal index from the orders up to the window's date (no ``seasonal`` without
-    one; ``gbm`` and ``blend`` correct the seasonal expectation when there is one, else BTYD's)."""
-    valid, sample = windows[0], windows[0].at(rows)
-    preds = {"btyd": sample.offset}
+@dataclass
+class Fold:
+    """One validation window's customers (``rows`` of it), their spend and every predictor's expectation."""
+
+    as_of: date
+    customers: np.ndarray
+    target: np.ndarray
+    preds: dict[str, np.ndarray]
+
+
+def _fold(windows: list[Window], j: int, daily: pd.Series, window_days: int, rows: np.ndarray) -> Fold:
+    """Every predictor's expected spend on window ``j`` (its rows ``rows``), from what is known as of its
+    date: the regressor trained on the windows before it, the seasonal index from the orders up to then.
+    Without an index (under two years of orders) ``seasonal`` is BTYD itself, as the model would be; ``gbm``
+    and ``blend`` correct ``seasonal``."""
+    valid = windows[j]
+    sample = valid.at(rows)
+    btyd_spend = sample.offset
     index = season.profile(daily, valid.as_of)
+    seasonal = btyd_spend
     if index is not None:
         params = m.fit_seasonal(valid.features, valid.as_of, index, valid.btyd_params["gamma_gamma"])
-        preds["seasonal"] = m.seasonal_expectations(params, sample.features, valid.as_of, index, window_days)[
+        seasonal = m.seasonal_expectations(params, sample.features, valid.as_of, index, window_days)[
             "btyd_spend"
         ].to_numpy()
-    base = preds.get("seasonal", preds["btyd"])
-    gbm = m.gbm_spend(m.fit_gbm(*_stacked(windows[1:])), sample.x, base)
-    return preds | {choice: m.combine(choice, gbm, base) for choice in ("gbm", "blend")}
+    gbm = m.gbm_spend(m.fit_gbm(*_stacked(windows[j + 1 :])), sample.x, seasonal)
+    preds = {"btyd": btyd_spend, "seasonal": seasonal}
+    preds |= {choice: m.combine(choice, gbm, seasonal) for choice in ("gbm", "blend")}
+    customers = sample.features["customer_id"].to_numpy()
+    return Fold(valid.as_of, customers, sample.target, preds)
 
 
 def choose(
@@ -221,27 +245,43 @@ def choose(
 ) -> tuple[str, dict[str, Any] | None, HistGradientBoostingRegressor]:
     """The predictor for the model, its validation scores, and the regressor refitted on every window.
 
-    Validation: trained on the older windows, scored on the latest one (at most 200,000 of its customers).
-    BTYD stays the choice unless another predictor has a lower squared error than it in at least
-    :data:`CHOICE_CONFIDENCE` of paired bootstrap resamples of the validation customers; of those that do,
-    the lowest RMSE wins. With one window there is nothing to validate on, and BTYD is kept."""
+    Validation (time-series cross-validation on expanding windows): each of the latest
+    :data:`VALIDATION_FOLDS` windows that has an older one is predicted from the windows before it, at most
+    :data:`~segments.clv.model.MAX_VALIDATION_ROWS` customers in all; the folds' rows are pooled, so one
+    quarter's season does not decide alone. BTYD stays the choice unless another predictor has a lower
+    squared error than it in at least :data:`CHOICE_CONFIDENCE` of paired bootstrap resamples of the
+    validation customers; of those that do, the lowest pooled RMSE wins. ``seasonal`` is a candidate only
+    when the latest window has a seasonal index. With one window there is nothing to validate on, and BTYD
+    is kept."""
     final = m.fit_gbm(*_stacked(windows))
     if len(windows) < 2:
         return "btyd", None, final
-    valid = windows[0]
-    rows = m.sample_rows(len(valid.features), m.MAX_VALIDATION_ROWS)
-    target = valid.target[rows]
-    preds = _validation_predictions(windows, daily, window_days, rows)
-    scores = {choice: evaluate(target, p) for choice, p in preds.items()}
-    others = [c for c in preds if c != "btyd"]
-    shares = paired_confidence(target, preds["btyd"], *(preds[c] for c in others))
+    count = min(VALIDATION_FOLDS, len(windows) - 1)
+    per_fold = max(1, m.MAX_VALIDATION_ROWS // count)
+    folds = [
+        _fold(windows, j, daily, window_days, m.sample_rows(len(windows[j].features), per_fold))
+        for j in range(count)
+    ]
+    seasonal_base = season.profile(daily, windows[0].as_of) is not None
+    names = [c for c in m.CHOICES if seasonal_base or c != "seasonal"]
+    target = np.concatenate([f.target for f in folds])
+    preds = {c: np.concatenate([f.preds[c] for f in folds]) for c in names}
+    scores = {c: evaluate(target, p) for c, p in preds.items()}
+    others = [c for c in names if c != "btyd"]
+    groups = np.concatenate([f.customers for f in folds])
+    shares = paired_confidence(target, preds["btyd"], *(preds[c] for c in others), groups=groups)
     confidence = dict(zip(others, shares, strict=True))
     eligible = ["btyd", *(c for c, share in confidence.items() if share >= CHOICE_CONFIDENCE)]
     best = min(eligible, key=lambda c: (scores[c]["rmse"], m.CHOICES.index(c)))
     cv = {
-        "validation_as_of": valid.as_of.isoformat(),
-        "seasonal_base": "seasonal" in preds,
+        "validation_as_of": [f.as_of.isoformat() for f in folds],
+        "seasonal_base": seasonal_base,
         "scores": scores,
+        "folds": [
+            {"as_of": f.as_of.isoformat(), "customers": len(f.target)}
+            | {c: round(float(np.sqrt(np.mean((f.preds[c] - f.target) ** 2))), 2) for c in names}
+            for f in folds
+        ],
         "confidence_vs_btyd": confidence,
         "chosen": best,
     }
