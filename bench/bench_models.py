@@ -236,13 +236,18 @@ def print_split(split: dict[str, Any], horizon: int) -> None:
     if cv:
         shares = cv["confidence_vs_btyd"]
         print(
-            f"  validation window as of {cv['validation_as_of']}: "
+            f"  validation windows as of {', '.join(cv['validation_as_of'])} (pooled): "
             + ", ".join(
                 f"{c} RMSE {s['rmse']:.2f}"
                 + (f" (beats btyd in {shares[c]:.0%} of resamples)" if c in shares else "")
                 for c, s in cv["scores"].items()
             )
         )
+        for fold in cv.get("folds", []):
+            print(
+                f"    window as of {fold['as_of']} ({fold['customers']:,} customers): "
+                + ", ".join(f"{c} {fold[c]:.2f}" for c in cv["scores"])
+            )
     print(f"  {'predictor':<20} {'MAE':>9} {'RMSE':>9} {'Spearman':>9} {'top-10%':>8} {'pred/actual':>12}")
     for key in PREDICTORS:
         s = mt[key]

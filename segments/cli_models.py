@@ -116,7 +116,9 @@ def fit_command(
     cv = m["cross_validation"]
     if cv:
         scores = ", ".join(f"{k} {v['rmse']:.2f}" for k, v in cv["scores"].items())
-        console.out.print(f"chosen by RMSE on the window as of {cv['validation_as_of']}: {scores}")
+        console.out.print(
+            f"chosen on the windows as of {', '.join(cv['validation_as_of'])} (pooled RMSE): {scores}"
+        )
     console.out.print(_metrics_table("CLV backtest", m))
     for table in _calibration_tables(m["calibration"]):
         console.out.print(table)

@@ -269,6 +269,19 @@ def test_paired_confidence_separates_a_real_gain_from_noise():
     assert shares[:2] == [1.0, 0.0] and 0.0 < shares[2] < clv_fit.CHOICE_CONFIDENCE, shares
 
 
+def test_paired_confidence_resamples_customers_not_rows():
+    """One customer scored in many validation windows is one piece of evidence: a lead that comes from one
+    customer's 300 rows is certain when rows are resampled, and only as likely as drawing that customer
+    (1 - 1/e of resamples) when whole customers are."""
+    y = np.zeros(1300)
+    base = np.where(np.arange(1300) < 300, 1.0, 0.0)  # wrong on customer 0's rows only
+    other = np.zeros(1300)
+    groups = np.concatenate([np.zeros(300, int), np.arange(1, 1001)])
+    assert clv_fit.paired_confidence(y, base, other) == [1.0]
+    [share] = clv_fit.paired_confidence(y, base, other, groups=groups)
+    assert 0.5 < share < 0.75, share
+
+
 def test_coarsened_features_keep_their_order_and_missing_values_in_at_most_255_values():
     rng = np.random.default_rng(5)
     x = np.column_stack([rng.gamma(2, 10, 3000), rng.integers(0, 7, 3000).astype(float)])
@@ -312,6 +325,13 @@ def test_on_data_drawn_from_btyd_the_choice_keeps_btyd(duck_settings, duck_engin
     result = fit_clv(duck_engine, duck_settings, date(2023, 10, 2), 90)
     cv = result.metrics["cross_validation"]
     assert cv["seasonal_base"] and set(cv["confidence_vs_btyd"]) == {"seasonal", "gbm", "blend"}
+    # validated on the three latest windows, each predicted from what was known as of its date
+    assert (
+        cv["validation_as_of"]
+        == result.metrics["train"]["features_as_of"][:3]
+        == [f["as_of"] for f in cv["folds"]]
+    )
+    assert all(f["customers"] > 1000 for f in cv["folds"]), cv["folds"]
     assert result.metrics["choice"] == "btyd", cv
     assert max(cv["confidence_vs_btyd"].values()) < clv_fit.CHOICE_CONFIDENCE, cv
     assert result.metrics["model"] == result.metrics["btyd"]
