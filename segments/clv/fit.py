@@ -6,9 +6,10 @@ long, so any horizon up to the data's remaining span works: features as of ``T �
 ``(T − L, T]``, stacked with ``T − 2L``, ``T − 3L``, ``T − 4L`` as far as the data reaches. BG/NBD +
 Gamma-Gamma is fitted afresh as of each window's date (it never sees the window's target). The choice
 between ``btyd``, ``seasonal``, ``gbm`` and ``blend`` (see :mod:`segments.clv.model`) is made on the latest
-window (at most 200,000 of its customers), the regressor trained on the older ones and the seasonal index
-taken from the orders up to the window's date: BTYD is kept unless another predictor beats its squared
-error in at least 95 % of paired bootstrap resamples, and of those that do the lowest RMSE wins. The
+three windows pooled (at most 200,000 customers in all), each predicted by the regressor trained on the
+windows before it and the seasonal index from the orders up to its date: BTYD is kept unless another
+predictor beats its squared error in at least 95 % of paired bootstrap resamples of the customers, and of
+those that do the lowest RMSE wins. The
 regressor is then refitted on every window (at most 100,000 stacked rows). Nothing after ``T`` is seen.
 """
 
