@@ -23,8 +23,10 @@ Two parts, each in its own process so each reports its own peak RSS:
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import tempfile
 import time
 from datetime import date, datetime, timedelta
@@ -146,6 +148,7 @@ def _warehouse(name: str) -> tuple[Any, Any, Path]:
     from activation.warehouse import get_engine
 
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    atexit.register(shutil.rmtree, tmp, True)  # the warehouse and generated files go when the run ends
     settings = Settings(data_dir=tmp, warehouse_url=f"duckdb:///{tmp / 'warehouse.duckdb'}")
     return settings, get_engine(settings), tmp
 
