@@ -200,23 +200,37 @@ def _expected_by_quadrature(params: dict[str, float], t: float, x: Array, big_t:
 
 def expected_purchases(params: dict[str, float], t: float, x: Array, t_x: Array, big_t: Array) -> Array:
     """E[purchases in (T, T + t] | x, t_x, T] (Fader, Hardie & Lee 2005, eq. 10)."""
-    r, alpha, a, b = _bgnbd_args(params)
     x = np.asarray(x, dtype=np.float64)
     big_t = np.asarray(big_t, dtype=np.float64)
+    # the expectation if alive depends on (x, T) only, and customers share few of those pairs (days and
+    # small counts): computed once per distinct pair
+    pairs, inverse = np.unique(x + 1j * big_t, return_inverse=True)
+    if 2 * len(pairs) < len(x):
+        if_alive = _expected_if_alive(params, t, pairs.real.copy(), pairs.imag.copy())[inverse.reshape(-1)]
+    else:
+        if_alive = _expected_if_alive(params, t, x, big_t)
+    return np.asarray(if_alive * p_alive(params, x, t_x, big_t), dtype=np.float64)
+
+
+def _expected_if_alive(params: dict[str, float], t: float, x: Array, big_t: Array) -> Array:
+    """E[purchases in (T, T + t] | alive at T, x, T]: eq. 10 without its P(alive) factor."""
+    r, alpha, a, b = _bgnbd_args(params)
     z = t / (alpha + big_t + t)
     c = a + b + x - 1.0
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         hyp = np.log(hyp2f1(r + x, b + x, c, z))
         # the Euler transformation where the series does not settle (large x)
-        alt = np.log(hyp2f1(c - r - x, c - b - x, c, z)) + (c - r - x - b - x) * np.log1p(-z)
-        hyp = np.where(np.isfinite(hyp), hyp, alt)
+        odd = ~np.isfinite(hyp)
+        hyp[odd] = np.log(hyp2f1(c - r - x, c - b - x, c, z)[odd]) + (c - r - x - b - x)[odd] * np.log1p(
+            -z[odd]
+        )
         first = c / (a - 1.0)
         second = 1.0 - np.exp(hyp + (r + x) * (np.log(alpha + big_t) - np.log(alpha + big_t + t)))
         if_alive = first * second
     bad = ~np.isfinite(if_alive) | (c <= 0) | (if_alive < 0)
     if bad.any():
         if_alive[bad] = _expected_by_quadrature(params, t, x[bad], big_t[bad])
-    return np.asarray(if_alive * p_alive(params, x, t_x, big_t), dtype=np.float64)
+    return np.asarray(if_alive, dtype=np.float64)
 
 
 def p_purchase(params: dict[str, float], t: float, x: Array, t_x: Array, big_t: Array) -> Array:

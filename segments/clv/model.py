@@ -158,12 +158,19 @@ def coarsen(x: Array) -> Array:
     for j in range(out.shape[1]):
         col = out[:, j]
         known = ~np.isnan(col)
-        if len(np.unique(col[known])) <= MAX_BINS:
+        values = np.sort(col[known])
+        if len(values) == 0 or np.count_nonzero(np.diff(values)) + 1 <= MAX_BINS:
             continue
-        edges = np.unique(np.percentile(col[known], cuts, method="averaged_inverted_cdf"))
-        codes = np.searchsorted(edges, col[known], side="left")
-        medians = pd.Series(col[known]).groupby(codes).median()
-        col[known] = medians.reindex(codes).to_numpy()
+        edges = np.unique(np.percentile(values, cuts, method="averaged_inverted_cdf"))
+        # bins are runs of the sorted values; each run's median (the mean of its two middle values when
+        # its length is even, as pandas takes it)
+        # bin k holds the values v with edges[k-1] < v <= edges[k] (``codes`` below)
+        bounds = np.concatenate([[0], np.searchsorted(values, edges, side="right"), [len(values)]])
+        lo, hi = bounds[:-1], bounds[1:]
+        used = hi > lo
+        medians = np.zeros(len(lo))
+        medians[used] = (values[(lo + hi - 1)[used] // 2] + values[(lo + hi)[used] // 2]) / 2.0
+        col[known] = medians[np.searchsorted(edges, col[known], side="left")]
     return out
 
 

@@ -282,6 +282,24 @@ def test_paired_confidence_resamples_customers_not_rows():
     assert 0.5 < share < 0.75, share
 
 
+def test_expected_purchases_per_distinct_history_equal_those_per_customer():
+    """Customers sharing (x, T) share the expectation if alive, computed once per pair: the same numbers as
+    row by row, on the closed form, its Euler transformation and the quadrature (a + b + x <= 1)."""
+    rng = np.random.default_rng(2)
+    x = np.minimum(rng.geometric(0.3, 20000) - 1, 150).astype(float)
+    big_t = np.floor(rng.uniform(1, 900, 20000))
+    t_x = np.floor(big_t * rng.random(20000)) * (x > 0)
+    for params in (
+        {"r": 0.6, "alpha": 40.0, "a": 0.8, "b": 2.5},
+        {"r": 0.46, "alpha": 32.0, "a": 0.03, "b": 0.95},
+    ):
+        per_pair = btyd.expected_purchases(params, 90.0, x, t_x, big_t)
+        alone = np.array([btyd.expected_purchases(params, 90.0, x[i : i + 1], t_x[i : i + 1], big_t[i : i + 1])[0]
+                          for i in range(0, 20000, 97)])  # fmt: skip
+        np.testing.assert_allclose(per_pair[::97], alone, rtol=1e-12)
+        assert np.all(np.isfinite(per_pair)) and np.all(per_pair >= 0)
+
+
 def test_coarsened_features_keep_their_order_and_missing_values_in_at_most_255_values():
     rng = np.random.default_rng(5)
     x = np.column_stack([rng.gamma(2, 10, 3000), rng.integers(0, 7, 3000).astype(float)])
@@ -294,6 +312,13 @@ def test_coarsened_features_keep_their_order_and_missing_values_in_at_most_255_v
     assert np.all(np.diff(c[known, 0][order]) >= 0)  # monotone: the ranking the trees split on is kept
     gap = np.abs(c[known, 0] - x[known, 0])
     assert np.percentile(gap, 99) < 0.1 * np.nanstd(x[:, 0])  # the top bin aside, values stay close
+    # each value is its bin's median, the bins cut at the unweighted quantiles (with ties: repeated values)
+    values = np.concatenate([np.round(x[known, 0]), np.arange(300.0)])
+    cuts = np.linspace(0, 100, clv_model.MAX_BINS + 1)[1:-1]
+    edges = np.unique(np.percentile(values, cuts, method="averaged_inverted_cdf"))
+    codes = np.searchsorted(edges, values, side="left")
+    medians = pd.Series(values).groupby(codes).median().reindex(codes).to_numpy()
+    np.testing.assert_array_equal(clv_model.coarsen(values[:, None])[:, 0], medians)
     # the regressor bins the coarsened values as they are: no weighted quantiles
     est = clv_model.fit_gbm(x, rng.poisson(1.0, 3000).astype(float), rng.gamma(1.0, 1.0, 3000))
     assert len(est._bin_mapper.bin_thresholds_[0]) == len(np.unique(c[known, 0])) - 1
