@@ -12,7 +12,7 @@ With a target, also the spend and the number of orders in ``(t, t + target_days]
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -170,10 +170,11 @@ def _aggregate(kind: str, code: np.ndarray, day: np.ndarray, amount: np.ndarray,
 
 def _from_orders(
     conn: Any, settings: Settings, window_days: int, dates: Sequence[FeatureDate]
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, np.ndarray]]]:
+) -> tuple[np.ndarray, np.ndarray, Iterator[tuple[int, dict[str, np.ndarray]]]]:
     """:func:`_columns` from the orders read once into NumPy (DuckDB: a columnar read of three columns
     costs a fraction of the dozens of conditional aggregates per customer). The aggregates from the first
-    order are built up date by date, each from the one before."""
+    order are built up date by date, each from the one before, and each date's are yielded (with its
+    position in ``dates``) as soon as they are done, oldest first."""
     ids, cols = _order_arrays(conn, settings, _stop(dates))
     # days from the first one fit in 16 bits for 179 years of orders, where NumPy's stable sort is a radix sort
     days = np.asarray(cols["day"], dtype=np.int64)
@@ -189,24 +190,28 @@ def _from_orders(
 
     first = np.full(n, np.inf)
     np.fmin.at(first, code, day)
-    since_first: dict[str, tuple[int, np.ndarray]] = {}  # name -> (row it stops at, aggregate)
-    out: list[dict[str, np.ndarray]] = [{} for _ in dates]
-    for k in sorted(range(len(dates)), key=lambda j: dates[j][0]):
-        for name, (kind, start, stop) in _spans(dates[k][0], window_days, dates[k][1]).items():
-            lo, hi = at(start), at(stop)
-            done, base = since_first.get(name, (0, None)) if start is None else (lo, None)
-            part = _aggregate(kind, code[done:hi], day[done:hi], amount[done:hi], n)
-            if base is not None:
-                part = np.fmax(base, part) if kind in ("max", "last") else base + part
-            if start is None:
-                since_first[name] = (hi, part)
-            out[k][name] = part
-    return ids, first, out
+
+    def each() -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        since_first: dict[str, tuple[int, np.ndarray]] = {}  # name -> (row it stops at, aggregate)
+        for k in sorted(range(len(dates)), key=lambda j: dates[j][0]):
+            out: dict[str, np.ndarray] = {}
+            for name, (kind, start, stop) in _spans(dates[k][0], window_days, dates[k][1]).items():
+                lo, hi = at(start), at(stop)
+                done, base = since_first.get(name, (0, None)) if start is None else (lo, None)
+                part = _aggregate(kind, code[done:hi], day[done:hi], amount[done:hi], n)
+                if base is not None:
+                    part = np.fmax(base, part) if kind in ("max", "last") else base + part
+                if start is None:
+                    since_first[name] = (hi, part)
+                out[name] = part
+            yield k, out
+
+    return ids, first, each()
 
 
 def _from_sql(
     conn: Any, settings: Settings, window_days: int, dates: Sequence[FeatureDate]
-) -> tuple[np.ndarray, np.ndarray, list[dict[str, np.ndarray]]]:
+) -> tuple[np.ndarray, np.ndarray, Iterator[tuple[int, dict[str, np.ndarray]]]]:
     """:func:`_columns` from :func:`feature_query`."""
     raw = pd.read_sql(feature_query(settings, window_days, dates), conn)
 
@@ -223,29 +228,37 @@ def _from_sql(
                 for name, (kind, _, _) in names.items()
             }
         )
-    return raw["customer_id"].to_numpy(dtype=object), days("first_at"), out
+    return raw["customer_id"].to_numpy(dtype=object), days("first_at"), iter(enumerate(out))
 
 
 def _day_number(d: date) -> int:
     return (d - date(1970, 1, 1)).days
 
 
-def load_feature_sets(
+def iter_feature_sets(
     engine: Engine, settings: Settings, window_days: int, dates: Sequence[FeatureDate]
-) -> list[pd.DataFrame]:
+) -> Iterator[tuple[int, pd.DataFrame]]:
     """The per-customer feature frame as of each of ``dates`` (sorted by customer_id), with ``target`` and
     ``target_orders`` over the ``target_days`` after it when given, from one read of the orders: on DuckDB
-    the orders' three columns into NumPy, elsewhere one SQL statement (:func:`feature_query`)."""
+    the orders' three columns into NumPy, elsewhere one SQL statement (:func:`feature_query`). Each frame
+    comes with its position in ``dates`` as soon as it is ready (on DuckDB the oldest date first), so the
+    caller can start on it while the others are computed."""
     with engine.connect() as conn:
         load = _from_orders if dialect.is_duckdb(conn) else _from_sql
         ids, first, per_date = load(conn, settings, window_days, dates)
-    names = pd.Series(ids).astype(str)
-    out = []
-    for (as_of, _), cols in zip(dates, per_date, strict=True):
-        keep = cols["frequency"] > 0
-        part = {name: values[keep] for name, values in cols.items()}
-        out.append(_derive(names[keep].reset_index(drop=True), first[keep], part, as_of))
-    return out
+        names = pd.Series(ids).astype(str)
+        for k, cols in per_date:
+            keep = np.flatnonzero(cols["frequency"] > 0)
+            part = {name: values[keep] for name, values in cols.items()}
+            yield k, _derive(names.iloc[keep].reset_index(drop=True), first[keep], part, dates[k][0])
+
+
+def load_feature_sets(
+    engine: Engine, settings: Settings, window_days: int, dates: Sequence[FeatureDate]
+) -> list[pd.DataFrame]:
+    """:func:`iter_feature_sets` in the order of ``dates``."""
+    frames = dict(iter_feature_sets(engine, settings, window_days, dates))
+    return [frames[k] for k in range(len(dates))]
 
 
 def load_features(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cached_property
@@ -36,7 +36,7 @@ from activation.settings import Settings
 from activation.warehouse import transaction
 from segments.clv import model as m
 from segments.clv import season
-from segments.clv.features import FEATURES, data_range, load_feature_sets
+from segments.clv.features import FEATURES, data_range, iter_feature_sets
 from segments.clv.metrics import beats, calibration, evaluate, rfm11_segments
 
 MIN_TRAIN_CUSTOMERS = 50
@@ -147,25 +147,32 @@ def plan_windows(
 
 
 def load_windows(
-    engine: Engine, settings: Settings, train_until: date, horizon_days: int, window: int, dates: list[date]
-) -> tuple[list[Window], pd.DataFrame, dict[str, Any]]:
+    pool: ThreadPoolExecutor,
+    engine: Engine,
+    settings: Settings,
+    train_until: date,
+    horizon_days: int,
+    window: int,
+    dates: list[date],
+) -> tuple[list[Window], pd.DataFrame, Future[dict[str, Any]]]:
     """The training windows as of ``dates`` (BG/NBD + Gamma-Gamma fitted on each), the backtest's features
-    as of ``train_until`` and BG/NBD + Gamma-Gamma fitted on them, from one read of the orders. The fits
-    (and each window's expectations, whose totals scale the regressor's offsets) are independent and
-    single-threaded, so they run two at a time (the result does not depend on it)."""
-    test, *frames = load_feature_sets(
-        engine, settings, window, [(train_until, horizon_days), *((d, window) for d in dates)]
-    )
+    as of ``train_until`` and BG/NBD + Gamma-Gamma being fitted on them, from one read of the orders. The
+    fits (and each window's expectations, whose totals scale the regressor's offsets) are independent, so
+    they run in ``pool``, each as soon as its features are ready (the result does not depend on it); the
+    backtest's fit is only needed for the final model and is left running."""
 
     def fitted(as_of: date, features: pd.DataFrame) -> Window:
         w = Window(as_of, features, m.fit_btyd(features), window)
         _ = w.expectations  # every row's, computed here in the pool
         return w
 
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
-        test_btyd = pool.submit(m.fit_btyd, test)
-        windows = list(pool.map(fitted, dates, frames))
-        return windows, test, test_btyd.result()
+    wanted = [(train_until, horizon_days), *((d, window) for d in dates)]
+    frames: dict[int, pd.DataFrame] = {}
+    jobs: dict[int, Future[Any]] = {}
+    for k, frame in iter_feature_sets(engine, settings, window, wanted):
+        frames[k] = frame
+        jobs[k] = pool.submit(m.fit_btyd, frame) if k == 0 else pool.submit(fitted, dates[k - 1], frame)
+    return [jobs[k].result() for k in range(1, len(wanted))], frames[0], jobs[0]
 
 
 def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -244,7 +251,7 @@ def _fold(windows: list[Window], j: int, daily: pd.Series, window_days: int, row
 
 
 def choose(
-    windows: list[Window], daily: pd.Series, window_days: int
+    pool: ThreadPoolExecutor, windows: list[Window], daily: pd.Series, window_days: int
 ) -> tuple[str, dict[str, Any] | None, HistGradientBoostingRegressor]:
     """The predictor for the model, its validation scores, and the regressor refitted on every window.
 
@@ -264,11 +271,10 @@ def choose(
     def fold(j: int) -> Fold:
         return _fold(windows, j, daily, window_days, m.sample_rows(len(windows[j].features), per_fold))
 
-    # the final regressor and the folds are independent and single-threaded: two at a time
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
-        refit = pool.submit(lambda: m.fit_gbm(*_stacked(windows)))
-        folds = list(pool.map(fold, range(count)))
-        final = refit.result()
+    # the final regressor and the folds are independent: run in the pool
+    refit = pool.submit(lambda: m.fit_gbm(*_stacked(windows)))
+    folds = list(pool.map(fold, range(count)))
+    final = refit.result()
     seasonal_base = season.profile(daily, windows[0].as_of) is not None
     names = [c for c in m.CHOICES if seasonal_base or c != "seasonal"]
     target = np.concatenate([f.target for f in folds])
@@ -308,18 +314,16 @@ def _baselines(settings: Settings, train: Window, test: pd.DataFrame, scale: flo
 
 
 def backtest(
-    settings: Settings,
     fitted: m.ProjectModel,
-    train: Window,
     test: pd.DataFrame,
     horizon_days: int,
     train_until: date,
+    baselines: dict[str, np.ndarray],
 ) -> dict[str, Any]:
-    """The model, BTYD alone and the naive baselines on the period after the cut-off, and calibration, on
-    at most :data:`MAX_BACKTEST_CUSTOMERS` of the test customers (``customers``; ``sampled`` when fewer
-    than all of them). The rfm11 segments are those of the whole population."""
+    """The model, BTYD alone and the naive ``baselines`` (:func:`_baselines`, of every test customer) on the
+    period after the cut-off, and calibration, on at most :data:`MAX_BACKTEST_CUSTOMERS` of the test
+    customers (``customers``; ``sampled`` when fewer than all of them)."""
     rows = m.sample_rows(len(test), MAX_BACKTEST_CUSTOMERS)
-    baselines = _baselines(settings, train, test, horizon_days / fitted.window_days)
     test = test.iloc[rows].reset_index(drop=True)
     pred = fitted.predict(test, horizon_days, train_until)
     actual = test["target"].to_numpy(dtype=np.float64)
@@ -396,19 +400,25 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
     """
     started = time.perf_counter()
     window, dates = plan_windows(data_range(engine, settings), train_until, horizon_days)
-    windows, test, test_btyd = load_windows(engine, settings, train_until, horizon_days, window, dates)
-    daily = season.daily_spend(engine, settings, train_until)
-    if len(windows[0].features) < MIN_TRAIN_CUSTOMERS:
-        raise InputError(
-            f"clv fit: only {len(windows[0].features)} customers have orders on or before {dates[0]}; at "
-            f"least {MIN_TRAIN_CUSTOMERS} are needed to fit",
-            fix="use a later --train-until or a shorter --horizon-days",
+    # the independent parts (BTYD fits, regressors, validation windows, baselines) run two at a time,
+    # single-threaded: their arrays are ~10^5 rows, where BLAS and OpenMP threads cost more than they save
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=2) as pool:
+        windows, test, test_btyd = load_windows(
+            pool, engine, settings, train_until, horizon_days, window, dates
         )
-    choice, cv, regressor = choose(windows, daily, window)
-    gbm = regressor if choice in ("gbm", "blend") else None
-    seasonal = choice != "btyd" and cv is not None and bool(cv["seasonal_base"])
-    fitted = _final_model(choice, test, test_btyd, daily, train_until, gbm, window, seasonal)
-    scores = backtest(settings, fitted, windows[0], test, horizon_days, train_until)
+        daily = season.daily_spend(engine, settings, train_until)
+        if len(windows[0].features) < MIN_TRAIN_CUSTOMERS:
+            raise InputError(
+                f"clv fit: only {len(windows[0].features)} customers have orders on or before {dates[0]}; "
+                f"at least {MIN_TRAIN_CUSTOMERS} are needed to fit",
+                fix="use a later --train-until or a shorter --horizon-days",
+            )
+        baselines = pool.submit(_baselines, settings, windows[0], test, horizon_days / window)
+        choice, cv, regressor = choose(pool, windows, daily, window)
+        gbm = regressor if choice in ("gbm", "blend") else None
+        seasonal = choice != "btyd" and cv is not None and bool(cv["seasonal_base"])
+        fitted = _final_model(choice, test, test_btyd.result(), daily, train_until, gbm, window, seasonal)
+        scores = backtest(fitted, test, horizon_days, train_until, baselines.result())
     metrics: dict[str, Any] = {
         "backtest": {
             "features_as_of": train_until.isoformat(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 
 import numpy as np
@@ -494,7 +495,8 @@ def test_the_regressor_rows_are_built_alone_as_the_full_stack_would_give_them(
     expectations included), and they are exactly those rows of the full stack."""
     load_orders(duck_engine, latent_orders(600, seed=9))
     window, dates = clv_fit.plan_windows(data_range(duck_engine, duck_settings), TRAIN_UNTIL, 90)
-    windows, _, _ = clv_fit.load_windows(duck_engine, duck_settings, TRAIN_UNTIL, 90, window, dates)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        windows, _, _ = clv_fit.load_windows(pool, duck_engine, duck_settings, TRAIN_UNTIL, 90, window, dates)
     full_x = np.vstack([w.x for w in windows])
     full_y = np.concatenate([w.target for w in windows])
     scaled = [w.offset * (w.target.sum() / max(float(w.offset.sum()), clv_model.MIN_OFFSET)) for w in windows]
