@@ -158,7 +158,7 @@ def demo(
     plant: bool = typer.Option(
         True,
         "--plant/--no-plant",
-        help="Plant a known conversion lift for the treated (At Risk +10 pp, Hibernating +8 pp, Champions "
+        help="Plant a known conversion lift for the treated (At Risk +15 pp, Hibernating +12 pp, Champions "
         "+0 pp) in the orders after the as_of, so the report shows what it recovers (docs/roi.md).",
     ),
 ) -> None:
