@@ -9,8 +9,8 @@ between ``btyd``, ``seasonal``, ``gbm`` and ``blend`` (see :mod:`segments.clv.mo
 three windows pooled (at most 200,000 customers in all), each predicted by the regressor trained on the
 windows before it and the seasonal index from the orders up to its date: BTYD is kept unless another
 predictor beats its squared error in at least 95 % of paired bootstrap resamples of the customers, and of
-those that do the lowest RMSE wins. The
-regressor is then refitted on every window (at most 100,000 stacked rows). Nothing after ``T`` is seen.
+those that do the lowest RMSE wins. The regressor is then refitted on every window (at most 100,000 stacked
+rows). Nothing after ``T`` is seen.
 """
 
 from __future__ import annotations
