@@ -7,8 +7,9 @@ Two parts, each in its own process so each reports its own peak RSS:
   fixed-seed samples, then the final fit on every customer: Lloyd below 50M customers, MiniBatch above).
   Baseline in the same run: the other algorithm's final fit alone, with the chosen k on the same data
   (skip it with ``--no-baseline``).
-* ``clv``: two data sets, (a) the demo generator (default 5,000 customers / 40,000 orders) and (b) orders
-  drawn from a BG/NBD + Gamma-Gamma process with known parameters (default 20,000 customers), each
+* ``clv``: three data sets, (a) the demo generator (default 5,000 customers / 40,000 orders), (b) orders
+  drawn from a BG/NBD + Gamma-Gamma process with known parameters (default 20,000 customers) and (c) the
+  public CDNOW transaction log that ships with lifetimes (23,570 customers, 1997-01 .. 1998-06), each
   ingested into DuckDB; time splits with the cut-off 90 and 273 days before the last order (3- and 9-month
   horizons). Side by side on the same backtest customers: the project's model (``clv fit``), its
   BG/NBD + Gamma-Gamma alone, lifetimes 0.11.3's BG/NBD + Gamma-Gamma on the same summary, last period's
@@ -178,6 +179,25 @@ def load_simulated(customers: int) -> tuple[Any, Any, str]:
     )
 
 
+def load_cdnow() -> tuple[Any, Any, str]:
+    """CDNOW's full transaction log as it ships with lifetimes (23,570 customers who first bought in
+    1997 Q1, every purchase to 1998-06-30; Fader & Hardie's data set), ingested as a user would
+    (``activation ingest CDNOW_master.txt --format cdnow``: each line one order)."""
+    import lifetimes
+    from sqlalchemy import func, select
+
+    from activation.tables import orders as orders_table
+    from segments.ingest import ingest_file
+
+    settings, engine, _ = _warehouse("cdnow")
+    ingest_file(engine, settings, Path(lifetimes.__file__).parent / "datasets" / "CDNOW_master.txt", "cdnow")
+    with engine.connect() as conn:
+        n, customers = conn.execute(
+            select(func.count(), func.count(func.distinct(orders_table.c.customer_id)))
+        ).one()
+    return settings, engine, f"(c) CDNOW (public), {customers:,} customers / {n:,} orders"
+
+
 def lifetimes_peer(features: pd.DataFrame, horizon: int) -> tuple[np.ndarray, float, dict[str, float]]:
     """lifetimes 0.11.3's BG/NBD + Gamma-Gamma on the same per-customer summary as of the cut-off (days):
     expected spend over the horizon, fit seconds, fitted BG/NBD parameters."""
@@ -188,7 +208,10 @@ def lifetimes_peer(features: pd.DataFrame, horizon: int) -> tuple[np.ndarray, fl
     x, t_x, big_t, m = btyd_inputs(features)
     t0 = time.perf_counter()
     bg = BetaGeoFitter().fit(x, t_x, big_t)
-    gg = GammaGammaFitter().fit(x + 1, m)  # every customer's x + 1 orders of mean m, as the project fits it
+    # every customer's x + 1 orders of mean m, as the project fits it; lifetimes refuses m <= 0 (CDNOW has
+    # customers whose orders were all $0): the fit leaves them out, as the project's does
+    paid = m > 0
+    gg = GammaGammaFitter().fit(x[paid] + 1, m[paid])
     took = time.perf_counter() - t0
     orders = np.asarray(bg.conditional_expected_number_of_purchases_up_to_time(horizon, x, t_x, big_t))
     bad = ~np.isfinite(orders)
@@ -251,12 +274,16 @@ def print_split(split: dict[str, Any], horizon: int) -> None:
                 f"    window as of {fold['as_of']} ({fold['customers']:,} customers): "
                 + ", ".join(f"{c} {fold[c]:.2f}" for c in cv["scores"])
             )
-    print(f"  {'predictor':<20} {'MAE':>9} {'RMSE':>9} {'Spearman':>9} {'top-10%':>8} {'pred/actual':>12}")
+    print(
+        f"  {'predictor':<20} {'MAE':>9} {'RMSE':>9} {'Spearman':>9} {'top-10%':>8} {'pred/actual':>12}"
+        f" {'buyer AUC':>10} {'Spearman, buyers':>17}"
+    )
     for key in PREDICTORS:
         s = mt[key]
         print(
             f"  {key:<20} {s['mae']:>9.2f} {s['rmse']:>9.2f} {s['spearman']:>9.4f} "
-            f"{s['top_decile_capture']:>8.1%} {s['total_ratio']:>12.3f}"
+            f"{s['top_decile_capture']:>8.1%} {s['total_ratio']:>12.3f} {s['buyer_auc']:>10.4f}"
+            f" {s['buyers_spearman']:>17.4f}"
         )
 
 
@@ -304,7 +331,8 @@ def bench_btyd_scale(customers: int) -> None:
 
 
 def bench_clv(customers: int, orders: int, sim_customers: int, scale_customers: int) -> None:
-    for loader, args in ((load_demo, (customers, orders)), (load_simulated, (sim_customers,))):
+    loaders = ((load_demo, (customers, orders)), (load_simulated, (sim_customers,)), (load_cdnow, ()))
+    for loader, args in loaders:
         t0 = time.perf_counter()
         settings, engine, title = loader(*args)
         from segments.clv.features import data_range

@@ -48,7 +48,15 @@ PREDICTORS: tuple[tuple[str, str], ...] = (
 def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
     table = Table(title=title, show_header=True)
     table.add_column("predictor")
-    for col in ("MAE", "RMSE", "Spearman", "top-decile capture", "predicted / actual"):
+    for col in (
+        "MAE",
+        "RMSE",
+        "Spearman",
+        "top-decile capture",
+        "predicted / actual",
+        "buyer AUC",
+        "Spearman, buyers",
+    ):
         table.add_column(col, justify="right")
     for key, label in PREDICTORS:
         s = metrics[key]
@@ -59,6 +67,9 @@ def _metrics_table(title: str, metrics: dict[str, Any]) -> Table:
             f"{s['spearman']:.3f}",
             f"{s['top_decile_capture']:.1%}",
             f"{s['total_ratio']:.3f}",
+            # a model stored before these two were scored has neither
+            f"{s['buyer_auc']:.3f}" if "buyer_auc" in s else "—",
+            f"{s['buyers_spearman']:.3f}" if "buyers_spearman" in s else "—",
         )
     return table
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from activation.errors import ConfigError
 from activation.settings import Settings
@@ -24,24 +24,48 @@ DECIDING = ("rmse", "spearman", "top_decile_capture")
 
 def evaluate(actual: Array, predicted: Array) -> dict[str, float]:
     """MAE, RMSE, Spearman rank correlation, top-decile capture (share of the actual total made by the
-    10 % ranked highest) and total predicted / actual of a prediction."""
+    10 % ranked highest) and total predicted / actual of a prediction; and two reported, not deciding,
+    scores of the ranking: ``buyer_auc``, the chance that a customer who bought ranks above one who did
+    not (ties count half), and ``buyers_spearman``, Spearman among the customers who bought.
+
+    Over all customers, Spearman rewards a predictor that ties the customers who buy nothing: a
+    prediction of exactly 0 for most of them (last period's spend) matches the actuals' tie at 0 and
+    scores high whatever it does with the rest. The two reported scores split that into telling buyers
+    from the others and ordering the buyers."""
     actual = np.asarray(actual, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
     err = predicted - actual
     n_top = max(1, int(np.ceil(len(actual) / 10)))
     order = np.argsort(-predicted, kind="stable")
     total = float(actual.sum())
-    if np.ptp(predicted) == 0 or np.ptp(actual) == 0:
-        rho = 0.0
-    else:
-        rho = float(spearmanr(predicted, actual).statistic)
+    bought = actual > 0
     return {
         "mae": round(float(np.abs(err).mean()), 4),
         "rmse": round(float(np.sqrt((err**2).mean())), 4),
-        "spearman": round(rho, 4),
+        "spearman": round(_spearman(predicted, actual), 4),
         "top_decile_capture": round(float(actual[order[:n_top]].sum()) / total if total > 0 else 0.0, 4),
         "total_ratio": round(float(predicted.sum()) / total if total > 0 else 0.0, 4),
+        "buyer_auc": round(_auc(predicted, bought), 4),
+        "buyers_spearman": round(_spearman(predicted[bought], actual[bought]), 4),
     }
+
+
+def _spearman(predicted: Array, actual: Array) -> float:
+    """Spearman's rho; 0 where either side is constant (or has fewer than two values)."""
+    if len(actual) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
+        return 0.0
+    return float(spearmanr(predicted, actual).statistic)
+
+
+def _auc(score: Array, positive: NDArray[np.bool_]) -> float:
+    """Area under the ROC curve of ``score`` for ``positive`` (Mann-Whitney, ties half); 0.5 without
+    both classes."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return 0.5
+    ranks = rankdata(score)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def beats(model: dict[str, float], baseline: dict[str, float]) -> bool:

@@ -182,7 +182,31 @@ def test_metrics_on_a_known_example():
     m = evaluate(actual, np.array([0, 0, 0, 0, 0, 0, 0, 0, 5, 100.0]))
     assert m["mae"] == 1.5 and m["rmse"] == pytest.approx(np.sqrt(12.5), abs=1e-4)
     assert m["top_decile_capture"] == 0.9 and m["spearman"] > 0.9 and m["total_ratio"] == 1.05
-    assert evaluate(actual, np.ones(10))["spearman"] == 0.0
+    assert m["buyer_auc"] == 1.0 and m["buyers_spearman"] == 1.0
+    flat = evaluate(actual, np.ones(10))
+    assert flat["spearman"] == 0.0 and flat["buyer_auc"] == 0.5 and flat["buyers_spearman"] == 0.0
+
+
+def test_buyer_auc_and_buyers_spearman_separate_what_spearman_mixes():
+    """A predictor of exactly 0 for most customers (like last period's spend) matches the actuals' tie at
+    0 and wins Spearman over everyone against the true expectation, which tells buyers apart better and
+    orders them better: the two reported scores say so. The AUC agrees with the pairwise definition."""
+    from segments.clv.metrics import _auc
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    rate = rng.gamma(0.3, 0.5, n)  # ~12 % buy in the period, as on CDNOW's last quarter
+    buys = rng.random(n) < 1 - np.exp(-rate)
+    actual = np.where(buys, rng.gamma(2.0, 20.0, n) * (1 + rate), 0.0)
+    graded = rate * 40  # the expectation given the rate
+    # half the buyers and 6 % of the others spent last period, amounts unrelated to what they spend next
+    recent = np.where(buys & (rng.random(n) < 0.5) | (rng.random(n) < 0.06), rng.gamma(2.0, 20.0, n), 0.0)
+    g, r = evaluate(actual, graded), evaluate(actual, recent)
+    assert r["spearman"] > g["spearman"]
+    assert g["buyer_auc"] > r["buyer_auc"] + 0.1 and g["buyers_spearman"] > r["buyers_spearman"] + 0.2
+    score, pos = rng.integers(0, 5, 300).astype(float), rng.random(300) < 0.3
+    pairs = (score[pos][:, None] > score[~pos][None, :]) + 0.5 * (score[pos][:, None] == score[~pos][None, :])
+    assert _auc(score, pos) == pytest.approx(pairs.mean(), abs=1e-12)
 
 
 def test_tiers_are_tertiles_and_ties_share_a_tier():
