@@ -69,6 +69,10 @@ def _distinct(*columns: Array) -> tuple[list[Array], Array]:
     return [values[codes[first]] for values, codes in levels], counts.astype(np.float64)
 
 
+#: Every parameter is fitted within 1e-10 .. 1e10 (in logs).
+LOG_BOUND = float(np.log(1e10))
+
+
 def _maximise(objective: Objective, start: Array, names: tuple[str, ...], customers: int) -> Fit:
     """Minimise ``objective`` over positive parameters (in log space); standard errors from its Hessian."""
 
@@ -80,7 +84,20 @@ def _maximise(objective: Objective, start: Array, names: tuple[str, ...], custom
     # single-threaded BLAS: the objectives' dot products are over ~10^5 rows, where threads only add
     # synchronisation (4x slower on a loaded 2-core machine)
     with threadpool_limits(1):
-        res = minimize(in_logs, np.log(start), jac=True, method="L-BFGS-B", options={"maxiter": 2000})
+        options = {"maxiter": 2000}
+        try:
+            with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # checked just below
+                res = minimize(in_logs, np.log(start), jac=True, method="L-BFGS-B", options=options)
+            escaped = not (np.isfinite(res.fun) and (np.abs(res.x) <= LOG_BOUND).all())
+        except ZeroDivisionError:
+            escaped = True
+        if escaped:
+            # data that do not identify a parameter (no one drops out, say) send it off towards 0 or
+            # infinity, where the objective overflows: fitted again within the bounds, it ends there
+            bounds = [(-LOG_BOUND, LOG_BOUND)] * len(start)
+            res = minimize(
+                in_logs, np.log(start), jac=True, method="L-BFGS-B", bounds=bounds, options=options
+            )
         best = np.exp(res.x)
         hessian = np.empty((len(best), len(best)))
         for j in range(len(best)):

@@ -39,7 +39,9 @@ from segments.clv import season
 from segments.clv.features import FEATURES, data_range, iter_feature_sets
 from segments.clv.metrics import beats, calibration, evaluate, rfm11_segments
 
-MIN_TRAIN_CUSTOMERS = 50
+#: Customers with a repeat order needed in every window BG/NBD is fitted on: with fewer the dropout
+#: process is not identified (fits run off to the parameters' bounds) and the expectations can be NaN.
+MIN_REPEAT_CUSTOMERS = 50
 #: Training windows stacked (features as of T−L, T−2L, …), as far as the data reaches.
 TRAIN_WINDOWS = 4
 #: The backtest and its calibration score at most this many customers (a fixed-seed uniform sample above
@@ -170,9 +172,33 @@ def load_windows(
     frames: dict[int, pd.DataFrame] = {}
     jobs: dict[int, Future[Any]] = {}
     for k, frame in iter_feature_sets(engine, settings, window, wanted):
+        _require_history(frame, wanted[k][0], train_until, horizon_days, window)
         frames[k] = frame
         jobs[k] = pool.submit(m.fit_btyd, frame) if k == 0 else pool.submit(fitted, dates[k - 1], frame)
     return [jobs[k].result() for k in range(1, len(wanted))], frames[0], jobs[0]
+
+
+def _require_history(
+    features: pd.DataFrame, as_of: date, train_until: date, horizon_days: int, window: int
+) -> None:
+    """Enough customers with a repeat order as of ``as_of`` for BG/NBD to be fitted there.
+
+    Raises:
+        InputError: the counts, the thresholds and what to change.
+    """
+    customers, repeat = len(features), int((features["frequency"] > 1).sum())
+    if repeat >= MIN_REPEAT_CUSTOMERS:
+        return
+    what = "the backtest's customers" if as_of == train_until else f"the training window as of {as_of}"
+    fix = "use a later --train-until (the training windows are half the history before it, up to the horizon)"
+    if window == horizon_days:
+        fix += " or a shorter --horizon-days (shorter windows, later dates)"
+    raise InputError(
+        f"clv fit --train-until {train_until}: {what} has {customers} customers, {repeat} of them with a "
+        f"repeat order; BG/NBD needs at least {MIN_REPEAT_CUSTOMERS} customers with a repeat order in every "
+        "window it is fitted on",
+        fix=fix,
+    )
 
 
 def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -395,8 +421,8 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
     model with the same cut-off and horizon).
 
     Raises:
-        InputError: see :func:`plan_windows`; or the first training window has too few customers.
-            Nothing is written.
+        InputError: see :func:`plan_windows`; or a window has too few customers or repeat buyers
+            (:func:`_require_history`). Nothing is written.
     """
     started = time.perf_counter()
     window, dates = plan_windows(data_range(engine, settings), train_until, horizon_days)
@@ -407,12 +433,6 @@ def fit_clv(engine: Engine, settings: Settings, train_until: date, horizon_days:
             pool, engine, settings, train_until, horizon_days, window, dates
         )
         daily = season.daily_spend(engine, settings, train_until)
-        if len(windows[0].features) < MIN_TRAIN_CUSTOMERS:
-            raise InputError(
-                f"clv fit: only {len(windows[0].features)} customers have orders on or before {dates[0]}; "
-                f"at least {MIN_TRAIN_CUSTOMERS} are needed to fit",
-                fix="use a later --train-until or a shorter --horizon-days",
-            )
         baselines = pool.submit(_baselines, settings, windows[0], test, horizon_days / window)
         choice, cv, regressor = choose(pool, windows, daily, window)
         gbm = regressor if choice in ("gbm", "blend") else None

@@ -88,8 +88,10 @@ def test_bgnbd_and_gamma_gamma_match_lifetimes_and_the_papers_on_cdnow():
     assert bg.log_likelihood == pytest.approx(-9582.4, abs=0.05)
     gg = btyd.fit_gamma_gamma(x, m)
     ref_gg = GammaGammaFitter().fit(x[x > 0], m[x > 0])
+    ref_gg_errors = ref_gg._compute_standard_errors()  # lifetimes 0.11.3 exposes them only this way
     for name in btyd.GAMMA_GAMMA_PARAMS:
         assert _sig3(gg.params[name]) == _sig3(ref_gg.params_[name]), name
+        assert _sig3(gg.standard_errors[name]) == _sig3(ref_gg_errors[name]), name
     # Fader & Hardie (2013): p = 6.25, q = 3.74, gamma = 15.44
     assert (_sig3(gg.params["p"]), _sig3(gg.params["q"]), round(gg.params["v"], 1)) == ("6.25", "3.74", 15.4)
     ours = btyd.expected_purchases(bg.params, 39.0, x, t_x, big_t)
@@ -175,6 +177,19 @@ def test_the_standard_errors_give_intervals_with_their_nominal_coverage():
 
 
 # --- pure parts ----------------------------------------------------------------------------------
+
+
+def test_bgnbd_stays_finite_where_the_data_do_not_identify_it():
+    """43 customers of a demo's first week, 2 with one repeat order: the unbounded fit sent alpha to 0
+    and divided by it (ZeroDivisionError in `clv fit`); bounded, it ends at finite parameters with finite
+    expectations (`clv fit` refuses such a window anyway: fewer than 50 repeat buyers)."""
+    counts = {0.0: 12, 1.0: 3, 2.0: 4, 3.0: 7, 4.0: 7, 5.0: 8}  # one-order customers by age in days
+    big_t = np.array([age for age, n in counts.items() for _ in range(n)] + [0.0, 5.0])
+    x = np.r_[np.zeros(len(big_t) - 2), 1.0, 1.0]
+    t_x = np.r_[np.zeros(len(big_t) - 2), 0.0, 3.0]
+    fit = btyd.fit_bgnbd(x, t_x, big_t)
+    assert all(np.isfinite(v) and v > 0 for v in fit.params.values()), fit.params
+    assert np.isfinite(btyd.expected_purchases(fit.params, 90.0, x, t_x, big_t)).all()
 
 
 def test_metrics_on_a_known_example():
@@ -604,6 +619,10 @@ def test_cli_clv_fit_show_export_and_errors(duck_settings, duck_engine, tmp_path
     out = tmp_path / "exports" / "clv.csv"
     res = run_cli("clv", "export", "--as-of", "2023-12-31", "--out", str(out))
     assert res.exit_code == 2 and "activation clv fit" in res.stderr and not out.parent.exists()
+    # a cut-off weeks after the first order: too few repeat buyers for BG/NBD, refused before any fit
+    res = run_cli("clv", "fit", "--train-until", "2022-01-20", "--horizon-days", "60")
+    assert res.exit_code == 2 and "with a repeat order" in res.stderr and "later --train-until" in res.stderr
+    assert _count(duck_engine, clv_models) == 0
     res = run_cli("clv", "fit", "--train-until", "2023-09-30", "--horizon-days", "60")
     assert res.exit_code == 0, res.output
     for text in (
