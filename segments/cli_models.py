@@ -133,32 +133,58 @@ def fit_command(
     console.out.print(_metrics_table("CLV backtest", m))
     for table in _calibration_tables(m["calibration"]):
         console.out.print(table)
+    labels = dict(PREDICTORS)
+    verdicts = {**m["against"]}
+    if m["choice"] == "btyd":
+        verdicts["btyd"] = "kept"
+    against = "; ".join(
+        f"{labels[b].removeprefix('baseline: ')}: {_VERDICTS[v]}" for b, v in verdicts.items()
+    )
     console.out.print(
-        f"actual spend {m['actual_total']:,.2f}, expected {m['expected_total']:,.2f}; "
-        f"beats BG/NBD + Gamma-Gamma and both baselines on RMSE, Spearman and top-decile capture: "
+        f"actual spend {m['actual_total']:,.2f}, expected {m['expected_total']:,.2f}; on RMSE, Spearman "
+        f"and top-decile capture against {against}; beats all three: "
         f"{'yes' if result.beats_baselines else 'no'} ({result.seconds:.1f} s)"
     )
+
+
+def _params(params: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+
+
+_VERDICTS = {
+    "better": "better",
+    "same": "the same scores",
+    "kept": "the same model (the validation kept it)",
+    "worse": "worse",
+    "mixed": "better on some, worse on others",
+}
 
 
 @clv_app.command("show")
 def show_command(
     as_of: str | None = typer.Option(None, "--as-of", help="Latest model trained on or before this date."),
+    model_id: str | None = typer.Option(None, "--model", help="This stored model (e.g. clv_20250331_90d)."),
 ) -> None:
     """Print the latest stored CLV model and its backtest."""
     from segments.clv import latest_model
 
     day = parse_date(as_of, "--as-of")
     _, engine = _context()
-    model = latest_model(engine, day)
+    model = latest_model(engine, day, model_id)
     model.load()  # refuses a model this release cannot use, with the fix
     bg = model.params["btyd"]["bgnbd"]["params"]
     gg = model.params["btyd"]["gamma_gamma"]["params"]
     console.out.print(
         f"model {model.model_id} ({model.params['choice']}): train_until {model.train_until}, horizon "
         f"{model.horizon_days} days, {model.params['window_days']}-day feature windows; "
-        f"BG/NBD {', '.join(f'{k}={v:.4g}' for k, v in bg.items())}; "
-        f"Gamma-Gamma {', '.join(f'{k}={v:.4g}' for k, v in gg.items())}"
+        f"BG/NBD {_params(bg)}; Gamma-Gamma {_params(gg)}"
     )
+    seasonal = model.params.get("season")
+    if seasonal is not None:
+        console.out.print(
+            f"predicted orders and P(alive) come from BG/NBD in the shop's seasonal time: "
+            f"{_params(seasonal['btyd']['bgnbd']['params'])}"
+        )
     console.out.print(_metrics_table("CLV backtest", model.metrics))
 
 
@@ -168,13 +194,18 @@ def export_command(
     out: str = typer.Option(
         ..., "--out", help="FILE.csv or FILE.parquet (a FILE.<ext>.json names the model)."
     ),
+    model_id: str | None = typer.Option(
+        None, "--model", help="This stored model (e.g. clv_20250331_90d) instead of the latest by --as-of."
+    ),
 ) -> None:
     """Write predicted orders, spend and P(alive) per customer from the latest model trained by --as-of."""
     from segments.clv import export_predictions
 
     day = parse_date(as_of, "--as-of")
     settings, engine = _context()
-    res = export_predictions(engine, settings, day, out)
+    res = export_predictions(engine, settings, day, out, model_id)
+    for warning in res.warnings:
+        console.err.print(f"warning: {warning}")
     console.out.print(
         f"{res.customers:,} customers -> {res.path} (model {res.model_id}, next {res.horizon_days} days; "
         f"described in {res.sidecar})"

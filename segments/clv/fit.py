@@ -37,11 +37,11 @@ from activation.warehouse import transaction
 from segments.clv import model as m
 from segments.clv import season
 from segments.clv.features import FEATURES, data_range, iter_feature_sets
-from segments.clv.metrics import beats, calibration, evaluate, rfm11_segments
+from segments.clv.metrics import beats, calibration, compare, evaluate, rfm11_segments
 
 #: Customers with a repeat order needed in every window BG/NBD is fitted on: with fewer the dropout
 #: process is not identified (fits run off to the parameters' bounds) and the expectations can be NaN.
-MIN_REPEAT_CUSTOMERS = 50
+MIN_REPEAT_CUSTOMERS = 20
 #: Training windows stacked (features as of T−L, T−2L, …), as far as the data reaches.
 TRAIN_WINDOWS = 4
 #: The backtest and its calibration score at most this many customers (a fixed-seed uniform sample above
@@ -165,8 +165,13 @@ def load_windows(
 
     def fitted(as_of: date, features: pd.DataFrame) -> Window:
         w = Window(as_of, features, m.fit_btyd(features), window)
-        _ = w.expectations  # every row's, computed here in the pool
+        _require_finite(w.expectations, as_of, train_until)  # every row's, computed here in the pool
         return w
+
+    def fitted_test(features: pd.DataFrame) -> dict[str, Any]:
+        params = m.fit_btyd(features)
+        _require_finite(m.btyd_expectations(params, features, horizon_days), train_until, train_until)
+        return params
 
     wanted = [(train_until, horizon_days), *((d, window) for d in dates)]
     frames: dict[int, pd.DataFrame] = {}
@@ -174,7 +179,7 @@ def load_windows(
     for k, frame in iter_feature_sets(engine, settings, window, wanted):
         _require_history(frame, wanted[k][0], train_until, horizon_days, window)
         frames[k] = frame
-        jobs[k] = pool.submit(m.fit_btyd, frame) if k == 0 else pool.submit(fitted, dates[k - 1], frame)
+        jobs[k] = pool.submit(fitted_test, frame) if k == 0 else pool.submit(fitted, dates[k - 1], frame)
     return [jobs[k].result() for k in range(1, len(wanted))], frames[0], jobs[0]
 
 
@@ -199,6 +204,22 @@ def _require_history(
         "window it is fitted on",
         fix=fix,
     )
+
+
+def _require_finite(expectations: pd.DataFrame, as_of: date, train_until: date) -> None:
+    """BG/NBD fitted as of ``as_of`` gives every customer a finite expectation.
+
+    Raises:
+        InputError: it does not (too little repeat buying for the model: its parameters ran to a bound).
+    """
+    bad = int((~np.isfinite(expectations.to_numpy(dtype=np.float64))).any(axis=1).sum())
+    if bad:
+        what = "the backtest's customers" if as_of == train_until else f"the training window as of {as_of}"
+        raise InputError(
+            f"clv fit --train-until {train_until}: BG/NBD fitted on {what} gives no finite expectation for "
+            f"{bad} of its {len(expectations)} customers: too little repeat buying there to fit it",
+            fix="use a later --train-until (the training windows are half the history before it, up to the horizon)",
+        )
 
 
 def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -364,6 +385,7 @@ def backtest(
         "actual_total": round(float(actual.sum()), 2),
         "expected_total": round(float(spend.sum()), 2),
         "beats_baselines": all(beats(scores["model"], scores[b]) for b in BASELINES),
+        "against": {b: compare(scores["model"], scores[b]) for b in BASELINES},
         "calibration": calibration(
             spend,
             actual,

@@ -68,13 +68,26 @@ def _auc(score: Array, positive: NDArray[np.bool_]) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def compare(model: dict[str, float], baseline: dict[str, float]) -> str:
+    """``better`` (at least as good on every metric of :data:`DECIDING` and better on one), ``same`` (equal
+    on all three: the chosen model is the baseline, or predicts like it), ``worse`` (at most as good on
+    every one) or ``mixed``."""
+    # signed so that positive is better for the model
+    gains = [
+        baseline["rmse"] - model["rmse"],
+        model["spearman"] - baseline["spearman"],
+        model["top_decile_capture"] - baseline["top_decile_capture"],
+    ]
+    if all(g == 0 for g in gains):
+        return "same"
+    if all(g >= 0 for g in gains):
+        return "better"
+    return "worse" if all(g <= 0 for g in gains) else "mixed"
+
+
 def beats(model: dict[str, float], baseline: dict[str, float]) -> bool:
-    """The model is at least as good on every metric of :data:`DECIDING`."""
-    return (
-        model["rmse"] <= baseline["rmse"]
-        and model["spearman"] >= baseline["spearman"]
-        and model["top_decile_capture"] >= baseline["top_decile_capture"]
-    )
+    """The model is :func:`compare`'s ``better``: a tie is not a win."""
+    return compare(model, baseline) == "better"
 
 
 def _deciles(score: Array) -> NDArray[np.int64]:

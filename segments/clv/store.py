@@ -58,19 +58,44 @@ class StoredModel:
         )
 
 
-def latest_model(engine: Engine, as_of: date | None = None) -> StoredModel:
-    """The most recent model trained on or before ``as_of`` (latest cut-off, then latest fit).
+def latest_model(engine: Engine, as_of: date | None = None, model_id: str | None = None) -> StoredModel:
+    """The most recent model trained on or before ``as_of`` (latest cut-off, then latest fit); with
+    ``model_id``, that model, which must be trained on or before ``as_of``.
 
     Raises:
-        NotFoundError: there is none — run ``activation clv fit`` first.
+        NotFoundError: there is none — run ``activation clv fit`` first; or no model ``model_id``, or
+            one trained after ``as_of`` (it would predict from orders after it).
     """
     c = t.clv_models.c
     q = select(t.clv_models)
+    if model_id is not None:
+        q = q.where(c.model_id == model_id)
     if as_of is not None:
         q = q.where(c.train_until <= as_of)
     q = q.order_by(c.train_until.desc(), c.created_at.desc(), c.model_id.desc()).limit(1)
     with engine.connect() as conn:
         row = conn.execute(q).mappings().first()
+        stored = (
+            []
+            if row is not None or model_id is None
+            else conn.execute(select(c.model_id, c.train_until).order_by(c.train_until, c.model_id)).all()
+        )
+    if row is None and model_id is not None:
+        known = {str(i): pd.Timestamp(u).date() for i, u in stored}
+        usable = [i for i, u in known.items() if as_of is None or u <= as_of]
+        ids = ", ".join(usable[-8:]) or "none yet"  # the latest cut-offs
+        if len(usable) > 8:
+            ids = f"… {len(usable) - 8} earlier, {ids}"
+        if model_id in known:
+            raise NotFoundError(
+                f"--model {model_id} was trained until {known[model_id]}, after --as-of {as_of}: it would "
+                "predict from orders after that date",
+                fix=f"use --as-of {known[model_id]} or later, or a model trained by {as_of} (stored: {ids})",
+            )
+        raise NotFoundError(
+            f"--model {model_id}: no such CLV model in the warehouse",
+            fix=f"use one of the stored models ({ids}), or fit one: activation clv fit --train-until …",
+        )
     if row is None:
         when = f" trained on or before {as_of}" if as_of is not None else ""
         raise NotFoundError(

@@ -192,6 +192,14 @@ def test_bgnbd_stays_finite_where_the_data_do_not_identify_it():
     assert np.isfinite(btyd.expected_purchases(fit.params, 90.0, x, t_x, big_t)).all()
 
 
+def test_a_window_without_finite_expectations_is_refused_with_the_fix():
+    frame = pd.DataFrame({"btyd_orders": [0.5, np.nan, 1.0], "btyd_spend": [10.0, np.nan, np.inf]})
+    with pytest.raises(InputError, match="2 of its 3 customers") as err:
+        clv_fit._require_finite(frame, date(2023, 1, 8), date(2023, 2, 1))
+    assert "training window as of 2023-01-08" in str(err.value) and "later --train-until" in err.value.fix
+    clv_fit._require_finite(frame.iloc[:1], date(2023, 1, 8), date(2023, 2, 1))  # all finite: passes
+
+
 def test_metrics_on_a_known_example():
     actual = np.array([0, 0, 0, 0, 0, 0, 0, 0, 10, 90.0])
     m = evaluate(actual, np.array([0, 0, 0, 0, 0, 0, 0, 0, 5, 100.0]))
@@ -200,6 +208,18 @@ def test_metrics_on_a_known_example():
     assert m["buyer_auc"] == 1.0 and m["buyers_spearman"] == 1.0
     flat = evaluate(actual, np.ones(10))
     assert flat["spearman"] == 0.0 and flat["buyer_auc"] == 0.5 and flat["buyers_spearman"] == 0.0
+
+
+def test_a_tie_with_a_baseline_is_not_a_win():
+    """The model that is BTYD scores exactly as BTYD: `same`, and `beats` is false (it printed "beats
+    BG/NBD + Gamma-Gamma: yes" for every fit that kept BTYD)."""
+    from segments.clv.metrics import beats, compare
+
+    base = {"rmse": 10.0, "spearman": 0.5, "top_decile_capture": 0.4}
+    assert compare(base, dict(base)) == "same" and not beats(base, dict(base))
+    assert compare({**base, "rmse": 9.0}, base) == "better" and beats({**base, "rmse": 9.0}, base)
+    assert compare({**base, "spearman": 0.4}, base) == "worse"
+    assert compare({**base, "rmse": 9.0, "spearman": 0.4}, base) == "mixed"
 
 
 def test_buyer_auc_and_buyers_spearman_separate_what_spearman_mixes():
@@ -633,6 +653,7 @@ def test_cli_clv_fit_show_export_and_errors(duck_settings, duck_engine, tmp_path
     ):
         assert text in res.output, res.output
     assert "clv_20230930_60d" in res.output and "P(alive)" in res.output
+    assert "against BG/NBD + Gamma-Gamma:" in res.output and "beats all three:" in res.output
     res = run_cli("clv", "show")
     assert res.exit_code == 0 and "clv_20230930_60d" in res.output and "alpha=" in res.output
     res = run_cli("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier")
@@ -677,6 +698,50 @@ def test_cli_clv_fit_show_export_and_errors(duck_settings, duck_engine, tmp_path
     res = run_cli("clv", "export", "--as-of", "2023-06-30", "--out", str(tmp_path / "early.csv"))
     assert res.exit_code == 2 and "on or before 2023-06-30" in res.stderr
     assert not (tmp_path / "early.csv").exists()
+
+
+def test_export_mid_data_with_a_chosen_model_and_a_late_date(duck_settings, duck_engine, tmp_path):
+    """At a date inside the data the export has the customers with a counting order by then (not a
+    customer whose only order was cancelled, nor one who arrived later); --model picks an older fit, a
+    model trained after --as-of is refused; a date long after the last order is written with a warning."""
+    orders = latent_orders(800, seed=4)
+    cancelled = pd.DataFrame(
+        [("x-1", "c-cancelled", datetime(2023, 5, 2), 40.0, "cancelled")], columns=orders.columns
+    )
+    load_orders(duck_engine, pd.concat([orders, cancelled], ignore_index=True))
+    fit_clv(duck_engine, duck_settings, date(2023, 3, 31), 90)
+    fit_clv(duck_engine, duck_settings, date(2023, 6, 30), 60)
+    out = tmp_path / "clv.csv"
+    res = run_cli("clv", "export", "--as-of", "2023-07-31", "--out", str(out))
+    assert res.exit_code == 0 and not res.stderr, res.output
+    csv = pd.read_csv(out, dtype={"customer_id": str})
+    known = orders.loc[orders["ordered_at"] < datetime(2023, 8, 1), "customer_id"].unique()
+    assert sorted(csv["customer_id"]) == sorted(known) and len(known) < orders["customer_id"].nunique()
+    about = json.loads((tmp_path / "clv.csv.json").read_text())
+    assert (about["model_id"], about["horizon_days"], about["warnings"]) == ("clv_20230630_60d", 60, [])
+
+    res = run_cli("clv", "export", "--as-of", "2023-07-31", "--out", str(out), "--model", "clv_20230331_90d")
+    assert res.exit_code == 0, res.output
+    about = json.loads((tmp_path / "clv.csv.json").read_text())
+    assert (about["model_id"], about["horizon_days"]) == ("clv_20230331_90d", 90)
+    assert len(pd.read_csv(out)) == len(known)
+
+    early = tmp_path / "early.csv"
+    for args, message in (
+        (("--as-of", "2023-05-31", "--model", "clv_20230630_60d"), "after --as-of 2023-05-31"),
+        (("--as-of", "2023-07-31", "--model", "clv_nope"), "no such CLV model"),
+    ):
+        res = run_cli("clv", "export", "--out", str(early), *args)
+        assert res.exit_code == 2 and message in res.stderr and "clv_20230331_90d" in res.stderr, res.stderr
+    (tmp_path / "folder.csv.json").mkdir()
+    res = run_cli("clv", "export", "--as-of", "2023-07-31", "--out", str(tmp_path / "folder.csv"))
+    assert res.exit_code == 2 and "remove or rename the folder" in res.stderr
+    assert not early.exists() and not (tmp_path / "folder.csv").exists()
+
+    late = tmp_path / "late.csv"
+    res = run_cli("clv", "export", "--as-of", "2024-06-30", "--out", str(late))
+    assert res.exit_code == 0 and "days after the newest order" in res.stderr, res.stderr
+    assert json.loads((tmp_path / "late.csv.json").read_text())["warnings"]
 
 
 def test_the_regressor_is_stored_with_skops_and_untrusted_contents_are_refused():
