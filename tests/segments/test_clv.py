@@ -153,7 +153,7 @@ def _z_scores(fits: tuple[btyd.Fit, btyd.Fit]) -> dict[str, float]:
     return out
 
 
-def test_fit_recovers_the_parameters_of_simulated_customers_within_their_standard_errors():
+def test_fit_recovers_the_parameters_of_simulated_customers_within_three_standard_errors():
     """4,000 customers: every fitted parameter is within 3 standard errors of the truth, and the standard
     errors are small enough to mean it."""
     fits = _simulated_fits(4000, seed=3)
@@ -472,7 +472,12 @@ def test_rfm11_segments_assign_every_customer_by_its_scores(duck_settings):
 # --- fit, backtest, tiers ------------------------------------------------------------------------
 
 
-def test_model_beats_the_baselines_and_drives_clv_tier(duck_settings, duck_engine):
+def test_model_beats_the_naive_baselines_stays_level_with_btyd_and_drives_clv_tier(
+    duck_settings, duck_engine
+):
+    """Better than last period's spend and the rfm11 mean on RMSE and capture; within 1 % of BTYD's RMSE
+    (the choice is made on earlier windows, so on the backtest it can lose a little); the total within
+    15 %; P(buy) calibrated; the stored model drives equal tertiles."""
     settings, engine = duck_settings, duck_engine
     load_orders(engine, latent_orders(6000, seed=1))
     result = fit_clv(engine, settings, TRAIN_UNTIL, 90)
@@ -589,7 +594,8 @@ def test_fit_and_tier_on_both_warehouses(settings, engine):
     assert _count(engine, clv_models) == 1
     assert {k: v for k, v in first.metrics.items()} == second.metrics
     snap = compute_snapshot(engine, settings, AS_OF, "clv_tier")
-    assert sum(snap.segments.values()) == snap.customers and snap.segments["High"] > 0
+    assert sum(snap.segments.values()) == snap.customers and set(snap.segments) == {"High", "Mid", "Low"}
+    assert min(snap.segments.values()) > 0.25 * snap.customers, snap.segments  # tertiles of the spend
 
 
 def test_horizon_past_the_data_end_writes_nothing(settings, engine):
@@ -654,6 +660,10 @@ def test_cli_clv_fit_show_export_and_errors(duck_settings, duck_engine, tmp_path
         assert text in res.output, res.output
     assert "clv_20230930_60d" in res.output and "P(alive)" in res.output
     assert "against BG/NBD + Gamma-Gamma:" in res.output and "beats all three:" in res.output
+    p_buy = latest_model(duck_engine).metrics["calibration"]["p_buy"]
+    assert len(p_buy) == 10 and "share who bought" in res.output
+    for row in p_buy:  # every decile's row of the P(buying) table is printed
+        assert f"{row['predicted']:.3f}" in res.output and f"{row['actual']:.3f}" in res.output
     res = run_cli("clv", "show")
     assert res.exit_code == 0 and "clv_20230930_60d" in res.output and "alpha=" in res.output
     res = run_cli("segment", "--as-of", "2023-12-31", "--scheme", "clv_tier")
