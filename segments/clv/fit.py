@@ -168,18 +168,13 @@ def load_windows(
         _require_finite(w.expectations, as_of, train_until)  # every row's, computed here in the pool
         return w
 
-    def fitted_test(features: pd.DataFrame) -> dict[str, Any]:
-        params = m.fit_btyd(features)
-        _require_finite(m.btyd_expectations(params, features, horizon_days), train_until, train_until)
-        return params
-
     wanted = [(train_until, horizon_days), *((d, window) for d in dates)]
     frames: dict[int, pd.DataFrame] = {}
     jobs: dict[int, Future[Any]] = {}
     for k, frame in iter_feature_sets(engine, settings, window, wanted):
         _require_history(frame, wanted[k][0], train_until, horizon_days, window)
         frames[k] = frame
-        jobs[k] = pool.submit(fitted_test, frame) if k == 0 else pool.submit(fitted, dates[k - 1], frame)
+        jobs[k] = pool.submit(m.fit_btyd, frame) if k == 0 else pool.submit(fitted, dates[k - 1], frame)
     return [jobs[k].result() for k in range(1, len(wanted))], frames[0], jobs[0]
 
 
@@ -326,7 +321,7 @@ def choose(
     names = [c for c in m.CHOICES if seasonal_base or c != "seasonal"]
     target = np.concatenate([f.target for f in folds])
     preds = {c: np.concatenate([f.preds[c] for f in folds]) for c in names}
-    scores = {c: evaluate(target, p) for c, p in preds.items()}
+    scores = {c: evaluate(target, p, ranking=False) for c, p in preds.items()}
     others = [c for c in names if c != "btyd"]
     groups = np.concatenate([f.customers for f in folds])
     shares = paired_confidence(target, preds["btyd"], *(preds[c] for c in others), groups=groups)
@@ -373,6 +368,7 @@ def backtest(
     rows = m.sample_rows(len(test), MAX_BACKTEST_CUSTOMERS)
     test = test.iloc[rows].reset_index(drop=True)
     pred = fitted.predict(test, horizon_days, train_until)
+    _require_finite(pred, train_until, train_until)  # on the backtest's rows, computed here anyway
     actual = test["target"].to_numpy(dtype=np.float64)
     spend = pred["predicted_spend"].to_numpy()
     predictions = {"model": spend, "btyd": pred["btyd_spend"].to_numpy()}

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import rankdata
 
 from activation.errors import ConfigError
 from activation.settings import Settings
@@ -22,7 +22,7 @@ Array = NDArray[np.float64]
 DECIDING = ("rmse", "spearman", "top_decile_capture")
 
 
-def evaluate(actual: Array, predicted: Array) -> dict[str, float]:
+def evaluate(actual: Array, predicted: Array, *, ranking: bool = True) -> dict[str, float]:
     """MAE, RMSE, Spearman rank correlation, top-decile capture (share of the actual total made by the
     10 % ranked highest) and total predicted / actual of a prediction; and two reported, not deciding,
     scores of the ranking: ``buyer_auc``, the chance that a customer who bought ranks above one who did
@@ -31,40 +31,45 @@ def evaluate(actual: Array, predicted: Array) -> dict[str, float]:
     Over all customers, Spearman rewards a predictor that ties the customers who buy nothing: a
     prediction of exactly 0 for most of them (last period's spend) matches the actuals' tie at 0 and
     scores high whatever it does with the rest. The two reported scores split that into telling buyers
-    from the others and ordering the buyers."""
+    from the others and ordering the buyers. ``ranking=False`` leaves those two out (the validation, which
+    chooses on RMSE, does not need them)."""
     actual = np.asarray(actual, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
     err = predicted - actual
     n_top = max(1, int(np.ceil(len(actual) / 10)))
     order = np.argsort(-predicted, kind="stable")
     total = float(actual.sum())
-    bought = actual > 0
-    return {
+    rank_p = rankdata(predicted)  # average ranks, once: Spearman's and the AUC's
+    scores = {
         "mae": round(float(np.abs(err).mean()), 4),
         "rmse": round(float(np.sqrt((err**2).mean())), 4),
-        "spearman": round(_spearman(predicted, actual), 4),
+        "spearman": round(_spearman(predicted, actual, rank_p), 4),
         "top_decile_capture": round(float(actual[order[:n_top]].sum()) / total if total > 0 else 0.0, 4),
         "total_ratio": round(float(predicted.sum()) / total if total > 0 else 0.0, 4),
-        "buyer_auc": round(_auc(predicted, bought), 4),
-        "buyers_spearman": round(_spearman(predicted[bought], actual[bought]), 4),
     }
+    if ranking:
+        bought = actual > 0
+        scores["buyer_auc"] = round(_auc(rank_p, bought), 4)
+        scores["buyers_spearman"] = round(_spearman(predicted[bought], actual[bought]), 4)
+    return scores
 
 
-def _spearman(predicted: Array, actual: Array) -> float:
-    """Spearman's rho; 0 where either side is constant (or has fewer than two values)."""
+def _spearman(predicted: Array, actual: Array, rank_p: Array | None = None) -> float:
+    """Spearman's rho (Pearson's r of the average ranks, as ``scipy.stats.spearmanr``); 0 where either
+    side is constant (or has fewer than two values). ``rank_p``: the ranks of ``predicted`` if known."""
     if len(actual) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
         return 0.0
-    return float(spearmanr(predicted, actual).statistic)
+    ranks = rankdata(predicted) if rank_p is None else rank_p
+    return float(np.corrcoef(ranks, rankdata(actual))[0, 1])
 
 
-def _auc(score: Array, positive: NDArray[np.bool_]) -> float:
-    """Area under the ROC curve of ``score`` for ``positive`` (Mann-Whitney, ties half); 0.5 without
-    both classes."""
+def _auc(ranks: Array, positive: NDArray[np.bool_]) -> float:
+    """Area under the ROC curve of the scores with these average ranks, for ``positive`` (Mann-Whitney,
+    ties half); 0.5 without both classes."""
     n_pos = int(positive.sum())
     n_neg = len(positive) - n_pos
     if n_pos == 0 or n_neg == 0:
         return 0.5
-    ranks = rankdata(score)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

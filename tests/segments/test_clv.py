@@ -226,6 +226,8 @@ def test_buyer_auc_and_buyers_spearman_separate_what_spearman_mixes():
     """A predictor of exactly 0 for most customers (like last period's spend) matches the actuals' tie at
     0 and wins Spearman over everyone against the true expectation, which tells buyers apart better and
     orders them better: the two reported scores say so. The AUC agrees with the pairwise definition."""
+    from scipy.stats import rankdata, spearmanr
+
     from segments.clv.metrics import _auc
 
     rng = np.random.default_rng(3)
@@ -241,7 +243,8 @@ def test_buyer_auc_and_buyers_spearman_separate_what_spearman_mixes():
     assert g["buyer_auc"] > r["buyer_auc"] + 0.1 and g["buyers_spearman"] > r["buyers_spearman"] + 0.2
     score, pos = rng.integers(0, 5, 300).astype(float), rng.random(300) < 0.3
     pairs = (score[pos][:, None] > score[~pos][None, :]) + 0.5 * (score[pos][:, None] == score[~pos][None, :])
-    assert _auc(score, pos) == pytest.approx(pairs.mean(), abs=1e-12)
+    assert _auc(rankdata(score), pos) == pytest.approx(pairs.mean(), abs=1e-12)
+    assert g["spearman"] == round(spearmanr(graded, actual).statistic, 4)  # the same rho as scipy's
 
 
 def test_tiers_are_tertiles_and_ties_share_a_tier():
