@@ -37,7 +37,7 @@ from activation.warehouse import transaction
 from segments.clv import model as m
 from segments.clv import season
 from segments.clv.features import FEATURES, data_range, iter_feature_sets
-from segments.clv.metrics import beats, calibration, compare, evaluate, rfm11_segments
+from segments.clv.metrics import beats, calibration, compare, evaluate_all, rfm11_segments
 
 #: Customers with a repeat order needed in every window BG/NBD is fitted on: with fewer the dropout
 #: process is not identified (fits run off to the parameters' bounds) and the expectations can be NaN.
@@ -321,7 +321,7 @@ def choose(
     names = [c for c in m.CHOICES if seasonal_base or c != "seasonal"]
     target = np.concatenate([f.target for f in folds])
     preds = {c: np.concatenate([f.preds[c] for f in folds]) for c in names}
-    scores = {c: evaluate(target, p, ranking=False) for c, p in preds.items()}
+    scores = evaluate_all(target, preds, ranking=False)
     others = [c for c in names if c != "btyd"]
     groups = np.concatenate([f.customers for f in folds])
     shares = paired_confidence(target, preds["btyd"], *(preds[c] for c in others), groups=groups)
@@ -373,7 +373,7 @@ def backtest(
     spend = pred["predicted_spend"].to_numpy()
     predictions = {"model": spend, "btyd": pred["btyd_spend"].to_numpy()}
     predictions |= {name: p[rows] for name, p in baselines.items()}
-    scores = {name: evaluate(actual, p) for name, p in predictions.items()}
+    scores = evaluate_all(actual, predictions)
     return {
         **scores,
         "customers": len(rows),

@@ -33,8 +33,31 @@ def evaluate(actual: Array, predicted: Array, *, ranking: bool = True) -> dict[s
     scores high whatever it does with the rest. The two reported scores split that into telling buyers
     from the others and ordering the buyers. ``ranking=False`` leaves those two out (the validation, which
     chooses on RMSE, does not need them)."""
+    return evaluate_all(actual, {"": predicted}, ranking=ranking)[""]
+
+
+def evaluate_all(
+    actual: Array, predictions: dict[str, Array], *, ranking: bool = True
+) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` of each prediction against the same ``actual``, whose ranks are computed once."""
     actual = np.asarray(actual, dtype=np.float64)
-    predicted = np.asarray(predicted, dtype=np.float64)
+    bought = actual > 0
+    rank_a = rankdata(actual)
+    rank_ab = rankdata(actual[bought]) if ranking else rank_a
+    return {
+        name: _scores(actual, np.asarray(p, dtype=np.float64), rank_a, bought, rank_ab, ranking)
+        for name, p in predictions.items()
+    }
+
+
+def _scores(
+    actual: Array,
+    predicted: Array,
+    rank_a: Array,
+    bought: NDArray[np.bool_],
+    rank_ab: Array,
+    ranking: bool,
+) -> dict[str, float]:
     err = predicted - actual
     n_top = max(1, int(np.ceil(len(actual) / 10)))
     order = np.argsort(-predicted, kind="stable")
@@ -43,24 +66,24 @@ def evaluate(actual: Array, predicted: Array, *, ranking: bool = True) -> dict[s
     scores = {
         "mae": round(float(np.abs(err).mean()), 4),
         "rmse": round(float(np.sqrt((err**2).mean())), 4),
-        "spearman": round(_spearman(predicted, actual, rank_p), 4),
+        "spearman": round(_spearman(predicted, actual, rank_p, rank_a), 4),
         "top_decile_capture": round(float(actual[order[:n_top]].sum()) / total if total > 0 else 0.0, 4),
         "total_ratio": round(float(predicted.sum()) / total if total > 0 else 0.0, 4),
     }
     if ranking:
-        bought = actual > 0
         scores["buyer_auc"] = round(_auc(rank_p, bought), 4)
-        scores["buyers_spearman"] = round(_spearman(predicted[bought], actual[bought]), 4)
+        scores["buyers_spearman"] = round(_spearman(predicted[bought], actual[bought], None, rank_ab), 4)
     return scores
 
 
-def _spearman(predicted: Array, actual: Array, rank_p: Array | None = None) -> float:
+def _spearman(predicted: Array, actual: Array, rank_p: Array | None, rank_a: Array) -> float:
     """Spearman's rho (Pearson's r of the average ranks, as ``scipy.stats.spearmanr``); 0 where either
-    side is constant (or has fewer than two values). ``rank_p``: the ranks of ``predicted`` if known."""
+    side is constant (or has fewer than two values). ``rank_p``: the ranks of ``predicted`` if known;
+    ``rank_a``: those of ``actual``."""
     if len(actual) < 2 or np.ptp(predicted) == 0 or np.ptp(actual) == 0:
         return 0.0
     ranks = rankdata(predicted) if rank_p is None else rank_p
-    return float(np.corrcoef(ranks, rankdata(actual))[0, 1])
+    return float(np.corrcoef(ranks, rank_a)[0, 1])
 
 
 def _auc(ranks: Array, positive: NDArray[np.bool_]) -> float:
