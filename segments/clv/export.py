@@ -56,12 +56,13 @@ def export_predictions(
             f"--out {path}: unknown format {path.suffix or '(no extension)'!r}",
             fix=f"end the file name with .csv or .parquet, e.g. --out clv-{as_of.isoformat()}.csv",
         )
-    if sidecar_for(path).is_dir():
+    sidecar = sidecar_for(path)
+    if sidecar.is_dir():
         raise InputError(
-            f"--out {path}: the file that describes it, {sidecar_for(path)}, would replace a folder",
-            fix=f"remove or rename the folder {sidecar_for(path)}, or choose another --out",
+            f"--out {path}: the file that describes it, {sidecar}, would replace a folder",
+            fix=f"remove or rename the folder {sidecar}, or choose another --out",
         )
-    sidecar = output_file(sidecar_for(path), flag=f"the description next to --out {path}:")
+    output_file(sidecar, flag=f"the description next to --out {path}:")
     model = latest_model(engine, as_of, model_id)
     preds = predict_customers(engine, settings, model, as_of)[list(PREDICTION_COLUMNS)]
     warnings = _date_warnings(engine, settings, as_of)

@@ -189,14 +189,13 @@ def _require_history(
     customers, repeat = len(features), int((features["frequency"] > 1).sum())
     if repeat >= MIN_REPEAT_CUSTOMERS:
         return
-    what = "the backtest's customers" if as_of == train_until else f"the training window as of {as_of}"
-    fix = "use a later --train-until (the training windows are half the history before it, up to the horizon)"
+    fix = _LATER_CUTOFF
     if window == horizon_days:
         fix += " or a shorter --horizon-days (shorter windows, later dates)"
     raise InputError(
-        f"clv fit --train-until {train_until}: {what} has {customers} customers, {repeat} of them with a "
-        f"repeat order; BG/NBD needs at least {MIN_REPEAT_CUSTOMERS} customers with a repeat order in every "
-        "window it is fitted on",
+        f"clv fit --train-until {train_until}: {_which(as_of, train_until)} has {customers} customers, "
+        f"{repeat} of them with a repeat order; BG/NBD needs at least {MIN_REPEAT_CUSTOMERS} customers with "
+        "a repeat order in every window it is fitted on",
         fix=fix,
     )
 
@@ -209,12 +208,22 @@ def _require_finite(expectations: pd.DataFrame, as_of: date, train_until: date) 
     """
     bad = int((~np.isfinite(expectations.to_numpy(dtype=np.float64))).any(axis=1).sum())
     if bad:
-        what = "the backtest's customers" if as_of == train_until else f"the training window as of {as_of}"
         raise InputError(
-            f"clv fit --train-until {train_until}: BG/NBD fitted on {what} gives no finite expectation for "
-            f"{bad} of its {len(expectations)} customers: too little repeat buying there to fit it",
-            fix="use a later --train-until (the training windows are half the history before it, up to the horizon)",
+            f"clv fit --train-until {train_until}: BG/NBD fitted on {_which(as_of, train_until)} gives no "
+            f"finite expectation for {bad} of its {len(expectations)} customers: too little repeat buying "
+            "there to fit it",
+            fix=_LATER_CUTOFF,
         )
+
+
+_LATER_CUTOFF = (
+    "use a later --train-until (the training windows are half the history before it, up to the horizon)"
+)
+
+
+def _which(as_of: date, train_until: date) -> str:
+    """The customers a fit as of ``as_of`` is on, as the errors name them."""
+    return "the backtest's customers" if as_of == train_until else f"the training window as of {as_of}"
 
 
 def _stacked(windows: list[Window]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

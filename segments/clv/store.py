@@ -75,27 +75,8 @@ def latest_model(engine: Engine, as_of: date | None = None, model_id: str | None
     q = q.order_by(c.train_until.desc(), c.created_at.desc(), c.model_id.desc()).limit(1)
     with engine.connect() as conn:
         row = conn.execute(q).mappings().first()
-        stored = (
-            []
-            if row is not None or model_id is None
-            else conn.execute(select(c.model_id, c.train_until).order_by(c.train_until, c.model_id)).all()
-        )
     if row is None and model_id is not None:
-        known = {str(i): pd.Timestamp(u).date() for i, u in stored}
-        usable = [i for i, u in known.items() if as_of is None or u <= as_of]
-        ids = ", ".join(usable[-8:]) or "none yet"  # the latest cut-offs
-        if len(usable) > 8:
-            ids = f"… {len(usable) - 8} earlier, {ids}"
-        if model_id in known:
-            raise NotFoundError(
-                f"--model {model_id} was trained until {known[model_id]}, after --as-of {as_of}: it would "
-                "predict from orders after that date",
-                fix=f"use --as-of {known[model_id]} or later, or a model trained by {as_of} (stored: {ids})",
-            )
-        raise NotFoundError(
-            f"--model {model_id}: no such CLV model in the warehouse",
-            fix=f"use one of the stored models ({ids}), or fit one: activation clv fit --train-until …",
-        )
+        raise _unusable_model(engine, model_id, as_of)
     if row is None:
         when = f" trained on or before {as_of}" if as_of is not None else ""
         raise NotFoundError(
@@ -110,6 +91,29 @@ def latest_model(engine: Engine, as_of: date | None = None, model_id: str | None
         kind=str(row["kind"]),
         params=json.loads(row["params"]),
         metrics=json.loads(row["metrics"]),
+    )
+
+
+def _unusable_model(engine: Engine, model_id: str, as_of: date | None) -> NotFoundError:
+    """Why ``--model model_id`` cannot be used at ``as_of`` (unknown, or trained after it), naming the
+    latest stored models that can."""
+    c = t.clv_models.c
+    with engine.connect() as conn:
+        stored = conn.execute(select(c.model_id, c.train_until).order_by(c.train_until, c.model_id)).all()
+    known = {str(i): pd.Timestamp(u).date() for i, u in stored}
+    usable = [i for i, u in known.items() if as_of is None or u <= as_of]
+    ids = ", ".join(usable[-8:]) or "none yet"  # the latest cut-offs
+    if len(usable) > 8:
+        ids = f"… {len(usable) - 8} earlier, {ids}"
+    if model_id in known:
+        return NotFoundError(
+            f"--model {model_id} was trained until {known[model_id]}, after --as-of {as_of}: it would "
+            "predict from orders after that date",
+            fix=f"use --as-of {known[model_id]} or later, or a model trained by {as_of} (stored: {ids})",
+        )
+    return NotFoundError(
+        f"--model {model_id}: no such CLV model in the warehouse",
+        fix=f"use one of the stored models ({ids}), or fit one: activation clv fit --train-until …",
     )
 
 
